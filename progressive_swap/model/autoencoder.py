@@ -1,0 +1,513 @@
+"""The progressive comb autoencoder: one shared encoder, one decoder per identity.
+
+The network is built for its final resolution. Blocks are stored by resolution (``b256``,
+``b512``) and only those up to the current stage run. A stage is an image side ``stage_res`` in
+``stages = [start_res, 2 * start_res, ..., final_res]``; the bottleneck is always
+``(latent_channels, latent_res, latent_res)``, whatever the stage.
+
+Fade-in. When a stage grows from ``r`` to ``2r`` (``stage_res = 2r``), with ``alpha`` in [0, 1]:
+
+    input  = lerp(fromRGB_r(downsample2x(img)), block_2r(fromRGB_2r(img)), alpha)
+    output = lerp(upsample2x(toRGB_r(x_r)), toRGB_2r(block_2r(x_r)), alpha)
+
+``toRGB`` ends in :func:`~progressive_swap.model.blocks.output_activation`, so the output
+blend happens in the *output space* (colour in [0, 1] after the sigmoid, mask as a logit).
+Hence the continuity property holds exactly, for both colour and mask logit:
+
+    model(img_2r, 2r, alpha=0) == upsample2x(model(downsample2x(img_2r), r, alpha=1))
+
+and ``alpha = 1`` is the pure ``2r`` network. The trainer blends targets the same way:
+``lerp(upsample2x(downsample2x(target)), target, alpha)`` (colour and mask probability).
+
+Which parameters run. At the first stage ``alpha`` is ignored. While fading (``0 < alpha < 1``)
+both paths run. At ``alpha == 1`` the ``r`` adapters are skipped, and at ``alpha == 0`` the new
+``2r`` block and adapter are skipped, so the set of parameters with gradients depends on
+``(stage_res, alpha)`` (:meth:`CombAutoencoder.active_parameters` lists it). Outer blocks (and,
+with per-sample routing, absent identities' decoders) are unused at most steps anyway, so DDP
+needs ``find_unused_parameters=True`` whatever we skip; skipping adds no new requirement.
+
+Example:
+    >>> model = CombAutoencoder(2, final_res=64, start_res=32, latent_res=8,
+    ...                         latent_channels=64, channel_base=1024, channel_max=64)
+    >>> rgb, mask_logit = model(torch.rand(4, 3, 64, 64), identity=0, stage_res=64, alpha=0.5)
+    >>> rgb.shape, mask_logit.shape
+    (torch.Size([4, 3, 64, 64]), torch.Size([4, 1, 64, 64]))
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from progressive_swap.model.blocks import (
+    DecoderBlock,
+    EncoderBlock,
+    FromRGB,
+    ToRGB,
+    downsample2x,
+    upsample2x,
+)
+
+__all__ = [
+    "channels_at",
+    "stage_resolutions",
+    "ProgressiveEncoder",
+    "ProgressiveDecoder",
+    "CombAutoencoder",
+]
+
+
+def channels_at(res: int, channel_base: int, channel_max: int, channel_min: int = 1) -> int:
+    """Feature channels at side ``res``: ``clamp(channel_base // res, channel_min, channel_max)``.
+
+    Example:
+        >>> channels_at(1024, 32768, 512), channels_at(64, 32768, 512)
+        (32, 512)
+    """
+    return max(channel_min, min(channel_base // res, channel_max))
+
+
+def stage_resolutions(start_res: int, final_res: int) -> list[int]:
+    """Sides ``[start_res, 2 * start_res, ..., final_res]``.
+
+    Raises:
+        ValueError: unless ``final_res = start_res * 2**k`` with k >= 0.
+    """
+    stages = [start_res]
+    while stages[-1] < final_res:
+        stages.append(stages[-1] * 2)
+    if stages[-1] != final_res:
+        raise ValueError(f"final_res={final_res} is not start_res={start_res} times a power of two")
+    return stages
+
+
+class _ProgressiveStack(nn.Module):
+    """Stage bookkeeping shared by the encoder and the decoder (no parameters of its own).
+
+    Subclasses hold ``blocks`` (``b{res}``, latent_res < res <= final_res), an adapter dict named
+    by ``_adapters`` (``r{res}`` for every stage) and a fixed inner module named by ``_inner``.
+    """
+
+    _adapters: str
+    _inner: str
+
+    def __init__(
+        self,
+        final_res: int,
+        start_res: int,
+        latent_res: int,
+        channel_base: int,
+        channel_max: int,
+        channel_min: int,
+        checkpoint_blocks: bool,
+    ) -> None:
+        super().__init__()
+        if latent_res < 4:
+            # A 3x3 kernel must not cover the whole bottleneck map (that would be a dense layer).
+            raise ValueError(f"latent_res must be >= 4, got {latent_res}")
+        stage_resolutions(latent_res, start_res)  # raises unless start_res = latent_res * 2**m
+        self.stages = stage_resolutions(start_res, final_res)
+        self.final_res, self.start_res, self.latent_res = final_res, start_res, latent_res
+        self.channel_base, self.channel_max = channel_base, channel_max
+        self.channel_min = channel_min
+        self.checkpoint_blocks = checkpoint_blocks
+
+    def channels(self, res: int) -> int:
+        """Feature channels at side ``res``."""
+        return channels_at(res, self.channel_base, self.channel_max, self.channel_min)
+
+    def block_resolutions(self) -> list[int]:
+        """Sides that have a ``b{res}`` block: ``2 * latent_res, ..., final_res``."""
+        return stage_resolutions(self.latent_res, self.final_res)[1:]
+
+    def _run(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Call ``block``, recomputing its activations in backward when ``checkpoint_blocks``."""
+        if self.checkpoint_blocks and torch.is_grad_enabled():
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+    def _check_stage(self, stage_res: int, alpha: float) -> tuple[float, bool]:
+        """Validate ``(stage_res, alpha)``; return ``(alpha, fading)``."""
+        if stage_res not in self.stages:
+            raise ValueError(f"stage_res={stage_res} is not one of the stages {self.stages}")
+        alpha = float(alpha)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        return alpha, stage_res > self.start_res and alpha < 1.0
+
+    def active_modules(self, stage_res: int, alpha: float | None = None) -> list[str]:
+        """Names of the submodules that run at ``(stage_res, alpha)``.
+
+        Args:
+            stage_res: current stage side.
+            alpha: fade weight; None means "any alpha at this stage" (the union over the fade).
+        """
+        if stage_res not in self.stages:
+            raise ValueError(f"stage_res={stage_res} is not one of the stages {self.stages}")
+        can_fade = stage_res > self.start_res and (alpha is None or alpha < 1.0)
+        new_path = not can_fade or alpha is None or alpha > 0.0
+        names = [self._inner]
+        names += [
+            f"blocks.b{r}"
+            for r in self.block_resolutions()
+            if r < stage_res or (r == stage_res and new_path)
+        ]
+        if new_path:
+            names.append(f"{self._adapters}.r{stage_res}")
+        if can_fade:
+            names.append(f"{self._adapters}.r{stage_res // 2}")
+        return names
+
+
+class ProgressiveEncoder(_ProgressiveStack):
+    """Image at the stage side -> latent ``(B, latent_channels, latent_res, latent_res)``.
+
+    Modules: ``from_rgb["r{res}"]`` (1x1 conv per stage), ``blocks["b{res}"]``
+    (:class:`EncoderBlock`, res -> res/2, for latent_res < res <= final_res) and ``neck``
+    (an :class:`EncoderBlock` at latent_res with a linear output of ``latent_channels``).
+
+    Args:
+        final_res: largest image side the network is built for.
+        start_res: image side of the first stage.
+        latent_res: spatial side of the bottleneck (>= 4; start_res = latent_res * 2**m).
+        latent_channels: bottleneck channels; keep it narrow so identity is left to the decoders.
+        channel_base: channels at side ``res`` are ``channel_base // res`` ...
+        channel_max: ... at most this ...
+        channel_min: ... and at least this.
+        in_channels: image channels (3 for RGB).
+        act_slope: negative slope of the LeakyReLU activations.
+        norm_groups: GroupNorm groups inside blocks; 0 means no normalisation.
+        checkpoint_blocks: recompute each block's activations in backward (saves memory).
+    """
+
+    _adapters = "from_rgb"
+    _inner = "neck"
+
+    def __init__(
+        self,
+        final_res: int = 1024,
+        start_res: int = 256,
+        latent_res: int = 16,
+        latent_channels: int = 256,
+        channel_base: int = 32768,
+        channel_max: int = 512,
+        channel_min: int = 16,
+        in_channels: int = 3,
+        act_slope: float = 0.2,
+        norm_groups: int = 0,
+        checkpoint_blocks: bool = False,
+    ) -> None:
+        super().__init__(
+            final_res, start_res, latent_res,
+            channel_base, channel_max, channel_min, checkpoint_blocks,
+        )
+        self.in_channels, self.latent_channels = in_channels, latent_channels
+        ch = self.channels
+        self.from_rgb = nn.ModuleDict(
+            {f"r{s}": FromRGB(in_channels, ch(s), act_slope) for s in reversed(self.stages)}
+        )
+        self.blocks = nn.ModuleDict(
+            {
+                f"b{r}": EncoderBlock(
+                    ch(r), ch(r // 2), act_slope=act_slope, norm_groups=norm_groups
+                )
+                for r in reversed(self.block_resolutions())
+            }
+        )
+        self.neck = EncoderBlock(
+            ch(latent_res), latent_channels, down=False, out_act=False,
+            act_slope=act_slope, norm_groups=norm_groups,
+        )
+
+    def forward(self, img: torch.Tensor, stage_res: int, alpha: float = 1.0) -> torch.Tensor:
+        """Encode an image at the stage side.
+
+        Args:
+            img: (B, in_channels, stage_res, stage_res), values in [0, 1].
+            stage_res: current stage side (one of ``stages``).
+            alpha: fade-in weight of the ``stage_res`` input path; ignored at the first stage.
+
+        Returns:
+            Latent (B, latent_channels, latent_res, latent_res).
+        """
+        alpha, fading = self._check_stage(stage_res, alpha)
+        if img.ndim != 4 or img.shape[1:] != (self.in_channels, stage_res, stage_res):
+            want = f"(B, {self.in_channels}, {stage_res}, {stage_res})"
+            raise ValueError(f"img must be {want}, got {tuple(img.shape)}")
+        res = stage_res
+        if fading:
+            res = stage_res // 2
+            x = self.from_rgb[f"r{res}"](downsample2x(img))  # (B, C_r, r, r)
+            if alpha > 0.0:
+                new = self.from_rgb[f"r{stage_res}"](img)  # (B, C_2r, 2r, 2r)
+                new = self._run(self.blocks[f"b{stage_res}"], new)  # (B, C_r, r, r)
+                x = torch.lerp(x, new, alpha)
+        else:
+            x = self.from_rgb[f"r{res}"](img)  # (B, C_res, res, res)
+        while res > self.latent_res:
+            x = self._run(self.blocks[f"b{res}"], x)  # (B, C_res/2, res/2, res/2)
+            res //= 2
+        return self._run(self.neck, x)  # (B, latent_channels, latent_res, latent_res)
+
+
+class ProgressiveDecoder(_ProgressiveStack):
+    """Latent -> output ``(B, out_channels, stage_res, stage_res)`` in the output space.
+
+    Output space: channels ``[:-1]`` are colour in [0, 1] (sigmoid applied), the last channel is
+    a mask logit. Fading blends and upsamples in this space (see the module docstring).
+
+    Modules: ``stem`` (a :class:`DecoderBlock` at latent_res), ``blocks["b{res}"]``
+    (:class:`DecoderBlock`, res/2 -> res) and ``to_rgb["r{res}"]`` (1x1 conv per stage).
+
+    Args:
+        final_res, start_res, latent_res, latent_channels, channel_base, channel_max,
+        channel_min, act_slope, norm_groups, checkpoint_blocks: as in :class:`ProgressiveEncoder`.
+        out_channels: colour channels + 1 mask channel (4 for RGB + mask).
+    """
+
+    _adapters = "to_rgb"
+    _inner = "stem"
+
+    def __init__(
+        self,
+        final_res: int = 1024,
+        start_res: int = 256,
+        latent_res: int = 16,
+        latent_channels: int = 256,
+        channel_base: int = 32768,
+        channel_max: int = 512,
+        channel_min: int = 16,
+        out_channels: int = 4,
+        act_slope: float = 0.2,
+        norm_groups: int = 0,
+        checkpoint_blocks: bool = False,
+    ) -> None:
+        super().__init__(
+            final_res, start_res, latent_res,
+            channel_base, channel_max, channel_min, checkpoint_blocks,
+        )
+        self.latent_channels, self.out_channels = latent_channels, out_channels
+        ch = self.channels
+        self.stem = DecoderBlock(
+            latent_channels, ch(latent_res), up=False, act_slope=act_slope, norm_groups=norm_groups
+        )
+        self.blocks = nn.ModuleDict(
+            {
+                f"b{r}": DecoderBlock(
+                    ch(r // 2), ch(r), act_slope=act_slope, norm_groups=norm_groups
+                )
+                for r in self.block_resolutions()
+            }
+        )
+        self.to_rgb = nn.ModuleDict({f"r{s}": ToRGB(ch(s), out_channels) for s in self.stages})
+
+    def forward(self, latent: torch.Tensor, stage_res: int, alpha: float = 1.0) -> torch.Tensor:
+        """Decode a latent at the stage side.
+
+        Args:
+            latent: (B, latent_channels, latent_res, latent_res).
+            stage_res: current stage side (one of ``stages``).
+            alpha: fade-in weight of the ``stage_res`` output path; ignored at the first stage.
+
+        Returns:
+            (B, out_channels, stage_res, stage_res): colour in [0, 1], then a mask logit.
+        """
+        alpha, fading = self._check_stage(stage_res, alpha)
+        lr = self.latent_res
+        if latent.ndim != 4 or latent.shape[1:] != (self.latent_channels, lr, lr):
+            raise ValueError(
+                f"latent must be (B, {self.latent_channels}, {lr}, {lr}), got {tuple(latent.shape)}"
+            )
+        top = stage_res // 2 if fading else stage_res
+        x = self._run(self.stem, latent)  # (B, C_l, l, l)
+        res = lr
+        while res < top:
+            res *= 2
+            x = self._run(self.blocks[f"b{res}"], x)  # (B, C_res, res, res)
+        if not fading:
+            return self.to_rgb[f"r{stage_res}"](x)  # (B, out, stage_res, stage_res)
+        out = upsample2x(self.to_rgb[f"r{top}"](x))  # (B, out, 2r, 2r)
+        if alpha > 0.0:
+            new = self._run(self.blocks[f"b{stage_res}"], x)  # (B, C_2r, 2r, 2r)
+            out = torch.lerp(out, self.to_rgb[f"r{stage_res}"](new), alpha)
+        return out
+
+
+class CombAutoencoder(nn.Module):
+    """Shared encoder + one decoder per identity ("comb"), growing by stage.
+
+    A swap encodes a face of identity j and decodes it with identity i's decoder. The encoder
+    and each decoder are separate modules made of repeated :class:`EncoderBlock` /
+    :class:`DecoderBlock`, so FSDP can auto-wrap per block and decoders can sit on different
+    devices (:meth:`decode` moves the latent to the decoder and the result back).
+
+    Args:
+        num_identities: number of decoders (>= 2).
+        final_res: largest image side the network is built for.
+        start_res: image side of the first stage.
+        latent_res: spatial side of the bottleneck (>= 4; start_res = latent_res * 2**m).
+        latent_channels: bottleneck channels.
+        channel_base: channels at side ``res`` are ``clamp(channel_base // res, channel_min,
+            channel_max)``.
+        channel_max: upper clamp of the channel schedule.
+        channel_min: lower clamp of the channel schedule.
+        act_slope: negative slope of the LeakyReLU activations.
+        norm_groups: GroupNorm groups inside blocks; 0 means no normalisation.
+        checkpoint_blocks: activation checkpointing per block (``use_reentrant=False``); a
+            runtime choice, not architecture, so it is settable and not in :meth:`arch_args`.
+            Leave it off when the strategy (e.g. FSDP) already checkpoints the blocks.
+    """
+
+    def __init__(
+        self,
+        num_identities: int = 2,
+        final_res: int = 1024,
+        start_res: int = 256,
+        latent_res: int = 16,
+        latent_channels: int = 256,
+        channel_base: int = 32768,
+        channel_max: int = 512,
+        channel_min: int = 16,
+        act_slope: float = 0.2,
+        norm_groups: int = 0,
+        checkpoint_blocks: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_identities < 2:
+            raise ValueError(f"a comb needs num_identities >= 2, got {num_identities}")
+        self._arch: dict[str, Any] = dict(
+            num_identities=num_identities,
+            final_res=final_res,
+            start_res=start_res,
+            latent_res=latent_res,
+            latent_channels=latent_channels,
+            channel_base=channel_base,
+            channel_max=channel_max,
+            channel_min=channel_min,
+            act_slope=act_slope,
+            norm_groups=norm_groups,
+        )
+        shared = {k: v for k, v in self._arch.items() if k != "num_identities"}
+        self.encoder = ProgressiveEncoder(**shared, in_channels=3)
+        self.decoders = nn.ModuleList(
+            ProgressiveDecoder(**shared, out_channels=4) for _ in range(num_identities)
+        )
+        self.checkpoint_blocks = checkpoint_blocks
+        self.num_identities = num_identities
+        self.final_res, self.start_res, self.latent_res = final_res, start_res, latent_res
+        self.stages: list[int] = list(self.encoder.stages)  # [start_res, ..., final_res]
+
+    # -- description -------------------------------------------------------------------------
+
+    def arch_args(self) -> dict[str, Any]:
+        """Constructor kwargs that rebuild this architecture: ``CombAutoencoder(**arch_args())``."""
+        return dict(self._arch)
+
+    @property
+    def checkpoint_blocks(self) -> bool:
+        return self.encoder.checkpoint_blocks
+
+    @checkpoint_blocks.setter
+    def checkpoint_blocks(self, value: bool) -> None:
+        for stack in (self.encoder, *self.decoders):
+            stack.checkpoint_blocks = bool(value)
+
+    def active_parameters(self, stage_res: int, alpha: float | None = None) -> list[str]:
+        """Names (as in ``named_parameters()``) of the parameters used at ``(stage_res, alpha)``.
+
+        Covers the encoder and every decoder. With ``alpha=None`` it is the union over the whole
+        stage (fade included), so at growth from r to 2r the new parameters are
+        ``set(active_parameters(2r)) - set(active_parameters(r))``.
+        """
+        prefixes = [f"encoder.{m}" for m in self.encoder.active_modules(stage_res, alpha)]
+        for i, dec in enumerate(self.decoders):
+            prefixes += [f"decoders.{i}.{m}" for m in dec.active_modules(stage_res, alpha)]
+        return [
+            name
+            for name, _ in self.named_parameters()
+            if any(name.startswith(p + ".") for p in prefixes)
+        ]
+
+    # -- computation -------------------------------------------------------------------------
+
+    def encode(self, img: torch.Tensor, stage_res: int, alpha: float = 1.0) -> torch.Tensor:
+        """Image (B, 3, r, r) in [0, 1] -> latent (B, latent_channels, latent_res, latent_res)."""
+        return self.encoder(img, stage_res, alpha)
+
+    def decode(
+        self,
+        latent: torch.Tensor,
+        identity: int | torch.Tensor,
+        stage_res: int,
+        alpha: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode latents with the decoder(s) of ``identity``.
+
+        Args:
+            latent: (B, latent_channels, latent_res, latent_res).
+            identity: an int (the whole batch goes through that decoder) or a LongTensor (B,)
+                (each sample goes through its own decoder; samples are grouped by identity).
+            stage_res: current stage side.
+            alpha: fade-in weight; ignored at the first stage.
+
+        Returns:
+            ``(rgb, mask_logit)``: (B, 3, stage_res, stage_res) in [0, 1] and
+            (B, 1, stage_res, stage_res) logits.
+        """
+        if not isinstance(identity, torch.Tensor):
+            out = self._decode_one(operator.index(identity), latent, stage_res, alpha)
+        else:
+            bad_dtype = identity.is_floating_point() or identity.dtype == torch.bool
+            if identity.shape != (latent.shape[0],) or bad_dtype:
+                raise ValueError(
+                    f"identity must be an int or an integer tensor ({latent.shape[0]},), "
+                    f"got {identity.dtype} {tuple(identity.shape)}"
+                )
+            ids = identity.unique().tolist()  # one host sync per batch
+            if len(ids) == 1:
+                out = self._decode_one(ids[0], latent, stage_res, alpha)
+            else:
+                identity = identity.to(latent.device)
+                out = None
+                for i in ids:
+                    idx = (identity == i).nonzero().squeeze(1)  # (B_i,)
+                    part = self._decode_one(i, latent.index_select(0, idx), stage_res, alpha)
+                    if out is None:
+                        out = part.new_zeros((latent.shape[0], *part.shape[1:]))
+                    out = out.index_copy(0, idx, part)  # out-of-place: autograd-safe
+        return out[:, :3], out[:, 3:]  # (B, 3, H, W), (B, 1, H, W)
+
+    def _decode_one(
+        self, identity: int, latent: torch.Tensor, stage_res: int, alpha: float
+    ) -> torch.Tensor:
+        if not 0 <= identity < len(self.decoders):
+            raise ValueError(f"identity {identity} out of range [0, {len(self.decoders)})")
+        decoder = self.decoders[identity]
+        device = next(decoder.parameters()).device
+        out = decoder(latent.to(device), stage_res, alpha)  # (B, 4, H, W)
+        return out.to(latent.device)
+
+    def forward(
+        self,
+        img: torch.Tensor,
+        identity: int | torch.Tensor,
+        stage_res: int,
+        alpha: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruct (or swap) faces.
+
+        Args:
+            img: (B, 3, stage_res, stage_res), RGB in [0, 1].
+            identity: decoder(s) to use: an int for the whole batch, or a LongTensor (B,).
+            stage_res: current stage side (one of :attr:`stages`).
+            alpha: fade-in weight of the newest stage in [0, 1]; ignored at the first stage.
+
+        Returns:
+            ``(rgb, mask_logit)``: (B, 3, stage_res, stage_res) in [0, 1] and
+            (B, 1, stage_res, stage_res) logits. Both are blended in this space during a fade.
+        """
+        return self.decode(self.encode(img, stage_res, alpha), identity, stage_res, alpha)
