@@ -1,0 +1,403 @@
+"""Appending to a face set: crash-safe batches, resume, compaction and removal.
+
+Each :meth:`FaceSetWriter.append` is one transaction:
+
+1. encode and write every image and mask of the batch (tmp + fsync + rename per file);
+2. fsync the directories that received files;
+3. write the batch's index shard (tmp + fsync + rename): the commit point.
+
+A crash before step 3 leaves files that no shard lists (*orphans*) and stray ``.*.tmp``
+files; readers never look at them, and the next writer deletes them when it opens the set.
+One writer at a time: the writer holds an exclusive ``flock`` on ``DIR/.lock`` (released by
+the OS if the process dies).
+"""
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from progressive_swap.data import faceset_index as fx
+from progressive_swap.data.faceset_format import (
+    IMAGE_DIR, INDEX_DIR, LOCK_NAME, MASK_DIR, TMP_SUFFIX, FaceRecord, FaceSetError,
+    check_image, check_mask_name, check_record, encode_image, encode_mask, image_path, mask_path,
+    mask_to_u16, read_header, write_file_durable,
+)
+from progressive_swap.io import fsync_dir
+
+try:  # POSIX only; elsewhere the single-writer rule is not enforced.
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+MERGE_EVERY = 64
+"""``append`` merges the trailing single-batch shards once this many exist, so even a session
+that crashes before ``close()`` leaves few shards to open (each costs about 1 ms)."""
+MAX_SHARDS_AFTER_CLOSE = 16
+"""``close()`` compacts the whole index into one shard when more shards than this remain."""
+
+
+class FaceSetWriter:
+    """Appends faces to a face set. Create with :func:`faceset.create` or :meth:`resume`.
+
+    Opening a writer cleans up after an interrupted session: stray temporary files, image and
+    mask files that no committed shard lists, and shards superseded by a finished compaction.
+
+    Args:
+        path: face set directory (its ``faceset.json`` must exist).
+        threads: image encoding threads per batch (cv2 releases the GIL); 1 = in the caller.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, threads: int = 4):
+        self.root = Path(path)
+        self.header = read_header(self.root)
+        self.threads = max(1, int(threads))
+        self._lock_fd = self._acquire_lock()
+        try:
+            self._index_dir = self.root / INDEX_DIR
+            for d in (IMAGE_DIR, INDEX_DIR, MASK_DIR):
+                (self.root / d).mkdir(exist_ok=True)
+            live, superseded = fx.scan_shards(self._index_dir)
+            self._ids: set[str] = set()
+            self._count = 0
+            for s in live:
+                _, strings = fx.read_shard(s.path, ())
+                self._ids.update(strings["ids"])
+                self._count += len(strings["ids"])
+            if len(self._ids) != self._count:
+                raise FaceSetError(f"corrupted index in {str(self.root)!r}: duplicate face ids")
+            self._cleanup(superseded)
+            self._next = fx.next_shard_number(self._index_dir)
+            self._plain_tail = len(live) - len(_merged_prefix(live))
+        except BaseException:
+            self._release_lock()
+            raise
+        self._pool: ThreadPoolExecutor | None = None
+        self.closed = False
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike, **kwargs: Any) -> "FaceSetWriter":
+        """Reopen an existing face set for appending (e.g. the extractor after a crash)."""
+        return cls(path, **kwargs)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def face_type(self) -> str:
+        return self.header["face_type"]
+
+    @property
+    def size(self) -> int:
+        return int(self.header["size"])
+
+    @property
+    def image_format(self) -> str:
+        return self.header["image_format"]
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, face_id: object) -> bool:
+        return face_id in self._ids
+
+    # ------------------------------------------------------------------ appending
+
+    def append(
+        self,
+        records: Sequence[FaceRecord],
+        images: Sequence[np.ndarray],
+        masks: Mapping[str, Sequence[np.ndarray | None]] | None = None,
+    ) -> None:
+        """Store one batch of faces atomically: either all of it is in the set, or none.
+
+        Args:
+            records: one :class:`FaceRecord` per face; ids must be new to the set.
+            images: uint8 ``(S, S, 3)`` RGB crops, ``S`` = the set's size.
+            masks: optional ``{name: [mask or None per face]}``; masks are ``(S, S)`` float in
+                [0, 1] (soft values kept to 1/65535), bool, uint8 or uint16.
+        """
+        self._check_open()
+        records, images = list(records), list(images)
+        if len(records) != len(images):
+            raise ValueError(f"got {len(records)} records but {len(images)} images")
+        if masks is not None and not isinstance(masks, Mapping):
+            raise ValueError("masks must be a mapping {name: [mask per face]}")
+        masks = {check_mask_name(k): list(v) for k, v in (masks or {}).items()}
+        for name, ms in masks.items():
+            if len(ms) != len(records):
+                raise ValueError(f"mask {name!r}: got {len(ms)} masks for {len(records)} faces")
+        if not records:
+            return
+        default_identity = self.header.get("identity") or ""
+        seen: set[str] = set()
+        for r in records:
+            check_record(r)
+            if r.id in self._ids or r.id in seen:
+                raise ValueError(f"duplicate face id {r.id!r}")
+            seen.add(r.id)
+        # Check every array first, so a bad image or mask fails before any file is written.
+        jobs: list[tuple[Path, Any, str]] = []  # (path, array, "image" | "mask")
+        for r, im in zip(records, images):
+            jobs.append((image_path(self.root, self.header, r.id), check_image(im, self.size), "image"))
+        for name, ms in masks.items():
+            for r, m in zip(records, ms):
+                if m is not None:
+                    jobs.append((mask_path(self.root, name, r.id), mask_to_u16(m, self.size), "mask"))
+        for name in masks:
+            (self.root / MASK_DIR / name).mkdir(exist_ok=True)
+        self._write_files(jobs)
+        for d in {p.parent for p, _, _ in jobs}:
+            fsync_dir(d)
+        self._commit(records, default_identity)
+        if self._plain_tail >= MERGE_EVERY:
+            self.compact(trailing_only=True)
+
+    def _write_files(self, jobs: list[tuple[Path, Any, str]]) -> None:
+        size, header = self.size, self.header
+
+        def work(job: tuple[Path, Any, str]) -> None:
+            path, arr, kind = job
+            data = encode_image(arr, size, header) if kind == "image" else encode_mask(arr, size)
+            write_file_durable(path, data)
+
+        if self.threads == 1 or len(jobs) < 2:
+            for j in jobs:
+                work(j)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="faceset")
+        for _ in self._pool.map(work, jobs):  # re-raises the first error
+            pass
+
+    def _commit(self, records: Sequence[FaceRecord], default_identity: str) -> None:
+        """Write the batch's index shard: the commit point of :meth:`append`."""
+        self._commit_columns(*records_to_columns(records, default_identity))
+
+    def _commit_columns(self, cols: dict[str, np.ndarray], strings: dict[str, Any]) -> None:
+        ids = strings["ids"]
+        if len(set(ids)) != len(ids) or self._ids.intersection(ids):
+            raise ValueError("duplicate face ids in batch")
+        fx.write_shard(self._index_dir / fx.shard_filename(self._next), cols, strings)
+        self._next += 1
+        self._plain_tail += 1
+        self._ids.update(ids)
+        self._count += len(ids)
+
+    # ------------------------------------------------------------------ rewriting
+
+    def compact(self, *, trailing_only: bool = False) -> bool:
+        """Merge shards into one, so the set opens with a single file read.
+
+        Args:
+            trailing_only: merge only the run of single-batch shards at the end (cheap; what
+                ``close()`` does) instead of every shard.
+
+        Returns:
+            True if shards were merged.
+        """
+        self._check_open()
+        live, _ = fx.scan_shards(self._index_dir)
+        if trailing_only:
+            live = live[len(_merged_prefix(live)):]
+        if len(live) < 2:
+            return False
+        self._rewrite(live, drop=set())
+        return True
+
+    def remove(self, ids: Iterable[str]) -> int:
+        """Remove faces (index entries, images and masks). Returns how many were removed.
+
+        Readers that have the set open must reopen it afterwards.
+        """
+        self._check_open()
+        drop = set(ids) & self._ids
+        if not drop:
+            return 0
+        live, _ = fx.scan_shards(self._index_dir)
+        self._rewrite(live, drop)
+        self._ids -= drop
+        self._count -= len(drop)
+        for face_id in drop:
+            _unlink(image_path(self.root, self.header, face_id))
+            for mdir in _mask_dirs(self.root):
+                _unlink(mdir / (face_id + ".png"))
+        return len(drop)
+
+    def _rewrite(self, shards: list[fx.ShardName], drop: set[str]) -> None:
+        parts_cols, parts_strings = [], []
+        for s in shards:
+            cols, strings = fx.read_all(s.path)
+            if drop:
+                keep = np.array([i not in drop for i in strings["ids"]], dtype=bool)
+                cols = {k: v[keep] for k, v in cols.items()}
+                rows = np.flatnonzero(keep)
+                new_row = {int(old): new for new, old in enumerate(rows)}
+                strings = dict(strings, ids=[strings["ids"][i] for i in rows], extra={
+                    str(new_row[int(k)]): v for k, v in strings["extra"].items() if int(k) in new_row
+                })
+            parts_cols.append(cols)
+            parts_strings.append(strings)
+        cols, strings = concat_shards(parts_cols, parts_strings)
+        new = fx.next_shard_number(self._index_dir)
+        fx.write_shard(self._index_dir / fx.shard_filename(shards[0].first, new), cols, strings)
+        self._next = new + 1
+        self._plain_tail = 0
+        for s in shards:  # now superseded; a crash here is handled by the next writer
+            _unlink(s.path)
+        fsync_dir(self._index_dir)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self, *, compact: bool = True) -> None:
+        """Finish and release the lock.
+
+        Args:
+            compact: merge the trailing single-batch shards into one, and the whole index if
+                more than :data:`MAX_SHARDS_AFTER_CLOSE` shards remain (fast opens).
+        """
+        if self.closed:
+            return
+        try:
+            if compact:
+                self.compact(trailing_only=True)
+                if len(fx.scan_shards(self._index_dir)[0]) > MAX_SHARDS_AFTER_CLOSE:
+                    self.compact()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+            self._release_lock()
+            self.closed = True
+
+    def __enter__(self) -> "FaceSetWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        # After an error keep what was committed, but skip the (slow, optional) merge.
+        self.close(compact=exc_type is None)
+
+    def __del__(self) -> None:
+        if not getattr(self, "closed", True):
+            self._release_lock()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("face set writer is closed")
+
+    def _acquire_lock(self) -> int | None:
+        if fcntl is None:
+            return None
+        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise FaceSetError(
+                f"face set {str(self.root)!r} is open for writing by another process"
+            ) from None
+        return fd
+
+    def _release_lock(self) -> None:
+        fd, self._lock_fd = getattr(self, "_lock_fd", None), None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the flock
+
+    def _cleanup(self, superseded: list[fx.ShardName]) -> None:
+        """Delete what an interrupted session left: superseded shards, tmp files, orphans."""
+        for s in superseded:
+            _unlink(s.path)
+        for d in [self.root, self.root / INDEX_DIR]:
+            for name in os.listdir(d):
+                if name.startswith(".") and name.endswith(TMP_SUFFIX):
+                    _unlink(d / name)
+        ext = image_path(self.root, self.header, "x").suffix
+        for d, suffix in [(self.root / IMAGE_DIR, ext), *((m, ".png") for m in _mask_dirs(self.root))]:
+            with os.scandir(d) as it:
+                for e in it:
+                    name = e.name
+                    if name.startswith(".") or not name.endswith(suffix) or name[: -len(suffix)] not in self._ids:
+                        if e.is_file(follow_symlinks=False):
+                            _unlink(Path(e.path))
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def records_to_columns(records: Sequence[FaceRecord], default_identity: str = "") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Pack records into shard columns and the strings table."""
+    n = len(records)
+    cols = fx.empty_columns(n)
+    sources: dict[str, int] = {}
+    identities: dict[str, int] = {}
+    extra: dict[str, Any] = {}
+    for i, r in enumerate(records):
+        cols["source_index"][i] = sources.setdefault(r.source, len(sources))
+        cols["identity_index"][i] = identities.setdefault(r.identity or default_identity, len(identities))
+        cols["frame_index"][i] = int(r.frame_index)
+        cols["time"][i] = float("nan") if r.time is None else float(r.time)
+        cols["track"][i] = int(r.track)
+        cols["frame_size"][i] = [int(v) for v in r.frame_size]
+        cols["matrix"][i] = r.matrix
+        cols["landmarks"][i] = r.landmarks
+        if r.landmarks_raw is not None:
+            cols["has_raw"][i] = True
+            cols["landmarks_raw"][i] = r.landmarks_raw
+        if r.extra:
+            extra[str(i)] = json.loads(json.dumps(r.extra))
+    strings = {"ids": [r.id for r in records], "sources": list(sources),
+               "identities": list(identities), "extra": extra}
+    return cols, strings
+
+
+def concat_shards(cols_list: list[dict[str, np.ndarray]], strings_list: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Concatenate shards, merging their string tables (used by compaction, removal, merge)."""
+    sources: dict[str, int] = {}
+    identities: dict[str, int] = {}
+    keys = list(cols_list[0]) if cols_list else list(fx.COLUMNS)
+    out_cols: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    ids: list[str] = []
+    extra: dict[str, Any] = {}
+    for cols, strings in zip(cols_list, strings_list):
+        offset = len(ids)
+        src_map = np.array([sources.setdefault(s, len(sources)) for s in strings["sources"]] or [0], np.int32)
+        id_map = np.array([identities.setdefault(s, len(identities)) for s in strings["identities"]] or [0], np.int32)
+        for k in keys:
+            v = cols[k]
+            if k == "source_index":
+                v = src_map[v]
+            elif k == "identity_index":
+                v = id_map[v]
+            out_cols[k].append(v)
+        ids.extend(strings["ids"])
+        extra.update({str(int(r) + offset): e for r, e in strings["extra"].items()})
+    cols = {k: np.concatenate(v) if v else fx.empty_columns()[k] for k, v in out_cols.items()}
+    return cols, {"ids": ids, "sources": list(sources), "identities": list(identities), "extra": extra}
+
+
+def _merged_prefix(live: list[fx.ShardName]) -> list[fx.ShardName]:
+    """``live`` up to and including its last merged shard (the rest are single batches)."""
+    k = len(live)
+    while k > 0 and not live[k - 1].is_merged:
+        k -= 1
+    return live[:k]
+
+
+def _mask_dirs(root: Path) -> list[Path]:
+    mdir = root / MASK_DIR
+    if not mdir.is_dir():
+        return []
+    return sorted(p for p in mdir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+__all__ = ["FaceSetWriter", "records_to_columns", "concat_shards"]
