@@ -1,0 +1,55 @@
+"""Finding and composing the recipes (Hydra's compose API, so commands stay plain functions)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import DictConfig
+
+from progressive_swap.cli.common import UserError
+
+GROUPS = ("recipe", "model", "schedule", "data", "loss", "optimizer", "trainer")
+
+
+def recipes_dir() -> Path:
+    """The recipes: inside the installed package, or at the top of a source checkout."""
+    pkg = Path(__file__).resolve().parents[1]
+    for cand in (pkg / "recipes", pkg.parent / "recipes"):
+        if (cand / "train.yaml").is_file():
+            return cand
+    raise UserError(f"recipes not found next to {pkg}; reinstall progressive_swap")
+
+
+def available(group: str) -> list[str]:
+    return sorted(p.stem for p in (recipes_dir() / group).glob("*.yaml"))
+
+
+def quote_group_choices(argv: Sequence[str]) -> list[str]:
+    """``recipe=1024`` → ``recipe='1024'``: Hydra would read 1024 as an int and reject it."""
+    pat = re.compile(rf"^(\+?(?:{'|'.join(GROUPS)}))=(-?\d+(?:\.\d+)?)$")
+    return [pat.sub(r"\1='\2'", a) for a in argv]
+
+
+def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
+    """Compose ``recipes/<config_name>.yaml`` with ``key=value`` overrides, with one-line errors."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = quote_group_choices(overrides)
+    for a in overrides:
+        m = re.match(rf"^\+?({'|'.join(GROUPS)})=(.+)$", a)
+        if m:
+            group, choice = m.group(1), m.group(2).strip("'\"")
+            if choice not in available(group) and choice != "null":
+                raise UserError(f"unknown {group} {choice!r}; available: {', '.join(available(group))}")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(recipes_dir()), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+    except Exception as e:  # Hydra's override and composition errors
+        msg = str(e).strip().splitlines()
+        raise UserError(msg[0] if msg else type(e).__name__) from None
+    finally:
+        GlobalHydra.instance().clear()

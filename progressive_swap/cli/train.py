@@ -1,0 +1,199 @@
+"""``swap-train``: train a progressive comb autoencoder from a recipe.
+
+    swap-train recipe=demo                       # phantom faces, CPU, a few minutes
+    swap-train recipe=1024 data.faces=[A,B]      # 256 → 512 → 1024 on a GPU
+    swap-train recipe=1024 --cfg job             # print the resolved config
+    swap-train recipe=1024 dry_run=true          # plan and model size per stage
+    swap-train recipe=demo run=r1 resume=auto    # continue a stopped run
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from progressive_swap.cli.common import UserError, run_cli
+from progressive_swap.cli.config import compose
+
+console = Console(stderr=True)
+RUN_ENV = "PROGRESSIVE_SWAP_RUN"  # keeps the default run name equal across DDP processes
+
+
+def plan_table(schedule) -> Table:
+    t = Table(title="growth plan")
+    for c in ("phase", "res", "kind", "batches", "batch/id", "lr", "images"):
+        t.add_column(c, justify="right")
+    for i, p in enumerate(schedule.phases):
+        imgs = p.batches * p.batch * schedule.identities * schedule.world_size
+        t.add_row(str(i), str(p.res), "fade-in" if p.fading else "stable", str(p.batches), str(p.batch), f"{p.lr:g}", f"{imgs:,}")
+    return t
+
+
+def run_dir_for(cfg: DictConfig) -> Path:
+    if cfg.out:
+        return Path(cfg.out)
+    run = cfg.run or os.environ.get(RUN_ENV) or time.strftime("%Y%m%d-%H%M%S")
+    os.environ[RUN_ENV] = str(run)
+    return Path("checkpoints") / str(cfg.name) / str(run)
+
+
+def find_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: an explicit path, or with ``auto`` the run's newest."""
+    if not cfg.resume:
+        return None
+    if str(cfg.resume) != "auto":
+        return Path(cfg.resume)
+    if (run_dir / "last.ckpt").is_file():
+        return run_dir / "last.ckpt"
+    if not cfg.out and not cfg.run:  # newest run of this recipe
+        runs = sorted((Path("checkpoints") / str(cfg.name)).glob("*/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if runs:
+            return runs[-1]
+    return None
+
+
+def _train(argv: Sequence[str]) -> int:
+    argv = list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    print_cfg = False
+    if "--cfg" in argv:
+        i = argv.index("--cfg")
+        if i + 1 >= len(argv) or argv[i + 1] not in ("job", "all"):
+            raise UserError("--cfg takes 'job'")
+        print_cfg = True
+        del argv[i : i + 2]
+    cfg = compose("train", argv)
+    if print_cfg:
+        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        return 0
+    return train(cfg)
+
+
+def train(cfg: DictConfig) -> int:
+    """Build everything from a composed config and fit. Bad input raises before anything is written."""
+    import pytorch_lightning as pl
+    import torch
+    from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    from progressive_swap.data.datamodule import check_facesets
+    from progressive_swap.model.summary import format_summary, summarize
+    from progressive_swap.train.callbacks import FinalCheckpoint, GrowthAnnouncer, PreviewCallback
+    from progressive_swap.train.checkpoint import AtomicCheckpointIO, read_training_checkpoint, save_weights
+    from progressive_swap.train.module import CKPT_KEY, SwapModule
+    from progressive_swap.train.warmstart import warm_start
+
+    if cfg.freeze not in (None, "encoder"):
+        raise UserError(f"freeze must be null or 'encoder', got {cfg.freeze!r}")
+    run_dir = run_dir_for(cfg)
+    resume = find_resume(cfg, run_dir)
+    if resume is not None and not cfg.out:
+        run_dir = resume.parent
+
+    # Data first: the identity count and face type come from it.
+    if OmegaConf.is_missing(cfg.data, "faces"):
+        raise UserError("this recipe trains on your face sets: pass data.faces=[DIR_A,DIR_B] (or data=phantom)")
+    datamodule = instantiate(cfg.data, _convert_="all")
+    paths = datamodule.resolve_faces()
+    sched_probe = instantiate(cfg.schedule, identities=len(paths))
+    info = check_facesets(paths, sched_probe.final_res)
+
+    trainer_kwargs = dict(cfg.trainer)
+    trainer_kwargs.pop("_target_")
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    # The trainer is built before the schedule: the world size comes from it.
+    ckpt_cb = ModelCheckpoint(
+        dirpath=run_dir,
+        filename="step{step:07d}",
+        auto_insert_metric_name=False,
+        save_last=True,
+        save_top_k=int(cfg.checkpoint.keep),
+        monitor="step",
+        mode="max",
+        every_n_train_steps=cfg.checkpoint.every_steps or None,
+        train_time_interval=None if cfg.checkpoint.every_steps else timedelta(minutes=float(cfg.checkpoint.every_minutes)),
+    )
+    preview = PreviewCallback(run_dir, every_n_steps=int(cfg.preview_every), faces=int(cfg.preview_faces))
+    trainer = instantiate(
+        cfg.trainer,
+        max_epochs=1,
+        max_steps=int(cfg.max_steps) if cfg.max_steps else -1,
+        callbacks=[ckpt_cb, preview, FinalCheckpoint(run_dir), GrowthAnnouncer(), RichProgressBar(leave=True)],
+        logger=[TensorBoardLogger(run_dir / "logs", name="tensorboard"), CSVLogger(run_dir / "logs", name="csv")],  # a version per (re)start
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=run_dir,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    schedule = instantiate(cfg.schedule, identities=len(paths), world_size=trainer.world_size)
+    model = instantiate(cfg.model, num_identities=len(paths), final_res=schedule.final_res, start_res=schedule.start_res)
+
+    if cfg.dry_run:
+        console.print(plan_table(schedule))
+        console.print(format_summary(summarize(model, batch_size=schedule.stages[-1].batch * len(paths))))
+        console.print(f"face sets: {info['counts']} faces, {info['face_type']}, crops {info['sizes']} px; run dir would be {run_dir}")
+        return 0
+
+    if resume is not None:
+        ckpt = read_training_checkpoint(resume)
+        if ckpt[CKPT_KEY]["arch"] != model.arch_args():
+            theirs, ours = ckpt[CKPT_KEY]["arch"], model.arch_args()
+            diff = ", ".join(f"{k}: {theirs.get(k)} vs {v}" for k, v in ours.items() if theirs.get(k) != v)
+            raise UserError(f"cannot resume from {resume}: it is another architecture ({diff}); use warm_start= instead")
+        if ckpt[CKPT_KEY]["schedule"]["world_size"] != schedule.world_size:
+            raise UserError(f"cannot resume {resume} on {schedule.world_size} processes: it ran on {ckpt[CKPT_KEY]['schedule']['world_size']}")
+        del ckpt
+    elif cfg.resume == "auto":
+        console.print(f"resume=auto: no checkpoint in {run_dir}, starting fresh")
+    if resume is None and (run_dir / "last.ckpt").exists():
+        raise UserError(f"{run_dir} already holds a run; pass resume=auto to continue it, or choose another run=/out=")
+    if cfg.warm_start and resume is None:
+        warm_start(model, cfg.warm_start, console)
+
+    module = SwapModule(
+        model=model,
+        schedule=schedule,
+        loss=instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optimizer),
+        geometry=OmegaConf.to_container(cfg.augment.geometry),
+        warp=float(cfg.augment.warp),
+        seed=int(cfg.seed),
+        freeze_encoder_steps=int(cfg.freeze_steps) if cfg.freeze == "encoder" else 0,
+        channels_last=bool(cfg.channels_last),
+    )
+
+    # Everything checked: from here on the run directory is written.
+    if trainer.is_global_zero:
+        from progressive_swap.io import atomic_write_text, check_writable_dir
+
+        check_writable_dir(run_dir)
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    console.print(plan_table(schedule))
+    console.print(f"run directory: [bold]{run_dir}[/]" + (f" (resuming {resume})" if resume else ""))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+
+    if trainer.is_global_zero:
+        save_weights(module.model, run_dir / "model.safetensors", {"arch": model.arch_args(), "face_type": info["face_type"], "batches_done": module.batches_done})
+        console.print(f"done: {module.batches_done}/{schedule.total_batches} batches; checkpoints and previews in {run_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(lambda: _train(sys.argv[1:] if argv is None else argv), "swap-train")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Training data: one face set per identity, served in batches that follow the growth plan.
+
+Each item is a *comb sample*: one face of every identity, at the resolution of the batch it
+belongs to. Which face, and how it is colour-augmented, is a pure function of the global
+sample index and the seed. The batch sampler walks the :class:`GrowthSchedule` from a start
+batch, so a resumed run continues with exactly the data it would have seen.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import cv2
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from progressive_swap.data import faceset as fs
+from progressive_swap.data.augment import photometric
+from progressive_swap.masks.hull import landmark_mask, region_masks
+from progressive_swap.train.growth import GrowthSchedule
+
+LANDMARK_MASKS = ("components", "extended")
+
+
+def cache_dir() -> Path:
+    """Where generated data (the phantom) is cached: ``$PROGRESSIVE_SWAP_CACHE`` or ``~/.cache/progressive_swap``."""
+    env = os.environ.get("PROGRESSIVE_SWAP_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "progressive_swap"
+
+
+def _mix(*xs: int) -> int:
+    """Stable 63-bit hash of integers (seeds must not depend on Python's hash randomisation)."""
+    h = hashlib.blake2b(np.asarray(xs, np.int64).tobytes(), digest_size=8).digest()
+    return int.from_bytes(h, "little") >> 1
+
+
+def check_facesets(paths: Sequence[str | os.PathLike], min_size: int) -> dict[str, Any]:
+    """Open and cross-check the training face sets (one per identity).
+
+    Raises:
+        ValueError: one line naming the problem: missing or empty set, mixed face types, or a
+            set whose crops are smaller than ``min_size``.
+    """
+    if len(paths) < 2:
+        raise ValueError(f"training needs at least 2 face sets (one per identity), got {len(paths)}")
+    for p in paths:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"face set not found: {p}")
+    sets = [fs.open(p) for p in paths]
+    for p, s in zip(paths, sets):
+        if len(s) == 0:
+            raise ValueError(f"face set is empty: {p}")
+    for p, s in zip(paths, sets):
+        if s.size < min_size:
+            raise ValueError(f"face set {p} has {s.size} px crops, smaller than the final stage's {min_size} px")
+    types = {s.face_type for s in sets}
+    if len(types) > 1:
+        raise ValueError(f"face sets have different face types: {', '.join(f'{p}={s.face_type}' for p, s in zip(paths, sets))}")
+    return {"face_type": types.pop(), "sizes": [s.size for s in sets], "counts": [len(s) for s in sets]}
+
+
+class CombDataset(Dataset):
+    """Comb samples from N face sets.
+
+    Args:
+        paths: one face set per identity; identity ``k`` is ``paths[k]``.
+        mask: stored mask name to train against, or ``components``/``extended`` for landmark hulls
+            (also the fallback when a face has no stored mask of that name).
+        augment: keyword arguments of :func:`photometric`, or ``None`` for no colour change.
+        seed: data seed.
+
+    Items are indexed by ``(sample_index, res)`` and return float32 tensors:
+    ``image (N, 3, res, res)`` in [0, 1], ``mask (N, 1, res, res)``, ``regions (N, 2, res, res)``
+    (eyes, mouth).
+    """
+
+    def __init__(self, paths: Sequence[str], mask: str = "components", augment: dict | None = None, seed: int = 0):
+        self.paths = [str(p) for p in paths]
+        self.mask = mask
+        self.augment_args = augment
+        self.seed = seed
+        self._sets: list[Any] | None = None  # opened lazily, per worker process
+        self._aug = None
+        self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
+        self.counts = [len(fs.open(p)) for p in self.paths]
+
+    def __getstate__(self) -> dict:
+        d = dict(self.__dict__)
+        d["_sets"], d["_aug"], d["_perm_cache"] = None, None, {}
+        return d
+
+    def _open(self) -> list[Any]:
+        if self._sets is None:
+            self._sets = [fs.open(p) for p in self.paths]
+            self._aug = photometric(**self.augment_args) if self.augment_args is not None else None
+        return self._sets
+
+    def face_index(self, identity: int, sample: int) -> int:
+        """Which face of ``identity`` sample ``sample`` uses: a fresh permutation per pass."""
+        n = self.counts[identity]
+        epoch, r = divmod(sample, n)
+        key = (identity, epoch)
+        perm = self._perm_cache.get(key)
+        if perm is None:
+            perm = np.random.default_rng(_mix(self.seed, identity, epoch)).permutation(n)
+            self._perm_cache = {key: perm}  # keep one: samples arrive in order
+        return int(perm[r])
+
+    def load(self, identity: int, face: int, res: int, sample: int | None = None) -> dict[str, np.ndarray]:
+        """One face at ``res``: image (3,res,res), mask (1,res,res), regions (2,res,res); augmented if ``sample`` is given."""
+        s = self._open()[identity]
+        img = s.image(face)
+        interp = cv2.INTER_AREA if img.shape[0] > res else cv2.INTER_LINEAR
+        if img.shape[0] != res:
+            img = cv2.resize(img, (res, res), interpolation=interp)
+        if sample is not None and self._aug is not None:
+            self._aug.set_random_seed(_mix(self.seed, identity, sample, 7))
+            img = self._aug(image=img)["image"]
+        lm = np.asarray(s.landmarks_aligned[face], np.float64) * res - 0.5  # crop pixels at res
+        m = None if self.mask in LANDMARK_MASKS else s.mask(face, self.mask)
+        if m is None:
+            m = landmark_mask(lm, res, kind=self.mask if self.mask in LANDMARK_MASKS else "extended")
+        elif m.shape[0] != res:
+            m = cv2.resize(m, (res, res), interpolation=interp)
+        return {
+            "image": np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) / 255.0,
+            "mask": np.asarray(m, np.float32)[None],
+            "regions": region_masks(lm, res),
+        }
+
+    def __len__(self) -> int:
+        return 2**62  # indexed by global sample number; the sampler decides how many
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+        sample, res, batch_index = key
+        parts = [self.load(k, self.face_index(k, sample), res, sample) for k in range(len(self.paths))]
+        out = {name: torch.from_numpy(np.stack([p[name] for p in parts])) for name in parts[0]}
+        out["batch_index"] = torch.tensor(batch_index)
+        return out
+
+
+class PlanBatchSampler(Sampler[list[tuple[int, int, int]]]):
+    """Yields the batches of a :class:`GrowthSchedule` from ``start`` to the end, for one rank.
+
+    ``len()`` is the whole plan, so the trainer's batch count stays consistent on resume,
+    while iteration starts at ``start``.
+    """
+
+    def __init__(self, schedule: GrowthSchedule, start: int = 0, rank: int = 0):
+        self.schedule, self.start, self.rank = schedule, start, rank
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        for b in range(self.start, self.schedule.total_batches):
+            res = self.schedule.at(b).res
+            yield [(i, res, b) for i in self.schedule.samples(b, self.rank)]
+
+    def __len__(self) -> int:
+        return self.schedule.total_batches
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that tells the trainer it can resume mid-run.
+
+    The position lives in the training module (``batches_done``, saved in the checkpoint) and
+    is read when the loader is built, so there is no state of its own to save.
+    """
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class FaceDataModule(pl.LightningDataModule):
+    """Face sets (or the phantom) → batches that follow the module's growth schedule.
+
+    Args:
+        faces: one face set directory per identity; ``None`` uses the phantom (generated once into
+            the cache).
+        mask: stored mask name used as the training mask (``visible`` for the phantom, ``hull`` or a
+            segmenter's output for extracted sets), or ``components``/``extended`` for landmark hulls.
+        num_workers: loader processes.
+        augment: :func:`photometric` arguments; ``None`` disables colour augmentation.
+        phantom: arguments of ``generate_phantom_dataset`` when ``faces`` is ``None``.
+        seed: data seed.
+    """
+
+    def __init__(
+        self,
+        faces: Sequence[str] | None = None,
+        mask: str = "visible",
+        num_workers: int = 2,
+        augment: dict | None = None,
+        phantom: dict | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.faces = list(faces) if faces else None
+        self.mask = mask
+        self.num_workers = num_workers
+        self.augment = dict(augment) if augment is not None else None
+        self.phantom = dict(phantom or {})
+        self.seed = seed
+        self.dataset: CombDataset | None = None
+
+    def resolve_faces(self) -> list[str]:
+        """Face set paths; generates the phantom into the cache on first use."""
+        if self.faces:
+            return self.faces
+        from progressive_swap.data.phantom import generate_phantom_dataset
+
+        args = {"identities": 2, "faces": 256, "size": 64, "face_type": "whole", "seed": 0, "occluders": 0.3, **self.phantom}
+        key = hashlib.sha1(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
+        root = cache_dir() / "phantom" / key
+        paths = [str(root / "faces" / f"id{k}") for k in range(args["identities"])]
+        if not all((Path(p) / "faceset.json").exists() for p in paths):
+            generate_phantom_dataset(out=str(root), videos=0, **args)
+        self.faces = paths
+        return paths
+
+    def prepare_data(self) -> None:
+        self.resolve_faces()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is None:
+            self.dataset = CombDataset(self.resolve_faces(), self.mask, self.augment, self.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        module = self.trainer.lightning_module
+        sampler = PlanBatchSampler(module.schedule, start=module.batches_done, rank=self.trainer.global_rank)
+        return ResumableLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+            pin_memory=torch.cuda.is_available(),
+            prefetch_factor=4 if self.num_workers > 0 else None,
+        )
+
+    def preview_batch(self, n: int, res: int) -> torch.Tensor:
+        """The first ``n`` faces of every identity, unaugmented: ``(N, n, 3, res, res)``."""
+        self.setup()
+        ds = self.dataset
+        out = [[torch.from_numpy(ds.load(k, i % ds.counts[k], res)["image"]) for i in range(n)] for k in range(len(ds.paths))]
+        return torch.stack([torch.stack(row) for row in out])

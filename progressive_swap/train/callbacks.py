@@ -1,0 +1,140 @@
+"""Callbacks: preview grids during training, and growth announcements."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from rich.console import Console
+
+from progressive_swap.io import atomic_write_bytes
+
+_console = Console(stderr=True)
+
+
+def _label(tile: np.ndarray, text: str) -> np.ndarray:
+    h = tile.shape[0]
+    scale = max(0.3, h / 256)
+    cv2.putText(tile, text, (4, int(14 * scale) + 2), cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale, (255, 255, 255), max(1, int(scale)), cv2.LINE_AA)
+    return tile
+
+
+def preview_grid(model: torch.nn.Module, faces: torch.Tensor, res: int, alpha: float, min_tile: int = 96) -> np.ndarray:
+    """Rows of ``input | output`` pairs: every identity reconstructed, then every swap.
+
+    Args:
+        model: a :class:`CombAutoencoder`.
+        faces: ``(N, n, 3, res, res)`` in [0, 1]: ``n`` faces of each of ``N`` identities.
+
+    Returns:
+        uint8 RGB grid ``(rows * tile, 2 * n * tile, 3)`` with rows ``0>0, 1>1, …, 0>1, 1>0, …``
+        (source identity > decoder identity).
+    """
+    n_id, n = faces.shape[:2]
+    pairs = [(j, j) for j in range(n_id)] + [(j, i) for j in range(n_id) for i in range(n_id) if i != j]
+    tile = max(res, min_tile)
+    rows = []
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        latents = [model.encode(faces[j].to(device), res, alpha) for j in range(n_id)]
+        for j, i in pairs:
+            rgb, _ = model.decode(latents[j], i, res, alpha)
+            row = []
+            for f in range(n):
+                for t in (faces[j, f], rgb[f]):
+                    im = (t.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+                    row.append(cv2.resize(im, (tile, tile), interpolation=cv2.INTER_NEAREST))
+            rows.append(np.concatenate([_label(row[0].copy(), f"{j}>{i}")] + row[1:], axis=1))
+    model.train(was_training)
+    return np.concatenate(rows, axis=0)
+
+
+class PreviewCallback(pl.Callback):
+    """Saves a preview grid every ``every_n_steps`` optimizer steps (and at the end) as PNG next to
+    the checkpoints (``previews/step_XXXXXXX.png`` and ``previews/latest.png``), and logs it to
+    TensorBoard.
+
+    Args:
+        dirpath: the run directory.
+        every_n_steps: how often; 0 disables previews.
+        faces: faces per identity in the grid.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_steps: int = 100, faces: int = 4):
+        self.dirpath = Path(dirpath) / "previews"
+        self.every = every_n_steps
+        self.faces = faces
+        self._cache: dict[int, torch.Tensor] = {}
+        self.last_path: Path | None = None
+
+    def _faces(self, trainer: pl.Trainer, res: int) -> torch.Tensor:
+        if res not in self._cache:
+            self._cache = {res: trainer.datamodule.preview_batch(self.faces, res)}
+        return self._cache[res]
+
+    def save(self, trainer: pl.Trainer, module: pl.LightningModule) -> Path | None:
+        if not trainer.is_global_zero or self.every <= 0:
+            return None
+        res, alpha = module.stage_res, module.alpha
+        grid = preview_grid(module.model, self._faces(trainer, res), res, alpha)
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+        assert ok
+        path = self.dirpath / f"step_{trainer.global_step:07d}.png"
+        atomic_write_bytes(path, png.tobytes())
+        atomic_write_bytes(self.dirpath / "latest.png", png.tobytes())
+        for logger in trainer.loggers:
+            exp = getattr(logger, "experiment", None)
+            if hasattr(exp, "add_image"):
+                exp.add_image("preview", grid, trainer.global_step, dataformats="HWC")
+        self.last_path = path
+        return path
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.every > 0 and trainer.global_step > 0 and trainer.global_step % self.every == 0 and not trainer.fit_loop._should_accumulate():
+            self.save(trainer, module)
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.save(trainer, module)
+
+
+class GrowthAnnouncer(pl.Callback):
+    """Prints a line when a phase starts (a new stage fading in, or going stable)."""
+
+    def __init__(self) -> None:
+        self._phase: Any = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        pos = module.schedule.at(int(batch["batch_index"][0]))
+        if pos.phase != self._phase and trainer.is_global_zero:
+            p = pos.phase
+            what = "fading in" if p.fading else "training"
+            _console.print(
+                f"[bold cyan]stage {p.res}px[/] {what}: {p.batches} batches of {p.batch}/identity, lr {p.lr:g}"
+                + (f" (resumed at alpha {pos.alpha:.3f})" if p.fading and self._phase is None and pos.alpha > 0 else "")
+            )
+        self._phase = pos.phase
+
+
+class FinalCheckpoint(pl.Callback):
+    """Writes ``last.ckpt`` after the last batch, however training ends (schedule done or
+    ``max_steps``), so interval checkpoints never leave the last minutes of work unsaved.
+
+    It saves at the end of the final batch rather than in ``on_train_end``: by then the loop
+    has closed its epoch, and a checkpoint taken there would resume as "already finished".
+    """
+
+    def __init__(self, dirpath: str | Path):
+        self.path = Path(dirpath) / "last.ckpt"
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.fit_loop._should_accumulate():
+            return
+        at_max = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
+        if at_max or module.batches_done >= module.schedule.total_batches:
+            trainer.save_checkpoint(self.path)

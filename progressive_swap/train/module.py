@@ -1,0 +1,196 @@
+"""The training module: orchestrates model, growth schedule, augmentation and losses.
+
+It does not compute anything itself beyond wiring: the network is a pure ``nn.Module``, the
+schedule is a pure function of the global batch index, augmentations and losses are plain
+functions. The batch index travels with each batch (see ``data/datamodule.py``), so stage and
+alpha are known exactly, also after a resume.
+"""
+from __future__ import annotations
+
+import math
+import time
+from functools import partial
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+
+from progressive_swap.data.augment import apply_affine, random_affine, random_grid_warp
+from progressive_swap.data.datamodule import _mix
+from progressive_swap.model.autoencoder import CombAutoencoder
+from progressive_swap.model.blocks import downsample2x, upsample2x
+from progressive_swap.train.growth import GrowthSchedule
+from progressive_swap.train.losses import SwapLoss
+
+CKPT_KEY = "progressive_swap"
+CKPT_VERSION = 1
+
+
+def fade_target(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Blend a target the way the network's output is blended during a fade-in."""
+    if alpha >= 1.0:
+        return x
+    low = upsample2x(downsample2x(x))
+    return low + (x - low) * alpha
+
+
+class SwapModule(pl.LightningModule):
+    """Trains a :class:`CombAutoencoder` to reconstruct every identity through its own decoder.
+
+    Args:
+        model: the comb autoencoder (built for the final resolution).
+        schedule: growth schedule (stages, fades, batch sizes, learning rates).
+        loss: the reconstruction loss.
+        optimizer: a partial optimizer constructor taking ``params`` and ``lr``.
+        geometry: :func:`random_affine` arguments (shared by input and target).
+        warp: strength of the encoder-input grid warp (0 disables it).
+        seed: seed of the on-device random augmentation.
+        freeze_encoder_steps: optimizer steps during which the encoder stays fixed (warm starts).
+        channels_last: run the network in channels-last memory format.
+    """
+
+    def __init__(
+        self,
+        model: CombAutoencoder,
+        schedule: GrowthSchedule,
+        loss: SwapLoss | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        geometry: dict | None = None,
+        warp: float = 0.04,
+        seed: int = 0,
+        freeze_encoder_steps: int = 0,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        self.model = model
+        self.schedule = schedule
+        self.loss = loss or SwapLoss()
+        self.optimizer_factory = optimizer or partial(torch.optim.Adam, betas=(0.5, 0.999))
+        self.geometry = dict(geometry or {})
+        self.warp = warp
+        self.seed = seed
+        self.freeze_encoder_steps = freeze_encoder_steps
+        self.channels_last = channels_last
+        self.batches_done = 0  # global batches trained (the data position); saved in checkpoints
+        self.stage_res = schedule.start_res
+        self.alpha = 1.0
+        self.nonfinite_steps = 0
+        self._t_last: float | None = None
+        self.save_hyperparameters(
+            {"arch": model.arch_args(), "schedule": schedule.state(), "geometry": self.geometry, "warp": warp, "seed": seed}
+        )
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # Every parameter is in the optimizer from the start. Parameters of stages not yet
+        # reached get no gradient, and Adam creates state lazily on the first gradient, so
+        # new blocks start with clean optimizer state when they fade in.
+        return self.optimizer_factory(params=self.model.parameters(), lr=self.schedule.stages[0].lr)
+
+    def setup(self, stage: str) -> None:
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    # -- schedule -------------------------------------------------------------------------------
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        pos = self.schedule.at(int(batch["batch_index"][0]))
+        opt = self.optimizers()
+        for group in getattr(opt, "optimizer", opt).param_groups:
+            group["lr"] = pos.phase.lr
+        frozen = self.global_step < self.freeze_encoder_steps
+        for p in self.model.encoder.parameters():
+            p.requires_grad_(not frozen)
+
+    # -- training -------------------------------------------------------------------------------
+
+    def _generator(self, batch_index: int) -> torch.Generator:
+        return torch.Generator().manual_seed(_mix(self.seed, batch_index, self.global_rank))
+
+    def prepare(self, batch: dict, batch_index: int) -> tuple[torch.Tensor, ...]:
+        """Augment a batch on the device: shared affine/flip, then the grid warp on the input.
+
+        Returns:
+            ``inputs, targets, masks, regions``, identity-major: rows ``[k*B:(k+1)*B]`` are identity k.
+        """
+        imgs = batch["image"]  # (B, N, 3, r, r)
+        b, n, _, r, _ = imgs.shape
+        stacked = torch.cat([imgs, batch["mask"], batch["regions"]], dim=2)  # (B, N, 6, r, r)
+        stacked = stacked.transpose(0, 1).reshape(n * b, -1, r, r)  # (N*B, 6, r, r)
+        gen = self._generator(batch_index)
+        if self.geometry:
+            stacked = apply_affine(stacked, random_affine(n * b, r, gen, **self.geometry).to(stacked.device))
+        target, mask, regions = stacked[:, :3], stacked[:, 3:4].clamp(0, 1), stacked[:, 4:6].clamp(0, 1)
+        inputs = random_grid_warp(target, gen, self.warp).clamp(0, 1)
+        return inputs, target, mask, regions
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        g = int(batch["batch_index"][0])
+        pos = self.schedule.at(g)
+        res, alpha = pos.res, (pos.alpha if pos.res > self.schedule.start_res else 1.0)
+        self.stage_res, self.alpha = res, alpha
+        inputs, target, mask, regions = self.prepare(batch, g)
+        n = self.model.num_identities
+        b = inputs.shape[0] // n
+        if alpha < 1.0:
+            target, mask, regions = fade_target(target, alpha), fade_target(mask, alpha), fade_target(regions, alpha)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+
+        latent = self.model.encode(inputs, res, alpha)  # (N*B, Cl, Rl, Rl)
+        total = inputs.new_zeros(())
+        parts_sum: dict[str, torch.Tensor] = {}
+        for k in range(n):
+            rows = slice(k * b, (k + 1) * b)
+            rgb, mask_logit = self.model.decode(latent[rows], k, res, alpha)
+            loss_k, parts = self.loss(rgb, mask_logit, target[rows], mask[rows], regions[rows])
+            total = total + loss_k
+            for name, v in parts.items():
+                parts_sum[name] = parts_sum.get(name, 0.0) + v.detach() / n
+        self.batches_done = g + 1
+
+        self.log("loss", total.detach(), prog_bar=True)
+        for name, v in parts_sum.items():
+            self.log(f"loss/{name}", v)
+        self.log("stage", float(res), prog_bar=True)
+        self.log("alpha", float(alpha), prog_bar=True)
+        self.log("images", float(self.schedule.images_seen(g + 1)))
+        if not torch.isfinite(total):
+            # Skip the update; the next batches go on. (A fuller guard rolls back to a checkpoint.)
+            self.nonfinite_steps += 1
+            self.log("nonfinite", float(self.nonfinite_steps), prog_bar=True)
+            return None
+        return total
+
+    def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._t_last is not None:
+            imgs = batch["image"].shape[0] * batch["image"].shape[1] * self.trainer.world_size
+            self.log("img_s", imgs / max(now - self._t_last, 1e-9), prog_bar=True)
+        self._t_last = now
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CKPT_KEY] = {
+            "version": CKPT_VERSION,
+            "arch": self.model.arch_args(),
+            "schedule": self.schedule.state(),
+            "batches_done": self.batches_done,
+            "images_seen": self.schedule.images_seen(self.batches_done) if self.batches_done < self.schedule.total_batches else None,
+            "stage_res": self.stage_res,
+            "alpha": self.alpha,
+            "nonfinite_steps": self.nonfinite_steps,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(CKPT_KEY)
+        if state is None:
+            raise ValueError("checkpoint was not written by progressive_swap's trainer")
+        if state["arch"] != self.model.arch_args():
+            diff = {k: (state["arch"].get(k), v) for k, v in self.model.arch_args().items() if state["arch"].get(k) != v}
+            raise ValueError(f"checkpoint is for another architecture (checkpoint vs recipe): {diff}")
+        self.batches_done = int(state["batches_done"])
+        self.stage_res, self.alpha = int(state["stage_res"]), float(state["alpha"])
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny face sets written through the real face set API."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from progressive_swap.data import faceset as fs
+from progressive_swap.faces import align
+from progressive_swap.faces.landmarks import MEAN_FACE
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Generated data (the phantom) goes to a per-session cache, never the user's."""
+    monkeypatch.setenv("PROGRESSIVE_SWAP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def write_blob_faceset(path: Path, identity: int, n: int = 12, size: int = 32, face_type: str = "whole", seed: int = 0) -> Path:
+    """A face set of coloured face-shaped blobs (colour depends on ``identity``)."""
+    rng = np.random.default_rng(seed + 97 * identity)
+    w = fs.create(path, face_type=face_type, size=size)
+    recs, imgs = [], []
+    colour = [(220, 170, 120), (90, 130, 220), (120, 200, 90)][identity % 3]
+    for i in range(n):
+        frame = np.full((128, 128, 3), 40 + 50 * identity, np.uint8)
+        lm = align.transform_points(MEAN_FACE, np.array([[45.0, 0, 40], [0, 45.0, 30]])) + rng.normal(0, 0.8, (68, 2))
+        cv2.fillPoly(frame, [cv2.convexHull(lm.astype(np.int32))], colour)
+        for j in (36, 45, 48, 54):  # eyes and mouth corners, darker
+            cv2.circle(frame, tuple(int(v) for v in lm[j]), 2, (30, 30, 30), -1)
+        m = align.alignment_matrix(lm, face_type)
+        recs.append(fs.FaceRecord(id=f"f{i:03d}", source="synthetic", frame_index=i, time=i / 25, track=0,
+                                  identity=f"id{identity}", landmarks=lm, matrix=m, frame_size=(128, 128)))
+        imgs.append(align.warp_to_crop(frame, m, size))
+    w.append(recs, imgs)
+    w.close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def blob_sets(tmp_path_factory) -> list[str]:
+    root = tmp_path_factory.mktemp("blobs")
+    return [str(write_blob_faceset(root / f"id{k}", k)) for k in range(2)]

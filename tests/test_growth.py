@@ -1,0 +1,120 @@
+"""Growth schedule, fade blending, losses and augmentation: unit properties."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from progressive_swap.data.augment import apply_affine, random_affine, random_grid_warp
+from progressive_swap.model.blocks import downsample2x, upsample2x
+from progressive_swap.train.growth import GrowthSchedule
+from progressive_swap.train.losses import SwapLoss, masked_dssim, masked_l1
+from progressive_swap.train.module import fade_target
+
+STAGES = [dict(res=16, images=100, batch=5), dict(res=32, images=60, fade=40, batch=3), dict(res=64, images=30, fade=30, batch=2)]
+
+
+def test_phases_cover_the_images_asked_for():
+    s = GrowthSchedule(STAGES, identities=2, world_size=1)
+    assert [(p.res, p.fading) for p in s.phases] == [(16, False), (32, True), (32, False), (64, True), (64, False)]
+    for p, want in zip(s.phases, [100, 40, 60, 30, 30]):
+        got = p.batches * p.batch * 2
+        assert want <= got < want + p.batch * 2
+    assert s.total_batches == sum(p.batches for p in s.phases)
+
+
+def test_alpha_rises_from_zero_within_fades_and_is_one_otherwise():
+    s = GrowthSchedule(STAGES, identities=2)
+    alphas = [s.at(b).alpha for b in range(s.total_batches)]
+    for p in s.phases:
+        a = alphas[p.first_batch : p.end_batch]
+        if p.fading:
+            assert a[0] == 0.0 and all(x < y for x, y in zip(a, a[1:])) and a[-1] < 1.0
+        else:
+            assert all(x == 1.0 for x in a)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_samples_are_disjoint_and_contiguous_across_batches_and_ranks(world):
+    s = GrowthSchedule(STAGES, identities=2, world_size=world)
+    seen = []
+    for b in range(s.total_batches):
+        for r in range(world):
+            idx = list(s.samples(b, r))
+            assert len(idx) == s.at(b).phase.batch
+            seen += idx
+    assert sorted(seen) == list(range(len(seen)))
+
+
+def test_images_seen_counts_every_process():
+    s = GrowthSchedule(STAGES, identities=2, world_size=2)
+    assert s.images_seen(0) == 0
+    assert s.images_seen(1) == 5 * 2 * 2
+    p = s.phases[1]
+    assert s.images_seen(p.first_batch + 1) == s.phases[0].batches * 20 + 3 * 2 * 2
+
+
+def test_bad_schedules_are_rejected():
+    with pytest.raises(ValueError, match="double"):
+        GrowthSchedule([dict(res=16, images=10), dict(res=48, images=10)])
+    with pytest.raises(ValueError):
+        GrowthSchedule([])
+    with pytest.raises(ValueError):
+        GrowthSchedule([dict(res=16, images=0)])
+
+
+def test_fade_target_matches_network_blending():
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(fade_target(x, 1.0), x)
+    torch.testing.assert_close(fade_target(x, 0.0), upsample2x(downsample2x(x)))
+    mid = fade_target(x, 0.25)
+    torch.testing.assert_close(mid, 0.75 * upsample2x(downsample2x(x)) + 0.25 * x)
+
+
+def test_losses_vanish_on_perfect_reconstruction_and_grow_with_error():
+    t = torch.rand(2, 3, 32, 32)
+    w = torch.ones(2, 1, 32, 32)
+    assert masked_l1(t, t, w).item() == 0.0
+    assert masked_dssim(t, t, w).item() < 1e-5
+    noisy = (t + 0.2 * torch.randn_like(t)).clamp(0, 1)
+    assert masked_l1(noisy, t, w) > 0.05 and masked_dssim(noisy, t, w) > 0.05
+    # Errors outside a zero weight do not count.
+    w2 = torch.zeros_like(w)
+    w2[..., :16] = 1
+    off = t.clone()
+    off[..., 16:] = 0
+    assert masked_l1(off, t, w2).item() == 0.0
+
+
+def test_eye_priority_raises_the_loss_of_errors_in_the_eyes():
+    t = torch.rand(1, 3, 32, 32)
+    mask = torch.ones(1, 1, 32, 32)
+    regions = torch.zeros(1, 2, 32, 32)
+    regions[:, 0, 8:12, 8:24] = 1
+    bad_eyes = t.clone()
+    bad_eyes[..., 8:12, 8:24] = 1 - bad_eyes[..., 8:12, 8:24]
+    logit = torch.zeros(1, 1, 32, 32)
+    plain = SwapLoss(eyes=0.0, ssim=0.0, mask=0.0)(bad_eyes, logit, t, mask, regions)[0]
+    prior = SwapLoss(eyes=4.0, ssim=0.0, mask=0.0)(bad_eyes, logit, t, mask, regions)[0]
+    assert prior > 2.0 * plain
+
+
+def test_affine_without_motion_is_identity_and_flip_mirrors():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 4, 16, 16)
+    m = random_affine(3, 16, g, rotate=0, scale=0, shift=0, flip=0)
+    torch.testing.assert_close(apply_affine(x, m), x, atol=1e-5, rtol=0)
+    m = random_affine(3, 16, g, rotate=0, scale=0, shift=0, flip=1.0)
+    torch.testing.assert_close(apply_affine(x, m), x.flip(-1), atol=1e-5, rtol=0)
+
+
+def test_grid_warp_is_seeded_smooth_and_keeps_borders():
+    x = torch.rand(2, 3, 32, 32)
+    a = random_grid_warp(x, torch.Generator().manual_seed(1), strength=0.05)
+    b = random_grid_warp(x, torch.Generator().manual_seed(1), strength=0.05)
+    c = random_grid_warp(x, torch.Generator().manual_seed(2), strength=0.05)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert (a - x).abs().mean() > 0.01
+    torch.testing.assert_close(random_grid_warp(x, torch.Generator(), strength=0.0), x)
+    # The border offsets are pinned to zero: the corners do not move.
+    torch.testing.assert_close(a[..., 0, 0], x[..., 0, 0], atol=1e-5, rtol=0)
