@@ -144,7 +144,7 @@ def train(cfg: DictConfig) -> int:
     if cfg.dry_run:
         console.print(plan_table(schedule))
         console.print(format_summary(summarize(model, batch_size=schedule.stages[-1].batch * len(paths))))
-        console.print(f"face sets: {info['counts']} faces, {info['face_type']}, crops {info['sizes']} px; run dir would be {run_dir}")
+        console.print(f"face sets {info['identities']}: {info['counts']} faces, {info['face_type']}, crops {info['sizes']} px; run dir would be {run_dir}")
         return 0
 
     if resume is not None:
@@ -173,6 +173,8 @@ def train(cfg: DictConfig) -> int:
         seed=int(cfg.seed),
         freeze_encoder_steps=int(cfg.freeze_steps) if cfg.freeze == "encoder" else 0,
         channels_last=bool(cfg.channels_last),
+        identity_names=info["identities"],
+        face_type=info["face_type"],
     )
 
     # Everything checked: from here on the run directory is written.
@@ -186,7 +188,9 @@ def train(cfg: DictConfig) -> int:
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
 
     if trainer.is_global_zero:
-        save_weights(module.model, run_dir / "model.safetensors", {"arch": model.arch_args(), "face_type": info["face_type"], "batches_done": module.batches_done})
+        meta = {"arch": model.arch_args(), "face_type": info["face_type"], "identities": info["identities"],
+                "stage_res": module.stage_res, "alpha": module.alpha, "batches_done": module.batches_done}
+        save_weights(module.model, run_dir / "model.safetensors", meta)
         console.print(f"done: {module.batches_done}/{schedule.total_batches} batches; checkpoints and previews in {run_dir}")
     return 0
 

@@ -63,7 +63,10 @@ def check_facesets(paths: Sequence[str | os.PathLike], min_size: int) -> dict[st
     types = {s.face_type for s in sets}
     if len(types) > 1:
         raise ValueError(f"face sets have different face types: {', '.join(f'{p}={s.face_type}' for p, s in zip(paths, sets))}")
-    return {"face_type": types.pop(), "sizes": [s.size for s in sets], "counts": [len(s) for s in sets]}
+    names = [s.identities[0] if len(s.identities) == 1 else Path(p).name for p, s in zip(paths, sets)]
+    if len(set(names)) < len(names):  # labels must tell the decoders apart
+        names = [Path(p).name if names.count(n) > 1 else n for p, n in zip(paths, names)]
+    return {"face_type": types.pop(), "sizes": [s.size for s in sets], "counts": [len(s) for s in sets], "identities": names}
 
 
 class CombDataset(Dataset):

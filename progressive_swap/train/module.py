@@ -47,6 +47,8 @@ class SwapModule(pl.LightningModule):
         seed: seed of the on-device random augmentation.
         freeze_encoder_steps: optimizer steps during which the encoder stays fixed (warm starts).
         channels_last: run the network in channels-last memory format.
+        identity_names: a label per decoder (from the face sets), saved for export.
+        face_type: the face sets' crop coverage, saved so export aligns faces the same way.
     """
 
     def __init__(
@@ -60,6 +62,8 @@ class SwapModule(pl.LightningModule):
         seed: int = 0,
         freeze_encoder_steps: int = 0,
         channels_last: bool = False,
+        identity_names: list[str] | None = None,
+        face_type: str | None = None,
     ):
         super().__init__()
         self.model = model
@@ -71,6 +75,8 @@ class SwapModule(pl.LightningModule):
         self.seed = seed
         self.freeze_encoder_steps = freeze_encoder_steps
         self.channels_last = channels_last
+        self.identity_names = list(identity_names or [f"id{k}" for k in range(model.num_identities)])
+        self.face_type = face_type
         self.batches_done = 0  # global batches trained (the data position); saved in checkpoints
         self.stage_res = schedule.start_res
         self.alpha = 1.0
@@ -182,6 +188,8 @@ class SwapModule(pl.LightningModule):
             "stage_res": self.stage_res,
             "alpha": self.alpha,
             "nonfinite_steps": self.nonfinite_steps,
+            "identities": self.identity_names,
+            "face_type": self.face_type,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
