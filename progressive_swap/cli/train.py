@@ -118,6 +118,7 @@ def train(cfg: DictConfig) -> int:
         filename="step{step:07d}",
         auto_insert_metric_name=False,
         save_last=True,
+        enable_version_counter=False,  # last.ckpt is overwritten (atomically), never versioned
         save_top_k=int(cfg.checkpoint.keep),
         monitor="step",
         mode="max",

@@ -137,4 +137,4 @@ class FinalCheckpoint(pl.Callback):
             return
         at_max = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
         if at_max or module.batches_done >= module.schedule.total_batches:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # a full checkpoint, optimizer included
