@@ -1,0 +1,563 @@
+"""Extraction: footage → an aligned face set (crops, raw and smoothed landmarks, hull masks).
+
+Two passes, both resumable after a crash or a kill at any moment:
+
+1. **Detect.** Frames are decoded in order; faces are detected (S3FD + 2D-FAN through
+   :class:`faces.detect.LandmarkDetector`) or read from a file (``landmarks=given:FILE``).
+   Results go to a detection cache, ``OUT/.extract/<source-key>/det_<start>.npz``, one file
+   per ``chunk`` frames, each written atomically. A rerun continues at the first missing
+   chunk. The last chunk is marked ``eof`` and records where decoding stopped.
+2. **Crop.** With the whole video's faces known: drop faces smaller than ``min_face``, link
+   faces into tracks, keep the chosen tracks, smooth each track offline (zero-phase
+   Savitzky–Golay by default, restarting at cuts and gaps), then decode the frames again and
+   write crops and masks to the face set in atomic batches. Face ids are deterministic
+   (``<source>-<hash>_<frame>_t<track>``), so a rerun skips the faces already committed.
+
+Since both passes are deterministic functions of the input and the options (which the
+manifest pins), an interrupted-and-resumed run gives the same face set as an uninterrupted
+one: same ids, same records, no duplicates, no gaps.
+
+Example:
+    >>> from progressive_swap.extract import ExtractOptions, extract  # doctest: +SKIP
+    >>> summary = extract(ExtractOptions(input="shot.mp4", out="faces/B", size=512))
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from progressive_swap.data import faceset
+from progressive_swap.data.faceset_format import HEADER_NAME
+from progressive_swap.data.sources import Frame, FrameSource, open_source
+from progressive_swap.faces import align
+from progressive_swap.faces.detect import Face, GivenLandmarks, LandmarkDetector
+from progressive_swap.faces.landmarks import face_type as _check_face_type
+from progressive_swap.faces.smoothing import METHODS, smooth_track
+from progressive_swap.faces.tracks import keep_tracks, link_tracks, min_size_filter
+from progressive_swap.io import atomic_write, atomic_write_json
+from progressive_swap.masks.hull import landmark_mask
+
+WORK_DIR = ".extract"
+MASK_KINDS = ("components", "extended")
+CACHE_VERSION = 1
+# Test hook: seconds to sleep per frame, so a test can kill an extraction part-way.
+_DELAY_ENV = "PROGRESSIVE_SWAP_EXTRACT_DELAY"
+
+
+@dataclass
+class ExtractOptions:
+    """Options of ``swap-extract`` (``key=value`` on the command line)."""
+
+    input: str = "???"
+    """Video, image folder, image pattern (``f_%04d.png``, ``*.png``) or one image."""
+    out: str = "???"
+    """Face set directory (created, or resumed/appended when it exists with the same options)."""
+    size: int = 512
+    """Crop side in pixels: a multiple of 16, at most 2048."""
+    face_type: str = "whole"
+    """Crop coverage: full, whole or head."""
+    identity: str = ""
+    """Identity label of the faces ("" keeps labels from a landmarks file)."""
+    landmarks: str = "fan"
+    """``fan`` (detect), or ``given:FILE`` (boxes and landmarks from a JSON file)."""
+    boxes: str = "detect"
+    """``detect`` (S3FD) or ``given:FILE`` (boxes from a JSON file, landmarks by FAN)."""
+    device: str = "auto"
+    """auto (CUDA if available), cpu, cuda, cuda:N."""
+    batch_size: int = 16
+    """Faces per landmark forward pass."""
+    flip_input: bool = True
+    """FAN on the mirrored crop too (2x slower, a little steadier)."""
+    min_score: float = 0.5
+    """Detector confidence threshold."""
+    min_face: float = 32.0
+    """Drop faces smaller than this (side of the ``full`` crop, frame px)."""
+    track: str = "all"
+    """Keep ``all`` tracks, the ``largest`` one, or one track id."""
+    smooth: str = "auto"
+    """auto (savgol for video and image sequences, none otherwise), savgol, one_euro, none."""
+    smooth_window: float = 0.3
+    """Savitzky–Golay window, seconds."""
+    cuts: list[int] = field(default_factory=list)
+    """Frame numbers where a new shot starts (smoothing and tracks restart there)."""
+    fps: float = 0.0
+    """Frame rate of image input (0: unknown; smoothing then assumes 24)."""
+    image_format: str = "png"
+    """Crop files: png (lossless) or jpg."""
+    masks: bool = True
+    """Write landmark hull masks ``components`` and ``extended``."""
+    chunk: int = 64
+    """Frames per detection-cache file and per face set batch."""
+    progress: bool = True
+    """Show a progress bar (stderr)."""
+
+
+# Options that change pass 1 (the detection cache) / pass 2 (the face set). Resuming with a
+# different value would mix two extractions, so it is refused.
+_DETECT_KEYS = ("landmarks", "boxes", "flip_input", "min_score", "chunk")
+_CROP_KEYS = ("size", "face_type", "identity", "min_face", "track", "smooth", "smooth_window", "cuts", "fps",
+              "image_format", "masks")
+
+
+class ExtractError(ValueError):
+    """Extraction cannot proceed (bad options, unusable input): one line, exit code 2."""
+
+
+# ---------------------------------------------------------------------- faces per frame
+
+
+class _FaceFinder:
+    """Finds faces in batches of frames, by the configured method."""
+
+    def __init__(self, opt: ExtractOptions):
+        self.given = self.given_boxes = None
+        self.detector: LandmarkDetector | None = None
+        if opt.landmarks.startswith("given:"):
+            self.given = GivenLandmarks(opt.landmarks[len("given:"):])
+        elif opt.landmarks != "fan":
+            raise ExtractError(f"landmarks must be 'fan' or 'given:FILE', got {opt.landmarks!r}")
+        if opt.boxes.startswith("given:"):
+            self.given_boxes = GivenLandmarks(opt.boxes[len("given:"):])
+        elif opt.boxes != "detect":
+            raise ExtractError(f"boxes must be 'detect' or 'given:FILE', got {opt.boxes!r}")
+        if self.given is None:
+            self.detector = LandmarkDetector(
+                device=opt.device, face_detector="folder" if self.given_boxes else "sfd",
+                batch_size=opt.batch_size, flip_input=opt.flip_input, min_score=opt.min_score,
+            )
+
+    @property
+    def fps(self) -> float | None:
+        g = self.given or self.given_boxes
+        return g.fps if g else None
+
+    def __call__(self, frames: list[Frame]) -> list[list[Face]]:
+        if self.given is not None:
+            return [self.given.faces(f.index) for f in frames]
+        assert self.detector is not None
+        if self.given_boxes is not None:
+            boxes = [self.given_boxes.boxes(f.index) for f in frames]
+            scores = [np.ones(len(b)) for b in boxes]
+        else:
+            found = [self.detector.detect_boxes(f.image) for f in frames]
+            boxes, scores = [b[:, :4] for b in found], [b[:, 4] for b in found]
+        lms = self.detector.landmarks_batch([f.image for f in frames], boxes)
+        return [[Face(box=b, landmarks=lm, score=float(s)) for b, lm, s in zip(bb, ll, ss)]
+                for bb, ll, ss in zip(boxes, lms, scores)]
+
+
+# ---------------------------------------------------------------------- detection cache
+
+
+def _chunk_path(work: Path, start: int) -> Path:
+    return work / f"det_{start:09d}.npz"
+
+
+def _write_chunk(work: Path, start: int, frames: list[tuple[int, float, int, int]], faces: list[tuple[int, Face]],
+                 eof: bool, problems: list[str]) -> None:
+    m = len(faces)
+    arrays = {
+        "frame_index": np.array([f[0] for f in frames], np.int64),
+        "time": np.array([f[1] for f in frames], np.float64),
+        "frame_size": np.array([(f[2], f[3]) for f in frames], np.int32).reshape(-1, 2),
+        "face_frame": np.array([i for i, _ in faces], np.int64),
+        "box": np.array([f.box for _, f in faces], np.float64).reshape(m, 4),
+        "score": np.array([f.score for _, f in faces], np.float64),
+        "landmarks": np.array([f.landmarks for _, f in faces], np.float64).reshape(m, 68, 2),
+        "meta": np.frombuffer(json.dumps({
+            "version": CACHE_VERSION, "start": start, "eof": eof, "problems": problems,
+            "identity": [f.identity for _, f in faces],
+        }).encode(), np.uint8),
+    }
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    with atomic_write(_chunk_path(work, start)) as f:
+        f.write(buf.getvalue())
+
+
+def _read_chunks(work: Path, chunk: int) -> tuple[list[dict], bool]:
+    """Contiguous cache chunks from frame 0; and whether the last one marks the end."""
+    out: list[dict] = []
+    start = 0
+    while True:
+        p = _chunk_path(work, start)
+        if not p.is_file():
+            return out, False
+        try:
+            with np.load(p) as z:
+                d = {k: z[k] for k in z.files}
+            meta = json.loads(d.pop("meta").tobytes())
+        except Exception:  # noqa: BLE001 - a damaged cache file is just redone
+            p.unlink(missing_ok=True)
+            return out, False
+        d.update(meta)
+        out.append(d)
+        if meta["eof"]:
+            return out, True
+        start += chunk
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _source_key(src: FrameSource) -> str:
+    h = hashlib.sha1(str(src.path.resolve()).encode()).hexdigest()[:6]
+    return f"{src.name}-{h}"
+
+
+def _face_id(key: str, frame: int, track: int) -> str:
+    return f"{key}_{frame:06d}_t{track}"
+
+
+@contextlib.contextmanager
+def _locked(work: Path) -> Iterator[None]:
+    fd = os.open(work / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ExtractError(f"another extraction is writing {str(work.parent.parent)!r}") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+class _Progress:
+    """A rich progress bar (stderr) with frames/s and faces found; silent when disabled."""
+
+    def __init__(self, enabled: bool):
+        self.bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[fps]:.1f} frames/s"), TextColumn("{task.fields[faces]} faces"),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+            )
+
+    def __enter__(self) -> "_Progress":
+        if self.bar:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar:
+            self.bar.__exit__(*exc)
+
+    def task(self, name: str, total: int | None, done: int = 0, faces: int = 0) -> Callable[[int, int], None]:
+        if not self.bar:
+            return lambda n, f: None
+        tid = self.bar.add_task(name, total=total or None, completed=done, fps=0.0, faces=faces)
+        t0, state = time.perf_counter(), {"n": 0, "faces": faces, "done": done}
+
+        def update(n: int, f: int) -> None:
+            state["n"] += n
+            state["faces"] += f
+            state["done"] += n
+            rate = state["n"] / max(time.perf_counter() - t0, 1e-6)
+            self.bar.update(tid, completed=state["done"], fps=rate, faces=state["faces"])
+
+        return update
+
+
+def _delay() -> float:
+    try:
+        return float(os.environ.get(_DELAY_ENV, "0") or 0)
+    except ValueError:
+        return 0.0
+
+
+# ---------------------------------------------------------------------- the passes
+
+
+def _detect_pass(src: FrameSource, finder: _FaceFinder, work: Path, opt: ExtractOptions, progress: _Progress) -> list[dict]:
+    chunks, done = _read_chunks(work, opt.chunk)
+    if done:
+        return chunks
+    start = len(chunks) * opt.chunk
+    faces_before = sum(len(c["face_frame"]) for c in chunks)
+    update = progress.task("detect", src.expected_frames, start, faces_before)
+    frames_meta: list[tuple[int, float, int, int]] = []
+    found: list[tuple[int, Face]] = []
+    pending: list[Frame] = []
+    batch = max(1, min(opt.batch_size, 8))  # frames per detector call
+    delay = _delay()
+    chunk_start = start
+    p0 = len(src.problems)
+
+    def flush_pending() -> None:
+        if not pending:
+            return
+        for fr, faces in zip(pending, finder(pending)):
+            found.extend((fr.index, f) for f in faces)
+            update(1, len(faces))
+        pending.clear()
+
+    for fr in src.frames(start):
+        while fr.index >= chunk_start + opt.chunk:  # close the chunk(s) before this frame
+            flush_pending()
+            _write_chunk(work, chunk_start, frames_meta, found, False, src.problems[p0:])
+            p0 = len(src.problems)
+            chunks.append(_read_chunks_one(work, chunk_start))
+            frames_meta, found = [], []
+            chunk_start += opt.chunk
+        frames_meta.append((fr.index, fr.time, fr.image.shape[1], fr.image.shape[0]))
+        pending.append(fr)
+        if len(pending) >= batch:
+            flush_pending()
+        if delay:
+            time.sleep(delay)
+    flush_pending()
+    _write_chunk(work, chunk_start, frames_meta, found, True, src.problems[p0:])
+    chunks.append(_read_chunks_one(work, chunk_start))
+    return chunks
+
+
+def _read_chunks_one(work: Path, start: int) -> dict:
+    with np.load(_chunk_path(work, start)) as z:
+        d = {k: z[k] for k in z.files}
+    d.update(json.loads(d.pop("meta").tobytes()))
+    return d
+
+
+@dataclass
+class _Plan:
+    """Every face to write, in order, plus per-frame statistics."""
+
+    frame: np.ndarray  # (K,) frame index
+    track: np.ndarray  # (K,)
+    raw: np.ndarray  # (K, 68, 2)
+    smooth: np.ndarray  # (K, 68, 2)
+    identity: list[str]
+    extra: list[dict]
+    stats: dict[str, Any]
+
+
+def _plan(chunks: list[dict], src: FrameSource, opt: ExtractOptions, fps: float) -> _Plan:
+    fi = np.concatenate([c["frame_index"] for c in chunks]) if chunks else np.zeros(0, np.int64)
+    ff = np.concatenate([c["face_frame"] for c in chunks])
+    box = np.concatenate([c["box"] for c in chunks]).reshape(-1, 4)
+    score = np.concatenate([c["score"] for c in chunks])
+    lms = np.concatenate([c["landmarks"] for c in chunks]).reshape(-1, 68, 2)
+    ids = np.array(sum((list(c["identity"]) for c in chunks), []), object)
+    times = dict(zip(fi.tolist(), np.concatenate([c["time"] for c in chunks]).tolist()))
+    per_frame = np.bincount(np.searchsorted(fi, ff), minlength=len(fi)) if len(fi) else np.zeros(0, int)
+    stats = {
+        "frames": int(len(fi)),
+        "faces_detected": int(len(ff)),
+        "frames_no_face": int((per_frame == 0).sum()),
+        "frames_several_faces": int((per_frame > 1).sum()),
+    }
+    keep = min_size_filter(lms, opt.min_face) if len(ff) else np.zeros(0, bool)
+    stats["faces_too_small"] = int((~keep).sum())
+    ff, box, score, lms, ids = ff[keep], box[keep], score[keep], lms[keep], ids[keep]
+    # A shot cut closes every track: offset frame numbers so no match can bridge a cut.
+    cut_pos = np.searchsorted(np.sort(np.asarray(opt.cuts, np.int64)), ff, side="right")
+    track = link_tracks(ff + cut_pos * 10**9, box, lms, ids) if len(ff) else np.zeros(0, np.int64)
+    sel = keep_tracks(track, lms, opt.track)
+    ff, box, score, lms, ids, track = ff[sel], box[sel], score[sel], lms[sel], ids[sel], track[sel]
+    method = opt.smooth
+    if method == "auto":
+        method = "savgol" if src.is_sequence else "none"
+    smooth = lms.copy()
+    if method != "none":
+        params = {"window": opt.smooth_window} if method == "savgol" else {}
+        for t in np.unique(track):
+            rows = np.flatnonzero(track == t)
+            smooth[rows] = smooth_track(lms[rows], fps, method, frame_index=ff[rows],
+                                        times=np.array([times[int(i)] for i in ff[rows]]), cuts=opt.cuts, **params)
+    order = np.lexsort((track, ff))
+    stats["tracks"] = int(len(np.unique(track)))
+    stats["faces_kept"] = int(len(order))
+    stats["smoothing"] = method
+    label = [opt.identity or str(i) for i in ids[order]]
+    extra = [{"box": [round(float(v), 3) for v in b], "score": round(float(s), 4)} for b, s in zip(box[order], score[order])]
+    return _Plan(ff[order], track[order], lms[order], smooth[order], label, extra, stats)
+
+
+def _crop_pass(src: FrameSource, plan: _Plan, key: str, opt: ExtractOptions, progress: _Progress, writer_factory) -> int:
+    ids = [_face_id(key, int(f), int(t)) for f, t in zip(plan.frame, plan.track)]
+    writer = None
+    written = 0
+    if not ids:
+        return 0
+    writer = writer_factory()
+    try:
+        todo = np.array([i not in writer for i in ids], bool)
+        if not todo.any():
+            return 0
+        rows_by_frame: dict[int, list[int]] = {}
+        for k in np.flatnonzero(todo):
+            rows_by_frame.setdefault(int(plan.frame[k]), []).append(int(k))
+        frames_todo = sorted(rows_by_frame)
+        update = progress.task("crop", len(frames_todo), 0, 0)
+        batch: tuple[list, list, dict[str, list]] = ([], [], {k: [] for k in MASK_KINDS})
+        batch_frames = 0
+        delay = _delay()
+
+        def flush() -> None:
+            nonlocal written, batch_frames
+            recs, imgs, masks = batch
+            if recs:
+                writer.append(recs, imgs, masks if opt.masks else None)
+                written += len(recs)
+            batch[0].clear(), batch[1].clear()
+            for v in masks.values():
+                v.clear()
+            batch_frames = 0
+
+        last = frames_todo[-1]
+        for fr in src.frames(frames_todo[0]):
+            if fr.index > last:
+                break
+            rows = rows_by_frame.get(fr.index)
+            if not rows:
+                continue
+            h, w = fr.image.shape[:2]
+            for k in rows:
+                m = align.alignment_matrix(plan.smooth[k], opt.face_type)
+                crop = align.warp_to_crop(fr.image, m, opt.size)
+                rec = faceset.FaceRecord(
+                    id=ids[k], source=str(src.path), frame_index=int(fr.index), time=float(fr.time),
+                    track=int(plan.track[k]), identity=plan.identity[k], landmarks=plan.smooth[k], matrix=m,
+                    frame_size=(w, h), landmarks_raw=plan.raw[k], extra=plan.extra[k],
+                )
+                batch[0].append(rec)
+                batch[1].append(crop)
+                if opt.masks:
+                    lm_crop = align.transform_points(plan.smooth[k], align.crop_matrix(m, opt.size))
+                    for kind in MASK_KINDS:
+                        batch[2][kind].append(landmark_mask(lm_crop, opt.size, kind))
+            batch_frames += 1
+            update(1, len(rows))
+            if batch_frames >= opt.chunk:
+                flush()
+            if delay:
+                time.sleep(delay)
+        flush()
+    finally:
+        writer.close()
+    return written
+
+
+# ---------------------------------------------------------------------- entry point
+
+
+def check_options(opt: ExtractOptions) -> None:
+    """Validate options before touching any file (one-line ``ExtractError``)."""
+    _check_face_type(opt.face_type)
+    if not isinstance(opt.size, int) or opt.size % 16 or not 16 <= opt.size <= 2048:
+        raise ExtractError(f"size must be a multiple of 16 in [16, 2048], got {opt.size!r}")
+    if opt.smooth not in ("auto", *METHODS):
+        raise ExtractError(f"smooth must be auto, {', '.join(METHODS)}; got {opt.smooth!r}")
+    if opt.chunk < 1:
+        raise ExtractError(f"chunk must be >= 1, got {opt.chunk}")
+    if str(opt.track) not in ("all", "largest") and not str(opt.track).lstrip("-").isdigit():
+        raise ExtractError(f"track must be all, largest or a track id, got {opt.track!r}")
+    if opt.image_format not in ("png", "jpg", "jpeg"):
+        raise ExtractError(f"image_format must be png or jpg, got {opt.image_format!r}")
+    if opt.input in ("", "???") or opt.out in ("", "???"):
+        raise ExtractError("give input=PATH and out=FACESET")
+
+
+def extract(opt: ExtractOptions) -> dict[str, Any]:
+    """Extract faces from ``opt.input`` into the face set ``opt.out`` (resuming if it exists).
+
+    Returns:
+        A summary dict: frames, faces written, frames with no / several faces, problems…
+
+    Raises:
+        ExtractError: bad options, changed options on resume, or nothing usable in the input.
+    """
+    check_options(opt)
+    src = open_source(opt.input, fps=opt.fps or None)
+    out = Path(opt.out)
+    if out.exists() and not out.is_dir():
+        raise ExtractError(f"out {opt.out!r} exists and is not a directory")
+    key = _source_key(src)
+    work = out / WORK_DIR / key
+    created_out = not out.exists()
+    options = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in asdict(opt).items()}
+    manifest_path = work / "manifest.json"
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text("utf-8"))
+        for k in _DETECT_KEYS + _CROP_KEYS:
+            if old["options"].get(k) != options.get(k):
+                raise ExtractError(
+                    f"{opt.out!r} holds an extraction of {src.path.name} with {k}={old['options'].get(k)!r}, "
+                    f"not {options.get(k)!r}; use another out= or delete {str(work)!r}"
+                )
+        if old["input"] != src.fingerprint():
+            raise ExtractError(f"{src.path.name} changed since its extraction into {opt.out!r} began; "
+                               f"delete {str(work)!r} to start over")
+    finder = _FaceFinder(opt)  # before creating files: weights and landmark files are checked here
+    fps = float(src.fps or finder.fps or opt.fps or 24.0)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        with _locked(work):
+            if not manifest_path.is_file():
+                atomic_write_json(manifest_path, {"input": src.fingerprint(), "source": str(src.path),
+                                                  "options": options, "complete": False})
+            with _Progress(opt.progress) as progress:
+                chunks = _detect_pass(src, finder, work, opt, progress)
+                t_detect = time.perf_counter() - t0
+                plan = _plan(chunks, src, opt, fps)
+                problems = sorted(set(sum((list(c["problems"]) for c in chunks), [])) | set(src.problems))
+                if plan.stats["frames"] == 0:
+                    raise ExtractError(f"no frame of {src.path.name} could be decoded"
+                                       + (f": {problems[0]}" if problems else ""))
+                if plan.stats["faces_kept"] == 0:
+                    raise ExtractError(
+                        f"no faces found in {plan.stats['frames']} frames of {src.path.name}"
+                        + (f" ({plan.stats['faces_too_small']} smaller than min_face={opt.min_face:g})"
+                           if plan.stats["faces_too_small"] else ""))
+
+                def writer_factory() -> faceset.FaceSetWriter:
+                    return faceset.create(out, face_type=opt.face_type, size=opt.size, image_format=opt.image_format,
+                                          identity=opt.identity or None, exist_ok=True, threads=2)
+
+                written = _crop_pass(src, plan, key, opt, progress, writer_factory)
+    except ExtractError:
+        if created_out and not (out / HEADER_NAME).exists():
+            shutil.rmtree(out, ignore_errors=True)  # nothing usable: leave nothing behind
+        raise
+    seconds = time.perf_counter() - t0
+    summary = {
+        "input": str(src.path), "out": str(out), "kind": src.kind, **plan.stats,
+        "faces_written": written, "faces_in_set": len(faceset.open(out)),
+        "problems": problems, "seconds": round(seconds, 2),
+        "detect_frames_per_s": round(plan.stats["frames"] / max(t_detect, 1e-9), 2),
+        "frames_per_s": round(plan.stats["frames"] / max(seconds, 1e-9), 2),
+    }
+    atomic_write_json(manifest_path, {"input": src.fingerprint(), "source": str(src.path), "options": options,
+                                      "complete": True, "summary": summary})
+    return summary
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The closing summary, a few lines of text."""
+    lines = [
+        f"{s['input']} -> {s['out']}",
+        f"  frames {s['frames']}  faces detected {s['faces_detected']}  kept {s['faces_kept']} in {s['tracks']} track(s)"
+        f"  written {s['faces_written']} (set now holds {s['faces_in_set']})",
+        f"  frames with no face {s['frames_no_face']}  frames with several faces {s['frames_several_faces']}"
+        f"  too small {s['faces_too_small']}  smoothing {s['smoothing']}",
+        f"  {s['seconds']:.1f} s, {s['frames_per_s']:.1f} frames/s",
+    ]
+    lines += [f"  problem: {p}" for p in s["problems"]]
+    return "\n".join(lines)
+
