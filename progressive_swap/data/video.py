@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 import av
 import numpy as np
 
-from progressive_swap.io import atomic_write_json, fsync_dir
+from progressive_swap.io import _UMASK, atomic_write_json, fsync_dir
 
 if TYPE_CHECKING:
     from progressive_swap.data.phantom_params import FrameParams, Identity
@@ -93,6 +93,7 @@ def write_video(
                 container.mux(packet)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp made it 0600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
