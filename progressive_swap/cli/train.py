@@ -78,8 +78,20 @@ def _train(argv: Sequence[str]) -> int:
     return train(cfg)
 
 
+def _quiet_known_warnings() -> None:
+    """Silence library chatter that says nothing to a user of this command."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # we wrote config.yaml there
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
+
+
 def train(cfg: DictConfig) -> int:
     """Build everything from a composed config and fit. Bad input raises before anything is written."""
+    _quiet_known_warnings()
     import pytorch_lightning as pl
     import torch
     from hydra.utils import instantiate
