@@ -192,3 +192,11 @@ def test_resume_from_another_architecture_or_a_hostile_file(blob_sets, tmp_path,
         safe_load(evil)
     # An existing run is never overwritten by accident.
     _fails(tiny(blob_sets, run), capsys, "already holds a run")
+
+
+@pytest.mark.slow
+def test_patch_gan_option_trains_and_checkpoints_the_discriminator(blob_sets, tmp_path):
+    run = tmp_path / "run"
+    assert train_cli.main(tiny(blob_sets, run, "loss.gan=0.1", "loss.gan_channels=8", "max_steps=2")) == 0
+    sd = safe_load(run / "last.ckpt")["state_dict"]
+    assert any(k.startswith("loss.discriminator.") for k in sd)

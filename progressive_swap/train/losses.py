@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from progressive_swap.train.gan import PatchDiscriminator, patch_gan_loss
+
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Weighted mean absolute error; ``weight`` broadcasts over channels."""
@@ -51,12 +53,18 @@ class SwapLoss(nn.Module):
         eyes: extra weight inside the eye regions (0 = no priority).
         mouth: extra weight inside the mouth region.
         background: weight of pixels outside the face mask relative to inside.
+        gan: weight of the optional patch-GAN term (0: off, no discriminator is built).
+        gan_channels: width of the discriminator's first layer.
     """
 
-    def __init__(self, l1: float = 1.0, ssim: float = 1.0, mask: float = 0.5, eyes: float = 2.0, mouth: float = 1.0, background: float = 0.1):
+    def __init__(
+        self, l1: float = 1.0, ssim: float = 1.0, mask: float = 0.5, eyes: float = 2.0, mouth: float = 1.0,
+        background: float = 0.1, gan: float = 0.0, gan_channels: int = 32,
+    ):
         super().__init__()
-        self.w = {"l1": l1, "ssim": ssim, "mask": mask}
+        self.w = {"l1": l1, "ssim": ssim, "mask": mask, "gan": gan}
         self.eyes, self.mouth, self.background = eyes, mouth, background
+        self.discriminator = PatchDiscriminator(gan_channels) if gan > 0 else None
 
     def forward(
         self, rgb: torch.Tensor, mask_logit: torch.Tensor, target: torch.Tensor, target_mask: torch.Tensor, regions: torch.Tensor
@@ -71,5 +79,7 @@ class SwapLoss(nn.Module):
             parts["ssim"] = masked_dssim(rgb, target, w)
         if self.w["mask"]:
             parts["mask"] = mask_loss(mask_logit, target_mask)
+        if self.discriminator is not None:
+            parts["gan"] = patch_gan_loss(self.discriminator, target, rgb, target_mask)
         total = sum(self.w[k] * v for k, v in parts.items())
         return total, parts
