@@ -1,0 +1,163 @@
+"""``swap-export``: swap every face of some footage to one identity and write RGBA face layers.
+
+Usage:
+    swap-export checkpoint=RUN/last.ckpt input=FOOTAGE_OR_FACESET out=DIR identity=NAME \\
+        [format=png16|png8|exr] [layers=merged|per_track] [color=none|reinhard|histogram] \\
+        [erode=0] [dilate=0] [feather=0] [preview=false] [bf16=false] [batch=8] ...
+
+``input`` is either a face set of the footage (its records name the source video or image
+folder, read for the plates) or the footage itself (a video, an image folder or pattern, or
+one image), which is first extracted into ``out/faces`` by the extractor (face detection, or
+``landmarks=given:FILE``; tracking; smoothing), resumably.
+A rerun with the same settings resumes: complete frames are skipped. Details: ``docs/export.md``.
+Exit codes: 0 done, 2 bad input (one line on stderr), 3 I/O error (e.g. disk full).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from progressive_swap.cli.common import UserError, parse_overrides, run_cli, usage
+
+PROG = "swap-export"
+
+
+@dataclass
+class ExportOptions:
+    """Options of ``swap-export`` (``key=value``)."""
+
+    checkpoint: str = ""  # last.ckpt or model.safetensors of a run
+    input: str = ""  # a face set directory, or footage: video / image / image folder
+    out: str = ""  # output directory (created)
+    identity: str = ""  # decoder to swap to: a name from the checkpoint, or its index
+    format: str = "png16"  # png8 | png16 (straight alpha, sRGB) | exr (half, linear, premultiplied)
+    layers: str = "merged"  # merged | per_track
+    color: str = "none"  # none | reinhard | histogram (match the plate's skin; recorded in metadata)
+    mask: str = "model"  # model | hull: where alpha comes from
+    erode: float = 0.0  # fraction of the face crop's side
+    dilate: float = 0.0  # fraction of the face crop's side
+    feather: float = 0.0  # Gaussian sigma, fraction of the face crop's side
+    crop_size: int = 0  # footage only: crop side extracted and composited from; 0: the model's stage_res
+    landmarks: str = ""  # footage only: given:FILE (truth JSON); empty: detect (face-alignment)
+    smooth: str = "auto"  # footage only: landmark smoothing of the extraction (auto, savgol, one_euro, none)
+    source: str = ""  # face set input: footage to read plates from (default: the records' source)
+    face_type: str = ""  # footage only, when the checkpoint does not record one
+    patches: bool = False  # also write aligned-space RGBA crops
+    preview: bool = False  # also write preview.mp4 (with the source's audio) and contact_sheet.png
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    bf16: bool = False  # bfloat16 autocast for inference
+    batch: int = 8  # faces per inference batch
+    progress: bool = True  # progress bar on stderr
+
+
+def _is_faceset(path: Path) -> bool:
+    from progressive_swap.data.faceset_format import HEADER_NAME
+
+    return path.is_dir() and (path / HEADER_NAME).is_file()
+
+
+def _faceset_input(path: Path, footage: str, info, stage_res: int):
+    """Frames of the footage with the face set's faces; checks face type and resolution."""
+    from progressive_swap.data import faceset
+    from progressive_swap.export import frames as F
+
+    fs = faceset.open(path)
+    if info.face_type and fs.face_type != info.face_type:
+        raise UserError(f"face type mismatch: the checkpoint was trained on {info.face_type!r} faces, "
+                        f"the face set {str(path)!r} holds {fs.face_type!r} faces")
+    if fs.size < stage_res:
+        raise UserError(f"resolution mismatch: the face set's crops are {fs.size} px but the model runs at "
+                        f"{stage_res} px; extract at >= {stage_res} px")
+    sources = F.faceset_sources(fs)
+    if not sources:
+        raise UserError(f"face set {str(path)!r} is empty")
+    if footage:
+        match = [s for s in sources if s == footage or Path(s).name == Path(footage).name]
+        if not match:
+            raise UserError(f"source={footage!r} is not a source of the face set; it has: {', '.join(sources)}")
+        record_source = match[0]
+        plates = Path(footage) if Path(footage).exists() else F.resolve_source(record_source, fs.root)
+    elif len(sources) > 1:
+        raise UserError(f"the face set holds faces of {len(sources)} sources; pick one with source=: {', '.join(sources)}")
+    else:
+        record_source = sources[0]
+        plates = F.resolve_source(record_source, fs.root)
+    frames = F.faceset_frames(fs, plates, record_source)
+    return frames, plates, fs.size, F.faceset_tracks(fs, record_source), fs.face_type
+
+
+def _footage_input(o, info, stage_res: int):
+    """Extract the footage into ``out/faces`` (the extractor resumes it), then use that set."""
+    from progressive_swap.extract import ExtractOptions, extract
+
+    ftype = info.face_type or o.face_type
+    if not ftype:
+        raise UserError("the checkpoint does not record its face type; pass face_type=full|whole|head")
+    if o.face_type and info.face_type and o.face_type != info.face_type:
+        raise UserError(f"face type mismatch: the checkpoint was trained on {info.face_type!r} faces, not {o.face_type!r}")
+    fset = Path(o.out) / "faces"
+    extract(ExtractOptions(
+        input=o.input, out=str(fset), size=o.crop_size or stage_res, face_type=ftype, identity="target",
+        landmarks=o.landmarks or "fan", device=o.device, smooth=o.smooth, masks=False, progress=o.progress,
+    ))
+    return fset
+
+
+def _export(argv: Sequence[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        print("options: " + usage(ExportOptions()))
+        return 0
+    o = parse_overrides(argv, ExportOptions(), PROG)
+    for k in ("checkpoint", "input", "out", "identity"):
+        if not str(o[k]).strip():
+            raise UserError(f"{k}= is required (usage: {PROG} checkpoint=CKPT input=FOOTAGE out=DIR identity=NAME)")
+
+    from rich.console import Console
+
+    from progressive_swap.export.convert import Swapper, load_model
+    from progressive_swap.export.frames import open_plates
+    from progressive_swap.export.pipeline import ExportSettings, Exporter
+    from progressive_swap.io import check_writable_dir
+
+    console = Console(file=sys.stderr)
+    settings_kw = dict(format=o.format, layers=o.layers, color=o.color, mask=o.mask, erode=o.erode,
+                       dilate=o.dilate, feather=o.feather, patches=o.patches, preview=o.preview, batch=o.batch)
+    ExportSettings(**settings_kw)  # validate the cheap options before loading anything
+    inp = Path(o.input)
+    if not inp.exists() and not any(c in inp.name for c in "%*?["):
+        raise FileNotFoundError(f"input not found: {o.input!r}")
+    model, info = load_model(o.checkpoint, o.device)
+    identity = info.identity_index(o.identity)
+    check_writable_dir(o.out)
+    fset, footage = inp, o.source
+    if not _is_faceset(fset):
+        if o.source:
+            raise UserError("source= is for face set input; with footage input it is the input itself")
+        fset, footage = _footage_input(o, info, info.stage_res), o.input
+    frames, footage, size, tracks, ftype = _faceset_input(fset, footage, info, info.stage_res)
+    settings = ExportSettings(**settings_kw, crop_size=size)
+
+    plates = open_plates(footage)
+    fps = plates.fps or float("nan")
+    audio = footage if plates.kind == "video" else None
+    device = next(model.parameters()).device
+    swap = Swapper(model, identity, info.stage_res, info.alpha, device=device, bf16=o.bf16)
+    console.print(f"swap-export: {footage} -> {o.out}  identity={info.identities[identity]}  "
+                  f"model {info.stage_res} px ({ftype})  crop {size} px  {o.format}  on {device}", soft_wrap=True)
+    exporter = Exporter(o.out, swap, info, identity, settings, source=str(footage), tracks=tracks, fps=fps,
+                        audio_from=audio, total=plates.expected_frames or None, progress=o.progress)
+    stats = exporter.run(frames)
+    console.print(f"done: {stats['frames']} frames ({stats['written']} written, {stats['skipped']} already complete), "
+                  f"{stats['faces']} faces, {stats['frames_per_s']} frames/s", soft_wrap=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(lambda: _export(list(sys.argv[1:] if argv is None else argv)), PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

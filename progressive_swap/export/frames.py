@@ -1,0 +1,121 @@
+"""Frame sources for export: footage frames paired with the faces to swap in them.
+
+Each source yields :class:`FrameIn` one frame at a time (memory stays flat over long clips):
+the decoded plate, its index and presentation time, and the aligned faces found in it. Every
+frame of the footage is yielded, also those without faces, so the exported sequence keeps the
+footage's frame count, order and timestamps.
+
+:func:`faceset_frames` pairs the footage with a face set of it: face records carry ``source``,
+``frame_index`` and ``matrix``; the plates are decoded from ``source`` (or a path given instead)
+and the set's own aligned crops are what the model sees. Footage without a face set is first
+extracted into one by the extractor (``progressive_swap.extract``: detection or given
+landmarks, tracks, smoothing), see ``cli/export.py``.
+
+Convention: plates are uint8 ``(H, W, 3)`` RGB; landmarks frame pixels (centres at integers);
+matrices frame pixels → normalised crop coordinates.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+
+@dataclass
+class FaceIn:
+    """One face to swap.
+
+    Attributes:
+        matrix: ``(2, 3)`` alignment, frame px → normalised crop coordinates.
+        track: track id within the footage (-1 if none).
+        landmarks: ``(68, 2)`` frame px, or None.
+        crop: uint8 ``(S, S, 3)`` aligned crop if the source has one (face sets), else None.
+        face_id: the face set record id, if any.
+    """
+
+    matrix: np.ndarray
+    track: int = -1
+    landmarks: np.ndarray | None = None
+    crop: np.ndarray | None = None
+    face_id: str | None = None
+
+
+@dataclass
+class FrameIn:
+    """One footage frame and its faces."""
+
+    index: int
+    time: float
+    image: np.ndarray
+    faces: list[FaceIn] = field(default_factory=list)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(w, h)``."""
+        return int(self.image.shape[1]), int(self.image.shape[0])
+
+
+# ----------------------------------------------------------------------------- plates
+
+
+def open_plates(path: str | os.PathLike):
+    """The footage as a :class:`~progressive_swap.data.sources.FrameSource` (video, image
+    folder, image pattern or one image; the extractor's reader)."""
+    from progressive_swap.data.sources import open_source
+
+    return open_source(path)
+
+
+# ----------------------------------------------------------------------------- face sets
+
+
+def resolve_source(source: str, faceset_root: Path) -> Path:
+    """Find a face set record's ``source`` on disk: as given, then beside the face set."""
+    p = Path(source)
+    for cand in (p, faceset_root / p, faceset_root.parent / p, faceset_root.parent / p.name):
+        if cand.exists():
+            return cand
+    raise FileNotFoundError(
+        f"the face set's source footage {source!r} was not found (also looked beside {str(faceset_root)!r}); "
+        "pass source=PATH"
+    )
+
+
+def faceset_sources(fs) -> list[str]:
+    return sorted(set(fs.sources))
+
+
+def faceset_frames(fs, footage: str | os.PathLike, source: str) -> Iterator[FrameIn]:
+    """Frames of ``footage`` with the face set's faces of ``source`` attached.
+
+    Args:
+        fs: an open :class:`~progressive_swap.data.faceset.FaceSet`.
+        footage: the plates (video, image or image folder).
+        source: the records' ``source`` value to use.
+    """
+    rows: dict[int, list[int]] = defaultdict(list)
+    srcs, fidx = fs.sources, fs.frame_indices
+    for i in range(len(fs)):
+        if srcs[i] == source:
+            rows[int(fidx[i])].append(i)
+    ids, sizes, mats, tracks, lms = fs.ids, fs.frame_sizes, fs.matrices, fs.tracks, fs.landmarks
+    for fr in open_plates(footage).frames():
+        index, t, image = fr.index, fr.time, fr.image
+        faces = []
+        for i in rows.get(index, ()):
+            if tuple(int(v) for v in sizes[i]) != (image.shape[1], image.shape[0]):
+                raise ValueError(
+                    f"face {ids[i]} was extracted from a {sizes[i][0]}x{sizes[i][1]} frame, "
+                    f"but frame {index} of {str(footage)!r} is {image.shape[1]}x{image.shape[0]}"
+                )
+            faces.append(FaceIn(matrix=np.asarray(mats[i], np.float64), track=int(tracks[i]),
+                                landmarks=np.asarray(lms[i], np.float64), crop=fs.image(i), face_id=ids[i]))
+        yield FrameIn(index, t, image, faces)
+
+
+def faceset_tracks(fs, source: str) -> list[int]:
+    return sorted({int(t) for s, t in zip(fs.sources, fs.tracks) if s == source})

@@ -1,0 +1,428 @@
+"""The export loop: frames in, swapped-face layers (plus sidecars and previews) out.
+
+Frames stream through one at a time; faces are swapped in batches across consecutive frames,
+so memory is bounded by ``batch`` frames whatever the clip's length. Each frame's outputs are
+written atomically and its sidecar JSON last: the sidecar is the frame's commit record, so a
+rerun skips exactly the frames whose sidecar exists, matches the settings and lists files that
+all exist (a crash or a full disk never leaves a truncated file under a final name).
+
+Layout of ``out/`` (``NNNNNN`` is the footage's frame index, from 0)::
+
+    export.json                      settings, checkpoint facts and (at the end) a summary
+    layers/face.NNNNNN.png|exr       merged layer (layers=merged)
+    layers/track<T>/face.NNNNNN.*    one layer per face track, every frame (layers=per_track)
+    meta/face.NNNNNN.json            sidecar: time, matrices, landmarks, tracks, identity, files
+    patches/face.NNNNNN.t<T>.png     aligned-space RGBA crops (patches=true)
+    preview.mp4, contact_sheet.png   composites over the plate (preview=true)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time as _time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import cv2
+import numpy as np
+
+from progressive_swap.export import composite as C
+from progressive_swap.export import writers as W
+from progressive_swap.export.convert import CheckpointInfo
+from progressive_swap.export.frames import FaceIn, FrameIn
+from progressive_swap.faces import align
+from progressive_swap.io import atomic_write_json, check_writable_dir
+
+LAYER_MODES = ("merged", "per_track")
+MASK_SOURCES = ("model", "hull")
+
+
+@dataclass
+class ExportSettings:
+    """What to write (the options that change the pixels are fingerprinted for resume).
+
+    Args:
+        format: ``png8``, ``png16`` (straight alpha, sRGB) or ``exr`` (half, linear, premultiplied).
+        layers: ``merged`` (one layer per frame) or ``per_track`` (one per face track).
+        color: colour matching to the plate: ``none``, ``reinhard`` or ``histogram``.
+        mask: alpha source: ``model`` (the decoder's mask) or ``hull`` (landmark hull).
+        erode, dilate, feather: mask refinement, fractions of the face crop's side.
+        crop_size: aligned crop side the swap is composited from (the model's output is
+            resized to it).
+        patches: also write aligned-space RGBA crops.
+        preview: also write ``preview.mp4`` and ``contact_sheet.png``.
+        batch: faces per inference batch.
+    """
+
+    format: str = "png16"
+    layers: str = "merged"
+    color: str = "none"
+    mask: str = "model"
+    erode: float = 0.0
+    dilate: float = 0.0
+    feather: float = 0.0
+    crop_size: int = 256
+    patches: bool = False
+    preview: bool = False
+    batch: int = 8
+
+    def __post_init__(self) -> None:
+        if self.format not in W.FORMATS:
+            raise ValueError(f"unknown format {self.format!r}; choose one of {', '.join(W.FORMATS)}")
+        if self.layers not in LAYER_MODES:
+            raise ValueError(f"unknown layers {self.layers!r}; choose one of {', '.join(LAYER_MODES)}")
+        if self.color not in C.COLOR_METHODS:
+            raise ValueError(f"unknown color {self.color!r}; choose one of {', '.join(C.COLOR_METHODS)}")
+        if self.mask not in MASK_SOURCES:
+            raise ValueError(f"unknown mask {self.mask!r}; choose one of {', '.join(MASK_SOURCES)}")
+        if not 16 <= int(self.crop_size) <= 4096:
+            raise ValueError(f"crop_size must be in [16, 4096], got {self.crop_size}")
+        if int(self.batch) < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+        self.mask_options  # validates erode/dilate/feather
+
+    @property
+    def mask_options(self) -> C.MaskOptions:
+        return C.MaskOptions(self.erode, self.dilate, self.feather)
+
+    def pixel_settings(self) -> dict:
+        """The settings that change what is written (``preview`` and ``batch`` do not)."""
+        d = asdict(self)
+        d.pop("preview"), d.pop("batch")
+        return d
+
+
+def software() -> str:
+    from progressive_swap.data.faceset_format import software_version
+
+    return software_version()
+
+
+@dataclass
+class _Pending:
+    frame: FrameIn
+    crops: list[np.ndarray] = field(default_factory=list)
+    rgb: list[np.ndarray] = field(default_factory=list)
+    mask: list[np.ndarray] = field(default_factory=list)
+
+
+class Exporter:
+    """Swap every face of a frame stream and write layers, sidecars and previews.
+
+    Args:
+        out: output directory (created; must be writable).
+        swap: ``swap(crops uint8 (B, S, S, 3)) -> (rgb (B, S, S, 3), mask (B, S, S))`` floats in
+            [0, 1] (a :class:`~progressive_swap.export.convert.Swapper`).
+        info: the checkpoint's facts (provenance and the identity's name).
+        identity: decoder index the faces are swapped to.
+        settings: what to write.
+        source: description of the input (recorded).
+        tracks: face tracks known in advance (``per_track`` writes every one of them on every
+            frame, transparent where the face is absent).
+        fps: nominal frame rate (preview timing for frames without timestamps).
+        audio_from: media file whose audio the preview keeps.
+        total: expected frame count (progress bar, contact sheet spacing).
+        progress: show a progress bar on stderr.
+        workers: threads that composite, encode and write frames (0: up to 4, one per core).
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        swap: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+        info: CheckpointInfo,
+        identity: int,
+        settings: ExportSettings,
+        source: str = "",
+        tracks: Iterable[int] = (),
+        fps: float = float("nan"),
+        audio_from: str | os.PathLike | None = None,
+        total: int | None = None,
+        progress: bool = True,
+        workers: int = 0,
+    ) -> None:
+        self.out = check_writable_dir(out)
+        self.swap, self.info, self.identity, self.s = swap, info, int(identity), settings
+        self.identity_name = info.identities[self.identity]
+        self.source, self.tracks = source, sorted(set(int(t) for t in tracks))
+        self.fps, self.audio_from, self.total, self.progress = fps, audio_from, total, progress
+        self.ext = W.FORMATS[settings.format]
+        self.workers = int(workers) if workers > 0 else max(1, min(4, os.cpu_count() or 1))
+        px = settings.pixel_settings()
+        self.fingerprint = hashlib.sha256(
+            json.dumps({**px, "checkpoint_sha256": info.sha256, "identity": self.identity}, sort_keys=True).encode()
+        ).hexdigest()[:16]
+        self.provenance = {
+            "software": software(),
+            "checkpoint": Path(info.path).name,
+            "checkpoint_sha256": info.sha256,
+            "identity": self.identity_name,
+            "stage_res": info.stage_res,
+            "model_alpha": info.alpha,
+            "face_type": info.face_type,
+            "settings": px,
+        }
+        self.text = W.file_metadata(settings.format, self.provenance)
+        self.patch_text = W.file_metadata("png16", {**self.provenance, "space": "aligned crop"})
+        self.stats = {"frames": 0, "faces": 0, "skipped": 0, "written": 0}
+
+    # ------------------------------------------------------------------ paths
+
+    def _track_dir(self, track: int) -> str:
+        return f"track{track}" if track >= 0 else "untracked"
+
+    def layer_relpath(self, index: int, track: int | None = None) -> str:
+        sub = "layers" if track is None else f"layers/{self._track_dir(track)}"
+        return f"{sub}/face.{index:06d}{self.ext}"
+
+    def sidecar_path(self, index: int) -> Path:
+        return self.out / "meta" / f"face.{index:06d}.json"
+
+    def is_done(self, index: int) -> dict | None:
+        """The sidecar of a complete frame exported with these settings, else None."""
+        p = self.sidecar_path(index)
+        try:
+            meta = json.loads(p.read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict) or meta.get("fingerprint") != self.fingerprint:
+            return None
+        files = list(meta.get("files", {}).values()) + list(meta.get("patches", {}).values())
+        if not all((self.out / f).is_file() for f in files):
+            return None
+        return meta
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, frames: Iterable[FrameIn]) -> dict:
+        """Export every frame; returns counts (frames, faces, skipped, written)."""
+        from progressive_swap.export.preview import ContactSheet, PreviewWriter
+
+        (self.out / "meta").mkdir(exist_ok=True)
+        (self.out / "layers").mkdir(exist_ok=True)
+        manifest = {
+            "kind": "progressive_swap.export", "version": 1, "status": "running", "software": software(),
+            "input": self.source, "checkpoint": self.provenance["checkpoint"], "checkpoint_sha256": self.info.sha256,
+            "identity": self.identity_name, "stage_res": self.info.stage_res, "face_type": self.info.face_type,
+            "conventions": W.CONVENTIONS[self.s.format], "synthetic": True, "settings": self.s.pixel_settings(),
+            "fingerprint": self.fingerprint,
+        }
+        atomic_write_json(self.out / "export.json", manifest)
+        preview = PreviewWriter(self.out / "preview.mp4", self.fps, self.audio_from) if self.s.preview else None
+        sheet = ContactSheet(self.total) if self.s.preview else None
+        self._sinks = (preview, sheet)
+        # Compositing, encoding and writing run in worker threads (OpenCV, zlib and OpenEXR
+        # release the GIL) while the next batch is inferred; results are taken in frame order.
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="export-write")
+        self._inflight: deque[tuple[FrameIn, Future]] = deque()
+        t0 = _time.perf_counter()
+        try:
+            with _progress(self.total, self.progress) as advance:
+                self._advance = advance
+                pending: list[_Pending] = []
+                n_faces = 0
+                for fr in frames:
+                    self.stats["frames"] += 1
+                    if self.is_done(fr.index) is not None:
+                        self._flush(pending)
+                        pending, n_faces = [], 0
+                        self._drain(0)
+                        self.stats["skipped"] += 1
+                        if preview is not None:
+                            self._preview(fr, self._read_back(fr.index))
+                        advance(1)
+                        continue
+                    p = _Pending(fr, [self._crop(fr, f) for f in fr.faces])
+                    pending.append(p)
+                    n_faces += len(p.crops)
+                    if n_faces >= self.s.batch or len(pending) >= 2 * self.s.batch:
+                        self._flush(pending)
+                        pending, n_faces = [], 0
+                self._flush(pending)
+                self._drain(0)
+            if preview is not None:
+                preview.close()
+                sheet.save(self.out / "contact_sheet.png")
+        except BaseException:
+            # Let running writes finish (each is atomic), drop queued ones, then report.
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            if preview is not None:
+                preview.abort()
+            raise
+        finally:
+            self._pool.shutdown(wait=True)
+        dt = _time.perf_counter() - t0
+        self.stats["seconds"] = round(dt, 3)
+        self.stats["frames_per_s"] = round(self.stats["frames"] / dt, 3) if dt > 0 else None
+        atomic_write_json(self.out / "export.json", {**manifest, "status": "complete", "summary": self.stats})
+        return dict(self.stats)
+
+    def _crop(self, fr: FrameIn, face: FaceIn) -> np.ndarray:
+        if face.crop is not None:
+            return face.crop
+        size = self.s.crop_size
+        # Cubic keeps detail when the crop enlarges the face; where it shrinks it, linear with
+        # warp_to_crop's pre-reduction avoids aliasing.
+        up = align.matrix_scale(align.crop_matrix(face.matrix, size)) >= 1.0
+        return align.warp_to_crop(fr.image, face.matrix, size, cv2.INTER_CUBIC if up else cv2.INTER_LINEAR)
+
+    def _flush(self, pending: list[_Pending]) -> None:
+        """Swap the pending frames' faces in batches and queue their writes."""
+        if not pending:
+            return
+        crops = [c for p in pending for c in p.crops]
+        rgb_all, mask_all = [], []
+        b = self.s.batch
+        for k in range(0, len(crops), b):
+            rgb, mask = self.swap(np.stack(crops[k : k + b]))
+            rgb_all.extend(rgb)
+            mask_all.extend(mask)
+        k = 0
+        for p in pending:
+            n = len(p.crops)
+            p.rgb, p.mask = rgb_all[k : k + n], mask_all[k : k + n]
+            k += n
+            self._inflight.append((p.frame, self._pool.submit(self._write_frame, p)))
+            self._drain(self.workers)  # bounded: at most `workers` frames held in memory
+        pending.clear()
+
+    def _drain(self, keep: int) -> None:
+        """Wait for queued frames, oldest first, until at most ``keep`` remain; feed previews."""
+        preview, sheet = self._sinks
+        while len(self._inflight) > keep:
+            frame, fut = self._inflight.popleft()
+            layer, n_faces = fut.result()  # re-raises a worker's error (e.g. disk full)
+            self.stats["faces"] += n_faces
+            self.stats["written"] += 1
+            if preview is not None:
+                self._preview(frame, layer)
+            self._advance(1)
+
+    def _face_mask(self, face: FaceIn, model_mask: np.ndarray) -> np.ndarray:
+        if self.s.mask == "model":
+            return model_mask
+        if face.landmarks is None:
+            raise ValueError("mask=hull needs landmarks, and this input has none for a face")
+        from progressive_swap.masks.hull import landmark_mask
+
+        s = model_mask.shape[0]
+        lm = align.transform_points(face.landmarks, align.crop_matrix(face.matrix, s))
+        # The forehead extension reaches above a "whole" crop; only "head" crops hold all of it.
+        return landmark_mask(lm, s, kind="extended" if self.info.face_type == "head" else "components")
+
+    def _write_frame(self, p: _Pending) -> tuple[np.ndarray | None, int]:
+        """Composite, write and commit one frame (in a worker thread).
+
+        Returns:
+            ``(merged layer or None without preview, number of faces)``.
+        """
+        fr, s = p.frame, self.s
+        opts = s.mask_options
+        swapped: list[C.SwappedFace] = []
+        faces_meta = []
+        patches: dict[str, str] = {}
+        for face, crop, rgb, mmask in zip(fr.faces, p.crops, p.rgb, p.mask):
+            mask = self._face_mask(face, mmask)
+            if s.color != "none":
+                rgb = C.color_match(rgb, crop.astype(np.float32) / 255.0, mask, s.color)
+            sf = C.SwappedFace(rgb=rgb, mask=mask, matrix=face.matrix, track=face.track)
+            swapped.append(sf)
+            size = rgb.shape[0]
+            meta = {
+                "track": face.track, "face_id": face.face_id, "identity": self.identity_name,
+                "matrix": np.asarray(face.matrix).tolist(), "crop_size": size,
+                "landmarks": None if face.landmarks is None else np.round(face.landmarks, 4).tolist(),
+                "box": C.crop_bbox(face.matrix, fr.size),
+            }
+            if s.patches:
+                rel = f"patches/face.{fr.index:06d}.t{face.track}.png"
+                (self.out / "patches").mkdir(exist_ok=True)
+                a = C.refine_mask(mask, opts)
+                rgba = np.concatenate([rgb * (a > 0)[..., None], a[..., None]], -1)
+                W.write_layer(self.out / rel, rgba, "png16", self.patch_text)
+                patches[f"t{face.track}"] = rel
+                meta["patch"] = rel
+                meta["patch_inverse_matrix"] = W.inverse_matrix_px(face.matrix, size).tolist()
+            faces_meta.append(meta)
+
+        files: dict[str, str] = {}
+        merged = C.merged_layer(swapped, fr.size, opts)
+        if s.layers == "merged":
+            rel = self.layer_relpath(fr.index)
+            W.write_layer(self.out / rel, merged, s.format, self.text)
+            files["merged"] = rel
+        else:
+            by_track: dict[int, list[C.SwappedFace]] = {t: [] for t in self.tracks}
+            for f in swapped:
+                by_track.setdefault(f.track, []).append(f)
+            for t, fs in sorted(by_track.items()):
+                rel = self.layer_relpath(fr.index, t)
+                (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
+                layer = C.merged_layer(fs, fr.size, opts)
+                W.write_layer(self.out / rel, layer, s.format, self.text)
+                files[f"track{t}"] = rel
+        W.write_sidecar(self.sidecar_path(fr.index), {
+            "frame_index": fr.index,
+            "time": fr.time if math.isfinite(fr.time) else None,
+            "frame_size": list(fr.size),
+            "source": self.source,
+            "identity": self.identity_name,
+            "fingerprint": self.fingerprint,
+            "format": s.format,
+            "conventions": W.CONVENTIONS[s.format],
+            "files": files,
+            "patches": patches,
+            "faces": faces_meta,
+        })
+        return (merged if self.s.preview else None), len(swapped)
+
+    def _read_back(self, index: int) -> np.ndarray:
+        meta = self.is_done(index) or {}
+        layers = [W.read_layer(self.out / f) for f in meta.get("files", {}).values()]
+        if not layers:
+            raise ValueError(f"frame {index}: no layer files to preview")
+        out = layers[0]
+        for layer in layers[1:]:  # per-track layers: stack them again
+            a = layer[..., 3:4]
+            pre = layer[..., :3] * a + out[..., :3] * out[..., 3:4] * (1 - a)
+            alpha = a + out[..., 3:4] * (1 - a)
+            out = np.concatenate([np.divide(pre, alpha, out=np.zeros_like(pre), where=alpha > 0), alpha], -1)
+        return out
+
+    def _preview(self, fr: FrameIn, layer: np.ndarray) -> None:
+        preview, sheet = self._sinks
+        comp = np.rint(C.over(layer, fr.image) * 255.0).astype(np.uint8)
+        preview.write(comp, fr.index, fr.time)
+        sheet.add(fr.index, comp)
+
+
+class _progress:
+    """A rich progress bar on stderr (frames, faces/s); a no-op when disabled."""
+
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+        self._p = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not self.enabled:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._p = Progress(
+            TextColumn("export"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=Console(file=sys.stderr), transient=False,
+        )
+        self._p.__enter__()
+        task = self._p.add_task("export", total=self.total)
+        return lambda n: self._p.advance(task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self._p is not None:
+            self._p.__exit__(*exc)

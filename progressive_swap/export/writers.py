@@ -1,0 +1,196 @@
+"""Layer files: PNG (8/16-bit, straight alpha, sRGB) and EXR (half, scene-linear, premultiplied).
+
+Every file is written atomically (temporary file, fsync, rename: ``progressive_swap/io.py``) and
+records its own conventions plus provenance in its metadata:
+
+``alpha``             ``straight`` (PNG) or ``premultiplied`` (EXR)
+``colorspace``        ``sRGB`` (PNG) or ``scene-linear`` (EXR; Rec.709/sRGB primaries, D65)
+``software``          ``progressive_swap <version>``
+``checkpoint_sha256`` hash of the checkpoint file the faces came from
+``synthetic``         ``true``: the pixels are machine-generated
+``progressive_swap``  all of the above plus the export settings, as one JSON string
+
+PNG keeps them in ``iTXt`` chunks (and carries an ``sRGB`` chunk); EXR in string header
+attributes. Input layers are float32 ``(H, W, 4)`` straight-alpha sRGB in [0, 1]
+(``export/composite.py``).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from progressive_swap.io import atomic_write_bytes, atomic_write_json
+
+FORMATS = {"png8": ".png", "png16": ".png", "exr": ".exr"}
+CONVENTIONS = {
+    "png8": {"alpha": "straight", "colorspace": "sRGB", "bit_depth": 8},
+    "png16": {"alpha": "straight", "colorspace": "sRGB", "bit_depth": 16},
+    "exr": {"alpha": "premultiplied", "colorspace": "scene-linear", "bit_depth": "half"},
+}
+
+
+def srgb_to_linear(x: np.ndarray) -> np.ndarray:
+    """sRGB-encoded values in [0, 1] → linear light (IEC 61966-2-1 piecewise curve)."""
+    x = np.asarray(x, np.float32)
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def linear_to_srgb(x: np.ndarray) -> np.ndarray:
+    """Linear light → sRGB encoding (inverse of :func:`srgb_to_linear`), clipped to [0, 1]."""
+    x = np.clip(np.asarray(x, np.float32), 0.0, 1.0)
+    return np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1.0 / 2.4) - 0.055).astype(np.float32)
+
+
+def file_metadata(fmt: str, provenance: dict[str, Any]) -> dict[str, str]:
+    """String key/values written into a layer file of format ``fmt``.
+
+    Args:
+        fmt: ``png8``, ``png16`` or ``exr``.
+        provenance: at least ``software`` and ``checkpoint_sha256``; everything is also stored
+            under the ``progressive_swap`` key as JSON.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    conv = CONVENTIONS[fmt]
+    full = {"alpha": conv["alpha"], "colorspace": conv["colorspace"], "format": fmt, "synthetic": True, **provenance}
+    return {
+        "alpha": conv["alpha"],
+        "colorspace": conv["colorspace"],
+        "software": str(provenance.get("software", "progressive_swap")),
+        "checkpoint_sha256": str(provenance.get("checkpoint_sha256", "")),
+        "synthetic": "true",
+        "progressive_swap": json.dumps(full, sort_keys=True),
+    }
+
+
+# ----------------------------------------------------------------------------- PNG
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _itxt(key: str, text: str) -> bytes:
+    # keyword \0 compression-flag compression-method language \0 translated-keyword \0 text
+    return _chunk(b"iTXt", key.encode("latin-1") + b"\x00\x00\x00\x00\x00" + text.encode("utf-8"))
+
+
+def add_png_text(png: bytes, text: dict[str, str], srgb: bool = True) -> bytes:
+    """Insert ``iTXt`` chunks (and an ``sRGB`` chunk) right after a PNG's IHDR chunk.
+
+    OpenCV cannot write text chunks; this small splice keeps its fast 16-bit encoder.
+    """
+    sig = b"\x89PNG\r\n\x1a\n"
+    if png[:8] != sig or png[12:16] != b"IHDR":
+        raise ValueError("not a PNG stream")
+    end_ihdr = 8 + 8 + struct.unpack(">I", png[8:12])[0] + 4
+    extra = _chunk(b"sRGB", b"\x00") if srgb else b""  # rendering intent: perceptual
+    extra += b"".join(_itxt(k, v) for k, v in text.items())
+    return png[:end_ihdr] + extra + png[end_ihdr:]
+
+
+def encode_png(layer: np.ndarray, bits: int, text: dict[str, str], compression: int = 1) -> bytes:
+    """Straight-alpha RGBA float layer → PNG bytes (8 or 16 bits per channel, sRGB)."""
+    if layer.ndim != 3 or layer.shape[2] != 4:
+        raise ValueError(f"layer must be (H, W, 4), got {layer.shape}")
+    scale, dtype = {8: (255.0, np.uint8), 16: (65535.0, np.uint16)}[bits]
+    q = np.zeros(layer.shape, dtype)
+    box = alpha_box(layer[..., 3])  # colour is 0 wherever alpha is (composite.face_layer_roi)
+    q[box] = np.rint(np.clip(layer[box][..., [2, 1, 0, 3]], 0.0, 1.0) * scale)  # RGBA -> BGRA for OpenCV
+    ok, buf = cv2.imencode(".png", q, [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return add_png_text(buf.tobytes(), text)
+
+
+# ----------------------------------------------------------------------------- EXR
+
+
+def alpha_box(alpha: np.ndarray) -> tuple[slice, slice]:
+    """Rows and columns holding every non-zero alpha (empty slices for a transparent layer)."""
+    rows, cols = np.flatnonzero(alpha.any(1)), np.flatnonzero(alpha.any(0))
+    if not len(rows):
+        return slice(0, 0), slice(0, 0)
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def encode_exr(layer: np.ndarray, text: dict[str, str]) -> bytes:
+    """Straight-alpha sRGB float layer → half-float EXR bytes, scene-linear, premultiplied."""
+    import OpenEXR
+
+    if layer.ndim != 3 or layer.shape[2] != 4:
+        raise ValueError(f"layer must be (H, W, 4), got {layer.shape}")
+    a = np.clip(layer[..., 3], 0.0, 1.0)
+    lin = np.zeros(layer.shape[:2] + (3,), np.float32)
+    box = alpha_box(a)  # the transfer curve is costly: apply it where the face is only
+    lin[box] = srgb_to_linear(np.clip(layer[box][..., :3], 0.0, 1.0)) * a[box][..., None]
+    # OpenEXR reads the buffer as is: a strided view (lin[..., 0]) would be written as garbage.
+    channels = {name: np.ascontiguousarray(lin[..., c], np.float16) for c, name in enumerate("RGB")}
+    channels["A"] = np.ascontiguousarray(a, np.float16)
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage, **text}
+    buf = io.BytesIO()
+    OpenEXR.File(header, channels).write(buf)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def encode_layer(layer: np.ndarray, fmt: str, text: dict[str, str]) -> bytes:
+    """Encode a straight-alpha sRGB layer ``(H, W, 4)`` as ``png8``, ``png16`` or ``exr`` bytes."""
+    if fmt == "png8":
+        return encode_png(layer, 8, text)
+    if fmt == "png16":
+        return encode_png(layer, 16, text)
+    if fmt == "exr":
+        return encode_exr(layer, text)
+    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def write_layer(path: str | os.PathLike, layer: np.ndarray, fmt: str, text: dict[str, str]) -> Path:
+    """Encode and write one layer file atomically; returns the path."""
+    path = Path(path)
+    atomic_write_bytes(path, encode_layer(layer, fmt, text))
+    return path
+
+
+def write_sidecar(path: str | os.PathLike, info: dict[str, Any]) -> None:
+    """Per-frame JSON (matrices, landmarks, tracks, identity, files), written atomically."""
+    atomic_write_json(path, info)
+
+
+def inverse_matrix_px(m_norm: np.ndarray, size: int) -> np.ndarray:
+    """``(2, 3)`` crop pixels → frame pixels for a crop of side ``size`` (the patch's un-warp)."""
+    from progressive_swap.faces import align
+
+    return align.invert(align.crop_matrix(m_norm, size))
+
+
+def read_layer(path: str | os.PathLike) -> np.ndarray:
+    """Read a layer file back as float32 ``(H, W, 4)`` straight-alpha sRGB (resume and previews).
+
+    PNG is read with OpenCV (16-bit safe); EXR is un-premultiplied and converted to sRGB.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".exr":
+        import OpenEXR
+
+        with OpenEXR.File(str(path), separate_channels=True) as f:
+            ch = f.channels()
+            a = ch["A"].pixels.astype(np.float32)
+            lin = np.stack([ch[c].pixels.astype(np.float32) for c in "RGB"], axis=-1)
+        rgb = np.divide(lin, a[..., None], out=np.zeros_like(lin), where=a[..., None] > 0)
+        return np.concatenate([linear_to_srgb(rgb), a[..., None]], axis=-1)
+    q = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if q is None or q.ndim != 3 or q.shape[2] != 4:
+        raise ValueError(f"cannot read layer {str(path)!r}")
+    scale = 65535.0 if q.dtype == np.uint16 else 255.0
+    return q[..., [2, 1, 0, 3]].astype(np.float32) / np.float32(scale)

@@ -1,0 +1,472 @@
+"""swap-export: compositing geometry, alpha conventions, file formats, resume and bad input.
+
+Properties, checked with independent readers (Pillow, OpenCV, OpenEXR, PyAV), on phantom
+frames (exact landmarks) and a stand-in network that returns its input face (so an export
+composited over the plate must give the plate back).
+"""
+from __future__ import annotations
+
+import errno
+import json
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from progressive_swap.cli import export as export_cli
+from progressive_swap.data import faceset
+from progressive_swap.data.phantom import render, sample_identity, sample_trajectory
+from progressive_swap.data.video import read_video
+from progressive_swap.export import composite as C
+from progressive_swap.export import writers as W
+from progressive_swap.export.convert import CheckpointInfo, Swapper, load_model
+from progressive_swap.export.frames import FaceIn, FrameIn
+from progressive_swap.export.pipeline import Exporter, ExportSettings
+from progressive_swap.faces import align
+from progressive_swap.masks.hull import landmark_mask
+from progressive_swap.model.autoencoder import CombAutoencoder
+from progressive_swap.train.checkpoint import save_weights
+
+FACE_TYPE = "whole"
+SIZE = 160  # phantom frame side
+N = 5  # frames per clip
+TIMES = [0.0, 0.04, 0.10, 0.30, 0.34]  # variable frame rate
+ARCH = dict(num_identities=2, final_res=32, start_res=16, latent_res=8, latent_channels=8,
+            channel_base=256, channel_max=16, channel_min=8)
+
+
+class IdentityNet(torch.nn.Module):
+    """Stand-in swap network: returns the face it is given, with a disc-shaped mask."""
+
+    def forward(self, img, identity, stage_res, alpha):
+        b, _, s, _ = img.shape
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, s), torch.linspace(-1, 1, s), indexing="ij")
+        logit = (0.55 - (xx**2 + yy**2).sqrt()) * 200.0  # (s, s): +inside a disc, -outside
+        return img, logit.expand(b, 1, s, s)
+
+
+INFO = CheckpointInfo("standin.ckpt", "0" * 64, ARCH, 256, 1.0, ["alice", "bob"], FACE_TYPE)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    ident = sample_identity(3)
+    return [render(ident, p, SIZE) for p in sample_trajectory(1, N, fps=25)]
+
+
+def frames_of(clip, empty: tuple[int, ...] = ()):
+    return [FrameIn(i, TIMES[i], r.image, [] if i in empty else
+                    [FaceIn(align.alignment_matrix(r.landmarks, FACE_TYPE), 0, r.landmarks)])
+            for i, r in enumerate(clip)]
+
+
+def export(tmp, frames, **kw):
+    settings = ExportSettings(**{"crop_size": 256, **kw})
+    ex = Exporter(tmp, Swapper(IdentityNet(), 1, 256), INFO, 1, settings, progress=False)
+    return ex, ex.run(frames)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A tiny random model saved as model.safetensors and as a training last.ckpt."""
+    root = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    model = CombAutoencoder(**ARCH)
+    meta = {"arch": model.arch_args(), "face_type": FACE_TYPE, "identities": ["alice", "bob"], "stage_res": 32, "alpha": 1.0}
+    save_weights(model, root / "model.safetensors", meta)
+    torch.save({"progressive_swap": meta, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
+               root / "last.ckpt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def vfr_video(tmp_path_factory, clip):
+    """A variable-frame-rate mp4 with an audio stream, and its truth JSON (landmarks)."""
+    root = tmp_path_factory.mktemp("video")
+    path = root / "plate.mp4"
+    tb = Fraction(1, 1000)
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=25)
+        v.width = v.height = SIZE
+        v.pix_fmt, v.codec_context.time_base = "yuv420p", tb
+        v.options = {"crf": "12"}
+        a = c.add_stream("aac", rate=48000)
+        for t, r in zip(TIMES, clip):
+            f = av.VideoFrame.from_ndarray(r.image, format="rgb24")
+            f.pts, f.time_base = round(t * 1000), tb
+            for p in v.encode(f):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+        for k in range(20):
+            af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            af.sample_rate, af.pts = 48000, k * 1024
+            for p in a.encode(af):
+                c.mux(p)
+        for p in a.encode():
+            c.mux(p)
+    truth = root / "plate.truth.json"
+    frames = [{"index": i, "faces": [] if i == 2 else [{"landmarks": r.landmarks.tolist()}]} for i, r in enumerate(clip)]
+    truth.write_text(json.dumps({"fps": 25, "size": [SIZE, SIZE], "frames": frames}))
+    return path, truth
+
+
+def over_plate(layer_rgb, alpha, plate):
+    return layer_rgb * alpha[..., None] + plate * (1 - alpha[..., None])
+
+
+# ------------------------------------------------------------------------- round trip
+
+
+@pytest.mark.parametrize("fmt", ["png8", "png16", "exr"])
+def test_identity_round_trip_gives_the_plate_back(tmp_path, clip, fmt):
+    """Exporting an unchanged face and compositing it over the plate reproduces the plate."""
+    export(tmp_path, frames_of(clip), format=fmt)
+    for i, r in enumerate(clip):
+        path = tmp_path / "layers" / f"face.{i:06d}{W.FORMATS[fmt]}"
+        plate = r.image.astype(np.float64) / 255.0
+        if fmt == "png8":  # independent reader: Pillow (8-bit RGBA, straight)
+            from PIL import Image
+
+            q = np.asarray(Image.open(path).convert("RGBA"), np.float64) / 255.0
+            comp = over_plate(q[..., :3], q[..., 3], plate)
+        elif fmt == "png16":  # OpenCV keeps 16 bits (Pillow would reduce them to 8)
+            q = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)[..., [2, 1, 0, 3]].astype(np.float64) / 65535.0
+            assert q.shape == (SIZE, SIZE, 4)
+            comp = over_plate(q[..., :3], q[..., 3], plate)
+        else:  # OpenEXR: premultiplied, linear: comp = fg + (1 - a) * bg in linear light
+            import OpenEXR
+
+            with OpenEXR.File(str(path), separate_channels=True) as f:
+                ch = {k: v.pixels.astype(np.float64) for k, v in f.channels().items()}
+            a = ch["A"]
+            lin = np.stack([ch[c] for c in "RGB"], -1) + W.srgb_to_linear(plate) * (1 - a[..., None])
+            comp = W.linear_to_srgb(lin)
+        a = q[..., 3] if fmt != "exr" else a
+        err = np.abs(comp - plate) * 255
+        assert err.max() < 3.5, f"frame {i}: max error {err.max():.2f} levels"
+        assert err[a > 0].mean() < 0.5
+        assert (a > 0.99).mean() > 0.05  # the face really was replaced, not skipped
+
+
+# ------------------------------------------------------------------------- alpha and geometry
+
+
+def test_alpha_follows_the_true_face_outline(tmp_path, clip):
+    """mask=hull: alpha is 0 outside the truth-landmark hull and ~1 inside it (un-warp geometry)."""
+    export(tmp_path, frames_of(clip), format="png16", mask="hull")
+    for i, r in enumerate(clip):
+        a = cv2.imread(str(tmp_path / "layers" / f"face.{i:06d}.png"), cv2.IMREAD_UNCHANGED)[..., 3] / 65535.0
+        truth = landmark_mask(r.landmarks, SIZE, kind="components")  # drawn straight in the frame
+        assert np.abs(a - truth).mean() < 0.01
+        grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+        outside = cv2.dilate((truth > 0.001).astype(np.uint8), grow) == 0
+        inside = cv2.erode((truth > 0.999).astype(np.uint8), grow) > 0
+        assert a[outside].max() == 0.0
+        assert a[inside].min() > 0.98
+        # The alpha's centroid sits where the truth mask's does (within rasterisation differences
+        # of the two polygon fills; the exact geometry is checked with dots below).
+        ys, xs = np.mgrid[:SIZE, :SIZE]
+        ca = np.array([(a * xs).sum(), (a * ys).sum()]) / a.sum()
+        ct = np.array([(truth * xs).sum(), (truth * ys).sum()]) / truth.sum()
+        assert np.linalg.norm(ca - ct) < 0.35
+
+
+def test_unwarp_puts_crop_landmarks_back_on_the_frame_landmarks(clip):
+    """A dot drawn at each aligned landmark lands on the truth landmark after un-warping."""
+    r = clip[0]
+    m = align.alignment_matrix(r.landmarks, FACE_TYPE)
+    s = 512
+    lm_crop = align.transform_points(r.landmarks, align.crop_matrix(m, s))
+    for k in (8, 30, 36, 45, 48, 54):
+        dot = np.zeros((s, s), np.float32)
+        x, y = lm_crop[k]
+        dot = cv2.GaussianBlur(cv2.circle(dot, (int(round(x * 16)), int(round(y * 16))), 48, 1.0, -1, cv2.LINE_AA, 4), (0, 0), 3)
+        layer = C.face_layer(C.SwappedFace(np.zeros((s, s, 3), np.float32), dot, m), (SIZE, SIZE))
+        a = layer[..., 3]
+        ys, xs = np.mgrid[:SIZE, :SIZE]
+        c = np.array([(a * xs).sum(), (a * ys).sum()]) / a.sum()
+        assert np.linalg.norm(c - r.landmarks[k]) < 0.1, k
+
+
+def test_mask_options_are_relative_to_face_size():
+    """Erode/dilate/feather scale with the crop: the same fraction gives the same shape."""
+    def disc(s):
+        m = np.zeros((s, s), np.float32)
+        return cv2.circle(m, (s // 2, s // 2), s // 4, 1.0, -1)
+
+    opts = C.MaskOptions(erode=0.03, feather=0.01)
+    small = C.refine_mask(disc(128), opts)
+    big = C.refine_mask(disc(512), opts)
+    assert abs(small.mean() - big.mean()) < 0.01
+    assert small.mean() < disc(128).mean() - 0.01  # it did shrink
+    assert C.refine_mask(disc(128), C.MaskOptions(dilate=0.03)).mean() > disc(128).mean() + 0.01
+    with pytest.raises(ValueError, match="erode"):
+        C.MaskOptions(erode=-1)
+
+
+# ------------------------------------------------------------------------- conventions
+
+
+def test_straight_and_premultiplied_conventions_read_back_independently(tmp_path):
+    layer = np.zeros((8, 10, 4), np.float32)
+    layer[2:6, 3:8] = [0.8, 0.4, 0.2, 0.5]  # sRGB colour 0.8 at alpha 0.5
+    meta = W.file_metadata("png8", {"software": "progressive_swap test", "checkpoint_sha256": "ab" * 32})
+    W.write_layer(tmp_path / "a8.png", layer, "png8", meta)
+    W.write_layer(tmp_path / "a16.png", layer, "png16", W.file_metadata("png16", {"checkpoint_sha256": "ab" * 32}))
+    W.write_layer(tmp_path / "a.exr", layer, "exr", W.file_metadata("exr", {"checkpoint_sha256": "ab" * 32}))
+
+    from PIL import Image
+
+    im = Image.open(tmp_path / "a8.png")
+    px = np.asarray(im)
+    assert im.mode == "RGBA" and tuple(px[3, 4]) == (204, 102, 51, 128)  # straight: colour not halved
+    assert tuple(px[0, 0]) == (0, 0, 0, 0)
+    assert im.text["alpha"] == "straight" and im.text["colorspace"] == "sRGB" and im.text["synthetic"] == "true"
+    assert im.info.get("srgb") is not None
+    prov = json.loads(im.text["progressive_swap"])
+    assert prov["checkpoint_sha256"] == "ab" * 32 and prov["software"].startswith("progressive_swap")
+
+    q = cv2.imread(str(tmp_path / "a16.png"), cv2.IMREAD_UNCHANGED)
+    assert q.dtype == np.uint16 and tuple(q[3, 4]) == (13107, 26214, 52428, 32768)  # BGRA, straight
+    assert Image.open(tmp_path / "a16.png").text["alpha"] == "straight"
+
+    import OpenEXR
+
+    with OpenEXR.File(str(tmp_path / "a.exr"), separate_channels=True) as f:
+        h, ch = f.header(), f.channels()
+        assert ch["R"].pixels.dtype == np.float16
+        r, a = float(ch["R"].pixels[3, 4]), float(ch["A"].pixels[3, 4])
+        assert h["alpha"] == "premultiplied" and h["colorspace"] == "scene-linear" and h["synthetic"] == "true"
+        assert h["checkpoint_sha256"] == "ab" * 32
+    assert a == 0.5 and r == pytest.approx(((0.8 + 0.055) / 1.055) ** 2.4 * 0.5, abs=1e-3)  # linear, premultiplied
+    # and our own reader inverts all three
+    for name in ("a8.png", "a16.png", "a.exr"):
+        back = W.read_layer(tmp_path / name)
+        np.testing.assert_allclose(back[3, 4], layer[3, 4], atol=3e-3)
+
+
+def test_empty_frame_gives_a_fully_transparent_layer(tmp_path, clip):
+    _, stats = export(tmp_path, frames_of(clip, empty=(1, 3)), format="png16")
+    assert stats["written"] == N and stats["faces"] == N - 2
+    for i in (1, 3):
+        q = cv2.imread(str(tmp_path / "layers" / f"face.{i:06d}.png"), cv2.IMREAD_UNCHANGED)
+        assert q.shape == (SIZE, SIZE, 4) and not q.any()
+        assert json.loads((tmp_path / "meta" / f"face.{i:06d}.json").read_text())["faces"] == []
+    assert C.merged_layer([], (7, 5)).shape == (5, 7, 4)
+
+
+def test_per_track_layers_and_merged_layer_agree(tmp_path, clip):
+    r = clip[0]
+    m0 = align.alignment_matrix(r.landmarks, FACE_TYPE)
+    small = align.compose(np.array([[2.0, 0, -0.5], [0, 2.0, -0.5]]), m0)  # the same face, half size, in a corner
+    faces = [FaceIn(m0, 0, r.landmarks), FaceIn(small, 1, None)]
+    frames = [FrameIn(0, 0.0, r.image, faces), FrameIn(1, 0.04, r.image, faces[:1])]
+    export(tmp_path / "t", frames, layers="per_track")
+    export(tmp_path / "m", frames, layers="merged")
+    t0 = W.read_layer(tmp_path / "t/layers/track0/face.000000.png")
+    t1 = W.read_layer(tmp_path / "t/layers/track1/face.000000.png")
+    merged = W.read_layer(tmp_path / "m/layers/face.000000.png")
+    assert t0[..., 3].any() and t1[..., 3].any()
+    a0, a1 = t0[..., 3:], t1[..., 3:]
+    alpha = a0 + a1 * (1 - a0)  # the bigger face (track 0) is on top
+    np.testing.assert_allclose(merged[..., 3:], alpha, atol=2e-4)
+    side = json.loads((tmp_path / "t/meta/face.000000.json").read_text())
+    assert set(side["files"]) == {"track0", "track1"} and [f["track"] for f in side["faces"]] == [0, 1]
+
+
+# ------------------------------------------------------------------------- colour
+
+
+def test_color_match_moves_lab_stats_to_the_target(clip):
+    rng = np.random.default_rng(0)
+    ref = clip[0].image.astype(np.float32)[:128, :128] / 255.0
+    src = np.clip(ref * [0.7, 0.9, 1.2] + 0.05 + rng.normal(0, 0.01, ref.shape), 0, 1).astype(np.float32)
+    mask = np.zeros((128, 128), np.float32)
+    mask[30:100, 30:100] = 1.0
+    mu_r, sd_r = C.lab_stats(ref, mask)
+    mu_s, sd_s = C.lab_stats(src, mask)
+    before = np.abs(mu_s - mu_r).sum()
+    for method in ("reinhard", "histogram"):
+        out = C.color_match(src, ref, mask, method)
+        mu_o, sd_o = C.lab_stats(out, mask)
+        assert np.abs(mu_o - mu_r).sum() < 0.1 * before, method
+        assert np.abs(sd_o - sd_r).max() < 1.5, method
+    assert C.color_match(src, ref, mask, "none") is src
+    with pytest.raises(ValueError, match="reinhard"):
+        C.color_match(src, ref, mask, "magic")
+
+
+def test_color_option_is_recorded_in_every_file(tmp_path, clip):
+    export(tmp_path, frames_of(clip)[:1], format="exr", color="reinhard")
+    import OpenEXR
+
+    with OpenEXR.File(str(tmp_path / "layers/face.000000.exr")) as f:
+        assert json.loads(f.header()["progressive_swap"])["settings"]["color"] == "reinhard"
+    assert json.loads((tmp_path / "export.json").read_text())["settings"]["color"] == "reinhard"
+
+
+# ------------------------------------------------------------------------- inference
+
+
+def test_checkpoint_formats_load_the_same_model(ckpt):
+    m1, i1 = load_model(ckpt / "model.safetensors", "cpu")
+    m2, i2 = load_model(ckpt / "last.ckpt", "cpu")
+    assert i1.identities == i2.identities == ["alice", "bob"] and i1.stage_res == 32 and i1.face_type == FACE_TYPE
+    crops = np.random.default_rng(0).integers(0, 255, (3, 48, 48, 3), dtype=np.uint8)
+    rgb1, mask1 = Swapper(m1, 1, 32)(crops)
+    rgb2, mask2 = Swapper(m2, i2.identity_index("bob"), 32)(crops)
+    assert rgb1.shape == (3, 48, 48, 3) and mask1.shape == (3, 48, 48)
+    np.testing.assert_allclose(rgb1, rgb2, atol=1e-6)
+    rgb3, _ = Swapper(m1, 1, 32, bf16=True)(crops)  # bf16 autocast runs (CPU here)
+    assert np.abs(rgb3 - rgb1).max() < 0.05
+    assert i1.identity_index("1") == 1
+    with pytest.raises(ValueError, match="0:alice, 1:bob"):
+        i1.identity_index("carol")
+
+
+# ------------------------------------------------------------------------- command line
+
+
+def cli(ckpt, inp, out, *extra, name="model.safetensors"):
+    return export_cli.main([f"checkpoint={ckpt / name}", f"input={inp}", f"out={out}", "identity=bob",
+                            "progress=false", *extra])
+
+
+def test_cli_footage_keeps_frame_count_order_timestamps_and_audio(tmp_path, ckpt, vfr_video):
+    video, truth = vfr_video
+    src = [(i, t) for i, t, _ in read_video(video)]
+    assert [round(t, 3) for _, t in src] == TIMES  # the fixture really is VFR
+    assert cli(ckpt, video, tmp_path, f"landmarks=given:{truth}", "preview=true", "patches=true", "batch=2") == 0
+    metas = sorted((tmp_path / "meta").glob("face.*.json"))
+    assert len(metas) == N and len(list((tmp_path / "layers").glob("face.*.png"))) == N
+    for (i, t), p in zip(src, metas):
+        m = json.loads(p.read_text())
+        assert m["frame_index"] == i and m["time"] == pytest.approx(t, abs=1e-6)
+        assert len(m["faces"]) == (0 if i == 2 else 1) and m["identity"] == "bob"
+    face = json.loads(metas[0].read_text())["faces"][0]
+    assert (tmp_path / face["patch"]).is_file() and np.shape(face["patch_inverse_matrix"]) == (2, 3)
+    prev = [(i, t) for i, t, _ in read_video(tmp_path / "preview.mp4")]
+    assert [round(t, 3) for _, t in prev] == TIMES
+    with av.open(str(tmp_path / "preview.mp4")) as c:
+        assert len(c.streams.audio) == 1 and c.streams.video[0].codec_context.name == "h264"
+    assert cv2.imread(str(tmp_path / "contact_sheet.png")) is not None
+    done = json.loads((tmp_path / "export.json").read_text())
+    assert done["status"] == "complete" and done["synthetic"] is True and done["conventions"]["alpha"] == "straight"
+
+
+def test_cli_resumes_and_redoes_only_incomplete_frames(tmp_path, ckpt, vfr_video, capsys):
+    video, truth = vfr_video
+    args = (f"landmarks=given:{truth}", "format=exr")
+    assert cli(ckpt, video, tmp_path, *args) == 0
+    files = sorted((tmp_path / "layers").glob("*.exr"))
+    stamp = {p: p.stat().st_mtime_ns for p in files}
+    files[3].unlink()
+    capsys.readouterr()
+    assert cli(ckpt, video, tmp_path, *args) == 0
+    assert "1 written, 4 already complete" in capsys.readouterr().err
+    assert all(p.stat().st_mtime_ns == stamp[p] for p in files if p != files[3]) and files[3].is_file()
+    # other pixel settings: everything is redone
+    assert cli(ckpt, video, tmp_path, *args, "feather=0.02") == 0
+    assert "5 written, 0 already complete" in capsys.readouterr().err
+
+
+def test_cli_faceset_input(tmp_path, ckpt, vfr_video, clip):
+    video, _ = vfr_video
+    fset = tmp_path / "set"
+    w = faceset.create(fset, face_type=FACE_TYPE, size=64)
+    recs, imgs = [], []
+    for i, r in enumerate(clip):
+        if i == 2:
+            continue
+        m = align.alignment_matrix(r.landmarks, FACE_TYPE)
+        recs.append(faceset.FaceRecord(id=f"f{i}", source=str(video), frame_index=i, time=TIMES[i], track=0,
+                                       identity="B", landmarks=r.landmarks, matrix=m, frame_size=(SIZE, SIZE)))
+        imgs.append(align.warp_to_crop(r.image, m, 64))
+    w.append(recs, imgs)
+    w.close()
+    assert cli(ckpt, fset, tmp_path / "out", "layers=per_track", "format=png8") == 0
+    out = sorted((tmp_path / "out/layers/track0").glob("*.png"))
+    assert len(out) == N
+    assert not cv2.imread(str(out[2]), cv2.IMREAD_UNCHANGED).any()  # the frame without a face
+
+
+@pytest.mark.parametrize("case", ["identity", "face_type", "resolution", "unwritable", "option", "missing"])
+def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, ckpt, vfr_video, capsys, case):
+    video, truth = vfr_video
+    given = f"landmarks=given:{truth}"
+    if case == "identity":
+        rc = export_cli.main([f"checkpoint={ckpt / 'last.ckpt'}", f"input={video}", f"out={tmp_path}", "identity=carol", given])
+        want = "unknown identity 'carol'; this checkpoint knows 0:alice, 1:bob"
+    elif case in ("face_type", "resolution"):
+        fset = tmp_path / "set"
+        w = faceset.create(fset, face_type="full" if case == "face_type" else FACE_TYPE, size=16)
+        w.close()
+        rc = cli(ckpt, fset, tmp_path / "out")
+        want = "face type mismatch" if case == "face_type" else "resolution mismatch"
+    elif case == "unwritable":
+        (tmp_path / "file").write_text("x")
+        rc = cli(ckpt, video, tmp_path / "file" / "out", given)
+        want = "cannot write to"
+    elif case == "option":
+        rc = cli(ckpt, video, tmp_path, given, "format=tiff")
+        want = "unknown format 'tiff'"
+    else:
+        rc = cli(ckpt, tmp_path / "nope.mp4", tmp_path, given)
+        want = "input not found"
+    err = capsys.readouterr().err
+    assert rc == 2 and want in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_full_disk_leaves_nothing_truncated(tmp_path, ckpt, vfr_video, capsys, monkeypatch):
+    """ENOSPC in the middle of a layer write: exit 3, no partial file, a rerun completes."""
+    video, truth = vfr_video
+    real = W.atomic_write_bytes
+    calls = {"n": 0}
+
+    def full_disk(path, data):
+        calls["n"] += 1
+        if calls["n"] < 4:
+            return real(path, data)
+
+        from progressive_swap.io import atomic_write
+
+        with atomic_write(path, "wb") as f:
+            f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(W, "atomic_write_bytes", full_disk)
+    out = tmp_path / "out"
+    args = (f"landmarks=given:{truth}", "format=png16", "preview=true")
+    assert cli(ckpt, video, out, *args) == 3
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "No space left on device" in lines[-1] and sum("error" in line for line in lines) == 1
+    ours = [p for d in ("layers", "meta") for p in (out / d).rglob("*")] + list(out.glob("*"))
+    leftovers = [p for p in ours if p.is_file() and (p.name.startswith(".") or "tmp" in p.name)]
+    assert leftovers == [] and not (out / "preview.mp4").exists()
+    for p in (out / "layers").glob("*.png"):  # whatever exists is complete
+        assert cv2.imread(str(p), cv2.IMREAD_UNCHANGED).shape == (SIZE, SIZE, 4)
+    monkeypatch.setattr(W, "atomic_write_bytes", real)
+    assert cli(ckpt, video, out, *args) == 0
+    assert len(list((out / "meta").glob("*.json"))) == N and (out / "preview.mp4").is_file()
+
+
+def test_streaming_holds_a_bounded_number_of_frames(tmp_path, clip, monkeypatch):
+    """Frames are pulled lazily and written as they go: memory does not grow with the clip."""
+    written, gap = [], []
+    real = W.write_sidecar
+    monkeypatch.setattr(W, "write_sidecar", lambda path, info: (real(path, info), written.append(info["frame_index"])))
+
+    def frames():
+        for i in range(40):
+            gap.append(i - len(written))  # frames yielded but not yet committed
+            r = clip[i % N]
+            yield FrameIn(i, i / 25, r.image, [FaceIn(align.alignment_matrix(r.landmarks, FACE_TYPE), 0)])
+
+    settings = ExportSettings(crop_size=64, batch=2, format="png8")
+    ex = Exporter(tmp_path, Swapper(IdentityNet(), 1, 64), INFO, 1, settings, progress=False, workers=2)
+    assert ex.run(frames())["written"] == 40 and sorted(written) == list(range(40))
+    assert max(gap) <= 2 * 2 + 2 + 1
