@@ -1,0 +1,46 @@
+"""bench_quality on a tiny phantom-trained checkpoint (the metric maths has its own tests)."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from progressive_swap.cli import train as train_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_bench_quality_runs_on_a_tiny_phantom_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    argv = [
+        "recipe=demo", f"out={run}", "data.num_workers=0", "preview_every=0",
+        "data.phantom.faces=8", "data.phantom.size=32", "data.phantom.occluders=0",
+        "model.channel_base=256", "model.channel_max=16", "model.channel_min=8", "model.latent_channels=8",
+        "schedule.stages=[{res:16,images:32,batch:4,lr:1e-3},{res:32,images:16,fade:16,batch:4,lr:1e-3}]",
+    ]
+    assert train_cli.main(argv) == 0
+    out, report = tmp_path / "q.json", tmp_path / "q.png"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "bench_quality.py"), str(run / "model.safetensors"), str(run / "last.ckpt"),
+         "--frames", "1", "--video-frames", "3", "--out", str(out), "--report", str(report)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert len(results) == 2
+    for q in results:
+        assert q["stage_res"] == 32 and q["identities"] == ["id0", "id1"]
+        for k in ("swap_psnr", "swap_ssim", "frame_psnr", "recon_psnr", "hf_energy"):
+            assert math.isfinite(q[k]), k
+        assert 0 < q["swap_psnr"] < 60 and -1 <= q["swap_ssim"] <= 1
+        t = q["temporal"]
+        assert set(t) == {"truth", "noisy", "smoothed", "exact"} and all(v >= 0 for v in t.values())
+    assert results[0]["swap_psnr"] == pytest.approx(results[1]["swap_psnr"])  # same weights, two file formats
+    page = cv2.imread(str(report))
+    assert page is not None and page.shape[0] > 2 * 160
