@@ -168,6 +168,11 @@ class PlanBatchSampler(Sampler[list[tuple[int, int, int]]]):
         return self.schedule.total_batches
 
 
+def _worker_init(worker_id: int) -> None:
+    # Loader workers decode and resize with OpenCV; one thread each, or they fight the trainer.
+    cv2.setNumThreads(1)
+
+
 class ResumableLoader(DataLoader):
     """A DataLoader that tells the trainer it can resume mid-run.
 
@@ -247,6 +252,7 @@ class FaceDataModule(pl.LightningDataModule):
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
             prefetch_factor=4 if self.num_workers > 0 else None,
+            worker_init_fn=_worker_init if self.num_workers > 0 else None,
         )
 
     def preview_batch(self, n: int, res: int) -> torch.Tensor:
