@@ -156,3 +156,18 @@ def test_gan_term_is_off_by_default_and_adds_a_discriminator_when_on():
     assert "gan" in parts and torch.isfinite(total)
     total.backward()
     assert all(p.grad is not None for p in on.discriminator.parameters())
+
+
+def test_input_colour_scramble_is_seeded_and_changes_colour_not_shape():
+    from progressive_swap.data.augment import random_color_scramble
+
+    x = torch.rand(4, 3, 16, 16) * 0.5 + 0.25
+    a = random_color_scramble(x, torch.Generator().manual_seed(3), 0.2)
+    assert torch.equal(a, random_color_scramble(x, torch.Generator().manual_seed(3), 0.2))
+    assert torch.equal(random_color_scramble(x, torch.Generator(), 0.0), x)
+    assert (a - x).abs().mean() > 0.02
+    # A per-pixel colour map: pixels equal in the input stay equal in the output.
+    x2 = x.clone()
+    x2[..., 5, 5] = x2[..., 9, 9]
+    b = random_color_scramble(x2, torch.Generator().manual_seed(3), 0.2)
+    torch.testing.assert_close(b[..., 5, 5], b[..., 9, 9])

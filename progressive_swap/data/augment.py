@@ -94,3 +94,20 @@ def random_grid_warp(x: torch.Tensor, gen: torch.Generator, strength: float = 0.
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     grid = torch.stack([gx, gy], dim=-1)[None] + flow.permute(0, 2, 3, 1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+
+
+def random_color_scramble(x: torch.Tensor, gen: torch.Generator, strength: float = 0.2) -> torch.Tensor:
+    """Random colour transform of the *encoder input only*: ``clamp(A x + b)`` per sample.
+
+    ``A = I + N(0, strength)`` mixes and scales the channels and ``b ~ N(0, strength / 2)``
+    shifts them. The targets keep their true colours, so skin tone cannot pass from the input
+    through the shared encoder: each decoder has to paint its own identity's colours, which is
+    what makes a swap take on the other identity's look.
+    """
+    if strength <= 0:
+        return x
+    b = x.shape[0]
+    a = torch.eye(3).expand(b, 3, 3) + torch.randn(b, 3, 3, generator=gen) * strength
+    shift = torch.randn(b, 3, 1, 1, generator=gen) * (strength / 2)
+    a, shift = a.to(x), shift.to(x)
+    return (torch.einsum("bij,bjhw->bihw", a, x) + shift).clamp(0, 1)
