@@ -52,6 +52,8 @@ def test_images_seen_counts_every_process():
     assert s.images_seen(1) == 5 * 2 * 2
     p = s.phases[1]
     assert s.images_seen(p.first_batch + 1) == s.phases[0].batches * 20 + 3 * 2 * 2
+    last = s.phases[-1]
+    assert s.images_seen(s.total_batches) == s.images_seen(s.total_batches - 1) + last.batch * 2 * 2
 
 
 def test_bad_schedules_are_rejected():

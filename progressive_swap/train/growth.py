@@ -149,7 +149,9 @@ class GrowthSchedule:
         return range(start, start + p.batch)
 
     def images_seen(self, batch_index: int) -> int:
-        """Images (faces through the encoder) before global batch ``batch_index``."""
+        """Images (faces through the encoder) before global batch ``batch_index`` (all of them at the end)."""
+        if batch_index >= self.total_batches:
+            return sum(q.batches * q.batch * self.identities * self.world_size for q in self.phases)
         pos = self.at(batch_index)
         p = pos.phase
         per = p.batch * self.identities * self.world_size
