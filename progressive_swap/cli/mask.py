@@ -1,0 +1,248 @@
+"""``swap-mask``: occlusion-aware face masks (train a segmenter, apply it, import painted masks).
+
+    swap-mask train FACESET [FACESET ...] out=masks.safetensors [mask=visible size=128 steps=1500 ...]
+    swap-mask apply FACESET model=masks.safetensors [name=segment union=[user_add] subtract=[user_remove]]
+    swap-mask import FACESET dir=PNG_DIR [name=segment]        # painted masks -> user_segment
+    swap-mask convert face_parsing.pth out=face_parsing.safetensors
+
+``apply`` also takes a public 19-class face-parsing checkpoint (``model=79999_iter.pth``);
+``include=[glasses,hair]`` widens its face classes. It never writes ``user_*`` masks, so a
+hand edit survives any rerun. Details: ``docs/masks.md``. Exit codes: 0 ok, 2 bad input (one
+line on stderr), 3 other I/O errors.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from omegaconf import OmegaConf
+
+from progressive_swap.cli.common import UserError, parse_overrides, run_cli, usage
+
+PROG = "swap-mask"
+
+
+@dataclass
+class TrainOptions:
+    """Options of ``swap-mask train``."""
+
+    out: str = ""
+    """Weights file to write (``.safetensors``; required)."""
+    mask: str = "visible"
+    """Mask kind to learn (a user's ``user_<mask>`` is preferred where present)."""
+    val: list[str] = field(default_factory=list)
+    """Held-out face sets; empty: hold out ``val_fraction`` of the training faces."""
+    val_fraction: float = 0.1
+    size: int = 128
+    """Training and inference resolution (multiple of 32)."""
+    steps: int = 1500
+    batch: int = 8
+    lr: float = 2e-3
+    encoder: str = "tu-mobilenetv3_small_100"
+    """Any segmentation-models-pytorch encoder name (built without downloaded weights)."""
+    context_channels: int = 64
+    fuse_channels: int = 64
+    aux_channels: int = 32
+    loss: str = "dice+bce"
+    """``dice+bce`` or ``dice+focal``."""
+    occluders: float = 0.5
+    """Probability of pasting a random occluder on a training face."""
+    workers: int = 0
+    minutes: float = 0.0
+    """Stop after this many minutes (0: run all steps)."""
+    threads: int = 0
+    """torch CPU threads (0: torch's default)."""
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class ApplyOptions:
+    """Options of ``swap-mask apply``."""
+
+    model: str = ""
+    """Weights: ours (``.safetensors``) or a public face-parsing ``.pth`` (required)."""
+    name: str = "segment"
+    """Mask kind to write (never a ``user_*`` name)."""
+    union: list[str] = field(default_factory=lambda: ["user_add"])
+    """Masks added to the prediction (max), where a face has them."""
+    subtract: list[str] = field(default_factory=lambda: ["user_remove"])
+    """Masks cut from it (``m * (1 - s)``)."""
+    intersect: list[str] = field(default_factory=list)
+    """Masks that bound it (product), e.g. ``[hull]``."""
+    include: list[str] = field(default_factory=list)
+    """Multi-class models: extra face classes or groups (glasses, ears, hair)."""
+    classes: list[str] = field(default_factory=list)
+    """Multi-class models: replace the default face classes entirely."""
+    size: int = 0
+    """Inference resolution; 0: the model's own."""
+    batch: int = 8
+    device: str = "auto"
+
+
+@dataclass
+class ImportOptions:
+    """Options of ``swap-mask import``."""
+
+    dir: str = ""
+    """Directory of painted masks named ``<face id>.png`` (required)."""
+    name: str = "segment"
+    """Mask kind they edit; stored as ``user_<name>``."""
+
+
+@dataclass
+class ConvertOptions:
+    """Options of ``swap-mask convert``."""
+
+    out: str = ""
+    encoder: str = ""
+    """Encoder of a checkpoint without metadata (default resnet18)."""
+
+
+def _split(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Positional paths and ``key=value`` overrides."""
+    return [a for a in argv if "=" not in a], [a for a in argv if "=" in a]
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _open_sets(paths: Sequence[str]) -> list:
+    from progressive_swap.data import faceset
+
+    if not paths:
+        raise UserError("give at least one FACESET directory")
+    return [faceset.open(p) for p in paths]
+
+
+def cmd_train(argv: Sequence[str]) -> int:
+    import torch
+
+    from progressive_swap.data.faceset_format import software_version
+    from progressive_swap.masks import segment
+    from progressive_swap.masks.bisenet import BiSeNet
+    from progressive_swap.masks.weights import save_segmenter
+
+    paths, kv = _split(argv)
+    opt = parse_overrides(kv, TrainOptions(), PROG)
+    if not opt.out:
+        raise UserError("out=FILE.safetensors is required")
+    if not opt.out.endswith(".safetensors"):
+        raise UserError(f"out must end in .safetensors, got {opt.out!r}")
+    if opt.size % 32 or opt.size < 32:
+        raise UserError(f"size must be a multiple of 32, got {opt.size}")
+    if opt.threads:
+        torch.set_num_threads(opt.threads)
+    faces = segment.faces_with_mask(_open_sets(paths), opt.mask)
+    if opt.val:
+        train, held = faces, segment.faces_with_mask(_open_sets(list(opt.val)), opt.mask)
+    else:
+        train, held = segment.split_faces(faces, opt.val_fraction, opt.seed)
+    torch.manual_seed(opt.seed)
+    model = BiSeNet(1, opt.encoder, opt.context_channels, opt.fuse_channels, opt.aux_channels).to(_device(opt.device))
+    print(f"{PROG}: training on {len(train)} faces, evaluating on {len(held)}", file=sys.stderr)
+    r = segment.train_segmenter(model, train, held, mask_name=opt.mask, size=opt.size, steps=opt.steps, batch=opt.batch,
+                                lr=opt.lr, loss=opt.loss, occluder_p=opt.occluders, workers=opt.workers,
+                                max_minutes=opt.minutes, seed=opt.seed, log=lambda s: print(s, file=sys.stderr))
+    summary = {"out": opt.out, "steps": r.steps, "seconds": round(r.seconds, 1), "before": r.before, "after": r.after}
+    meta = {"options": OmegaConf.to_container(opt),
+            "train_faces": len(train), "held_out": r.after, "steps": r.steps, "seconds": r.seconds,
+            "mask": opt.mask, "created_by": software_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    save_segmenter(r.model.cpu(), opt.out, labels=[opt.mask], input_size=opt.size, metadata=meta)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_apply(argv: Sequence[str]) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from progressive_swap.masks import segment
+    from progressive_swap.masks.weights import face_class_indices, load_segmenter
+
+    paths, kv = _split(argv)
+    opt = parse_overrides(kv, ApplyOptions(), PROG)
+    if not opt.model:
+        raise UserError("model=WEIGHTS is required")
+    sets = _open_sets(paths)
+    model, info = load_segmenter(opt.model)
+    model = model.to(_device(opt.device))
+    idx = face_class_indices(info.labels, include=list(opt.include), classes=list(opt.classes) or None)
+    size = opt.size or info.input_size
+    if size % 32:
+        raise UserError(f"size must be a multiple of 32, got {size}")
+    results = []
+    with Progress(console=Console(stderr=True)) as bar:
+        for fs in sets:
+            task = bar.add_task(f"{fs.root.name}", total=len(fs))
+            r = segment.apply_to_faceset(fs, model, size, indices=idx, name=opt.name, union=list(opt.union),
+                                         subtract=list(opt.subtract), intersect=list(opt.intersect), batch=opt.batch,
+                                         progress=lambda k, n, t=task: bar.update(t, completed=k))
+            results.append({"faceset": str(fs.root), **r})
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+def cmd_import(argv: Sequence[str]) -> int:
+    from progressive_swap.masks import segment
+
+    paths, kv = _split(argv)
+    opt = parse_overrides(kv, ImportOptions(), PROG)
+    if not opt.dir:
+        raise UserError("dir=PNG_DIR is required")
+    if len(paths) != 1:
+        raise UserError("give exactly one FACESET directory")
+    (fs,) = _open_sets(paths)
+    r = segment.import_user_masks(fs, opt.dir, opt.name)
+    print(json.dumps({"faceset": str(fs.root), **r}, indent=1))
+    return 0
+
+
+def cmd_convert(argv: Sequence[str]) -> int:
+    from progressive_swap.masks.weights import load_segmenter, save_segmenter
+
+    paths, kv = _split(argv)
+    opt = parse_overrides(kv, ConvertOptions(), PROG)
+    if len(paths) != 1 or not opt.out:
+        raise UserError("usage: swap-mask convert CHECKPOINT out=FILE.safetensors")
+    model, info = load_segmenter(paths[0], encoder=opt.encoder or None)
+    save_segmenter(model, opt.out, labels=info.labels, input_size=info.input_size,
+                   metadata={"converted_from": paths[0]})
+    print(json.dumps({"out": opt.out, "classes": len(info.labels), "encoder": info.config.encoder}))
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], Any]] = {
+    "train": (cmd_train, TrainOptions()),
+    "apply": (cmd_apply, ApplyOptions()),
+    "import": (cmd_import, ImportOptions()),
+    "convert": (cmd_convert, ConvertOptions()),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; ``argv[0]`` is the subcommand. Returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"{PROG}: error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    fn, defaults = COMMANDS[argv[0]]
+    if any(a in ("-h", "--help") for a in argv[1:]):
+        print(f"{PROG} {argv[0]} options: {usage(defaults)}")
+        return 0
+    return run_cli(lambda: fn(argv[1:]), PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
