@@ -20,10 +20,30 @@ class UserError(Exception):
 EXPECTED_ERRORS = (UserError, ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
 
 
+def _unwrap(e: BaseException) -> BaseException:
+    """Hydra wraps constructor errors in ``InstantiationException``; report the cause."""
+    while type(e).__name__ == "InstantiationException" and e.__cause__ is not None:
+        e = e.__cause__
+    return e
+
+
+def _is_config_error(e: BaseException) -> bool:
+    # Lightning's "this strategy/accelerator cannot run here" errors, and Hydra's own.
+    return type(e).__name__ in ("MisconfigurationException", "InstantiationException", "ConfigCompositionException")
+
+
 def run_cli(fn: Callable[[], int | None], prog: str) -> int:
     """Run ``fn``; print one-line errors for bad input and return the exit code."""
     try:
-        rc = fn()
+        try:
+            rc = fn()
+        except Exception as e:
+            cause = _unwrap(e)
+            if cause is not e and isinstance(cause, EXPECTED_ERRORS):
+                raise cause from None
+            if _is_config_error(cause):
+                raise UserError(str(cause)) from None
+            raise
     except EXPECTED_ERRORS as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"{prog}: error: {msg}", file=sys.stderr)
