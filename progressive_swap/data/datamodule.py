@@ -253,6 +253,9 @@ class FaceDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             prefetch_factor=4 if self.num_workers > 0 else None,
             worker_init_fn=_worker_init if self.num_workers > 0 else None,
+            # Workers start from a clean server process, not a fork of this one: the trainer
+            # may have run thread pools (phantom generation, OpenCV) whose locks a fork would copy.
+            multiprocessing_context="forkserver" if self.num_workers > 0 else None,
         )
 
     def preview_batch(self, n: int, res: int) -> torch.Tensor:
