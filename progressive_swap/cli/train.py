@@ -45,18 +45,24 @@ def run_dir_for(cfg: DictConfig) -> Path:
 
 
 def find_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from: an explicit path, or with ``auto`` the run's newest."""
+    """The checkpoint to resume from: an explicit path, or with ``auto`` the run's newest good one.
+
+    ``auto`` scans ``last.ckpt``, ``step*.ckpt``, ``images*.ckpt`` and ``hpc_ckpt_*.ckpt`` and takes the one furthest
+    along (by ``batches_done``), skipping unreadable files with a warning line; if checkpoints
+    exist but none is readable it raises rather than start over.
+    """
+    from progressive_swap.train.checkpoint import CHECKPOINT_GLOBS, good_checkpoints
+
     if not cfg.resume:
         return None
     if str(cfg.resume) != "auto":
         return Path(cfg.resume)
-    if (run_dir / "last.ckpt").is_file():
-        return run_dir / "last.ckpt"
-    if not cfg.out and not cfg.run:  # newest run of this recipe
-        runs = sorted((Path("checkpoints") / str(cfg.name)).glob("*/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if runs:
-            return runs[-1]
-    return None
+    if not cfg.out and not cfg.run:  # no run named: the newest run of this recipe
+        runs = [p for g in CHECKPOINT_GLOBS for p in (Path("checkpoints") / str(cfg.name)).glob(f"*/{g}")]
+        if runs and not any(run_dir.glob("*.ckpt")):
+            run_dir = max(runs, key=lambda p: p.stat().st_mtime).parent
+    found = good_checkpoints(run_dir, warn=lambda msg: console.print(f"[yellow]resume=auto: {msg}[/]", highlight=False, soft_wrap=True))
+    return found[0][1] if found else None
 
 
 def _train(argv: Sequence[str]) -> int:
@@ -75,7 +81,14 @@ def _train(argv: Sequence[str]) -> int:
     if print_cfg:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
-    return train(cfg)
+    from hydra.errors import InstantiationException
+
+    try:
+        return train(cfg)
+    except InstantiationException as e:  # a constructor refused a recipe value: its own message, one line
+        key = next((ln.split(":", 1)[1].strip() for ln in str(e).splitlines() if ln.startswith("full_key:")), "")
+        cause = str(e.__cause__ or e).strip().splitlines()[0]
+        raise UserError(f"{key}: {cause}" if key else cause) from None
 
 
 def _quiet_known_warnings() -> None:
@@ -86,6 +99,7 @@ def _quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # we wrote config.yaml there
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*`training_step` returned `None`.*")  # a skipped non-finite step: the guard reports it
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
 
 
@@ -100,13 +114,16 @@ def train(cfg: DictConfig) -> int:
 
     from progressive_swap.data.datamodule import check_facesets
     from progressive_swap.model.summary import format_summary, summarize
-    from progressive_swap.train.callbacks import FinalCheckpoint, GrowthAnnouncer, PreviewCallback
-    from progressive_swap.train.checkpoint import AtomicCheckpointIO, read_training_checkpoint, save_weights
+    from progressive_swap.train.callbacks import FinalCheckpoint, GrowthAnnouncer, MilestoneCheckpoint, PreviewCallback
+    from progressive_swap.train.checkpoint import AtomicCheckpointIO, read_training_checkpoint, remove_stale_temps, save_weights
     from progressive_swap.train.module import CKPT_KEY, SwapModule
     from progressive_swap.train.warmstart import warm_start
 
     if cfg.freeze not in (None, "encoder"):
         raise UserError(f"freeze must be null or 'encoder', got {cfg.freeze!r}")
+    for key in ("seed", "freeze_steps", "preview_every", "preview_faces"):  # the recipes are untyped: check before any work
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool):
+            raise UserError(f"{key} must be an integer, got {cfg[key]!r}")
     run_dir = run_dir_for(cfg)
     resume = find_resume(cfg, run_dir)
     if resume is not None and not cfg.out:
@@ -142,7 +159,8 @@ def train(cfg: DictConfig) -> int:
         cfg.trainer,
         max_epochs=1,
         max_steps=int(cfg.max_steps) if cfg.max_steps else -1,
-        callbacks=[ckpt_cb, preview, FinalCheckpoint(run_dir), GrowthAnnouncer(), RichProgressBar(leave=True)],
+        callbacks=[ckpt_cb, preview, instantiate(cfg.guard, dirpath=run_dir), FinalCheckpoint(run_dir),
+                   MilestoneCheckpoint(run_dir, cfg.checkpoint.every_images), GrowthAnnouncer(), RichProgressBar(leave=True)],
         logger=[TensorBoardLogger(run_dir / "logs", name="tensorboard"), CSVLogger(run_dir / "logs", name="csv")],  # a version per (re)start
         plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,
@@ -152,7 +170,22 @@ def train(cfg: DictConfig) -> int:
         limit_val_batches=0,
     )
     schedule = instantiate(cfg.schedule, identities=len(paths), world_size=trainer.world_size)
-    model = instantiate(cfg.model, num_identities=len(paths), final_res=schedule.final_res, start_res=schedule.start_res)
+    model = instantiate(cfg.model, num_identities=len(paths), final_res=schedule.final_res, start_res=schedule.start_res,
+                        checkpoint_blocks=bool(cfg.activation_checkpointing))
+    if cfg.find_batch:
+        from progressive_swap.train.batch_finder import plan_for_run
+
+        schedule = plan_for_run(
+            schedule, model, trainer=trainer, max_memory_gb=cfg.max_memory_gb, report=console.print,
+            module_factory=lambda m: SwapModule(m, schedule, loss=instantiate(cfg.loss), geometry=OmegaConf.to_container(cfg.augment.geometry),
+                                                warp=float(cfg.augment.warp), input_color=float(cfg.augment.input_color),
+                                                channels_last=bool(cfg.channels_last)),
+            resume_schedule=read_training_checkpoint(resume)[CKPT_KEY]["schedule"] if resume is not None else None,
+        )
+    if cfg.compile:
+        from progressive_swap.train.strategy import compile_blocks
+
+        compile_blocks(model)
 
     if cfg.dry_run:
         console.print(plan_table(schedule))
@@ -171,7 +204,7 @@ def train(cfg: DictConfig) -> int:
         del ckpt
     elif cfg.resume == "auto":
         console.print(f"resume=auto: no checkpoint in {run_dir}, starting fresh")
-    if resume is None and (run_dir / "last.ckpt").exists():
+    if resume is None and any(run_dir.glob("*.ckpt")):
         raise UserError(f"{run_dir} already holds a run; pass resume=auto to continue it, or choose another run=/out=")
     if cfg.warm_start and resume is None:
         warm_start(model, cfg.warm_start, console)
@@ -183,6 +216,7 @@ def train(cfg: DictConfig) -> int:
         optimizer=instantiate(cfg.optimizer),
         geometry=OmegaConf.to_container(cfg.augment.geometry),
         warp=float(cfg.augment.warp),
+        input_color=float(cfg.augment.input_color),
         seed=int(cfg.seed),
         freeze_encoder_steps=int(cfg.freeze_steps) if cfg.freeze == "encoder" else 0,
         channels_last=bool(cfg.channels_last),
@@ -195,6 +229,8 @@ def train(cfg: DictConfig) -> int:
         from progressive_swap.io import atomic_write_text, check_writable_dir
 
         check_writable_dir(run_dir)
+        for tmp in remove_stale_temps(run_dir):  # a process killed mid-write leaves these
+            console.print(f"removed {tmp.name}, an unfinished checkpoint write")
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     console.print(plan_table(schedule))
     console.print(f"run directory: [bold]{run_dir}[/]" + (f" (resuming {resume})" if resume else ""))

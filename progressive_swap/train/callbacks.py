@@ -1,4 +1,4 @@
-"""Callbacks: preview grids during training, and growth announcements."""
+"""Callbacks: preview grids, growth announcements, the final and the milestone checkpoints."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -138,3 +138,29 @@ class FinalCheckpoint(pl.Callback):
         at_max = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
         if at_max or module.batches_done >= module.schedule.total_batches:
             trainer.save_checkpoint(self.path, weights_only=False)  # a full checkpoint, optimizer included
+
+
+class MilestoneCheckpoint(pl.Callback):
+    """Keeps a checkpoint every ``every_images`` images, forever (``images0000051200.ckpt``, named
+    by the images seen when the batch that crossed the multiple ends).
+
+    The rolling ``step*.ckpt`` files are pruned to the newest ``keep``; milestones are never
+    removed, so a long run can be compared or restarted at earlier points. They are full
+    checkpoints, written atomically like the others, and ``resume=auto`` considers them too.
+
+    Args:
+        dirpath: the run directory.
+        every_images: images between milestones; 0 or ``None`` turns them off.
+    """
+
+    def __init__(self, dirpath: str | Path, every_images: int | None = None):
+        self.dirpath = Path(dirpath)
+        self.every = int(every_images or 0)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.every <= 0 or trainer.fit_loop._should_accumulate():
+            return
+        done = module.batches_done
+        before, after = module.schedule.images_seen(done - 1), module.schedule.images_seen(done)
+        if after // self.every > before // self.every:  # this batch crossed a multiple of every_images
+            trainer.save_checkpoint(self.dirpath / f"images{after:010d}.ckpt", weights_only=False)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pytorch_lightning as pl
 import torch
 
-from progressive_swap.data.augment import apply_affine, random_affine, random_grid_warp
+from progressive_swap.data.augment import apply_affine, random_affine, random_color_scramble, random_grid_warp
 from progressive_swap.data.datamodule import _mix
 from progressive_swap.model.autoencoder import CombAutoencoder
 from progressive_swap.model.blocks import downsample2x, upsample2x
@@ -44,6 +44,7 @@ class SwapModule(pl.LightningModule):
         optimizer: a partial optimizer constructor taking ``params`` and ``lr``.
         geometry: :func:`random_affine` arguments (shared by input and target).
         warp: strength of the encoder-input grid warp (0 disables it).
+        input_color: strength of the encoder-input colour scramble (0 disables it).
         seed: seed of the on-device random augmentation.
         freeze_encoder_steps: optimizer steps during which the encoder stays fixed (warm starts).
         channels_last: run the network in channels-last memory format.
@@ -59,6 +60,7 @@ class SwapModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         geometry: dict | None = None,
         warp: float = 0.04,
+        input_color: float = 0.0,
         seed: int = 0,
         freeze_encoder_steps: int = 0,
         channels_last: bool = False,
@@ -72,6 +74,7 @@ class SwapModule(pl.LightningModule):
         self.optimizer_factory = optimizer or partial(torch.optim.Adam, betas=(0.5, 0.999))
         self.geometry = dict(geometry or {})
         self.warp = warp
+        self.input_color = input_color
         self.seed = seed
         self.freeze_encoder_steps = freeze_encoder_steps
         self.channels_last = channels_last
@@ -80,7 +83,10 @@ class SwapModule(pl.LightningModule):
         self.batches_done = 0  # global batches trained (the data position); saved in checkpoints
         self.stage_res = schedule.start_res
         self.alpha = 1.0
-        self.nonfinite_steps = 0
+        self.nonfinite_steps = 0  # skipped steps; these three are kept up by train/guard.py
+        self.rollbacks = 0
+        self.lr_scale = 1.0  # multiplies the schedule's learning rate; lowered at each rollback
+        self.step_problem: str | None = None  # why this batch's update is skipped (non-finite terms)
         self._t_last: float | None = None
         self.save_hyperparameters(
             {"arch": model.arch_args(), "schedule": schedule.state(), "geometry": self.geometry, "warp": warp, "seed": seed}
@@ -92,7 +98,7 @@ class SwapModule(pl.LightningModule):
         # Every parameter is in the optimizer from the start. Parameters of stages not yet
         # reached get no gradient, and Adam creates state lazily on the first gradient, so
         # new blocks start with clean optimizer state when they fade in.
-        return self.optimizer_factory(params=self.model.parameters(), lr=self.schedule.stages[0].lr)
+        return self.optimizer_factory(params=self.parameters(), lr=self.schedule.stages[0].lr)  # model + discriminator, if any
 
     def setup(self, stage: str) -> None:
         if self.channels_last:
@@ -104,7 +110,8 @@ class SwapModule(pl.LightningModule):
         pos = self.schedule.at(int(batch["batch_index"][0]))
         opt = self.optimizers()
         for group in getattr(opt, "optimizer", opt).param_groups:
-            group["lr"] = pos.phase.lr
+            group["lr"] = pos.phase.lr * self.lr_scale
+        self.step_problem = None
         frozen = self.global_step < self.freeze_encoder_steps
         for p in self.model.encoder.parameters():
             p.requires_grad_(not frozen)
@@ -129,6 +136,7 @@ class SwapModule(pl.LightningModule):
             stacked = apply_affine(stacked, random_affine(n * b, r, gen, **self.geometry).to(stacked.device))
         target, mask, regions = stacked[:, :3], stacked[:, 3:4].clamp(0, 1), stacked[:, 4:6].clamp(0, 1)
         inputs = random_grid_warp(target, gen, self.warp).clamp(0, 1)
+        inputs = random_color_scramble(inputs, gen, self.input_color)
         return inputs, target, mask, regions
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
@@ -162,10 +170,12 @@ class SwapModule(pl.LightningModule):
         self.log("stage", float(res), prog_bar=True)
         self.log("alpha", float(alpha), prog_bar=True)
         self.log("images", float(self.schedule.images_seen(g + 1)))
-        if not torch.isfinite(total):
-            # Skip the update; the next batches go on. (A fuller guard rolls back to a checkpoint.)
-            self.nonfinite_steps += 1
-            self.log("nonfinite", float(self.nonfinite_steps), prog_bar=True)
+        finite = bool(torch.isfinite(total))
+        if self._trainer is not None and self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)  # every rank skips together
+        if not finite:
+            # Skip the update (no backward); train/guard.py counts it and rolls back if it repeats.
+            self.step_problem = ", ".join(k for k, v in parts_sum.items() if not torch.isfinite(v)) or "loss"
             return None
         return total
 
@@ -188,6 +198,8 @@ class SwapModule(pl.LightningModule):
             "stage_res": self.stage_res,
             "alpha": self.alpha,
             "nonfinite_steps": self.nonfinite_steps,
+            "rollbacks": self.rollbacks,
+            "lr_scale": self.lr_scale,
             "identities": self.identity_names,
             "face_type": self.face_type,
         }
@@ -202,3 +214,4 @@ class SwapModule(pl.LightningModule):
         self.batches_done = int(state["batches_done"])
         self.stage_res, self.alpha = int(state["stage_res"]), float(state["alpha"])
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.rollbacks, self.lr_scale = int(state.get("rollbacks", 0)), float(state.get("lr_scale", 1.0))

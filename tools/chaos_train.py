@@ -1,0 +1,260 @@
+"""Chaos test for ``swap-train``: SIGKILL a small run at random moments, resume, check, compare.
+
+    python tools/chaos_train.py --kills 10 --report chaos.json
+    python tools/chaos_train.py --kills 3 --short --faces A,B      # the fast version the tests run
+
+A tiny CPU run (the test suite's tiny overrides, ``num_workers=0``, a checkpoint every 3 steps)
+is started as a subprocess and killed with SIGKILL, cycling through three moments:
+
+* ``step``: at a random time during a training step, after the process has written a new checkpoint;
+* ``checkpoint``: while a checkpoint is being written (its ``.NAME.XXXX.tmp`` file exists);
+* ``growth``: right around the start of the fade-in (when the process announces it).
+
+After every kill it checks the run directory: the newest good checkpoint loads; no checkpoint
+whose write had completed was lost (so at most one checkpoint interval of work is lost);
+progress never goes backwards; stage and alpha match the schedule at ``batches_done``. The run
+is then resumed with ``resume=auto``. At the end the final weights are compared with an
+uninterrupted run of the same command (fixed seed, one CPU thread): they must be bitwise equal.
+Prints a JSON report (and writes it with ``--report``); exits 1 if any check failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from progressive_swap.train.checkpoint import CKPT_KEY, good_checkpoints, load_weights, read_training_checkpoint
+from progressive_swap.train.growth import GrowthSchedule
+
+EVERY_STEPS = 3
+MODEL = ["model.channel_base=256", "model.channel_max=16", "model.channel_min=8", "model.latent_channels=8", "model.latent_res=8"]
+STAGES_SHORT = [dict(res=16, images=48, batch=4, lr=1e-3), dict(res=32, images=32, fade=32, batch=4, lr=1e-3)]  # 14 batches
+STAGES_LONG = [dict(res=16, images=160, batch=4, lr=1e-3), dict(res=32, images=96, fade=96, batch=4, lr=1e-3)]  # 44 batches
+KINDS = ("step", "checkpoint", "growth")
+
+
+def _stages_arg(stages: list[dict]) -> str:
+    return "schedule.stages=[" + ",".join("{" + ",".join(f"{k}:{v}" for k, v in s.items()) + "}" for s in stages) + "]"
+
+
+def train_args(faces: list[str], out: Path, stages: list[dict], *extra: str) -> list[str]:
+    """The ``swap-train`` arguments of the chaos run."""
+    return [
+        "recipe=demo", "data=facesets", f"data.faces=[{','.join(faces)}]", f"out={out}", *MODEL, _stages_arg(stages),
+        "data.num_workers=0", "preview_every=0", f"checkpoint.every_steps={EVERY_STEPS}", "augment.warp=0.03", *extra,
+    ]
+
+
+class Run:
+    """One ``swap-train`` subprocess, its output collected by a thread."""
+
+    def __init__(self, args: list[str], env: dict[str, str]):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "progressive_swap.cli.train", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )
+        self.lines: list[str] = []
+        self.t0 = time.monotonic()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def saw(self, text: str) -> bool:
+        return any(text in line for line in list(self.lines))
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return -9
+
+
+def _step_files(run_dir: Path) -> set[int]:
+    return {int(p.stem[4:]) for p in run_dir.glob("step*.ckpt")}
+
+
+def _tmp_files(run_dir: Path) -> list[str]:
+    try:
+        return [n for n in os.listdir(run_dir) if n.startswith(".") and n.endswith(".tmp") and ".ckpt." in n]
+    except FileNotFoundError:
+        return []
+
+
+def _kill_at(run: Run, run_dir: Path, kind: str, start: int, rng: random.Random, timeout: float) -> dict[str, Any]:
+    """Wait for the trigger of ``kind`` and SIGKILL; returns what happened."""
+    target = rng.choice(("last", "last", "step"))  # checkpoint kills: while writing last.ckpt or a step file
+    delay = {"step": rng.uniform(0.0, 0.25), "growth": rng.uniform(0.0, 0.3)}.get(kind, 0.0)  # a step takes ~0.1-0.5 s
+    armed_at: float | None = None
+    max_complete = max(_step_files(run_dir), default=0)
+    while run.proc.poll() is None:
+        if time.monotonic() - run.t0 > timeout:
+            run.kill()
+            return {"trigger": "timeout", "max_complete_seen": max_complete}
+        new = {s for s in _step_files(run_dir) if s > start}
+        if kind == "checkpoint":
+            tmps = _tmp_files(run_dir)
+            hit = [t for t in tmps if t.startswith(".last.ckpt.")] if target == "last" else (
+                [t for t in tmps if t.startswith(".step")] if new else [])
+            if hit:
+                run.kill()
+                return {"trigger": f"during write of {hit[0]}", "max_complete_seen": max_complete}
+        elif armed_at is None and ((kind == "step" and new) or (kind == "growth" and run.saw("fading in"))):
+            armed_at = time.monotonic()
+        if armed_at is not None and time.monotonic() - armed_at >= delay:
+            run.kill()
+            what = f"{delay:.2f} s after a new checkpoint" if kind == "step" else f"{delay:.2f} s after the fade-in began"
+            return {"trigger": what, "max_complete_seen": max(max_complete, *_step_files(run_dir), 0)}
+        max_complete = max(max_complete, *_step_files(run_dir), 0)
+        time.sleep(0.0005)
+    return {"trigger": "finished before the kill", "rc": run.proc.returncode, "max_complete_seen": max_complete}
+
+
+def check_run_dir(run_dir: Path, schedule: GrowthSchedule, previous: int, max_complete: int) -> dict[str, Any]:
+    """The state a resume would start from, and whether it is consistent."""
+    warnings: list[str] = []
+    found = good_checkpoints(run_dir, warn=warnings.append)
+    if not found:
+        return {"ok": previous == 0 and max_complete == 0, "batches_done": 0, "checkpoint": None, "warnings": warnings}
+    batches, path = found[0]
+    ckpt = read_training_checkpoint(path)  # the full load must work, not only the peek
+    info = ckpt[CKPT_KEY]
+    pos = schedule.at(batches - 1)
+    alpha = pos.alpha if pos.res > schedule.start_res else 1.0
+    checks = {
+        "loads": True,
+        "never_backwards": batches >= previous,
+        "no_completed_checkpoint_lost": batches >= max_complete,
+        "global_step_matches": int(ckpt["global_step"]) == batches,
+        "stage_matches": int(info["stage_res"]) == pos.res,
+        "alpha_matches": abs(float(info["alpha"]) - alpha) < 1e-9,
+        "last_ckpt_loads": not (run_dir / "last.ckpt").exists() or any(p.name == "last.ckpt" for _, p in found),
+    }
+    return {"ok": all(checks.values()), "batches_done": batches, "checkpoint": path.name, "stage_res": info["stage_res"],
+            "alpha": info["alpha"], "checks": checks, "warnings": warnings}
+
+
+def chaos(faces: list[str], work: Path, kills: int = 10, short: bool = False, seed: int = 0, timeout: float = 300.0,
+          log=print) -> dict[str, Any]:
+    """Run the chaos test; returns the report (``report["ok"]`` says whether every check passed)."""
+    t_start = time.monotonic()
+    rng = random.Random(seed)
+    stages = STAGES_SHORT if short else STAGES_LONG
+    schedule = GrowthSchedule(stages, identities=len(faces))
+    fade_end = next(p.end_batch for p in schedule.phases if p.fading)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "COLUMNS": "400",
+           "PROGRESSIVE_SWAP_CACHE": str(work / "cache")}
+    ref_dir, run_dir = work / "reference", work / "chaos"
+
+    log(f"reference run ({schedule.total_batches} batches) ...")
+    ref = Run(train_args(faces, ref_dir, stages), env)
+    ref_rc = ref.wait(timeout)
+    report: dict[str, Any] = {"kills_planned": kills, "total_batches": schedule.total_batches, "every_steps": EVERY_STEPS,
+                              "reference_rc": ref_rc, "events": []}
+    if ref_rc != 0:
+        report.update(ok=False, error="reference run failed", output=ref.lines[-20:])
+        return report
+
+    resume_point, ok, previous_ckpt = 0, True, None
+    for i in range(kills):
+        kind = KINDS[i % len(KINDS)]
+        if kind == "growth" and resume_point >= fade_end:
+            kind = "step"  # the fade is behind us
+        run = Run(train_args(faces, run_dir, stages, "resume=auto"), env)
+        kill = _kill_at(run, run_dir, kind, resume_point, rng, timeout)
+        stale = _tmp_files(run_dir)
+        state = check_run_dir(run_dir, schedule, resume_point, kill["max_complete_seen"])
+        m = re.search(r"\(resuming (.+?\.ckpt)\)", "".join(run.lines))
+        resumed_from = m.group(1) if m else None
+        event = {"kill": i + 1, "kind": kind, **kill, "seconds": round(time.monotonic() - run.t0, 1),
+                 "resumed_from": resumed_from, "stale_tmp_files": stale, **state}
+        if previous_ckpt is not None and not str(resumed_from or "").endswith(previous_ckpt):
+            event["ok"] = False  # the process did not start from the checkpoint the last check found
+        previous_ckpt = state["checkpoint"]
+        if "rc" in kill and kill["rc"] != 0:
+            event["ok"] = False
+            event["output"] = run.lines[-10:]
+        ok &= bool(event["ok"])
+        report["events"].append(event)
+        log(f"kill {i + 1}/{kills} ({kind}, {kill['trigger']}): resume at batch {state['batches_done']} "
+            f"from {state['checkpoint']}, {'ok' if event['ok'] else 'FAILED'}")
+        resume_point = state["batches_done"]
+        if kill["trigger"] == "finished before the kill":
+            break
+
+    final = Run(train_args(faces, run_dir, stages, "resume=auto"), env)
+    final_rc = final.wait(timeout)
+    result: dict[str, Any] = {"rc": final_rc, "stale_tmp_files": _tmp_files(run_dir)}
+    if final_rc == 0:
+        a, b = load_weights(ref_dir / "last.ckpt"), load_weights(run_dir / "last.ckpt")
+        diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a) if a.keys() == b.keys() else float("inf")
+        end = read_training_checkpoint(run_dir / "last.ckpt")[CKPT_KEY]
+        result.update(
+            same_keys=a.keys() == b.keys(), max_abs_diff=diff, bitwise_equal=a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a),
+            batches_done=end["batches_done"], safetensors_equal=_same(ref_dir / "model.safetensors", run_dir / "model.safetensors"),
+        )
+    else:
+        result["output"] = final.lines[-20:]
+    result["ok"] = final_rc == 0 and bool(result.get("bitwise_equal")) and not result["stale_tmp_files"] \
+        and result.get("batches_done") == schedule.total_batches
+    report["final"] = result
+    report["kills_done"] = len(report["events"])
+    report["ok"] = ok and result["ok"]
+    report["seconds"] = round(time.monotonic() - t_start, 1)
+    log(f"final: rc {final_rc}, bitwise equal to the uninterrupted run: {result.get('bitwise_equal')} "
+        f"(max |diff| {result.get('max_abs_diff')})")
+    return report
+
+
+def _same(a: Path, b: Path) -> bool:
+    x, y = load_weights(a), load_weights(b)
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kills", type=int, default=10)
+    ap.add_argument("--short", action="store_true", help="the 14-batch schedule (fewer kills fit)")
+    ap.add_argument("--faces", default="", help="two face sets A,B (default: a small phantom set)")
+    ap.add_argument("--work", default="", help="working directory (default: a temporary one)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    ap.add_argument("--report", default="", help="write the JSON report here too")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="chaos_") as tmp:
+        work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        faces = args.faces.split(",") if args.faces else None
+        if faces is None:
+            from progressive_swap.data.phantom_dataset import generate_phantom_dataset
+
+            faces = generate_phantom_dataset(out=work / "phantom", identities=2, faces=16, size=32, videos=0, progress=False)["faces"]
+        report = chaos([str(f) for f in faces], work, kills=args.kills, short=args.short, seed=args.seed,
+                       log=lambda m: print(m, file=sys.stderr))
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.report:
+        Path(args.report).write_text(text + "\n")
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
