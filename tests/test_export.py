@@ -470,3 +470,32 @@ def test_streaming_holds_a_bounded_number_of_frames(tmp_path, clip, monkeypatch)
     ex = Exporter(tmp_path, Swapper(IdentityNet(), 1, 64), INFO, 1, settings, progress=False, workers=2)
     assert ex.run(frames())["written"] == 40 and sorted(written) == list(range(40))
     assert max(gap) <= 2 * 2 + 2 + 1
+
+
+def test_cli_alpha_from_a_stored_mask_and_user_edits_win(tmp_path, ckpt, vfr_video, clip, capsys):
+    """mask=stored:NAME: alpha is the face set's stored mask (a segmenter's), un-warped; a user's edit wins."""
+    video, _ = vfr_video
+    fset = tmp_path / "set"
+    w = faceset.create(fset, face_type=FACE_TYPE, size=64)
+    recs, imgs, masks = [], [], []
+    for i, r in enumerate(clip):
+        m = align.alignment_matrix(r.landmarks, FACE_TYPE)
+        recs.append(faceset.FaceRecord(id=f"f{i}", source=str(video), frame_index=i, time=TIMES[i], track=0,
+                                       identity="B", landmarks=r.landmarks, matrix=m, frame_size=(SIZE, SIZE)))
+        imgs.append(align.warp_to_crop(r.image, m, 64))
+        masks.append(align.warp_to_crop(r.visible_mask.astype(np.float32), m, 64))
+    w.append(recs, imgs, {"segment": masks})
+    w.close()
+    faceset.open(fset).write_mask("f1", "segment", np.zeros((64, 64), np.float32), user=True)
+    assert cli(ckpt, fset, tmp_path / "out", "mask=stored:segment", "format=png16") == 0
+    layers = sorted((tmp_path / "out/layers").glob("*.png"))
+    for i, p in enumerate(layers):
+        alpha = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)[..., 3].astype(np.float32) / 65535
+        if i == 1:
+            assert alpha.max() == 0  # the user's empty mask replaced the stored one
+            continue
+        truth = clip[i].visible_mask > 0.5
+        inter = ((alpha > 0.5) & truth).sum()
+        assert inter / ((alpha > 0.5) | truth).sum() > 0.9, i
+    assert cli(ckpt, fset, tmp_path / "out2", "mask=stored:nothing") == 2
+    assert "no 'nothing' masks" in capsys.readouterr().err and not (tmp_path / "out2").exists()

@@ -35,7 +35,7 @@ class ExportOptions:
     format: str = "png16"  # png8 | png16 (straight alpha, sRGB) | exr (half, linear, premultiplied)
     layers: str = "merged"  # merged | per_track
     color: str = "none"  # none | reinhard | histogram (match the plate's skin; recorded in metadata)
-    mask: str = "model"  # model | hull: where alpha comes from
+    mask: str = "model"  # model | hull | stored:NAME (a face set's stored mask, e.g. stored:segment): where alpha comes from
     erode: float = 0.0  # fraction of the face crop's side
     dilate: float = 0.0  # fraction of the face crop's side
     feather: float = 0.0  # Gaussian sigma, fraction of the face crop's side
@@ -58,7 +58,7 @@ def _is_faceset(path: Path) -> bool:
     return path.is_dir() and (path / HEADER_NAME).is_file()
 
 
-def _faceset_input(path: Path, footage: str, info, stage_res: int):
+def _faceset_input(path: Path, footage: str, info, stage_res: int, mask_name: str | None = None):
     """Frames of the footage with the face set's faces; checks face type and resolution."""
     from progressive_swap.data import faceset
     from progressive_swap.export import frames as F
@@ -84,7 +84,9 @@ def _faceset_input(path: Path, footage: str, info, stage_res: int):
     else:
         record_source = sources[0]
         plates = F.resolve_source(record_source, fs.root)
-    frames = F.faceset_frames(fs, plates, record_source)
+    if mask_name and mask_name not in fs.mask_names and f"user_{mask_name}" not in fs.mask_names:
+        raise UserError(f"mask=stored:{mask_name}: the face set has no {mask_name!r} masks (it has: {', '.join(fs.mask_names) or 'none'})")
+    frames = F.faceset_frames(fs, plates, record_source, mask_name)
     return frames, plates, fs.size, F.faceset_tracks(fs, record_source), fs.face_type
 
 
@@ -131,13 +133,19 @@ def _export(argv: Sequence[str]) -> int:
         raise FileNotFoundError(f"input not found: {o.input!r}")
     model, info = load_model(o.checkpoint, o.device)
     identity = info.identity_index(o.identity)
-    check_writable_dir(o.out)
     fset, footage = inp, o.source
-    if not _is_faceset(fset):
+    mask_name = o.mask[len("stored:"):] if o.mask.startswith("stored:") else None
+    if _is_faceset(fset):  # check everything about the input before creating out
+        frames, footage, size, tracks, ftype = _faceset_input(fset, footage, info, info.stage_res, mask_name)
+        check_writable_dir(o.out)
+    else:
         if o.source:
             raise UserError("source= is for face set input; with footage input it is the input itself")
+        if mask_name:
+            raise UserError("mask=stored:NAME reads a face set's masks: pass the face set as input=")
+        check_writable_dir(o.out)
         fset, footage = _footage_input(o, info, info.stage_res), o.input
-    frames, footage, size, tracks, ftype = _faceset_input(fset, footage, info, info.stage_res)
+        frames, footage, size, tracks, ftype = _faceset_input(fset, footage, info, info.stage_res)
     settings = ExportSettings(**settings_kw, crop_size=size)
 
     plates = open_plates(footage)

@@ -152,7 +152,11 @@ def load_model(path: str | os.PathLike, device: str = "auto") -> tuple[CombAutoe
         model = CombAutoencoder(**info.arch)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: cannot rebuild the model from its arch: {e}") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches raise even when not strict
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise ValueError(f"{path}: weights do not match the architecture ({first})") from None
     if missing or unexpected:
         what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise ValueError(f"{path}: weights do not match the architecture ({what})")

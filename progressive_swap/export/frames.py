@@ -35,6 +35,7 @@ class FaceIn:
         landmarks: ``(68, 2)`` frame px, or None.
         crop: uint8 ``(S, S, 3)`` aligned crop if the source has one (face sets), else None.
         face_id: the face set record id, if any.
+        mask: float32 ``(S, S)`` stored mask of the face set, when export asks for one.
     """
 
     matrix: np.ndarray
@@ -42,6 +43,7 @@ class FaceIn:
     landmarks: np.ndarray | None = None
     crop: np.ndarray | None = None
     face_id: str | None = None
+    mask: np.ndarray | None = None
 
 
 @dataclass
@@ -89,13 +91,14 @@ def faceset_sources(fs) -> list[str]:
     return sorted(set(fs.sources))
 
 
-def faceset_frames(fs, footage: str | os.PathLike, source: str) -> Iterator[FrameIn]:
+def faceset_frames(fs, footage: str | os.PathLike, source: str, mask_name: str | None = None) -> Iterator[FrameIn]:
     """Frames of ``footage`` with the face set's faces of ``source`` attached.
 
     Args:
         fs: an open :class:`~progressive_swap.data.faceset.FaceSet`.
         footage: the plates (video, image or image folder).
         source: the records' ``source`` value to use.
+        mask_name: also attach this stored mask to each face (a user's ``user_`` edit wins).
     """
     rows: dict[int, list[int]] = defaultdict(list)
     srcs, fidx = fs.sources, fs.frame_indices
@@ -113,7 +116,8 @@ def faceset_frames(fs, footage: str | os.PathLike, source: str) -> Iterator[Fram
                     f"but frame {index} of {str(footage)!r} is {image.shape[1]}x{image.shape[0]}"
                 )
             faces.append(FaceIn(matrix=np.asarray(mats[i], np.float64), track=int(tracks[i]),
-                                landmarks=np.asarray(lms[i], np.float64), crop=fs.image(i), face_id=ids[i]))
+                                landmarks=np.asarray(lms[i], np.float64), crop=fs.image(i), face_id=ids[i],
+                                mask=fs.mask(i, mask_name, prefer_user=True) if mask_name else None))
         yield FrameIn(index, t, image, faces)
 
 

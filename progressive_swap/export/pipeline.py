@@ -51,7 +51,9 @@ class ExportSettings:
         format: ``png8``, ``png16`` (straight alpha, sRGB) or ``exr`` (half, linear, premultiplied).
         layers: ``merged`` (one layer per frame) or ``per_track`` (one per face track).
         color: colour matching to the plate: ``none``, ``reinhard`` or ``histogram``.
-        mask: alpha source: ``model`` (the decoder's mask) or ``hull`` (landmark hull).
+        mask: alpha source: ``model`` (the decoder's mask), ``hull`` (landmark hull) or
+            ``stored:NAME`` (the face set's stored mask NAME, e.g. a segmenter's ``segment``; a
+            user-edited ``user_NAME`` wins; face-set input only).
         erode, dilate, feather: mask refinement, fractions of the face crop's side.
         crop_size: aligned crop side the swap is composited from (the model's output is
             resized to it).
@@ -79,8 +81,8 @@ class ExportSettings:
             raise ValueError(f"unknown layers {self.layers!r}; choose one of {', '.join(LAYER_MODES)}")
         if self.color not in C.COLOR_METHODS:
             raise ValueError(f"unknown color {self.color!r}; choose one of {', '.join(C.COLOR_METHODS)}")
-        if self.mask not in MASK_SOURCES:
-            raise ValueError(f"unknown mask {self.mask!r}; choose one of {', '.join(MASK_SOURCES)}")
+        if self.mask not in MASK_SOURCES and not (self.mask.startswith("stored:") and len(self.mask) > 7):
+            raise ValueError(f"unknown mask {self.mask!r}; choose one of {', '.join(MASK_SOURCES)} or stored:NAME")
         if not 16 <= int(self.crop_size) <= 4096:
             raise ValueError(f"crop_size must be in [16, 4096], got {self.crop_size}")
         if int(self.batch) < 1:
@@ -307,6 +309,12 @@ class Exporter:
     def _face_mask(self, face: FaceIn, model_mask: np.ndarray) -> np.ndarray:
         if self.s.mask == "model":
             return model_mask
+        if self.s.mask.startswith("stored:"):
+            if face.mask is None:
+                raise ValueError(f"mask={self.s.mask}: face {face.face_id} has no such stored mask")
+            s = model_mask.shape[0]
+            m = face.mask if face.mask.shape[0] == s else cv2.resize(face.mask, (s, s), interpolation=cv2.INTER_LINEAR)
+            return np.clip(m, 0.0, 1.0).astype(np.float32)
         if face.landmarks is None:
             raise ValueError("mask=hull needs landmarks, and this input has none for a face")
         from progressive_swap.masks.hull import landmark_mask
