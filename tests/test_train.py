@@ -200,3 +200,19 @@ def test_patch_gan_option_trains_and_checkpoints_the_discriminator(blob_sets, tm
     assert train_cli.main(tiny(blob_sets, run, "loss.gan=0.1", "loss.gan_channels=8", "max_steps=2")) == 0
     sd = safe_load(run / "last.ckpt")["state_dict"]
     assert any(k.startswith("loss.discriminator.") for k in sd)
+
+
+def test_periodic_checkpoints_wait_for_the_end_of_an_accumulated_step(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from progressive_swap.train.callbacks import StepCheckpoint
+
+    calls = []
+    monkeypatch.setattr(ModelCheckpoint, "on_train_batch_end", lambda self, *a: calls.append(a))
+    cb = StepCheckpoint(dirpath=tmp_path)
+    for accumulating in (True, False, True):
+        trainer = SimpleNamespace(fit_loop=SimpleNamespace(_should_accumulate=lambda a=accumulating: a))
+        cb.on_train_batch_end(trainer, None, None, None, 0)
+    assert len(calls) == 1

@@ -109,12 +109,12 @@ def train(cfg: DictConfig) -> int:
     import pytorch_lightning as pl
     import torch
     from hydra.utils import instantiate
-    from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+    from pytorch_lightning.callbacks import RichProgressBar
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     from progressive_swap.data.datamodule import check_facesets
     from progressive_swap.model.summary import format_summary, summarize
-    from progressive_swap.train.callbacks import FinalCheckpoint, GrowthAnnouncer, MilestoneCheckpoint, PreviewCallback
+    from progressive_swap.train.callbacks import FinalCheckpoint, GrowthAnnouncer, MilestoneCheckpoint, PreviewCallback, StepCheckpoint
     from progressive_swap.train.checkpoint import AtomicCheckpointIO, read_training_checkpoint, remove_stale_temps, save_weights
     from progressive_swap.train.module import CKPT_KEY, SwapModule
     from progressive_swap.train.warmstart import warm_start
@@ -142,7 +142,7 @@ def train(cfg: DictConfig) -> int:
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     # The trainer is built before the schedule: the world size comes from it.
-    ckpt_cb = ModelCheckpoint(
+    ckpt_cb = StepCheckpoint(
         dirpath=run_dir,
         filename="step{step:07d}",
         auto_insert_metric_name=False,

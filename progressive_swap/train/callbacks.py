@@ -7,6 +7,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
 import torch
 from rich.console import Console
 
@@ -164,3 +165,14 @@ class MilestoneCheckpoint(pl.Callback):
         before, after = module.schedule.images_seen(done - 1), module.schedule.images_seen(done)
         if after // self.every > before // self.every:  # this batch crossed a multiple of every_images
             trainer.save_checkpoint(self.dirpath / f"images{after:010d}.ckpt", weights_only=False)
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """Lightning's periodic checkpoint, never taken between the micro-batches of one optimizer
+    step: with gradient accumulation, a time-based save could otherwise land mid-step, and a
+    resume from it would drop the gradient accumulated so far."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.fit_loop._should_accumulate():
+            return
+        super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
