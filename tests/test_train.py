@@ -216,3 +216,11 @@ def test_periodic_checkpoints_wait_for_the_end_of_an_accumulated_step(tmp_path, 
         trainer = SimpleNamespace(fit_loop=SimpleNamespace(_should_accumulate=lambda a=accumulating: a))
         cb.on_train_batch_end(trainer, None, None, None, 0)
     assert len(calls) == 1
+
+
+def test_dry_run_of_a_gpu_recipe_needs_no_data_and_no_gpu(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert train_cli.main(["recipe=1024", "dry_run=true"]) == 0
+    err = capsys.readouterr().err
+    assert "1024" in err and "model size per stage" in err
+    assert not (tmp_path / "checkpoints").exists()

@@ -131,15 +131,31 @@ def train(cfg: DictConfig) -> int:
 
     # Data first: the identity count and face type come from it.
     if OmegaConf.is_missing(cfg.data, "faces"):
-        raise UserError("this recipe trains on your face sets: pass data.faces=[DIR_A,DIR_B] (or data=phantom)")
-    datamodule = instantiate(cfg.data, _convert_="all")
-    paths = datamodule.resolve_faces()
-    sched_probe = instantiate(cfg.schedule, identities=len(paths))
-    info = check_facesets(paths, sched_probe.final_res)
+        if not cfg.dry_run:
+            raise UserError("this recipe trains on your face sets: pass data.faces=[DIR_A,DIR_B] (or data=phantom)")
+        # A dry run without data: plan for two identities, so sizes can be checked before extracting.
+        datamodule, paths = None, ["A", "B"]
+        info = {"face_type": "?", "sizes": ["?", "?"], "counts": ["?", "?"], "identities": paths}
+    else:
+        datamodule = instantiate(cfg.data, _convert_="all")
+        paths = datamodule.resolve_faces()
+        sched_probe = instantiate(cfg.schedule, identities=len(paths))
+        info = check_facesets(paths, sched_probe.final_res)
 
     trainer_kwargs = dict(cfg.trainer)
     trainer_kwargs.pop("_target_")
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    if cfg.dry_run:
+        # No trainer: building it would need the recipe's accelerator. Plan for devices × nodes.
+        devices = cfg.trainer.get("devices", 1)
+        world = (devices if isinstance(devices, int) and devices > 0 else 1) * int(cfg.trainer.get("num_nodes", 1))
+        schedule = instantiate(cfg.schedule, identities=len(paths), world_size=world)
+        model = instantiate(cfg.model, num_identities=len(paths), final_res=schedule.final_res, start_res=schedule.start_res)
+        console.print(plan_table(schedule))
+        console.print(format_summary(summarize(model, batch_size=schedule.stages[-1].batch * len(paths))))
+        console.print(f"face sets {info['identities']}: {info['counts']} faces, {info['face_type']}, crops {info['sizes']} px; run dir would be {run_dir}")
+        return 0
 
     # The trainer is built before the schedule: the world size comes from it.
     ckpt_cb = StepCheckpoint(
@@ -186,12 +202,6 @@ def train(cfg: DictConfig) -> int:
         from progressive_swap.train.strategy import compile_blocks
 
         compile_blocks(model)
-
-    if cfg.dry_run:
-        console.print(plan_table(schedule))
-        console.print(format_summary(summarize(model, batch_size=schedule.stages[-1].batch * len(paths))))
-        console.print(f"face sets {info['identities']}: {info['counts']} faces, {info['face_type']}, crops {info['sizes']} px; run dir would be {run_dir}")
-        return 0
 
     if resume is not None:
         ckpt = read_training_checkpoint(resume)
