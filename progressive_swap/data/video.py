@@ -9,10 +9,8 @@ extractor accepts as ``landmarks=given:FILE``.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 from dataclasses import asdict
 from fractions import Fraction
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 import av
 import numpy as np
 
-from progressive_swap.io import _UMASK, atomic_write_json, fsync_dir
+from progressive_swap.io import atomic_path, atomic_write_json
 
 if TYPE_CHECKING:
     from progressive_swap.data.phantom_params import FrameParams, Identity
@@ -63,11 +61,9 @@ def write_video(
     """
     path = Path(path)
     rate = _fps_fraction(fps)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".mp4", dir=path.parent)
-    os.close(fd)
     n = 0
-    try:
-        with av.open(tmp, mode="w", format=None) as container:
+    with atomic_path(path, suffix=path.suffix or ".mp4") as tmp:  # the suffix tells FFmpeg the container
+        with av.open(str(tmp), mode="w", format=None) as container:
             stream = None
             for frame in frames:
                 frame = np.asarray(frame)
@@ -91,15 +87,6 @@ def write_video(
                 raise ValueError("no frames to write")
             for packet in stream.encode():  # flush the encoder
                 container.mux(packet)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp made it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
     return n
 
 
