@@ -6,7 +6,7 @@
     (c) warm: low, then high warm-started from the low checkpoint, no fade-in
 
     python tools/bench_growth.py --low 32 --high 64 --budget 8000 --out growth.json
-    python tools/bench_growth.py --low 256 --high 512 --budget 2000000 --recipe 512 --gpu   # on a GPU
+    python tools/bench_growth.py --low 256 --high 512 --budget 2000000 --recipe 512 --device cuda data=phantom   # on a GPU
 
 Trains on phantom data with ``swap-train`` (the demo recipe by default), evaluates every kept
 checkpoint with :mod:`progressive_swap.quality`, and prints JSON with the three curves and
@@ -31,14 +31,14 @@ def _run(argv: list[str]) -> None:
         raise SystemExit(f"training failed: {' '.join(argv)}")
 
 
-def _curve(run: Path, offset_images: int, settings: QualitySettings) -> list[dict]:
+def _curve(run: Path, offset_images: int, settings: QualitySettings, device: str) -> list[dict]:
     points = []
     for ck in sorted(run.glob("step*.ckpt")):
         state = safe_load(ck)["progressive_swap"]
         sched = GrowthSchedule(**state["schedule"])
         b = state["batches_done"]
         images = offset_images + sched.images_seen(b)
-        q = evaluate(str(ck), settings)
+        q = evaluate(str(ck), settings, device)
         points.append({"images": images, "stage_res": q["stage_res"], "alpha": q["alpha"], "swap_psnr": q["swap_psnr"], "recon_psnr": q["recon_psnr"]})
     return points
 
@@ -53,6 +53,7 @@ def main() -> int:
     ap.add_argument("--points", type=int, default=6, help="checkpoints evaluated per run")
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--recipe", default="demo")
+    ap.add_argument("--device", default="cpu", help="where checkpoints are evaluated (training follows the recipe)")
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("overrides", nargs="*", help="extra swap-train overrides")
@@ -70,9 +71,9 @@ def main() -> int:
     _run([*common, f"out={work / 'warm'}", f"schedule.stages=[{st(a.high, half)}]", f"warm_start={work / 'low' / 'last.ckpt'}"])
     s = QualitySettings(frames=a.frames, video_frames=0)
     curves = {
-        "grow": _curve(work / "grow", 0, s),
-        "scratch": _curve(work / "scratch", 0, s),
-        "warm": _curve(work / "warm", half, s),
+        "grow": _curve(work / "grow", 0, s, a.device),
+        "scratch": _curve(work / "scratch", 0, s, a.device),
+        "warm": _curve(work / "warm", half, s, a.device),
     }
     final_scratch = curves["scratch"][-1]["swap_psnr"]
     reached = [p["images"] for p in curves["grow"] if p["stage_res"] == a.high and p["swap_psnr"] >= final_scratch]
