@@ -74,27 +74,14 @@ def time_open(root: Path, repeat: int) -> dict[str, float]:
 
 
 def realistic_face(size: int, seed: int = 0) -> tuple[np.ndarray, str]:
-    """A ``(size, size, 3)`` uint8 RGB face crop and a word on where it came from."""
-    try:
-        from progressive_swap.data.phantom import render  # written by a teammate; optional here
+    """A ``(size, size, 3)`` uint8 RGB aligned phantom face crop (fine skin texture included),
+    rendered in a frame twice the crop's size and aligned with the shared alignment."""
+    from progressive_swap.data.phantom import render, sample_frame, sample_identity
+    from progressive_swap.faces import align
 
-        out = render(size=size, seed=seed)  # best effort: accept an array or a dict with "image"
-        img = out["image"] if isinstance(out, dict) else out
-        img = np.asarray(img)
-        if img.dtype != np.uint8:
-            img = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
-        if img.shape == (size, size, 3):
-            return img, "phantom.render"
-    except Exception:  # noqa: BLE001 - any failure falls back to the synthetic image
-        pass
-    rng = np.random.default_rng(seed)
-    low = rng.uniform(40, 220, (12, 12, 3)).astype(np.float32)
-    smooth = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    shading = 40.0 * np.exp(-((xx - 0.5) ** 2 + (yy - 0.45) ** 2) / 0.08)[..., None]
-    grain = rng.normal(0.0, 2.0, (size, size, 3))  # sensor noise / skin texture
-    img = np.clip(smooth + shading + grain, 0, 255).astype(np.uint8)
-    return img, "synthetic (smooth + shading + sigma-2 noise)"
+    r = render(sample_identity(seed), sample_frame(seed), 2 * size)
+    m = align.alignment_matrix(r.landmarks, "whole")
+    return align.warp_to_crop(r.image, m, size), "phantom face, whole crop"
 
 
 def bytes_per_face(size: int) -> dict[str, object]:

@@ -7,7 +7,7 @@ Every command has ``main(argv: list[str] | None = None) -> int``. Bad input rais
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import fields, is_dataclass
 from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf

@@ -107,7 +107,6 @@ def train(cfg: DictConfig) -> int:
     """Build everything from a composed config and fit. Bad input raises before anything is written."""
     _quiet_known_warnings()
     import pytorch_lightning as pl
-    import torch
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import RichProgressBar
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger

@@ -7,7 +7,6 @@ alpha are known exactly, also after a resume.
 """
 from __future__ import annotations
 
-import math
 import time
 from functools import partial
 from typing import Any, Callable
