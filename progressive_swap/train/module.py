@@ -121,7 +121,8 @@ class SwapModule(pl.LightningModule):
         return torch.Generator().manual_seed(_mix(self.seed, batch_index, self.global_rank))
 
     def prepare(self, batch: dict, batch_index: int) -> tuple[torch.Tensor, ...]:
-        """Augment a batch on the device: shared affine/flip, then the grid warp on the input.
+        """Augment a batch on the device: a shared affine/flip, then the grid warp and the colour
+        scramble on the encoder input only.
 
         Returns:
             ``inputs, targets, masks, regions``, identity-major: rows ``[k*B:(k+1)*B]`` are identity k.
@@ -193,7 +194,7 @@ class SwapModule(pl.LightningModule):
             "arch": self.model.arch_args(),
             "schedule": self.schedule.state(),
             "batches_done": self.batches_done,
-            "images_seen": self.schedule.images_seen(self.batches_done) if self.batches_done < self.schedule.total_batches else None,
+            "images_seen": self.schedule.images_seen(self.batches_done),
             "stage_res": self.stage_res,
             "alpha": self.alpha,
             "nonfinite_steps": self.nonfinite_steps,
