@@ -2,6 +2,9 @@
 
 Usage:
     swap-faceset info DIR [--json] [--deep]
+    swap-faceset sort DIR by=blur|yaw|pitch|size [out=DIR2] [order=asc|desc] [view=VIEWDIR]
+    swap-faceset remove DIR ids=[a,b,...] | ids_file=FILE | view=VIEWDIR
+    swap-faceset merge DIR1 DIR2 ... out=DIR
 
 Subcommands are plain functions taking their own argv; add one by writing ``cmd_<name>`` and
 listing it in :data:`COMMANDS`. Exit codes: 0 valid, 2 bad input or an invalid set (one line
@@ -12,7 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from progressive_swap.cli.common import UserError, run_cli
 from progressive_swap.data import faceset
@@ -96,8 +102,160 @@ def cmd_info(argv: Sequence[str]) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- curation
+
+SORT_USAGE = f"usage: {PROG} sort DIR by=blur|yaw|pitch|size [out=DIR2] [order=asc|desc] [view=VIEWDIR]"
+REMOVE_USAGE = f"usage: {PROG} remove DIR ids=[a,b,...] | ids_file=FILE | view=VIEWDIR"
+MERGE_USAGE = f"usage: {PROG} merge DIR1 DIR2 ... out=DIR"
+
+
+def _split_args(argv: Sequence[str], allowed: Sequence[str], usage_line: str, cmd: str) -> tuple[list[str], dict[str, str]]:
+    """Positional arguments and ``key=value`` options (raw strings: face ids such as ``0001``
+    and paths are taken literally). Unknown or repeated keys are one-line errors."""
+    pos: list[str] = []
+    opts: dict[str, str] = {}
+    for a in argv:
+        if a in ("-h", "--help"):
+            print(usage_line)
+            raise SystemExit(0)
+        key, eq, value = a.partition("=")
+        if not eq or "/" in key or not key:
+            pos.append(a)
+            continue
+        if key not in allowed:
+            raise UserError(f"{cmd}: unknown key {key!r}; known: {', '.join(allowed)}")
+        if key in opts:
+            raise UserError(f"{cmd}: {key}= given twice")
+        if not value:
+            raise UserError(f"{cmd}: {key}= needs a value")
+        opts[key] = value
+    return pos, opts
+
+
+def _parse_ids(text: str) -> list[str]:
+    """``[a,b,c]``, ``a,b,c`` or ``a`` -> ids (quotes and spaces around each id dropped)."""
+    t = text.strip()
+    if t.startswith("[") and t.endswith("]"):
+        t = t[1:-1]
+    return [i.strip().strip("'\"").strip() for i in t.split(",") if i.strip().strip("'\"").strip()]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _fmt(v: float) -> str:
+    return "nan" if not np.isfinite(v) else f"{v:.1f}" if abs(v) < 1e4 else f"{v:.3g}"
+
+
+def cmd_sort(argv: Sequence[str]) -> int:
+    """``sort DIR by=KEY [out=DIR2] [order=asc|desc] [view=VIEWDIR]``: reorder a set by a score."""
+    from rich.table import Table
+
+    from progressive_swap.data import curate
+
+    pos, o = _split_args(argv, ("by", "out", "order", "view"), SORT_USAGE, "sort")
+    if len(pos) != 1:
+        raise UserError(f"sort: expected one face set directory, got {len(pos)}; {SORT_USAGE}")
+    if "by" not in o:
+        raise UserError(f"sort: by= is required ({'|'.join(curate.SORT_KEYS)})")
+    if o["by"] not in curate.SORT_KEYS:
+        raise UserError(f"sort: unknown by={o['by']!r}; choose one of {', '.join(curate.SORT_KEYS)}")
+    order = o.get("order")
+    if order not in (None, "asc", "desc"):
+        raise UserError(f"sort: order must be asc or desc, got {order!r}")
+    if "view" in o:
+        curate._check_new_dir(Path(o["view"]))  # fail before the (possibly slow) sort
+    res = curate.sort_faceset(pos[0], o["by"], out=o.get("out"),
+                              descending=None if order is None else order == "desc")
+    console = _console()
+    where = "in place" if res.in_place else f"into {res.path}"
+    console.print(f"[bold]sorted[/bold] {len(res.ids)} faces of {pos[0]} by {res.by} "
+                  f"({'descending' if res.descending else 'ascending'}) {where}")
+    n = len(res.ids)
+    if n:
+        table = Table(show_header=True, header_style="bold")
+        table.add_column("rank", justify="right")
+        table.add_column("id")
+        table.add_column(res.by, justify="right")
+        shown = list(range(min(5, n))) + [k for k in range(max(5, n - 5), n)]
+        for j, k in enumerate(shown):
+            if j and k != shown[j - 1] + 1:
+                table.add_row("…", "…", "…")
+            table.add_row(str(k), res.ids[k], _fmt(float(res.scores[k])))
+        console.print(table)
+        fin = res.scores[np.isfinite(res.scores)]
+        if len(fin):
+            console.print(f"{res.by}: min {_fmt(fin.min())}, median {_fmt(float(np.median(fin)))}, max {_fmt(fin.max())}"
+                          + (f"; {n - len(fin)} face(s) without a score (last)" if len(fin) < n else ""))
+    if "view" in o:
+        curate.write_view(faceset.open(res.path), o["view"])
+        console.print(f"review folder: {o['view']} (delete bad faces there, then "
+                      f"{PROG} remove {res.path} view={o['view']})")
+    return 0
+
+
+def cmd_remove(argv: Sequence[str]) -> int:
+    """``remove DIR ids=[a,b,...] | ids_file=FILE | view=VIEWDIR``: remove faces by id."""
+    from progressive_swap.data import curate
+
+    pos, o = _split_args(argv, ("ids", "ids_file", "view"), REMOVE_USAGE, "remove")
+    if len(pos) != 1:
+        raise UserError(f"remove: expected one face set directory, got {len(pos)}; {REMOVE_USAGE}")
+    given = [k for k in ("ids", "ids_file", "view") if k in o]
+    if len(given) != 1:
+        raise UserError(f"remove: give exactly one of ids=, ids_file=, view=; {REMOVE_USAGE}")
+    if "ids" in o:
+        ids = _parse_ids(o["ids"])
+    elif "ids_file" in o:
+        text = Path(o["ids_file"]).read_text()
+        ids = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    else:
+        ids = curate.removed_in_view(o["view"])
+        if not ids:
+            _console().print(f"nothing deleted in {o['view']}; {pos[0]} unchanged")
+            return 0
+    if not ids:
+        raise UserError("remove: no face ids given")
+    n = curate.remove_faces(pos[0], ids)
+    left = len(faceset.open(pos[0]))
+    shown = ", ".join(ids[:8]) + (f", … (+{len(ids) - 8})" if len(ids) > 8 else "")
+    _console().print(f"[bold]removed[/bold] {n} face(s) from {pos[0]} ({left} left): {shown}")
+    return 0
+
+
+def cmd_merge(argv: Sequence[str]) -> int:
+    """``merge DIR1 DIR2 ... out=DIR``: merge face sets into a new one."""
+    from rich.table import Table
+
+    from progressive_swap.data import curate
+
+    pos, o = _split_args(argv, ("out",), MERGE_USAGE, "merge")
+    if "out" not in o:
+        raise UserError(f"merge: out= is required; {MERGE_USAGE}")
+    if len(pos) < 2:
+        raise UserError(f"merge: needs at least two face sets, got {len(pos)}; {MERGE_USAGE}")
+    merged = curate.merge_facesets(pos, o["out"])
+    table = Table(title=f"merged into {o['out']}", title_justify="left", header_style="bold")
+    table.add_column("face set")
+    table.add_column("faces", justify="right")
+    for p in pos:
+        table.add_row(p, str(len(faceset.open(p))))
+    table.add_row(f"[bold]{o['out']}[/bold]", f"[bold]{len(merged)}[/bold]")
+    console = _console()
+    console.print(table)
+    console.print(f"{merged.face_type}, {merged.size} px, {merged.image_format}; identities: "
+                  + (", ".join(f"{k or '(none)'}: {v}" for k, v in merged.identity_counts().items()) or "-"))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "info": cmd_info,
+    "sort": cmd_sort,
+    "remove": cmd_remove,
+    "merge": cmd_merge,
 }
 
 USAGE = f"usage: {PROG} {{{','.join(COMMANDS)}}} ...   (try: {PROG} info --help)"
