@@ -34,7 +34,7 @@ import numpy as np
 
 from progressive_swap.data import faceset as F
 from progressive_swap.data import faceset_index as fx
-from progressive_swap.data.faceset_format import INDEX_DIR, image_path, mask_path
+from progressive_swap.data.faceset_format import INDEX_DIR
 from progressive_swap.data.faceset_writer import FaceSetWriter, concat_shards
 from progressive_swap.faces import align
 from progressive_swap.io import fsync_dir
@@ -195,25 +195,11 @@ def _permuted_columns(live: list[fx.ShardName], ids: list[str], order: np.ndarra
 
 
 def _write_reordered_copy(fs: F.FaceSet, order: np.ndarray, out: Path) -> None:
-    from progressive_swap.data.faceset import _link_or_copy
-
     h = fs.header
     with F.create(out, face_type=h["face_type"], size=h["size"], image_format=h["image_format"],
                   jpeg_quality=h.get("jpeg_quality", 95), png_compression=h.get("png_compression", 1),
                   identity=h.get("identity")) as w:
-        targets = []
-        names = fs.mask_names
-        for face_id in fs.ids:
-            targets.append((image_path(fs.root, h, face_id), image_path(w.root, w.header, face_id)))
-            for name in names:
-                src = mask_path(fs.root, name, face_id)
-                if src.exists():
-                    targets.append((src, mask_path(w.root, name, face_id)))
-        for src, dst in targets:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(src, dst)
-        for d in {dst.parent for _, dst in targets}:
-            fsync_dir(d)
+        F.link_face_files(fs, w, fs.ids)
         live, _ = fx.scan_shards(fs.root / INDEX_DIR)
         if live:
             w._commit_columns(*_permuted_columns(live, fs.ids, order))

@@ -117,22 +117,28 @@ def merge(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, threads
                 jpeg_quality=h.get("jpeg_quality", 95), png_compression=h.get("png_compression", 1),
                 identity=h.get("identity"), threads=threads) as w:
         for s in sets:
-            targets = []
-            for face_id in s._ids:
-                targets.append((image_path(s.root, s.header, face_id), image_path(w.root, w.header, face_id)))
-                for name in s.mask_names:
-                    src = mask_path(s.root, name, face_id)
-                    if src.exists():
-                        targets.append((src, mask_path(w.root, name, face_id)))
-            for src, dst in targets:
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                _link_or_copy(src, dst)
-            for d in {dst.parent for _, dst in targets}:
-                fsync_dir(d)
+            link_face_files(s, w, s._ids)
             parts = [fx.read_all(p) for p, _, _ in s._shards]
             cols, strings = concat_shards([c for c, _ in parts], [t for _, t in parts])
             w._commit_columns(cols, strings)
     return FaceSet(out)
+
+
+def link_face_files(src: FaceSet, writer: FaceSetWriter, ids: Sequence[str]) -> None:
+    """Hard-link (or copy) the images and masks of ``ids`` from ``src`` into ``writer``'s set,
+    then fsync the directories. The index entries are the caller's to commit."""
+    targets = []
+    for face_id in ids:
+        targets.append((image_path(src.root, src.header, face_id), image_path(writer.root, writer.header, face_id)))
+        for name in src.mask_names:
+            m = mask_path(src.root, name, face_id)
+            if m.exists():
+                targets.append((m, mask_path(writer.root, name, face_id)))
+    for a, b in targets:
+        b.parent.mkdir(parents=True, exist_ok=True)
+        _link_or_copy(a, b)
+    for d in {b.parent for _, b in targets}:
+        fsync_dir(d)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

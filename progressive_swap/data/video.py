@@ -9,6 +9,8 @@ extractor accepts as ``landmarks=given:FILE``.
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 import os
 from dataclasses import asdict
@@ -90,6 +92,17 @@ def write_video(
     return n
 
 
+@contextlib.contextmanager
+def _open_video(path: Path) -> Iterator[av.container.InputContainer]:
+    """Open a video for reading, with one-line errors for a missing file or no video stream."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no such video: {str(path)!r}")
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError(f"{str(path)!r} has no video stream")
+        yield container
+
+
 def read_video(path: str | os.PathLike) -> Iterator[tuple[int, float, np.ndarray]]:
     """Decode a video's first video stream.
 
@@ -99,11 +112,7 @@ def read_video(path: str | os.PathLike) -> Iterator[tuple[int, float, np.ndarray
         ``(H, W, 3)`` RGB array.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such video: {str(path)!r}")
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{str(path)!r} has no video stream")
+    with _open_video(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for i, frame in enumerate(container.decode(stream)):
@@ -122,11 +131,7 @@ def probe_video(path: str | os.PathLike) -> dict:
         ``n_frames`` comes from the container when it knows it, else from counting packets.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such video: {str(path)!r}")
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{str(path)!r} has no video stream")
+    with _open_video(path) as container:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         n = int(stream.frames or 0)
