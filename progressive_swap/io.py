@@ -36,21 +36,21 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file next to ``path``; on success fsync and rename it over ``path``.
+def atomic_path(path: str | os.PathLike, suffix: str | None = None, prefix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` for writers that need a file name (video
+    muxers, image libraries); on success fsync it and rename it over ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left as it was.
-
-    Example:
-        >>> with atomic_write("out.json", "w") as f:  # doctest: +SKIP
-        ...     f.write("{}")
+    The temporary name keeps ``path``'s suffix (or ``suffix``), so format detection by
+    extension still works. On any exception the temporary file is removed and ``path`` is
+    left as it was.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix = prefix if prefix is not None else f".{path.stem}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix or path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
@@ -62,28 +62,20 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` for writers that need a file name (video
-    muxers, image libraries); on success fsync it and rename it over ``path``.
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path`` (``.NAME.XXXX.tmp``); on success fsync and
+    rename it over ``path``.
 
-    The temporary name keeps ``path``'s suffix (or ``suffix``), so format detection by
-    extension still works.
     On any exception the temporary file is removed and ``path`` is left as it was.
+
+    Example:
+        >>> with atomic_write("out.json", "w") as f:  # doctest: +SKIP
+        ...     f.write("{}")
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    with atomic_path(path, suffix=".tmp", prefix=f".{path.name}.") as tmp:
+        with open(tmp, mode) as f:
+            yield f
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
