@@ -122,7 +122,9 @@ def main() -> None:
     text = json.dumps(report, indent=1)
     print(text)
     if a.out:
-        Path(a.out).write_text(text + "\n")
+        from progressive_swap.io import atomic_write_text
+
+        atomic_write_text(Path(a.out), text + "\n")
 
 
 if __name__ == "__main__":

@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(res, indent=1)
     print(text)
     if a.out:
-        a.out.write_text(text + "\n")
+        from progressive_swap.io import atomic_write_text
+
+        atomic_write_text(a.out, text + "\n")
     return 0
 
 

@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(result, indent=1)
     print(text)
     if args.out is not None:
-        args.out.write_text(text + "\n")
+        from progressive_swap.io import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
     return 0
 
 

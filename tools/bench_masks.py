@@ -89,7 +89,9 @@ def main() -> int:
     text = json.dumps(result, indent=1)
     print(text)
     if a.json:
-        Path(a.json).write_text(text + "\n")
+        from progressive_swap.io import atomic_write_text
+
+        atomic_write_text(Path(a.json), text + "\n")
     return 0
 
 

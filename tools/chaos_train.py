@@ -252,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=1)
     print(text)
     if args.report:
-        Path(args.report).write_text(text + "\n")
+        from progressive_swap.io import atomic_write_text
+
+        atomic_write_text(Path(args.report), text + "\n")
     return 0 if report["ok"] else 1
 
 
