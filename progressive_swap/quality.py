@@ -69,7 +69,8 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
     names = info.identities
     idents = [phantom.sample_identity(settings.phantom_seed * 1000 + phantom_index(n)) for n in names]
     frame_px = 2 * res  # the phantom data set's framing: a face crop of about ``res`` px
-    swappers = {k: Swapper(model, k, res, alpha, device) for k in range(len(names))}
+    # (decoder, source identity) -> Swapper: a swap A→B encodes A's face as A's.
+    swappers = {(k, j): Swapper(model, k, res, alpha, device, source=j) for k in range(len(names)) for j in range(len(names))}
     start = min(model.stages)
     cutoff = res / 4 if res > start else None  # Nyquist of the previous stage, cycles per side
 
@@ -87,10 +88,10 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
                 truth = _to01(align.warp_to_crop(rb.image, m, res))
                 vis_b = align.warp_to_crop(rb.visible_mask, m, res)
                 vis_a = align.warp_to_crop(ra.visible_mask, m, res)
-                rgb, mask = (x[0] for x in swappers[b](src[None]))
+                rgb, mask = (x[0] for x in swappers[b, a](src[None]))
                 rows["swap_psnr"].append(masked_psnr(rgb, truth, vis_b))
                 rows["swap_ssim"].append(masked_ssim(rgb, truth, vis_b))
-                rec, _ = (x[0] for x in swappers[a](src[None]))
+                rec, _ = (x[0] for x in swappers[a, a](src[None]))
                 rows["recon_psnr"].append(masked_psnr(rec, _to01(src), vis_a))
                 rows["recon_ssim"].append(masked_ssim(rec, _to01(src), vis_a))
                 comp = over(face_layer(SwappedFace(rgb, mask, m), (frame_px, frame_px)), _to01(ra.image))
@@ -133,7 +134,7 @@ def temporal(swappers: dict, idents: list, names: list[str], res: int, face_type
         comps = []
         for r, lm in zip(ra, lms):
             m = align.alignment_matrix(lm, face_type)
-            rgb, mask = (x[0] for x in swappers[1](align.warp_to_crop(r.image, m, res)[None]))
+            rgb, mask = (x[0] for x in swappers[1, 0](align.warp_to_crop(r.image, m, res)[None]))
             comps.append(over(face_layer(SwappedFace(rgb, mask, m), (frame_px, frame_px)), _to01(r.image)))
         result[label] = flicker(comps, [r.visible_mask for r in rb])
     return result

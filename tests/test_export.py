@@ -41,7 +41,7 @@ ARCH = dict(num_identities=2, final_res=32, start_res=16, latent_res=8, latent_c
 class IdentityNet(torch.nn.Module):
     """Stand-in swap network: returns the face it is given, with a disc-shaped mask."""
 
-    def forward(self, img, identity, stage_res, alpha):
+    def forward(self, img, identity, stage_res, alpha, source=None):
         b, _, s, _ = img.shape
         yy, xx = torch.meshgrid(torch.linspace(-1, 1, s), torch.linspace(-1, 1, s), indexing="ij")
         logit = (0.55 - (xx**2 + yy**2).sqrt()) * 200.0  # (s, s): +inside a disc, -outside
@@ -499,3 +499,43 @@ def test_cli_alpha_from_a_stored_mask_and_user_edits_win(tmp_path, ckpt, vfr_vid
         assert inter / ((alpha > 0.5) | truth).sum() > 0.9, i
     assert cli(ckpt, fset, tmp_path / "out2", "mask=stored:nothing") == 2
     assert "no 'nothing' masks" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+
+
+@pytest.fixture(scope="module")
+def colour_ckpt(tmp_path_factory):
+    """A tiny model with identity colour normalisation: alice is pale, bob is dark."""
+    root = tmp_path_factory.mktemp("colour_ckpt")
+    torch.manual_seed(1)
+    model = CombAutoencoder(**ARCH, colour_norm=True)
+    model.set_identity_colour(torch.tensor([[0.7, 0.6, 0.5], [0.3, 0.2, 0.15]]), torch.tensor([[0.2, 0.2, 0.2], [0.1, 0.08, 0.07]]))
+    meta = {"arch": model.arch_args(), "face_type": FACE_TYPE, "identities": ["alice", "bob"], "stage_res": 32, "alpha": 1.0}
+    save_weights(model, root / "model.safetensors", meta)
+    return root
+
+
+def test_cli_from_identity_picks_the_colour_statistics_and_is_recorded(tmp_path, colour_ckpt, vfr_video, capsys):
+    video, truth = vfr_video
+    given = f"landmarks=given:{truth}"
+    assert cli(colour_ckpt, video, tmp_path / "default", given) == 0  # identity=bob: faces are alice's
+    assert cli(colour_ckpt, video, tmp_path / "alice", given, "from_identity=alice") == 0
+    assert cli(colour_ckpt, video, tmp_path / "bob", given, "from_identity=bob") == 0
+    assert "from_identity=alice" in capsys.readouterr().err
+
+    def layer(run):
+        return cv2.imread(str(tmp_path / run / "layers/face.000000.png"), cv2.IMREAD_UNCHANGED).astype(np.int64)
+
+    assert np.array_equal(layer("default"), layer("alice"))
+    assert np.abs(layer("bob") - layer("alice"))[..., :3].max() > 1000  # 16-bit: the statistics matter
+    for run, who in (("default", "alice"), ("bob", "bob")):
+        manifest = json.loads((tmp_path / run / "export.json").read_text())
+        assert manifest["from_identity"] == who
+    # The same pixels as the network called with that source directly.
+    model, info = load_model(colour_ckpt / "model.safetensors", "cpu")
+    crops = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+    rgb, _ = Swapper(model, 1, 32, source=0)(crops)
+    with torch.no_grad():
+        direct, _ = model(torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255, 1, 32, 1.0, 0)
+    np.testing.assert_allclose(rgb, direct.permute(0, 2, 3, 1).numpy(), atol=1e-6)
+    assert export_cli.main([f"checkpoint={colour_ckpt / 'model.safetensors'}", f"input={video}", f"out={tmp_path / 'x'}",
+                            "identity=bob", "from_identity=carol", given, "progress=false"]) == 2
+    assert "unknown identity 'carol'" in capsys.readouterr().err

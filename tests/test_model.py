@@ -149,6 +149,63 @@ def test_alpha0_continuity_at_every_transition(arch):
         assert (latent - model.encode(downsample2x(img), r, 1.0)).abs().max() < 1e-5
 
 
+def _colour_model(seed: int = 0) -> CombAutoencoder:
+    model = make(seed=seed, colour_norm=True).double()
+    mean = torch.tensor([[0.7, 0.6, 0.5], [0.3, 0.2, 0.15], [0.5, 0.5, 0.5]])
+    std = torch.tensor([[0.2, 0.19, 0.17], [0.1, 0.08, 0.07], [0.25, 0.25, 0.25]])
+    model.set_identity_colour(mean, std)
+    return model
+
+
+def test_colour_norm_keeps_alpha0_continuity():
+    """The per-identity affine normalisation commutes with the fade's average pooling."""
+    model = _colour_model()
+    ids = routed_ids(4)
+    for r, r2 in zip(model.stages[:-1], model.stages[1:]):
+        img = torch.rand(4, 3, r2, r2, dtype=torch.float64)
+        rgb, mask = model(img, ids, r2, 0.0, source=ids)
+        rgb_r, mask_r = model(downsample2x(img), ids, r, 1.0, source=ids)
+        assert (rgb - upsample2x(rgb_r)).abs().max() < 1e-5
+        assert (mask - upsample2x(mask_r)).abs().max() < 1e-5
+
+
+def test_colour_norm_makes_the_latent_blind_to_an_identitys_colours():
+    """A face of identity 1 that is identity 0's face recoloured by the ratio of their statistics
+    encodes exactly like identity 0's face: skin tone does not reach the latent, relative light does."""
+    model = _colour_model()
+    (m0, s0), (m1, s1) = (model.identity_colour[k].double() for k in (0, 1))
+    face0 = torch.rand(3, 3, 32, 32, dtype=torch.float64)
+    face1 = (face0 - m0[:, None, None]) / s0[:, None, None] * s1[:, None, None] + m1[:, None, None]
+    torch.testing.assert_close(model.encode(face1, 32, source=1), model.encode(face0, 32, source=0))
+    # Named by tensor, row by row, the same.
+    both = torch.cat([face0, face1])
+    src = torch.tensor([0, 0, 0, 1, 1, 1])
+    lat = model.encode(both, 32, source=src)
+    torch.testing.assert_close(lat[:3], lat[3:])
+    # A brighter frame of the same person is a different latent (lighting passes through).
+    assert (model.encode(face0 * 1.2, 32, source=0) - lat[:3]).abs().max() > 1e-3
+    # Encoding as the wrong identity changes the latent; None uses the identities' average.
+    assert (model.encode(face1, 32, source=0) - lat[:3]).abs().max() > 1e-3
+    avg = model.identity_colour.double().mean(0)
+    expect = model.encoder((face0 - avg[0][:, None, None]) / avg[1][:, None, None], 32)
+    torch.testing.assert_close(model.encode(face0, 32), expect)
+
+
+def test_colour_norm_off_passes_images_unchanged_and_saves_no_statistics():
+    model = make()
+    img = torch.rand(2, 3, 8, 8)
+    assert model.normalise_input(img, 1) is img
+    assert "identity_colour" not in model.state_dict()
+    on = make(colour_norm=True)
+    assert "identity_colour" in on.state_dict()
+    with pytest.raises(ValueError, match="std > 0"):
+        on.set_identity_colour(torch.full((N_ID, 3), 0.5), torch.zeros(N_ID, 3))
+    with pytest.raises(ValueError, match=r"\(3, 3\)"):
+        on.set_identity_colour(torch.full((2, 3), 0.5), torch.ones(2, 3))
+    with pytest.raises(ValueError, match="out of range"):
+        on.encode(img, 8, source=N_ID)
+
+
 def test_fade_is_continuous_in_alpha():
     """The skipped-path shortcuts at alpha in {0, 1} agree with the lerp just inside the fade."""
     model = make().double()
@@ -259,7 +316,8 @@ def test_tensor_identity_routing_equals_per_identity_calls():
 
 
 def test_arch_args_round_trip():
-    model = make(norm_groups=2, act_slope=0.1)
+    model = make(norm_groups=2, act_slope=0.1, colour_norm=True)
+    model.set_identity_colour(torch.rand(N_ID, 3), torch.rand(N_ID, 3) + 0.1)
     args = json.loads(json.dumps(model.arch_args()))  # plain data, fit for a checkpoint
     rebuilt = CombAutoencoder(**args)
     rebuilt.load_state_dict(model.state_dict(), strict=True)

@@ -1,7 +1,7 @@
 """``swap-export``: swap every face of some footage to one identity and write RGBA face layers.
 
 Usage:
-    swap-export checkpoint=RUN/last.ckpt input=FOOTAGE_OR_FACESET out=DIR identity=NAME \\
+    swap-export checkpoint=RUN/last.ckpt input=FOOTAGE_OR_FACESET out=DIR identity=NAME [from_identity=NAME] \\
         [format=png16|png8|exr] [layers=merged|per_track] [color=none|reinhard|histogram] \\
         [erode=0] [dilate=0] [feather=0] [preview=false] [bf16=false] [batch=8] ...
 
@@ -32,6 +32,7 @@ class ExportOptions:
     input: str = ""  # a face set directory, or footage: video / image / image folder
     out: str = ""  # output directory (created)
     identity: str = ""  # decoder to swap to: a name from the checkpoint, or its index
+    from_identity: str = ""  # whose faces the footage shows (name or index); default: the other of two; none: someone unknown
     format: str = "png16"  # png8 | png16 (straight alpha, sRGB) | exr (half, linear, premultiplied)
     layers: str = "merged"  # merged | per_track
     color: str = "none"  # none | reinhard | histogram (match the plate's skin; recorded in metadata)
@@ -50,6 +51,22 @@ class ExportOptions:
     bf16: bool = False  # bfloat16 autocast for inference
     batch: int = 8  # faces per inference batch
     progress: bool = True  # progress bar on stderr
+
+
+def _from_identity(name: str, identity: int, info) -> int | None:
+    """The identity whose colour statistics normalise the footage's faces.
+
+    Default: in a two-identity model, the one that is not swapped to (the usual A/B swap).
+    ``none`` (or more than two identities and no choice): someone the model does not know,
+    normalised by the identities' average.
+    """
+    if name.strip().lower() == "none":
+        return None
+    if name.strip():
+        return info.identity_index(name)
+    if len(info.identities) == 2:
+        return 1 - identity
+    return None
 
 
 def _is_faceset(path: Path) -> bool:
@@ -133,6 +150,7 @@ def _export(argv: Sequence[str]) -> int:
         raise FileNotFoundError(f"input not found: {o.input!r}")
     model, info = load_model(o.checkpoint, o.device)
     identity = info.identity_index(o.identity)
+    from_identity = _from_identity(o.from_identity, identity, info) if getattr(model, "colour_norm", False) else None
     fset, footage = inp, o.source
     mask_name = o.mask[len("stored:"):] if o.mask.startswith("stored:") else None
     if _is_faceset(fset):  # check everything about the input before creating out
@@ -152,10 +170,11 @@ def _export(argv: Sequence[str]) -> int:
     fps = plates.fps or float("nan")
     audio = footage if plates.kind == "video" else None
     device = next(model.parameters()).device
-    swap = Swapper(model, identity, info.stage_res, info.alpha, device=device, bf16=o.bf16)
-    console.print(f"swap-export: {footage} -> {o.out}  identity={info.identities[identity]}  "
+    swap = Swapper(model, identity, info.stage_res, info.alpha, device=device, bf16=o.bf16, source=from_identity)
+    whose = "" if from_identity is None else f"  from_identity={info.identities[from_identity]}"
+    console.print(f"swap-export: {footage} -> {o.out}  identity={info.identities[identity]}{whose}  "
                   f"model {info.stage_res} px ({ftype})  crop {size} px  {o.format}  on {device}", soft_wrap=True)
-    exporter = Exporter(o.out, swap, info, identity, settings, source=str(footage), tracks=tracks, fps=fps,
+    exporter = Exporter(o.out, swap, info, identity, settings, from_identity=from_identity, source=str(footage), tracks=tracks, fps=fps,
                         audio_from=audio, total=plates.expected_frames or None, progress=o.progress)
     stats = exporter.run(frames)
     console.print(f"done: {stats['frames']} frames ({stats['written']} written, {stats['skipped']} already complete), "

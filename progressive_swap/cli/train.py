@@ -103,6 +103,10 @@ def _quiet_known_warnings() -> None:
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
 
 
+def _rgb(v) -> str:
+    return "(" + ", ".join(f"{float(x):.2f}" for x in v) + ")"
+
+
 def train(cfg: DictConfig) -> int:
     """Build everything from a composed config and fit. Bad input raises before anything is written."""
     _quiet_known_warnings()
@@ -217,6 +221,11 @@ def train(cfg: DictConfig) -> int:
         raise UserError(f"{run_dir} already holds a run; pass resume=auto to continue it, or choose another run=/out=")
     if cfg.warm_start and resume is None:
         warm_start(model, cfg.warm_start, console)
+    if model.colour_norm and resume is None:  # a resumed run restores them from its checkpoint
+        mean, std = datamodule.colour_stats()
+        model.set_identity_colour(mean, std)
+        console.print("identity colour (RGB mean ± std inside the face): " + ";  ".join(
+            f"{name} {_rgb(m)} ± {_rgb(d)}" for name, m, d in zip(info["identities"], mean, std)))
 
     module = SwapModule(
         model=model,

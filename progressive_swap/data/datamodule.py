@@ -138,6 +138,30 @@ class CombDataset(Dataset):
             "regions": region_masks(lm, res),
         }
 
+    def colour_stats(self, identity: int, faces: int = 256, res: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """RGB mean and standard deviation inside the training mask of one identity's face set.
+
+        Measured on up to ``faces`` evenly spaced faces at ``res`` px, unaugmented, so every
+        process of a run gets the same numbers. Feeds
+        :meth:`~progressive_swap.model.autoencoder.CombAutoencoder.set_identity_colour`.
+
+        Returns:
+            ``(mean, std)``, each (3,) float64, RGB in [0, 1] units.
+        """
+        n = self.counts[identity]
+        total, sq, weight = np.zeros(3), np.zeros(3), 0.0
+        for face in np.unique(np.linspace(0, n - 1, min(n, faces)).round().astype(int)):
+            item = self.load(identity, int(face), res)
+            img, w = item["image"].astype(np.float64), item["mask"][0].astype(np.float64)  # (3, r, r), (r, r)
+            total += (img * w).sum((1, 2))
+            sq += (img**2 * w).sum((1, 2))
+            weight += w.sum()
+        if weight <= 0:
+            raise ValueError(f"{self.paths[identity]}: the training mask {self.mask!r} is empty on every face measured")
+        mean = total / weight
+        std = np.sqrt(np.maximum(sq / weight - mean**2, 0.0))
+        return mean, np.maximum(std, 1e-2)  # a flat face set must not divide by zero
+
     def __len__(self) -> int:
         return 2**62  # indexed by global sample number; the sampler decides how many
 
@@ -257,6 +281,12 @@ class FaceDataModule(pl.LightningDataModule):
             # may have run thread pools (phantom generation, OpenCV) whose locks a fork would copy.
             multiprocessing_context="forkserver" if self.num_workers > 0 else None,
         )
+
+    def colour_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every identity's RGB mean and deviation inside its faces: two (N, 3) tensors."""
+        self.setup()
+        stats = [self.dataset.colour_stats(k) for k in range(len(self.dataset.paths))]
+        return tuple(torch.tensor(np.stack(x), dtype=torch.float32) for x in zip(*stats))  # type: ignore[return-value]
 
     def preview_batch(self, n: int, res: int) -> torch.Tensor:
         """The first ``n`` faces of every identity, unaugmented: ``(N, n, 3, res, res)``."""

@@ -30,9 +30,11 @@ from progressive_swap.train.checkpoint import CKPT_KEY, safe_load
 
 
 class SwapNet(Protocol):
-    """What export needs from a network: ``net(img, identity, stage_res, alpha) -> (rgb, mask_logit)``."""
+    """What export needs from a network: ``net(img, identity, stage_res, alpha, source) -> (rgb, mask_logit)``."""
 
-    def __call__(self, img: torch.Tensor, identity: int, stage_res: int, alpha: float) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def __call__(
+        self, img: torch.Tensor, identity: int, stage_res: int, alpha: float, source: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @dataclass
@@ -183,15 +185,18 @@ class Swapper:
         alpha: fade weight of that stage.
         device: where the network lives (inputs are moved there).
         bf16: run under bfloat16 autocast (CUDA; on CPU it works but is rarely faster).
+        source: whose faces the crops show (an identity index), for models trained with
+            ``colour_norm``; None means someone the model does not know.
 
     Example:
-        >>> rgb, mask = Swapper(model, 1, 256, 1.0)(crops_uint8)    # doctest: +SKIP
+        >>> rgb, mask = Swapper(model, 1, 256, 1.0, source=0)(crops_uint8)    # doctest: +SKIP
         >>> rgb.shape, mask.shape                                   # (B, S, S, 3), (B, S, S)
     """
 
     def __init__(self, net: SwapNet, identity: int, stage_res: int, alpha: float = 1.0,
-                 device: torch.device | str = "cpu", bf16: bool = False) -> None:
+                 device: torch.device | str = "cpu", bf16: bool = False, source: int | None = None) -> None:
         self.net, self.identity, self.stage_res, self.alpha = net, int(identity), int(stage_res), float(alpha)
+        self.source = None if source is None else int(source)
         self.device = torch.device(device)
         self.bf16 = bool(bf16)
 
@@ -212,7 +217,7 @@ class Swapper:
         img = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, S, S)
         img = _resize(img, self.stage_res).clamp_(0, 1)  # (B, 3, r, r)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            rgb, logit = self.net(img, self.identity, self.stage_res, self.alpha)  # (B,3,r,r), (B,1,r,r)
+            rgb, logit = self.net(img, self.identity, self.stage_res, self.alpha, self.source)  # (B,3,r,r), (B,1,r,r)
         out = torch.cat([rgb.float(), torch.sigmoid(logit.float())], dim=1)  # (B, 4, r, r)
         out = _resize(out, s).clamp_(0, 1)  # (B, 4, S, S)
         out = out.permute(0, 2, 3, 1).cpu().numpy()

@@ -124,6 +124,8 @@ class Exporter:
         info: the checkpoint's facts (provenance and the identity's name).
         identity: decoder index the faces are swapped to.
         settings: what to write.
+        from_identity: identity the input's faces belong to, when the swap depends on it (a model
+            with ``colour_norm``); recorded, and part of the resume fingerprint.
         source: description of the input (recorded).
         tracks: face tracks known in advance (``per_track`` writes every one of them on every
             frame, transparent where the face is absent).
@@ -141,6 +143,7 @@ class Exporter:
         info: CheckpointInfo,
         identity: int,
         settings: ExportSettings,
+        from_identity: int | None = None,
         source: str = "",
         tracks: Iterable[int] = (),
         fps: float = float("nan"),
@@ -152,19 +155,22 @@ class Exporter:
         self.out = check_writable_dir(out)
         self.swap, self.info, self.identity, self.s = swap, info, int(identity), settings
         self.identity_name = info.identities[self.identity]
+        self.from_identity = None if from_identity is None else info.identities[int(from_identity)]
         self.source, self.tracks = source, sorted(set(int(t) for t in tracks))
         self.fps, self.audio_from, self.total, self.progress = fps, audio_from, total, progress
         self.ext = W.FORMATS[settings.format]
         self.workers = int(workers) if workers > 0 else max(1, min(4, os.cpu_count() or 1))
         px = settings.pixel_settings()
-        self.fingerprint = hashlib.sha256(
-            json.dumps({**px, "checkpoint_sha256": info.sha256, "identity": self.identity}, sort_keys=True).encode()
-        ).hexdigest()[:16]
+        swap_key = {"checkpoint_sha256": info.sha256, "identity": self.identity}
+        if from_identity is not None:
+            swap_key["from_identity"] = int(from_identity)
+        self.fingerprint = hashlib.sha256(json.dumps({**px, **swap_key}, sort_keys=True).encode()).hexdigest()[:16]
         self.provenance = {
             "software": software(),
             "checkpoint": Path(info.path).name,
             "checkpoint_sha256": info.sha256,
             "identity": self.identity_name,
+            "from_identity": self.from_identity,
             "stage_res": info.stage_res,
             "model_alpha": info.alpha,
             "face_type": info.face_type,
@@ -211,7 +217,8 @@ class Exporter:
         manifest = {
             "kind": "progressive_swap.export", "version": 1, "status": "running", "software": software(),
             "input": self.source, "checkpoint": self.provenance["checkpoint"], "checkpoint_sha256": self.info.sha256,
-            "identity": self.identity_name, "stage_res": self.info.stage_res, "face_type": self.info.face_type,
+            "identity": self.identity_name, "from_identity": self.from_identity,
+            "stage_res": self.info.stage_res, "face_type": self.info.face_type,
             "conventions": W.CONVENTIONS[self.s.format], "synthetic": True, "settings": self.s.pixel_settings(),
             "fingerprint": self.fingerprint,
         }

@@ -357,6 +357,10 @@ class CombAutoencoder(nn.Module):
         channel_min: lower clamp of the channel schedule.
         act_slope: negative slope of the LeakyReLU activations.
         norm_groups: GroupNorm groups inside blocks; 0 means no normalisation.
+        colour_norm: standardise each face by its *source identity's* colour statistics before
+            the encoder (see :meth:`normalise_input`). The encoder then sees a face relative to
+            its own identity's average look: a frame's lighting passes through the latent, a
+            person's skin tone does not, so each decoder paints its own identity's colours.
         checkpoint_blocks: activation checkpointing per block (``use_reentrant=False``); a
             runtime choice, not architecture, so it is settable and not in :meth:`arch_args`.
             Leave it off when the strategy (e.g. FSDP) already checkpoints the blocks.
@@ -374,6 +378,7 @@ class CombAutoencoder(nn.Module):
         channel_min: int = 16,
         act_slope: float = 0.2,
         norm_groups: int = 0,
+        colour_norm: bool = False,
         checkpoint_blocks: bool = False,
     ) -> None:
         super().__init__()
@@ -390,14 +395,21 @@ class CombAutoencoder(nn.Module):
             channel_min=channel_min,
             act_slope=act_slope,
             norm_groups=norm_groups,
+            colour_norm=colour_norm,
         )
-        shared = {k: v for k, v in self._arch.items() if k != "num_identities"}
+        shared = {k: v for k, v in self._arch.items() if k not in ("num_identities", "colour_norm")}
         self.encoder = ProgressiveEncoder(**shared, in_channels=3)
         self.decoders = nn.ModuleList(
             ProgressiveDecoder(**shared, out_channels=4) for _ in range(num_identities)
         )
         self.checkpoint_blocks = checkpoint_blocks
         self.num_identities = num_identities
+        self.colour_norm = colour_norm
+        # Per identity: mean and standard deviation of RGB inside the face (N, 2, 3). Measured on
+        # the face sets before training (set_identity_colour) and saved with the weights; the
+        # placeholder (0.5, 0.25) is a plain rescaling until then.
+        placeholder = torch.tensor([[0.5] * 3, [0.25] * 3]).expand(num_identities, 2, 3)
+        self.register_buffer("identity_colour", placeholder.clone(), persistent=colour_norm)
         self.final_res, self.start_res, self.latent_res = final_res, start_res, latent_res
         self.stages: list[int] = list(self.encoder.stages)  # [start_res, ..., final_res]
 
@@ -432,11 +444,62 @@ class CombAutoencoder(nn.Module):
             if any(name.startswith(p + ".") for p in prefixes)
         ]
 
+    def set_identity_colour(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Set every identity's colour statistics (used when ``colour_norm`` is on).
+
+        Args:
+            mean: (N, 3) RGB mean inside the face, values in [0, 1], one row per identity.
+            std: (N, 3) RGB standard deviation inside the face (> 0).
+        """
+        n = self.num_identities
+        mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+        if mean.shape != (n, 3) or std.shape != (n, 3):
+            raise ValueError(f"mean and std must be ({n}, 3), got {tuple(mean.shape)} and {tuple(std.shape)}")
+        if not bool((std > 0).all()) or not bool(torch.isfinite(mean).all()):
+            raise ValueError("colour statistics must be finite with std > 0")
+        self.identity_colour.copy_(torch.stack([mean, std], dim=1))
+
     # -- computation -------------------------------------------------------------------------
 
-    def encode(self, img: torch.Tensor, stage_res: int, alpha: float = 1.0) -> torch.Tensor:
-        """Image (B, 3, r, r) in [0, 1] -> latent (B, latent_channels, latent_res, latent_res)."""
-        return self.encoder(img, stage_res, alpha)
+    def normalise_input(self, img: torch.Tensor, source: int | torch.Tensor | None = None) -> torch.Tensor:
+        """Standardise faces by their source identity's colour: ``(img - mean) / std`` per channel.
+
+        A per-channel affine map commutes with the average pooling of the fade-in, so growth
+        continuity is untouched. Without ``colour_norm`` the image passes unchanged.
+
+        Args:
+            img: (B, 3, H, W) RGB in [0, 1].
+            source: whose face each image shows: an int for the whole batch, a LongTensor (B,),
+                or None for a face of nobody the model knows (the identities' average is used).
+
+        Returns:
+            (B, 3, H, W), about zero mean and unit deviation inside the face.
+        """
+        if not self.colour_norm:
+            return img
+        stats = self.identity_colour.to(img.dtype)  # (N, 2, 3)
+        if source is None:
+            stats = stats.mean(0, keepdim=True)  # (1, 2, 3)
+        elif isinstance(source, torch.Tensor):
+            if source.shape != (img.shape[0],) or source.is_floating_point():
+                raise ValueError(f"source must be an int or an integer tensor ({img.shape[0]},), got {source.dtype} {tuple(source.shape)}")
+            stats = stats[source.to(stats.device)]  # (B, 2, 3)
+        else:
+            if not 0 <= operator.index(source) < self.num_identities:
+                raise ValueError(f"source {source} out of range [0, {self.num_identities})")
+            stats = stats[source : source + 1]  # (1, 2, 3)
+        mean, std = stats[:, 0, :, None, None], stats[:, 1, :, None, None]  # (B|1, 3, 1, 1)
+        return (img - mean) / std
+
+    def encode(
+        self, img: torch.Tensor, stage_res: int, alpha: float = 1.0, source: int | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Image (B, 3, r, r) in [0, 1] -> latent (B, latent_channels, latent_res, latent_res).
+
+        ``source`` names whose face each image shows (see :meth:`normalise_input`); it only
+        matters with ``colour_norm``.
+        """
+        return self.encoder(self.normalise_input(img, source), stage_res, alpha)
 
     def decode(
         self,
@@ -497,6 +560,7 @@ class CombAutoencoder(nn.Module):
         identity: int | torch.Tensor,
         stage_res: int,
         alpha: float = 1.0,
+        source: int | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruct (or swap) faces.
 
@@ -505,9 +569,11 @@ class CombAutoencoder(nn.Module):
             identity: decoder(s) to use: an int for the whole batch, or a LongTensor (B,).
             stage_res: current stage side (one of :attr:`stages`).
             alpha: fade-in weight of the newest stage in [0, 1]; ignored at the first stage.
+            source: whose face each image shows (an int, a LongTensor (B,) or None for someone
+                the model does not know); used by ``colour_norm``.
 
         Returns:
             ``(rgb, mask_logit)``: (B, 3, stage_res, stage_res) in [0, 1] and
             (B, 1, stage_res, stage_res) logits. Both are blended in this space during a fade.
         """
-        return self.decode(self.encode(img, stage_res, alpha), identity, stage_res, alpha)
+        return self.decode(self.encode(img, stage_res, alpha, source), identity, stage_res, alpha)

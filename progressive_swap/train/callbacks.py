@@ -42,7 +42,7 @@ def preview_grid(model: torch.nn.Module, faces: torch.Tensor, res: int, alpha: f
     model.eval()
     device = next(model.parameters()).device
     with torch.no_grad():
-        latents = [model.encode(faces[j].to(device), res, alpha) for j in range(n_id)]
+        latents = [model.encode(faces[j].to(device), res, alpha, source=j) for j in range(n_id)]
         for j, i in pairs:
             rgb, _ = model.decode(latents[j], i, res, alpha)
             row = []

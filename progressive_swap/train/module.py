@@ -152,7 +152,8 @@ class SwapModule(pl.LightningModule):
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
 
-        latent = self.model.encode(inputs, res, alpha)  # (N*B, Cl, Rl, Rl)
+        source = torch.arange(n, device=inputs.device).repeat_interleave(b)  # identity-major rows
+        latent = self.model.encode(inputs, res, alpha, source)  # (N*B, Cl, Rl, Rl)
         total = inputs.new_zeros(())
         parts_sum: dict[str, torch.Tensor] = {}
         for k in range(n):
