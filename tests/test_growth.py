@@ -65,6 +65,25 @@ def test_bad_schedules_are_rejected():
         GrowthSchedule([dict(res=16, images=0)])
 
 
+def test_learning_rate_anneals_linearly_over_the_stable_phase_only():
+    s = GrowthSchedule([dict(res=16, images=40, batch=2, lr=1e-3, lr_end=1e-4),
+                        dict(res=32, images=40, fade=20, batch=2, lr=5e-4, lr_end=5e-5)])
+    low, fade, high = s.phases
+    assert [p.batches for p in s.phases] == [10, 5, 10]
+    lrs = [s.at(b).lr for b in range(s.total_batches)]
+    assert lrs[low.end_batch - 1] == pytest.approx(1e-4) and lrs[high.end_batch - 1] == pytest.approx(5e-5)
+    assert lrs[0] == pytest.approx(1e-3 - 9e-4 / 10)  # one step along
+    assert all(a > b for a, b in zip(lrs[:9], lrs[1:10]))  # falling within the stage
+    assert all(lr == 5e-4 for lr in lrs[fade.first_batch:fade.end_batch])  # a fade keeps its rate
+    assert all(a > b for a, b in zip(lrs[15:], lrs[16:]))
+    constant = GrowthSchedule([dict(res=16, images=40, batch=2, lr=1e-3)])
+    assert {constant.at(b).lr for b in range(constant.total_batches)} == {1e-3}
+    with pytest.raises(ValueError, match="bad stage"):
+        GrowthSchedule([dict(res=16, images=10, lr_end=0.0)])
+    # Saved and rebuilt with the schedule (checkpoints carry state()).
+    assert GrowthSchedule(**s.state()).at(7).lr == s.at(7).lr
+
+
 def test_fade_target_matches_network_blending():
     x = torch.rand(2, 3, 16, 16)
     assert torch.equal(fade_target(x, 1.0), x)

@@ -32,7 +32,7 @@ def plan_table(schedule) -> Table:
         t.add_column(c, justify="right")
     for i, p in enumerate(schedule.phases):
         imgs = p.batches * p.batch * schedule.identities * schedule.world_size
-        t.add_row(str(i), str(p.res), "fade-in" if p.fading else "stable", str(p.batches), str(p.batch), f"{p.lr:g}", f"{imgs:,}")
+        t.add_row(str(i), str(p.res), "fade-in" if p.fading else "stable", str(p.batches), str(p.batch), f"{p.lr:g}" + (f"→{p.lr_end:g}" if p.lr_end is not None else ""), f"{imgs:,}")
     return t
 
 

@@ -115,8 +115,9 @@ class GrowthAnnouncer(pl.Callback):
         if pos.phase != self._phase and trainer.is_global_zero:
             p = pos.phase
             what = "fading in" if p.fading else "training"
+            lr = f"{p.lr:g}" + (f" → {p.lr_end:g}" if p.lr_end is not None else "")
             _console.print(
-                f"[bold cyan]stage {p.res}px[/] {what}: {p.batches} batches of {p.batch}/identity, lr {p.lr:g}"
+                f"[bold cyan]stage {p.res}px[/] {what}: {p.batches} batches of {p.batch}/identity, lr {lr}"
                 + (f" (resumed at alpha {pos.alpha:.3f})" if p.fading and self._phase is None and pos.alpha > 0 else "")
             )
         self._phase = pos.phase

@@ -27,6 +27,8 @@ class Stage:
         fade: images over which the stage fades in (ignored for the first stage).
         batch: faces per identity per device in one batch.
         lr: learning rate for this stage (fade included).
+        lr_end: learning rate reached, linearly, at the last batch of the stage's stable phase
+            (null: ``lr`` throughout). Annealing the last stage sharpens the final weights.
     """
 
     res: int
@@ -34,6 +36,7 @@ class Stage:
     fade: int = 0
     batch: int = 16
     lr: float = 2e-4
+    lr_end: float | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class Phase:
     batch: int
     lr: float
     first_sample: int  # index of the first comb sample (one face per identity) of the phase
+    lr_end: float | None = None  # learning rate at the phase's last batch, reached linearly (None: constant)
 
     @property
     def end_batch(self) -> int:
@@ -69,6 +73,15 @@ class Position:
     @property
     def stage(self) -> int:
         return self.phase.stage
+
+    @property
+    def lr(self) -> float:
+        """The schedule's learning rate at this batch (linear from ``lr`` to ``lr_end`` across the phase)."""
+        p = self.phase
+        if p.lr_end is None:
+            return p.lr
+        t = (self.batch_index - p.first_batch + 1) / p.batches  # reaches 1 at the last batch
+        return p.lr + (p.lr_end - p.lr) * t
 
 
 class GrowthSchedule:
@@ -95,7 +108,7 @@ class GrowthSchedule:
             if b.res != 2 * a.res:
                 raise ValueError(f"stages must double in resolution, got {a.res} then {b.res}")
         for s in st:
-            if s.batch < 1 or s.images < 0 or s.fade < 0 or s.lr <= 0:
+            if s.batch < 1 or s.images < 0 or s.fade < 0 or s.lr <= 0 or (s.lr_end is not None and s.lr_end <= 0):
                 raise ValueError(f"bad stage {s}")
         if identities < 1 or world_size < 1:
             raise ValueError("identities and world_size must be positive")
@@ -115,7 +128,7 @@ class GrowthSchedule:
                 n = math.ceil(images / per_batch)
                 if n == 0:
                     continue
-                phases.append(Phase(i, s.res, fading, batch0, n, s.batch, s.lr, sample0))
+                phases.append(Phase(i, s.res, fading, batch0, n, s.batch, s.lr, sample0, None if fading else s.lr_end))
                 batch0 += n
                 sample0 += n * s.batch * self.world_size
         if not phases:

@@ -109,7 +109,7 @@ class SwapModule(pl.LightningModule):
         pos = self.schedule.at(int(batch["batch_index"][0]))
         opt = self.optimizers()
         for group in getattr(opt, "optimizer", opt).param_groups:
-            group["lr"] = pos.phase.lr * self.lr_scale
+            group["lr"] = pos.lr * self.lr_scale
         self.step_problem = None
         frozen = self.global_step < self.freeze_encoder_steps
         for p in self.model.encoder.parameters():
