@@ -93,6 +93,26 @@ def test_place_model_moves_each_decoder_and_decode_follows(monkeypatch):
     assert all(p.device.type == "meta" for p in model.decoders[1].parameters())
     rgb, mask = model(torch.rand(2, 3, 16, 16), 0, 16)
     assert rgb.device.type == "cpu"
+    assert model.decoder_devices == {0: torch.device("cpu"), 1: torch.device("meta")}
+
+
+def test_decode_moves_latents_only_to_placed_decoders():
+    """Parameters elsewhere (as under FSDP's CPU offload) do not move the computation; placement does."""
+
+    class Seen(Exception):
+        pass
+
+    def stop(module, args):
+        raise Seen(args[0].device)
+
+    model = comb(num_identities=2)
+    model.decoders[1].register_forward_pre_hook(stop)
+    model.decoders[1].to("meta")  # parameters away, nothing placed: the latent stays where it is
+    with pytest.raises(Seen, match="cpu"):
+        model(torch.rand(2, 3, 16, 16), 1, 16)
+    st.place_model(model, {"decoders.1": torch.device("meta")})
+    with pytest.raises(Seen, match="meta"):
+        model(torch.rand(2, 3, 16, 16), 1, 16)
 
 
 def test_model_parallel_recipe_builds(monkeypatch):

@@ -221,11 +221,12 @@ def train(cfg: DictConfig) -> int:
         raise UserError(f"{run_dir} already holds a run; pass resume=auto to continue it, or choose another run=/out=")
     if cfg.warm_start and resume is None:
         warm_start(model, cfg.warm_start, console)
+    colour_note = None
     if model.colour_norm and resume is None:  # a resumed run restores them from its checkpoint
         mean, std = datamodule.colour_stats()
         model.set_identity_colour(mean, std)
-        console.print("identity colour (RGB mean ± std inside the face): " + ";  ".join(
-            f"{name} {_rgb(m)} ± {_rgb(d)}" for name, m, d in zip(info["identities"], mean, std)))
+        colour_note = "identity colour (RGB mean ± std inside the face): " + ";  ".join(
+            f"{name} {_rgb(m)} ± {_rgb(d)}" for name, m, d in zip(info["identities"], mean, std))
 
     module = SwapModule(
         model=model,
@@ -251,13 +252,18 @@ def train(cfg: DictConfig) -> int:
             console.print(f"removed {tmp.name}, an unfinished checkpoint write")
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     console.print(plan_table(schedule))
+    if colour_note:
+        console.print(colour_note, soft_wrap=True)
     console.print(f"run directory: [bold]{run_dir}[/]" + (f" (resuming {resume})" if resume else ""))
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
 
+    # Every process asks: under FSDP gathering the full weights is a collective (rank 0 gets them).
+    state = trainer.strategy.lightning_module_state_dict()
     if trainer.is_global_zero:
         meta = {"arch": model.arch_args(), "face_type": info["face_type"], "identities": info["identities"],
                 "stage_res": module.stage_res, "alpha": module.alpha, "batches_done": module.batches_done}
-        save_weights(module.model, run_dir / "model.safetensors", meta)
+        weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}  # not the discriminator
+        save_weights(weights, run_dir / "model.safetensors", meta)
         console.print(f"done: {module.batches_done}/{schedule.total_batches} batches; checkpoints and previews in {run_dir}")
     return 0
 

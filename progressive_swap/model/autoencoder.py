@@ -343,7 +343,8 @@ class CombAutoencoder(nn.Module):
     A swap encodes a face of identity j and decodes it with identity i's decoder. The encoder
     and each decoder are separate modules made of repeated :class:`EncoderBlock` /
     :class:`DecoderBlock`, so FSDP can auto-wrap per block and decoders can sit on different
-    devices (:meth:`decode` moves the latent to the decoder and the result back).
+    devices (placed with ``train.strategy.place_model``, :meth:`decode` moves the latent to the
+    decoder and the result back).
 
     Args:
         num_identities: number of decoders (>= 2).
@@ -405,6 +406,8 @@ class CombAutoencoder(nn.Module):
         self.checkpoint_blocks = checkpoint_blocks
         self.num_identities = num_identities
         self.colour_norm = colour_norm
+        # Decoders placed on other devices (train/strategy.py place_model); decode moves latents there.
+        self.decoder_devices: dict[int, torch.device] = {}
         # Per identity: mean and standard deviation of RGB inside the face (N, 2, 3). Measured on
         # the face sets before training (set_identity_colour) and saved with the weights; the
         # placeholder (0.5, 0.25) is a plain rescaling until then.
@@ -477,7 +480,7 @@ class CombAutoencoder(nn.Module):
         """
         if not self.colour_norm:
             return img
-        stats = self.identity_colour.to(img.dtype)  # (N, 2, 3)
+        stats = self.identity_colour.to(img.device, img.dtype)  # (N, 2, 3)
         if source is None:
             stats = stats.mean(0, keepdim=True)  # (1, 2, 3)
         elif isinstance(source, torch.Tensor):
@@ -549,9 +552,10 @@ class CombAutoencoder(nn.Module):
     ) -> torch.Tensor:
         if not 0 <= identity < len(self.decoders):
             raise ValueError(f"identity {identity} out of range [0, {len(self.decoders)})")
-        decoder = self.decoders[identity]
-        device = next(decoder.parameters()).device
-        out = decoder(latent.to(device), stage_res, alpha)  # (B, 4, H, W)
+        # Only an explicit placement moves latents: under FSDP with CPU offload a decoder's
+        # parameters sit on the CPU between steps while it computes on the GPU.
+        device = self.decoder_devices.get(identity, latent.device)
+        out = self.decoders[identity](latent.to(device), stage_res, alpha)  # (B, 4, H, W)
         return out.to(latent.device)
 
     def forward(

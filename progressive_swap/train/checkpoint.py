@@ -17,7 +17,7 @@ import os
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -187,11 +187,15 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
-def save_weights(model: torch.nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
-    """Export model weights as safetensors (atomically), with JSON metadata (e.g. the architecture)."""
+def save_weights(
+    model: torch.nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, Any] | None = None
+) -> None:
+    """Export model weights (a module or its state dict) as safetensors, atomically, with JSON
+    metadata (e.g. the architecture)."""
     from safetensors.torch import save
 
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     with atomic_write(path, "wb") as f:
         f.write(save(tensors, metadata=meta))

@@ -105,10 +105,15 @@ def placement_map(num_decoders: int, devices: Sequence[str | int | torch.device]
 
 
 def place_model(model: nn.Module, placement: Mapping[str, torch.device]) -> None:
-    """Move the submodules named in ``placement`` to their devices (in place)."""
+    """Move the submodules named in ``placement`` to their devices (in place). A comb records
+    where its decoders went, so that decoding moves each latent to its decoder and back."""
     modules = dict(model.named_modules())
     for name, device in placement.items():
         modules[name].to(device)
+    if hasattr(model, "decoder_devices"):
+        model.decoder_devices = {
+            i: torch.device(placement[f"decoders.{i}"]) for i in range(len(model.decoders)) if f"decoders.{i}" in placement
+        }
 
 
 class DecoderParallelStrategy(SingleDeviceStrategy):
