@@ -69,6 +69,22 @@ def export(tmp, frames, **kw):
     return ex, ex.run(frames)
 
 
+def exr_full(path) -> dict[str, np.ndarray]:
+    """An independent EXR reader: channels placed in the display window by the data window."""
+    import OpenEXR
+
+    with OpenEXR.File(str(path), separate_channels=True) as f:
+        h = f.header()
+        (_, _), (w1, h1) = h["displayWindow"]
+        (x0, y0), (x1, y1) = h["dataWindow"]
+        out = {}
+        for k, v in f.channels().items():
+            full = np.zeros((h1 + 1, w1 + 1))
+            full[y0 : y1 + 1, x0 : x1 + 1] = v.pixels
+            out[k] = full
+    return out
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """A tiny random model saved as model.safetensors and as a training last.ckpt."""
@@ -138,10 +154,7 @@ def test_identity_round_trip_gives_the_plate_back(tmp_path, clip, fmt):
             assert q.shape == (SIZE, SIZE, 4)
             comp = over_plate(q[..., :3], q[..., 3], plate)
         else:  # OpenEXR: premultiplied, linear: comp = fg + (1 - a) * bg in linear light
-            import OpenEXR
-
-            with OpenEXR.File(str(path), separate_channels=True) as f:
-                ch = {k: v.pixels.astype(np.float64) for k, v in f.channels().items()}
+            ch = exr_full(path)
             a = ch["A"]
             lin = np.stack([ch[c] for c in "RGB"], -1) + W.srgb_to_linear(plate) * (1 - a[..., None])
             comp = W.linear_to_srgb(lin)
@@ -239,9 +252,14 @@ def test_straight_and_premultiplied_conventions_read_back_independently(tmp_path
     with OpenEXR.File(str(tmp_path / "a.exr"), separate_channels=True) as f:
         h, ch = f.header(), f.channels()
         assert ch["R"].pixels.dtype == np.float16
-        r, a = float(ch["R"].pixels[3, 4]), float(ch["A"].pixels[3, 4])
         assert h["alpha"] == "premultiplied" and h["colorspace"] == "scene-linear" and h["synthetic"] == "true"
         assert h["checkpoint_sha256"] == "ab" * 32
+        # The frame is the display window; only the face's box (alpha > 0) is stored.
+        assert [list(v) for v in h["displayWindow"]] == [[0, 0], [9, 7]]
+        assert [list(v) for v in h["dataWindow"]] == [[3, 2], [7, 5]] and ch["A"].pixels.shape == (4, 5)
+    full = exr_full(tmp_path / "a.exr")
+    r, a = float(full["R"][3, 4]), float(full["A"][3, 4])
+    assert full["A"].shape == (8, 10) and full["A"][0, 0] == 0
     assert a == 0.5 and r == pytest.approx(((0.8 + 0.055) / 1.055) ** 2.4 * 0.5, abs=1e-3)  # linear, premultiplied
     # and our own reader inverts all three
     for name in ("a8.png", "a16.png", "a.exr"):
@@ -257,6 +275,9 @@ def test_empty_frame_gives_a_fully_transparent_layer(tmp_path, clip):
         assert q.shape == (SIZE, SIZE, 4) and not q.any()
         assert json.loads((tmp_path / "meta" / f"face.{i:06d}.json").read_text())["faces"] == []
     assert C.merged_layer([], (7, 5)).shape == (5, 7, 4)
+    W.write_layer(tmp_path / "empty.exr", np.zeros((6, 9, 4), np.float32), "exr", {})
+    empty = exr_full(tmp_path / "empty.exr")
+    assert empty["A"].shape == (6, 9) and not any(v.any() for v in empty.values())
 
 
 def test_per_track_layers_and_merged_layer_agree(tmp_path, clip):

@@ -49,7 +49,7 @@ def main() -> int:
     ap.add_argument("--high", type=int, default=64)
     ap.add_argument("--budget", type=int, default=8000, help="images per strategy")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--points", type=int, default=6, help="checkpoints evaluated per run")
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--recipe", default="demo")

@@ -123,22 +123,53 @@ def alpha_box(alpha: np.ndarray) -> tuple[slice, slice]:
 
 
 def encode_exr(layer: np.ndarray, text: dict[str, str]) -> bytes:
-    """Straight-alpha sRGB float layer → half-float EXR bytes, scene-linear, premultiplied."""
+    """Straight-alpha sRGB float layer → half-float EXR bytes, scene-linear, premultiplied.
+
+    The display window is the whole frame; the data window is the face's bounding box (every
+    pixel with alpha > 0), so compositing packages read and process only the face. A transparent
+    layer stores one transparent pixel at the origin.
+    """
     import OpenEXR
 
     if layer.ndim != 3 or layer.shape[2] != 4:
         raise ValueError(f"layer must be (H, W, 4), got {layer.shape}")
+    h, w = layer.shape[:2]
     a = np.clip(layer[..., 3], 0.0, 1.0)
-    lin = np.zeros(layer.shape[:2] + (3,), np.float32)
-    box = alpha_box(a)  # the transfer curve is costly: apply it where the face is only
-    lin[box] = srgb_to_linear(np.clip(layer[box][..., :3], 0.0, 1.0)) * a[box][..., None]
+    rows, cols = alpha_box(a)
+    if rows.stop == rows.start:
+        rows, cols = slice(0, 1), slice(0, 1)
+    a = a[rows, cols]
+    # The transfer curve is costly: it runs on the face's box only.
+    lin = srgb_to_linear(np.clip(layer[rows, cols, :3], 0.0, 1.0)) * a[..., None]
     # OpenEXR reads the buffer as is: a strided view (lin[..., 0]) would be written as garbage.
     channels = {name: np.ascontiguousarray(lin[..., c], np.float16) for c, name in enumerate("RGB")}
     channels["A"] = np.ascontiguousarray(a, np.float16)
-    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage, **text}
+    header = {
+        "compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage,
+        "displayWindow": ((0, 0), (w - 1, h - 1)),
+        "dataWindow": ((cols.start, rows.start), (cols.stop - 1, rows.stop - 1)),  # inclusive (x, y)
+        **text,
+    }
     buf = io.BytesIO()
     OpenEXR.File(header, channels).write(buf)
     return buf.getvalue()
+
+
+def read_exr(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """An EXR's channels as float32 arrays over its whole display window (zero outside the data window)."""
+    import OpenEXR
+
+    with OpenEXR.File(str(path), separate_channels=True) as f:
+        h = f.header()
+        (dx0, dy0), (dx1, dy1) = (np.asarray(v, int) for v in h["displayWindow"])
+        (x0, y0), _ = (np.asarray(v, int) for v in h["dataWindow"])
+        out = {}
+        for name, ch in f.channels().items():
+            full = np.zeros((dy1 - dy0 + 1, dx1 - dx0 + 1), np.float32)
+            px = ch.pixels.astype(np.float32)
+            full[y0 - dy0 : y0 - dy0 + px.shape[0], x0 - dx0 : x0 - dx0 + px.shape[1]] = px
+            out[name] = full
+    return out
 
 
 # ----------------------------------------------------------------------------- files
@@ -181,12 +212,9 @@ def read_layer(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     if path.suffix.lower() == ".exr":
-        import OpenEXR
-
-        with OpenEXR.File(str(path), separate_channels=True) as f:
-            ch = f.channels()
-            a = ch["A"].pixels.astype(np.float32)
-            lin = np.stack([ch[c].pixels.astype(np.float32) for c in "RGB"], axis=-1)
+        ch = read_exr(path)
+        a = ch["A"]
+        lin = np.stack([ch[c] for c in "RGB"], axis=-1)
         rgb = np.divide(lin, a[..., None], out=np.zeros_like(lin), where=a[..., None] > 0)
         return np.concatenate([linear_to_srgb(rgb), a[..., None]], axis=-1)
     q = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
