@@ -12,6 +12,11 @@ Metrics (see :mod:`progressive_swap.metrics`):
       Nyquist) that the swap reproduces, in a central face patch;
     * temporal stability: flicker of the composited swap on a phantom video, with landmarks
       disturbed by noise, raw and smoothed, against the truth's own flicker.
+
+Two reference points on the same frames calibrate the swap numbers (``baseline_*``): the
+source face recoloured to the target identity by a per-channel colour transfer (no learning:
+the source's features and shape, the target's average colours), and the truth itself blurred
+by a Gaussian of ``res / 32`` px (the right face without its detail).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 from progressive_swap.data import phantom
@@ -74,7 +80,10 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
     start = min(model.stages)
     cutoff = res / 4 if res > start else None  # Nyquist of the previous stage, cycles per side
 
-    rows: dict[str, list[float]] = {k: [] for k in ("swap_psnr", "swap_ssim", "frame_psnr", "recon_psnr", "recon_ssim", "hf_energy", "hf_coherent")}
+    keys = ("swap_psnr", "swap_ssim", "frame_psnr", "recon_psnr", "recon_ssim", "hf_energy", "hf_coherent",
+            "baseline_colour_transfer_psnr", "baseline_blurred_truth_psnr")
+    rows: dict[str, list[float]] = {k: [] for k in keys}
+    colour = identity_colour(model, idents, res, face_type, settings)  # (N, 2, 3) mean, std
     samples = []
     for a in range(len(names)):
         for b in range(len(names)):
@@ -90,6 +99,9 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
                 vis_a = align.warp_to_crop(ra.visible_mask, m, res)
                 rgb, mask = (x[0] for x in swappers[b, a](src[None]))
                 rows["swap_psnr"].append(masked_psnr(rgb, truth, vis_b))
+                recoloured = (_to01(src) - colour[a, 0]) / colour[a, 1] * colour[b, 1] + colour[b, 0]
+                rows["baseline_colour_transfer_psnr"].append(masked_psnr(np.clip(recoloured, 0, 1), truth, vis_b))
+                rows["baseline_blurred_truth_psnr"].append(masked_psnr(cv2.GaussianBlur(truth, (0, 0), res / 32), truth, vis_b))
                 rows["swap_ssim"].append(masked_ssim(rgb, truth, vis_b))
                 rec, _ = (x[0] for x in swappers[a, a](src[None]))
                 rows["recon_psnr"].append(masked_psnr(rec, _to01(src), vis_a))
@@ -116,6 +128,24 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
         out["temporal"] = temporal(swappers, idents, names, res, face_type, settings)
     out["samples"] = samples
     return out
+
+
+def identity_colour(model: Any, idents: list, res: int, face_type: str, s: QualitySettings) -> np.ndarray:
+    """Each identity's RGB mean and deviation inside the face, ``(N, 2, 3)``: the model's own
+    statistics when it was trained with ``colour_norm``, else measured on 16 frames outside the held-out stream."""
+    if getattr(model, "colour_norm", False):
+        return model.identity_colour.detach().cpu().double().numpy()
+    out = []
+    for k, ident in enumerate(idents):
+        px = []
+        for n in range(16):
+            r = phantom.render(ident, phantom.sample_frame((s.phantom_seed, 0, k, n)), 2 * res)
+            m = align.alignment_matrix(r.landmarks, face_type)
+            w = align.warp_to_crop(r.visible_mask, m, res) > 0.5
+            px.append(_to01(align.warp_to_crop(r.image, m, res))[w])
+        px = np.concatenate(px)
+        out.append([px.mean(0), np.maximum(px.std(0), 1e-2)])
+    return np.asarray(out, np.float64)
 
 
 def temporal(swappers: dict, idents: list, names: list[str], res: int, face_type: str, s: QualitySettings) -> dict[str, float]:

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
+import torch
 
 from progressive_swap.cli import train as train_cli
 
@@ -39,8 +41,24 @@ def test_bench_quality_runs_on_a_tiny_phantom_checkpoint(tmp_path):
         for k in ("swap_psnr", "swap_ssim", "frame_psnr", "recon_psnr", "hf_energy"):
             assert math.isfinite(q[k]), k
         assert 0 < q["swap_psnr"] < 60 and -1 <= q["swap_ssim"] <= 1
+        assert 10 < q["baseline_colour_transfer_psnr"] < 60 and 15 < q["baseline_blurred_truth_psnr"] < 60
         t = q["temporal"]
         assert set(t) == {"truth", "noisy", "smoothed", "exact"} and all(v >= 0 for v in t.values())
     assert results[0]["swap_psnr"] == pytest.approx(results[1]["swap_psnr"])  # same weights, two file formats
     page = cv2.imread(str(report))
     assert page is not None and page.shape[0] > 2 * 160
+
+
+def test_identity_colour_is_the_models_own_or_measured_on_the_phantom():
+    from progressive_swap.data import phantom
+    from progressive_swap.model.autoencoder import CombAutoencoder
+    from progressive_swap.quality import QualitySettings, identity_colour
+
+    idents = [phantom.sample_identity(k) for k in range(2)]
+    arch = dict(final_res=32, start_res=16, latent_res=8, latent_channels=8, channel_base=256, channel_max=16, channel_min=8)
+    model = CombAutoencoder(2, **arch, colour_norm=True)
+    model.set_identity_colour(torch.tensor([[0.7, 0.6, 0.5], [0.3, 0.2, 0.1]]), torch.full((2, 3), 0.1))
+    np.testing.assert_allclose(identity_colour(model, idents, 32, "whole", QualitySettings())[:, 0, 0], [0.7, 0.3], rtol=1e-6)
+    measured = identity_colour(CombAutoencoder(2, **arch), idents, 32, "whole", QualitySettings())
+    assert measured.shape == (2, 2, 3) and ((measured > 0) & (measured < 1)).all()
+    assert measured[0, 0].mean() > measured[1, 0].mean() + 0.2  # identity 0 is the pale one, 1 the dark one
