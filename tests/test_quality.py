@@ -62,3 +62,31 @@ def test_identity_colour_is_the_models_own_or_measured_on_the_phantom():
     measured = identity_colour(CombAutoencoder(2, **arch), idents, 32, "whole", QualitySettings())
     assert measured.shape == (2, 2, 3) and ((measured > 0) & (measured < 1)).all()
     assert measured[0, 0].mean() > measured[1, 0].mean() + 0.2  # identity 0 is the pale one, 1 the dark one
+
+
+@pytest.mark.slow
+def test_bench_growth_averages_seeds_and_reuses_complete_runs(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "g.json"
+    cmd = [
+        sys.executable, str(ROOT / "tools" / "bench_growth.py"), "--low", "16", "--high", "32", "--budget", "64",
+        "--batch", "4", "--points", "2", "--frames", "1", "--work", str(work), "--out", str(out),
+        "data.num_workers=0", "data.phantom.faces=8", "data.phantom.occluders=0", "model.channel_base=256",
+        "model.channel_max=16", "model.channel_min=8", "model.latent_channels=8", "--seeds", "0", "1",
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    g = json.loads(out.read_text())
+    assert set(g["per_seed"]) == {"0", "1"} and set(g["curves"]) == {"grow", "scratch", "warm"}
+    for k, curve in g["curves"].items():
+        a, b = g["per_seed"]["0"][k], g["per_seed"]["1"][k]
+        assert len(curve) == len(a) == len(b) >= (1 if k == "warm" else 2)  # warm trains half the budget
+        for p, pa, pb in zip(curve, a, b):
+            assert p["swap_psnr"] == pytest.approx((pa["swap_psnr"] + pb["swap_psnr"]) / 2)
+            assert p["images"] == pa["images"] == pb["images"]
+    assert g["curves"]["grow"][-1]["images"] == g["curves"]["scratch"][-1]["images"] == 64
+    assert g["per_seed"]["0"]["scratch"] != g["per_seed"]["1"]["scratch"]  # the seed reached training
+    assert g["scratch_final_swap_psnr"] == g["curves"]["scratch"][-1]["swap_psnr"]
+    stamp = (work / "seed1" / "scratch" / "model.safetensors").stat().st_mtime_ns
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # complete runs are reused
+    assert r.returncode == 0 and (work / "seed1" / "scratch" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert json.loads(out.read_text())["curves"] == g["curves"]

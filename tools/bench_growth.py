@@ -5,12 +5,17 @@
     (b) scratch: high from scratch
     (c) warm: low, then high warm-started from the low checkpoint, no fade-in
 
-    python tools/bench_growth.py --low 32 --high 64 --budget 8000 --out growth.json
+    python tools/bench_growth.py --low 32 --high 64 --budget 12800 --points 8 --frames 24 --seeds 0 1 --out growth.json
     python tools/bench_growth.py --low 256 --high 512 --budget 2000000 --recipe 512 --device cuda data=phantom   # on a GPU
 
-Trains on phantom data with ``swap-train`` (the demo recipe by default), evaluates every kept
-checkpoint with :mod:`progressive_swap.quality`, and prints JSON with the three curves and
-whether (a) reaches (b)'s final swap PSNR within half of the images.
+Trains on phantom data with ``swap-train`` (the demo recipe by default; extra overrides go
+before ``--seeds`` or after ``--``), evaluates every kept checkpoint with
+:mod:`progressive_swap.quality`, and prints JSON with the three curves and whether (a) reaches
+(b)'s final swap PSNR within half of the images. With several ``--seeds``
+the curves are averaged point by point before the goal is judged (one run's swap PSNR wanders
+by a few tenths of a dB between checkpoints). Runs go to ``--work`` (``seed<N>/<strategy>``) and
+continue with ``resume=auto``: rerunning the same command after an interruption finishes the
+missing runs and reuses the complete ones.
 """
 from __future__ import annotations
 
@@ -43,6 +48,17 @@ def _curve(run: Path, offset_images: int, settings: QualitySettings, device: str
     return points
 
 
+def _mean_curve(curves: list[list[dict]]) -> list[dict]:
+    """Point-by-point mean of the same strategy's curves from several seeds (same checkpoints)."""
+    out = []
+    for points in zip(*curves):
+        p = dict(points[0])
+        for k in ("swap_psnr", "recon_psnr"):
+            p[k] = sum(q[k] for q in points) / len(points)
+        out.append(p)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--low", type=int, default=32)
@@ -54,6 +70,7 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--recipe", default="demo")
     ap.add_argument("--device", default="cpu", help="where checkpoints are evaluated (training follows the recipe)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds; curves are averaged over them")
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("overrides", nargs="*", help="extra swap-train overrides")
@@ -61,27 +78,37 @@ def main() -> int:
     work = Path(a.work or tempfile.mkdtemp(prefix="bench_growth_"))
     per_batch = a.batch * 2
     every = max(1, a.budget // per_batch // a.points)
-    common = [f"recipe={a.recipe}", "preview_every=0", f"checkpoint.every_steps={every}", "checkpoint.keep=1000",
-              f"data.phantom.size={a.high}", *a.overrides]
     st = lambda res, images, fade=0: f"{{res:{res},images:{images},fade:{fade},batch:{a.batch},lr:{a.lr}}}"  # noqa: E731
     half, quarter = a.budget // 2, a.budget // 4
-    _run([*common, f"out={work / 'grow'}", f"schedule.stages=[{st(a.low, half)},{st(a.high, quarter, quarter)}]"])
-    _run([*common, f"out={work / 'scratch'}", f"schedule.stages=[{st(a.high, a.budget)}]"])
-    _run([*common, f"out={work / 'low'}", f"schedule.stages=[{st(a.low, half)}]"])
-    _run([*common, f"out={work / 'warm'}", f"schedule.stages=[{st(a.high, half)}]", f"warm_start={work / 'low' / 'last.ckpt'}"])
     s = QualitySettings(frames=a.frames, video_frames=0)
-    curves = {
-        "grow": _curve(work / "grow", 0, s, a.device),
-        "scratch": _curve(work / "scratch", 0, s, a.device),
-        "warm": _curve(work / "warm", half, s, a.device),
-    }
+    per_seed = {}
+    for seed in a.seeds:
+        wd = work / f"seed{seed}"
+        common = [f"recipe={a.recipe}", "preview_every=0", f"checkpoint.every_steps={every}", "checkpoint.keep=1000",
+                  f"data.phantom.size={a.high}", f"seed={seed}", "resume=auto", *a.overrides]
+        runs = {
+            "grow": [f"schedule.stages=[{st(a.low, half)},{st(a.high, quarter, quarter)}]"],
+            "scratch": [f"schedule.stages=[{st(a.high, a.budget)}]"],
+            "low": [f"schedule.stages=[{st(a.low, half)}]"],
+            "warm": [f"schedule.stages=[{st(a.high, half)}]", f"warm_start={wd / 'low' / 'last.ckpt'}"],
+        }
+        for name, args in runs.items():
+            if not (wd / name / "model.safetensors").is_file():  # complete runs are reused
+                _run([*common, f"out={wd / name}", *args])
+        per_seed[seed] = {
+            "grow": _curve(wd / "grow", 0, s, a.device),
+            "scratch": _curve(wd / "scratch", 0, s, a.device),
+            "warm": _curve(wd / "warm", half, s, a.device),
+        }
+    curves = {k: _mean_curve([c[k] for c in per_seed.values()]) for k in ("grow", "scratch", "warm")}
     final_scratch = curves["scratch"][-1]["swap_psnr"]
     reached = [p["images"] for p in curves["grow"] if p["stage_res"] == a.high and p["swap_psnr"] >= final_scratch]
     result = {
-        "low": a.low, "high": a.high, "budget_images": a.budget, "curves": curves,
+        "low": a.low, "high": a.high, "budget_images": a.budget, "seeds": a.seeds, "curves": curves,
         "scratch_final_swap_psnr": final_scratch,
         "grow_images_to_reach_scratch_final": reached[0] if reached else None,
         "goal_met": bool(reached and reached[0] <= a.budget / 2),
+        "per_seed": {str(k): v for k, v in per_seed.items()},
     }
     text = json.dumps(result, indent=1)
     print(text)
