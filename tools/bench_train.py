@@ -4,7 +4,8 @@ input pipeline's throughput against it.
 
 Steps are real training steps (augmentation, forward, losses, backward, Adam) of the recipe's
 model on synthetic batches, at every stage mid-fade (both paths run: the most expensive point).
-Combinations: stage × strategy × precision × activation checkpointing, where strategies are
+Combinations: stage × strategy × precision × activation checkpointing × memory format
+(``contiguous`` or ``channels_last``), where strategies are
 ``single`` (one device) and, with 2+ GPUs, ``model_parallel`` (decoders spread over the GPUs).
 DDP and FSDP need one process per GPU and are measured with ``swap-train`` (``img_s`` in the
 logs), not here.
@@ -75,7 +76,7 @@ def strategies_here(dev: torch.device) -> list[str]:
 
 
 def bench_steps(cfg, dev: torch.device, strategy: str, precision: str, checkpointing: bool, steps: int, warmup: int,
-                batch: int | None) -> list[dict]:
+                batch: int | None, channels_last: bool = False) -> list[dict]:
     from hydra.utils import instantiate
 
     from progressive_swap.model.summary import summarize
@@ -89,7 +90,10 @@ def bench_steps(cfg, dev: torch.device, strategy: str, precision: str, checkpoin
                         checkpoint_blocks=checkpointing).to(dev)
     if strategy == "model_parallel":
         place_model(model, placement_map(n_id, list(range(torch.cuda.device_count()))))
-    module = SwapModule(model, schedule, loss=instantiate(cfg.loss), geometry=dict(cfg.augment.geometry), warp=float(cfg.augment.warp))
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    module = SwapModule(model, schedule, loss=instantiate(cfg.loss), geometry=dict(cfg.augment.geometry), warp=float(cfg.augment.warp),
+                        channels_last=channels_last)
     module.log = lambda *a, **k: None  # no trainer here
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.999))
     flops = {r["stage_res"]: r["gflops_train"] * 1e9 for r in summarize(model, batch_size=1)}  # per image
@@ -123,6 +127,7 @@ def bench_steps(cfg, dev: torch.device, strategy: str, precision: str, checkpoin
             "strategy": strategy,
             "precision": precision,
             "checkpointing": checkpointing,
+            "memory_format": "channels_last" if channels_last else "contiguous",
             "batch_per_identity": bs,
             "images_per_step": imgs,
             "step_s": round(step_s, 4),
@@ -173,11 +178,12 @@ def _loader_in_subprocesses(overrides: list[str], workers: list[int], batches: i
 
 def markdown(result: dict) -> str:
     lines = [f"device: {result['device']}", "",
-             "| stage | strategy | precision | checkpointing | batch/id | images/s | step s | peak GB | TFLOP/s | MFU |",
-             "|---:|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| stage | strategy | precision | checkpointing | memory | batch/id | images/s | step s | peak GB | TFLOP/s | MFU |",
+             "|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["steps"]:
         mfu = "null" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        lines.append(f"| {r['res']} | {r['strategy']} | {r['precision']} | {'on' if r['checkpointing'] else 'off'} | {r['batch_per_identity']} "
+        lines.append(f"| {r['res']} | {r['strategy']} | {r['precision']} | {'on' if r['checkpointing'] else 'off'} "
+                     f"| {r.get('memory_format', 'contiguous')} | {r['batch_per_identity']} "
                      f"| {r['images_per_s']:.1f} | {r['step_s']:.3f} | {r['peak_gb']:.2f} | {r['tflops_per_s']:.3f} | {mfu} |")
     if result.get("loader"):
         best = {}
@@ -196,6 +202,7 @@ def main() -> int:
     ap.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     ap.add_argument("--checkpointing", nargs="+", choices=["off", "on"], default=["off", "on"])
     ap.add_argument("--strategy", nargs="+", default=None, help="single, model_parallel (default: all that run here)")
+    ap.add_argument("--memory", nargs="+", choices=["contiguous", "channels_last"], default=["contiguous", "channels_last"])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch", type=int, default=None, help="batch per identity (default: the schedule's)")
@@ -220,24 +227,25 @@ def main() -> int:
         print(json.dumps(bench_loader(cfg, a.workers, a.loader_batches)))
         return 0
     if a.combo:
-        strategy, precision, ckpt = a.combo.split(",")
-        print(json.dumps(bench_steps(cfg, dev, strategy, precision, ckpt == "on", a.steps, a.warmup, a.batch)))
+        strategy, precision, ckpt, memory = a.combo.split(",")
+        print(json.dumps(bench_steps(cfg, dev, strategy, precision, ckpt == "on", a.steps, a.warmup, a.batch, memory == "channels_last")))
         return 0
     steps = []
     for strategy in a.strategy or strategies_here(dev):
         for precision in a.precision:
             for ckpt in a.checkpointing:
-                # A fresh process per combination: peak memory (max RSS on CPU) is its own.
-                cmd = [sys.executable, __file__, *overrides, "--device", a.device, "--steps", str(a.steps), "--warmup", str(a.warmup),
-                       "--combo", f"{strategy},{precision},{ckpt}"] + (["--batch", str(a.batch)] if a.batch else [])
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-                steps += json.loads(out.strip().splitlines()[-1])
-                print(f"{strategy} {precision} checkpointing {ckpt}: done", file=sys.stderr)
+                for memory in a.memory:
+                    # A fresh process per combination: peak memory (max RSS on CPU) is its own.
+                    cmd = [sys.executable, __file__, *overrides, "--device", a.device, "--steps", str(a.steps), "--warmup", str(a.warmup),
+                           "--combo", f"{strategy},{precision},{ckpt},{memory}"] + (["--batch", str(a.batch)] if a.batch else [])
+                    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                    steps += json.loads(out.strip().splitlines()[-1])
+                    print(f"{strategy} {precision} checkpointing {ckpt} {memory}: done", file=sys.stderr)
     result = {
         "recipe_overrides": overrides,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
-        "steps": sorted(steps, key=lambda r: (r["res"], r["strategy"], r["precision"], r["checkpointing"])),
+        "steps": sorted(steps, key=lambda r: (r["res"], r["strategy"], r["precision"], r["checkpointing"], r["memory_format"])),
         "loader": _loader_in_subprocesses(overrides, a.workers, a.loader_batches) if a.workers else [],
     }
     text = json.dumps(result, indent=1)
