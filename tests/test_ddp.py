@@ -41,3 +41,24 @@ def test_ddp_fit_and_resume_on_cpu(blob_sets, tmp_path):
     assert not list((tmp_path / "run").glob("last-v*.ckpt"))
     w = load_weights(tmp_path / "run" / "model.safetensors")
     assert all(torch.isfinite(v).all() for v in w.values())
+
+
+@pytest.mark.slow
+def test_ddp_nan_steps_roll_back_every_process_to_the_same_checkpoint(blob_sets, tmp_path):
+    run = tmp_path / "run"
+    base = [
+        "recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{blob_sets[1]}]", f"out={run}",
+        "model.channel_base=256", "model.channel_max=16", "model.channel_min=8", "model.latent_channels=8",
+        SCHEDULE, "data.num_workers=0", "preview_every=0", "checkpoint.every_steps=2",
+        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+        "guard.inject_nan_at=[5,6,7]",
+    ]
+    r = swap_train(*base, cwd=tmp_path)  # a process left behind would hang at the next all-reduce
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "rolled back to step0000004.ckpt (batch 4)" in r.stderr
+    end = safe_load(run / "last.ckpt")
+    state = end["progressive_swap"]
+    assert state["batches_done"] == 16 and state["nonfinite_steps"] == 3 and state["rollbacks"] == 1 and state["lr_scale"] == 0.5
+    assert all(torch.isfinite(v).all() for v in end["state_dict"].values())
+    events = (run / "logs" / "nonfinite.jsonl").read_text().splitlines()
+    assert len(events) == 4 and '"to": "step0000004.ckpt"' in events[-1]  # rank 0 alone writes the log

@@ -99,7 +99,6 @@ def _quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # we wrote config.yaml there
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=r".*`training_step` returned `None`.*")  # a skipped non-finite step: the guard reports it
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
 
 

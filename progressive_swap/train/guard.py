@@ -1,11 +1,13 @@
 """The non-finite guard: a NaN or Inf never reaches the weights, and a run that keeps producing
 them rolls back to its newest good checkpoint with a lower learning rate.
 
-* A non-finite **loss** skips the step: :meth:`SwapModule.training_step` returns ``None`` (no
-  backward, no update) and names the loss terms that were non-finite in ``module.step_problem``.
-* A finite loss with non-finite **gradients** also skips the step: this guard drops every
-  gradient in ``on_before_optimizer_step``, so the optimizer leaves all parameters (and their
-  Adam moments) as they were.
+* A non-finite **loss** skips the step: :meth:`SwapModule.training_step` names the loss terms
+  that were non-finite in ``module.step_problem`` (agreed by every process), and this guard
+  drops every gradient in ``on_before_optimizer_step``, so the optimizer leaves all parameters
+  (and their Adam moments) as they were. The loss still runs backward: distributed training
+  cannot skip a step by returning ``None``, and its gradient all-reduce must happen on every
+  process.
+* A finite loss with non-finite **gradients** also skips the step, the same way.
 * ``max_bad_steps`` skipped steps within ``window`` batches trigger a **rollback**: model and
   optimizer state are loaded in-process from the newest good checkpoint of the run directory
   (readable, all weights finite, written before the first bad step of the streak) and the
@@ -98,16 +100,15 @@ class NonFiniteGuard(pl.Callback):
             batch["image"] = torch.full_like(batch["image"], float("nan"))
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> None:
-        if module.step_problem is not None:  # the loss was non-finite: no backward ran
-            return
         if getattr(trainer.precision_plugin, "scaler", None) is not None:  # GradScaler skips inf steps itself
             return
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        finite = trainer.strategy.reduce_boolean_decision(grads_finite(params), all=True)  # every rank skips together
-        if not finite:
-            for p in params:
-                p.grad = None  # the optimizer leaves parameters without a gradient untouched
+        if module.step_problem is None:  # a finite loss: check what backward made of it
+            if trainer.strategy.reduce_boolean_decision(grads_finite(params), all=True):  # every rank skips together
+                return
             module.step_problem = "gradients"
+        for p in params:
+            p.grad = None  # the optimizer leaves parameters without a gradient untouched
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         problem, g = module.step_problem, int(batch["batch_index"][0])
@@ -148,9 +149,26 @@ class NonFiniteGuard(pl.Callback):
 
     def _restore(self, trainer: pl.Trainer, module: pl.LightningModule, before: int) -> tuple[int, Path] | None:
         """Load model and optimizer state from the newest good checkpoint written at or before
-        batch ``before``; returns its ``(batches_done, path)``, or None if there is none."""
+        batch ``before``; returns its ``(batches_done, path)``, or None if there is none.
+
+        Rank 0 chooses and every process loads the file it chose: processes that looked at the
+        directory separately could disagree while a checkpoint is being written."""
         if self.dirpath is None:
             return None
+        chosen, ckpt = self._newest_good(trainer, before) if trainer.is_global_zero else (None, None)
+        chosen = trainer.strategy.broadcast(chosen, src=0)
+        if chosen is None:
+            return None
+        batches, path = chosen[0], Path(chosen[1])
+        ckpt = ckpt if ckpt is not None else read_training_checkpoint(path)
+        module.load_state_dict(ckpt["state_dict"])
+        for opt, state in zip(trainer.optimizers, ckpt.get("optimizer_states", [])):
+            opt.load_state_dict(state)
+        return batches, path
+
+    def _newest_good(self, trainer: pl.Trainer, before: int) -> tuple[tuple[int, str] | None, dict | None]:
+        """``((batches_done, path), checkpoint)`` of the newest readable, finite checkpoint at or
+        before batch ``before``, or ``(None, None)``."""
         warn = lambda msg: self._event(trainer, {"event": "skipped_checkpoint", "why": msg}, msg)  # noqa: E731
         for batches, path in good_checkpoints(self.dirpath, warn=warn, max_batches=before):
             try:
@@ -161,11 +179,8 @@ class NonFiniteGuard(pl.Callback):
             if not state_finite(ckpt["state_dict"]):
                 warn(f"skipping {path}: it holds non-finite weights")
                 continue
-            module.load_state_dict(ckpt["state_dict"])
-            for opt, state in zip(trainer.optimizers, ckpt.get("optimizer_states", [])):
-                opt.load_state_dict(state)
-            return batches, path
-        return None
+            return (batches, str(path)), ckpt
+        return None, None
 
     # -- reporting ------------------------------------------------------------------------------
 

@@ -175,9 +175,10 @@ class SwapModule(pl.LightningModule):
         if self._trainer is not None and self.trainer.world_size > 1:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)  # every rank skips together
         if not finite:
-            # Skip the update (no backward); train/guard.py counts it and rolls back if it repeats.
+            # The update is skipped: train/guard.py drops every gradient before the optimizer step,
+            # counts the step and rolls back if it repeats. The loss still goes through backward,
+            # because distributed training cannot skip a step by returning None.
             self.step_problem = ", ".join(k for k, v in parts_sum.items() if not torch.isfinite(v)) or "loss"
-            return None
         return total
 
     def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
