@@ -267,6 +267,20 @@ def test_straight_and_premultiplied_conventions_read_back_independently(tmp_path
         np.testing.assert_allclose(back[3, 4], layer[3, 4], atol=3e-3)
 
 
+def test_preview_composite_blends_in_linear_light():
+    layer = np.zeros((4, 6, 4), np.float32)
+    layer[1:3, 2:5] = [1.0, 1.0, 1.0, 0.5]  # white at half opacity
+    layer[2, 4, 3] = 1.0
+    plate = np.zeros((4, 6, 3), np.uint8)
+    plate[..., 1] = 200
+    srgb, lin = C.over(layer, plate), C.over(layer, plate, linear=True)
+    assert srgb[1, 2, 0] == pytest.approx(0.5)  # sRGB values averaged
+    assert lin[1, 2, 0] == pytest.approx(float(W.linear_to_srgb(np.float32(0.5))), abs=1e-5)  # half the light: 0.735
+    assert lin[2, 4] == pytest.approx([1.0, 1.0, 1.0], abs=1e-6) and lin[1, 2, 0] > srgb[1, 2, 0]
+    untouched = layer[..., 3] == 0
+    np.testing.assert_array_equal(lin[untouched], plate[untouched] / np.float32(255.0))  # alpha 0: the plate itself
+
+
 def test_empty_frame_gives_a_fully_transparent_layer(tmp_path, clip):
     _, stats = export(tmp_path, frames_of(clip, empty=(1, 3)), format="png16")
     assert stats["written"] == N and stats["faces"] == N - 2

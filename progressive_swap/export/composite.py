@@ -295,18 +295,28 @@ def merged_layer(faces: list[SwappedFace], frame_wh: tuple[int, int], opts: Mask
     return premult
 
 
-def over(layer: np.ndarray, plate: np.ndarray) -> np.ndarray:
+def over(layer: np.ndarray, plate: np.ndarray, linear: bool = False) -> np.ndarray:
     """Composite a straight-alpha layer over a plate.
 
     Args:
         layer: ``(H, W, 4)`` float straight RGBA in [0, 1] (sRGB).
-        plate: ``(H, W, 3)`` uint8 or float in [0, 1].
+        plate: ``(H, W, 3)`` uint8 or float in [0, 1] (sRGB).
+        linear: blend in linear light, as a compositing package does with the EXR layers
+            (edges and semi-transparent pixels come out as they will in the comp); otherwise
+            blend the sRGB values directly.
 
     Returns:
-        ``(H, W, 3)`` float32 in [0, 1]: ``rgb * a + plate * (1 - a)`` (in sRGB, as a quick
-        preview; a compositor blending in linear light gives slightly different edges).
+        ``(H, W, 3)`` float32 sRGB in [0, 1]: ``rgb * a + plate * (1 - a)``, in the chosen space.
     """
     p = np.asarray(plate)
     p = p.astype(np.float32) / 255.0 if p.dtype == np.uint8 else p.astype(np.float32)
     a = layer[..., 3:4]
-    return layer[..., :3] * a + p * (1.0 - a)
+    if not linear:
+        return layer[..., :3] * a + p * (1.0 - a)
+    from progressive_swap.export.writers import alpha_box, linear_to_srgb, srgb_to_linear
+
+    out = p.copy()
+    box = alpha_box(layer[..., 3])  # where alpha is 0 the plate passes through untouched
+    lin = srgb_to_linear(layer[box][..., :3]) * a[box] + srgb_to_linear(p[box]) * (1.0 - a[box])
+    out[box] = linear_to_srgb(lin)
+    return out

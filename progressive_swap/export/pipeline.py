@@ -412,7 +412,7 @@ class Exporter:
 
     def _preview(self, fr: FrameIn, layer: np.ndarray) -> None:
         preview, sheet = self._sinks
-        comp = np.rint(C.over(layer, fr.image) * 255.0).astype(np.uint8)
+        comp = np.rint(C.over(layer, fr.image, linear=True) * 255.0).astype(np.uint8)  # as the comp will blend it
         preview.write(comp, fr.index, fr.time)
         sheet.add(fr.index, comp)
 
