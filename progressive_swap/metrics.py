@@ -1,4 +1,4 @@
-"""Image quality metrics against ground truth: masked PSNR/SSIM, kept detail, flicker.
+"""Image quality metrics against ground truth: masked PSNR/SSIM, mask IoU, kept detail, flicker.
 
 Images are float arrays in [0, 1], ``(H, W, 3)``; masks ``(H, W)`` in [0, 1] weight pixels.
 """
@@ -15,6 +15,13 @@ def masked_psnr(x: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) 
     w = np.broadcast_to(w[..., None], x.shape)
     mse = float((w * (x - ref) ** 2).sum() / max(w.sum(), 1e-12))
     return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
+
+
+def mask_iou(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
+    """IoU of two soft masks thresholded at ``threshold``; 1 when both are empty."""
+    p, t = np.asarray(pred) > threshold, np.asarray(truth) > threshold
+    union = np.logical_or(p, t).sum()
+    return 1.0 if union == 0 else float(np.logical_and(p, t).sum() / union)
 
 
 def masked_ssim(x: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None, window: int = 7) -> float:

@@ -6,7 +6,9 @@ identity rendered with the same pose, expression, lighting and background.
 
 Metrics (see :mod:`progressive_swap.metrics`):
     * swap fidelity: PSNR/SSIM of A→B against the true swap inside B's visible-face mask, in
-      aligned space and, after un-warping and compositing over A's plate, in frame space;
+      aligned space and, after un-warping and compositing over A's plate, in frame space (with
+      the export's default alpha, A's own decoder's mask, and with the swapped decoder's mask);
+      and the IoU of either mask with B's visible-face mask;
     * reconstruction: A→A against the input;
     * detail: the share of the truth's high-frequency energy (above the previous stage's
       Nyquist) that the swap reproduces, in a central face patch;
@@ -32,7 +34,7 @@ from progressive_swap.export.composite import SwappedFace, face_layer, over
 from progressive_swap.export.convert import Swapper, load_model
 from progressive_swap.faces import align
 from progressive_swap.faces.smoothing import smooth_track
-from progressive_swap.metrics import flicker, high_frequency_kept, masked_psnr, masked_ssim
+from progressive_swap.metrics import flicker, high_frequency_kept, mask_iou, masked_psnr, masked_ssim
 
 HELD_OUT_STREAM = 7919  # frame seeds (seed, HELD_OUT_STREAM, identity, n): never used by the data set writer
 
@@ -80,7 +82,8 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
     start = min(model.stages)
     cutoff = res / 4 if res > start else None  # Nyquist of the previous stage, cycles per side
 
-    keys = ("swap_psnr", "swap_ssim", "frame_psnr", "recon_psnr", "recon_ssim", "hf_energy", "hf_coherent",
+    keys = ("swap_psnr", "swap_ssim", "source_mask_iou", "swap_mask_iou", "frame_psnr", "frame_psnr_swap_mask",
+            "recon_psnr", "recon_ssim", "hf_energy", "hf_coherent",
             "baseline_colour_transfer_psnr", "baseline_blurred_truth_psnr")
     rows: dict[str, list[float]] = {k: [] for k in keys}
     colour = identity_colour(model, idents, res, face_type, settings)  # (N, 2, 3) mean, std
@@ -99,15 +102,18 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
                 vis_a = align.warp_to_crop(ra.visible_mask, m, res)
                 rgb, mask = (x[0] for x in swappers[b, a](src[None]))
                 rows["swap_psnr"].append(masked_psnr(rgb, truth, vis_b))
+                rows["swap_mask_iou"].append(mask_iou(mask, vis_b))
                 recoloured = (_to01(src) - colour[a, 0]) / colour[a, 1] * colour[b, 1] + colour[b, 0]
                 rows["baseline_colour_transfer_psnr"].append(masked_psnr(np.clip(recoloured, 0, 1), truth, vis_b))
                 rows["baseline_blurred_truth_psnr"].append(masked_psnr(cv2.GaussianBlur(truth, (0, 0), res / 32), truth, vis_b))
                 rows["swap_ssim"].append(masked_ssim(rgb, truth, vis_b))
-                rec, _ = (x[0] for x in swappers[a, a](src[None]))
+                rec, own_mask = (x[0] for x in swappers[a, a](src[None]))  # A's decoder: the export's default alpha
+                rows["source_mask_iou"].append(mask_iou(own_mask, vis_b))
                 rows["recon_psnr"].append(masked_psnr(rec, _to01(src), vis_a))
                 rows["recon_ssim"].append(masked_ssim(rec, _to01(src), vis_a))
-                comp = over(face_layer(SwappedFace(rgb, mask, m), (frame_px, frame_px)), _to01(ra.image))
-                rows["frame_psnr"].append(masked_psnr(comp, _to01(rb.image), rb.visible_mask))
+                for key, alpha_mask in (("frame_psnr", own_mask), ("frame_psnr_swap_mask", mask)):
+                    comp = over(face_layer(SwappedFace(rgb, alpha_mask, m), (frame_px, frame_px)), _to01(ra.image))
+                    rows[key].append(masked_psnr(comp, _to01(rb.image), rb.visible_mask))
                 if cutoff:
                     c = slice(res // 4, 3 * res // 4)  # central face patch: cheeks, nose, eyes
                     kept = high_frequency_kept(rgb[c, c], truth[c, c], cutoff / 2)  # patch is half the side
@@ -125,7 +131,7 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
         **{k: (float(np.mean(v)) if v else None) for k, v in rows.items()},
     }
     if settings.video_frames >= 2:
-        out["temporal"] = temporal(swappers, idents, names, res, face_type, settings)
+        out["temporal"] = temporal(model, idents, names, res, alpha, face_type, settings, device)
     out["samples"] = samples
     return out
 
@@ -148,8 +154,11 @@ def identity_colour(model: Any, idents: list, res: int, face_type: str, s: Quali
     return np.asarray(out, np.float64)
 
 
-def temporal(swappers: dict, idents: list, names: list[str], res: int, face_type: str, s: QualitySettings) -> dict[str, float]:
-    """Flicker of the composited swap id0→id1 on a phantom video: noisy vs smoothed landmarks."""
+def temporal(model: Any, idents: list, names: list[str], res: int, alpha: float, face_type: str, s: QualitySettings,
+             device: str = "cpu") -> dict[str, float]:
+    """Flicker of the composited swap id0→id1 on a phantom video (the export's default alpha: the
+    source identity's own mask): noisy vs smoothed vs exact landmarks, and the truth's own."""
+    swap = Swapper(model, 1, res, alpha, device, source=0, mask_from="source")
     fps = 24.0
     frame_px = 2 * res
     traj = phantom.sample_trajectory((s.phantom_seed * 1000 + 1) * 100 + 77, s.video_frames, fps)
@@ -164,7 +173,7 @@ def temporal(swappers: dict, idents: list, names: list[str], res: int, face_type
         comps = []
         for r, lm in zip(ra, lms):
             m = align.alignment_matrix(lm, face_type)
-            rgb, mask = (x[0] for x in swappers[1, 0](align.warp_to_crop(r.image, m, res)[None]))
+            rgb, mask = (x[0] for x in swap(align.warp_to_crop(r.image, m, res)[None]))
             comps.append(over(face_layer(SwappedFace(rgb, mask, m), (frame_px, frame_px)), _to01(r.image)))
         result[label] = flicker(comps, [r.visible_mask for r in rb])
     return result

@@ -574,3 +574,37 @@ def test_cli_from_identity_picks_the_colour_statistics_and_is_recorded(tmp_path,
     assert export_cli.main([f"checkpoint={colour_ckpt / 'model.safetensors'}", f"input={video}", f"out={tmp_path / 'x'}",
                             "identity=bob", "from_identity=carol", given, "progress=false"]) == 2
     assert "unknown identity 'carol'" in capsys.readouterr().err
+
+
+def test_swapper_masks_come_from_the_decoder_asked_for(colour_ckpt):
+    model, _ = load_model(colour_ckpt / "model.safetensors", "cpu")
+    crops = np.random.default_rng(1).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        swap_rgb, swap_logit = model(x, 1, 32, 1.0, 0)  # alice's faces as bob
+        _, own_logit = model(x, 0, 32, 1.0, 0)  # alice's faces as alice
+    own, swapped = torch.sigmoid(own_logit)[:, 0].numpy(), torch.sigmoid(swap_logit)[:, 0].numpy()
+    assert np.abs(own - swapped).max() > 0.05  # the two decoders really disagree here
+    for mask_from, expect in (("model", swapped), ("source", own), ("union", np.maximum(own, swapped))):
+        rgb, mask = Swapper(model, 1, 32, source=0, mask_from=mask_from)(crops)
+        np.testing.assert_allclose(mask, expect, atol=1e-5, err_msg=mask_from)
+        np.testing.assert_allclose(rgb, swap_rgb.permute(0, 2, 3, 1).numpy(), atol=1e-5)  # colour is always the swap's
+    with pytest.raises(ValueError, match="from_identity"):
+        Swapper(model, 1, 32, mask_from="source")  # whose own mask? nobody named
+    with pytest.raises(ValueError, match="unknown mask_from"):
+        Swapper(model, 1, 32, source=0, mask_from="magic")
+
+
+def test_cli_alpha_defaults_to_the_footages_own_identity(tmp_path, colour_ckpt, vfr_video, capsys):
+    video, truth = vfr_video
+    given = f"landmarks=given:{truth}"
+    assert cli(colour_ckpt, video, tmp_path / "auto", given) == 0
+    assert cli(colour_ckpt, video, tmp_path / "model", given, "mask=model") == 0
+    for run, mask in (("auto", "source"), ("model", "model")):
+        assert json.loads((tmp_path / run / "export.json").read_text())["settings"]["mask"] == mask
+    a_auto = cv2.imread(str(tmp_path / "auto/layers/face.000000.png"), cv2.IMREAD_UNCHANGED)[..., 3]
+    a_model = cv2.imread(str(tmp_path / "model/layers/face.000000.png"), cv2.IMREAD_UNCHANGED)[..., 3]
+    assert not np.array_equal(a_auto, a_model)
+    capsys.readouterr()
+    assert cli(colour_ckpt, video, tmp_path / "x", given, "mask=source", "from_identity=none") == 2
+    assert "name it with from_identity=NAME" in capsys.readouterr().err

@@ -57,3 +57,15 @@ def test_a_known_shift_shows_up_in_flicker():
     m = np.zeros(x.shape[:2])
     m[:, :1] = 1  # a region where the shift changes nothing... except the wrapped column
     assert flicker(jitter, [m] * 5) == pytest.approx(np.abs(shifted - x)[:, :1].mean())
+
+
+def test_mask_iou_known_answers():
+    from progressive_swap.metrics import mask_iou
+
+    a = np.zeros((10, 10))
+    b = np.zeros((10, 10))
+    a[:, :6] = 0.9  # 60 pixels
+    b[:, 3:] = 0.7  # 70 pixels, 30 shared
+    assert mask_iou(a, b) == pytest.approx(30 / 100)
+    assert mask_iou(a, a) == 1.0 and mask_iou(np.zeros((3, 3)), np.zeros((3, 3))) == 1.0
+    assert mask_iou(a, b, threshold=0.8) == 0.0  # b is below the threshold everywhere

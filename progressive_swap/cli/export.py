@@ -36,7 +36,7 @@ class ExportOptions:
     format: str = "png16"  # png8 | png16 (straight alpha, sRGB) | exr (half, linear, premultiplied)
     layers: str = "merged"  # merged | per_track
     color: str = "none"  # none | reinhard | histogram (match the plate's skin; recorded in metadata)
-    mask: str = "model"  # model | hull | stored:NAME (a face set's stored mask, e.g. stored:segment): where alpha comes from
+    mask: str = "auto"  # auto (source when from_identity is known, else model) | source | model | union | hull | stored:NAME
     erode: float = 0.0  # fraction of the face crop's side
     dilate: float = 0.0  # fraction of the face crop's side
     feather: float = 0.0  # Gaussian sigma, fraction of the face crop's side
@@ -54,7 +54,8 @@ class ExportOptions:
 
 
 def _from_identity(name: str, identity: int, info) -> int | None:
-    """The identity whose colour statistics normalise the footage's faces.
+    """Whose faces the footage shows: their colour statistics normalise the faces (``colour_norm``)
+    and their decoder gives the alpha (``mask=source``).
 
     Default: in a two-identity model, the one that is not swapped to (the usual A/B swap).
     ``none`` (or more than two identities and no choice): someone the model does not know,
@@ -136,7 +137,7 @@ def _export(argv: Sequence[str]) -> int:
 
     from rich.console import Console
 
-    from progressive_swap.export.convert import Swapper, load_model
+    from progressive_swap.export.convert import MODEL_MASKS, Swapper, load_model
     from progressive_swap.export.frames import open_plates
     from progressive_swap.export.pipeline import ExportSettings, Exporter
     from progressive_swap.io import check_writable_dir
@@ -144,13 +145,19 @@ def _export(argv: Sequence[str]) -> int:
     console = Console(file=sys.stderr)
     settings_kw = dict(format=o.format, layers=o.layers, color=o.color, mask=o.mask, erode=o.erode,
                        dilate=o.dilate, feather=o.feather, patches=o.patches, preview=o.preview, batch=o.batch)
-    ExportSettings(**settings_kw)  # validate the cheap options before loading anything
+    ExportSettings(**{**settings_kw, "mask": "model" if o.mask == "auto" else o.mask})  # validate the cheap options before loading anything
     inp = Path(o.input)
     if not inp.exists() and not any(c in inp.name for c in "%*?["):
         raise FileNotFoundError(f"input not found: {o.input!r}")
     model, info = load_model(o.checkpoint, o.device)
     identity = info.identity_index(o.identity)
-    from_identity = _from_identity(o.from_identity, identity, info) if getattr(model, "colour_norm", False) else None
+    from_identity = _from_identity(o.from_identity, identity, info)
+    if o.mask == "auto":
+        settings_kw["mask"] = "source" if from_identity is not None else "model"
+    if settings_kw["mask"] in ("source", "union") and from_identity is None:
+        raise UserError(f"mask={settings_kw['mask']} takes the mask of the footage's own identity: name it with from_identity=NAME")
+    if not (getattr(model, "colour_norm", False) or settings_kw["mask"] in ("source", "union")):
+        from_identity = None  # it changes nothing: keep it out of the records and the resume fingerprint
     fset, footage = inp, o.source
     mask_name = o.mask[len("stored:"):] if o.mask.startswith("stored:") else None
     if _is_faceset(fset):  # check everything about the input before creating out
@@ -170,9 +177,10 @@ def _export(argv: Sequence[str]) -> int:
     fps = plates.fps or float("nan")
     audio = footage if plates.kind == "video" else None
     device = next(model.parameters()).device
-    swap = Swapper(model, identity, info.stage_res, info.alpha, device=device, bf16=o.bf16, source=from_identity)
+    mask_from = settings.mask if settings.mask in MODEL_MASKS else "model"
+    swap = Swapper(model, identity, info.stage_res, info.alpha, device=device, bf16=o.bf16, source=from_identity, mask_from=mask_from)
     whose = "" if from_identity is None else f"  from_identity={info.identities[from_identity]}"
-    console.print(f"swap-export: {footage} -> {o.out}  identity={info.identities[identity]}{whose}  "
+    console.print(f"swap-export: {footage} -> {o.out}  identity={info.identities[identity]}{whose}  mask={settings.mask}  "
                   f"model {info.stage_res} px ({ftype})  crop {size} px  {o.format}  on {device}", soft_wrap=True)
     exporter = Exporter(o.out, swap, info, identity, settings, from_identity=from_identity, source=str(footage), tracks=tracks, fps=fps,
                         audio_from=audio, total=plates.expected_frames or None, progress=o.progress)

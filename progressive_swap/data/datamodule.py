@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from progressive_swap.data import faceset as fs
 from progressive_swap.data.augment import photometric
 from progressive_swap.masks.hull import landmark_mask, region_masks
+from progressive_swap.masks.occluders import paste_occluder_alpha
 from progressive_swap.train.growth import GrowthSchedule
 
 LANDMARK_MASKS = ("components", "extended")
@@ -78,17 +79,25 @@ class CombDataset(Dataset):
             (also the fallback when a face has no stored mask of that name).
         augment: keyword arguments of :func:`photometric`, or ``None`` for no colour change.
         seed: data seed.
+        paste_occluders: probability that a training face gets a random occluder pasted over it
+            (:func:`~progressive_swap.masks.occluders.paste_occluder_alpha`: any colour, cut out
+            of the target mask and the loss weights), so the mask head learns occluders by
+            shape, not by colour. 0 disables it.
 
     Items are indexed by ``(sample_index, res)`` and return float32 tensors:
     ``image (N, 3, res, res)`` in [0, 1], ``mask (N, 1, res, res)``, ``regions (N, 2, res, res)``
     (eyes, mouth).
     """
 
-    def __init__(self, paths: Sequence[str], mask: str = "components", augment: dict | None = None, seed: int = 0):
+    def __init__(self, paths: Sequence[str], mask: str = "components", augment: dict | None = None, seed: int = 0,
+                 paste_occluders: float = 0.0):
+        if not 0.0 <= paste_occluders <= 1.0:
+            raise ValueError(f"paste_occluders is a probability in [0, 1], got {paste_occluders}")
         self.paths = [str(p) for p in paths]
         self.mask = mask
         self.augment_args = augment
         self.seed = seed
+        self.paste_occluders = float(paste_occluders)
         self._sets: list[Any] | None = None  # opened lazily, per worker process
         self._aug = None
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
@@ -132,10 +141,16 @@ class CombDataset(Dataset):
             m = landmark_mask(lm, res, kind=self.mask if self.mask in LANDMARK_MASKS else "extended")
         elif m.shape[0] != res:
             m = cv2.resize(m, (res, res), interpolation=interp)
+        regions = region_masks(lm, res)
+        if sample is not None and self.paste_occluders > 0:
+            rng = np.random.default_rng(_mix(self.seed, identity, sample, 11))
+            if rng.random() < self.paste_occluders:
+                img, a = paste_occluder_alpha(img, np.asarray(m, np.float32), rng)
+                m, regions = m * (1 - a), regions * (1 - a)
         return {
             "image": np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) / 255.0,
             "mask": np.asarray(m, np.float32)[None],
-            "regions": region_masks(lm, res),
+            "regions": np.asarray(regions, np.float32),
         }
 
     def colour_stats(self, identity: int, faces: int = 256, res: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -223,6 +238,8 @@ class FaceDataModule(pl.LightningDataModule):
         augment: :func:`photometric` arguments; ``None`` disables colour augmentation.
         phantom: arguments of ``generate_phantom_dataset`` when ``faces`` is ``None``.
         seed: data seed.
+        paste_occluders: probability of a random occluder pasted over a training face (see
+            :class:`CombDataset`); 0 disables it.
     """
 
     def __init__(
@@ -233,6 +250,7 @@ class FaceDataModule(pl.LightningDataModule):
         augment: dict | None = None,
         phantom: dict | None = None,
         seed: int = 0,
+        paste_occluders: float = 0.0,
     ):
         super().__init__()
         self.faces = list(faces) if faces else None
@@ -241,6 +259,7 @@ class FaceDataModule(pl.LightningDataModule):
         self.augment = dict(augment) if augment is not None else None
         self.phantom = dict(phantom or {})
         self.seed = seed
+        self.paste_occluders = paste_occluders
         self.dataset: CombDataset | None = None
 
     def resolve_faces(self) -> list[str]:
@@ -263,7 +282,7 @@ class FaceDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
-            self.dataset = CombDataset(self.resolve_faces(), self.mask, self.augment, self.seed)
+            self.dataset = CombDataset(self.resolve_faces(), self.mask, self.augment, self.seed, self.paste_occluders)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

@@ -29,6 +29,9 @@ from progressive_swap.model.autoencoder import CombAutoencoder
 from progressive_swap.train.checkpoint import CKPT_KEY, safe_load
 
 
+MODEL_MASKS = ("model", "source", "union")  # masks a Swapper can return (see Swapper's mask_from)
+
+
 class SwapNet(Protocol):
     """What export needs from a network: ``net(img, identity, stage_res, alpha, source) -> (rgb, mask_logit)``."""
 
@@ -185,8 +188,13 @@ class Swapper:
         alpha: fade weight of that stage.
         device: where the network lives (inputs are moved there).
         bf16: run under bfloat16 autocast (about 2x faster on CPUs with bfloat16 in hardware, and on GPUs).
-        source: whose faces the crops show (an identity index), for models trained with
-            ``colour_norm``; None means someone the model does not know.
+        source: whose faces the crops show (an identity index): models trained with
+            ``colour_norm`` read faces relative to that identity's colours, and ``mask_from``
+            can take the alpha from its decoder. None means someone the model does not know.
+        mask_from: which decoder's mask is returned: ``model`` (the decoder swapped to),
+            ``source`` (the crops' own identity's decoder, which reconstructs what it was
+            trained on: the most reliable outline and occluders; needs ``source`` and a
+            :class:`CombAutoencoder`) or ``union`` (the larger of the two, pixel by pixel).
 
     Example:
         >>> rgb, mask = Swapper(model, 1, 256, 1.0, source=0)(crops_uint8)    # doctest: +SKIP
@@ -194,9 +202,15 @@ class Swapper:
     """
 
     def __init__(self, net: SwapNet, identity: int, stage_res: int, alpha: float = 1.0,
-                 device: torch.device | str = "cpu", bf16: bool = False, source: int | None = None) -> None:
+                 device: torch.device | str = "cpu", bf16: bool = False, source: int | None = None,
+                 mask_from: str = "model") -> None:
         self.net, self.identity, self.stage_res, self.alpha = net, int(identity), int(stage_res), float(alpha)
         self.source = None if source is None else int(source)
+        if mask_from not in MODEL_MASKS:
+            raise ValueError(f"unknown mask_from {mask_from!r}; choose one of {', '.join(MODEL_MASKS)}")
+        if mask_from != "model" and (self.source is None or not hasattr(net, "decode")):
+            raise ValueError(f"mask={mask_from} takes the mask of the footage's own identity: name it (from_identity=)")
+        self.mask_from = mask_from
         self.device = torch.device(device)
         self.bf16 = bool(bf16)
 
@@ -217,7 +231,13 @@ class Swapper:
         img = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, S, S)
         img = _resize(img, self.stage_res).clamp_(0, 1)  # (B, 3, r, r)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            rgb, logit = self.net(img, self.identity, self.stage_res, self.alpha, self.source)  # (B,3,r,r), (B,1,r,r)
+            if self.mask_from == "model":
+                rgb, logit = self.net(img, self.identity, self.stage_res, self.alpha, self.source)  # (B,3,r,r), (B,1,r,r)
+            else:  # one encoding, two decoders
+                latent = self.net.encode(img, self.stage_res, self.alpha, self.source)
+                rgb, logit = self.net.decode(latent, self.identity, self.stage_res, self.alpha)
+                _, own = self.net.decode(latent, self.source, self.stage_res, self.alpha)  # (B, 1, r, r)
+                logit = own if self.mask_from == "source" else torch.maximum(logit, own)
         out = torch.cat([rgb.float(), torch.sigmoid(logit.float())], dim=1)  # (B, 4, r, r)
         out = _resize(out, s).clamp_(0, 1)  # (B, 4, S, S)
         out = out.permute(0, 2, 3, 1).cpu().numpy()

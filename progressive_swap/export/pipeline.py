@@ -34,13 +34,13 @@ import numpy as np
 
 from progressive_swap.export import composite as C
 from progressive_swap.export import writers as W
-from progressive_swap.export.convert import CheckpointInfo
+from progressive_swap.export.convert import MODEL_MASKS, CheckpointInfo
 from progressive_swap.export.frames import FaceIn, FrameIn
 from progressive_swap.faces import align
 from progressive_swap.io import atomic_write_json, check_writable_dir
 
 LAYER_MODES = ("merged", "per_track")
-MASK_SOURCES = ("model", "hull")
+MASK_SOURCES = ("source", "model", "union", "hull")
 
 
 @dataclass
@@ -51,9 +51,11 @@ class ExportSettings:
         format: ``png8``, ``png16`` (straight alpha, sRGB) or ``exr`` (half, linear, premultiplied).
         layers: ``merged`` (one layer per frame) or ``per_track`` (one per face track).
         color: colour matching to the plate: ``none``, ``reinhard`` or ``histogram``.
-        mask: alpha source: ``model`` (the decoder's mask), ``hull`` (landmark hull) or
-            ``stored:NAME`` (the face set's stored mask NAME, e.g. a segmenter's ``segment``; a
-            user-edited ``user_NAME`` wins; face-set input only).
+        mask: alpha source: ``source`` (the mask of the footage's own identity's decoder),
+            ``model`` (the mask of the decoder swapped to), ``union`` (the larger of the two),
+            ``hull`` (landmark hull) or ``stored:NAME`` (the face set's stored mask NAME, e.g. a
+            segmenter's ``segment``; a user-edited ``user_NAME`` wins; face-set input only).
+            The first three come from the swap function (a Swapper built with that ``mask_from``).
         erode, dilate, feather: mask refinement, fractions of the face crop's side.
         crop_size: aligned crop side the swap is composited from (the model's output is
             resized to it).
@@ -314,7 +316,7 @@ class Exporter:
             self._advance(1)
 
     def _face_mask(self, face: FaceIn, model_mask: np.ndarray) -> np.ndarray:
-        if self.s.mask == "model":
+        if self.s.mask in MODEL_MASKS:  # the swapper returned the one asked for
             return model_mask
         if self.s.mask.startswith("stored:"):
             if face.mask is None:

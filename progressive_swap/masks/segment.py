@@ -32,7 +32,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from progressive_swap.data.faceset import USER_PREFIX, FaceSet
 from progressive_swap.masks.bisenet import BiSeNet
+from progressive_swap.masks.occluders import paste_occluder, paste_occluder_alpha  # noqa: F401 (part of this module's API)
 from progressive_swap.masks.weights import mask_from_logits
+from progressive_swap.metrics import mask_iou as iou
 
 Face = tuple[FaceSet, int]  # a face set and a row in it
 
@@ -75,77 +77,6 @@ def split_faces(faces: list[Face], fraction: float, seed: int = 0) -> tuple[list
     order = np.random.default_rng(seed).permutation(len(faces))
     k = min(len(faces) - 1, max(1, round(fraction * len(faces))))
     return [faces[j] for j in order[k:]], [faces[j] for j in order[:k]]
-
-
-def _face_region_point(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    ys, xs = np.nonzero(mask > 0.5)
-    if len(xs) == 0:
-        return rng.uniform(0, mask.shape[1], 2)
-    j = rng.integers(len(xs))
-    return np.array([xs[j], ys[j]], np.float64)
-
-
-def paste_occluder(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, other: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Paste a random occluder (disc, bar, polygon or hand-like blob) over the face.
-
-    Its fill is a colour gradient, a shifted copy of the image itself (skin-coloured
-    occluders) or ``other`` (another training image). The target mask is cut by the occluder's
-    (anti-aliased, slightly blurred) alpha: ``mask * (1 - alpha)``.
-
-    Args:
-        image: ``(H, W, 3)`` uint8 RGB.
-        mask: ``(H, W)`` float32 in [0, 1].
-        other: optional ``(H, W, 3)`` uint8 image used as a texture.
-
-    Returns:
-        ``(image, mask)`` new arrays.
-    """
-    h, w = mask.shape
-    s = float(min(h, w))
-    sh = 4  # sub-pixel bits
-    alpha = np.zeros((h, w), np.uint8)
-    c = _face_region_point(mask, rng)
-    P = lambda p: tuple(int(round(v * (1 << sh))) for v in p)  # noqa: E731
-    kind = rng.integers(4)
-    if kind == 0:  # disc / ellipse
-        axes = (int(rng.uniform(0.04, 0.25) * s * (1 << sh)), int(rng.uniform(0.04, 0.25) * s * (1 << sh)))
-        cv2.ellipse(alpha, P(c), axes, rng.uniform(0, 180), 0, 360, 255, -1, cv2.LINE_AA, sh)
-    elif kind == 1:  # bar (a strap, a pen, a finger)
-        d = np.array([math.cos(t := rng.uniform(0, math.pi)), math.sin(t)]) * s
-        cv2.line(alpha, P(c - d), P(c + d * rng.uniform(0.1, 1.0)), 255, max(1, int(rng.uniform(0.02, 0.1) * s)), cv2.LINE_AA)
-    elif kind == 2:  # random polygon
-        n = int(rng.integers(3, 9))
-        ang = np.sort(rng.uniform(0, 2 * math.pi, n))
-        r = rng.uniform(0.05, 0.3) * s * rng.uniform(0.5, 1.0, n)
-        pts = c + np.stack([np.cos(ang) * r, np.sin(ang) * r], 1)
-        cv2.fillPoly(alpha, [np.round(pts * (1 << sh)).astype(np.int32)], 255, cv2.LINE_AA, shift=sh)
-    else:  # hand-like: a palm with fingers
-        palm = rng.uniform(0.08, 0.16) * s
-        t0 = rng.uniform(0, 2 * math.pi)
-        base = c + palm * 1.3 * np.array([math.cos(t0), math.sin(t0)])
-        cv2.circle(alpha, P(base), int(palm * (1 << sh)), 255, -1, cv2.LINE_AA, sh)
-        cv2.line(alpha, P(base), P(base + (base - c) * 3), 255, int(palm * 1.6), cv2.LINE_AA)  # wrist
-        for k in range(int(rng.integers(2, 5))):
-            t = t0 + math.pi + rng.uniform(-0.6, 0.6)
-            tip = base + palm * rng.uniform(1.6, 2.6) * np.array([math.cos(t), math.sin(t)])
-            cv2.line(alpha, P(base), P(tip), 255, max(1, int(palm * 0.35)), cv2.LINE_AA)
-    a = alpha.astype(np.float32) / 255.0
-    if rng.random() < 0.5:
-        a = cv2.GaussianBlur(a, (0, 0), rng.uniform(0.3, 1.2))
-    u = rng.random()
-    if u < 0.4 or (u >= 0.7 and other is None):
-        c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-        g = np.linspace(0, 1, w, dtype=np.float32)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
-        fill = c0 * (1 - g) + c1 * g + rng.normal(0, rng.uniform(0, 12), (h, w, 3))
-    elif u < 0.7:
-        fill = np.roll(image, (int(rng.integers(h // 4, h)), int(rng.integers(w // 4, w))), (0, 1))
-        fill = fill[:, ::-1] if rng.random() < 0.5 else fill
-    else:
-        fill = other
-    fill = np.clip(np.broadcast_to(fill, image.shape).astype(np.float32), 0, 255)
-    a3 = a[..., None]
-    out = image.astype(np.float32) * (1 - a3) + fill * a3
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8), (mask * (1 - a)).astype(np.float32)
 
 
 def build_augment(seed: int | None = None) -> A.Compose:
@@ -245,13 +176,6 @@ def segmentation_loss(logits: Sequence[torch.Tensor], target: torch.Tensor, kind
     for k, z in enumerate(logits):
         total = total + (1.0 if k == 0 else aux_weight) * (dice(z, target) + pix(z, target))
     return total
-
-
-def iou(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
-    """IoU of two soft masks thresholded at ``threshold``; 1 when both are empty."""
-    p, t = pred > threshold, truth > threshold
-    union = np.logical_or(p, t).sum()
-    return 1.0 if union == 0 else float(np.logical_and(p, t).sum() / union)
 
 
 # ---------------------------------------------------------------------- inference
