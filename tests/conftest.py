@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from progressive_swap.data import faceset as fs
-from progressive_swap.faces import align
-from progressive_swap.faces.landmarks import MEAN_FACE
+from progressive_swap import faceset as fs
+from progressive_swap.core import align
+from progressive_swap.core.landmarks import MEAN_FACE
 
 
 @pytest.fixture(autouse=True)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from progressive_swap.faces import align
-from progressive_swap.faces.landmarks import FACE_TYPES, MEAN_FACE, STABLE_POINTS, face_type, template_uv
+from progressive_swap.core import align
+from progressive_swap.core.landmarks import FACE_TYPES, MEAN_FACE, STABLE_POINTS, face_type, template_uv
 
 
 def _similarity(angle_deg: float, scale: float, tx: float, ty: float) -> np.ndarray:

@@ -59,8 +59,8 @@ def inputs(blob_sets, tmp_path_factory) -> dict[str, str]:
     p["badhdr"] = str(d / "badhdr")
     p["full"] = str(write_blob_faceset(d / "full", 1, n=3, face_type="full"))
     # Footage: empty, random bytes, a real phantom video cut short, a folder of broken images.
-    from progressive_swap.data.phantom import sample_identity, sample_trajectory
-    from progressive_swap.data.video import write_phantom_video
+    from progressive_swap.phantom.renderer import sample_identity, sample_trajectory
+    from progressive_swap.phantom.video import write_phantom_video
 
     video, truth = write_phantom_video(d, "clip", sample_identity(3), sample_trajectory(3, 6, 24.0), 96, fps=24.0)
     p["video"], p["truth"] = str(video), str(truth)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from progressive_swap.data import faceset as fs
-from progressive_swap.data.datamodule import CombDataset
-from progressive_swap.faces import align
-from progressive_swap.faces.landmarks import MEAN_FACE
+from progressive_swap import faceset as fs
+from progressive_swap.train.datamodule import CombDataset
+from progressive_swap.core import align
+from progressive_swap.core.landmarks import MEAN_FACE
 
 
 def _two_tone_set(path, inside=((200, 100, 50), (100, 60, 30)), outside=(0, 255, 0), n=5, size=32):
@@ -56,7 +56,7 @@ def test_an_empty_training_mask_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 def test_training_stores_each_identitys_colour_with_the_weights(blob_sets, tmp_path):
     from progressive_swap.cli import train as train_cli
-    from progressive_swap.export.convert import load_model
+    from progressive_swap.export.swapper import load_model
     from test_train import tiny
 
     run = tmp_path / "run"

@@ -12,12 +12,12 @@ import pytest
 
 from conftest import write_blob_faceset
 from progressive_swap.cli import faceset as cli
-from progressive_swap.data import curate
-from progressive_swap.data import faceset as F
-from progressive_swap.data import phantom_mesh as pm
-from progressive_swap.data.phantom import render
-from progressive_swap.data.phantom_params import sample_frame, sample_identity
-from progressive_swap.faces import align, pose
+from progressive_swap.faceset import curate
+from progressive_swap import faceset as F
+from progressive_swap.phantom import mesh as pm
+from progressive_swap.phantom.renderer import render
+from progressive_swap.phantom.params import sample_frame, sample_identity
+from progressive_swap.core import align, pose
 
 # ---------------------------------------------------------------------- head pose
 
@@ -45,6 +45,12 @@ def _pose_grid(n_ids: int = 6, size: int = 256, focal: float | None = ORTHO):
 def test_angle_decomposition_inverts_the_phantom_rotation():
     for angles in [(20, -10, 5), (-35, 15, -20), (0, 0, 0), (40, 25, 25)]:
         np.testing.assert_allclose(pose.rotation_to_angles(pm.rotation(*angles)), angles, atol=1e-9)
+
+
+def test_pose_mean_shape_is_the_phantoms_neutral_face():
+    # core.pose carries the 3D mean face as numbers; they must stay the phantom's neutral landmarks.
+    truth = pm.landmarks_3d(pm._neutral_identity()) - pm.PIVOT
+    np.testing.assert_allclose(pose.mean_shape_3d(), truth, atol=1e-6)
 
 
 def test_pose_tracks_phantom_truth_on_renders():
@@ -106,7 +112,7 @@ def test_blur_score_orders_sharp_above_blurred():
 
 def _scored_set(path: Path, n: int = 6) -> Path:
     """Blob faces whose frame size and sharpness vary (face k: scale 30 + 5k, blur sigma k % 3)."""
-    from progressive_swap.faces.landmarks import MEAN_FACE
+    from progressive_swap.core.landmarks import MEAN_FACE
 
     rng = np.random.default_rng(0)
     perm = rng.permutation(n)

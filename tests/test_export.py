@@ -17,15 +17,15 @@ import pytest
 import torch
 
 from progressive_swap.cli import export as export_cli
-from progressive_swap.data import faceset
-from progressive_swap.data.phantom import render, sample_identity, sample_trajectory
-from progressive_swap.data.video import read_video
+from progressive_swap import faceset
+from progressive_swap.phantom.renderer import render, sample_identity, sample_trajectory
+from progressive_swap.footage.video import read_video
 from progressive_swap.export import composite as C
 from progressive_swap.export import writers as W
-from progressive_swap.export.convert import CheckpointInfo, Swapper, load_model
+from progressive_swap.export.swapper import CheckpointInfo, Swapper, load_model
 from progressive_swap.export.frames import FaceIn, FrameIn
 from progressive_swap.export.pipeline import Exporter, ExportSettings
-from progressive_swap.faces import align
+from progressive_swap.core import align
 from progressive_swap.masks.hull import landmark_mask
 from progressive_swap.model.autoencoder import CombAutoencoder
 from progressive_swap.train.checkpoint import save_weights
@@ -467,7 +467,7 @@ def test_cli_full_disk_leaves_nothing_truncated(tmp_path, ckpt, vfr_video, capsy
         if calls["n"] < 4:
             return real(path, data)
 
-        from progressive_swap.io import atomic_write
+        from progressive_swap.core.io import atomic_write
 
         with atomic_write(path, "wb") as f:
             f.write(data[: len(data) // 2])

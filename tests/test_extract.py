@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 from progressive_swap.cli.extract import main
-from progressive_swap.data import faceset
-from progressive_swap.data.phantom import render, sample_identity, sample_trajectory
-from progressive_swap.data.sources import open_source
-from progressive_swap.data.video import write_phantom_video
-from progressive_swap.extract import ExtractOptions, extract
-from progressive_swap.faces import align
-from progressive_swap.faces.landmarks import BROWS, NOSE
-from progressive_swap.faces.smoothing import face_scale
+from progressive_swap import faceset
+from progressive_swap.phantom.renderer import render, sample_identity, sample_trajectory
+from progressive_swap.footage.sources import open_source
+from progressive_swap.phantom.video import write_phantom_video
+from progressive_swap.extract.pipeline import ExtractOptions, extract
+from progressive_swap.core import align
+from progressive_swap.core.landmarks import BROWS, NOSE
+from progressive_swap.extract.smoothing import face_scale
 
 N_FRAMES = 24
 SIZE = 128  # frame side
@@ -106,7 +106,7 @@ def random_weights(tmp_path_factory):
     from face_alignment.detection.sfd.net_s3fd import s3fd
     from face_alignment.models import FAN
 
-    from progressive_swap.faces.detect import weight_files
+    from progressive_swap.extract.detect import weight_files
 
     home = tmp_path_factory.mktemp("torch_home")
     mp = pytest.MonkeyPatch()
@@ -123,7 +123,7 @@ def random_weights(tmp_path_factory):
 
 
 def test_missing_weights_give_one_clear_error(tmp_path, monkeypatch):
-    from progressive_swap.faces.detect import LandmarkDetector, WeightsMissingError
+    from progressive_swap.extract.detect import LandmarkDetector, WeightsMissingError
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(WeightsMissingError) as e:
@@ -136,7 +136,7 @@ def test_missing_weights_give_one_clear_error(tmp_path, monkeypatch):
 def test_heatmap_points_match_face_alignment():
     from face_alignment.utils import get_preds_fromhm
 
-    from progressive_swap.faces.detect import heatmap_points
+    from progressive_swap.extract.detect import heatmap_points
 
     rng = np.random.default_rng(0)
     hm = rng.random((2, 68, 64, 64)).astype(np.float32)
@@ -150,7 +150,7 @@ def test_heatmap_points_match_face_alignment():
 
 def test_face_alignment_real_loading_path(random_weights):
     """The package's own loaders read our random S3FD and FAN weights from $TORCH_HOME."""
-    from progressive_swap.faces.detect import LandmarkDetector
+    from progressive_swap.extract.detect import LandmarkDetector
 
     det = LandmarkDetector(device="auto", face_detector="sfd", flip_input=False, allow_download=False)
     assert det.device in ("cpu", "cuda") and det.fa.face_detector.face_detector is not None
@@ -287,7 +287,7 @@ def test_image_folder_with_odd_files(tmp_path, capsys):
 
 def test_several_faces_make_tracks(tmp_path):
     """Two faces per frame, given in swapped order: tracks follow the faces; track=largest keeps one."""
-    from progressive_swap.faces.landmarks import MEAN_FACE
+    from progressive_swap.core.landmarks import MEAN_FACE
 
     frames, n = [], 10
     img = np.zeros((240, 480, 3), np.uint8)
@@ -318,7 +318,7 @@ def test_variable_frame_rate_keeps_pts_times(tmp_path):
     import av
     from fractions import Fraction
 
-    from progressive_swap.faces.landmarks import MEAN_FACE
+    from progressive_swap.core.landmarks import MEAN_FACE
 
     pts = [0, 1, 3, 4, 7, 8, 12]  # 1/24 s units: irregular steps
     video = tmp_path / "vfr.mkv"

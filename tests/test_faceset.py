@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from progressive_swap.cli import faceset as cli
-from progressive_swap.data import faceset as F
-from progressive_swap.data.faceset_writer import FaceSetWriter
+from progressive_swap import faceset as F
+from progressive_swap.faceset.writer import FaceSetWriter
 
 S = 32
 
@@ -405,7 +405,7 @@ def test_cli_info(two_batches, capsys):
 
 
 def test_shards_stay_few_for_fast_opens(tmp_path, monkeypatch):
-    from progressive_swap.data import faceset_writer
+    from progressive_swap.faceset import writer as faceset_writer
 
     monkeypatch.setattr(faceset_writer, "MERGE_EVERY", 3)
     monkeypatch.setattr(faceset_writer, "MAX_SHARDS_AFTER_CLOSE", 2)

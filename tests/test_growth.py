@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from progressive_swap.data.augment import apply_affine, random_affine, random_grid_warp
+from progressive_swap.train.augment import apply_affine, random_affine, random_grid_warp
 from progressive_swap.model.blocks import downsample2x, upsample2x
 from progressive_swap.train.growth import GrowthSchedule
 from progressive_swap.train.losses import SwapLoss, masked_dssim, masked_l1
@@ -180,7 +180,7 @@ def test_gan_term_is_off_by_default_and_adds_a_discriminator_when_on():
 
 
 def test_input_colour_scramble_is_seeded_and_changes_colour_not_shape():
-    from progressive_swap.data.augment import random_color_scramble
+    from progressive_swap.train.augment import random_color_scramble
 
     x = torch.rand(4, 3, 16, 16) * 0.5 + 0.25
     a = random_color_scramble(x, torch.Generator().manual_seed(3), 0.2)
@@ -195,7 +195,7 @@ def test_input_colour_scramble_is_seeded_and_changes_colour_not_shape():
 
 
 def test_pasted_occluders_cut_mask_and_weights_where_the_face_changed(blob_sets):
-    from progressive_swap.data.datamodule import CombDataset
+    from progressive_swap.train.datamodule import CombDataset
 
     plain = CombDataset(blob_sets, mask="extended", augment=None)
     occl = CombDataset(blob_sets, mask="extended", augment=None, paste_occluders=1.0)

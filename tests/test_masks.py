@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from progressive_swap.cli.mask import main as mask_main
-from progressive_swap.data import faceset
-from progressive_swap.faces import align
-from progressive_swap.faces.landmarks import MEAN_FACE
+from progressive_swap import faceset
+from progressive_swap.core import align
+from progressive_swap.core.landmarks import MEAN_FACE
 from progressive_swap.masks import hull, segment
 from progressive_swap.masks.bisenet import BiSeNet
 from progressive_swap.masks.weights import (
@@ -193,7 +193,7 @@ def test_hull_masks_soft_native_and_extended_covers_forehead():
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> list[str]:
-    from progressive_swap.data.phantom_dataset import generate_phantom_dataset
+    from progressive_swap.phantom.dataset import generate_phantom_dataset
 
     out = tmp_path_factory.mktemp("phantom_masks")
     r = generate_phantom_dataset(out, identities=2, faces=10, size=64, videos=0, occluders=0.6, seed=3, progress=False)

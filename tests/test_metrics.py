@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from progressive_swap.metrics import flicker, high_frequency_kept, masked_psnr, masked_ssim
+from progressive_swap.core.metrics import flicker, high_frequency_kept, masked_psnr, masked_ssim
 
 
 def _img(seed=0, n=64):
@@ -60,7 +60,7 @@ def test_a_known_shift_shows_up_in_flicker():
 
 
 def test_mask_iou_known_answers():
-    from progressive_swap.metrics import mask_iou
+    from progressive_swap.core.metrics import mask_iou
 
     a = np.zeros((10, 10))
     b = np.zeros((10, 10))

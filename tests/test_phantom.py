@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from progressive_swap.data import phantom_mesh as pm
-from progressive_swap.data.phantom import (
+from progressive_swap.phantom import mesh as pm
+from progressive_swap.phantom.renderer import (
     FrameParams,
     Occluder,
     render,
@@ -19,7 +19,7 @@ from progressive_swap.data.phantom import (
     sample_trajectory,
     true_swap,
 )
-from progressive_swap.faces import landmarks as L
+from progressive_swap.core import landmarks as L
 
 
 def frontal(seed: int, **kw) -> FrameParams:
@@ -254,7 +254,7 @@ def test_true_swap_keeps_the_frame_and_changes_the_person():
     ra, rb = render(a, f, 128), true_swap(b, f, 128)
     np.testing.assert_array_equal(rb.image, render(b, f, 128).image)
     # Same pose: the similarity between the two landmark sets is a near-identity rotation.
-    from progressive_swap.faces.align import umeyama
+    from progressive_swap.core.align import umeyama
     m = umeyama(ra.landmarks[list(L.STABLE_POINTS)], rb.landmarks[list(L.STABLE_POINTS)])
     assert abs(np.rad2deg(np.arctan2(m[1, 0], m[0, 0]))) < 3.0
     assert np.abs(ra.landmarks - rb.landmarks).max() > 1.0  # different face shapes
@@ -314,8 +314,8 @@ def test_cli_unwritable_out_exits_2(tmp_path, capsys):
 
 def test_cli_writes_face_sets_and_videos(tmp_path):
     from progressive_swap.cli.phantom import main
-    from progressive_swap.data import faceset
-    from progressive_swap.faces.landmarks import template_uv
+    from progressive_swap import faceset
+    from progressive_swap.core.landmarks import template_uv
 
     out = tmp_path / "ph"
     assert main([f"out={out}", "identities=2", "faces=3", "size=32", "videos=1", "frames=3", "progress=false"]) == 0

@@ -50,9 +50,9 @@ def test_bench_quality_runs_on_a_tiny_phantom_checkpoint(tmp_path):
 
 
 def test_identity_colour_is_the_models_own_or_measured_on_the_phantom():
-    from progressive_swap.data import phantom
+    from progressive_swap.phantom import renderer as phantom
     from progressive_swap.model.autoencoder import CombAutoencoder
-    from progressive_swap.quality import QualitySettings, identity_colour
+    from progressive_swap.eval.quality import QualitySettings, identity_colour
 
     idents = [phantom.sample_identity(k) for k in range(2)]
     arch = dict(final_res=32, start_res=16, latent_res=8, latent_channels=8, channel_base=256, channel_max=16, channel_min=8)

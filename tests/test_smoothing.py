@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from progressive_swap.faces import align
-from progressive_swap.faces.landmarks import MEAN_FACE
-from progressive_swap.faces.smoothing import face_scale, one_euro, savgol, segments, smooth_track
+from progressive_swap.core import align
+from progressive_swap.core.landmarks import MEAN_FACE
+from progressive_swap.extract.smoothing import face_scale, one_euro, savgol, segments, smooth_track
 
 FPS = 25.0
 

@@ -112,7 +112,7 @@ def test_warm_start_across_resolution_and_identity_count(blob_sets, tmp_path, ca
 def test_contract_gradients_reach_every_active_parameter(blob_sets):
     from hydra.utils import instantiate
 
-    from progressive_swap.data.datamodule import CombDataset
+    from progressive_swap.train.datamodule import CombDataset
     from progressive_swap.train.module import SwapModule
 
     cfg = compose("train", tiny(blob_sets, "unused"))
@@ -154,7 +154,7 @@ def test_unknown_recipe(capsys):
 def test_missing_and_empty_face_sets(blob_sets, tmp_path, capsys):
     out = tmp_path / "run"
     _fails(["recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{tmp_path / 'nope'}]", f"out={out}"], capsys, "not found")
-    from progressive_swap.data import faceset as fs
+    from progressive_swap import faceset as fs
 
     fs.create(tmp_path / "empty", face_type="whole", size=32).close()
     _fails(["recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{tmp_path / 'empty'}]", f"out={out}"], capsys, "empty")

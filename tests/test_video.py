@@ -8,7 +8,8 @@ import av
 import numpy as np
 import pytest
 
-from progressive_swap.data.video import probe_video, read_video, write_phantom_video, write_video
+from progressive_swap.footage.video import probe_video, read_video, write_video
+from progressive_swap.phantom.video import write_phantom_video
 
 
 def gradient_frames(n: int, w: int = 96, h: int = 64) -> list[np.ndarray]:
@@ -84,7 +85,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 
 def test_phantom_video_and_truth(tmp_path):
-    from progressive_swap.data.phantom import FrameParams, render, sample_identity, sample_trajectory
+    from progressive_swap.phantom.renderer import FrameParams, render, sample_identity, sample_trajectory
 
     idn = sample_identity(7)
     traj = sample_trajectory(3, 5, fps=12)

@@ -26,10 +26,10 @@ import cv2
 import numpy as np
 import torch
 
-from progressive_swap.export.convert import CheckpointInfo, Swapper
+from progressive_swap.export.swapper import CheckpointInfo, Swapper
 from progressive_swap.export.frames import FaceIn, FrameIn
 from progressive_swap.export.pipeline import ExportSettings, Exporter
-from progressive_swap.faces import align
+from progressive_swap.core import align
 from progressive_swap.model.autoencoder import CombAutoencoder
 
 COMB = dict(latent_res=16, latent_channels=256, channel_base=32768, channel_max=512, channel_min=32)
@@ -38,12 +38,12 @@ COMB = dict(latent_res=16, latent_channels=256, channel_base=32768, channel_max=
 def plate_1080p(face_px: float = 540.0) -> tuple[np.ndarray, np.ndarray]:
     """A 1920x1080 plate with a phantom face of about ``face_px`` (whole crop side) and its matrix."""
     try:
-        from progressive_swap.data.phantom import render, sample_frame, sample_identity
+        from progressive_swap.phantom.renderer import render, sample_frame, sample_identity
 
         r = render(sample_identity(0), sample_frame(0), 1024)
         img, lm = r.image, r.landmarks
     except ImportError:  # fall back to noise and the mean face
-        from progressive_swap.faces.landmarks import MEAN_FACE
+        from progressive_swap.core.landmarks import MEAN_FACE
 
         img = np.random.default_rng(0).integers(0, 255, (1024, 1024, 3), np.uint8)
         lm = MEAN_FACE * 400 + 300
@@ -122,7 +122,7 @@ def main() -> None:
     text = json.dumps(report, indent=1)
     print(text)
     if a.out:
-        from progressive_swap.io import atomic_write_text
+        from progressive_swap.core.io import atomic_write_text
 
         atomic_write_text(Path(a.out), text + "\n")
 

@@ -34,7 +34,7 @@ def _random_weights(home: Path) -> None:
     from face_alignment.detection.sfd.net_s3fd import s3fd
     from face_alignment.models import FAN
 
-    from progressive_swap.faces.detect import weight_files
+    from progressive_swap.extract.detect import weight_files
 
     ckpt = home / "hub" / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
@@ -56,10 +56,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from progressive_swap.data.phantom import sample_identity, sample_trajectory
-    from progressive_swap.data.video import read_video, write_phantom_video
-    from progressive_swap.extract import ExtractOptions, extract
-    from progressive_swap.faces.detect import GivenLandmarks, LandmarkDetector, checkpoint_dir, weight_files
+    from progressive_swap.phantom.renderer import sample_identity, sample_trajectory
+    from progressive_swap.footage.video import read_video
+    from progressive_swap.phantom.video import write_phantom_video
+    from progressive_swap.extract.pipeline import ExtractOptions, extract
+    from progressive_swap.extract.detect import GivenLandmarks, LandmarkDetector, checkpoint_dir, weight_files
 
     res: dict = {"frames": a.frames, "frame_size": a.frame_size, "crop": a.crop, "device": a.device,
                  "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(res, indent=1)
     print(text)
     if a.out:
-        from progressive_swap.io import atomic_write_text
+        from progressive_swap.core.io import atomic_write_text
 
         atomic_write_text(a.out, text + "\n")
     return 0

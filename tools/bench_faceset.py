@@ -28,9 +28,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from progressive_swap.data import faceset
-from progressive_swap.data import faceset_index as fx
-from progressive_swap.data.faceset_format import decode_image, encode_image, encode_mask, make_header
+from progressive_swap import faceset
+from progressive_swap.faceset import index as fx
+from progressive_swap.faceset.format import decode_image, encode_image, encode_mask, make_header
 
 
 def build_index(root: Path, n: int, batch: int, seed: int = 0) -> None:
@@ -76,8 +76,8 @@ def time_open(root: Path, repeat: int) -> dict[str, float]:
 def realistic_face(size: int, seed: int = 0) -> tuple[np.ndarray, str]:
     """A ``(size, size, 3)`` uint8 RGB aligned phantom face crop (fine skin texture included),
     rendered in a frame twice the crop's size and aligned with the shared alignment."""
-    from progressive_swap.data.phantom import render, sample_frame, sample_identity
-    from progressive_swap.faces import align
+    from progressive_swap.phantom.renderer import render, sample_frame, sample_identity
+    from progressive_swap.core import align
 
     r = render(sample_identity(seed), sample_frame(seed), 2 * size)
     m = align.alignment_matrix(r.landmarks, "whole")
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(result, indent=1)
     print(text)
     if args.out is not None:
-        from progressive_swap.io import atomic_write_text
+        from progressive_swap.core.io import atomic_write_text
 
         atomic_write_text(args.out, text + "\n")
     return 0

@@ -10,7 +10,7 @@
 
 Trains on phantom data with ``swap-train`` (the demo recipe by default; extra overrides go
 before ``--seeds`` or after ``--``), evaluates every kept checkpoint with
-:mod:`progressive_swap.quality`, and prints JSON with the three curves and whether (a) reaches
+:mod:`progressive_swap.eval.quality`, and prints JSON with the three curves and whether (a) reaches
 (b)'s final swap PSNR within half of the images. With several ``--seeds``
 the curves are averaged point by point before the goal is judged (one run's swap PSNR wanders
 by a few tenths of a dB between checkpoints). Runs go to ``--work`` (``seed<N>/<strategy>``) and
@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from progressive_swap.cli import train as train_cli
-from progressive_swap.quality import QualitySettings, evaluate
+from progressive_swap.eval.quality import QualitySettings, evaluate
 from progressive_swap.train.checkpoint import safe_load
 from progressive_swap.train.growth import GrowthSchedule
 
@@ -113,7 +113,7 @@ def main() -> int:
     text = json.dumps(result, indent=1)
     print(text)
     if a.out:
-        from progressive_swap.io import atomic_write_text
+        from progressive_swap.core.io import atomic_write_text
 
         atomic_write_text(a.out, text + "\n")
     return 0

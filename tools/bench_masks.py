@@ -44,8 +44,8 @@ def main() -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
 
-    from progressive_swap.data import faceset
-    from progressive_swap.data.phantom_dataset import generate_phantom_dataset
+    from progressive_swap import faceset
+    from progressive_swap.phantom.dataset import generate_phantom_dataset
     from progressive_swap.masks import segment
     from progressive_swap.masks.bisenet import BiSeNet
     from progressive_swap.masks.weights import save_segmenter
@@ -89,7 +89,7 @@ def main() -> int:
     text = json.dumps(result, indent=1)
     print(text)
     if a.json:
-        from progressive_swap.io import atomic_write_text
+        from progressive_swap.core.io import atomic_write_text
 
         atomic_write_text(Path(a.json), text + "\n")
     return 0

@@ -22,8 +22,8 @@ import time
 import cv2
 import numpy as np
 
-from progressive_swap.data.phantom import identity_assets, render, sample_frame, sample_identity
-from progressive_swap.io import atomic_write_json
+from progressive_swap.phantom.renderer import identity_assets, render, sample_frame, sample_identity
+from progressive_swap.core.io import atomic_write_json
 
 
 def bench(sizes: list[int], repeat: int, seed: int = 0) -> dict:
@@ -50,7 +50,7 @@ def figure(path: str, size: int = 256) -> None:
     """``docs/phantom_swap.png``: a frame of identity 0 and its true swap to identity 1."""
     from dataclasses import replace
 
-    from progressive_swap.data.phantom import Occluder, true_swap
+    from progressive_swap.phantom.renderer import Occluder, true_swap
 
     frame = replace(sample_frame(4), yaw=-22.0, pitch=6.0, roll=8.0, smile=0.7, mouth_open=0.25, blink=0.0,
                     scale=0.3, cx=0.5, cy=0.42,

@@ -48,13 +48,13 @@ def report_png(results: list[dict], path: str, tile: int = 160) -> None:
     cv2.putText(plot, "swap PSNR (dB) per checkpoint", (30, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     page = np.concatenate(rows + [plot], axis=0)
     ok, png = cv2.imencode(".png", cv2.cvtColor(page, cv2.COLOR_RGB2BGR))
-    from progressive_swap.io import atomic_write_bytes
+    from progressive_swap.core.io import atomic_write_bytes
 
     atomic_write_bytes(path, png.tobytes())
 
 
 def main() -> int:
-    from progressive_swap.quality import QualitySettings, evaluate
+    from progressive_swap.eval.quality import QualitySettings, evaluate
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="+")
@@ -72,7 +72,7 @@ def main() -> int:
     text = json.dumps([{k: v for k, v in r.items() if k != "samples"} for r in results], indent=1)
     print(text)
     if a.out:
-        from progressive_swap.io import atomic_write_text
+        from progressive_swap.core.io import atomic_write_text
 
         atomic_write_text(a.out, text + "\n")
     if a.report:

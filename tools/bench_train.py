@@ -250,7 +250,7 @@ def main() -> int:
     }
     text = json.dumps(result, indent=1)
     print(text)
-    from progressive_swap.io import atomic_write_text
+    from progressive_swap.core.io import atomic_write_text
 
     if a.out:
         atomic_write_text(a.out, text + "\n")

@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         faces = args.faces.split(",") if args.faces else None
         if faces is None:
-            from progressive_swap.data.phantom_dataset import generate_phantom_dataset
+            from progressive_swap.phantom.dataset import generate_phantom_dataset
 
             faces = generate_phantom_dataset(out=work / "phantom", identities=2, faces=16, size=32, videos=0, progress=False)["faces"]
         report = chaos([str(f) for f in faces], work, kills=args.kills, short=args.short, seed=args.seed,
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=1)
     print(text)
     if args.report:
-        from progressive_swap.io import atomic_write_text
+        from progressive_swap.core.io import atomic_write_text
 
         atomic_write_text(Path(args.report), text + "\n")
     return 0 if report["ok"] else 1

@@ -20,6 +20,14 @@ from pathlib import Path
 from typing import Sequence
 
 from progressive_swap.cli.common import UserError, parse_overrides, run_cli, usage
+from progressive_swap.faceset.format import HEADER_NAME
+from progressive_swap import faceset
+from progressive_swap.export import frames as F
+from progressive_swap.extract.pipeline import ExtractOptions, extract
+from progressive_swap.export.swapper import MODEL_MASKS, Swapper, load_model
+from progressive_swap.export.frames import open_plates
+from progressive_swap.export.pipeline import ExportSettings, Exporter
+from progressive_swap.core.io import check_writable_dir
 
 PROG = "swap-export"
 
@@ -71,16 +79,11 @@ def _from_identity(name: str, identity: int, info) -> int | None:
 
 
 def _is_faceset(path: Path) -> bool:
-    from progressive_swap.data.faceset_format import HEADER_NAME
-
     return path.is_dir() and (path / HEADER_NAME).is_file()
 
 
 def _faceset_input(path: Path, footage: str, info, stage_res: int, mask_name: str | None = None):
     """Frames of the footage with the face set's faces; checks face type and resolution."""
-    from progressive_swap.data import faceset
-    from progressive_swap.export import frames as F
-
     fs = faceset.open(path)
     if info.face_type and fs.face_type != info.face_type:
         raise UserError(f"face type mismatch: the checkpoint was trained on {info.face_type!r} faces, "
@@ -110,8 +113,6 @@ def _faceset_input(path: Path, footage: str, info, stage_res: int, mask_name: st
 
 def _footage_input(o, info, stage_res: int):
     """Extract the footage into ``out/faces`` (the extractor resumes it), then use that set."""
-    from progressive_swap.extract import ExtractOptions, extract
-
     ftype = info.face_type or o.face_type
     if not ftype:
         raise UserError("the checkpoint does not record its face type; pass face_type=full|whole|head")
@@ -137,10 +138,6 @@ def _export(argv: Sequence[str]) -> int:
 
     from rich.console import Console
 
-    from progressive_swap.export.convert import MODEL_MASKS, Swapper, load_model
-    from progressive_swap.export.frames import open_plates
-    from progressive_swap.export.pipeline import ExportSettings, Exporter
-    from progressive_swap.io import check_writable_dir
 
     console = Console(file=sys.stderr)
     settings_kw = dict(format=o.format, layers=o.layers, color=o.color, mask=o.mask, erode=o.erode,

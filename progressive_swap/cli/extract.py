@@ -18,7 +18,7 @@ from typing import Sequence
 from omegaconf import OmegaConf
 
 from progressive_swap.cli.common import parse_overrides, run_cli, usage
-from progressive_swap.extract import ExtractOptions, extract, format_summary
+from progressive_swap.extract.pipeline import ExtractOptions, extract, format_summary
 
 PROG = "swap-extract"
 

@@ -21,7 +21,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from progressive_swap.cli.common import UserError, run_cli
-from progressive_swap.data import faceset
+from progressive_swap import faceset
+from progressive_swap.faceset import curate
 
 PROG = "swap-faceset"
 
@@ -154,7 +155,6 @@ def cmd_sort(argv: Sequence[str]) -> int:
     """``sort DIR by=KEY [out=DIR2] [order=asc|desc] [view=VIEWDIR]``: reorder a set by a score."""
     from rich.table import Table
 
-    from progressive_swap.data import curate
 
     pos, o = _split_args(argv, ("by", "out", "order", "view"), SORT_USAGE, "sort")
     if len(pos) != 1:
@@ -199,8 +199,6 @@ def cmd_sort(argv: Sequence[str]) -> int:
 
 def cmd_remove(argv: Sequence[str]) -> int:
     """``remove DIR ids=[a,b,...] | ids_file=FILE | view=VIEWDIR``: remove faces by id."""
-    from progressive_swap.data import curate
-
     pos, o = _split_args(argv, ("ids", "ids_file", "view"), REMOVE_USAGE, "remove")
     if len(pos) != 1:
         raise UserError(f"remove: expected one face set directory, got {len(pos)}; {REMOVE_USAGE}")
@@ -230,7 +228,6 @@ def cmd_merge(argv: Sequence[str]) -> int:
     """``merge DIR1 DIR2 ... out=DIR``: merge face sets into a new one."""
     from rich.table import Table
 
-    from progressive_swap.data import curate
 
     pos, o = _split_args(argv, ("out",), MERGE_USAGE, "merge")
     if "out" not in o:

@@ -21,6 +21,12 @@ from typing import Any, Callable, Sequence
 from omegaconf import OmegaConf
 
 from progressive_swap.cli.common import UserError, parse_overrides, run_cli, usage
+from progressive_swap import faceset
+from progressive_swap.faceset.format import software_version
+from progressive_swap.masks import segment
+from progressive_swap.masks.bisenet import BiSeNet
+from progressive_swap.masks.weights import save_segmenter
+from progressive_swap.masks.weights import face_class_indices, load_segmenter
 
 PROG = "swap-mask"
 
@@ -116,8 +122,6 @@ def _device(name: str):
 
 
 def _open_sets(paths: Sequence[str]) -> list:
-    from progressive_swap.data import faceset
-
     if not paths:
         raise UserError("give at least one FACESET directory")
     return [faceset.open(p) for p in paths]
@@ -126,10 +130,6 @@ def _open_sets(paths: Sequence[str]) -> list:
 def cmd_train(argv: Sequence[str]) -> int:
     import torch
 
-    from progressive_swap.data.faceset_format import software_version
-    from progressive_swap.masks import segment
-    from progressive_swap.masks.bisenet import BiSeNet
-    from progressive_swap.masks.weights import save_segmenter
 
     paths, kv = _split(argv)
     opt = parse_overrides(kv, TrainOptions(), PROG)
@@ -165,8 +165,6 @@ def cmd_apply(argv: Sequence[str]) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
-    from progressive_swap.masks import segment
-    from progressive_swap.masks.weights import face_class_indices, load_segmenter
 
     paths, kv = _split(argv)
     opt = parse_overrides(kv, ApplyOptions(), PROG)
@@ -192,8 +190,6 @@ def cmd_apply(argv: Sequence[str]) -> int:
 
 
 def cmd_import(argv: Sequence[str]) -> int:
-    from progressive_swap.masks import segment
-
     paths, kv = _split(argv)
     opt = parse_overrides(kv, ImportOptions(), PROG)
     if not opt.dir:
@@ -207,8 +203,6 @@ def cmd_import(argv: Sequence[str]) -> int:
 
 
 def cmd_convert(argv: Sequence[str]) -> int:
-    from progressive_swap.masks.weights import load_segmenter, save_segmenter
-
     paths, kv = _split(argv)
     opt = parse_overrides(kv, ConvertOptions(), PROG)
     if len(paths) != 1 or not opt.out:

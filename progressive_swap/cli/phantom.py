@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from progressive_swap.cli.common import UserError, parse_overrides, run_cli, usage
+from progressive_swap.phantom.dataset import generate_phantom_dataset
 
 PROG = "swap-phantom"
 
@@ -54,8 +55,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     def run() -> int:
-        from progressive_swap.data.phantom_dataset import generate_phantom_dataset
-
         cfg = parse_overrides(argv, PhantomOptions(), PROG)
         if not cfg.out:
             raise UserError("out=DIR is required")

@@ -21,6 +21,16 @@ from rich.table import Table
 
 from progressive_swap.cli.common import UserError, run_cli
 from progressive_swap.cli.config import compose
+from progressive_swap.train.checkpoint import CHECKPOINT_GLOBS, good_checkpoints
+from progressive_swap.train.datamodule import check_facesets
+from progressive_swap.model.summary import format_summary, summarize
+from progressive_swap.train.callbacks import FinalCheckpoint, GrowthAnnouncer, MilestoneCheckpoint, PreviewCallback, StepCheckpoint
+from progressive_swap.train.checkpoint import AtomicCheckpointIO, read_training_checkpoint, remove_stale_temps, save_weights
+from progressive_swap.train.module import CKPT_KEY, SwapModule
+from progressive_swap.train.warmstart import warm_start
+from progressive_swap.train.batch_finder import plan_for_run
+from progressive_swap.train import strategy
+from progressive_swap.core.io import atomic_write_text, check_writable_dir
 
 console = Console(stderr=True)
 RUN_ENV = "PROGRESSIVE_SWAP_RUN"  # keeps the default run name equal across DDP processes
@@ -51,8 +61,6 @@ def find_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
     along (by ``batches_done``), skipping unreadable files with a warning line; if checkpoints
     exist but none is readable it raises rather than start over.
     """
-    from progressive_swap.train.checkpoint import CHECKPOINT_GLOBS, good_checkpoints
-
     if not cfg.resume:
         return None
     if str(cfg.resume) != "auto":
@@ -114,12 +122,6 @@ def train(cfg: DictConfig) -> int:
     from pytorch_lightning.callbacks import RichProgressBar
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-    from progressive_swap.data.datamodule import check_facesets
-    from progressive_swap.model.summary import format_summary, summarize
-    from progressive_swap.train.callbacks import FinalCheckpoint, GrowthAnnouncer, MilestoneCheckpoint, PreviewCallback, StepCheckpoint
-    from progressive_swap.train.checkpoint import AtomicCheckpointIO, read_training_checkpoint, remove_stale_temps, save_weights
-    from progressive_swap.train.module import CKPT_KEY, SwapModule
-    from progressive_swap.train.warmstart import warm_start
 
     if cfg.freeze not in (None, "encoder"):
         raise UserError(f"freeze must be null or 'encoder', got {cfg.freeze!r}")
@@ -191,8 +193,6 @@ def train(cfg: DictConfig) -> int:
     model = instantiate(cfg.model, num_identities=len(paths), final_res=schedule.final_res, start_res=schedule.start_res,
                         checkpoint_blocks=bool(cfg.activation_checkpointing))
     if cfg.find_batch:
-        from progressive_swap.train.batch_finder import plan_for_run
-
         schedule = plan_for_run(
             schedule, model, trainer=trainer, max_memory_gb=cfg.max_memory_gb, report=console.print,
             module_factory=lambda m: SwapModule(m, schedule, loss=instantiate(cfg.loss), geometry=OmegaConf.to_container(cfg.augment.geometry),
@@ -201,9 +201,7 @@ def train(cfg: DictConfig) -> int:
             resume_schedule=read_training_checkpoint(resume)[CKPT_KEY]["schedule"] if resume is not None else None,
         )
     if cfg.compile:
-        from progressive_swap.train.strategy import compile_blocks
-
-        compile_blocks(model)
+        strategy.compile_blocks(model)  # looked up at call time (tests replace it)
 
     if resume is not None:
         ckpt = read_training_checkpoint(resume)
@@ -244,8 +242,6 @@ def train(cfg: DictConfig) -> int:
 
     # Everything checked: from here on the run directory is written.
     if trainer.is_global_zero:
-        from progressive_swap.io import atomic_write_text, check_writable_dir
-
         check_writable_dir(run_dir)
         for tmp in remove_stale_temps(run_dir):  # a process killed mid-write leaves these
             console.print(f"removed {tmp.name}, an unfinished checkpoint write")

@@ -2,7 +2,7 @@
 
 Convention:
     * Alignment matrices ``m_norm`` are ``(2, 3)`` similarities mapping **frame pixels →
-      normalised crop coordinates** ``[0, 1]`` (``faces/align.py``); a crop of side ``S`` has
+      normalised crop coordinates** ``[0, 1]`` (``core/align.py``); a crop of side ``S`` has
       pixel ``p = u * S - 0.5`` (pixel centres at integers, OpenCV).
     * Crops and frames here are float32 RGB in ``[0, 1]`` (sRGB, as decoded), masks float32 in
       ``[0, 1]``.
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from progressive_swap.faces import align
+from progressive_swap.core import align
+from progressive_swap.export.writers import alpha_box, linear_to_srgb, srgb_to_linear
 
 COLOR_METHODS = ("none", "reinhard", "histogram")
 
@@ -187,7 +188,7 @@ def unwarp_roi(
 ) -> np.ndarray:
     """Un-warp an aligned crop ``(S, S[, C])`` into the frame box ``box`` only.
 
-    Same result as :func:`progressive_swap.faces.align.warp_from_crop` cut to ``box``, but only
+    Same result as :func:`progressive_swap.core.align.warp_from_crop` cut to ``box``, but only
     the box is computed. When the crop is more than 2.5x larger than the face in the frame it
     is first reduced with ``INTER_AREA`` to twice the face's size (the matrix is
     resolution-free), to avoid aliasing. Milder reductions skip that step: averaging an
@@ -313,7 +314,6 @@ def over(layer: np.ndarray, plate: np.ndarray, linear: bool = False) -> np.ndarr
     a = layer[..., 3:4]
     if not linear:
         return layer[..., :3] * a + p * (1.0 - a)
-    from progressive_swap.export.writers import alpha_box, linear_to_srgb, srgb_to_linear
 
     out = p.copy()
     box = alpha_box(layer[..., 3])  # where alpha is 0 the plate passes through untouched

@@ -8,7 +8,7 @@ footage's frame count, order and timestamps.
 :func:`faceset_frames` pairs the footage with a face set of it: face records carry ``source``,
 ``frame_index`` and ``matrix``; the plates are decoded from ``source`` (or a path given instead)
 and the set's own aligned crops are what the model sees. Footage without a face set is first
-extracted into one by the extractor (``progressive_swap.extract``: detection or given
+extracted into one by the extractor (``progressive_swap.extract.pipeline``: detection or given
 landmarks, tracks, smoothing), see ``cli/export.py``.
 
 Convention: plates are uint8 ``(H, W, 3)`` RGB; landmarks frame pixels (centres at integers);
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from progressive_swap.footage.sources import open_source
 
 
 @dataclass
@@ -65,10 +66,8 @@ class FrameIn:
 
 
 def open_plates(path: str | os.PathLike):
-    """The footage as a :class:`~progressive_swap.data.sources.FrameSource` (video, image
+    """The footage as a :class:`~progressive_swap.footage.sources.FrameSource` (video, image
     folder, image pattern or one image; the extractor's reader)."""
-    from progressive_swap.data.sources import open_source
-
     return open_source(path)
 
 
@@ -95,7 +94,7 @@ def faceset_frames(fs, footage: str | os.PathLike, source: str, mask_name: str |
     """Frames of ``footage`` with the face set's faces of ``source`` attached.
 
     Args:
-        fs: an open :class:`~progressive_swap.data.faceset.FaceSet`.
+        fs: an open :class:`~progressive_swap.faceset.FaceSet`.
         footage: the plates (video, image or image folder).
         source: the records' ``source`` value to use.
         mask_name: also attach this stored mask to each face (a user's ``user_`` edit wins).

@@ -34,10 +34,13 @@ import numpy as np
 
 from progressive_swap.export import composite as C
 from progressive_swap.export import writers as W
-from progressive_swap.export.convert import MODEL_MASKS, CheckpointInfo
+from progressive_swap.export.swapper import MODEL_MASKS, CheckpointInfo
 from progressive_swap.export.frames import FaceIn, FrameIn
-from progressive_swap.faces import align
-from progressive_swap.io import atomic_write_json, check_writable_dir
+from progressive_swap.core import align
+from progressive_swap.core.io import atomic_write_json, check_writable_dir
+from progressive_swap.faceset.format import software_version
+from progressive_swap.export.preview import ContactSheet, PreviewWriter
+from progressive_swap.masks.hull import landmark_mask
 
 LAYER_MODES = ("merged", "per_track")
 MASK_SOURCES = ("source", "model", "union", "hull")
@@ -103,8 +106,6 @@ class ExportSettings:
 
 
 def software() -> str:
-    from progressive_swap.data.faceset_format import software_version
-
     return software_version()
 
 
@@ -122,7 +123,7 @@ class Exporter:
     Args:
         out: output directory (created; must be writable).
         swap: ``swap(crops uint8 (B, S, S, 3)) -> (rgb (B, S, S, 3), mask (B, S, S))`` floats in
-            [0, 1] (a :class:`~progressive_swap.export.convert.Swapper`).
+            [0, 1] (a :class:`~progressive_swap.export.swapper.Swapper`).
         info: the checkpoint's facts (provenance and the identity's name).
         identity: decoder index the faces are swapped to.
         settings: what to write.
@@ -212,8 +213,6 @@ class Exporter:
 
     def run(self, frames: Iterable[FrameIn]) -> dict:
         """Export every frame; returns counts (frames, faces, skipped, written)."""
-        from progressive_swap.export.preview import ContactSheet, PreviewWriter
-
         (self.out / "meta").mkdir(exist_ok=True)
         (self.out / "layers").mkdir(exist_ok=True)
         manifest = {
@@ -326,7 +325,6 @@ class Exporter:
             return np.clip(m, 0.0, 1.0).astype(np.float32)
         if face.landmarks is None:
             raise ValueError("mask=hull needs landmarks, and this input has none for a face")
-        from progressive_swap.masks.hull import landmark_mask
 
         s = model_mask.shape[0]
         lm = align.transform_points(face.landmarks, align.crop_matrix(face.matrix, s))

@@ -20,7 +20,7 @@ import av
 import cv2
 import numpy as np
 
-from progressive_swap.io import atomic_write_bytes, fsync_dir
+from progressive_swap.core.io import atomic_write_bytes, fsync_dir
 
 TIME_BASE = Fraction(1, 90000)  # fine enough for any frame rate, variable ones included
 

@@ -1,6 +1,6 @@
 """Layer files: PNG (8/16-bit, straight alpha, sRGB) and EXR (half, scene-linear, premultiplied).
 
-Every file is written atomically (temporary file, fsync, rename: ``progressive_swap/io.py``) and
+Every file is written atomically (temporary file, fsync, rename: ``progressive_swap/core/io.py``) and
 records its own conventions plus provenance in its metadata:
 
 ``alpha``             ``straight`` (PNG) or ``premultiplied`` (EXR)
@@ -27,7 +27,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from progressive_swap.io import atomic_write_bytes, atomic_write_json
+from progressive_swap.core.io import atomic_write_bytes, atomic_write_json
+from progressive_swap.core import align
 
 FORMATS = {"png8": ".png", "png16": ".png", "exr": ".exr"}
 CONVENTIONS = {
@@ -200,8 +201,6 @@ def write_sidecar(path: str | os.PathLike, info: dict[str, Any]) -> None:
 
 def inverse_matrix_px(m_norm: np.ndarray, size: int) -> np.ndarray:
     """``(2, 3)`` crop pixels → frame pixels for a crop of side ``size`` (the patch's un-warp)."""
-    from progressive_swap.faces import align
-
     return align.invert(align.crop_matrix(m_norm, size))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from progressive_swap.faces import landmarks as L
+from progressive_swap.core import landmarks as L
 
 _SHIFT = 4  # sub-pixel precision bits for cv2 polygon filling
 

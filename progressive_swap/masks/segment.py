@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from progressive_swap.data.faceset import USER_PREFIX, FaceSet
+from progressive_swap.faceset import USER_PREFIX, FaceSet
 from progressive_swap.masks.bisenet import BiSeNet
 from progressive_swap.masks.occluders import paste_occluder, paste_occluder_alpha  # noqa: F401 (part of this module's API)
 from progressive_swap.masks.weights import mask_from_logits
-from progressive_swap.metrics import mask_iou as iou
+from progressive_swap.core.metrics import mask_iou as iou
 
 Face = tuple[FaceSet, int]  # a face set and a row in it
 

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from progressive_swap.masks.bisenet import BiSeNet, BiSeNetConfig
-from progressive_swap.train.checkpoint import safe_load, save_weights
+from progressive_swap.core.weights import safe_load, save_weights
 
 FACE_PARSING_LABELS: tuple[str, ...] = (
     "background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear", "ear_r",

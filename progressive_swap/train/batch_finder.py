@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 
 from progressive_swap.train.growth import GrowthSchedule
+from progressive_swap.train.strategy import DecoderParallelStrategy
 
 __all__ = [
     "largest_batch",
@@ -260,7 +261,6 @@ def plan_for_run(
     """
     from pytorch_lightning.strategies import SingleDeviceStrategy
 
-    from progressive_swap.train.strategy import DecoderParallelStrategy
 
     if resume_schedule is not None:
         return with_batches(schedule, [int(s["batch"]) for s in resume_schedule["stages"]])

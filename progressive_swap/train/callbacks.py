@@ -11,7 +11,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 import torch
 from rich.console import Console
 
-from progressive_swap.io import atomic_write_bytes
+from progressive_swap.core.io import atomic_write_bytes
 
 _console = Console(stderr=True)
 

@@ -2,68 +2,31 @@
 
 * :class:`AtomicCheckpointIO` writes every checkpoint to a temporary file, fsyncs it and
   renames it into place, so ``last.ckpt`` always names a complete file.
-* Every load uses ``torch.load(weights_only=True)``: a file that would execute code is
-  refused with a clear error.
+* Every load goes through :mod:`progressive_swap.core.weights` (``torch.load(weights_only=True)``):
+  a file that would execute code is refused with a clear error.
 * :func:`good_checkpoints` finds the readable checkpoints of a run directory, newest first, so
   ``resume=auto`` and the non-finite guard's rollback skip a damaged file instead of failing.
-* Weights can be imported and exported as safetensors.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
-import pickle
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from progressive_swap.io import atomic_write, fsync_dir
+from progressive_swap.core.io import atomic_write, fsync_dir
+from progressive_swap.core.weights import UnsafeCheckpointError, load_weights, safe_load, save_weights, torch_load
+
+__all__ = ["UnsafeCheckpointError", "load_weights", "safe_load", "save_weights"]  # re-exported for callers of the trainer's checkpoints
 
 CKPT_KEY = "progressive_swap"
 # What a run directory's checkpoints are called (hpc_ckpt_N: Lightning's SLURM requeue checkpoint).
 CHECKPOINT_GLOBS = ("last.ckpt", "step*.ckpt", "images*.ckpt", "hpc_ckpt_*.ckpt")
 STALE_TMP_GLOB = ".*.ckpt.*.tmp"  # what atomic_write leaves behind when the process is killed mid-write
-
-
-class UnsafeCheckpointError(ValueError):
-    """The file holds pickled objects beyond plain weights; it was not loaded."""
-
-
-def _torch_load(path: Path, map_location: Any, mmap: bool = False) -> Any:
-    """The one ``torch.load`` call: never unpickles code."""
-    with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files; callers explain
-        warnings.filterwarnings("ignore", message=r".*pickle protocol.*")
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-
-
-def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` with one-line errors.
-
-    Raises:
-        FileNotFoundError: no such file.
-        UnsafeCheckpointError: the pickle would construct arbitrary objects (possibly run code).
-        ValueError: the file is truncated or not a checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return _torch_load(path, map_location)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
-            raise UnsafeCheckpointError(
-                f"refusing to load {path}: it contains pickled objects other than weights (nothing was executed)"
-            ) from None
-        raise ValueError(f"cannot read checkpoint {path}: {first or 'corrupt file'}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot read checkpoint {path} (truncated or corrupt?): {first}") from None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -108,7 +71,7 @@ def peek_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ValueError: unreadable, truncated, or not a progressive_swap training checkpoint.
     """
     try:
-        ckpt = _torch_load(Path(path), "cpu", mmap=True)
+        ckpt = torch_load(Path(path), "cpu", mmap=True)
     except Exception:  # not a zip checkpoint, or damaged: the full load gives the one-line reason
         ckpt = read_training_checkpoint(path)
     if not isinstance(ckpt, dict) or CKPT_KEY not in ckpt or "state_dict" not in ckpt:
@@ -159,43 +122,3 @@ def remove_stale_temps(run_dir: str | os.PathLike) -> list[Path]:
             p.unlink()
             removed.append(p)
     return removed
-
-
-def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Model weights from a trainer checkpoint (``.ckpt``), a state dict (``.pt``/``.pth``) or safetensors.
-
-    Returns:
-        A state dict with the model's own names (``encoder.…``, ``decoders.0.…``).
-    """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        if not path.is_file():
-            raise FileNotFoundError(f"weights not found: {path}")
-        try:
-            return load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types
-            raise ValueError(f"cannot read safetensors file {path}: {str(e).splitlines()[0]}") from None
-    obj = safe_load(path)
-    if isinstance(obj, dict) and "state_dict" in obj:
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} holds no state dict of tensors")
-    if all(k.startswith("model.") for k in obj):
-        obj = {k[len("model."):]: v for k, v in obj.items()}
-    return obj
-
-
-def save_weights(
-    model: torch.nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, Any] | None = None
-) -> None:
-    """Export model weights (a module or its state dict) as safetensors, atomically, with JSON
-    metadata (e.g. the architecture)."""
-    from safetensors.torch import save
-
-    state = model.state_dict() if isinstance(model, torch.nn.Module) else model
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
-    with atomic_write(path, "wb") as f:
-        f.write(save(tensors, metadata=meta))

@@ -2,7 +2,7 @@
 
 It does not compute anything itself beyond wiring: the network is a pure ``nn.Module``, the
 schedule is a pure function of the global batch index, augmentations and losses are plain
-functions. The batch index travels with each batch (see ``data/datamodule.py``), so stage and
+functions. The batch index travels with each batch (see ``train/datamodule.py``), so stage and
 alpha are known exactly, also after a resume.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, Callable
 import pytorch_lightning as pl
 import torch
 
-from progressive_swap.data.augment import apply_affine, random_affine, random_color_scramble, random_grid_warp
-from progressive_swap.data.datamodule import _mix
+from progressive_swap.train.augment import apply_affine, random_affine, random_color_scramble, random_grid_warp
+from progressive_swap.train.datamodule import _mix
 from progressive_swap.model.autoencoder import CombAutoencoder
 from progressive_swap.model.blocks import downsample2x, upsample2x
 from progressive_swap.train.growth import GrowthSchedule

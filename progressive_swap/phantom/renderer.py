@@ -17,7 +17,7 @@ with an optional occluder (:mod:`.phantom_scene`). Frames up to 1024 px are rend
 the size and averaged down, so edges are anti-aliased.
 
 Example:
-    >>> from progressive_swap.data.phantom import sample_identity, sample_frame, render, true_swap
+    >>> from progressive_swap.phantom.renderer import sample_identity, sample_frame, render, true_swap
     >>> a, b = sample_identity(0), sample_identity(1)
     >>> f = sample_frame(7)
     >>> r = render(a, f, 128)
@@ -33,17 +33,17 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from progressive_swap.data import phantom_mesh as pm
-from progressive_swap.data import phantom_texture as pt
-from progressive_swap.data.phantom_motion import sample_trajectory
-from progressive_swap.data.phantom_params import (
+from progressive_swap.phantom import mesh as pm
+from progressive_swap.phantom import texture as pt
+from progressive_swap.phantom.motion import sample_trajectory
+from progressive_swap.phantom.params import (
     FrameParams,
     Identity,
     Occluder,
     sample_frame,
     sample_identity,
 )
-from progressive_swap.data.phantom_scene import background, draw_occluder, draw_torso
+from progressive_swap.phantom.scene import background, draw_occluder, draw_torso
 
 __all__ = [
     "FrameParams",
@@ -55,7 +55,6 @@ __all__ = [
     "sample_identity",
     "sample_trajectory",
     "true_swap",
-    "generate_phantom_dataset",
     "MAX_SIZE",
 ]
 
@@ -255,12 +254,3 @@ def true_swap(identity_b: Identity, frame_of_a: FrameParams, size: int) -> Phant
     """
     return render(identity_b, frame_of_a, size)
 
-
-def __getattr__(name: str):
-    # ``generate_phantom_dataset`` lives in .phantom_dataset (it needs the face-set writer and
-    # PyAV); importing it lazily keeps ``import phantom`` light and free of import cycles.
-    if name == "generate_phantom_dataset":
-        from progressive_swap.data.phantom_dataset import generate_phantom_dataset
-
-        return generate_phantom_dataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from progressive_swap.faces.smoothing import face_scale
+from progressive_swap.extract.smoothing import face_scale
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

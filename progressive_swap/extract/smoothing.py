@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 from scipy.signal import savgol_filter
 
-from progressive_swap.faces.landmarks import STABLE_POINTS, template_uv
+from progressive_swap.core.landmarks import STABLE_POINTS, template_uv
 
 METHODS = ("savgol", "one_euro", "none")
 

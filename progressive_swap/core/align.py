@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from progressive_swap.faces.landmarks import STABLE_POINTS, template_uv
+from progressive_swap.core.landmarks import STABLE_POINTS, template_uv
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

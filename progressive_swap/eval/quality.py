@@ -4,7 +4,7 @@ For a checkpoint trained on phantom identities, render *held-out frames* (frame 
 in training) of every trained identity, swap them, and compare with the **true swap**: the other
 identity rendered with the same pose, expression, lighting and background.
 
-Metrics (see :mod:`progressive_swap.metrics`):
+Metrics (see :mod:`progressive_swap.core.metrics`):
     * swap fidelity: PSNR/SSIM of A→B against the true swap inside B's visible-face mask, in
       aligned space and, after un-warping and compositing over A's plate, in frame space (with
       the export's default alpha, A's own decoder's mask, and with the swapped decoder's mask);
@@ -29,12 +29,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from progressive_swap.data import phantom
+from progressive_swap.phantom import renderer as phantom
 from progressive_swap.export.composite import SwappedFace, face_layer, over
-from progressive_swap.export.convert import Swapper, load_model
-from progressive_swap.faces import align
-from progressive_swap.faces.smoothing import smooth_track
-from progressive_swap.metrics import flicker, high_frequency_kept, mask_iou, masked_psnr, masked_ssim
+from progressive_swap.export.swapper import Swapper, load_model
+from progressive_swap.core import align
+from progressive_swap.extract.smoothing import smooth_track
+from progressive_swap.core.metrics import flicker, high_frequency_kept, mask_iou, masked_psnr, masked_ssim
 
 HELD_OUT_STREAM = 7919  # frame seeds (seed, HELD_OUT_STREAM, identity, n): never used by the data set writer
 

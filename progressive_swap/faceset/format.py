@@ -1,6 +1,6 @@
 """Face-set building blocks: the record type, the header, names, and the image/mask codecs.
 
-The public API lives in :mod:`progressive_swap.data.faceset`; this module holds the pieces the
+The public API lives in :mod:`progressive_swap.faceset`; this module holds the pieces the
 reader and the writer share. Layout and conventions: ``docs/faceset.md``.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from progressive_swap.data.faceset_index import FaceSetError
-from progressive_swap.faces.landmarks import face_type as _face_type
-from progressive_swap.io import atomic_write_json, fsync_dir
+from progressive_swap.faceset.index import FaceSetError
+from progressive_swap.core.landmarks import face_type as _face_type
+from progressive_swap.core.io import atomic_write_json, fsync_dir
 
 FORMAT_VERSION = 1
 """Integer in ``faceset.json``. Readers refuse newer versions; bump it on any layout change."""
@@ -294,7 +294,7 @@ def mask_path(root: Path, name: str, face_id: str) -> Path:
 def write_file_durable(path: Path, data: bytes) -> None:
     """Write ``data`` to ``.<name>.tmp`` beside ``path``, fsync, rename over ``path``.
 
-    Unlike :func:`progressive_swap.io.atomic_write` the directory is not fsynced here: the
+    Unlike :func:`progressive_swap.core.io.atomic_write` the directory is not fsynced here: the
     writer fsyncs each directory once per batch, before committing the batch's index shard.
     The fixed tmp name means a crash leaves at most one stray file per target, removed on resume.
     """

@@ -1,4 +1,4 @@
-"""Read access to a face set: :class:`FaceSet` (import it from :mod:`progressive_swap.data.faceset`).
+"""Read access to a face set: :class:`FaceSet` (import it from :mod:`progressive_swap.faceset`).
 
 Convention: ``landmarks`` are frame pixels (x right, y down, pixel centres at integers);
 ``matrices`` map frame pixels to *normalised crop coordinates* ``u`` in [0, 1], so
@@ -12,12 +12,13 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from progressive_swap.data import faceset_index as fx
-from progressive_swap.data.faceset_format import (
+from progressive_swap.faceset import index as fx
+from progressive_swap.faceset.format import (
     IMAGE_DIR, INDEX_DIR, MASK_DIR, USER_PREFIX, FaceRecord, FaceSetError, check_mask_name,
     decode_image, decode_mask, encode_mask, image_path, mask_path, read_header, write_file_atomic,
 )
-from progressive_swap.data.faceset_writer import FaceSetWriter, concat_shards
+from progressive_swap.core.io import fsync_dir
+from progressive_swap.faceset.writer import FaceSetWriter, concat_shards, create, link_or_copy
 
 
 class FaceSet:
@@ -51,7 +52,7 @@ class FaceSet:
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, on_corrupt: str = "raise") -> "FaceSet":
-        """Same as :func:`progressive_swap.data.faceset.open`."""
+        """Same as :func:`progressive_swap.faceset.open`."""
         return cls(path, on_corrupt=on_corrupt)
 
     def _load_index(self, on_corrupt: str) -> None:
@@ -373,6 +374,53 @@ class FaceSet:
 
     def merge(self, other_paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> "FaceSet":
         """Write a new set at ``out`` holding this set's faces followed by the others'."""
-        from progressive_swap.data.faceset import merge  # the facade imports this module
-
         return merge([self.root, *other_paths], out)
+
+
+def merge(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, threads: int = 4) -> FaceSet:
+    """Merge face sets (same face type, size and image format) into a new set at ``out``.
+
+    Files are hard-linked where possible (safe: the format never edits a file in place),
+    else copied. Face ids must be distinct across the inputs.
+    """
+    sets = [FaceSet(p) for p in paths]
+    if not sets:
+        raise ValueError("merge needs at least one face set")
+    first = sets[0]
+    for s in sets[1:]:
+        for key in ("face_type", "size", "image_format"):
+            if s.header[key] != first.header[key]:
+                raise FaceSetError(f"cannot merge {str(s.root)!r}: {key}={s.header[key]!r}, not {first.header[key]!r}")
+    seen: set[str] = set()
+    for s in sets:
+        dup = seen.intersection(s._ids)
+        if dup:
+            raise FaceSetError(f"cannot merge {str(s.root)!r}: face id {sorted(dup)[0]!r} appears twice")
+        seen.update(s._ids)
+    h = first.header
+    with create(out, face_type=h["face_type"], size=h["size"], image_format=h["image_format"],
+                jpeg_quality=h.get("jpeg_quality", 95), png_compression=h.get("png_compression", 1),
+                identity=h.get("identity"), threads=threads) as w:
+        for s in sets:
+            link_face_files(s, w, s._ids)
+            parts = [fx.read_all(p) for p, _, _ in s._shards]
+            cols, strings = concat_shards([c for c, _ in parts], [t for _, t in parts])
+            w._commit_columns(cols, strings)
+    return FaceSet(out)
+
+
+def link_face_files(src: FaceSet, writer: FaceSetWriter, ids: Sequence[str]) -> None:
+    """Hard-link (or copy) the images and masks of ``ids`` from ``src`` into ``writer``'s set,
+    then fsync the directories. The index entries are the caller's to commit."""
+    targets = []
+    for face_id in ids:
+        targets.append((image_path(src.root, src.header, face_id), image_path(writer.root, writer.header, face_id)))
+        for name in src.mask_names:
+            m = mask_path(src.root, name, face_id)
+            if m.exists():
+                targets.append((m, mask_path(writer.root, name, face_id)))
+    for a, b in targets:
+        b.parent.mkdir(parents=True, exist_ok=True)
+        link_or_copy(a, b)
+    for d in {b.parent for _, b in targets}:
+        fsync_dir(d)

@@ -27,6 +27,8 @@ from typing import Iterator
 
 import cv2
 import numpy as np
+from progressive_swap.footage.video import read_video
+from progressive_swap.footage.video import probe_video
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mxf", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".y4m"}
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -140,8 +142,6 @@ class FrameSource:
             yield Frame(i, t, im, f.name)
 
     def _video_frames(self, start: int) -> Iterator[Frame]:
-        from progressive_swap.data.video import read_video
-
         last = -1
         last_t = math.nan
         it = read_video(self.path)
@@ -207,7 +207,6 @@ def open_source(path: str | os.PathLike, fps: float | None = None) -> FrameSourc
         return FrameSource("image", p, _clean_name(p.stem), fps or None, [p], expected_frames=1)
     if p.stat().st_size == 0:
         raise ValueError(f"{s!r} is empty (0 bytes)")
-    from progressive_swap.data.video import probe_video
 
     try:
         info = probe_video(p)

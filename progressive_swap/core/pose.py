@@ -3,9 +3,9 @@
 The pose is the rotation that best maps a 3D mean face onto the 2D landmarks under a pinhole
 camera (``cv2.solvePnP``): focal length = the larger image side, principal point at the
 image centre, no distortion. The 3D mean face is the phantom's neutral identity
-(:func:`progressive_swap.data.phantom_mesh.landmarks_3d`), in template units.
+(:func:`progressive_swap.phantom.mesh.landmarks_3d`), in template units.
 
-Sign convention (the phantom's, see :mod:`progressive_swap.data.phantom_params`), image
+Sign convention (the phantom's, see :mod:`progressive_swap.phantom.params`), image
 coordinates x right, y down:
 
 * ``yaw > 0``: the nose turns towards image right, i.e. the subject turns to *their* left;
@@ -13,7 +13,7 @@ coordinates x right, y down:
 * ``roll > 0``: the face turns clockwise on screen (the eye line's angle ``atan2(dy, dx)``).
 
 The angles decompose the head rotation as ``R = Rz(roll) @ Rx(pitch) @ Ry(yaw)`` (the
-phantom's :func:`~progressive_swap.data.phantom_mesh.rotation`), so a phantom rendered with
+phantom's :func:`~progressive_swap.phantom.mesh.rotation`), so a phantom rendered with
 ``(yaw, pitch, roll)`` is estimated back as about those numbers.
 
 Only points that move little with expression are fitted (:data:`POSE_POINTS`: upper jaw,
@@ -28,12 +28,11 @@ large yaw closer to frontal: 30° as 17..25°); the order of faces (what sorting
 """
 from __future__ import annotations
 
-from functools import lru_cache
 
 import cv2
 import numpy as np
 
-from progressive_swap.faces import landmarks as L
+from progressive_swap.core import landmarks as L
 
 POSE_POINTS: tuple[int, ...] = (0, 1, 2, 14, 15, 16) + L.NOSE + L.EYES
 """Landmarks used for the fit: the upper jaw (at ear level), nose and eyes. The mouth, chin and
@@ -44,18 +43,89 @@ left out; on the phantom this set gives the smallest pitch error across identiti
 _FLIP = np.diag([1.0, 1.0, -1.0])
 
 
-@lru_cache(maxsize=1)
+# The 3D mean face, (68, 3) in template units, centred on the head's pivot; axes x right, y down,
+# z towards the camera. These are the phantom's neutral landmarks (phantom.mesh.landmarks_3d of
+# the neutral identity, minus its PIVOT) to 1e-6, written out so that pose needs no renderer;
+# tests/test_curate.py checks that the two agree.
+_MEAN_SHAPE_3D = np.array([
+    (-0.560000, -0.170000, 0.350927),
+    (-0.549160, -0.029538, 0.365383),
+    (-0.516263, 0.134827, 0.399875),
+    (-0.461187, 0.297991, 0.443676),
+    (-0.386080, 0.447583, 0.484753),
+    (-0.296249, 0.574065, 0.515013),
+    (-0.198690, 0.669935, 0.533149),
+    (-0.099141, 0.729700, 0.543617),
+    (0.000000, 0.750000, 0.546696),
+    (0.099141, 0.729700, 0.543617),
+    (0.198690, 0.669935, 0.533149),
+    (0.296249, 0.574065, 0.515013),
+    (0.386080, 0.447583, 0.484753),
+    (0.461187, 0.297991, 0.443676),
+    (0.516263, 0.134827, 0.399875),
+    (0.549160, -0.029538, 0.365383),
+    (0.560000, -0.170000, 0.350927),
+    (-0.490000, -0.344000, 0.422244),
+    (-0.415000, -0.411000, 0.477208),
+    (-0.309000, -0.431000, 0.528332),
+    (-0.199000, -0.416000, 0.572263),
+    (-0.097000, -0.373000, 0.598374),
+    (0.097000, -0.373000, 0.598375),
+    (0.199000, -0.416000, 0.572263),
+    (0.309000, -0.431000, 0.528332),
+    (0.415000, -0.411000, 0.477208),
+    (0.490000, -0.344000, 0.422244),
+    (0.000000, -0.247000, 0.688874),
+    (0.000000, -0.143000, 0.724498),
+    (0.000000, -0.040000, 0.784955),
+    (0.000000, 0.066000, 0.867212),
+    (-0.123000, 0.137000, 0.653821),
+    (-0.064000, 0.159000, 0.653490),
+    (0.000000, 0.178000, 0.687504),
+    (0.064000, 0.159000, 0.653490),
+    (0.123000, 0.137000, 0.653821),
+    (-0.368000, -0.234000, 0.501524),
+    (-0.303000, -0.271000, 0.512949),
+    (-0.224000, -0.270000, 0.543110),
+    (-0.155000, -0.218000, 0.587000),
+    (-0.229000, -0.205000, 0.543540),
+    (-0.307000, -0.206000, 0.514657),
+    (0.156000, -0.218000, 0.586618),
+    (0.224000, -0.270000, 0.543249),
+    (0.303000, -0.271000, 0.512816),
+    (0.369000, -0.234000, 0.501130),
+    (0.308000, -0.206000, 0.514327),
+    (0.229000, -0.205000, 0.543646),
+    (-0.236000, 0.330000, 0.566223),
+    (-0.149000, 0.295000, 0.597206),
+    (-0.061000, 0.277000, 0.615404),
+    (0.000000, 0.293000, 0.627554),
+    (0.061000, 0.277000, 0.615412),
+    (0.149000, 0.295000, 0.597218),
+    (0.236000, 0.330000, 0.566229),
+    (0.152000, 0.383500, 0.584786),
+    (0.067000, 0.407000, 0.591326),
+    (0.000000, 0.412000, 0.593289),
+    (-0.066000, 0.407000, 0.591448),
+    (-0.152000, 0.383500, 0.584775),
+    (-0.200000, 0.335000, 0.580000),
+    (-0.062000, 0.329000, 0.634688),
+    (0.000000, 0.335000, 0.646938),
+    (0.062000, 0.329000, 0.634711),
+    (0.200000, 0.335000, 0.580012),
+    (0.063000, 0.329000, 0.631950),
+    (0.000000, 0.335000, 0.638703),
+    (-0.063000, 0.329000, 0.631925)
+], np.float64)
+_MEAN_SHAPE_3D.setflags(write=False)
+
+
 def mean_shape_3d() -> np.ndarray:
     """The 3D mean face, ``(68, 3)`` float64, template units, centred on the head's pivot.
 
     Axes: x right, y down, z towards the camera (the phantom's convention). Read-only.
     """
-    from progressive_swap.data import phantom_mesh as pm  # lazy: pulls in scipy
-
-    pts = pm.landmarks_3d(pm._neutral_identity()) - pm.PIVOT
-    pts = np.ascontiguousarray(pts, np.float64)
-    pts.setflags(write=False)
-    return pts
+    return _MEAN_SHAPE_3D
 
 
 def rotation_to_angles(r: np.ndarray) -> tuple[float, float, float]:

@@ -18,7 +18,7 @@ manifest pins), an interrupted-and-resumed run gives the same face set as an uni
 one: same ids, same records, no duplicates, no gaps.
 
 Example:
-    >>> from progressive_swap.extract import ExtractOptions, extract  # doctest: +SKIP
+    >>> from progressive_swap.extract.pipeline import ExtractOptions, extract  # doctest: +SKIP
     >>> summary = extract(ExtractOptions(input="shot.mp4", out="faces/B", size=512))
 """
 from __future__ import annotations
@@ -37,15 +37,15 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from progressive_swap.data import faceset
-from progressive_swap.data.faceset_format import HEADER_NAME
-from progressive_swap.data.sources import Frame, FrameSource, open_source
-from progressive_swap.faces import align
-from progressive_swap.faces.detect import Face, GivenLandmarks, LandmarkDetector
-from progressive_swap.faces.landmarks import face_type as _check_face_type
-from progressive_swap.faces.smoothing import METHODS, smooth_track
-from progressive_swap.faces.tracks import keep_tracks, link_tracks, min_size_filter
-from progressive_swap.io import atomic_write, atomic_write_json
+from progressive_swap import faceset
+from progressive_swap.faceset.format import HEADER_NAME
+from progressive_swap.footage.sources import Frame, FrameSource, open_source
+from progressive_swap.core import align
+from progressive_swap.extract.detect import Face, GivenLandmarks, LandmarkDetector
+from progressive_swap.core.landmarks import face_type as _check_face_type
+from progressive_swap.extract.smoothing import METHODS, smooth_track
+from progressive_swap.extract.tracks import keep_tracks, link_tracks, min_size_filter
+from progressive_swap.core.io import atomic_write, atomic_write_json
 from progressive_swap.masks.hull import landmark_mask
 
 WORK_DIR = ".extract"

@@ -19,11 +19,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from progressive_swap.data import faceset as fs
-from progressive_swap.data.augment import photometric
+from progressive_swap import faceset as fs
+from progressive_swap.train.augment import photometric
 from progressive_swap.masks.hull import landmark_mask, region_masks
 from progressive_swap.masks.occluders import paste_occluder_alpha
 from progressive_swap.train.growth import GrowthSchedule
+from progressive_swap.phantom.dataset import generate_phantom_dataset
 
 LANDMARK_MASKS = ("components", "extended")
 
@@ -266,7 +267,6 @@ class FaceDataModule(pl.LightningDataModule):
         """Face set paths; generates the phantom into the cache on first use."""
         if self.faces:
             return self.faces
-        from progressive_swap.data.phantom import generate_phantom_dataset
 
         args = {"identities": 2, "faces": 256, "size": 64, "face_type": "whole", "seed": 0, "occluders": 0.3, **self.phantom}
         key = hashlib.sha1(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from progressive_swap.data.phantom_params import FrameParams, Occluder
+from progressive_swap.phantom.params import FrameParams, Occluder
 
 _SHIFT = 4
 _ONE = 1 << _SHIFT

@@ -1,13 +1,13 @@
 """The phantom's 3D control mesh: identity shape, expressions, depth, pose and projection.
 
-The mesh has the 68 landmarks of :data:`~progressive_swap.faces.landmarks.MEAN_FACE` as its
+The mesh has the 68 landmarks of :data:`~progressive_swap.core.landmarks.MEAN_FACE` as its
 first 68 vertices, plus points on the forehead, cheeks, chin, the hair's outline and the neck,
 and a ring behind the silhouette that gives the head its side. Its triangulation is computed
 once (Delaunay on the mean face, kept inside the head's silhouette, plus the side band) and
 shared by every identity and expression, so the landmark contours (eyes, lips) are mesh edges
 and a blink or an open mouth is just a vertex displacement.
 
-Convention: template units (see :mod:`progressive_swap.data.phantom_params`), x right,
+Convention: template units (see :mod:`progressive_swap.phantom.params`), x right,
 y down, z towards the camera. Projection is weak-perspective (orthographic + scale): a frame
 pixel is ``(c + scale * (R @ (v - PIVOT))[:2]) * size - 0.5`` with ``c = (cx, cy)``, i.e.
 pixel centres at integers (OpenCV).
@@ -20,8 +20,8 @@ from functools import lru_cache
 import numpy as np
 from scipy.spatial import Delaunay
 
-from progressive_swap.data.phantom_params import FrameParams, Identity
-from progressive_swap.faces import landmarks as L
+from progressive_swap.phantom.params import FrameParams, Identity
+from progressive_swap.core import landmarks as L
 
 PIVOT = np.array([0.49, 0.45, -0.5])
 """Point the head turns about (template units): between the ears, behind the face."""

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from progressive_swap.data.phantom_params import (
+from progressive_swap.phantom.params import (
     PITCH_RANGE,
     ROLL_RANGE,
     YAW_RANGE,

@@ -21,13 +21,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from progressive_swap.data import faceset_index as fx
-from progressive_swap.data.faceset_format import (
-    IMAGE_DIR, INDEX_DIR, LOCK_NAME, MASK_DIR, TMP_SUFFIX, FaceRecord, FaceSetError,
-    check_image, check_mask_name, check_record, encode_image, encode_mask, image_path, mask_path,
-    mask_to_u16, read_header, write_file_durable,
+from progressive_swap.faceset import index as fx
+from progressive_swap.faceset.format import (
+    HEADER_NAME, IMAGE_DIR, INDEX_DIR, LOCK_NAME, MASK_DIR, TMP_SUFFIX, FaceRecord, FaceSetError,
+    check_image, check_mask_name, check_record, encode_image, encode_mask, image_path, make_header, mask_path,
+    mask_to_u16, read_header, write_file_durable, write_header,
 )
-from progressive_swap.io import fsync_dir
+from progressive_swap.core.io import check_writable_dir, fsync_dir
 
 try:  # POSIX only; elsewhere the single-writer rule is not enforced.
     import fcntl
@@ -401,3 +401,65 @@ def _unlink(path: Path) -> None:
 
 
 __all__ = ["FaceSetWriter", "records_to_columns", "concat_shards"]
+
+
+def create(
+    path: str | os.PathLike,
+    *,
+    face_type: str,
+    size: int,
+    image_format: str = "png",
+    jpeg_quality: int = 95,
+    png_compression: int = 1,
+    identity: str | None = None,
+    exist_ok: bool = False,
+    threads: int = 4,
+) -> FaceSetWriter:
+    """Create a face set and return a writer for it.
+
+    Args:
+        path: directory (created if needed; may exist if it holds no face set).
+        face_type: crop coverage, a name from ``faces.landmarks.FACE_TYPES``.
+        size: crop side in pixels, a multiple of 16 up to 2048.
+        image_format: ``"png"`` (lossless) or ``"jpg"``.
+        jpeg_quality: 95..100, for ``"jpg"``.
+        png_compression: zlib level 0..9; low is much faster to write and barely larger.
+        identity: default identity label for records whose ``identity`` is "".
+        exist_ok: if a set exists at ``path``, check it matches and resume appending to it.
+        threads: image encoding threads per batch.
+    """
+    header = make_header(face_type, size, image_format, jpeg_quality, png_compression, identity)
+    root = Path(path)
+    if (root / HEADER_NAME).exists():
+        if not exist_ok:
+            raise FaceSetError(f"face set {str(root)!r} already exists (append with open_writer)")
+        old = read_header(root)
+        for key in ("face_type", "size", "image_format"):
+            if old[key] != header[key]:
+                raise FaceSetError(f"face set {str(root)!r} has {key}={old[key]!r}, not {header[key]!r}")
+        return FaceSetWriter(root, threads=threads)
+    check_writable_dir(root)
+    for d in (INDEX_DIR, IMAGE_DIR):
+        if (root / d).is_dir() and any(os.scandir(root / d)):
+            raise FaceSetError(f"{str(root)!r} has {d}/ but no {HEADER_NAME}: a damaged face set?")
+    write_header(root, header)
+    return FaceSetWriter(root, threads=threads)
+
+
+def open_writer(path: str | os.PathLike, *, threads: int = 4) -> FaceSetWriter:
+    """Reopen an existing face set for appending (same as ``FaceSetWriter.resume``)."""
+    return FaceSetWriter(path, threads=threads)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` through a temporary name, or copy it durably where links fail."""
+    tmp = dst.with_name("." + dst.name + ".tmp")
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:
+        write_file_durable(dst, src.read_bytes())

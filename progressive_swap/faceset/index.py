@@ -49,7 +49,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from progressive_swap.io import atomic_write
+from progressive_swap.core.io import atomic_write
 
 SHARD_RE = re.compile(r"^shard_(\d{6})(?:-(\d{6}))?\.npz$")
 

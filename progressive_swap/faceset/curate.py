@@ -3,9 +3,9 @@
 Scores (:func:`face_scores`), one value per face:
 
 * ``blur``: variance of the Laplacian of the grayscale crop's centre (higher = sharper);
-* ``yaw``, ``pitch``: head pose in degrees (:mod:`progressive_swap.faces.pose`; yaw > 0 =
+* ``yaw``, ``pitch``: head pose in degrees (:mod:`progressive_swap.core.pose`; yaw > 0 =
   the subject turns to their left, towards image right; pitch > 0 = looking down);
-* ``size``: the face's size in the source frame, pixels (:func:`~progressive_swap.faces.align.face_size`).
+* ``size``: the face's size in the source frame, pixels (:func:`~progressive_swap.core.align.face_size`).
 
 **Sorting** (:func:`sort_faceset`) reorders the set's *index*: the order of ``fs.ids``,
 ``fs.image(i)`` and every tool that walks the set. In place it is one atomic index rewrite
@@ -32,12 +32,13 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from progressive_swap.data import faceset as F
-from progressive_swap.data import faceset_index as fx
-from progressive_swap.data.faceset_format import INDEX_DIR
-from progressive_swap.data.faceset_writer import FaceSetWriter, concat_shards
-from progressive_swap.faces import align
-from progressive_swap.io import fsync_dir
+from progressive_swap import faceset as F
+from progressive_swap.faceset import index as fx
+from progressive_swap.faceset.format import INDEX_DIR
+from progressive_swap.faceset.writer import FaceSetWriter, concat_shards, link_or_copy
+from progressive_swap.core import align
+from progressive_swap.core.io import fsync_dir
+from progressive_swap.core.pose import head_poses
 
 SORT_KEYS: tuple[str, ...] = ("blur", "yaw", "pitch", "size")
 """Keys :func:`sort_faceset` accepts."""
@@ -93,8 +94,6 @@ def face_scores(fs: F.FaceSet, keys: Iterable[str] = SORT_KEYS, threads: int = 8
         with ThreadPoolExecutor(max(1, threads)) as pool:
             out["blur"] = np.fromiter(pool.map(lambda i: blur_score(fs.image(i)), range(n)), np.float64, n)
     if "yaw" in keys or "pitch" in keys:
-        from progressive_swap.faces.pose import head_poses
-
         poses = head_poses(fs.landmarks, fs.frame_sizes) if n else np.zeros((0, 3))
         if "yaw" in keys:
             out["yaw"] = poses[:, 0]
@@ -261,8 +260,6 @@ def write_view(fs: F.FaceSet, view: str | os.PathLike) -> Path:
     Delete the images of bad faces there, then :func:`removed_in_view` lists them.
     ``view`` must not exist or be empty.
     """
-    from progressive_swap.data.faceset import _link_or_copy
-
     view = Path(view)
     _check_new_dir(view)
     width = max(6, len(str(len(fs))))
@@ -271,7 +268,7 @@ def write_view(fs: F.FaceSet, view: str | os.PathLike) -> Path:
         for k, face_id in enumerate(fs.ids):
             src = fs.image_path(k)
             if src.exists():
-                _link_or_copy(src, tmp / f"{k:0{width}d}_{face_id}{src.suffix}")
+                link_or_copy(src, tmp / f"{k:0{width}d}_{face_id}{src.suffix}")
         (tmp / VIEW_MANIFEST).write_text(json.dumps({"faceset": str(fs.root.resolve()), "ids": fs.ids}))
     return view
 

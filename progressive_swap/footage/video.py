@@ -1,11 +1,8 @@
-"""Video frame sources and sinks through PyAV (FFmpeg), and phantom videos with ground truth.
+"""Video frame sources and sinks through PyAV (FFmpeg).
 
 Frames are uint8 ``(H, W, 3)`` RGB numpy arrays. Every decoded frame carries its index in
 decoding order and its presentation time in seconds from the stream's pts, so variable
 frame-rate footage keeps correct timing (never assume ``index / fps``).
-
-Phantom videos come with a ``<name>.truth.json`` file (format in ``docs/phantom.md``) that the
-extractor accepts as ``landmarks=given:FILE``.
 """
 from __future__ import annotations
 
@@ -13,25 +10,17 @@ import contextlib
 
 import math
 import os
-from dataclasses import asdict
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import av
 import numpy as np
 
-from progressive_swap.io import atomic_path, atomic_write_json
-
-if TYPE_CHECKING:
-    from progressive_swap.data.phantom_params import FrameParams, Identity
-
-BOX_PAD = 0.1
-"""Truth boxes are the landmarks' bounding box grown by this fraction of its longer side on
-every side (then clipped to the frame)."""
+from progressive_swap.core.io import atomic_path
 
 
-def _fps_fraction(fps: float | Fraction) -> Fraction:
+def fps_fraction(fps: float | Fraction) -> Fraction:
     if isinstance(fps, Fraction):
         return fps
     if not (math.isfinite(fps) and fps > 0):
@@ -62,7 +51,7 @@ def write_video(
         The number of frames written. On any error the target is left untouched.
     """
     path = Path(path)
-    rate = _fps_fraction(fps)
+    rate = fps_fraction(fps)
     n = 0
     with atomic_path(path, suffix=path.suffix or ".mp4") as tmp:  # the suffix tells FFmpeg the container
         with av.open(str(tmp), mode="w", format=None) as container:
@@ -138,69 +127,3 @@ def probe_video(path: str | os.PathLike) -> dict:
         if n <= 0:
             n = sum(1 for p in container.demux(stream) if p.size > 0)
         return {"fps": float(rate) if rate else float("nan"), "size": (stream.width, stream.height), "n_frames": n}
-
-
-def truth_box(landmarks: np.ndarray, frame_wh: tuple[int, int], pad: float = BOX_PAD) -> list[float]:
-    """Face box ``[x0, y0, x1, y1]`` (frame px) for a truth file: the landmarks' bounding box
-    grown by ``pad`` times its longer side on each side, clipped to the frame."""
-    lo, hi = landmarks.min(0), landmarks.max(0)
-    m = pad * float((hi - lo).max())
-    w, h = frame_wh
-    return [float(np.clip(lo[0] - m, -0.5, w - 0.5)), float(np.clip(lo[1] - m, -0.5, h - 0.5)),
-            float(np.clip(hi[0] + m, -0.5, w - 0.5)), float(np.clip(hi[1] + m, -0.5, h - 0.5))]
-
-
-def write_phantom_video(
-    out_dir: str | os.PathLike,
-    name: str,
-    identity: Identity,
-    trajectory: list[FrameParams],
-    size: int,
-    fps: float = 24.0,
-    identity_label: str | None = None,
-    crf: int = 17,
-) -> tuple[Path, Path]:
-    """Render a phantom trajectory to ``<out_dir>/<name>.mp4`` plus ``<name>.truth.json``.
-
-    The truth file (written after the video, both atomically) follows the format in
-    ``docs/phantom.md``: ``{"fps", "size": [w, h], "frames": [{"index", "faces": [{"identity",
-    "box", "landmarks", "params"}]}]}`` with landmarks in frame pixels (centres at integers).
-
-    Args:
-        out_dir: existing directory.
-        name: file stem.
-        identity: who is in the video.
-        trajectory: one :class:`FrameParams` per frame (:func:`sample_trajectory`).
-        size: frame side in pixels (even).
-        fps: frame rate.
-        identity_label: the ``identity`` string in the truth file (default: ``name``).
-        crf: x264 quality.
-
-    Returns:
-        The video and truth paths.
-    """
-    from progressive_swap.data.phantom import render  # the renderer is heavy; import on use
-
-    out_dir = Path(out_dir)
-    label = identity_label if identity_label is not None else name
-    truth_frames: list[dict] = []
-
-    def frames() -> Iterator[np.ndarray]:
-        for i, params in enumerate(trajectory):
-            r = render(identity, params, size)
-            truth_frames.append({
-                "index": i,
-                "faces": [{
-                    "identity": label,
-                    "box": [round(v, 3) for v in truth_box(r.landmarks, (size, size))],
-                    "landmarks": [[round(float(x), 4), round(float(y), 4)] for x, y in r.landmarks],
-                    "params": asdict(params),
-                }],
-            })
-            yield r.image
-
-    video = out_dir / f"{name}.mp4"
-    truth = out_dir / f"{name}.truth.json"
-    write_video(video, frames(), fps, crf=crf)
-    atomic_write_json(truth, {"fps": float(_fps_fraction(fps)), "size": [size, size], "frames": truth_frames})
-    return video, truth

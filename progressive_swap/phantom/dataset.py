@@ -23,8 +23,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from progressive_swap.faces.landmarks import FACE_TYPES
-from progressive_swap.io import check_writable_dir, fsync_dir
+from progressive_swap.core.landmarks import FACE_TYPES
+from progressive_swap.core.io import check_writable_dir, fsync_dir
+from progressive_swap import faceset
+from progressive_swap.phantom.renderer import render, sample_frame, sample_identity
+from progressive_swap.core.align import alignment_matrix, warp_to_crop
+from progressive_swap.phantom.renderer import sample_trajectory
+from progressive_swap.phantom.video import write_phantom_video
 
 MAX_CROP = 2048
 MASK_NAMES = ("face", "occluder", "visible")
@@ -74,10 +79,6 @@ def check_args(identities: int, faces: int, size: int, face_type: str, videos: i
 def _write_faceset(final: Path, i: int, seed: int, faces: int, size: int, face_type: str,
                    occluders: float, frame_size: int, image_format: str, advance) -> None:
     """Write identity ``i``'s face set into a temporary directory, then rename it to ``final``."""
-    from progressive_swap.data import faceset
-    from progressive_swap.data.phantom import render, sample_frame, sample_identity
-    from progressive_swap.faces.align import alignment_matrix, warp_to_crop
-
     label = f"id{i}"
     idn = sample_identity(identity_seed(seed, i))
     rng = np.random.default_rng([int(seed), int(i), 1])
@@ -161,8 +162,6 @@ def generate_phantom_dataset(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from progressive_swap.data.phantom import sample_identity, sample_trajectory
-    from progressive_swap.data.video import write_phantom_video
 
     total = identities * (faces + videos * frames)
     bar = Progress(TextColumn("phantom {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

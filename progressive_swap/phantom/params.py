@@ -4,7 +4,7 @@ Both are frozen dataclasses of plain floats, ints and tuples, so they hash (the 
 per-identity textures), compare, and serialise to JSON with :func:`dataclasses.asdict`.
 
 Conventions:
-    * *Template units*: the coordinates of :data:`progressive_swap.faces.landmarks.MEAN_FACE`
+    * *Template units*: the coordinates of :data:`progressive_swap.core.landmarks.MEAN_FACE`
       (outer brow corners near x = 0 and x = 1, brow line near y = 0, chin near y = 1.2),
       x right, y down, depth z towards the camera.
     * Frame params are **resolution-free**: positions and sizes are fractions of the (square)
