@@ -188,6 +188,40 @@ def test_hull_masks_soft_native_and_extended_covers_forehead():
         hull.landmark_mask(lm, 256, "nose_only")
 
 
+def border_max(m: np.ndarray, px: int = 2) -> float:
+    return float(max(m[:px].max(), m[-px:].max(), m[:, :px].max(), m[:, -px:].max()))
+
+
+@pytest.mark.parametrize("face_type", ["full", "whole", "head"])
+def test_hull_masks_fade_out_inside_every_crop(face_type):
+    """The border rule on phantom faces (random identities and poses): every landmark mask, as the
+    extractor stores it and as training draws it, is <= 0.02 on the crop's outer 2 px."""
+    from progressive_swap.phantom.renderer import render, sample_identity, sample_trajectory
+
+    worst = {}
+    for seed in range(4):
+        for p in sample_trajectory(seed, 3, fps=4.0):
+            lm = render(sample_identity(seed), p, 96).landmarks
+            m = align.alignment_matrix(lm, face_type)
+            for size in (32, 128, 256):
+                lm_crop = align.transform_points(lm, align.crop_matrix(m, size))
+                for kind in ("components", "extended"):
+                    worst[kind, size] = max(worst.get((kind, size), 0.0),
+                                            border_max(hull.landmark_mask(lm_crop, size, kind)))
+                    # Without the rule the forehead reaches past a full crop's top: the rule has work to do.
+                    if face_type == "full" and kind == "extended":
+                        assert border_max(hull.landmark_mask(lm_crop, size, kind, margin=None)) > 0.3
+    assert max(worst.values()) <= hull.BORDER_MAX, worst
+
+
+def test_fade_to_border_on_a_mask_that_fills_the_image():
+    full = np.ones((64, 64), np.float32)
+    for sigma in (0.0, 1.5, 6.0):
+        m = hull.fade_to_border(full, sigma)
+        assert border_max(m) <= hull.BORDER_MAX and m[32, 32] > (0.99 if sigma < 2 else 0.5)
+        assert (m[32, :] > 0.02).sum() >= 64 - 2 * (2 + 3 * sigma) - 2  # cut no deeper than 2 px + 3 sigma
+
+
 # ---------------------------------------------------------------------- swap-mask on phantom faces
 
 
