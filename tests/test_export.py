@@ -552,8 +552,12 @@ def test_cli_from_identity_picks_the_colour_statistics_and_is_recorded(tmp_path,
     video, truth = vfr_video
     given = f"landmarks=given:{truth}"
     assert cli(colour_ckpt, video, tmp_path / "default", given) == 0  # identity=bob: faces are alice's
+    assert "from_identity=alice (assumed)" in capsys.readouterr().err.splitlines()[0]  # says whose faces it assumes
+    assert cli(colour_ckpt, video, tmp_path / "same", given, "from_identity=bob") == 2  # a reconstruction, not a swap
+    assert "pass reconstruct=true" in capsys.readouterr().err
+    assert not (tmp_path / "same").exists()
+    assert cli(colour_ckpt, video, tmp_path / "bob", given, "from_identity=bob", "reconstruct=true") == 0
     assert cli(colour_ckpt, video, tmp_path / "alice", given, "from_identity=alice") == 0
-    assert cli(colour_ckpt, video, tmp_path / "bob", given, "from_identity=bob") == 0
     assert "from_identity=alice" in capsys.readouterr().err
 
     def layer(run):

@@ -41,6 +41,7 @@ class ExportOptions:
     out: str = ""  # output directory (created)
     identity: str = ""  # decoder to swap to: a name from the checkpoint, or its index
     from_identity: str = ""  # whose faces the footage shows (name or index); default: the other of two; none: someone unknown
+    reconstruct: bool = False  # allow from_identity == identity: decode the footage's own identity (a reconstruction)
     format: str = "png16"  # png8 | png16 (straight alpha, sRGB) | exr (half, linear, premultiplied)
     layers: str = "merged"  # merged | per_track
     color: str = "none"  # none | reinhard | histogram (match the plate's skin; recorded in metadata)
@@ -149,6 +150,11 @@ def _export(argv: Sequence[str]) -> int:
     model, info = load_model(o.checkpoint, o.device)
     identity = info.identity_index(o.identity)
     from_identity = _from_identity(o.from_identity, identity, info)
+    if from_identity == identity and not o.reconstruct:
+        name = info.identities[identity]
+        raise UserError(f"from_identity={name} is the identity swapped to: that reconstructs the footage's own face "
+                        f"instead of swapping it; pass reconstruct=true if that is what you want")
+    assumed = from_identity  # recorded and shown even where it changes no pixel
     if o.mask == "auto":
         settings_kw["mask"] = "source" if from_identity is not None else "model"
     if settings_kw["mask"] in ("source", "union") and from_identity is None:
@@ -176,10 +182,15 @@ def _export(argv: Sequence[str]) -> int:
     device = next(model.parameters()).device
     mask_from = settings.mask if settings.mask in MODEL_MASKS else "model"
     swap = Swapper(model, identity, info.stage_res, info.alpha, device=device, bf16=o.bf16, source=from_identity, mask_from=mask_from)
-    whose = "" if from_identity is None else f"  from_identity={info.identities[from_identity]}"
+    if assumed is None:
+        whose = "  from_identity=none (someone the model does not know)"
+    else:
+        whose = f"  from_identity={info.identities[assumed]}" + ("" if o.from_identity.strip() else " (assumed)")
+        whose += " (reconstruction)" if assumed == identity else ""
     console.print(f"swap-export: {footage} -> {o.out}  identity={info.identities[identity]}{whose}  mask={settings.mask}  "
                   f"model {info.stage_res} px ({ftype})  crop {size} px  {o.format}  on {device}", soft_wrap=True)
-    exporter = Exporter(o.out, swap, info, identity, settings, from_identity=from_identity, source=str(footage), tracks=tracks, fps=fps,
+    exporter = Exporter(o.out, swap, info, identity, settings, from_identity=from_identity, assumed_identity=assumed,
+                        source=str(footage), tracks=tracks, fps=fps,
                         audio_from=audio, total=plates.expected_frames or None, progress=o.progress)
     stats = exporter.run(frames)
     console.print(f"done: {stats['frames']} frames ({stats['written']} written, {stats['skipped']} already complete), "

@@ -16,6 +16,12 @@ The angles decompose the head rotation as ``R = Rz(roll) @ Rx(pitch) @ Ry(yaw)``
 phantom's :func:`~progressive_swap.phantom.mesh.rotation`), so a phantom rendered with
 ``(yaw, pitch, roll)`` is estimated back as about those numbers.
 
+The angles are measured relative to the **line of sight** (the ray from the camera to the
+head), not the optical axis: a face that looks straight at the camera reads (0, 0, roll)
+wherever it sits in the frame. (Against the optical axis, a frontal face in the upper part of a
+photo read as pitched down by the angle of its ray, e.g. +16° at a quarter of the frame above
+the centre with a normal lens.)
+
 Only points that move little with expression are fitted (:data:`POSE_POINTS`: upper jaw,
 nose, eyes).
 
@@ -192,7 +198,21 @@ def head_pose(landmarks: np.ndarray, image_size: tuple[int, int] | None = None,
     if not ok:
         return nan
     r_cv, _ = cv2.Rodrigues(rvec)
-    return rotation_to_angles(_FLIP @ r_cv @ _FLIP)
+    return rotation_to_angles(_FLIP @ _to_line_of_sight(np.asarray(tvec, np.float64).ravel()) @ r_cv @ _FLIP)
+
+
+def _to_line_of_sight(t: np.ndarray) -> np.ndarray:
+    """The smallest rotation (OpenCV camera axes) that turns the ray towards ``t`` onto the optical axis."""
+    n = np.linalg.norm(t)
+    if not np.isfinite(n) or n <= 0:
+        return np.eye(3)
+    d = t / n
+    axis = np.cross(d, [0.0, 0.0, 1.0])
+    s, c = np.linalg.norm(axis), float(d[2])
+    if s < 1e-12:
+        return np.eye(3)
+    r, _ = cv2.Rodrigues(axis / s * np.arctan2(s, c))
+    return r
 
 
 def head_poses(landmarks: np.ndarray, image_sizes: np.ndarray | None = None) -> np.ndarray:

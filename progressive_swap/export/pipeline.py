@@ -129,6 +129,8 @@ class Exporter:
         settings: what to write.
         from_identity: identity the input's faces belong to, when the swap depends on it (a model
             with ``colour_norm``); recorded, and part of the resume fingerprint.
+        assumed_identity: whose faces the input is taken to show where that changes no pixel
+            (recorded as ``from_identity`` when ``from_identity`` is None; not fingerprinted).
         source: description of the input (recorded).
         tracks: face tracks known in advance (``per_track`` writes every one of them on every
             frame, transparent where the face is absent).
@@ -147,6 +149,7 @@ class Exporter:
         identity: int,
         settings: ExportSettings,
         from_identity: int | None = None,
+        assumed_identity: int | None = None,
         source: str = "",
         tracks: Iterable[int] = (),
         fps: float = float("nan"),
@@ -158,7 +161,8 @@ class Exporter:
         self.out = check_writable_dir(out)
         self.swap, self.info, self.identity, self.s = swap, info, int(identity), settings
         self.identity_name = info.identities[self.identity]
-        self.from_identity = None if from_identity is None else info.identities[int(from_identity)]
+        whose = from_identity if from_identity is not None else assumed_identity
+        self.from_identity = None if whose is None else info.identities[int(whose)]
         self.source, self.tracks = source, sorted(set(int(t) for t in tracks))
         self.fps, self.audio_from, self.total, self.progress = fps, audio_from, total, progress
         self.ext = W.FORMATS[settings.format]
