@@ -15,6 +15,7 @@ Convention: images uint8 ``(S, S, 3)`` RGB at numpy boundaries, float ``(B, 3, H
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -35,6 +36,7 @@ from progressive_swap.masks.bisenet import BiSeNet
 from progressive_swap.masks.occluders import paste_occluder, paste_occluder_alpha  # noqa: F401 (part of this module's API)
 from progressive_swap.masks.weights import mask_from_logits
 from progressive_swap.core.metrics import mask_iou as iou
+from progressive_swap.core import procs
 
 Face = tuple[FaceSet, int]  # a face set and a row in it
 
@@ -144,8 +146,13 @@ class MaskDataset(Dataset):
         return x, y
 
 
-def _seed_worker(worker_id: int) -> None:
-    """Give each DataLoader worker its own occluder stream (a forked copy would repeat it)."""
+def _seed_worker(owner_pid: int, worker_id: int) -> None:
+    """Give each DataLoader worker its own occluder stream (a forked copy would repeat it).
+
+    The worker also ends with ``owner_pid``, the process that trains: if that one is killed
+    (SIGKILL included), the worker must not live on holding its memory.
+    """
+    procs.serve(owner_pid)
     info = torch.utils.data.get_worker_info()
     cv2.setNumThreads(1)  # workers run in parallel already; more threads only contend
     info.dataset.rng = np.random.default_rng([info.seed % 2**32, worker_id])
@@ -281,7 +288,8 @@ def train_segmenter(
     ds = MaskDataset(train, mask_name, size, augment=True, occluder_p=occluder_p, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     dl = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=len(ds) >= batch, num_workers=workers,
-                    persistent_workers=workers > 0, generator=gen, worker_init_fn=_seed_worker)
+                    persistent_workers=workers > 0, generator=gen,
+                    worker_init_fn=functools.partial(_seed_worker, os.getpid()))
     before = evaluate(model, held_out, mask_name, size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     losses: list[float] = []

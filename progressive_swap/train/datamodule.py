@@ -7,6 +7,7 @@ batch, so a resumed run continues with exactly the data it would have seen.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from progressive_swap import faceset as fs
+from progressive_swap.core import procs
 from progressive_swap.train.augment import photometric
 from progressive_swap.masks.hull import landmark_mask, region_masks
 from progressive_swap.masks.occluders import paste_occluder_alpha
@@ -208,7 +210,14 @@ class PlanBatchSampler(Sampler[list[tuple[int, int, int]]]):
         return self.schedule.total_batches
 
 
-def _worker_init(worker_id: int) -> None:
+def _worker_init(trainer_pid: int, worker_id: int) -> None:
+    """Set up one loader worker of the training process ``trainer_pid``.
+
+    The worker ends with the trainer, even one killed with SIGKILL: its parent is the
+    forkserver, which outlives the trainer, so it watches the trainer itself
+    (:func:`~progressive_swap.core.procs.serve`). With the workers gone the forkserver exits too.
+    """
+    procs.serve(trainer_pid)
     # Loader workers decode and resize with OpenCV; one thread each, or they fight the trainer.
     cv2.setNumThreads(1)
 
@@ -281,6 +290,10 @@ class FaceDataModule(pl.LightningDataModule):
         self.resolve_faces()
 
     def setup(self, stage: str | None = None) -> None:
+        if int(os.environ.get("LOCAL_RANK") or 0) > 0:
+            # A DDP rank started by the launching rank: if that one is killed, this one (and so
+            # its loader workers) must not live on waiting for it.
+            procs.serve(os.getppid())
         if self.dataset is None:
             self.dataset = CombDataset(self.resolve_faces(), self.mask, self.augment, self.seed, self.paste_occluders)
 
@@ -295,7 +308,7 @@ class FaceDataModule(pl.LightningDataModule):
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
             prefetch_factor=4 if self.num_workers > 0 else None,
-            worker_init_fn=_worker_init if self.num_workers > 0 else None,
+            worker_init_fn=functools.partial(_worker_init, os.getpid()) if self.num_workers > 0 else None,
             # Workers start from a clean server process, not a fork of this one: the trainer
             # may have run thread pools (phantom generation, OpenCV) whose locks a fork would copy.
             multiprocessing_context="forkserver" if self.num_workers > 0 else None,
