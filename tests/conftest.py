@@ -44,3 +44,15 @@ def write_blob_faceset(path: Path, identity: int, n: int = 12, size: int = 32, f
 def blob_sets(tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("blobs")
     return [str(write_blob_faceset(root / f"id{k}", k)) for k in range(2)]
+
+
+# A demo recipe shrunk to seconds: tiny comb, 16 -> 32 px, no workers, no previews.
+TINY = [
+    "model.channel_base=256", "model.channel_max=16", "model.channel_min=8", "model.latent_channels=8", "model.latent_res=8",
+    "schedule.stages=[{res:16,images:48,batch:4,lr:1e-3},{res:32,images:32,fade:32,batch:4,lr:1e-3}]",
+    "data.num_workers=0", "preview_every=0", "checkpoint.every_steps=3", "augment.warp=0.03",
+]
+
+
+def tiny(blob_sets, out, *extra):
+    return ["recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{blob_sets[1]}]", f"out={out}", *TINY, *extra]

@@ -80,10 +80,10 @@ def inputs(blob_sets, tmp_path_factory) -> dict[str, str]:
     torch.save(other, d / "other.ckpt")
     data = (d / "other.ckpt").read_bytes()
     (d / "cut.ckpt").write_bytes(data[: len(data) // 2])
-    from progressive_swap.model.autoencoder import CombAutoencoder
+    from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
     from progressive_swap.train.checkpoint import save_weights
 
-    model = CombAutoencoder(**TINY_ARCH)
+    model = CombAutoencoder(CombArch(**TINY_ARCH))
     meta = {"arch": model.arch_args(), "stage_res": 32, "alpha": 1.0, "identities": ["alice", "bob"], "face_type": "whole"}
     save_weights(model, d / "model.safetensors", meta)
     p["fingerprint"] = _fingerprint(d)

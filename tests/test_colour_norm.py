@@ -57,7 +57,7 @@ def test_an_empty_training_mask_is_a_clear_error(tmp_path):
 def test_training_stores_each_identitys_colour_with_the_weights(blob_sets, tmp_path):
     from progressive_swap.cli import train as train_cli
     from progressive_swap.export.swapper import load_model
-    from test_train import tiny
+    from conftest import tiny
 
     run = tmp_path / "run"
     assert train_cli.main(tiny(blob_sets, run, "max_steps=2")) == 0

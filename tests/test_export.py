@@ -27,7 +27,7 @@ from progressive_swap.export.frames import FaceIn, FrameIn
 from progressive_swap.export.pipeline import Exporter, ExportSettings
 from progressive_swap.core import align
 from progressive_swap.masks.hull import landmark_mask
-from progressive_swap.model.autoencoder import CombAutoencoder
+from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 from progressive_swap.train.checkpoint import save_weights
 
 FACE_TYPE = "whole"
@@ -90,7 +90,7 @@ def ckpt(tmp_path_factory):
     """A tiny random model saved as model.safetensors and as a training last.ckpt."""
     root = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
-    model = CombAutoencoder(**ARCH)
+    model = CombAutoencoder(CombArch(**ARCH))
     meta = {"arch": model.arch_args(), "face_type": FACE_TYPE, "identities": ["alice", "bob"], "stage_res": 32, "alpha": 1.0}
     save_weights(model, root / "model.safetensors", meta)
     torch.save({"progressive_swap": meta, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
@@ -541,7 +541,7 @@ def colour_ckpt(tmp_path_factory):
     """A tiny model with identity colour normalisation: alice is pale, bob is dark."""
     root = tmp_path_factory.mktemp("colour_ckpt")
     torch.manual_seed(1)
-    model = CombAutoencoder(**ARCH, colour_norm=True)
+    model = CombAutoencoder(CombArch(**ARCH, colour_norm=True))
     model.set_identity_colour(torch.tensor([[0.7, 0.6, 0.5], [0.3, 0.2, 0.15]]), torch.tensor([[0.2, 0.2, 0.2], [0.1, 0.08, 0.07]]))
     meta = {"arch": model.arch_args(), "face_type": FACE_TYPE, "identities": ["alice", "bob"], "stage_res": 32, "alpha": 1.0}
     save_weights(model, root / "model.safetensors", meta)

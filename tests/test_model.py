@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from progressive_swap.model.autoencoder import (
+    CombArch,
     CombAutoencoder,
     ProgressiveDecoder,
     ProgressiveEncoder,
@@ -37,7 +38,7 @@ N_ID = 3
 
 def make(num_identities: int = N_ID, seed: int = 0, **overrides) -> CombAutoencoder:
     torch.manual_seed(seed)
-    return CombAutoencoder(num_identities, **{**TINY, **overrides})
+    return CombAutoencoder(CombArch(num_identities, **{**TINY, **overrides}))
 
 
 def stage_alphas(model: CombAutoencoder) -> list[tuple[int, float]]:
@@ -59,7 +60,7 @@ def routed_ids(batch: int) -> torch.Tensor:
 @pytest.mark.parametrize("arch", [TINY, {}], ids=["tiny", "default-1024"])
 def test_convolution_only(arch):
     with torch.device("meta"):
-        model = CombAutoencoder(2, **arch)
+        model = CombAutoencoder(CombArch(2, **arch))
     dense = (nn.Linear, nn.Bilinear, nn.LazyLinear)
     convs = 0
     for name, module in model.named_modules():
@@ -97,7 +98,7 @@ def test_channel_schedule_and_block_names():
 def test_bad_geometry_is_rejected(kwargs):
     n = kwargs.pop("num_identities", 2)
     with pytest.raises(ValueError):
-        CombAutoencoder(n, **{**TINY, **kwargs})
+        CombAutoencoder(CombArch(n, **{**TINY, **kwargs}))
 
 
 # -- forward contracts ----------------------------------------------------------------------------
@@ -137,7 +138,7 @@ def test_invalid_inputs_are_rejected():
 def test_alpha0_continuity_at_every_transition(arch):
     """Grown model at (2r, alpha=0) == the stage-r model on the downsampled image, upsampled."""
     torch.manual_seed(0)
-    model = CombAutoencoder(N_ID, **arch).double()
+    model = CombAutoencoder(CombArch(N_ID, **arch)).double()
     for r, r2 in zip(model.stages[:-1], model.stages[1:]):
         img = torch.rand(4, 3, r2, r2, dtype=torch.float64)
         ids = routed_ids(4)
@@ -221,7 +222,7 @@ def test_alpha1_is_the_pure_2r_network():
     """At alpha=1 the model equals one built to start at 2r with the same weights."""
     model = make()
     for r2 in model.stages[1:]:
-        pure = CombAutoencoder(N_ID, **{**TINY, "start_res": r2})
+        pure = CombAutoencoder(CombArch(N_ID, **{**TINY, "start_res": r2}))
         result = pure.load_state_dict(model.state_dict(), strict=False)
         assert not result.missing_keys
         img = torch.rand(2, 3, r2, r2)
@@ -236,7 +237,7 @@ def test_alpha1_is_the_pure_2r_network():
 @pytest.mark.parametrize("arch", [TINY, TINY_FLAT], ids=["start>latent", "start=latent"])
 def test_gradients_reach_exactly_the_active_parameters(arch):
     torch.manual_seed(0)
-    model = CombAutoencoder(N_ID, **arch)
+    model = CombAutoencoder(CombArch(N_ID, **arch))
     for stage, alpha in stage_alphas(model):
         model.zero_grad(set_to_none=True)
         img = torch.rand(2 * N_ID, 3, stage, stage)
@@ -319,7 +320,7 @@ def test_arch_args_round_trip():
     model = make(norm_groups=2, act_slope=0.1, colour_norm=True)
     model.set_identity_colour(torch.rand(N_ID, 3), torch.rand(N_ID, 3) + 0.1)
     args = json.loads(json.dumps(model.arch_args()))  # plain data, fit for a checkpoint
-    rebuilt = CombAutoencoder(**args)
+    rebuilt = CombAutoencoder(CombArch(**args))
     rebuilt.load_state_dict(model.state_dict(), strict=True)
     assert rebuilt.arch_args() == model.arch_args()
     img = torch.rand(2, 3, 32, 32)
@@ -372,7 +373,7 @@ def test_encoder_and_decoder_stand_alone():
 
 def test_summary_of_a_1024_model_is_fast_and_consistent():
     with torch.device("meta"):
-        model = CombAutoencoder(2)  # default (1024) architecture, no storage
+        model = CombAutoencoder(CombArch(2))  # default (1024) architecture, no storage
     start = time.perf_counter()
     rows = summarize(model, batch_size=2)
     elapsed = time.perf_counter() - start

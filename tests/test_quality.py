@@ -51,15 +51,15 @@ def test_bench_quality_runs_on_a_tiny_phantom_checkpoint(tmp_path):
 
 def test_identity_colour_is_the_models_own_or_measured_on_the_phantom():
     from progressive_swap.phantom import renderer as phantom
-    from progressive_swap.model.autoencoder import CombAutoencoder
+    from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
     from progressive_swap.eval.quality import QualitySettings, identity_colour
 
     idents = [phantom.sample_identity(k) for k in range(2)]
     arch = dict(final_res=32, start_res=16, latent_res=8, latent_channels=8, channel_base=256, channel_max=16, channel_min=8)
-    model = CombAutoencoder(2, **arch, colour_norm=True)
+    model = CombAutoencoder(CombArch(2, **arch, colour_norm=True))
     model.set_identity_colour(torch.tensor([[0.7, 0.6, 0.5], [0.3, 0.2, 0.1]]), torch.full((2, 3), 0.1))
     np.testing.assert_allclose(identity_colour(model, idents, 32, "whole", QualitySettings())[:, 0, 0], [0.7, 0.3], rtol=1e-6)
-    measured = identity_colour(CombAutoencoder(2, **arch), idents, 32, "whole", QualitySettings())
+    measured = identity_colour(CombAutoencoder(CombArch(2, **arch)), idents, 32, "whole", QualitySettings())
     assert measured.shape == (2, 2, 3) and ((measured > 0) & (measured < 1)).all()
     assert measured[0, 0].mean() > measured[1, 0].mean() + 0.2  # identity 0 is the pale one, 1 the dark one
 

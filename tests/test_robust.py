@@ -19,7 +19,7 @@ from progressive_swap.train.checkpoint import (
 )
 from progressive_swap.train.guard import NonFiniteGuard, TrainingDiverged, grads_finite
 
-from test_train import tiny
+from conftest import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -16,19 +17,19 @@ from hydra.utils import instantiate
 
 from progressive_swap.cli import train as train_cli
 from progressive_swap.cli.config import compose
-from progressive_swap.model.autoencoder import CombAutoencoder
+from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 from progressive_swap.model.blocks import DecoderBlock, EncoderBlock
 from progressive_swap.train import batch_finder as bf
 from progressive_swap.train import strategy as st
 from progressive_swap.train.checkpoint import load_weights, safe_load
 from progressive_swap.train.growth import GrowthSchedule
 
-from test_train import tiny
+from conftest import tiny
 
 
 def comb(**kw) -> CombAutoencoder:
     args = dict(num_identities=3, final_res=64, start_res=16, latent_res=8, latent_channels=8, channel_base=256, channel_max=16, channel_min=8)
-    return CombAutoencoder(**{**args, **kw})
+    return CombAutoencoder(CombArch(**{**args, **kw}))
 
 
 # -- FSDP ---------------------------------------------------------------------------------------
@@ -48,7 +49,7 @@ def test_fsdp_recipe_builds_the_strategy_with_a_policy_covering_every_block():
     assert strategy._state_dict_type == "full"
 
     # Every encoder and decoder block is its own FSDP unit and its own checkpoint, nothing else.
-    model = instantiate(cfg.model, num_identities=3, final_res=1024, start_res=256)
+    model = CombAutoencoder(instantiate(cfg.model, num_identities=3, final_res=1024, start_res=256))
     blocks = {m for m in model.modules() if isinstance(m, (EncoderBlock, DecoderBlock))}
     assert len(blocks) == (1 + 3) * (1 + len(model.encoder.block_resolutions()))  # neck/stem + b32..b1024, per stack
     for policy in (strategy.kwargs["auto_wrap_policy"], strategy._activation_checkpointing_kwargs["auto_wrap_policy"]):
@@ -93,7 +94,7 @@ def test_place_model_moves_each_decoder_and_decode_follows(monkeypatch):
     assert all(p.device.type == "meta" for p in model.decoders[1].parameters())
     rgb, mask = model(torch.rand(2, 3, 16, 16), 0, 16)
     assert rgb.device.type == "cpu"
-    assert model.decoder_devices == {0: torch.device("cpu"), 1: torch.device("meta")}
+    assert st.routed_devices(model) == {0: torch.device("cpu"), 1: torch.device("meta")}
 
 
 def test_decode_moves_latents_only_to_placed_decoders():
@@ -259,7 +260,7 @@ def test_find_batch_on_cpu_fails_with_one_line_and_resume_keeps_batches(blob_set
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "CUDA" in err[0], err
     sched = GrowthSchedule([dict(res=16, images=64, batch=4), dict(res=32, images=64, fade=32, batch=4)])
-    kept = bf.plan_for_run(sched, None, None, trainer=None, resume_schedule={"stages": [{"batch": 3}, {"batch": 2}]})
+    kept = bf.plan_for_run(types.SimpleNamespace(schedule=sched), trainer=None, resume_schedule={"stages": [{"batch": 3}, {"batch": 2}]})
     assert [s.batch for s in kept.stages] == [3, 2]
 
 
@@ -317,7 +318,7 @@ def test_gpu_batch_finder_under_a_memory_cap():
     _gpu()
     from progressive_swap.train.module import SwapModule
 
-    model = CombAutoencoder(2, final_res=256, start_res=64, latent_res=8, latent_channels=64, channel_base=8192, channel_max=128)
+    model = CombAutoencoder(CombArch(2, final_res=256, start_res=64, latent_res=8, latent_channels=64, channel_base=8192, channel_max=128))
     sched = GrowthSchedule([dict(res=64, images=1000, batch=4), dict(res=128, images=1000, fade=500, batch=4),
                             dict(res=256, images=1000, fade=500, batch=4)])
     t0 = time.perf_counter()

@@ -11,18 +11,7 @@ from progressive_swap.cli import train as train_cli
 from progressive_swap.cli.config import compose
 from progressive_swap.train.checkpoint import load_weights, safe_load, UnsafeCheckpointError
 
-from conftest import write_blob_faceset
-
-TINY = [
-    "model.channel_base=256", "model.channel_max=16", "model.channel_min=8", "model.latent_channels=8", "model.latent_res=8",
-    "schedule.stages=[{res:16,images:48,batch:4,lr:1e-3},{res:32,images:32,fade:32,batch:4,lr:1e-3}]",
-    "data.num_workers=0", "preview_every=0", "checkpoint.every_steps=3", "augment.warp=0.03",
-]
-
-
-def tiny(blob_sets, out, *extra):
-    return ["recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{blob_sets[1]}]", f"out={out}", *TINY, *extra]
-
+from conftest import TINY, tiny, write_blob_faceset
 
 def weights(run: Path, name: str = "last.ckpt") -> dict[str, torch.Tensor]:
     return load_weights(run / name)
@@ -113,11 +102,12 @@ def test_contract_gradients_reach_every_active_parameter(blob_sets):
     from hydra.utils import instantiate
 
     from progressive_swap.train.datamodule import CombDataset
+    from progressive_swap.model.autoencoder import CombAutoencoder
     from progressive_swap.train.module import SwapModule
 
     cfg = compose("train", tiny(blob_sets, "unused"))
     sched = instantiate(cfg.schedule, identities=2)
-    model = instantiate(cfg.model, num_identities=2, final_res=sched.final_res, start_res=sched.start_res)
+    model = CombAutoencoder(instantiate(cfg.model, num_identities=2, final_res=sched.final_res, start_res=sched.start_res))
     module = SwapModule(model, sched, geometry=dict(cfg.augment.geometry))
     ds = CombDataset(blob_sets, mask="extended", augment=dict(cfg.data.augment))
     for phase in sched.phases:

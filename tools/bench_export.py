@@ -30,7 +30,7 @@ from progressive_swap.export.swapper import CheckpointInfo, Swapper
 from progressive_swap.export.frames import FaceIn, FrameIn
 from progressive_swap.export.pipeline import ExportSettings, Exporter
 from progressive_swap.core import align
-from progressive_swap.model.autoencoder import CombAutoencoder
+from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 
 COMB = dict(latent_res=16, latent_channels=256, channel_base=32768, channel_max=512, channel_min=32)
 
@@ -76,7 +76,7 @@ class _Timed:
 def bench(res: int, frames: int, fmt: str, device: str, bf16: bool) -> dict:
     torch.manual_seed(0)
     arch = dict(num_identities=2, final_res=res, start_res=min(res, 256), **COMB)
-    model = CombAutoencoder(**arch).to(device).eval()
+    model = CombAutoencoder(CombArch(**arch)).to(device).eval()
     params = sum(p.numel() for p in model.parameters())
     info = CheckpointInfo("random.ckpt", "0" * 64, arch, res, 1.0, ["A", "B"], "whole")
     plate, m = plate_1080p()

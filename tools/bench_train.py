@@ -81,13 +81,14 @@ def bench_steps(cfg, dev: torch.device, strategy: str, precision: str, checkpoin
 
     from progressive_swap.model.summary import summarize
     from progressive_swap.train.batch_finder import autocast_for, fake_batch
+    from progressive_swap.model.autoencoder import CombAutoencoder
     from progressive_swap.train.module import SwapModule
     from progressive_swap.train.strategy import place_model, placement_map
 
     n_id = 2
     schedule = instantiate(cfg.schedule, identities=n_id)
-    model = instantiate(cfg.model, num_identities=n_id, final_res=schedule.final_res, start_res=schedule.start_res,
-                        checkpoint_blocks=checkpointing).to(dev)
+    arch = instantiate(cfg.model, num_identities=n_id, final_res=schedule.final_res, start_res=schedule.start_res)
+    model = CombAutoencoder(arch, checkpoint_blocks=checkpointing).to(dev)
     if strategy == "model_parallel":
         place_model(model, placement_map(n_id, list(range(torch.cuda.device_count()))))
     if channels_last:

@@ -5,11 +5,20 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from progressive_swap.cli.common import UserError
+from progressive_swap.cli.schema import TrainConfig, check_options, closest, explain_validation_error, omegaconf_schema
 
-GROUPS = ("recipe", "model", "schedule", "data", "loss", "optimizer", "trainer")
+GROUPS = ("recipe", "model", "schedule", "data", "loss", "optimizer", "trainer", "module", "callbacks", "logger", "debug")
+SCHEMAS = {"train": TrainConfig}  # config name -> its options dataclass
+
+ConfigStore.instance().store(name="train_schema", node=omegaconf_schema(TrainConfig))
 
 
 def cpu_precision() -> str:
@@ -19,14 +28,15 @@ def cpu_precision() -> str:
     With channels-last memory it halves a demo step on a 2-core AVX512-BF16 CPU at the same
     swap quality (``docs/scaling.md``).
     """
-    import torch
-
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     native = any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
     return "bf16-mixed" if native else "32-true"
 
 
 OmegaConf.register_new_resolver("cpu_precision", cpu_precision, replace=True)  # recipes/trainer/cpu.yaml
+# recipes/model/*.yaml: the network is built for the schedule's resolutions.
+OmegaConf.register_new_resolver("final_res", lambda stages: int(max(s["res"] for s in stages)), replace=True)
+OmegaConf.register_new_resolver("start_res", lambda stages: int(min(s["res"] for s in stages)), replace=True)
 
 
 def recipes_dir() -> Path:
@@ -49,11 +59,11 @@ def quote_group_choices(argv: Sequence[str]) -> list[str]:
 
 
 def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
-    """Compose ``recipes/<config_name>.yaml`` with ``key=value`` overrides, with one-line errors."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    """Compose ``recipes/<config_name>.yaml`` with ``key=value`` overrides, with one-line errors.
 
+    Types come from the config's schema (:mod:`progressive_swap.cli.schema`); choices and bounds
+    are checked here too, so a bad value stops before anything is built or written.
+    """
     overrides = quote_group_choices(overrides)
     for a in overrides:
         m = re.match(rf"^\+?({'|'.join(GROUPS)})=(.+)$", a)
@@ -64,9 +74,44 @@ def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(recipes_dir()), version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=list(overrides))
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
     except Exception as e:  # Hydra's override and composition errors
         msg = str(e).strip().splitlines()
-        raise UserError(msg[0] if msg else type(e).__name__) from None
+        typed = explain_validation_error(e)
+        raise UserError(typed or _with_suggestion(msg[0] if msg else type(e).__name__, config_name)) from None
     finally:
         GlobalHydra.instance().clear()
+    if config_name in SCHEMAS:
+        try:
+            check_options(cfg, SCHEMAS[config_name])
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    return cfg
+
+
+def _known_keys(config_name: str) -> list[str]:
+    """Every dotted key of the default config: what a misspelled key is compared with."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(recipes_dir()), version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name)
+    finally:
+        GlobalHydra.instance().clear()
+    keys: list[str] = []
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, DictConfig):
+            for k in node.keys():
+                keys.append(prefix + str(k))
+                walk(node._get_node(k), prefix + str(k) + ".")
+
+    walk(cfg, "")
+    return keys + list(GROUPS)
+
+
+def _with_suggestion(msg: str, config_name: str) -> str:
+    """Hydra's "Could not override 'recipie'" (and friends) with the closest valid keys."""
+    m = re.search(r"(?:override|Key) '([\w.]+)'", msg)
+    if not m:
+        return msg
+    return msg + closest(m.group(1), _known_keys(config_name))

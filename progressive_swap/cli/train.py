@@ -8,29 +8,34 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
-from datetime import timedelta
+import warnings
 from pathlib import Path
 from typing import Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
 
+import pytorch_lightning as pl
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+
 from progressive_swap.cli.common import UserError, run_cli
 from progressive_swap.cli.config import compose
-from progressive_swap.train.checkpoint import CHECKPOINT_GLOBS, good_checkpoints
-from progressive_swap.train.datamodule import check_facesets
-from progressive_swap.model.summary import format_summary, summarize
-from progressive_swap.train.callbacks import FinalCheckpoint, GrowthAnnouncer, MilestoneCheckpoint, PreviewCallback, StepCheckpoint
-from progressive_swap.train.checkpoint import AtomicCheckpointIO, read_training_checkpoint, remove_stale_temps, save_weights
-from progressive_swap.train.module import CKPT_KEY, SwapModule
-from progressive_swap.train.warmstart import warm_start
-from progressive_swap.train.batch_finder import plan_for_run
-from progressive_swap.train import strategy
 from progressive_swap.core.io import atomic_write_text, check_writable_dir
+from progressive_swap.model.summary import format_summary, summarize
+from progressive_swap.train import strategy
+from progressive_swap.train.batch_finder import plan_for_run
+from progressive_swap.train.checkpoint import (
+    CHECKPOINT_GLOBS, AtomicCheckpointIO, good_checkpoints, read_training_checkpoint, remove_stale_temps,
+)
+from progressive_swap.train.datamodule import check_facesets
+from progressive_swap.train.module import CKPT_KEY, resume_problem
+from progressive_swap.train.warmstart import warm_start
 
 console = Console(stderr=True)
 RUN_ENV = "PROGRESSIVE_SWAP_RUN"  # keeps the default run name equal across DDP processes
@@ -89,8 +94,6 @@ def _train(argv: Sequence[str]) -> int:
     if print_cfg:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
-    from hydra.errors import InstantiationException
-
     try:
         return train(cfg)
     except InstantiationException as e:  # a constructor refused a recipe value: its own message, one line
@@ -101,9 +104,6 @@ def _train(argv: Sequence[str]) -> int:
 
 def _quiet_known_warnings() -> None:
     """Silence library chatter that says nothing to a user of this command."""
-    import logging
-    import warnings
-
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # we wrote config.yaml there
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
@@ -114,153 +114,99 @@ def _rgb(v) -> str:
     return "(" + ", ".join(f"{float(x):.2f}" for x in v) + ")"
 
 
+def _data(cfg: DictConfig):
+    """The datamodule and what the face sets say (names, face type, sizes), checked; ``None`` for
+    a dry run without data (it plans for two identities)."""
+    if not OmegaConf.is_missing(cfg.data, "faces"):
+        datamodule = instantiate(cfg.data, _convert_="all")
+        paths = datamodule.resolve_faces()
+        schedule = instantiate(cfg.schedule, identities=len(paths))  # a bad schedule is named before the data
+        return datamodule, check_facesets(paths, schedule.final_res)
+    if not cfg.dry_run:
+        raise UserError("this recipe trains on your face sets: pass data.faces=[DIR_A,DIR_B] (or data=phantom)")
+    return None, {"face_type": "?", "sizes": ["?", "?"], "counts": ["?", "?"], "identities": ["A", "B"]}
+
+
 def train(cfg: DictConfig) -> int:
-    """Build everything from a composed config and fit. Bad input raises before anything is written."""
+    """Instantiate everything from a composed config and fit. Bad input raises before anything is written."""
     _quiet_known_warnings()
-    import pytorch_lightning as pl
-    from hydra.utils import instantiate
-    from pytorch_lightning.callbacks import RichProgressBar
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-
-
-    if cfg.freeze not in (None, "encoder"):
-        raise UserError(f"freeze must be null or 'encoder', got {cfg.freeze!r}")
-    for key in ("seed", "freeze_steps", "preview_every", "preview_faces"):  # the recipes are untyped: check before any work
-        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool):
-            raise UserError(f"{key} must be an integer, got {cfg[key]!r}")
     run_dir = run_dir_for(cfg)
     resume = find_resume(cfg, run_dir)
     if resume is not None and not cfg.out:
         run_dir = resume.parent
-
-    # Data first: the identity count and face type come from it.
-    if OmegaConf.is_missing(cfg.data, "faces"):
-        if not cfg.dry_run:
-            raise UserError("this recipe trains on your face sets: pass data.faces=[DIR_A,DIR_B] (or data=phantom)")
-        # A dry run without data: plan for two identities, so sizes can be checked before extracting.
-        datamodule, paths = None, ["A", "B"]
-        info = {"face_type": "?", "sizes": ["?", "?"], "counts": ["?", "?"], "identities": paths}
-    else:
-        datamodule = instantiate(cfg.data, _convert_="all")
-        paths = datamodule.resolve_faces()
-        sched_probe = instantiate(cfg.schedule, identities=len(paths))
-        info = check_facesets(paths, sched_probe.final_res)
-
-    trainer_kwargs = dict(cfg.trainer)
-    trainer_kwargs.pop("_target_")
+    datamodule, info = _data(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-
-    if cfg.dry_run:
-        # No trainer: building it would need the recipe's accelerator. Plan for devices × nodes.
+    with open_dict(cfg):  # the derived values every group reads by interpolation
+        cfg.run_dir = str(run_dir)
+        cfg.derived.identities = len(info["identities"])
+    if cfg.dry_run:  # no trainer: building it would need the recipe's accelerator
         devices = cfg.trainer.get("devices", 1)
-        world = (devices if isinstance(devices, int) and devices > 0 else 1) * int(cfg.trainer.get("num_nodes", 1))
-        schedule = instantiate(cfg.schedule, identities=len(paths), world_size=world)
-        model = instantiate(cfg.model, num_identities=len(paths), final_res=schedule.final_res, start_res=schedule.start_res)
-        console.print(plan_table(schedule))
-        console.print(format_summary(summarize(model, batch_size=schedule.stages[-1].batch * len(paths))))
-        console.print(f"face sets {info['identities']}: {info['counts']} faces, {info['face_type']}, crops {info['sizes']} px; run dir would be {run_dir}")
-        return 0
+        with open_dict(cfg):
+            cfg.derived.world_size = (devices if isinstance(devices, int) and devices > 0 else 1) * int(cfg.trainer.num_nodes)
+        return _dry_run(cfg, info, run_dir)
 
-    # The trainer is built before the schedule: the world size comes from it.
-    ckpt_cb = StepCheckpoint(
-        dirpath=run_dir,
-        filename="step{step:07d}",
-        auto_insert_metric_name=False,
-        save_last=True,
-        enable_version_counter=False,  # last.ckpt is overwritten (atomically), never versioned
-        save_top_k=int(cfg.checkpoint.keep),
-        monitor="step",
-        mode="max",
-        every_n_train_steps=cfg.checkpoint.every_steps or None,
-        train_time_interval=None if cfg.checkpoint.every_steps else timedelta(minutes=float(cfg.checkpoint.every_minutes)),
-    )
-    preview = PreviewCallback(run_dir, every_n_steps=int(cfg.preview_every), faces=int(cfg.preview_faces))
-    trainer = instantiate(
-        cfg.trainer,
-        max_epochs=1,
-        max_steps=int(cfg.max_steps) if cfg.max_steps else -1,
-        callbacks=[ckpt_cb, preview, instantiate(cfg.guard, dirpath=run_dir), FinalCheckpoint(run_dir),
-                   MilestoneCheckpoint(run_dir, cfg.checkpoint.every_images), GrowthAnnouncer(), RichProgressBar(leave=True)],
-        logger=[TensorBoardLogger(run_dir / "logs", name="tensorboard"), CSVLogger(run_dir / "logs", name="csv")],  # a version per (re)start
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=run_dir,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    schedule = instantiate(cfg.schedule, identities=len(paths), world_size=trainer.world_size)
-    model = instantiate(cfg.model, num_identities=len(paths), final_res=schedule.final_res, start_res=schedule.start_res,
-                        checkpoint_blocks=bool(cfg.activation_checkpointing))
+    trainer = instantiate(cfg.trainer, max_epochs=1, max_steps=int(cfg.max_steps or -1),
+                          callbacks=list(instantiate(cfg.callbacks).values()), logger=list(instantiate(cfg.logger).values()),
+                          plugins=[AtomicCheckpointIO()], default_root_dir=run_dir, use_distributed_sampler=False,
+                          num_sanity_val_steps=0, enable_model_summary=False, limit_val_batches=0)
+    with open_dict(cfg):
+        cfg.derived.world_size = trainer.world_size
+    module = instantiate(cfg.module, identity_names=info["identities"], face_type=info["face_type"],
+                         freeze_encoder_steps=int(cfg.freeze_steps) if cfg.freeze == "encoder" else 0)
     if cfg.find_batch:
-        schedule = plan_for_run(
-            schedule, model, trainer=trainer, max_memory_gb=cfg.max_memory_gb, report=console.print,
-            module_factory=lambda m: SwapModule(m, schedule, loss=instantiate(cfg.loss), geometry=OmegaConf.to_container(cfg.augment.geometry),
-                                                warp=float(cfg.augment.warp), input_color=float(cfg.augment.input_color),
-                                                channels_last=bool(cfg.channels_last)),
-            resume_schedule=read_training_checkpoint(resume)[CKPT_KEY]["schedule"] if resume is not None else None,
-        )
+        resumed = read_training_checkpoint(resume)[CKPT_KEY]["schedule"] if resume is not None else None
+        module.schedule = plan_for_run(module, trainer, max_memory_gb=cfg.max_memory_gb, report=console.print,
+                                       resume_schedule=resumed)
     if cfg.compile:
-        strategy.compile_blocks(model)  # looked up at call time (tests replace it)
+        strategy.compile_blocks(module.model)  # looked up at call time (tests replace it)
+    note = _start(cfg, module, datamodule, info, resume, run_dir)
 
-    if resume is not None:
-        ckpt = read_training_checkpoint(resume)
-        if ckpt[CKPT_KEY]["arch"] != model.arch_args():
-            theirs, ours = ckpt[CKPT_KEY]["arch"], model.arch_args()
-            diff = ", ".join(f"{k}: {theirs.get(k)} vs {v}" for k, v in ours.items() if theirs.get(k) != v)
-            raise UserError(f"cannot resume from {resume}: it is another architecture ({diff}); use warm_start= instead")
-        if ckpt[CKPT_KEY]["schedule"]["world_size"] != schedule.world_size:
-            raise UserError(f"cannot resume {resume} on {schedule.world_size} processes: it ran on {ckpt[CKPT_KEY]['schedule']['world_size']}")
-        del ckpt
-    elif cfg.resume == "auto":
-        console.print(f"resume=auto: no checkpoint in {run_dir}, starting fresh")
-    if resume is None and any(run_dir.glob("*.ckpt")):
-        raise UserError(f"{run_dir} already holds a run; pass resume=auto to continue it, or choose another run=/out=")
-    if cfg.warm_start and resume is None:
-        warm_start(model, cfg.warm_start, console)
-    colour_note = None
-    if model.colour_norm and resume is None:  # a resumed run restores them from its checkpoint
-        mean, std = datamodule.colour_stats()
-        model.set_identity_colour(mean, std)
-        colour_note = "identity colour (RGB mean ± std inside the face): " + ";  ".join(
-            f"{name} {_rgb(m)} ± {_rgb(d)}" for name, m, d in zip(info["identities"], mean, std))
-
-    module = SwapModule(
-        model=model,
-        schedule=schedule,
-        loss=instantiate(cfg.loss),
-        optimizer=instantiate(cfg.optimizer),
-        geometry=OmegaConf.to_container(cfg.augment.geometry),
-        warp=float(cfg.augment.warp),
-        input_color=float(cfg.augment.input_color),
-        seed=int(cfg.seed),
-        freeze_encoder_steps=int(cfg.freeze_steps) if cfg.freeze == "encoder" else 0,
-        channels_last=bool(cfg.channels_last),
-        identity_names=info["identities"],
-        face_type=info["face_type"],
-    )
-
-    # Everything checked: from here on the run directory is written.
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # everything checked: from here on the run directory is written
         check_writable_dir(run_dir)
         for tmp in remove_stale_temps(run_dir):  # a process killed mid-write leaves these
             console.print(f"removed {tmp.name}, an unfinished checkpoint write")
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    console.print(plan_table(schedule))
-    if colour_note:
-        console.print(colour_note, soft_wrap=True)
+    console.print(plan_table(module.schedule))
+    if note:
+        console.print(note, soft_wrap=True)
     console.print(f"run directory: [bold]{run_dir}[/]" + (f" (resuming {resume})" if resume else ""))
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
-
-    # Every process asks: under FSDP gathering the full weights is a collective (rank 0 gets them).
-    state = trainer.strategy.lightning_module_state_dict()
     if trainer.is_global_zero:
-        meta = {"arch": model.arch_args(), "face_type": info["face_type"], "identities": info["identities"],
-                "stage_res": module.stage_res, "alpha": module.alpha, "batches_done": module.batches_done}
-        weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}  # not the discriminator
-        save_weights(weights, run_dir / "model.safetensors", meta)
-        console.print(f"done: {module.batches_done}/{schedule.total_batches} batches; checkpoints and previews in {run_dir}")
+        console.print(f"done: {module.batches_done}/{module.schedule.total_batches} batches; "
+                      f"checkpoints, previews and model.safetensors in {run_dir}")
     return 0
+
+
+def _dry_run(cfg: DictConfig, info: dict, run_dir: Path) -> int:
+    module = instantiate(cfg.module)
+    console.print(plan_table(module.schedule))
+    console.print(format_summary(summarize(module.model, batch_size=module.schedule.stages[-1].batch * len(info["identities"]))))
+    console.print(f"face sets {info['identities']}: {info['counts']} faces, {info['face_type']}, crops {info['sizes']} px; "
+                  f"run dir would be {run_dir}")
+    return 0
+
+
+def _start(cfg: DictConfig, module, datamodule, info: dict, resume: Path | None, run_dir: Path) -> str | None:
+    """Where the weights start: a checked resume, a warm start, or fresh with the face sets'
+    colour statistics (returns the line that reports them)."""
+    if resume is not None:
+        problem = resume_problem(read_training_checkpoint(resume)[CKPT_KEY], module.model.arch,
+                                 module.schedule.world_size)
+        if problem:
+            raise UserError(f"cannot resume from {resume}: {problem}")
+        return None
+    if cfg.resume == "auto":
+        console.print(f"resume=auto: no checkpoint in {run_dir}, starting fresh")
+    if any(run_dir.glob("*.ckpt")):
+        raise UserError(f"{run_dir} already holds a run; pass resume=auto to continue it, or choose another run=/out=")
+    if cfg.warm_start:
+        warm_start(module.model, cfg.warm_start, console)
+    if module.model.colour_norm:  # a resumed run restores them from its checkpoint
+        mean, std = datamodule.colour_stats()
+        module.model.set_identity_colour(mean, std)
+        return "identity colour (RGB mean ± std inside the face): " + ";  ".join(
+            f"{name} {_rgb(m)} ± {_rgb(d)}" for name, m, d in zip(info["identities"], mean, std))
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,7 @@
 A checkpoint is a training checkpoint (``last.ckpt``: weights under ``state_dict`` with the
 ``model.`` prefix, facts under ``ckpt["progressive_swap"]``) or a finished run's
 ``model.safetensors`` (facts in its JSON-string metadata). Both are read without unpickling
-code (``train/checkpoint.py``). The facts used here: ``arch`` (``CombAutoencoder(**arch)``),
+code (``train/checkpoint.py``). The facts used here: ``arch`` (``CombAutoencoder(CombArch(**arch))``),
 ``stage_res`` and ``alpha`` (the stage the weights were trained to), ``identities`` (a name
 per decoder) and ``face_type``.
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from progressive_swap.model.autoencoder import CombAutoencoder
+from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 from progressive_swap.train.checkpoint import CKPT_KEY, safe_load
 
 
@@ -151,10 +151,10 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_model(path: str | os.PathLike, device: str = "auto") -> tuple[CombAutoencoder, CheckpointInfo]:
-    """Rebuild ``CombAutoencoder(**arch)`` from a checkpoint, load its weights, eval mode."""
+    """Rebuild ``CombAutoencoder(CombArch(**arch))`` from a checkpoint, load its weights, eval mode."""
     info, state = read_checkpoint(path)
     try:
-        model = CombAutoencoder(**info.arch)
+        model = CombAutoencoder(CombArch.from_dict(info.arch))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: cannot rebuild the model from its arch: {e}") from None
     try:

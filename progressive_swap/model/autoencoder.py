@@ -27,8 +27,8 @@ with per-sample routing, absent identities' decoders) are unused at most steps a
 needs ``find_unused_parameters=True`` whatever we skip; skipping adds no new requirement.
 
 Example:
-    >>> model = CombAutoencoder(2, final_res=64, start_res=32, latent_res=8,
-    ...                         latent_channels=64, channel_base=1024, channel_max=64)
+    >>> model = CombAutoencoder(CombArch(2, final_res=64, start_res=32, latent_res=8,
+    ...                                  latent_channels=64, channel_base=1024, channel_max=64))
     >>> rgb, mask_logit = model(torch.rand(4, 3, 64, 64), identity=0, stage_res=64, alpha=0.5)
     >>> rgb.shape, mask_logit.shape
     (torch.Size([4, 3, 64, 64]), torch.Size([4, 1, 64, 64]))
@@ -37,7 +37,8 @@ Example:
 from __future__ import annotations
 
 import operator
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -57,6 +58,7 @@ __all__ = [
     "stage_resolutions",
     "ProgressiveEncoder",
     "ProgressiveDecoder",
+    "CombArch",
     "CombAutoencoder",
 ]
 
@@ -337,14 +339,10 @@ class ProgressiveDecoder(_ProgressiveStack):
         return out
 
 
-class CombAutoencoder(nn.Module):
-    """Shared encoder + one decoder per identity ("comb"), growing by stage.
-
-    A swap encodes a face of identity j and decodes it with identity i's decoder. The encoder
-    and each decoder are separate modules made of repeated :class:`EncoderBlock` /
-    :class:`DecoderBlock`, so FSDP can auto-wrap per block and decoders can sit on different
-    devices (placed with ``train.strategy.place_model``, :meth:`decode` moves the latent to the
-    decoder and the result back).
+@dataclass(frozen=True)
+class CombArch:
+    """Everything that fixes a comb's weights' names and shapes: the constructor argument of
+    :class:`CombAutoencoder`, the ``arch`` entry of every checkpoint and what a resume compares.
 
     Args:
         num_identities: number of decoders (>= 2).
@@ -359,68 +357,97 @@ class CombAutoencoder(nn.Module):
         act_slope: negative slope of the LeakyReLU activations.
         norm_groups: GroupNorm groups inside blocks; 0 means no normalisation.
         colour_norm: standardise each face by its *source identity's* colour statistics before
-            the encoder (see :meth:`normalise_input`). The encoder then sees a face relative to
-            its own identity's average look: a frame's lighting passes through the latent, a
-            person's skin tone does not, so each decoder paints its own identity's colours.
+            the encoder (see :meth:`CombAutoencoder.normalise_input`). The encoder then sees a
+            face relative to its own identity's average look: a frame's lighting passes through
+            the latent, a person's skin tone does not, so each decoder paints its own
+            identity's colours.
+
+    Example:
+        >>> CombArch(2, final_res=64, start_res=32).stages
+        [32, 64]
+    """
+
+    num_identities: int = 2
+    final_res: int = 1024
+    start_res: int = 256
+    latent_res: int = 16
+    latent_channels: int = 256
+    channel_base: int = 32768
+    channel_max: int = 512
+    channel_min: int = 16
+    act_slope: float = 0.2
+    norm_groups: int = 0
+    colour_norm: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_identities < 2:
+            raise ValueError(f"a comb needs num_identities >= 2, got {self.num_identities}")
+
+    @property
+    def stages(self) -> list[int]:
+        return stage_resolutions(self.start_res, self.final_res)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values, as stored in checkpoints and safetensors metadata."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CombArch":
+        """Read a checkpoint's ``arch`` entry (also those written before this class existed,
+        which hold the same keys)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown architecture keys {unknown}: written by a newer version?")
+        return cls(**dict(d))
+
+    def differences(self, other: "CombArch") -> dict[str, tuple[Any, Any]]:
+        """``{field: (self's, other's)}`` for every field that differs."""
+        a, b = self.as_dict(), other.as_dict()
+        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+class CombAutoencoder(nn.Module):
+    """Shared encoder + one decoder per identity ("comb"), growing by stage.
+
+    A swap encodes a face of identity j and decodes it with identity i's decoder. The encoder
+    and each decoder are separate modules made of repeated :class:`EncoderBlock` /
+    :class:`DecoderBlock`, so FSDP can auto-wrap per block and a strategy can put decoders on
+    other devices (``train/strategy.py``); the network itself never moves tensors between devices.
+
+    Args:
+        arch: the architecture (:class:`CombArch`).
         checkpoint_blocks: activation checkpointing per block (``use_reentrant=False``); a
-            runtime choice, not architecture, so it is settable and not in :meth:`arch_args`.
+            runtime choice, not architecture, so it is settable and not part of ``arch``.
             Leave it off when the strategy (e.g. FSDP) already checkpoints the blocks.
     """
 
-    def __init__(
-        self,
-        num_identities: int = 2,
-        final_res: int = 1024,
-        start_res: int = 256,
-        latent_res: int = 16,
-        latent_channels: int = 256,
-        channel_base: int = 32768,
-        channel_max: int = 512,
-        channel_min: int = 16,
-        act_slope: float = 0.2,
-        norm_groups: int = 0,
-        colour_norm: bool = False,
-        checkpoint_blocks: bool = False,
-    ) -> None:
+    def __init__(self, arch: CombArch, checkpoint_blocks: bool = False) -> None:
         super().__init__()
-        if num_identities < 2:
-            raise ValueError(f"a comb needs num_identities >= 2, got {num_identities}")
-        self._arch: dict[str, Any] = dict(
-            num_identities=num_identities,
-            final_res=final_res,
-            start_res=start_res,
-            latent_res=latent_res,
-            latent_channels=latent_channels,
-            channel_base=channel_base,
-            channel_max=channel_max,
-            channel_min=channel_min,
-            act_slope=act_slope,
-            norm_groups=norm_groups,
-            colour_norm=colour_norm,
-        )
-        shared = {k: v for k, v in self._arch.items() if k not in ("num_identities", "colour_norm")}
+        if not isinstance(arch, CombArch):
+            raise TypeError(f"CombAutoencoder takes a CombArch, got {type(arch).__name__}")
+        self.arch = arch
+        shared = {k: v for k, v in arch.as_dict().items() if k not in ("num_identities", "colour_norm")}
         self.encoder = ProgressiveEncoder(**shared, in_channels=3)
         self.decoders = nn.ModuleList(
-            ProgressiveDecoder(**shared, out_channels=4) for _ in range(num_identities)
+            ProgressiveDecoder(**shared, out_channels=4) for _ in range(arch.num_identities)
         )
         self.checkpoint_blocks = checkpoint_blocks
-        self.num_identities = num_identities
-        self.colour_norm = colour_norm
-        # Decoders placed on other devices (train/strategy.py place_model); decode moves latents there.
-        self.decoder_devices: dict[int, torch.device] = {}
+        self.num_identities = arch.num_identities
+        self.colour_norm = arch.colour_norm
         # Per identity: mean and standard deviation of RGB inside the face (N, 2, 3). Measured on
         # the face sets before training (set_identity_colour) and saved with the weights; the
         # placeholder (0.5, 0.25) is a plain rescaling until then.
-        placeholder = torch.tensor([[0.5] * 3, [0.25] * 3]).expand(num_identities, 2, 3)
-        self.register_buffer("identity_colour", placeholder.clone(), persistent=colour_norm)
-        self.final_res, self.start_res, self.latent_res = final_res, start_res, latent_res
+        placeholder = torch.tensor([[0.5] * 3, [0.25] * 3]).expand(arch.num_identities, 2, 3)
+        self.register_buffer("identity_colour", placeholder.clone(), persistent=arch.colour_norm)
+        self.final_res, self.start_res, self.latent_res = arch.final_res, arch.start_res, arch.latent_res
         self.stages: list[int] = list(self.encoder.stages)  # [start_res, ..., final_res]
 
     # -- description -------------------------------------------------------------------------
 
     def arch_args(self) -> dict[str, Any]:
-        """Constructor kwargs that rebuild this architecture: ``CombAutoencoder(**arch_args())``."""
-        return dict(self._arch)
+        """The architecture as plain values: ``CombAutoencoder(CombArch(**arch_args()))`` rebuilds it."""
+        return self.arch.as_dict()
 
     @property
     def checkpoint_blocks(self) -> bool:
@@ -552,11 +579,7 @@ class CombAutoencoder(nn.Module):
     ) -> torch.Tensor:
         if not 0 <= identity < len(self.decoders):
             raise ValueError(f"identity {identity} out of range [0, {len(self.decoders)})")
-        # Only an explicit placement moves latents: under FSDP with CPU offload a decoder's
-        # parameters sit on the CPU between steps while it computes on the GPU.
-        device = self.decoder_devices.get(identity, latent.device)
-        out = self.decoders[identity](latent.to(device), stage_res, alpha)  # (B, 4, H, W)
-        return out.to(latent.device)
+        return self.decoders[identity](latent, stage_res, alpha)  # (B, 4, H, W)
 
     def forward(
         self,

@@ -4,8 +4,8 @@ Everything is measured on a copy of the model built on the ``meta`` device (shap
 storage), so a 1024-px model is summarised in about a second without allocating activations.
 
 Example:
-    >>> model = CombAutoencoder(2, final_res=64, start_res=32, latent_res=8,
-    ...                         latent_channels=64, channel_base=1024, channel_max=64)
+    >>> model = CombAutoencoder(CombArch(2, final_res=64, start_res=32, latent_res=8,
+    ...                         latent_channels=64, channel_base=1024, channel_max=64))
     >>> print(format_summary(summarize(model, batch_size=16)))  # doctest: +SKIP
 """
 
@@ -75,7 +75,7 @@ def summarize(
         Parameter counts are the union over the stage's fade.
     """
     with torch.device("meta"):
-        meta = CombAutoencoder(**model.arch_args())
+        meta = CombAutoencoder(model.arch)
     meta.to(dtype)
     shapes = {name: p.numel() for name, p in meta.named_parameters()}
     rows = []

@@ -24,6 +24,8 @@ from typing import Callable
 
 import torch
 
+from pytorch_lightning.strategies import SingleDeviceStrategy
+
 from progressive_swap.train.growth import GrowthSchedule
 from progressive_swap.train.strategy import DecoderParallelStrategy
 
@@ -242,9 +244,7 @@ def search_on_device(
 
 
 def plan_for_run(
-    schedule: GrowthSchedule,
-    model: torch.nn.Module,
-    module_factory: Callable[[torch.nn.Module], torch.nn.Module],
+    module: torch.nn.Module,
     trainer,
     max_memory_gb: float | None = None,
     resume_schedule: dict | None = None,
@@ -259,9 +259,7 @@ def plan_for_run(
         ValueError: without a CUDA device, or with more than one process or device (search once
             on one GPU, e.g. with ``dry_run=true``, and pass the batches in the schedule).
     """
-    from pytorch_lightning.strategies import SingleDeviceStrategy
-
-
+    schedule = module.schedule
     if resume_schedule is not None:
         return with_batches(schedule, [int(s["batch"]) for s in resume_schedule["stages"]])
     strategy = trainer.strategy
@@ -271,5 +269,6 @@ def plan_for_run(
     device = strategy.root_device
     if device.type != "cuda":
         raise ValueError("find_batch=true needs a CUDA device (trainer=gpu)")
-    return search_on_device(module_factory, model, schedule, device, precision=str(trainer.precision),
+    # The search trains a copy: the run's module starts from its own untouched weights.
+    return search_on_device(lambda copy: copy, module, schedule, device, precision=str(trainer.precision),
                             max_memory_gb=max_memory_gb, report=report)

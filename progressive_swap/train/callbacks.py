@@ -1,6 +1,7 @@
 """Callbacks: preview grids, growth announcements, the final and the milestone checkpoints."""
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 import torch
 from rich.console import Console
 
+from progressive_swap.core.weights import save_weights
 from progressive_swap.core.io import atomic_write_bytes
 
 _console = Console(stderr=True)
@@ -177,3 +179,44 @@ class StepCheckpoint(ModelCheckpoint):
         if trainer.fit_loop._should_accumulate():
             return
         super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+
+
+def periodic_checkpoint(dirpath: str | Path, every_minutes: float = 10.0, every_steps: int | None = None,
+                        keep: int = 3) -> StepCheckpoint:
+    """The rolling ``step*.ckpt`` checkpoints plus ``last.ckpt``, every ``every_minutes`` (or every
+    ``every_steps`` optimizer steps when given), keeping the newest ``keep``."""
+    return StepCheckpoint(
+        dirpath=dirpath,
+        filename="step{step:07d}",
+        auto_insert_metric_name=False,
+        save_last=True,
+        enable_version_counter=False,  # last.ckpt is overwritten (atomically), never versioned
+        save_top_k=int(keep),
+        monitor="step",
+        mode="max",
+        every_n_train_steps=every_steps or None,
+        train_time_interval=None if every_steps else timedelta(minutes=float(every_minutes)),
+    )
+
+
+class FinalWeights(pl.Callback):
+    """Writes ``model.safetensors`` when training ends: the network's weights (not the
+    discriminator's) with the architecture, face type, identities and stage in its metadata,
+    which is what ``swap-export`` reads.
+
+    Every process takes part: under FSDP gathering the full weights is a collective, and rank 0
+    writes the file.
+    """
+
+    def __init__(self, dirpath: str | Path):
+        self.path = Path(dirpath) / "model.safetensors"
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        state = trainer.strategy.lightning_module_state_dict()
+        if not trainer.is_global_zero:
+            return
+        meta = {"arch": module.model.arch_args(), "face_type": module.face_type, "identities": module.identity_names,
+                "stage_res": module.stage_res, "alpha": module.alpha, "batches_done": module.batches_done}
+        weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        save_weights(weights, self.path, meta)
+

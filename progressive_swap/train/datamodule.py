@@ -25,7 +25,7 @@ from progressive_swap.core import procs
 from progressive_swap.train.augment import photometric
 from progressive_swap.masks.hull import landmark_mask, region_masks
 from progressive_swap.masks.occluders import paste_occluder_alpha
-from progressive_swap.train.growth import GrowthSchedule
+from progressive_swap.train.growth import GrowthSchedule, mix_seed
 from progressive_swap.phantom.dataset import generate_phantom_dataset
 
 LANDMARK_MASKS = ("components", "extended")
@@ -37,12 +37,6 @@ def cache_dir() -> Path:
     if env:
         return Path(env)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "progressive_swap"
-
-
-def _mix(*xs: int) -> int:
-    """Stable 63-bit hash of integers (seeds must not depend on Python's hash randomisation)."""
-    h = hashlib.blake2b(np.asarray(xs, np.int64).tobytes(), digest_size=8).digest()
-    return int.from_bytes(h, "little") >> 1
 
 
 def check_facesets(paths: Sequence[str | os.PathLike], min_size: int) -> dict[str, Any]:
@@ -124,7 +118,7 @@ class CombDataset(Dataset):
         key = (identity, epoch)
         perm = self._perm_cache.get(key)
         if perm is None:
-            perm = np.random.default_rng(_mix(self.seed, identity, epoch)).permutation(n)
+            perm = np.random.default_rng(mix_seed(self.seed, identity, epoch)).permutation(n)
             self._perm_cache = {key: perm}  # keep one: samples arrive in order
         return int(perm[r])
 
@@ -136,7 +130,7 @@ class CombDataset(Dataset):
         if img.shape[0] != res:
             img = cv2.resize(img, (res, res), interpolation=interp)
         if sample is not None and self._aug is not None:
-            self._aug.set_random_seed(_mix(self.seed, identity, sample, 7))
+            self._aug.set_random_seed(mix_seed(self.seed, identity, sample, 7))
             img = self._aug(image=img)["image"]
         lm = np.asarray(s.landmarks_aligned[face], np.float64) * res - 0.5  # crop pixels at res
         m = None if self.mask in LANDMARK_MASKS else s.mask(face, self.mask)
@@ -146,7 +140,7 @@ class CombDataset(Dataset):
             m = cv2.resize(m, (res, res), interpolation=interp)
         regions = region_masks(lm, res)
         if sample is not None and self.paste_occluders > 0:
-            rng = np.random.default_rng(_mix(self.seed, identity, sample, 11))
+            rng = np.random.default_rng(mix_seed(self.seed, identity, sample, 11))
             if rng.random() < self.paste_occluders:
                 img, a = paste_occluder_alpha(img, np.asarray(m, np.float32), rng)
                 m, regions = m * (1 - a), regions * (1 - a)

@@ -12,10 +12,19 @@ stage and alpha exactly, and the data loader can restart at the same sample.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
+
+def mix_seed(*xs: int) -> int:
+    """Stable 63-bit hash of integers: the seed of everything random that is a function of
+    (seed, batch index, ...), independent of Python's hash randomisation."""
+    h = hashlib.blake2b(np.asarray(xs, np.int64).tobytes(), digest_size=8).digest()
+    return int.from_bytes(h, "little") >> 1
 
 @dataclass(frozen=True)
 class Stage:
@@ -39,7 +48,7 @@ class Stage:
     lr_end: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Phase:
     """A stretch of batches with one resolution and batch size."""
 
@@ -128,7 +137,8 @@ class GrowthSchedule:
                 n = math.ceil(images / per_batch)
                 if n == 0:
                     continue
-                phases.append(Phase(i, s.res, fading, batch0, n, s.batch, s.lr, sample0, None if fading else s.lr_end))
+                phases.append(Phase(stage=i, res=s.res, fading=fading, first_batch=batch0, batches=n, batch=s.batch, lr=s.lr,
+                                    first_sample=sample0, lr_end=None if fading else s.lr_end))
                 batch0 += n
                 sample0 += n * s.batch * self.world_size
         if not phases:

@@ -15,10 +15,9 @@ import pytorch_lightning as pl
 import torch
 
 from progressive_swap.train.augment import apply_affine, random_affine, random_color_scramble, random_grid_warp
-from progressive_swap.train.datamodule import _mix
-from progressive_swap.model.autoencoder import CombAutoencoder
+from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 from progressive_swap.model.blocks import downsample2x, upsample2x
-from progressive_swap.train.growth import GrowthSchedule
+from progressive_swap.train.growth import GrowthSchedule, mix_seed
 from progressive_swap.train.losses import SwapLoss
 
 CKPT_KEY = "progressive_swap"
@@ -31,6 +30,19 @@ def fade_target(x: torch.Tensor, alpha: float) -> torch.Tensor:
         return x
     low = upsample2x(downsample2x(x))
     return low + (x - low) * alpha
+
+
+def resume_problem(state: dict[str, Any], arch: CombArch, world_size: int | None = None) -> str | None:
+    """Why a run cannot continue from a checkpoint's ``state[CKPT_KEY]``, or ``None``: another
+    architecture (warm-start from it instead), or another number of processes (the data
+    position counts global batches)."""
+    diff = CombArch.from_dict(state["arch"]).differences(arch)
+    if diff:
+        said = ", ".join(f"{k}: {a} vs {b}" for k, (a, b) in diff.items())
+        return f"it is another architecture (checkpoint vs recipe: {said}); use warm_start= instead"
+    if world_size is not None and state["schedule"]["world_size"] != world_size:
+        return f"it ran on {state['schedule']['world_size']} processes, not {world_size}"
+    return None
 
 
 class SwapModule(pl.LightningModule):
@@ -118,7 +130,7 @@ class SwapModule(pl.LightningModule):
     # -- training -------------------------------------------------------------------------------
 
     def _generator(self, batch_index: int) -> torch.Generator:
-        return torch.Generator().manual_seed(_mix(self.seed, batch_index, self.global_rank))
+        return torch.Generator().manual_seed(mix_seed(self.seed, batch_index, self.global_rank))
 
     def prepare(self, batch: dict, batch_index: int) -> tuple[torch.Tensor, ...]:
         """Augment a batch on the device: a shared affine/flip, then the grid warp and the colour
@@ -210,9 +222,9 @@ class SwapModule(pl.LightningModule):
         state = checkpoint.get(CKPT_KEY)
         if state is None:
             raise ValueError("checkpoint was not written by progressive_swap's trainer")
-        if state["arch"] != self.model.arch_args():
-            diff = {k: (state["arch"].get(k), v) for k, v in self.model.arch_args().items() if state["arch"].get(k) != v}
-            raise ValueError(f"checkpoint is for another architecture (checkpoint vs recipe): {diff}")
+        problem = resume_problem(state, self.model.arch)
+        if problem:
+            raise ValueError(problem)
         self.batches_done = int(state["batches_done"])
         self.stage_res, self.alpha = int(state["stage_res"]), float(state["alpha"])
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))

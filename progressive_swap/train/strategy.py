@@ -105,15 +105,45 @@ def placement_map(num_decoders: int, devices: Sequence[str | int | torch.device]
 
 
 def place_model(model: nn.Module, placement: Mapping[str, torch.device]) -> None:
-    """Move the submodules named in ``placement`` to their devices (in place). A comb records
-    where its decoders went, so that decoding moves each latent to its decoder and back."""
+    """Move the submodules named in ``placement`` to their devices (in place), and route each
+    moved decoder: its input is moved to its device and its output back to the input's device.
+
+    The network never moves tensors itself; this routing is what lets a comb run with decoders
+    on several devices. Only an explicit placement routes: under FSDP with CPU offload a
+    decoder's parameters rest on the CPU between steps while it computes on the GPU.
+    """
     modules = dict(model.named_modules())
     for name, device in placement.items():
         modules[name].to(device)
-    if hasattr(model, "decoder_devices"):
-        model.decoder_devices = {
-            i: torch.device(placement[f"decoders.{i}"]) for i in range(len(model.decoders)) if f"decoders.{i}" in placement
-        }
+        if name.startswith("decoders."):
+            route_to(modules[name], torch.device(device))
+
+
+def route_to(module: nn.Module, device: torch.device) -> None:
+    """Run ``module`` on ``device``: move its first input there and its output back.
+
+    Replaces an earlier routing of the same module. The hooks run before any other forward
+    hook of the module, so those see the moved tensors.
+    """
+    for handle in getattr(module, "_route_handles", ()):
+        handle.remove()
+    origin: list[torch.device] = []
+
+    def to_device(mod: nn.Module, args: tuple) -> tuple:
+        origin[:] = [args[0].device]
+        return (args[0].to(device), *args[1:])
+
+    def back(mod: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return out.to(origin[0])
+
+    module._route_handles = (module.register_forward_pre_hook(to_device, prepend=True),
+                             module.register_forward_hook(back))
+    module._route_device = device
+
+
+def routed_devices(model: nn.Module) -> dict[int, torch.device]:
+    """``{decoder index: device}`` for the decoders that :func:`place_model` routed."""
+    return {i: d._route_device for i, d in enumerate(model.decoders) if hasattr(d, "_route_device")}
 
 
 class DecoderParallelStrategy(SingleDeviceStrategy):
