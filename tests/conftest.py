@@ -1,7 +1,6 @@
 """Shared fixtures: tiny face sets written through the real face set API."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -19,7 +18,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PROGRESSIVE_SWAP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-def write_blob_faceset(path: Path, identity: int, n: int = 12, size: int = 32, face_type: str = "whole", seed: int = 0) -> Path:
+def write_blob_faceset(
+    path: Path, identity: int, n: int = 12, size: int = 32, face_type: str = "whole", seed: int = 0
+) -> Path:
     """A face set of coloured face-shaped blobs (colour depends on ``identity``)."""
     rng = np.random.default_rng(seed + 97 * identity)
     w = fs.create(path, face_type=face_type, size=size)
@@ -32,8 +33,19 @@ def write_blob_faceset(path: Path, identity: int, n: int = 12, size: int = 32, f
         for j in (36, 45, 48, 54):  # eyes and mouth corners, darker
             cv2.circle(frame, tuple(int(v) for v in lm[j]), 2, (30, 30, 30), -1)
         m = align.alignment_matrix(lm, face_type)
-        recs.append(fs.FaceRecord(id=f"f{i:03d}", source="synthetic", frame_index=i, time=i / 25, track=0,
-                                  identity=f"id{identity}", landmarks=lm, matrix=m, frame_size=(128, 128)))
+        recs.append(
+            fs.FaceRecord(
+                id=f"f{i:03d}",
+                source="synthetic",
+                frame_index=i,
+                time=i / 25,
+                track=0,
+                identity=f"id{identity}",
+                landmarks=lm,
+                matrix=m,
+                frame_size=(128, 128),
+            )
+        )
         imgs.append(align.warp_to_crop(frame, m, size))
     w.append(recs, imgs)
     w.close()
@@ -48,9 +60,16 @@ def blob_sets(tmp_path_factory) -> list[str]:
 
 # A demo recipe shrunk to seconds: tiny comb, 16 -> 32 px, no workers, no previews.
 TINY = [
-    "model.channel_base=256", "model.channel_max=16", "model.channel_min=8", "model.latent_channels=8", "model.latent_res=8",
+    "model.channel_base=256",
+    "model.channel_max=16",
+    "model.channel_min=8",
+    "model.latent_channels=8",
+    "model.latent_res=8",
     "schedule.stages=[{res:16,images:48,batch:4,lr:1e-3},{res:32,images:32,fade:32,batch:4,lr:1e-3}]",
-    "data.num_workers=0", "preview_every=0", "checkpoint.every_steps=3", "augment.warp=0.03",
+    "data.num_workers=0",
+    "preview_every=0",
+    "checkpoint.every_steps=3",
+    "augment.warp=0.03",
 ]
 
 

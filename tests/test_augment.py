@@ -1,11 +1,9 @@
 """On-device augmentation: shared affine and flip, encoder-input warp and colour scramble (train/augment.py)."""
 from __future__ import annotations
 
-
 import torch
 
 from progressive_swap.train.augment import apply_affine, random_affine, random_grid_warp
-
 
 
 def test_affine_without_motion_is_identity_and_flip_mirrors():

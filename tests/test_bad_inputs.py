@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import write_blob_faceset
 
 COMMANDS = {
@@ -26,11 +25,29 @@ COMMANDS = {
     "swap-mask": "progressive_swap.cli.mask",
     "swap-export": "progressive_swap.cli.export",
 }
-TRAIN = ["recipe=demo", "data=facesets", "data.faces=[{A},{B}]", "out={out}", "model.channel_base=256", "model.channel_max=16",
-         "model.channel_min=8", "model.latent_channels=8", "model.latent_res=8", "data.num_workers=0",
-         "schedule.stages=[{{res:16,images:48,batch:4,lr:1e-3}},{{res:32,images:32,fade:32,batch:4,lr:1e-3}}]"]
-TINY_ARCH = dict(num_identities=2, final_res=32, start_res=16, latent_res=8, latent_channels=8, channel_base=256,
-                 channel_max=16, channel_min=8)
+TRAIN = [
+    "recipe=demo",
+    "data=facesets",
+    "data.faces=[{A},{B}]",
+    "out={out}",
+    "model.channel_base=256",
+    "model.channel_max=16",
+    "model.channel_min=8",
+    "model.latent_channels=8",
+    "model.latent_res=8",
+    "data.num_workers=0",
+    "schedule.stages=[{{res:16,images:48,batch:4,lr:1e-3}},{{res:32,images:32,fade:32,batch:4,lr:1e-3}}]",
+]
+TINY_ARCH = dict(
+    num_identities=2,
+    final_res=32,
+    start_res=16,
+    latent_res=8,
+    latent_channels=8,
+    channel_base=256,
+    channel_max=16,
+    channel_min=8,
+)
 
 
 class _Boom:
@@ -75,8 +92,16 @@ def inputs(blob_sets, tmp_path_factory) -> dict[str, str]:
     (d / "evil.pt").write_bytes(pickle.dumps({"state_dict": _Boom(d / "pwned")}))
     (d / "evil.ckpt").write_bytes(pickle.dumps({"state_dict": _Boom(d / "pwned")}))
     (d / "evil.safetensors").write_bytes(pickle.dumps(_Boom(d / "pwned")))
-    other = {"progressive_swap": {"arch": {**TINY_ARCH, "latent_channels": 64}, "schedule": {"world_size": 1},
-                                  "stage_res": 32, "alpha": 1.0, "batches_done": 3}, "state_dict": {}}
+    other = {
+        "progressive_swap": {
+            "arch": {**TINY_ARCH, "latent_channels": 64},
+            "schedule": {"world_size": 1},
+            "stage_res": 32,
+            "alpha": 1.0,
+            "batches_done": 3,
+        },
+        "state_dict": {},
+    }
     torch.save(other, d / "other.ckpt")
     data = (d / "other.ckpt").read_bytes()
     (d / "cut.ckpt").write_bytes(data[: len(data) // 2])
@@ -84,7 +109,13 @@ def inputs(blob_sets, tmp_path_factory) -> dict[str, str]:
     from progressive_swap.train.checkpoint import save_weights
 
     model = CombAutoencoder(CombArch(**TINY_ARCH))
-    meta = {"arch": model.arch_args(), "stage_res": 32, "alpha": 1.0, "identities": ["alice", "bob"], "face_type": "whole"}
+    meta = {
+        "arch": model.arch_args(),
+        "stage_res": 32,
+        "alpha": 1.0,
+        "identities": ["alice", "bob"],
+        "face_type": "whole",
+    }
     save_weights(model, d / "model.safetensors", meta)
     p["fingerprint"] = _fingerprint(d)
     return p
@@ -101,10 +132,18 @@ CASES = [
     ("swap-train", ["recipe=2048"], "unknown recipe"),
     ("swap-train", ["recipe=demo", "--cfg", "everything"], "--cfg"),
     ("swap-train", [*TRAIN, "freeze=decoder"], "freeze must be"),
-    ("swap-train", [*TRAIN[:4], "schedule.stages=[{{res:16,images:48}},{{res:48,images:32}}]"], "schedule: stages must double"),
+    (
+        "swap-train",
+        [*TRAIN[:4], "schedule.stages=[{{res:16,images:48}},{{res:48,images:32}}]"],
+        "schedule: stages must double",
+    ),
     # swap-train: face sets
     ("swap-train", ["recipe=demo", "data=facesets", "data.faces=[{A},{v99}]", "out={out}"], "format_version 99"),
-    ("swap-train", ["recipe=demo", "data=facesets", "data.faces=[{A},{badhdr}]", "out={out}"], "corrupt face set header"),
+    (
+        "swap-train",
+        ["recipe=demo", "data=facesets", "data.faces=[{A},{badhdr}]", "out={out}"],
+        "corrupt face set header",
+    ),
     ("swap-train", ["recipe=demo", "data=facesets", "data.faces=[{A},{dir}/file.txt]", "out={out}"], "not a directory"),
     ("swap-train", ["recipe=demo", "data=facesets", "data.faces=[{A}]", "out={out}"], "at least 2 face sets"),
     ("swap-train", [*TRAIN[:2], "data.faces=[{A},{full}]", *TRAIN[3:]], "different face types"),
@@ -133,7 +172,11 @@ CASES = [
     ("swap-extract", ["input={dir}/empty.mp4", "out={out}", "landmarks=given:{truth}"], "empty"),
     ("swap-extract", ["input={dir}/junk.mp4", "out={out}", "landmarks=given:{truth}"], "cannot read"),
     ("swap-extract", ["input={dir}/cut.mp4", "out={out}", "size=64", "landmarks=given:{truth}"], "cannot read"),
-    ("swap-extract", ["input={dir}/imgs", "out={out}", "size=64", "landmarks=given:{truth}", "progress=false"], "could be decoded"),
+    (
+        "swap-extract",
+        ["input={dir}/imgs", "out={out}", "size=64", "landmarks=given:{truth}", "progress=false"],
+        "could be decoded",
+    ),
     ("swap-extract", ["input={dir}/nope.mp4", "out={out}"], "no such input"),
     ("swap-extract", ["input={video}", "out={out}", "size=100"], "multiple of 16"),
     ("swap-extract", ["input={video}", "out={out}", "size=64", "landmarks=given:{dir}/file.txt"], "not valid JSON"),
@@ -146,10 +189,26 @@ CASES = [
     # swap-export
     ("swap-export", ["checkpoint={dir}/evil.pt", "input={A}", "out={out}", "identity=0"], "refusing to load"),
     ("swap-export", ["checkpoint={dir}/nope.ckpt", "input={A}", "out={out}", "identity=0"], "not found"),
-    ("swap-export", ["checkpoint={dir}/model.safetensors", "input={A}", "out={out}", "identity=carol"], "unknown identity 'carol'"),
-    ("swap-export", ["checkpoint={dir}/evil.safetensors", "input={A}", "out={out}", "identity=0"], "cannot read safetensors"),
-    ("swap-export", ["checkpoint={dir}/model.safetensors", "input={A}", "out={out}", "identity=0", "format=jpg"], "unknown format"),
-    ("swap-export", ["checkpoint={dir}/model.safetensors", "input={dir}/nope", "out={out}", "identity=0"], "input not found"),
+    (
+        "swap-export",
+        ["checkpoint={dir}/model.safetensors", "input={A}", "out={out}", "identity=carol"],
+        "unknown identity 'carol'",
+    ),
+    (
+        "swap-export",
+        ["checkpoint={dir}/evil.safetensors", "input={A}", "out={out}", "identity=0"],
+        "cannot read safetensors",
+    ),
+    (
+        "swap-export",
+        ["checkpoint={dir}/model.safetensors", "input={A}", "out={out}", "identity=0", "format=jpg"],
+        "unknown format",
+    ),
+    (
+        "swap-export",
+        ["checkpoint={dir}/model.safetensors", "input={dir}/nope", "out={out}", "identity=0"],
+        "input not found",
+    ),
 ]
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from progressive_swap import faceset as fs
-from progressive_swap.train.datamodule import CombDataset
 from progressive_swap.core import align
 from progressive_swap.core.landmarks import MEAN_FACE
+from progressive_swap.train.datamodule import CombDataset
 
 
 def _two_tone_set(path, inside=((200, 100, 50), (100, 60, 30)), outside=(0, 255, 0), n=5, size=32):
@@ -36,7 +35,9 @@ def _two_tone_set(path, inside=((200, 100, 50), (100, 60, 30)), outside=(0, 255,
 
 def test_colour_stats_are_the_masked_mean_and_deviation(tmp_path):
     a, b = np.array([200, 100, 50]) / 255, np.array([100, 60, 30]) / 255
-    ds = CombDataset([_two_tone_set(tmp_path / "a"), _two_tone_set(tmp_path / "b", inside=((90, 90, 90), (90, 90, 90)))], mask="skin")
+    ds = CombDataset(
+        [_two_tone_set(tmp_path / "a"), _two_tone_set(tmp_path / "b", inside=((90, 90, 90), (90, 90, 90)))], mask="skin"
+    )
     mean, std = ds.colour_stats(0, res=32)
     np.testing.assert_allclose(mean, (a + b) / 2, atol=1e-6)  # the green outside does not count
     np.testing.assert_allclose(std, np.abs(a - b) / 2, atol=1e-6)
@@ -48,16 +49,20 @@ def test_colour_stats_are_the_masked_mean_and_deviation(tmp_path):
 def test_an_empty_training_mask_is_a_clear_error(tmp_path):
     p = _two_tone_set(tmp_path / "a")
     ds = CombDataset([p, p], mask="skin")
-    ds.load = lambda k, f, res, sample=None: {"image": np.zeros((3, res, res), np.float32), "mask": np.zeros((1, res, res), np.float32)}
+    ds.load = lambda k, f, res, sample=None: {
+        "image": np.zeros((3, res, res), np.float32),
+        "mask": np.zeros((1, res, res), np.float32),
+    }
     with pytest.raises(ValueError, match="mask 'skin' is empty"):
         ds.colour_stats(0)
 
 
 @pytest.mark.slow
 def test_training_stores_each_identitys_colour_with_the_weights(blob_sets, tmp_path):
+    from conftest import tiny
+
     from progressive_swap.cli import train as train_cli
     from progressive_swap.export.swapper import load_model
-    from conftest import tiny
 
     run = tmp_path / "run"
     assert train_cli.main(tiny(blob_sets, run, "max_steps=2")) == 0

@@ -9,15 +9,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import write_blob_faceset
-from progressive_swap.cli import faceset as cli
-from progressive_swap.faceset import curate
+
 from progressive_swap import faceset as F
-from progressive_swap.phantom import mesh as pm
-from progressive_swap.phantom.renderer import render
-from progressive_swap.phantom.params import sample_frame, sample_identity
+from progressive_swap.cli import faceset as cli
 from progressive_swap.core import align, pose
+from progressive_swap.faceset import curate
+from progressive_swap.phantom import mesh as pm
+from progressive_swap.phantom.params import sample_frame, sample_identity
+from progressive_swap.phantom.renderer import render
 
 # ---------------------------------------------------------------------- head pose
 

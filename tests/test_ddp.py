@@ -58,7 +58,12 @@ def test_ddp_nan_steps_roll_back_every_process_to_the_same_checkpoint(blob_sets,
     assert "rolled back to step0000004.ckpt (batch 4)" in r.stderr
     end = safe_load(run / "last.ckpt")
     state = end["progressive_swap"]
-    assert state["batches_done"] == 16 and state["nonfinite_steps"] == 3 and state["rollbacks"] == 1 and state["lr_scale"] == 0.5
+    assert (
+        state["batches_done"] == 16
+        and state["nonfinite_steps"] == 3
+        and state["rollbacks"] == 1
+        and state["lr_scale"] == 0.5
+    )
     assert all(torch.isfinite(v).all() for v in end["state_dict"].values())
     events = (run / "logs" / "nonfinite.jsonl").read_text().splitlines()
     assert len(events) == 4 and '"to": "step0000004.ckpt"' in events[-1]  # rank 0 alone writes the log

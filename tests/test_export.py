@@ -16,18 +16,18 @@ import numpy as np
 import pytest
 import torch
 
-from progressive_swap.cli import export as export_cli
 from progressive_swap import faceset
-from progressive_swap.phantom.renderer import render, sample_identity, sample_trajectory
-from progressive_swap.footage.video import read_video
+from progressive_swap.cli import export as export_cli
+from progressive_swap.core import align
 from progressive_swap.export import composite as C
 from progressive_swap.export import writers as W
-from progressive_swap.export.swapper import CheckpointInfo, Swapper, load_model
 from progressive_swap.export.frames import FaceIn, FrameIn
 from progressive_swap.export.pipeline import Exporter, ExportSettings
-from progressive_swap.core import align
+from progressive_swap.export.swapper import CheckpointInfo, Swapper, load_model
+from progressive_swap.footage.video import read_video
 from progressive_swap.masks.hull import landmark_mask
 from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
+from progressive_swap.phantom.renderer import render, sample_identity, sample_trajectory
 from progressive_swap.train.checkpoint import save_weights
 
 FACE_TYPE = "whole"
@@ -91,10 +91,18 @@ def ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
     model = CombAutoencoder(CombArch(**ARCH))
-    meta = {"arch": model.arch_args(), "face_type": FACE_TYPE, "identities": ["alice", "bob"], "stage_res": 32, "alpha": 1.0}
+    meta = {
+        "arch": model.arch_args(),
+        "face_type": FACE_TYPE,
+        "identities": ["alice", "bob"],
+        "stage_res": 32,
+        "alpha": 1.0,
+    }
     save_weights(model, root / "model.safetensors", meta)
-    torch.save({"progressive_swap": meta, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
-               root / "last.ckpt")
+    torch.save(
+        {"progressive_swap": meta, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
+        root / "last.ckpt",
+    )
     return root
 
 
@@ -125,7 +133,9 @@ def vfr_video(tmp_path_factory, clip):
         for p in a.encode():
             c.mux(p)
     truth = root / "plate.truth.json"
-    frames = [{"index": i, "faces": [] if i == 2 else [{"landmarks": r.landmarks.tolist()}]} for i, r in enumerate(clip)]
+    frames = [
+        {"index": i, "faces": [] if i == 2 else [{"landmarks": r.landmarks.tolist()}]} for i, r in enumerate(clip)
+    ]
     truth.write_text(json.dumps({"fps": 25, "size": [SIZE, SIZE], "frames": frames}))
     return path, truth
 
@@ -197,7 +207,9 @@ def test_unwarp_puts_crop_landmarks_back_on_the_frame_landmarks(clip):
     for k in (8, 30, 36, 45, 48, 54):
         dot = np.zeros((s, s), np.float32)
         x, y = lm_crop[k]
-        dot = cv2.GaussianBlur(cv2.circle(dot, (int(round(x * 16)), int(round(y * 16))), 48, 1.0, -1, cv2.LINE_AA, 4), (0, 0), 3)
+        dot = cv2.GaussianBlur(
+            cv2.circle(dot, (int(round(x * 16)), int(round(y * 16))), 48, 1.0, -1, cv2.LINE_AA, 4), (0, 0), 3
+        )
         layer = C.face_layer(C.SwappedFace(np.zeros((s, s, 3), np.float32), dot, m), (SIZE, SIZE))
         a = layer[..., 3]
         ys, xs = np.mgrid[:SIZE, :SIZE]
@@ -207,6 +219,7 @@ def test_unwarp_puts_crop_landmarks_back_on_the_frame_landmarks(clip):
 
 def test_mask_options_are_relative_to_face_size():
     """Erode/dilate/feather scale with the crop: the same fraction gives the same shape."""
+
     def disc(s):
         m = np.zeros((s, s), np.float32)
         return cv2.circle(m, (s // 2, s // 2), s // 4, 1.0, -1)
@@ -367,8 +380,9 @@ def test_checkpoint_formats_load_the_same_model(ckpt):
 
 
 def cli(ckpt, inp, out, *extra, name="model.safetensors"):
-    return export_cli.main([f"checkpoint={ckpt / name}", f"input={inp}", f"out={out}", "identity=bob",
-                            "progress=false", *extra])
+    return export_cli.main(
+        [f"checkpoint={ckpt / name}", f"input={inp}", f"out={out}", "identity=bob", "progress=false", *extra]
+    )
 
 
 def test_cli_footage_keeps_frame_count_order_timestamps_and_audio(tmp_path, ckpt, vfr_video):
@@ -418,8 +432,19 @@ def test_cli_faceset_input(tmp_path, ckpt, vfr_video, clip):
         if i == 2:
             continue
         m = align.alignment_matrix(r.landmarks, FACE_TYPE)
-        recs.append(faceset.FaceRecord(id=f"f{i}", source=str(video), frame_index=i, time=TIMES[i], track=0,
-                                       identity="B", landmarks=r.landmarks, matrix=m, frame_size=(SIZE, SIZE)))
+        recs.append(
+            faceset.FaceRecord(
+                id=f"f{i}",
+                source=str(video),
+                frame_index=i,
+                time=TIMES[i],
+                track=0,
+                identity="B",
+                landmarks=r.landmarks,
+                matrix=m,
+                frame_size=(SIZE, SIZE),
+            )
+        )
         imgs.append(align.warp_to_crop(r.image, m, 64))
     w.append(recs, imgs)
     w.close()
@@ -434,7 +459,9 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, ckpt, vfr_video, capsys
     video, truth = vfr_video
     given = f"landmarks=given:{truth}"
     if case == "identity":
-        rc = export_cli.main([f"checkpoint={ckpt / 'last.ckpt'}", f"input={video}", f"out={tmp_path}", "identity=carol", given])
+        rc = export_cli.main(
+            [f"checkpoint={ckpt / 'last.ckpt'}", f"input={video}", f"out={tmp_path}", "identity=carol", given]
+        )
         want = "unknown identity 'carol'; this checkpoint knows 0:alice, 1:bob"
     elif case in ("face_type", "resolution"):
         fset = tmp_path / "set"
@@ -515,8 +542,19 @@ def test_cli_alpha_from_a_stored_mask_and_user_edits_win(tmp_path, ckpt, vfr_vid
     recs, imgs, masks = [], [], []
     for i, r in enumerate(clip):
         m = align.alignment_matrix(r.landmarks, FACE_TYPE)
-        recs.append(faceset.FaceRecord(id=f"f{i}", source=str(video), frame_index=i, time=TIMES[i], track=0,
-                                       identity="B", landmarks=r.landmarks, matrix=m, frame_size=(SIZE, SIZE)))
+        recs.append(
+            faceset.FaceRecord(
+                id=f"f{i}",
+                source=str(video),
+                frame_index=i,
+                time=TIMES[i],
+                track=0,
+                identity="B",
+                landmarks=r.landmarks,
+                matrix=m,
+                frame_size=(SIZE, SIZE),
+            )
+        )
         imgs.append(align.warp_to_crop(r.image, m, 64))
         masks.append(align.warp_to_crop(r.visible_mask.astype(np.float32), m, 64))
     w.append(recs, imgs, {"segment": masks})
@@ -542,8 +580,16 @@ def colour_ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("colour_ckpt")
     torch.manual_seed(1)
     model = CombAutoencoder(CombArch(**ARCH, colour_norm=True))
-    model.set_identity_colour(torch.tensor([[0.7, 0.6, 0.5], [0.3, 0.2, 0.15]]), torch.tensor([[0.2, 0.2, 0.2], [0.1, 0.08, 0.07]]))
-    meta = {"arch": model.arch_args(), "face_type": FACE_TYPE, "identities": ["alice", "bob"], "stage_res": 32, "alpha": 1.0}
+    model.set_identity_colour(
+        torch.tensor([[0.7, 0.6, 0.5], [0.3, 0.2, 0.15]]), torch.tensor([[0.2, 0.2, 0.2], [0.1, 0.08, 0.07]])
+    )
+    meta = {
+        "arch": model.arch_args(),
+        "face_type": FACE_TYPE,
+        "identities": ["alice", "bob"],
+        "stage_res": 32,
+        "alpha": 1.0,
+    }
     save_weights(model, root / "model.safetensors", meta)
     return root
 
@@ -575,8 +621,20 @@ def test_cli_from_identity_picks_the_colour_statistics_and_is_recorded(tmp_path,
     with torch.no_grad():
         direct, _ = model(torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255, 1, 32, 1.0, 0)
     np.testing.assert_allclose(rgb, direct.permute(0, 2, 3, 1).numpy(), atol=1e-6)
-    assert export_cli.main([f"checkpoint={colour_ckpt / 'model.safetensors'}", f"input={video}", f"out={tmp_path / 'x'}",
-                            "identity=bob", "from_identity=carol", given, "progress=false"]) == 2
+    assert (
+        export_cli.main(
+            [
+                f"checkpoint={colour_ckpt / 'model.safetensors'}",
+                f"input={video}",
+                f"out={tmp_path / 'x'}",
+                "identity=bob",
+                "from_identity=carol",
+                given,
+                "progress=false",
+            ]
+        )
+        == 2
+    )
     assert "unknown identity 'carol'" in capsys.readouterr().err
 
 

@@ -17,15 +17,15 @@ import cv2
 import numpy as np
 import pytest
 
-from progressive_swap.cli.extract import main
 from progressive_swap import faceset
-from progressive_swap.phantom.renderer import render, sample_identity, sample_trajectory
-from progressive_swap.footage.sources import open_source
-from progressive_swap.phantom.video import write_phantom_video
-from progressive_swap.extract.pipeline import ExtractOptions, extract
+from progressive_swap.cli.extract import main
 from progressive_swap.core import align
 from progressive_swap.core.landmarks import BROWS, NOSE
+from progressive_swap.extract.pipeline import ExtractOptions, extract
 from progressive_swap.extract.smoothing import face_scale
+from progressive_swap.footage.sources import open_source
+from progressive_swap.phantom.renderer import render, sample_identity, sample_trajectory
+from progressive_swap.phantom.video import write_phantom_video
 
 N_FRAMES = 24
 SIZE = 128  # frame side
@@ -69,7 +69,9 @@ def test_phantom_video_given_landmarks(phantom, tmp_path, capsys):
         err = np.linalg.norm(r.landmarks - t[r.frame_index], axis=1)
         assert err[list(BROWS + NOSE)].max() < 0.5 and err.max() < 0.03 * face_scale(t[r.frame_index])
         np.testing.assert_allclose(r.matrix, align.alignment_matrix(r.landmarks, "whole"), atol=1e-12)
-        assert np.abs(align.matrix_scale(r.matrix) - align.matrix_scale(align.alignment_matrix(t[r.frame_index], "whole"))) < 0.01 * align.matrix_scale(r.matrix)
+        assert np.abs(
+            align.matrix_scale(r.matrix) - align.matrix_scale(align.alignment_matrix(t[r.frame_index], "whole"))
+        ) < 0.01 * align.matrix_scale(r.matrix)
         assert r.track == 0 and r.frame_size == (SIZE, SIZE) and r.identity == "clip"
     # The crop shows the face where the truth says: aligned landmarks sit on the template.
     m = fs.mask(0, "components")
@@ -85,14 +87,31 @@ def test_phantom_video_given_landmarks(phantom, tmp_path, capsys):
 
 def test_smoothing_off_keeps_raw_and_track_filters(phantom, tmp_path):
     video, truth = phantom
-    s = extract(ExtractOptions(input=str(video), out=str(tmp_path / "raw"), size=32, landmarks=f"given:{truth}",
-                               smooth="none", masks=False, progress=False))
+    s = extract(
+        ExtractOptions(
+            input=str(video),
+            out=str(tmp_path / "raw"),
+            size=32,
+            landmarks=f"given:{truth}",
+            smooth="none",
+            masks=False,
+            progress=False,
+        )
+    )
     fs = faceset.open(tmp_path / "raw")
     np.testing.assert_array_equal(fs.landmarks, fs.landmarks_raw)
     assert s["faces_written"] == N_FRAMES and s["smoothing"] == "none" and fs.mask_names == []
     with pytest.raises(ValueError, match="no faces"):
-        extract(ExtractOptions(input=str(video), out=str(tmp_path / "big"), size=32, landmarks=f"given:{truth}",
-                               min_face=10_000, progress=False))
+        extract(
+            ExtractOptions(
+                input=str(video),
+                out=str(tmp_path / "big"),
+                size=32,
+                landmarks=f"given:{truth}",
+                min_face=10_000,
+                progress=False,
+            )
+        )
     assert not (tmp_path / "big").exists()  # nothing usable: nothing left behind
 
 
@@ -144,7 +163,7 @@ def test_heatmap_points_match_face_alignment():
     hm[0, 0, 0, 5] = 1  # a maximum on the border: no quarter-pixel shift
     centers, scales = rng.uniform(50, 300, (2, 2)), rng.uniform(0.5, 3, 2)
     ours = heatmap_points(hm, centers, scales)
-    ref = np.stack([get_preds_fromhm(hm[i:i + 1], centers[i], scales[i])[1].reshape(68, 2) for i in range(2)])
+    ref = np.stack([get_preds_fromhm(hm[i : i + 1], centers[i], scales[i])[1].reshape(68, 2) for i in range(2)])
     np.testing.assert_array_equal(np.trunc(ours), ref)  # the package truncates to integers; we keep sub-pixels
 
 
@@ -165,10 +184,21 @@ def test_extract_with_fan_on_given_boxes(random_weights, tmp_path):
     img = render(sample_identity(2), sample_trajectory(2, 1)[0], SIZE).image
     cv2.imwrite(str(tmp_path / "face.png"), img[:, :, ::-1])
     boxes = tmp_path / "boxes.json"
-    boxes.write_text(json.dumps({"frames": [{"index": 0, "faces": [{"box": [10, 10, 118, 118],
-                                                                   "landmarks": [[0, 0]] * 68}]}]}))
-    s = extract(ExtractOptions(input=str(tmp_path / "face.png"), out=str(tmp_path / "set"), size=32,
-                               boxes=f"given:{boxes}", flip_input=False, device="cpu", min_face=0, progress=False))
+    boxes.write_text(
+        json.dumps({"frames": [{"index": 0, "faces": [{"box": [10, 10, 118, 118], "landmarks": [[0, 0]] * 68}]}]})
+    )
+    s = extract(
+        ExtractOptions(
+            input=str(tmp_path / "face.png"),
+            out=str(tmp_path / "set"),
+            size=32,
+            boxes=f"given:{boxes}",
+            flip_input=False,
+            device="cpu",
+            min_face=0,
+            progress=False,
+        )
+    )
     assert s["faces_written"] == 1 and s["smoothing"] == "none"
     r = faceset.open(tmp_path / "set").record(0)
     assert r.landmarks.shape == (68, 2) and not np.allclose(r.landmarks, 0)  # FAN's, not the file's
@@ -178,8 +208,17 @@ def test_extract_with_fan_on_given_boxes(random_weights, tmp_path):
 
 
 def _extract_cmd(video: Path, truth: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "progressive_swap.cli.extract", f"input={video}", f"out={out}", "size=32",
-            f"landmarks=given:{truth}", "chunk=3", "progress=false"]
+    return [
+        sys.executable,
+        "-m",
+        "progressive_swap.cli.extract",
+        f"input={video}",
+        f"out={out}",
+        "size=32",
+        f"landmarks=given:{truth}",
+        "chunk=3",
+        "progress=false",
+    ]
 
 
 def _wait_for(pred, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -225,7 +264,7 @@ def test_corrupt_video_keeps_what_decodes(phantom, tmp_path, capsys):
     video, truth = phantom
     data = bytearray(video.read_bytes())
     k = len(data) // 2
-    data[k:k + 300] = b"\xff" * 300
+    data[k : k + 300] = b"\xff" * 300
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(bytes(data))
     assert run(f"input={bad}", f"out={tmp_path / 'set'}", "size=32", f"landmarks=given:{truth}") == 0
@@ -237,7 +276,11 @@ def test_corrupt_video_keeps_what_decodes(phantom, tmp_path, capsys):
 
 def test_unreadable_inputs_fail_in_one_line_and_write_nothing(phantom, tmp_path, capsys):
     video, truth = phantom
-    cases = {"empty.mp4": b"", "trunc.mp4": video.read_bytes()[: len(video.read_bytes()) // 2], "junk.mp4": b"not a video" * 50}
+    cases = {
+        "empty.mp4": b"",
+        "trunc.mp4": video.read_bytes()[: len(video.read_bytes()) // 2],
+        "junk.mp4": b"not a video" * 50,
+    }
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
         out = tmp_path / f"out_{name}"
@@ -260,8 +303,14 @@ def test_image_folder_with_odd_files(tmp_path, capsys):
     for i, p in enumerate(traj):
         r = render(idn, p, SIZE)
         bgr = r.image[:, :, ::-1]
-        variant = [bgr, cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA),
-                   bgr.astype(np.uint16) * 257, None, bgr][i]
+        variant = [
+            bgr,
+            cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY),
+            cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA),
+            bgr.astype(np.uint16) * 257,
+            None,
+            bgr,
+        ][i]
         if variant is None:
             (d / f"f{i:03d}.png").write_bytes(b"")
         else:
@@ -273,7 +322,9 @@ def test_image_folder_with_odd_files(tmp_path, capsys):
     src = open_source(d)
     assert src.kind == "sequence" and len(src.files) == 6
     ims = {f.index: f.image for f in src.frames()}
-    assert sorted(ims) == [0, 1, 2, 3, 5] and all(im.dtype == np.uint8 and im.shape == (SIZE, SIZE, 3) for im in ims.values())
+    assert sorted(ims) == [0, 1, 2, 3, 5] and all(
+        im.dtype == np.uint8 and im.shape == (SIZE, SIZE, 3) for im in ims.values()
+    )
     assert np.abs(ims[3].astype(int) - render(idn, traj[3], SIZE).image).max() <= 1  # 16-bit scaled back
     assert any("0 bytes" in p for p in src.problems)
 
@@ -301,22 +352,35 @@ def test_several_faces_make_tracks(tmp_path):
         cv2.imwrite(str(d / f"{i:04d}.png"), img)
     given = tmp_path / "lm.json"
     given.write_text(json.dumps({"frames": frames}))
-    s = extract(ExtractOptions(input=str(d), out=str(tmp_path / "all"), size=32, landmarks=f"given:{given}",
-                               masks=False, progress=False))
+    s = extract(
+        ExtractOptions(
+            input=str(d), out=str(tmp_path / "all"), size=32, landmarks=f"given:{given}", masks=False, progress=False
+        )
+    )
     assert s["tracks"] == 2 and s["frames_several_faces"] == n
     fs = faceset.open(tmp_path / "all")
     for t in (0, 1):
         x = fs.landmarks[fs.tracks == t][:, 30, 0]
         assert np.all(np.diff(x) > 0) or np.all(np.diff(x) < 0)  # each track moves one way
-    extract(ExtractOptions(input=str(d), out=str(tmp_path / "big"), size=32, landmarks=f"given:{given}",
-                           track="largest", masks=False, progress=False))
+    extract(
+        ExtractOptions(
+            input=str(d),
+            out=str(tmp_path / "big"),
+            size=32,
+            landmarks=f"given:{given}",
+            track="largest",
+            masks=False,
+            progress=False,
+        )
+    )
     fs = faceset.open(tmp_path / "big")
     assert len(fs) == n and np.all(fs.landmarks[:, 30, 0] < 240)  # the larger face, on the left
 
 
 def test_variable_frame_rate_keeps_pts_times(tmp_path):
-    import av
     from fractions import Fraction
+
+    import av
 
     from progressive_swap.core.landmarks import MEAN_FACE
 
@@ -337,8 +401,16 @@ def test_variable_frame_rate_keeps_pts_times(tmp_path):
     lm = (MEAN_FACE * 60 + 30).tolist()
     given = tmp_path / "lm.json"
     given.write_text(json.dumps({"frames": [{"index": i, "faces": [{"landmarks": lm}]} for i in range(len(pts))]}))
-    extract(ExtractOptions(input=str(video), out=str(tmp_path / "set"), size=32, landmarks=f"given:{given}",
-                           smooth="one_euro", progress=False))
+    extract(
+        ExtractOptions(
+            input=str(video),
+            out=str(tmp_path / "set"),
+            size=32,
+            landmarks=f"given:{given}",
+            smooth="one_euro",
+            progress=False,
+        )
+    )
     fs = faceset.open(tmp_path / "set")
     np.testing.assert_array_equal(fs.frame_indices, np.arange(len(pts)))
     np.testing.assert_allclose(fs.times, np.array(pts) / 24.0, atol=2e-3)  # mkv keeps milliseconds

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from progressive_swap.cli import faceset as cli
 from progressive_swap import faceset as F
+from progressive_swap.cli import faceset as cli
 from progressive_swap.faceset.writer import FaceSetWriter
 
 S = 32

@@ -1,7 +1,6 @@
 """Growth: stages, fades, samples and learning rate as pure functions of the batch index (train/growth.py)."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -9,9 +8,11 @@ from progressive_swap.model.blocks import downsample2x, upsample2x
 from progressive_swap.train.growth import GrowthSchedule
 from progressive_swap.train.module import fade_target
 
-
-STAGES = [dict(res=16, images=100, batch=5), dict(res=32, images=60, fade=40, batch=3), dict(res=64, images=30, fade=30, batch=2)]
-
+STAGES = [
+    dict(res=16, images=100, batch=5),
+    dict(res=32, images=60, fade=40, batch=3),
+    dict(res=64, images=30, fade=30, batch=2),
+]
 
 
 def test_phases_cover_the_images_asked_for():
@@ -66,15 +67,19 @@ def test_bad_schedules_are_rejected():
 
 
 def test_learning_rate_anneals_linearly_over_the_stable_phase_only():
-    s = GrowthSchedule([dict(res=16, images=40, batch=2, lr=1e-3, lr_end=1e-4),
-                        dict(res=32, images=40, fade=20, batch=2, lr=5e-4, lr_end=5e-5)])
+    s = GrowthSchedule(
+        [
+            dict(res=16, images=40, batch=2, lr=1e-3, lr_end=1e-4),
+            dict(res=32, images=40, fade=20, batch=2, lr=5e-4, lr_end=5e-5),
+        ]
+    )
     low, fade, high = s.phases
     assert [p.batches for p in s.phases] == [10, 5, 10]
     lrs = [s.at(b).lr for b in range(s.total_batches)]
     assert lrs[low.end_batch - 1] == pytest.approx(1e-4) and lrs[high.end_batch - 1] == pytest.approx(5e-5)
     assert lrs[0] == pytest.approx(1e-3 - 9e-4 / 10)  # one step along
     assert all(a > b for a, b in zip(lrs[:9], lrs[1:10]))  # falling within the stage
-    assert all(lr == 5e-4 for lr in lrs[fade.first_batch:fade.end_batch])  # a fade keeps its rate
+    assert all(lr == 5e-4 for lr in lrs[fade.first_batch : fade.end_batch])  # a fade keeps its rate
     assert all(a > b for a, b in zip(lrs[15:], lrs[16:]))
     constant = GrowthSchedule([dict(res=16, images=40, batch=2, lr=1e-3)])
     assert {constant.at(b).lr for b in range(constant.total_batches)} == {1e-3}

@@ -1,11 +1,9 @@
 """Losses: masked L1/DSSIM, priority regions, the optional patch-GAN term (train/losses.py, train/gan.py)."""
 from __future__ import annotations
 
-
 import torch
 
 from progressive_swap.train.losses import SwapLoss, masked_dssim, masked_l1
-
 
 
 def test_losses_vanish_on_perfect_reconstruction_and_grow_with_error():
@@ -68,7 +66,9 @@ def test_gan_term_is_off_by_default_and_adds_a_discriminator_when_on():
     assert SwapLoss().discriminator is None
     on = SwapLoss(gan=0.1, gan_channels=8)
     t = torch.rand(2, 3, 32, 32)
-    total, parts = on(t.clone().requires_grad_(), torch.zeros(2, 1, 32, 32), t, torch.ones(2, 1, 32, 32), torch.zeros(2, 2, 32, 32))
+    total, parts = on(
+        t.clone().requires_grad_(), torch.zeros(2, 1, 32, 32), t, torch.ones(2, 1, 32, 32), torch.zeros(2, 2, 32, 32)
+    )
     assert "gan" in parts and torch.isfinite(total)
     total.backward()
     assert all(p.grad is not None for p in on.discriminator.parameters())

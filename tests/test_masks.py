@@ -10,15 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from progressive_swap.cli.mask import main as mask_main
 from progressive_swap import faceset
+from progressive_swap.cli.mask import main as mask_main
 from progressive_swap.core import align
 from progressive_swap.core.landmarks import MEAN_FACE
 from progressive_swap.masks import hull, segment
 from progressive_swap.masks.bisenet import BiSeNet
 from progressive_swap.masks.weights import (
-    FACE_PARSING_LABELS, CheckpointMismatchError, face_class_indices, load_segmenter, mask_from_logits,
-    read_state_dict, save_segmenter, to_model_keys,
+    FACE_PARSING_LABELS,
+    CheckpointMismatchError,
+    face_class_indices,
+    load_segmenter,
+    mask_from_logits,
+    read_state_dict,
+    save_segmenter,
+    to_model_keys,
 )
 from progressive_swap.train.checkpoint import UnsafeCheckpointError
 
@@ -145,7 +151,8 @@ def test_hostile_pickle_is_refused_and_runs_nothing(tmp_path):
 def test_face_classes_and_soft_mask():
     labels = FACE_PARSING_LABELS
     base = face_class_indices(labels)
-    assert [labels[i] for i in base] == ["skin", "l_brow", "r_brow", "l_eye", "r_eye", "nose", "mouth", "u_lip", "l_lip"]
+    assert [labels[i] for i in base] == [
+        "skin", "l_brow", "r_brow", "l_eye", "r_eye", "nose", "mouth", "u_lip", "l_lip"]
     wide = face_class_indices(labels, include=["glasses", "hair", "ears"])
     assert {labels[i] for i in set(wide) - set(base)} == {"eye_g", "hair", "l_ear", "r_ear"}
     with pytest.raises(ValueError, match="unknown class 'beard'"):
@@ -168,7 +175,9 @@ def test_network_contract_gradients_reach_every_parameter():
 
 def test_hull_masks_soft_native_and_extended_covers_forehead():
     def lm_at(size: int) -> np.ndarray:
-        return align.transform_points(MEAN_FACE, np.array([[0.45 * size, 0, 0.5 * size], [0, 0.45 * size, 0.55 * size]]))
+        return align.transform_points(
+            MEAN_FACE, np.array([[0.45 * size, 0, 0.5 * size], [0, 0.45 * size, 0.55 * size]])
+        )
 
     for size in (64, 256):
         m = hull.landmark_mask(lm_at(size), size)
@@ -206,8 +215,9 @@ def test_hull_masks_fade_out_inside_every_crop(face_type):
             for size in (32, 128, 256):
                 lm_crop = align.transform_points(lm, align.crop_matrix(m, size))
                 for kind in ("components", "extended"):
-                    worst[kind, size] = max(worst.get((kind, size), 0.0),
-                                            border_max(hull.landmark_mask(lm_crop, size, kind)))
+                    worst[kind, size] = max(
+                        worst.get((kind, size), 0.0), border_max(hull.landmark_mask(lm_crop, size, kind))
+                    )
                     # Without the rule the forehead reaches past a full crop's top: the rule has work to do.
                     if face_type == "full" and kind == "extended":
                         assert border_max(hull.landmark_mask(lm_crop, size, kind, margin=None)) > 0.3
@@ -250,9 +260,23 @@ def test_paste_occluder_cuts_the_mask():
 
 def test_train_improves_iou_and_saves_safetensors(phantom, tmp_path, capsys):
     out = tmp_path / "seg.safetensors"
-    rc = mask_main(["train", phantom[0], f"val=[{phantom[1]}]", f"out={out}", "size=32", "steps=20", "batch=6",
-                    "lr=0.003", "encoder=tu-mobilenetv3_small_100", "context_channels=32", "fuse_channels=32",
-                    "aux_channels=16", "seed=1"])
+    rc = mask_main(
+        [
+            "train",
+            phantom[0],
+            f"val=[{phantom[1]}]",
+            f"out={out}",
+            "size=32",
+            "steps=20",
+            "batch=6",
+            "lr=0.003",
+            "encoder=tu-mobilenetv3_small_100",
+            "context_channels=32",
+            "fuse_channels=32",
+            "aux_channels=16",
+            "seed=1",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out)
     assert summary["after"]["iou"] > summary["before"]["iou"] + 0.1
@@ -301,8 +325,12 @@ def test_apply_writes_soft_native_masks_and_keeps_user_edits(phantom, tmp_path, 
 def test_face_parsing_checkpoint_applies_at_native_resolution(spec, phantom, tmp_path, capsys):
     fs = faceset.merge([phantom[1]], tmp_path / "set")
     torch.save(fake_checkpoint(spec, counters=False), tmp_path / "fp.pth")
-    assert mask_main(["apply", str(fs.root), f"model={tmp_path / 'fp.pth'}", "size=64", "include=[glasses]",
-                      "name=parsing"]) == 0, capsys.readouterr().err
+    assert (
+        mask_main(
+            ["apply", str(fs.root), f"model={tmp_path / 'fp.pth'}", "size=64", "include=[glasses]", "name=parsing"]
+        )
+        == 0
+    ), capsys.readouterr().err
     m = faceset.open(fs.root).mask(0, "parsing")
     assert m.shape == (64, 64) and 0 <= m.min() <= m.max() <= 1
 

@@ -1,11 +1,8 @@
 """Pasted occluders in training samples (masks/occluders.py through the datamodule)."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-
-
 
 
 def test_pasted_occluders_cut_mask_and_weights_where_the_face_changed(blob_sets):

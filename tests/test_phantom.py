@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from progressive_swap.core import landmarks as L
 from progressive_swap.phantom import mesh as pm
 from progressive_swap.phantom.renderer import (
     FrameParams,
@@ -19,7 +20,6 @@ from progressive_swap.phantom.renderer import (
     sample_trajectory,
     true_swap,
 )
-from progressive_swap.core import landmarks as L
 
 
 def frontal(seed: int, **kw) -> FrameParams:
@@ -313,8 +313,8 @@ def test_cli_unwritable_out_exits_2(tmp_path, capsys):
 
 
 def test_cli_writes_face_sets_and_videos(tmp_path):
-    from progressive_swap.cli.phantom import main
     from progressive_swap import faceset
+    from progressive_swap.cli.phantom import main
     from progressive_swap.core.landmarks import template_uv
 
     out = tmp_path / "ph"

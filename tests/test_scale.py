@@ -9,10 +9,10 @@ import subprocess
 import sys
 import time
 import types
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny
 from hydra.utils import instantiate
 
 from progressive_swap.cli import train as train_cli
@@ -24,11 +24,18 @@ from progressive_swap.train import strategy as st
 from progressive_swap.train.checkpoint import load_weights, safe_load
 from progressive_swap.train.growth import GrowthSchedule
 
-from conftest import tiny
-
 
 def comb(**kw) -> CombAutoencoder:
-    args = dict(num_identities=3, final_res=64, start_res=16, latent_res=8, latent_channels=8, channel_base=256, channel_max=16, channel_min=8)
+    args = dict(
+        num_identities=3,
+        final_res=64,
+        start_res=16,
+        latent_res=8,
+        latent_channels=8,
+        channel_base=256,
+        channel_max=16,
+        channel_min=8,
+    )
     return CombAutoencoder(CombArch(**{**args, **kw}))
 
 
@@ -67,7 +74,12 @@ def test_fsdp_on_cpu_fails_before_writing(blob_sets, tmp_path):
     # Lightning refuses FSDP without CUDA while the trainer is built, before the run directory exists.
     # (Hydra wraps the message in an InstantiationException, so this is a traceback, not one line.)
     with pytest.raises(Exception, match="requires a GPU accelerator"):
-        train_cli.train(compose("train", tiny(blob_sets, tmp_path / "run", "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=1")))
+        train_cli.train(
+            compose(
+                "train",
+                tiny(blob_sets, tmp_path / "run", "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=1"),
+            )
+        )
     assert not (tmp_path / "run").exists()
 
 
@@ -76,8 +88,12 @@ def test_fsdp_on_cpu_fails_before_writing(blob_sets, tmp_path):
 
 def test_placement_map_spreads_decoders_round_robin():
     p = st.placement_map(3, [0, 1])
-    assert p == {"encoder": torch.device("cuda:0"), "decoders.0": torch.device("cuda:0"),
-                 "decoders.1": torch.device("cuda:1"), "decoders.2": torch.device("cuda:0")}
+    assert p == {
+        "encoder": torch.device("cuda:0"),
+        "decoders.0": torch.device("cuda:0"),
+        "decoders.1": torch.device("cuda:1"),
+        "decoders.2": torch.device("cuda:0"),
+    }
     p = st.placement_map(4, ["cuda:0", "cuda:1", "cuda:2", "cuda:3"])
     assert [p[f"decoders.{i}"].index for i in range(4)] == [0, 1, 2, 3]
     assert set(st.placement_map(2, ["cpu"]).values()) == {torch.device("cpu")}
@@ -88,7 +104,9 @@ def test_placement_map_spreads_decoders_round_robin():
 def test_place_model_moves_each_decoder_and_decode_follows(monkeypatch):
     model = comb(num_identities=2)
     # "meta" stands in for a second GPU: placement must move decoder 1 and nothing else.
-    st.place_model(model, {"encoder": torch.device("cpu"), "decoders.0": torch.device("cpu"), "decoders.1": torch.device("meta")})
+    st.place_model(
+        model, {"encoder": torch.device("cpu"), "decoders.0": torch.device("cpu"), "decoders.1": torch.device("meta")}
+    )
     assert all(p.device.type == "cpu" for p in model.encoder.parameters())
     assert all(p.device.type == "cpu" for p in model.decoders[0].parameters())
     assert all(p.device.type == "meta" for p in model.decoders[1].parameters())
@@ -130,7 +148,12 @@ def test_model_parallel_recipe_builds(monkeypatch):
 @pytest.mark.slow
 def test_model_parallel_strategy_fits_and_resumes_on_cpu_devices(blob_sets, tmp_path):
     """The strategy's hooks (placement, optimizer-state restore) in a real fit + resume, on CPU."""
-    mp = ["trainer=model_parallel", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.strategy.devices=[cpu,cpu]"]
+    mp = [
+        "trainer=model_parallel",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        "trainer.strategy.devices=[cpu,cpu]",
+    ]
     full, split = tmp_path / "full", tmp_path / "split"
     assert train_cli.main(tiny(blob_sets, full, *mp)) == 0
     assert train_cli.main(tiny(blob_sets, split, *mp, "max_steps=9")) == 0
@@ -233,8 +256,14 @@ def test_fits_in_memory_turns_an_oom_into_false():
 
 
 def test_find_batches_rewrites_batches_and_keeps_images_per_stage():
-    sched = GrowthSchedule([dict(res=16, images=4000, batch=8), dict(res=32, images=3000, fade=1000, batch=4),
-                            dict(res=64, images=2000, fade=1000, batch=2)], identities=2)
+    sched = GrowthSchedule(
+        [
+            dict(res=16, images=4000, batch=8),
+            dict(res=32, images=3000, fade=1000, batch=4),
+            dict(res=64, images=2000, fade=1000, batch=2),
+        ],
+        identities=2,
+    )
     budget = 16 * 16 * 100  # a fake device: fits while batch × res² <= budget
     points = []
 
@@ -248,11 +277,15 @@ def test_find_batches_rewrites_batches_and_keeps_images_per_stage():
     assert [s.batch for s in new.stages] == [100, 25, 6] and len(lines) == 3
     for a, b in zip(sched.stages, new.stages):
         assert (a.res, a.images, a.fade, a.lr) == (b.res, b.images, b.fade, b.lr)
-    per_stage = lambda s: {r: sum(p.batches * p.batch * 2 for p in s.phases if p.res == r) for r in (16, 32, 64)}
+    def per_stage(s):
+        return {r: sum(p.batches * p.batch * 2 for p in s.phases if p.res == r) for r in (16, 32, 64)}
+
     for r, n in per_stage(new).items():  # whole batches: at most one batch more than asked
-        assert per_stage(sched)[r] - 16 <= n and n - next(x.images + x.fade for x in sched.stages if x.res == r) < 2 * 100
+        assert (
+            per_stage(sched)[r] - 16 <= n and n - next(x.images + x.fade for x in sched.stages if x.res == r) < 2 * 100
+        )
     with pytest.raises(RuntimeError, match="not even a batch of 1"):
-        bf.find_batches(sched, lambda res, alpha: (lambda b: res < 64))
+        bf.find_batches(sched, lambda res, alpha: lambda b: res < 64)
 
 
 def test_find_batch_on_cpu_fails_with_one_line_and_resume_keeps_batches(blob_sets, tmp_path, capsys):
@@ -260,7 +293,9 @@ def test_find_batch_on_cpu_fails_with_one_line_and_resume_keeps_batches(blob_set
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "CUDA" in err[0], err
     sched = GrowthSchedule([dict(res=16, images=64, batch=4), dict(res=32, images=64, fade=32, batch=4)])
-    kept = bf.plan_for_run(types.SimpleNamespace(schedule=sched), trainer=None, resume_schedule={"stages": [{"batch": 3}, {"batch": 2}]})
+    kept = bf.plan_for_run(
+        types.SimpleNamespace(schedule=sched), trainer=None, resume_schedule={"stages": [{"batch": 3}, {"batch": 2}]}
+    )
     assert [s.batch for s in kept.stages] == [3, 2]
 
 
@@ -268,7 +303,9 @@ def test_find_batch_on_cpu_fails_with_one_line_and_resume_keeps_batches(blob_set
 
 
 def test_module_entry_point_runs():
-    r = subprocess.run([sys.executable, "-m", "progressive_swap.cli.train", "--help"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "progressive_swap.cli.train", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0 and "swap-train" in r.stdout
 
 
@@ -299,7 +336,12 @@ def test_gpu_fsdp_fit_and_resume(blob_sets, tmp_path):
 def test_gpu_bf16_fit_with_checkpointing_and_compile(blob_sets, tmp_path):
     _gpu()
     run = tmp_path / "run"
-    assert train_cli.main(tiny(blob_sets, run, "trainer=gpu", "activation_checkpointing=true", "compile=true", "channels_last=true")) == 0
+    assert (
+        train_cli.main(
+            tiny(blob_sets, run, "trainer=gpu", "activation_checkpointing=true", "compile=true", "channels_last=true")
+        )
+        == 0
+    )
     assert all(torch.isfinite(v).all() for v in load_weights(run / "model.safetensors").values())
 
 
@@ -318,11 +360,20 @@ def test_gpu_batch_finder_under_a_memory_cap():
     _gpu()
     from progressive_swap.train.module import SwapModule
 
-    model = CombAutoencoder(CombArch(2, final_res=256, start_res=64, latent_res=8, latent_channels=64, channel_base=8192, channel_max=128))
-    sched = GrowthSchedule([dict(res=64, images=1000, batch=4), dict(res=128, images=1000, fade=500, batch=4),
-                            dict(res=256, images=1000, fade=500, batch=4)])
+    model = CombAutoencoder(
+        CombArch(2, final_res=256, start_res=64, latent_res=8, latent_channels=64, channel_base=8192, channel_max=128)
+    )
+    sched = GrowthSchedule(
+        [
+            dict(res=64, images=1000, batch=4),
+            dict(res=128, images=1000, fade=500, batch=4),
+            dict(res=256, images=1000, fade=500, batch=4),
+        ]
+    )
     t0 = time.perf_counter()
-    found = bf.search_on_device(lambda m: SwapModule(m, sched), model, sched, torch.device("cuda"), "bf16-mixed", max_memory_gb=2, limit=256)
+    found = bf.search_on_device(
+        lambda m: SwapModule(m, sched), model, sched, torch.device("cuda"), "bf16-mixed", max_memory_gb=2, limit=256
+    )
     batches = [s.batch for s in found.stages]
     assert batches[0] >= batches[1] >= batches[2] >= 1 and time.perf_counter() - t0 < 300
     torch.cuda.set_per_process_memory_fraction(1.0)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, tiny, write_blob_faceset
 
 from progressive_swap.cli import train as train_cli
 from progressive_swap.cli.config import compose
-from progressive_swap.train.checkpoint import load_weights, safe_load, UnsafeCheckpointError
+from progressive_swap.train.checkpoint import UnsafeCheckpointError, load_weights, safe_load
 
-from conftest import TINY, tiny, write_blob_faceset
 
 def weights(run: Path, name: str = "last.ckpt") -> dict[str, torch.Tensor]:
     return load_weights(run / name)
@@ -84,9 +84,18 @@ def test_warm_start_across_resolution_and_identity_count(blob_sets, tmp_path, ca
     assert train_cli.main(tiny(blob_sets, src, "max_steps=2")) == 0
     third = write_blob_faceset(tmp_path / "id2", 2)
     bigger = [
-        "recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{blob_sets[1]},{third}]", f"out={tmp_path / 'dst'}", *TINY[:5],
+        "recipe=demo",
+        "data=facesets",
+        f"data.faces=[{blob_sets[0]},{blob_sets[1]},{third}]",
+        f"out={tmp_path / 'dst'}",
+        *TINY[:5],
         "schedule.stages=[{res:16,images:12,batch:2,lr:1e-3},{res:32,images:12,fade:12,batch:2,lr:1e-3}]",
-        "data.num_workers=0", "preview_every=0", f"warm_start={src / 'last.ckpt'}", "freeze=encoder", "freeze_steps=100", "max_steps=1",
+        "data.num_workers=0",
+        "preview_every=0",
+        f"warm_start={src / 'last.ckpt'}",
+        "freeze=encoder",
+        "freeze_steps=100",
+        "max_steps=1",
     ]
     assert train_cli.main(bigger) == 0
     err = capsys.readouterr().err
@@ -101,13 +110,15 @@ def test_warm_start_across_resolution_and_identity_count(blob_sets, tmp_path, ca
 def test_contract_gradients_reach_every_active_parameter(blob_sets):
     from hydra.utils import instantiate
 
-    from progressive_swap.train.datamodule import CombDataset
     from progressive_swap.model.autoencoder import CombAutoencoder
+    from progressive_swap.train.datamodule import CombDataset
     from progressive_swap.train.module import SwapModule
 
     cfg = compose("train", tiny(blob_sets, "unused"))
     sched = instantiate(cfg.schedule, identities=2)
-    model = CombAutoencoder(instantiate(cfg.model, num_identities=2, final_res=sched.final_res, start_res=sched.start_res))
+    model = CombAutoencoder(
+        instantiate(cfg.model, num_identities=2, final_res=sched.final_res, start_res=sched.start_res)
+    )
     module = SwapModule(model, sched, geometry=dict(cfg.augment.geometry))
     ds = CombDataset(blob_sets, mask="extended", augment=dict(cfg.data.augment))
     for phase in sched.phases:
@@ -143,11 +154,19 @@ def test_unknown_recipe(capsys):
 
 def test_missing_and_empty_face_sets(blob_sets, tmp_path, capsys):
     out = tmp_path / "run"
-    _fails(["recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{tmp_path / 'nope'}]", f"out={out}"], capsys, "not found")
+    _fails(
+        ["recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{tmp_path / 'nope'}]", f"out={out}"],
+        capsys,
+        "not found",
+    )
     from progressive_swap import faceset as fs
 
     fs.create(tmp_path / "empty", face_type="whole", size=32).close()
-    _fails(["recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{tmp_path / 'empty'}]", f"out={out}"], capsys, "empty")
+    _fails(
+        ["recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{tmp_path / 'empty'}]", f"out={out}"],
+        capsys,
+        "empty",
+    )
     _fails(["recipe=256", f"out={out}"], capsys, "data.faces")
     assert not out.exists()
 
@@ -156,7 +175,11 @@ def test_mixed_face_types_and_too_small_sets(blob_sets, tmp_path, capsys):
     out = tmp_path / "run"
     full = write_blob_faceset(tmp_path / "full", 1, n=3, face_type="full")
     _fails(tiny(blob_sets[:1] + [str(full)], out), capsys, "different face types")
-    _fails(["recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{blob_sets[1]}]", f"out={out}"], capsys, "smaller than")
+    _fails(
+        ["recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{blob_sets[1]}]", f"out={out}"],
+        capsys,
+        "smaller than",
+    )
     assert not out.exists()
 
 
@@ -166,7 +189,11 @@ def test_resume_from_another_architecture_or_a_hostile_file(blob_sets, tmp_path,
     assert train_cli.main(tiny(blob_sets, run, "max_steps=1")) == 0
     capsys.readouterr()
     other = tmp_path / "other"
-    _fails(tiny(blob_sets, other, f"resume={run / 'last.ckpt'}", "model.latent_channels=16"), capsys, "another architecture")
+    _fails(
+        tiny(blob_sets, other, f"resume={run / 'last.ckpt'}", "model.latent_channels=16"),
+        capsys,
+        "another architecture",
+    )
     assert not other.exists()
 
     class Boom:

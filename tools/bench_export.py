@@ -26,10 +26,10 @@ import cv2
 import numpy as np
 import torch
 
-from progressive_swap.export.swapper import CheckpointInfo, Swapper
-from progressive_swap.export.frames import FaceIn, FrameIn
-from progressive_swap.export.pipeline import ExportSettings, Exporter
 from progressive_swap.core import align
+from progressive_swap.export.frames import FaceIn, FrameIn
+from progressive_swap.export.pipeline import Exporter, ExportSettings
+from progressive_swap.export.swapper import CheckpointInfo, Swapper
 from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 
 COMB = dict(latent_res=16, latent_channels=256, channel_base=32768, channel_max=512, channel_min=32)

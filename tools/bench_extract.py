@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("NUMBA_DISABLE_JIT", "1")
 
@@ -56,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from progressive_swap.phantom.renderer import sample_identity, sample_trajectory
-    from progressive_swap.footage.video import read_video
-    from progressive_swap.phantom.video import write_phantom_video
-    from progressive_swap.extract.pipeline import ExtractOptions, extract
     from progressive_swap.extract.detect import GivenLandmarks, LandmarkDetector, checkpoint_dir, weight_files
+    from progressive_swap.extract.pipeline import ExtractOptions, extract
+    from progressive_swap.footage.video import read_video
+    from progressive_swap.phantom.renderer import sample_identity, sample_trajectory
+    from progressive_swap.phantom.video import write_phantom_video
 
     res: dict = {"frames": a.frames, "frame_size": a.frame_size, "crop": a.crop, "device": a.device,
                  "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}

@@ -76,8 +76,8 @@ def time_open(root: Path, repeat: int) -> dict[str, float]:
 def realistic_face(size: int, seed: int = 0) -> tuple[np.ndarray, str]:
     """A ``(size, size, 3)`` uint8 RGB aligned phantom face crop (fine skin texture included),
     rendered in a frame twice the crop's size and aligned with the shared alignment."""
-    from progressive_swap.phantom.renderer import render, sample_frame, sample_identity
     from progressive_swap.core import align
+    from progressive_swap.phantom.renderer import render, sample_frame, sample_identity
 
     r = render(sample_identity(seed), sample_frame(seed), 2 * size)
     m = align.alignment_matrix(r.landmarks, "whole")
@@ -98,7 +98,9 @@ def bytes_per_face(size: int) -> dict[str, object]:
         out[key] = {"bytes": len(data), "encode_ms": round(1e3 * (t1 - t0), 1),
                     "decode_ms": round(1e3 * (t2 - t1), 1),
                     "max_abs_err": int(np.abs(back.astype(int) - img).max())}
-    mask = cv2.GaussianBlur((np.hypot(*(np.mgrid[0:size, 0:size] / size - 0.5)) < 0.35).astype(np.float32), (0, 0), size / 100)
+    mask = cv2.GaussianBlur(
+        (np.hypot(*(np.mgrid[0:size, 0:size] / size - 0.5)) < 0.35).astype(np.float32), (0, 0), size / 100
+    )
     out["mask_png16_bytes"] = len(encode_mask(mask, size))
     return out
 
@@ -124,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             w.compact()
         result["compact_s"] = round(time.perf_counter() - t0, 3)
         result["open_compacted"] = time_open(root, args.repeat)
-        result["index_bytes_per_face"] = round(sum(p.stat().st_size for p in (root / "index").iterdir()) / args.faces, 1)
+        result["index_bytes_per_face"] = round(
+            sum(p.stat().st_size for p in (root / "index").iterdir()) / args.faces, 1
+        )
         result["build_index_s"] = round(build_s, 2)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

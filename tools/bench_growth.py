@@ -6,7 +6,7 @@
     (c) warm: low, then high warm-started from the low checkpoint, no fade-in
 
     python tools/bench_growth.py --low 32 --high 64 --budget 12800 --points 8 --frames 24 --seeds 0 1 --out growth.json
-    python tools/bench_growth.py --low 256 --high 512 --budget 2000000 --recipe 512 --device cuda data=phantom   # on a GPU
+    python tools/bench_growth.py --low 256 --high 512 --budget 2000000 --recipe 512 --device cuda data=phantom  # GPU
 
 Trains on phantom data with ``swap-train`` (the demo recipe by default; extra overrides go
 before ``--seeds`` or after ``--``), evaluates every kept checkpoint with
@@ -17,6 +17,7 @@ by a few tenths of a dB between checkpoints). Runs go to ``--work`` (``seed<N>/<
 continue with ``resume=auto``: rerunning the same command after an interruption finishes the
 missing runs and reuses the complete ones.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,15 @@ def _curve(run: Path, offset_images: int, settings: QualitySettings, device: str
         b = state["batches_done"]
         images = offset_images + sched.images_seen(b)
         q = evaluate(str(ck), settings, device)
-        points.append({"images": images, "stage_res": q["stage_res"], "alpha": q["alpha"], "swap_psnr": q["swap_psnr"], "recon_psnr": q["recon_psnr"]})
+        points.append(
+            {
+                "images": images,
+                "stage_res": q["stage_res"],
+                "alpha": q["alpha"],
+                "swap_psnr": q["swap_psnr"],
+                "recon_psnr": q["recon_psnr"],
+            }
+        )
     return points
 
 
@@ -84,8 +93,16 @@ def main() -> int:
     per_seed = {}
     for seed in a.seeds:
         wd = work / f"seed{seed}"
-        common = [f"recipe={a.recipe}", "preview_every=0", f"checkpoint.every_steps={every}", "checkpoint.keep=1000",
-                  f"data.phantom.size={a.high}", f"seed={seed}", "resume=auto", *a.overrides]
+        common = [
+            f"recipe={a.recipe}",
+            "preview_every=0",
+            f"checkpoint.every_steps={every}",
+            "checkpoint.keep=1000",
+            f"data.phantom.size={a.high}",
+            f"seed={seed}",
+            "resume=auto",
+            *a.overrides,
+        ]
         runs = {
             "grow": [f"schedule.stages=[{st(a.low, half)},{st(a.high, quarter, quarter)}]"],
             "scratch": [f"schedule.stages=[{st(a.high, a.budget)}]"],
@@ -104,7 +121,11 @@ def main() -> int:
     final_scratch = curves["scratch"][-1]["swap_psnr"]
     reached = [p["images"] for p in curves["grow"] if p["stage_res"] == a.high and p["swap_psnr"] >= final_scratch]
     result = {
-        "low": a.low, "high": a.high, "budget_images": a.budget, "seeds": a.seeds, "curves": curves,
+        "low": a.low,
+        "high": a.high,
+        "budget_images": a.budget,
+        "seeds": a.seeds,
+        "curves": curves,
         "scratch_final_swap_psnr": final_scratch,
         "grow_images_to_reach_scratch_final": reached[0] if reached else None,
         "goal_met": bool(reached and reached[0] <= a.budget / 2),

@@ -45,10 +45,10 @@ def main() -> int:
         torch.set_num_threads(a.threads)
 
     from progressive_swap import faceset
-    from progressive_swap.phantom.dataset import generate_phantom_dataset
     from progressive_swap.masks import segment
     from progressive_swap.masks.bisenet import BiSeNet
     from progressive_swap.masks.weights import save_segmenter
+    from progressive_swap.phantom.dataset import generate_phantom_dataset
 
     work = Path(a.work)
     t0 = time.time()
@@ -65,23 +65,48 @@ def main() -> int:
     held = segment.faces_with_mask(sets["val"], "visible")
     torch.manual_seed(0)
     model = BiSeNet(1, a.encoder, a.channels, a.channels, a.channels // 2)
-    r = segment.train_segmenter(model, train, held, size=a.train_size, steps=a.steps, batch=a.batch, lr=a.lr,
-                                workers=a.workers, max_minutes=a.minutes, log=lambda s: print(s, file=sys.stderr, flush=True))
+    r = segment.train_segmenter(
+        model,
+        train,
+        held,
+        size=a.train_size,
+        steps=a.steps,
+        batch=a.batch,
+        lr=a.lr,
+        workers=a.workers,
+        max_minutes=a.minutes,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
     occluded = [f for f in held if f[0].mask(f[1], "occluder").max() > 0.5]
     occ = segment.evaluate(r.model, occluded, "visible", a.train_size) if occluded else None
     result = {
         "task": "visible-face mask (face minus occluders), phantom, held-out identities",
-        "crop": a.crop, "train_size": a.train_size, "iou_measured_at": a.crop,
-        "train_faces": len(train), "held_out_faces": len(held), "held_out_identities": a.val_identities,
-        "occluders": a.occluders, "encoder": a.encoder, "channels": a.channels,
+        "crop": a.crop,
+        "train_size": a.train_size,
+        "iou_measured_at": a.crop,
+        "train_faces": len(train),
+        "held_out_faces": len(held),
+        "held_out_identities": a.val_identities,
+        "occluders": a.occluders,
+        "encoder": a.encoder,
+        "channels": a.channels,
         "params_m": round(sum(p.numel() for p in r.model.parameters()) / 1e6, 3),
-        "steps": r.steps, "batch": a.batch, "train_seconds": round(r.seconds, 1), "render_seconds": round(render_s, 1),
+        "steps": r.steps,
+        "batch": a.batch,
+        "train_seconds": round(r.seconds, 1),
+        "render_seconds": round(render_s, 1),
         "iou_untrained": round(r.before["iou"], 4),
-        "iou": round(r.after["iou"], 4), "iou_pooled": round(r.after["iou_pooled"], 4),
-        "iou_occluded_faces": round(occ["iou"], 4) if occ else None, "occluded_faces": len(occluded),
-        "goal": "iou >= 0.95 at 256 px", "goal_met": bool(r.after["iou"] >= 0.95 and a.crop >= 256),
-        "device": "cpu", "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-        "machine": platform.machine(), "final_loss": round(sum(r.losses[-50:]) / max(len(r.losses[-50:]), 1), 4),
+        "iou": round(r.after["iou"], 4),
+        "iou_pooled": round(r.after["iou_pooled"], 4),
+        "iou_occluded_faces": round(occ["iou"], 4) if occ else None,
+        "occluded_faces": len(occluded),
+        "goal": "iou >= 0.95 at 256 px",
+        "goal_met": bool(r.after["iou"] >= 0.95 and a.crop >= 256),
+        "device": "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "final_loss": round(sum(r.losses[-50:]) / max(len(r.losses[-50:]), 1), 4),
     }
     model_path = work / f"segmenter_{a.train_size}.safetensors"
     save_segmenter(r.model, model_path, labels=["visible"], input_size=a.train_size, metadata={"bench": result})

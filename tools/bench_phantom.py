@@ -22,8 +22,8 @@ import time
 import cv2
 import numpy as np
 
-from progressive_swap.phantom.renderer import identity_assets, render, sample_frame, sample_identity
 from progressive_swap.core.io import atomic_write_json
+from progressive_swap.phantom.renderer import identity_assets, render, sample_frame, sample_identity
 
 
 def bench(sizes: list[int], repeat: int, seed: int = 0) -> dict:

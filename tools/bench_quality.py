@@ -28,11 +28,21 @@ def report_png(results: list[dict], path: str, tile: int = 160) -> None:
         for key in ("truth", "swap", "error"):
             im = s[key]
             if im.ndim == 2:  # error map: ×4, false colour
-                im = cv2.applyColorMap(np.clip(im * 4 * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)[..., ::-1] / 255.0
+                im = (
+                    cv2.applyColorMap(np.clip(im * 4 * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)[..., ::-1]
+                    / 255.0
+                )
             im = cv2.resize(np.asarray(im, np.float32), (tile, tile), interpolation=cv2.INTER_NEAREST)
             tiles.append((np.clip(im, 0, 1) * 255).astype(np.uint8))
         label = np.zeros((tile, 3 * tile // 2, 3), np.uint8)
-        for i, line in enumerate([f"{r['stage_res']}px a={r['alpha']:.2f}", s["pair"], f"swap {r['swap_psnr']:.1f} dB", f"recon {r['recon_psnr']:.1f} dB"]):
+        for i, line in enumerate(
+            [
+                f"{r['stage_res']}px a={r['alpha']:.2f}",
+                s["pair"],
+                f"swap {r['swap_psnr']:.1f} dB",
+                f"recon {r['recon_psnr']:.1f} dB",
+            ]
+        ):
             cv2.putText(label, line, (6, 24 + 26 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         rows.append(np.concatenate([label, *tiles], axis=1))
     width = rows[0].shape[1]
@@ -45,7 +55,9 @@ def report_png(results: list[dict], path: str, tile: int = 160) -> None:
         h = int(170 * v / top)
         cv2.rectangle(plot, (x0, 185 - h), (x0 + bw, 185), (60, 120, 200), -1)
         cv2.putText(plot, f"{v:.1f}", (x0, 180 - h), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(plot, "swap PSNR (dB) per checkpoint", (30, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(
+        plot, "swap PSNR (dB) per checkpoint", (30, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA
+    )
     page = np.concatenate(rows + [plot], axis=0)
     ok, png = cv2.imencode(".png", cv2.cvtColor(page, cv2.COLOR_RGB2BGR))
     from progressive_swap.core.io import atomic_write_bytes

@@ -28,9 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from progressive_swap.extract.smoothing import face_scale, smooth_track  # noqa: E402
 from progressive_swap.phantom import mesh as pm  # noqa: E402
 from progressive_swap.phantom.renderer import sample_identity, sample_trajectory  # noqa: E402
-from progressive_swap.extract.smoothing import face_scale, smooth_track  # noqa: E402
 
 FACE_PX = 256.0  # noise σ is quoted for a face (``full`` crop side) of this size
 

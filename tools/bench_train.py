@@ -79,9 +79,9 @@ def bench_steps(cfg, dev: torch.device, strategy: str, precision: str, checkpoin
                 batch: int | None, channels_last: bool = False) -> list[dict]:
     from hydra.utils import instantiate
 
+    from progressive_swap.model.autoencoder import CombAutoencoder
     from progressive_swap.model.summary import summarize
     from progressive_swap.train.batch_finder import autocast_for, fake_batch
-    from progressive_swap.model.autoencoder import CombAutoencoder
     from progressive_swap.train.module import SwapModule
     from progressive_swap.train.strategy import place_model, placement_map
 
@@ -93,8 +93,14 @@ def bench_steps(cfg, dev: torch.device, strategy: str, precision: str, checkpoin
         place_model(model, placement_map(n_id, list(range(torch.cuda.device_count()))))
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    module = SwapModule(model, schedule, loss=instantiate(cfg.loss), geometry=dict(cfg.augment.geometry), warp=float(cfg.augment.warp),
-                        channels_last=channels_last)
+    module = SwapModule(
+        model,
+        schedule,
+        loss=instantiate(cfg.loss),
+        geometry=dict(cfg.augment.geometry),
+        warp=float(cfg.augment.warp),
+        channels_last=channels_last,
+    )
     module.log = lambda *a, **k: None  # no trainer here
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.999))
     flops = {r["stage_res"]: r["gflops_train"] * 1e9 for r in summarize(model, batch_size=1)}  # per image
@@ -122,23 +128,28 @@ def bench_steps(cfg, dev: torch.device, strategy: str, precision: str, checkpoin
         step_s = sorted(times)[len(times) // 2]
         imgs = bs * n_id
         achieved = flops[stage.res] * imgs / step_s
-        rows.append({
-            "res": stage.res,
-            "alpha": round(schedule.at(b_index).alpha, 3),
-            "strategy": strategy,
-            "precision": precision,
-            "checkpointing": checkpointing,
-            "memory_format": "channels_last" if channels_last else "contiguous",
-            "batch_per_identity": bs,
-            "images_per_step": imgs,
-            "step_s": round(step_s, 4),
-            "images_per_s": round(imgs / step_s, 2),
-            "tflops_per_s": round(achieved / 1e12, 4),
-            "mfu": round(achieved / peak, 4) if peak else None,
-            "peak_gb": round(max(torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count())) / 2**30, 3)
-            if dev.type == "cuda" else round(_rss_gb(), 3),
-            "peak_kind": "cuda_allocated_max_over_devices" if dev.type == "cuda" else "process_max_rss",
-        })
+        rows.append(
+            {
+                "res": stage.res,
+                "alpha": round(schedule.at(b_index).alpha, 3),
+                "strategy": strategy,
+                "precision": precision,
+                "checkpointing": checkpointing,
+                "memory_format": "channels_last" if channels_last else "contiguous",
+                "batch_per_identity": bs,
+                "images_per_step": imgs,
+                "step_s": round(step_s, 4),
+                "images_per_s": round(imgs / step_s, 2),
+                "tflops_per_s": round(achieved / 1e12, 4),
+                "mfu": round(achieved / peak, 4) if peak else None,
+                "peak_gb": round(
+                    max(torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count())) / 2**30, 3
+                )
+                if dev.type == "cuda"
+                else round(_rss_gb(), 3),
+                "peak_kind": "cuda_allocated_max_over_devices" if dev.type == "cuda" else "process_max_rss",
+            }
+        )
     return rows
 
 
@@ -155,7 +166,9 @@ def bench_loader(cfg, workers: list[int], batches: int) -> list[dict]:
         for n in workers:
             dm.num_workers = n
             # The datamodule reads its start position from the trainer's module; a stub is enough.
-            dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(schedule=schedule, batches_done=phase.first_batch), global_rank=0)
+            dm.trainer = SimpleNamespace(
+                lightning_module=SimpleNamespace(schedule=schedule, batches_done=phase.first_batch), global_rank=0
+            )
             it = iter(dm.train_dataloader())
             next(it)  # worker start-up and the first batch are not throughput
             t0 = time.perf_counter()
@@ -178,21 +191,34 @@ def _loader_in_subprocesses(overrides: list[str], workers: list[int], batches: i
 
 
 def markdown(result: dict) -> str:
-    lines = [f"device: {result['device']}", "",
-             "| stage | strategy | precision | checkpointing | memory | batch/id | images/s | step s | peak GB | TFLOP/s | MFU |",
-             "|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"device: {result['device']}",
+        "",
+        "| stage | strategy | precision | checkpointing | memory | batch/id | images/s | step s | peak GB "
+        "| TFLOP/s | MFU |",
+        "|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in result["steps"]:
         mfu = "null" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        lines.append(f"| {r['res']} | {r['strategy']} | {r['precision']} | {'on' if r['checkpointing'] else 'off'} "
-                     f"| {r.get('memory_format', 'contiguous')} | {r['batch_per_identity']} "
-                     f"| {r['images_per_s']:.1f} | {r['step_s']:.3f} | {r['peak_gb']:.2f} | {r['tflops_per_s']:.3f} | {mfu} |")
+        lines.append(
+            f"| {r['res']} | {r['strategy']} | {r['precision']} | {'on' if r['checkpointing'] else 'off'} "
+            f"| {r.get('memory_format', 'contiguous')} | {r['batch_per_identity']} "
+            f"| {r['images_per_s']:.1f} | {r['step_s']:.3f} | {r['peak_gb']:.2f} | {r['tflops_per_s']:.3f} | {mfu} |"
+        )
     if result.get("loader"):
         best = {}
         for r in result["steps"]:
             best[r["res"]] = max(best.get(r["res"], 0.0), r["images_per_s"])
-        lines += ["", "| stage | loader workers | loader images/s | fastest step images/s | loader / step |", "|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| stage | loader workers | loader images/s | fastest step images/s | loader / step |",
+            "|---:|---:|---:|---:|---:|",
+        ]
         for r in result["loader"]:
-            lines.append(f"| {r['res']} | {r['workers']} | {r['images_per_s']:.1f} | {best[r['res']]:.1f} | {r['images_per_s'] / best[r['res']]:.2f} |")
+            lines.append(
+                f"| {r['res']} | {r['workers']} | {r['images_per_s']:.1f} | {best[r['res']]:.1f} "
+                f"| {r['images_per_s'] / best[r['res']]:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -203,11 +229,15 @@ def main() -> int:
     ap.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     ap.add_argument("--checkpointing", nargs="+", choices=["off", "on"], default=["off", "on"])
     ap.add_argument("--strategy", nargs="+", default=None, help="single, model_parallel (default: all that run here)")
-    ap.add_argument("--memory", nargs="+", choices=["contiguous", "channels_last"], default=["contiguous", "channels_last"])
+    ap.add_argument(
+        "--memory", nargs="+", choices=["contiguous", "channels_last"], default=["contiguous", "channels_last"]
+    )
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch", type=int, default=None, help="batch per identity (default: the schedule's)")
-    ap.add_argument("--workers", type=int, nargs="*", default=[0, 2], help="loader worker counts to time (none: skip the loader)")
+    ap.add_argument(
+        "--workers", type=int, nargs="*", default=[0, 2], help="loader worker counts to time (none: skip the loader)"
+    )
     ap.add_argument("--loader-batches", type=int, default=20)
     ap.add_argument("--out", default=None, help="also write the JSON here")
     ap.add_argument("--md", default=None, help="also write Markdown tables here")
@@ -229,7 +259,13 @@ def main() -> int:
         return 0
     if a.combo:
         strategy, precision, ckpt, memory = a.combo.split(",")
-        print(json.dumps(bench_steps(cfg, dev, strategy, precision, ckpt == "on", a.steps, a.warmup, a.batch, memory == "channels_last")))
+        print(
+            json.dumps(
+                bench_steps(
+                    cfg, dev, strategy, precision, ckpt == "on", a.steps, a.warmup, a.batch, memory == "channels_last"
+                )
+            )
+        )
         return 0
     steps = []
     for strategy in a.strategy or strategies_here(dev):
@@ -237,16 +273,31 @@ def main() -> int:
             for ckpt in a.checkpointing:
                 for memory in a.memory:
                     # A fresh process per combination: peak memory (max RSS on CPU) is its own.
-                    cmd = [sys.executable, __file__, *overrides, "--device", a.device, "--steps", str(a.steps), "--warmup", str(a.warmup),
-                           "--combo", f"{strategy},{precision},{ckpt},{memory}"] + (["--batch", str(a.batch)] if a.batch else [])
+                    cmd = [
+                        sys.executable,
+                        __file__,
+                        *overrides,
+                        "--device",
+                        a.device,
+                        "--steps",
+                        str(a.steps),
+                        "--warmup",
+                        str(a.warmup),
+                        "--combo",
+                        f"{strategy},{precision},{ckpt},{memory}",
+                    ] + (["--batch", str(a.batch)] if a.batch else [])
                     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                     steps += json.loads(out.strip().splitlines()[-1])
                     print(f"{strategy} {precision} checkpointing {ckpt} {memory}: done", file=sys.stderr)
     result = {
         "recipe_overrides": overrides,
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
-        "steps": sorted(steps, key=lambda r: (r["res"], r["strategy"], r["precision"], r["checkpointing"], r["memory_format"])),
+        "steps": sorted(
+            steps, key=lambda r: (r["res"], r["strategy"], r["precision"], r["checkpointing"], r["memory_format"])
+        ),
         "loader": _loader_in_subprocesses(overrides, a.workers, a.loader_batches) if a.workers else [],
     }
     text = json.dumps(result, indent=1)

@@ -39,9 +39,21 @@ from progressive_swap.train.checkpoint import CKPT_KEY, good_checkpoints, load_w
 from progressive_swap.train.growth import GrowthSchedule
 
 EVERY_STEPS = 3
-MODEL = ["model.channel_base=256", "model.channel_max=16", "model.channel_min=8", "model.latent_channels=8", "model.latent_res=8"]
-STAGES_SHORT = [dict(res=16, images=48, batch=4, lr=1e-3), dict(res=32, images=32, fade=32, batch=4, lr=1e-3)]  # 14 batches
-STAGES_LONG = [dict(res=16, images=160, batch=4, lr=1e-3), dict(res=32, images=96, fade=96, batch=4, lr=1e-3)]  # 44 batches
+MODEL = [
+    "model.channel_base=256",
+    "model.channel_max=16",
+    "model.channel_min=8",
+    "model.latent_channels=8",
+    "model.latent_res=8",
+]
+STAGES_SHORT = [
+    dict(res=16, images=48, batch=4, lr=1e-3),
+    dict(res=32, images=32, fade=32, batch=4, lr=1e-3),
+]  # 14 batches
+STAGES_LONG = [
+    dict(res=16, images=160, batch=4, lr=1e-3),
+    dict(res=32, images=96, fade=96, batch=4, lr=1e-3),
+]  # 44 batches
 KINDS = ("step", "checkpoint", "growth")
 
 
@@ -52,8 +64,17 @@ def _stages_arg(stages: list[dict]) -> str:
 def train_args(faces: list[str], out: Path, stages: list[dict], *extra: str) -> list[str]:
     """The ``swap-train`` arguments of the chaos run."""
     return [
-        "recipe=demo", "data=facesets", f"data.faces=[{','.join(faces)}]", f"out={out}", *MODEL, _stages_arg(stages),
-        "data.num_workers=0", "preview_every=0", f"checkpoint.every_steps={EVERY_STEPS}", "augment.warp=0.03", *extra,
+        "recipe=demo",
+        "data=facesets",
+        f"data.faces=[{','.join(faces)}]",
+        f"out={out}",
+        *MODEL,
+        _stages_arg(stages),
+        "data.num_workers=0",
+        "preview_every=0",
+        f"checkpoint.every_steps={EVERY_STEPS}",
+        "augment.warp=0.03",
+        *extra,
     ]
 
 
@@ -63,7 +84,10 @@ class Run:
     def __init__(self, args: list[str], env: dict[str, str]):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "progressive_swap.cli.train", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
         )
         self.lines: list[str] = []
         self.t0 = time.monotonic()
@@ -113,8 +137,11 @@ def _kill_at(run: Run, run_dir: Path, kind: str, start: int, rng: random.Random,
         new = {s for s in _step_files(run_dir) if s > start}
         if kind == "checkpoint":
             tmps = _tmp_files(run_dir)
-            hit = [t for t in tmps if t.startswith(".last.ckpt.")] if target == "last" else (
-                [t for t in tmps if t.startswith(".step")] if new else [])
+            hit = (
+                [t for t in tmps if t.startswith(".last.ckpt.")]
+                if target == "last"
+                else ([t for t in tmps if t.startswith(".step")] if new else [])
+            )
             if hit:
                 run.kill()
                 return {"trigger": f"during write of {hit[0]}", "max_complete_seen": max_complete}
@@ -122,7 +149,9 @@ def _kill_at(run: Run, run_dir: Path, kind: str, start: int, rng: random.Random,
             armed_at = time.monotonic()
         if armed_at is not None and time.monotonic() - armed_at >= delay:
             run.kill()
-            what = f"{delay:.2f} s after a new checkpoint" if kind == "step" else f"{delay:.2f} s after the fade-in began"
+            what = (
+                f"{delay:.2f} s after a new checkpoint" if kind == "step" else f"{delay:.2f} s after the fade-in began"
+            )
             return {"trigger": what, "max_complete_seen": max(max_complete, *_step_files(run_dir), 0)}
         max_complete = max(max_complete, *_step_files(run_dir), 0)
         time.sleep(0.0005)
@@ -149,27 +178,46 @@ def check_run_dir(run_dir: Path, schedule: GrowthSchedule, previous: int, max_co
         "alpha_matches": abs(float(info["alpha"]) - alpha) < 1e-9,
         "last_ckpt_loads": not (run_dir / "last.ckpt").exists() or any(p.name == "last.ckpt" for _, p in found),
     }
-    return {"ok": all(checks.values()), "batches_done": batches, "checkpoint": path.name, "stage_res": info["stage_res"],
-            "alpha": info["alpha"], "checks": checks, "warnings": warnings}
+    return {
+        "ok": all(checks.values()),
+        "batches_done": batches,
+        "checkpoint": path.name,
+        "stage_res": info["stage_res"],
+        "alpha": info["alpha"],
+        "checks": checks,
+        "warnings": warnings,
+    }
 
 
-def chaos(faces: list[str], work: Path, kills: int = 10, short: bool = False, seed: int = 0, timeout: float = 300.0,
-          log=print) -> dict[str, Any]:
+def chaos(
+    faces: list[str], work: Path, kills: int = 10, short: bool = False, seed: int = 0, timeout: float = 300.0, log=print
+) -> dict[str, Any]:
     """Run the chaos test; returns the report (``report["ok"]`` says whether every check passed)."""
     t_start = time.monotonic()
     rng = random.Random(seed)
     stages = STAGES_SHORT if short else STAGES_LONG
     schedule = GrowthSchedule(stages, identities=len(faces))
     fade_end = next(p.end_batch for p in schedule.phases if p.fading)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "COLUMNS": "400",
-           "PROGRESSIVE_SWAP_CACHE": str(work / "cache")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "COLUMNS": "400",
+        "PROGRESSIVE_SWAP_CACHE": str(work / "cache"),
+    }
     ref_dir, run_dir = work / "reference", work / "chaos"
 
     log(f"reference run ({schedule.total_batches} batches) ...")
     ref = Run(train_args(faces, ref_dir, stages), env)
     ref_rc = ref.wait(timeout)
-    report: dict[str, Any] = {"kills_planned": kills, "total_batches": schedule.total_batches, "every_steps": EVERY_STEPS,
-                              "reference_rc": ref_rc, "events": []}
+    report: dict[str, Any] = {
+        "kills_planned": kills,
+        "total_batches": schedule.total_batches,
+        "every_steps": EVERY_STEPS,
+        "reference_rc": ref_rc,
+        "events": [],
+    }
     if ref_rc != 0:
         report.update(ok=False, error="reference run failed", output=ref.lines[-20:])
         return report
@@ -185,8 +233,15 @@ def chaos(faces: list[str], work: Path, kills: int = 10, short: bool = False, se
         state = check_run_dir(run_dir, schedule, resume_point, kill["max_complete_seen"])
         m = re.search(r"\(resuming (.+?\.ckpt)\)", "".join(run.lines))
         resumed_from = m.group(1) if m else None
-        event = {"kill": i + 1, "kind": kind, **kill, "seconds": round(time.monotonic() - run.t0, 1),
-                 "resumed_from": resumed_from, "stale_tmp_files": stale, **state}
+        event = {
+            "kill": i + 1,
+            "kind": kind,
+            **kill,
+            "seconds": round(time.monotonic() - run.t0, 1),
+            "resumed_from": resumed_from,
+            "stale_tmp_files": stale,
+            **state,
+        }
         if previous_ckpt is not None and not str(resumed_from or "").endswith(previous_ckpt):
             event["ok"] = False  # the process did not start from the checkpoint the last check found
         previous_ckpt = state["checkpoint"]
@@ -195,8 +250,10 @@ def chaos(faces: list[str], work: Path, kills: int = 10, short: bool = False, se
             event["output"] = run.lines[-10:]
         ok &= bool(event["ok"])
         report["events"].append(event)
-        log(f"kill {i + 1}/{kills} ({kind}, {kill['trigger']}): resume at batch {state['batches_done']} "
-            f"from {state['checkpoint']}, {'ok' if event['ok'] else 'FAILED'}")
+        log(
+            f"kill {i + 1}/{kills} ({kind}, {kill['trigger']}): resume at batch {state['batches_done']} "
+            f"from {state['checkpoint']}, {'ok' if event['ok'] else 'FAILED'}"
+        )
         resume_point = state["batches_done"]
         if kill["trigger"] == "finished before the kill":
             break
@@ -206,22 +263,33 @@ def chaos(faces: list[str], work: Path, kills: int = 10, short: bool = False, se
     result: dict[str, Any] = {"rc": final_rc, "stale_tmp_files": _tmp_files(run_dir)}
     if final_rc == 0:
         a, b = load_weights(ref_dir / "last.ckpt"), load_weights(run_dir / "last.ckpt")
-        diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a) if a.keys() == b.keys() else float("inf")
+        diff = (
+            max(float((a[k].double() - b[k].double()).abs().max()) for k in a) if a.keys() == b.keys() else float("inf")
+        )
         end = read_training_checkpoint(run_dir / "last.ckpt")[CKPT_KEY]
         result.update(
-            same_keys=a.keys() == b.keys(), max_abs_diff=diff, bitwise_equal=a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a),
-            batches_done=end["batches_done"], safetensors_equal=_same(ref_dir / "model.safetensors", run_dir / "model.safetensors"),
+            same_keys=a.keys() == b.keys(),
+            max_abs_diff=diff,
+            bitwise_equal=a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a),
+            batches_done=end["batches_done"],
+            safetensors_equal=_same(ref_dir / "model.safetensors", run_dir / "model.safetensors"),
         )
     else:
         result["output"] = final.lines[-20:]
-    result["ok"] = final_rc == 0 and bool(result.get("bitwise_equal")) and not result["stale_tmp_files"] \
+    result["ok"] = (
+        final_rc == 0
+        and bool(result.get("bitwise_equal"))
+        and not result["stale_tmp_files"]
         and result.get("batches_done") == schedule.total_batches
+    )
     report["final"] = result
     report["kills_done"] = len(report["events"])
     report["ok"] = ok and result["ok"]
     report["seconds"] = round(time.monotonic() - t_start, 1)
-    log(f"final: rc {final_rc}, bitwise equal to the uninterrupted run: {result.get('bitwise_equal')} "
-        f"(max |diff| {result.get('max_abs_diff')})")
+    log(
+        f"final: rc {final_rc}, bitwise equal to the uninterrupted run: {result.get('bitwise_equal')} "
+        f"(max |diff| {result.get('max_abs_diff')})"
+    )
     return report
 
 
@@ -246,9 +314,17 @@ def main(argv: list[str] | None = None) -> int:
         if faces is None:
             from progressive_swap.phantom.dataset import generate_phantom_dataset
 
-            faces = generate_phantom_dataset(out=work / "phantom", identities=2, faces=16, size=32, videos=0, progress=False)["faces"]
-        report = chaos([str(f) for f in faces], work, kills=args.kills, short=args.short, seed=args.seed,
-                       log=lambda m: print(m, file=sys.stderr))
+            faces = generate_phantom_dataset(
+                out=work / "phantom", identities=2, faces=16, size=32, videos=0, progress=False
+            )["faces"]
+        report = chaos(
+            [str(f) for f in faces],
+            work,
+            kills=args.kills,
+            short=args.short,
+            seed=args.seed,
+            log=lambda m: print(m, file=sys.stderr),
+        )
     text = json.dumps(report, indent=1)
     print(text)
     if args.report:

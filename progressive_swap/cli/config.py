@@ -15,7 +15,19 @@ from omegaconf import DictConfig, OmegaConf
 from progressive_swap.cli.common import UserError
 from progressive_swap.cli.schema import TrainConfig, check_options, closest, explain_validation_error, omegaconf_schema
 
-GROUPS = ("recipe", "model", "schedule", "data", "loss", "optimizer", "trainer", "module", "callbacks", "logger", "debug")
+GROUPS = (
+    "recipe",
+    "model",
+    "schedule",
+    "data",
+    "loss",
+    "optimizer",
+    "trainer",
+    "module",
+    "callbacks",
+    "logger",
+    "debug",
+)
 SCHEMAS = {"train": TrainConfig}  # config name -> its options dataclass
 
 ConfigStore.instance().store(name="train_schema", node=omegaconf_schema(TrainConfig))

@@ -19,15 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from progressive_swap.cli.common import UserError, parse_overrides, run_cli, usage
-from progressive_swap.faceset.format import HEADER_NAME
 from progressive_swap import faceset
-from progressive_swap.export import frames as F
-from progressive_swap.extract.pipeline import ExtractOptions, extract
-from progressive_swap.export.swapper import MODEL_MASKS, Swapper, load_model
-from progressive_swap.export.frames import open_plates
-from progressive_swap.export.pipeline import ExportSettings, Exporter
+from progressive_swap.cli.common import UserError, parse_overrides, run_cli, usage
 from progressive_swap.core.io import check_writable_dir
+from progressive_swap.export import frames as F
+from progressive_swap.export.frames import open_plates
+from progressive_swap.export.pipeline import Exporter, ExportSettings
+from progressive_swap.export.swapper import MODEL_MASKS, Swapper, load_model
+from progressive_swap.extract.pipeline import ExtractOptions, extract
+from progressive_swap.faceset.format import HEADER_NAME
 
 PROG = "swap-export"
 
@@ -40,12 +40,12 @@ class ExportOptions:
     input: str = ""  # a face set directory, or footage: video / image / image folder
     out: str = ""  # output directory (created)
     identity: str = ""  # decoder to swap to: a name from the checkpoint, or its index
-    from_identity: str = ""  # whose faces the footage shows (name or index); default: the other of two; none: someone unknown
+    from_identity: str = ""
     reconstruct: bool = False  # allow from_identity == identity: decode the footage's own identity (a reconstruction)
     format: str = "png16"  # png8 | png16 (straight alpha, sRGB) | exr (half, linear, premultiplied)
     layers: str = "merged"  # merged | per_track
     color: str = "none"  # none | reinhard | histogram (match the plate's skin; recorded in metadata)
-    mask: str = "auto"  # auto (source when from_identity is known, else model) | source | model | union | hull | stored:NAME
+    mask: str = "auto"
     erode: float = 0.0  # fraction of the face crop's side
     dilate: float = 0.0  # fraction of the face crop's side
     feather: float = 0.0  # Gaussian sigma, fraction of the face crop's side
@@ -87,11 +87,15 @@ def _faceset_input(path: Path, footage: str, info, stage_res: int, mask_name: st
     """Frames of the footage with the face set's faces; checks face type and resolution."""
     fs = faceset.open(path)
     if info.face_type and fs.face_type != info.face_type:
-        raise UserError(f"face type mismatch: the checkpoint was trained on {info.face_type!r} faces, "
-                        f"the face set {str(path)!r} holds {fs.face_type!r} faces")
+        raise UserError(
+            f"face type mismatch: the checkpoint was trained on {info.face_type!r} faces, "
+            f"the face set {str(path)!r} holds {fs.face_type!r} faces"
+        )
     if fs.size < stage_res:
-        raise UserError(f"resolution mismatch: the face set's crops are {fs.size} px but the model runs at "
-                        f"{stage_res} px; extract at >= {stage_res} px")
+        raise UserError(
+            f"resolution mismatch: the face set's crops are {fs.size} px but the model runs at "
+            f"{stage_res} px; extract at >= {stage_res} px"
+        )
     sources = F.faceset_sources(fs)
     if not sources:
         raise UserError(f"face set {str(path)!r} is empty")
@@ -102,12 +106,17 @@ def _faceset_input(path: Path, footage: str, info, stage_res: int, mask_name: st
         record_source = match[0]
         plates = Path(footage) if Path(footage).exists() else F.resolve_source(record_source, fs.root)
     elif len(sources) > 1:
-        raise UserError(f"the face set holds faces of {len(sources)} sources; pick one with source=: {', '.join(sources)}")
+        raise UserError(
+            f"the face set holds faces of {len(sources)} sources; pick one with source=: {', '.join(sources)}"
+        )
     else:
         record_source = sources[0]
         plates = F.resolve_source(record_source, fs.root)
     if mask_name and mask_name not in fs.mask_names and f"user_{mask_name}" not in fs.mask_names:
-        raise UserError(f"mask=stored:{mask_name}: the face set has no {mask_name!r} masks (it has: {', '.join(fs.mask_names) or 'none'})")
+        raise UserError(
+            f"mask=stored:{mask_name}: the face set has no {mask_name!r} masks "
+            f"(it has: {', '.join(fs.mask_names) or 'none'})"
+        )
     frames = F.faceset_frames(fs, plates, record_source, mask_name)
     return frames, plates, fs.size, F.faceset_tracks(fs, record_source), fs.face_type
 
@@ -118,12 +127,24 @@ def _footage_input(o, info, stage_res: int):
     if not ftype:
         raise UserError("the checkpoint does not record its face type; pass face_type=full|whole|head")
     if o.face_type and info.face_type and o.face_type != info.face_type:
-        raise UserError(f"face type mismatch: the checkpoint was trained on {info.face_type!r} faces, not {o.face_type!r}")
+        raise UserError(
+            f"face type mismatch: the checkpoint was trained on {info.face_type!r} faces, not {o.face_type!r}"
+        )
     fset = Path(o.out) / "faces"
-    extract(ExtractOptions(
-        input=o.input, out=str(fset), size=o.crop_size or stage_res, face_type=ftype, identity="target",
-        landmarks=o.landmarks or "fan", device=o.device, smooth=o.smooth, masks=False, progress=o.progress,
-    ))
+    extract(
+        ExtractOptions(
+            input=o.input,
+            out=str(fset),
+            size=o.crop_size or stage_res,
+            face_type=ftype,
+            identity="target",
+            landmarks=o.landmarks or "fan",
+            device=o.device,
+            smooth=o.smooth,
+            masks=False,
+            progress=o.progress,
+        )
+    )
     return fset
 
 
@@ -139,11 +160,22 @@ def _export(argv: Sequence[str]) -> int:
 
     from rich.console import Console
 
-
     console = Console(file=sys.stderr)
-    settings_kw = dict(format=o.format, layers=o.layers, color=o.color, mask=o.mask, erode=o.erode,
-                       dilate=o.dilate, feather=o.feather, patches=o.patches, preview=o.preview, batch=o.batch)
-    ExportSettings(**{**settings_kw, "mask": "model" if o.mask == "auto" else o.mask})  # validate the cheap options before loading anything
+    settings_kw = dict(
+        format=o.format,
+        layers=o.layers,
+        color=o.color,
+        mask=o.mask,
+        erode=o.erode,
+        dilate=o.dilate,
+        feather=o.feather,
+        patches=o.patches,
+        preview=o.preview,
+        batch=o.batch,
+    )
+    ExportSettings(
+        **{**settings_kw, "mask": "model" if o.mask == "auto" else o.mask}
+    )  # validate the cheap options before loading anything
     inp = Path(o.input)
     if not inp.exists() and not any(c in inp.name for c in "%*?["):
         raise FileNotFoundError(f"input not found: {o.input!r}")
@@ -152,17 +184,21 @@ def _export(argv: Sequence[str]) -> int:
     from_identity = _from_identity(o.from_identity, identity, info)
     if from_identity == identity and not o.reconstruct:
         name = info.identities[identity]
-        raise UserError(f"from_identity={name} is the identity swapped to: that reconstructs the footage's own face "
-                        f"instead of swapping it; pass reconstruct=true if that is what you want")
+        raise UserError(
+            f"from_identity={name} is the identity swapped to: that reconstructs the footage's own face "
+            f"instead of swapping it; pass reconstruct=true if that is what you want"
+        )
     assumed = from_identity  # recorded and shown even where it changes no pixel
     if o.mask == "auto":
         settings_kw["mask"] = "source" if from_identity is not None else "model"
     if settings_kw["mask"] in ("source", "union") and from_identity is None:
-        raise UserError(f"mask={settings_kw['mask']} takes the mask of the footage's own identity: name it with from_identity=NAME")
+        raise UserError(
+            f"mask={settings_kw['mask']} takes the mask of the footage's own identity: name it with from_identity=NAME"
+        )
     if not (getattr(model, "colour_norm", False) or settings_kw["mask"] in ("source", "union")):
         from_identity = None  # it changes nothing: keep it out of the records and the resume fingerprint
     fset, footage = inp, o.source
-    mask_name = o.mask[len("stored:"):] if o.mask.startswith("stored:") else None
+    mask_name = o.mask[len("stored:") :] if o.mask.startswith("stored:") else None
     if _is_faceset(fset):  # check everything about the input before creating out
         frames, footage, size, tracks, ftype = _faceset_input(fset, footage, info, info.stage_res, mask_name)
         check_writable_dir(o.out)
@@ -181,20 +217,47 @@ def _export(argv: Sequence[str]) -> int:
     audio = footage if plates.kind == "video" else None
     device = next(model.parameters()).device
     mask_from = settings.mask if settings.mask in MODEL_MASKS else "model"
-    swap = Swapper(model, identity, info.stage_res, info.alpha, device=device, bf16=o.bf16, source=from_identity, mask_from=mask_from)
+    swap = Swapper(
+        model,
+        identity,
+        info.stage_res,
+        info.alpha,
+        device=device,
+        bf16=o.bf16,
+        source=from_identity,
+        mask_from=mask_from,
+    )
     if assumed is None:
         whose = "  from_identity=none (someone the model does not know)"
     else:
         whose = f"  from_identity={info.identities[assumed]}" + ("" if o.from_identity.strip() else " (assumed)")
         whose += " (reconstruction)" if assumed == identity else ""
-    console.print(f"swap-export: {footage} -> {o.out}  identity={info.identities[identity]}{whose}  mask={settings.mask}  "
-                  f"model {info.stage_res} px ({ftype})  crop {size} px  {o.format}  on {device}", soft_wrap=True)
-    exporter = Exporter(o.out, swap, info, identity, settings, from_identity=from_identity, assumed_identity=assumed,
-                        source=str(footage), tracks=tracks, fps=fps,
-                        audio_from=audio, total=plates.expected_frames or None, progress=o.progress)
+    console.print(
+        f"swap-export: {footage} -> {o.out}  identity={info.identities[identity]}{whose}  mask={settings.mask}  "
+        f"model {info.stage_res} px ({ftype})  crop {size} px  {o.format}  on {device}",
+        soft_wrap=True,
+    )
+    exporter = Exporter(
+        o.out,
+        swap,
+        info,
+        identity,
+        settings,
+        from_identity=from_identity,
+        assumed_identity=assumed,
+        source=str(footage),
+        tracks=tracks,
+        fps=fps,
+        audio_from=audio,
+        total=plates.expected_frames or None,
+        progress=o.progress,
+    )
     stats = exporter.run(frames)
-    console.print(f"done: {stats['frames']} frames ({stats['written']} written, {stats['skipped']} already complete), "
-                  f"{stats['faces']} faces, {stats['frames_per_s']} frames/s", soft_wrap=True)
+    console.print(
+        f"done: {stats['frames']} frames ({stats['written']} written, {stats['skipped']} already complete), "
+        f"{stats['faces']} faces, {stats['frames_per_s']} frames/s",
+        soft_wrap=True,
+    )
     return 0
 
 

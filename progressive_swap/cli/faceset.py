@@ -20,8 +20,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from progressive_swap.cli.common import UserError, run_cli
 from progressive_swap import faceset
+from progressive_swap.cli.common import UserError, run_cli
 from progressive_swap.faceset import curate
 
 PROG = "swap-faceset"
@@ -110,7 +110,9 @@ REMOVE_USAGE = f"usage: {PROG} remove DIR ids=[a,b,...] | ids_file=FILE | view=V
 MERGE_USAGE = f"usage: {PROG} merge DIR1 DIR2 ... out=DIR"
 
 
-def _split_args(argv: Sequence[str], allowed: Sequence[str], usage_line: str, cmd: str) -> tuple[list[str], dict[str, str]]:
+def _split_args(
+    argv: Sequence[str], allowed: Sequence[str], usage_line: str, cmd: str
+) -> tuple[list[str], dict[str, str]]:
     """Positional arguments and ``key=value`` options (raw strings: face ids such as ``0001``
     and paths are taken literally). Unknown or repeated keys are one-line errors."""
     pos: list[str] = []
@@ -155,7 +157,6 @@ def cmd_sort(argv: Sequence[str]) -> int:
     """``sort DIR by=KEY [out=DIR2] [order=asc|desc] [view=VIEWDIR]``: reorder a set by a score."""
     from rich.table import Table
 
-
     pos, o = _split_args(argv, ("by", "out", "order", "view"), SORT_USAGE, "sort")
     if len(pos) != 1:
         raise UserError(f"sort: expected one face set directory, got {len(pos)}; {SORT_USAGE}")
@@ -168,12 +169,13 @@ def cmd_sort(argv: Sequence[str]) -> int:
         raise UserError(f"sort: order must be asc or desc, got {order!r}")
     if "view" in o:
         curate._check_new_dir(Path(o["view"]))  # fail before the (possibly slow) sort
-    res = curate.sort_faceset(pos[0], o["by"], out=o.get("out"),
-                              descending=None if order is None else order == "desc")
+    res = curate.sort_faceset(pos[0], o["by"], out=o.get("out"), descending=None if order is None else order == "desc")
     console = _console()
     where = "in place" if res.in_place else f"into {res.path}"
-    console.print(f"[bold]sorted[/bold] {len(res.ids)} faces of {pos[0]} by {res.by} "
-                  f"({'descending' if res.descending else 'ascending'}) {where}")
+    console.print(
+        f"[bold]sorted[/bold] {len(res.ids)} faces of {pos[0]} by {res.by} "
+        f"({'descending' if res.descending else 'ascending'}) {where}"
+    )
     n = len(res.ids)
     if n:
         table = Table(show_header=True, header_style="bold")
@@ -188,12 +190,15 @@ def cmd_sort(argv: Sequence[str]) -> int:
         console.print(table)
         fin = res.scores[np.isfinite(res.scores)]
         if len(fin):
-            console.print(f"{res.by}: min {_fmt(fin.min())}, median {_fmt(float(np.median(fin)))}, max {_fmt(fin.max())}"
-                          + (f"; {n - len(fin)} face(s) without a score (last)" if len(fin) < n else ""))
+            console.print(
+                f"{res.by}: min {_fmt(fin.min())}, median {_fmt(float(np.median(fin)))}, max {_fmt(fin.max())}"
+                + (f"; {n - len(fin)} face(s) without a score (last)" if len(fin) < n else "")
+            )
     if "view" in o:
         curate.write_view(faceset.open(res.path), o["view"])
-        console.print(f"review folder: {o['view']} (delete bad faces there, then "
-                      f"{PROG} remove {res.path} view={o['view']})")
+        console.print(
+            f"review folder: {o['view']} (delete bad faces there, then {PROG} remove {res.path} view={o['view']})"
+        )
     return 0
 
 
@@ -228,7 +233,6 @@ def cmd_merge(argv: Sequence[str]) -> int:
     """``merge DIR1 DIR2 ... out=DIR``: merge face sets into a new one."""
     from rich.table import Table
 
-
     pos, o = _split_args(argv, ("out",), MERGE_USAGE, "merge")
     if "out" not in o:
         raise UserError(f"merge: out= is required; {MERGE_USAGE}")
@@ -243,8 +247,10 @@ def cmd_merge(argv: Sequence[str]) -> int:
     table.add_row(f"[bold]{o['out']}[/bold]", f"[bold]{len(merged)}[/bold]")
     console = _console()
     console.print(table)
-    console.print(f"{merged.face_type}, {merged.size} px, {merged.image_format}; identities: "
-                  + (", ".join(f"{k or '(none)'}: {v}" for k, v in merged.identity_counts().items()) or "-"))
+    console.print(
+        f"{merged.face_type}, {merged.size} px, {merged.image_format}; identities: "
+        + (", ".join(f"{k or '(none)'}: {v}" for k, v in merged.identity_counts().items()) or "-")
+    )
     return 0
 
 

@@ -20,13 +20,12 @@ from typing import Any, Callable, Sequence
 
 from omegaconf import OmegaConf
 
-from progressive_swap.cli.common import UserError, parse_overrides, run_cli, usage
 from progressive_swap import faceset
+from progressive_swap.cli.common import UserError, parse_overrides, run_cli, usage
 from progressive_swap.faceset.format import software_version
 from progressive_swap.masks import segment
 from progressive_swap.masks.bisenet import BiSeNet
-from progressive_swap.masks.weights import save_segmenter
-from progressive_swap.masks.weights import face_class_indices, load_segmenter
+from progressive_swap.masks.weights import face_class_indices, load_segmenter, save_segmenter
 
 PROG = "swap-mask"
 
@@ -155,7 +154,8 @@ def cmd_train(argv: Sequence[str]) -> int:
     summary = {"out": opt.out, "steps": r.steps, "seconds": round(r.seconds, 1), "before": r.before, "after": r.after}
     meta = {"options": OmegaConf.to_container(opt),
             "train_faces": len(train), "held_out": r.after, "steps": r.steps, "seconds": r.seconds,
-            "mask": opt.mask, "created_by": software_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "mask": opt.mask, "created_by": software_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     save_segmenter(r.model.cpu(), opt.out, labels=[opt.mask], input_size=opt.size, metadata=meta)
     print(json.dumps(summary, indent=1))
     return 0
@@ -164,7 +164,6 @@ def cmd_train(argv: Sequence[str]) -> int:
 def cmd_apply(argv: Sequence[str]) -> int:
     from rich.console import Console
     from rich.progress import Progress
-
 
     paths, kv = _split(argv)
     opt = parse_overrides(kv, ApplyOptions(), PROG)
@@ -181,9 +180,18 @@ def cmd_apply(argv: Sequence[str]) -> int:
     with Progress(console=Console(stderr=True)) as bar:
         for fs in sets:
             task = bar.add_task(f"{fs.root.name}", total=len(fs))
-            r = segment.apply_to_faceset(fs, model, size, indices=idx, name=opt.name, union=list(opt.union),
-                                         subtract=list(opt.subtract), intersect=list(opt.intersect), batch=opt.batch,
-                                         progress=lambda k, n, t=task: bar.update(t, completed=k))
+            r = segment.apply_to_faceset(
+                fs,
+                model,
+                size,
+                indices=idx,
+                name=opt.name,
+                union=list(opt.union),
+                subtract=list(opt.subtract),
+                intersect=list(opt.intersect),
+                batch=opt.batch,
+                progress=lambda k, n, t=task: bar.update(t, completed=k),
+            )
             results.append({"faceset": str(fs.root), **r})
     print(json.dumps(results, indent=1))
     return 0
@@ -208,8 +216,9 @@ def cmd_convert(argv: Sequence[str]) -> int:
     if len(paths) != 1 or not opt.out:
         raise UserError("usage: swap-mask convert CHECKPOINT out=FILE.safetensors")
     model, info = load_segmenter(paths[0], encoder=opt.encoder or None)
-    save_segmenter(model, opt.out, labels=info.labels, input_size=info.input_size,
-                   metadata={"converted_from": paths[0]})
+    save_segmenter(
+        model, opt.out, labels=info.labels, input_size=info.input_size, metadata={"converted_from": paths[0]}
+    )
     print(json.dumps({"out": opt.out, "classes": len(info.labels), "encoder": info.config.encoder}))
     return 0
 

@@ -87,7 +87,9 @@ def check_options(cfg: DictConfig | Any, cls: type, prefix: str = "") -> None:
             continue
         choices = _literal_choices(tp)
         if choices is not None and value is not None and value not in choices:
-            raise ValueError(f"{key} must be one of {', '.join(map(repr, choices))}, got {value!r}{closest(value, choices)}")
+            raise ValueError(
+                f"{key} must be one of {', '.join(map(repr, choices))}, got {value!r}{closest(value, choices)}"
+            )
         low = f.metadata.get("min")
         if low is not None and value is not None and value < low:
             raise ValueError(f"{key} must be >= {low}, got {value!r}")
@@ -114,8 +116,11 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
         if dataclasses.is_dataclass(tp):
             rows += describe(tp, prefix + f.name + ".")
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "???")
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "???")
+        )
         choices = _literal_choices(tp)
         note = f.metadata.get("help", "")
         if choices:

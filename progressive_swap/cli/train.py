@@ -16,13 +16,12 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from omegaconf import DictConfig, OmegaConf, open_dict
-from rich.console import Console
-from rich.table import Table
-
 import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from rich.console import Console
+from rich.table import Table
 
 from progressive_swap.cli.common import UserError, run_cli
 from progressive_swap.cli.config import compose
@@ -31,7 +30,11 @@ from progressive_swap.model.summary import format_summary, summarize
 from progressive_swap.train import strategy
 from progressive_swap.train.batch_finder import plan_for_run
 from progressive_swap.train.checkpoint import (
-    CHECKPOINT_GLOBS, AtomicCheckpointIO, good_checkpoints, read_training_checkpoint, remove_stale_temps,
+    CHECKPOINT_GLOBS,
+    AtomicCheckpointIO,
+    good_checkpoints,
+    read_training_checkpoint,
+    remove_stale_temps,
 )
 from progressive_swap.train.datamodule import check_facesets
 from progressive_swap.train.module import CKPT_KEY, resume_problem
@@ -47,7 +50,15 @@ def plan_table(schedule) -> Table:
         t.add_column(c, justify="right")
     for i, p in enumerate(schedule.phases):
         imgs = p.batches * p.batch * schedule.identities * schedule.world_size
-        t.add_row(str(i), str(p.res), "fade-in" if p.fading else "stable", str(p.batches), str(p.batch), f"{p.lr:g}" + (f"→{p.lr_end:g}" if p.lr_end is not None else ""), f"{imgs:,}")
+        t.add_row(
+            str(i),
+            str(p.res),
+            "fade-in" if p.fading else "stable",
+            str(p.batches),
+            str(p.batch),
+            f"{p.lr:g}" + (f"→{p.lr_end:g}" if p.lr_end is not None else ""),
+            f"{imgs:,}",
+        )
     return t
 
 
@@ -74,7 +85,9 @@ def find_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
         runs = [p for g in CHECKPOINT_GLOBS for p in (Path("checkpoints") / str(cfg.name)).glob(f"*/{g}")]
         if runs and not any(run_dir.glob("*.ckpt")):
             run_dir = max(runs, key=lambda p: p.stat().st_mtime).parent
-    found = good_checkpoints(run_dir, warn=lambda msg: console.print(f"[yellow]resume=auto: {msg}[/]", highlight=False, soft_wrap=True))
+    found = good_checkpoints(
+        run_dir, warn=lambda msg: console.print(f"[yellow]resume=auto: {msg}[/]", highlight=False, soft_wrap=True)
+    )
     return found[0][1] if found else None
 
 
@@ -104,7 +117,9 @@ def _train(argv: Sequence[str]) -> int:
 
 def _quiet_known_warnings() -> None:
     """Silence library chatter that says nothing to a user of this command."""
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # we wrote config.yaml there
+    warnings.filterwarnings(
+        "ignore", message=r"Checkpoint directory .* exists and is not empty"
+    )  # we wrote config.yaml there
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
@@ -142,21 +157,37 @@ def train(cfg: DictConfig) -> int:
     if cfg.dry_run:  # no trainer: building it would need the recipe's accelerator
         devices = cfg.trainer.get("devices", 1)
         with open_dict(cfg):
-            cfg.derived.world_size = (devices if isinstance(devices, int) and devices > 0 else 1) * int(cfg.trainer.num_nodes)
+            cfg.derived.world_size = (devices if isinstance(devices, int) and devices > 0 else 1) * int(
+                cfg.trainer.num_nodes
+            )
         return _dry_run(cfg, info, run_dir)
 
-    trainer = instantiate(cfg.trainer, max_epochs=1, max_steps=int(cfg.max_steps or -1),
-                          callbacks=list(instantiate(cfg.callbacks).values()), logger=list(instantiate(cfg.logger).values()),
-                          plugins=[AtomicCheckpointIO()], default_root_dir=run_dir, use_distributed_sampler=False,
-                          num_sanity_val_steps=0, enable_model_summary=False, limit_val_batches=0)
+    trainer = instantiate(
+        cfg.trainer,
+        max_epochs=1,
+        max_steps=int(cfg.max_steps or -1),
+        callbacks=list(instantiate(cfg.callbacks).values()),
+        logger=list(instantiate(cfg.logger).values()),
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=run_dir,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     with open_dict(cfg):
         cfg.derived.world_size = trainer.world_size
-    module = instantiate(cfg.module, identity_names=info["identities"], face_type=info["face_type"],
-                         freeze_encoder_steps=int(cfg.freeze_steps) if cfg.freeze == "encoder" else 0)
+    module = instantiate(
+        cfg.module,
+        identity_names=info["identities"],
+        face_type=info["face_type"],
+        freeze_encoder_steps=int(cfg.freeze_steps) if cfg.freeze == "encoder" else 0,
+    )
     if cfg.find_batch:
         resumed = read_training_checkpoint(resume)[CKPT_KEY]["schedule"] if resume is not None else None
-        module.schedule = plan_for_run(module, trainer, max_memory_gb=cfg.max_memory_gb, report=console.print,
-                                       resume_schedule=resumed)
+        module.schedule = plan_for_run(
+            module, trainer, max_memory_gb=cfg.max_memory_gb, report=console.print, resume_schedule=resumed
+        )
     if cfg.compile:
         strategy.compile_blocks(module.model)  # looked up at call time (tests replace it)
     note = _start(cfg, module, datamodule, info, resume, run_dir)
@@ -172,17 +203,23 @@ def train(cfg: DictConfig) -> int:
     console.print(f"run directory: [bold]{run_dir}[/]" + (f" (resuming {resume})" if resume else ""))
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     if trainer.is_global_zero:
-        console.print(f"done: {module.batches_done}/{module.schedule.total_batches} batches; "
-                      f"checkpoints, previews and model.safetensors in {run_dir}")
+        console.print(
+            f"done: {module.batches_done}/{module.schedule.total_batches} batches; "
+            f"checkpoints, previews and model.safetensors in {run_dir}"
+        )
     return 0
 
 
 def _dry_run(cfg: DictConfig, info: dict, run_dir: Path) -> int:
     module = instantiate(cfg.module)
     console.print(plan_table(module.schedule))
-    console.print(format_summary(summarize(module.model, batch_size=module.schedule.stages[-1].batch * len(info["identities"]))))
-    console.print(f"face sets {info['identities']}: {info['counts']} faces, {info['face_type']}, crops {info['sizes']} px; "
-                  f"run dir would be {run_dir}")
+    console.print(
+        format_summary(summarize(module.model, batch_size=module.schedule.stages[-1].batch * len(info["identities"])))
+    )
+    console.print(
+        f"face sets {info['identities']}: {info['counts']} faces, {info['face_type']}, crops {info['sizes']} px; "
+        f"run dir would be {run_dir}"
+    )
     return 0
 
 
@@ -190,8 +227,9 @@ def _start(cfg: DictConfig, module, datamodule, info: dict, resume: Path | None,
     """Where the weights start: a checked resume, a warm start, or fresh with the face sets'
     colour statistics (returns the line that reports them)."""
     if resume is not None:
-        problem = resume_problem(read_training_checkpoint(resume)[CKPT_KEY], module.model.arch,
-                                 module.schedule.world_size)
+        problem = resume_problem(
+            read_training_checkpoint(resume)[CKPT_KEY], module.model.arch, module.schedule.world_size
+        )
         if problem:
             raise UserError(f"cannot resume from {resume}: {problem}")
         return None
@@ -205,7 +243,8 @@ def _start(cfg: DictConfig, module, datamodule, info: dict, resume: Path | None,
         mean, std = datamodule.colour_stats()
         module.model.set_identity_colour(mean, std)
         return "identity colour (RGB mean ± std inside the face): " + ";  ".join(
-            f"{name} {_rgb(m)} ± {_rgb(d)}" for name, m, d in zip(info["identities"], mean, std))
+            f"{name} {_rgb(m)} ± {_rgb(d)}" for name, m, d in zip(info["identities"], mean, std)
+        )
     return None
 
 

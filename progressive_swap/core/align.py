@@ -165,7 +165,9 @@ def warp_from_crop(
     )
 
 
-def _kornia_warp(images: torch.Tensor, m_px: torch.Tensor, hw: tuple[int, int], mode: str, padding: str) -> torch.Tensor:
+def _kornia_warp(
+    images: torch.Tensor, m_px: torch.Tensor, hw: tuple[int, int], mode: str, padding: str
+) -> torch.Tensor:
     import kornia.geometry.transform as KT
 
     # align_corners=True makes kornia's normalisation treat pixel centres at 0 and W-1,
@@ -174,7 +176,11 @@ def _kornia_warp(images: torch.Tensor, m_px: torch.Tensor, hw: tuple[int, int], 
 
 
 def warp_to_crop_tensor(
-    images: torch.Tensor, m_norm: torch.Tensor | np.ndarray, size: int, mode: str = "bilinear", padding: str = "reflection"
+    images: torch.Tensor,
+    m_norm: torch.Tensor | np.ndarray,
+    size: int,
+    mode: str = "bilinear",
+    padding: str = "reflection",
 ) -> torch.Tensor:
     """Batched :func:`warp_to_crop` with kornia.
 

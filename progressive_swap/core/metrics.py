@@ -83,7 +83,11 @@ def flicker(frames: list[np.ndarray] | np.ndarray, masks: list[np.ndarray] | np.
     total = weight = 0.0
     for t in range(1, len(frames)):
         d = np.abs(np.asarray(frames[t], np.float64) - np.asarray(frames[t - 1], np.float64)).mean(-1)
-        w = np.ones_like(d) if masks is None else np.asarray(masks[t], np.float64) * np.asarray(masks[t - 1], np.float64)
+        w = (
+            np.ones_like(d)
+            if masks is None
+            else np.asarray(masks[t], np.float64) * np.asarray(masks[t - 1], np.float64)
+        )
         total += float((w * d).sum())
         weight += float(w.sum())
     return total / max(weight, 1e-12)

@@ -34,7 +34,6 @@ large yaw closer to frontal: 30° as 17..25°); the order of faces (what sorting
 """
 from __future__ import annotations
 
-
 import cv2
 import numpy as np
 

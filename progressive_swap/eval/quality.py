@@ -29,12 +29,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from progressive_swap.phantom import renderer as phantom
+from progressive_swap.core import align
+from progressive_swap.core.metrics import flicker, high_frequency_kept, mask_iou, masked_psnr, masked_ssim
 from progressive_swap.export.composite import SwappedFace, face_layer, over
 from progressive_swap.export.swapper import Swapper, load_model
-from progressive_swap.core import align
 from progressive_swap.extract.smoothing import smooth_track
-from progressive_swap.core.metrics import flicker, high_frequency_kept, mask_iou, masked_psnr, masked_ssim
+from progressive_swap.phantom import renderer as phantom
 
 HELD_OUT_STREAM = 7919  # frame seeds (seed, HELD_OUT_STREAM, identity, n): never used by the data set writer
 
@@ -78,13 +78,26 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
     idents = [phantom.sample_identity(settings.phantom_seed * 1000 + phantom_index(n)) for n in names]
     frame_px = 2 * res  # the phantom data set's framing: a face crop of about ``res`` px
     # (decoder, source identity) -> Swapper: a swap A→B encodes A's face as A's.
-    swappers = {(k, j): Swapper(model, k, res, alpha, device, source=j) for k in range(len(names)) for j in range(len(names))}
+    swappers = {
+        (k, j): Swapper(model, k, res, alpha, device, source=j) for k in range(len(names)) for j in range(len(names))
+    }
     start = min(model.stages)
     cutoff = res / 4 if res > start else None  # Nyquist of the previous stage, cycles per side
 
-    keys = ("swap_psnr", "swap_ssim", "source_mask_iou", "swap_mask_iou", "frame_psnr", "frame_psnr_swap_mask",
-            "recon_psnr", "recon_ssim", "hf_energy", "hf_coherent",
-            "baseline_colour_transfer_psnr", "baseline_blurred_truth_psnr")
+    keys = (
+        "swap_psnr",
+        "swap_ssim",
+        "source_mask_iou",
+        "swap_mask_iou",
+        "frame_psnr",
+        "frame_psnr_swap_mask",
+        "recon_psnr",
+        "recon_ssim",
+        "hf_energy",
+        "hf_coherent",
+        "baseline_colour_transfer_psnr",
+        "baseline_blurred_truth_psnr",
+    )
     rows: dict[str, list[float]] = {k: [] for k in keys}
     colour = identity_colour(model, idents, res, face_type, settings)  # (N, 2, 3) mean, std
     samples = []
@@ -105,7 +118,9 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
                 rows["swap_mask_iou"].append(mask_iou(mask, vis_b))
                 recoloured = (_to01(src) - colour[a, 0]) / colour[a, 1] * colour[b, 1] + colour[b, 0]
                 rows["baseline_colour_transfer_psnr"].append(masked_psnr(np.clip(recoloured, 0, 1), truth, vis_b))
-                rows["baseline_blurred_truth_psnr"].append(masked_psnr(cv2.GaussianBlur(truth, (0, 0), res / 32), truth, vis_b))
+                rows["baseline_blurred_truth_psnr"].append(
+                    masked_psnr(cv2.GaussianBlur(truth, (0, 0), res / 32), truth, vis_b)
+                )
                 rows["swap_ssim"].append(masked_ssim(rgb, truth, vis_b))
                 rec, own_mask = (x[0] for x in swappers[a, a](src[None]))  # A's decoder: the export's default alpha
                 rows["source_mask_iou"].append(mask_iou(own_mask, vis_b))
@@ -120,7 +135,14 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
                     rows["hf_energy"].append(kept["energy"])
                     rows["hf_coherent"].append(kept["coherent"])
                 if n == 0:
-                    samples.append({"pair": f"{names[a]}>{names[b]}", "truth": truth, "swap": rgb, "error": np.abs(rgb - truth).mean(-1) * vis_b})
+                    samples.append(
+                        {
+                            "pair": f"{names[a]}>{names[b]}",
+                            "truth": truth,
+                            "swap": rgb,
+                            "error": np.abs(rgb - truth).mean(-1) * vis_b,
+                        }
+                    )
     out: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "stage_res": res,
@@ -154,8 +176,16 @@ def identity_colour(model: Any, idents: list, res: int, face_type: str, s: Quali
     return np.asarray(out, np.float64)
 
 
-def temporal(model: Any, idents: list, names: list[str], res: int, alpha: float, face_type: str, s: QualitySettings,
-             device: str = "cpu") -> dict[str, float]:
+def temporal(
+    model: Any,
+    idents: list,
+    names: list[str],
+    res: int,
+    alpha: float,
+    face_type: str,
+    s: QualitySettings,
+    device: str = "cpu",
+) -> dict[str, float]:
     """Flicker of the composited swap id0→id1 on a phantom video (the export's default alpha: the
     source identity's own mask): noisy vs smoothed vs exact landmarks, and the truth's own."""
     swap = Swapper(model, 1, res, alpha, device, source=0, mask_from="source")

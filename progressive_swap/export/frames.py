@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
 from progressive_swap.footage.sources import open_source
 
 

@@ -32,14 +32,14 @@ from typing import Callable, Iterable
 import cv2
 import numpy as np
 
-from progressive_swap.export import composite as C
-from progressive_swap.export import writers as W
-from progressive_swap.export.swapper import MODEL_MASKS, CheckpointInfo
-from progressive_swap.export.frames import FaceIn, FrameIn
 from progressive_swap.core import align
 from progressive_swap.core.io import atomic_write_json, check_writable_dir
-from progressive_swap.faceset.format import software_version
+from progressive_swap.export import composite as C
+from progressive_swap.export import writers as W
+from progressive_swap.export.frames import FaceIn, FrameIn
 from progressive_swap.export.preview import ContactSheet, PreviewWriter
+from progressive_swap.export.swapper import MODEL_MASKS, CheckpointInfo
+from progressive_swap.faceset.format import software_version
 from progressive_swap.masks.hull import landmark_mask
 
 LAYER_MODES = ("merged", "per_track")
@@ -432,11 +432,24 @@ class _progress:
         if not self.enabled:
             return lambda n: None
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._p = Progress(
-            TextColumn("export"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=Console(file=sys.stderr), transient=False,
+            TextColumn("export"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("frames"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(file=sys.stderr),
+            transient=False,
         )
         self._p.__enter__()
         task = self._p.add_task("export", total=self.total)

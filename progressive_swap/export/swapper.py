@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 from progressive_swap.train.checkpoint import CKPT_KEY, safe_load
 
-
 MODEL_MASKS = ("model", "source", "union")  # masks a Swapper can return (see Swapper's mask_from)
 
 
@@ -232,7 +231,8 @@ class Swapper:
         img = _resize(img, self.stage_res).clamp_(0, 1)  # (B, 3, r, r)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if self.mask_from == "model":
-                rgb, logit = self.net(img, self.identity, self.stage_res, self.alpha, self.source)  # (B,3,r,r), (B,1,r,r)
+                # (B, 3, r, r), (B, 1, r, r)
+                rgb, logit = self.net(img, self.identity, self.stage_res, self.alpha, self.source)
             else:  # one encoding, two decoders
                 latent = self.net.encode(img, self.stage_res, self.alpha, self.source)
                 rgb, logit = self.net.decode(latent, self.identity, self.stage_res, self.alpha)

@@ -27,8 +27,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from progressive_swap.core.io import atomic_write_bytes, atomic_write_json
 from progressive_swap.core import align
+from progressive_swap.core.io import atomic_write_bytes, atomic_write_json
 
 FORMATS = {"png8": ".png", "png16": ".png", "exr": ".exr"}
 CONVENTIONS = {

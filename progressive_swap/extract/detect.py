@@ -130,7 +130,9 @@ class LandmarkDetector:
         except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError
             still = [n for n in missing if not (checkpoint_dir() / n).is_file()]
             if still:
-                raise _missing_error(still[0], files[still[0]], str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+                raise _missing_error(
+                    still[0], files[still[0]], str(e).splitlines()[0] if str(e) else type(e).__name__
+                ) from None
             raise
 
     # ------------------------------------------------------------------ detection
@@ -198,7 +200,7 @@ class LandmarkDetector:
         with torch.no_grad():
             x_all = torch.from_numpy(np.stack(crops))
             for s in range(0, len(crops), self.batch_size):
-                x = x_all[s:s + self.batch_size].to(fa.device, dtype=fa.dtype)
+                x = x_all[s : s + self.batch_size].to(fa.device, dtype=fa.dtype)
                 h = fa.face_alignment_net(x)
                 h = (h[-1] if isinstance(h, list) else h).detach()
                 if fa.flip_input:
@@ -286,8 +288,14 @@ class GivenLandmarks:
                     box = np.asarray(f["box"], np.float64) if f.get("box") is not None else np.r_[lm.min(0), lm.max(0)]
                     if box.shape != (4,):
                         raise ValueError(f"box must be [x0, y0, x1, y1], got {f['box']!r}")
-                    faces.append(Face(box=box, landmarks=lm, score=float(f.get("score", 1.0)),
-                                      identity=str(f.get("identity") or "")))
+                    faces.append(
+                        Face(
+                            box=box,
+                            landmarks=lm,
+                            score=float(f.get("score", 1.0)),
+                            identity=str(f.get("identity") or ""),
+                        )
+                    )
             except (KeyError, TypeError, ValueError) as e:
                 where = fr.get("index", "?") if isinstance(fr, dict) else "?"
                 raise ValueError(f"landmarks file {str(self.path)!r}, frame {where}: {e}") from None
@@ -351,7 +359,9 @@ def dlib_model_files() -> dict[str, Path]:
     return files
 
 
-def _scaled_window(image: np.ndarray, x0: float, y0: float, w: float, h: float, k: float) -> tuple[np.ndarray, np.ndarray]:
+def _scaled_window(
+    image: np.ndarray, x0: float, y0: float, w: float, h: float, k: float
+) -> tuple[np.ndarray, np.ndarray]:
     """The frame region ``[x0, x0 + w) x [y0, y0 + h)`` resampled ``k`` times larger.
 
     Parts outside the frame repeat its edge pixels (padding). Returns the window (uint8) and the
@@ -391,8 +401,14 @@ class DlibDetector:
         landmark_side: side (px) of the enlarged window the shape predictor runs on.
     """
 
-    def __init__(self, face_detector: str = "hog", min_score: float = 0.5, min_side: int = 288, pad: float = 0.2,
-                 landmark_side: int = 256):
+    def __init__(
+        self,
+        face_detector: str = "hog",
+        min_score: float = 0.5,
+        min_side: int = 288,
+        pad: float = 0.2,
+        landmark_side: int = 256,
+    ):
         if face_detector not in ("hog", "mmod"):
             raise ValueError(f"dlib face detector must be hog or mmod, got {face_detector!r}")
         files = dlib_model_files()

@@ -38,15 +38,23 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from progressive_swap import faceset
-from progressive_swap.faceset.format import HEADER_NAME
-from progressive_swap.footage.sources import Frame, FrameSource, open_source
 from progressive_swap.core import align
-from progressive_swap.extract.detect import (DlibDetector, DlibMissingError, Face, GivenLandmarks, LandmarkDetector,
-                                             checkpoint_dir, dlib_available, weight_files)
+from progressive_swap.core.io import atomic_write, atomic_write_json
 from progressive_swap.core.landmarks import face_type as _check_face_type
+from progressive_swap.extract.detect import (
+    DlibDetector,
+    DlibMissingError,
+    Face,
+    GivenLandmarks,
+    LandmarkDetector,
+    checkpoint_dir,
+    dlib_available,
+    weight_files,
+)
 from progressive_swap.extract.smoothing import METHODS, smooth_track
 from progressive_swap.extract.tracks import keep_tracks, link_tracks, min_size_filter
-from progressive_swap.core.io import atomic_write, atomic_write_json
+from progressive_swap.faceset.format import HEADER_NAME
+from progressive_swap.footage.sources import Frame, FrameSource, open_source
 from progressive_swap.masks.hull import landmark_mask
 
 WORK_DIR = ".extract"
@@ -253,12 +261,25 @@ class _Progress:
         self.bar = None
         if enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[fps]:.1f} frames/s"), TextColumn("{task.fields[faces]} faces"),
-                TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[fps]:.1f} frames/s"),
+                TextColumn("{task.fields[faces]} faces"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
             )
 
     def __enter__(self) -> "_Progress":
@@ -296,7 +317,9 @@ def _delay() -> float:
 # ---------------------------------------------------------------------- the passes
 
 
-def _detect_pass(src: FrameSource, finder: _FaceFinder, work: Path, opt: ExtractOptions, progress: _Progress) -> list[dict]:
+def _detect_pass(
+    src: FrameSource, finder: _FaceFinder, work: Path, opt: ExtractOptions, progress: _Progress
+) -> list[dict]:
     chunks, done = _read_chunks(work, opt.chunk)
     if done:
         return chunks
@@ -393,18 +416,29 @@ def _plan(chunks: list[dict], src: FrameSource, opt: ExtractOptions, fps: float)
         params = {"window": opt.smooth_window} if method == "savgol" else {}
         for t in np.unique(track):
             rows = np.flatnonzero(track == t)
-            smooth[rows] = smooth_track(lms[rows], fps, method, frame_index=ff[rows],
-                                        times=np.array([times[int(i)] for i in ff[rows]]), cuts=opt.cuts, **params)
+            smooth[rows] = smooth_track(
+                lms[rows],
+                fps,
+                method,
+                frame_index=ff[rows],
+                times=np.array([times[int(i)] for i in ff[rows]]),
+                cuts=opt.cuts,
+                **params,
+            )
     order = np.lexsort((track, ff))
     stats["tracks"] = int(len(np.unique(track)))
     stats["faces_kept"] = int(len(order))
     stats["smoothing"] = method
     label = [opt.identity or str(i) for i in ids[order]]
-    extra = [{"box": [round(float(v), 3) for v in b], "score": round(float(s), 4)} for b, s in zip(box[order], score[order])]
+    extra = [
+        {"box": [round(float(v), 3) for v in b], "score": round(float(s), 4)} for b, s in zip(box[order], score[order])
+    ]
     return _Plan(ff[order], track[order], lms[order], smooth[order], label, extra, stats)
 
 
-def _crop_pass(src: FrameSource, plan: _Plan, key: str, opt: ExtractOptions, progress: _Progress, writer_factory) -> int:
+def _crop_pass(
+    src: FrameSource, plan: _Plan, key: str, opt: ExtractOptions, progress: _Progress, writer_factory
+) -> int:
     ids = [_face_id(key, int(f), int(t)) for f, t in zip(plan.frame, plan.track)]
     writer = None
     written = 0
@@ -447,9 +481,17 @@ def _crop_pass(src: FrameSource, plan: _Plan, key: str, opt: ExtractOptions, pro
                 m = align.alignment_matrix(plan.smooth[k], opt.face_type)
                 crop = align.warp_to_crop(fr.image, m, opt.size)
                 rec = faceset.FaceRecord(
-                    id=ids[k], source=str(src.path), frame_index=int(fr.index), time=float(fr.time),
-                    track=int(plan.track[k]), identity=plan.identity[k], landmarks=plan.smooth[k], matrix=m,
-                    frame_size=(w, h), landmarks_raw=plan.raw[k], extra=plan.extra[k],
+                    id=ids[k],
+                    source=str(src.path),
+                    frame_index=int(fr.index),
+                    time=float(fr.time),
+                    track=int(plan.track[k]),
+                    identity=plan.identity[k],
+                    landmarks=plan.smooth[k],
+                    matrix=m,
+                    frame_size=(w, h),
+                    landmarks_raw=plan.raw[k],
+                    extra=plan.extra[k],
                 )
                 batch[0].append(rec)
                 batch[1].append(crop)
@@ -538,8 +580,10 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
                     f"not {options.get(k)!r}; use another out= or delete {str(work)!r}"
                 )
         if old["input"] != src.fingerprint():
-            raise ExtractError(f"{src.path.name} changed since its extraction into {opt.out!r} began; "
-                               f"delete {str(work)!r} to start over")
+            raise ExtractError(
+                f"{src.path.name} changed since its extraction into {opt.out!r} began; "
+                f"delete {str(work)!r} to start over"
+            )
     finder = _FaceFinder(opt)  # before creating files: weights and landmark files are checked here
     fps = float(src.fps or finder.fps or opt.fps or 24.0)
     work.mkdir(parents=True, exist_ok=True)
@@ -547,25 +591,39 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
     try:
         with _locked(work):
             if not manifest_path.is_file():
-                atomic_write_json(manifest_path, {"input": src.fingerprint(), "source": str(src.path),
-                                                  "options": options, "complete": False})
+                atomic_write_json(
+                    manifest_path,
+                    {"input": src.fingerprint(), "source": str(src.path), "options": options, "complete": False},
+                )
             with _Progress(opt.progress) as progress:
                 chunks = _detect_pass(src, finder, work, opt, progress)
                 t_detect = time.perf_counter() - t0
                 plan = _plan(chunks, src, opt, fps)
                 problems = sorted(set(sum((list(c["problems"]) for c in chunks), [])) | set(src.problems))
                 if plan.stats["frames"] == 0:
-                    raise ExtractError(f"no frame of {src.path.name} could be decoded"
-                                       + (f": {problems[0]}" if problems else ""))
+                    raise ExtractError(
+                        f"no frame of {src.path.name} could be decoded" + (f": {problems[0]}" if problems else "")
+                    )
                 if plan.stats["faces_kept"] == 0:
                     raise ExtractError(
                         f"no faces found in {plan.stats['frames']} frames of {src.path.name}"
-                        + (f" ({plan.stats['faces_too_small']} smaller than min_face={opt.min_face:g})"
-                           if plan.stats["faces_too_small"] else ""))
+                        + (
+                            f" ({plan.stats['faces_too_small']} smaller than min_face={opt.min_face:g})"
+                            if plan.stats["faces_too_small"]
+                            else ""
+                        )
+                    )
 
                 def writer_factory() -> faceset.FaceSetWriter:
-                    return faceset.create(out, face_type=opt.face_type, size=opt.size, image_format=opt.image_format,
-                                          identity=opt.identity or None, exist_ok=True, threads=2)
+                    return faceset.create(
+                        out,
+                        face_type=opt.face_type,
+                        size=opt.size,
+                        image_format=opt.image_format,
+                        identity=opt.identity or None,
+                        exist_ok=True,
+                        threads=2,
+                    )
 
                 written = _crop_pass(src, plan, key, opt, progress, writer_factory)
     except ExtractError:
@@ -574,14 +632,21 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
         raise
     seconds = time.perf_counter() - t0
     summary = {
-        "input": str(src.path), "out": str(out), "kind": src.kind, **plan.stats,
-        "faces_written": written, "faces_in_set": len(faceset.open(out)),
-        "problems": problems, "seconds": round(seconds, 2),
+        "input": str(src.path),
+        "out": str(out),
+        "kind": src.kind,
+        **plan.stats,
+        "faces_written": written,
+        "faces_in_set": len(faceset.open(out)),
+        "problems": problems,
+        "seconds": round(seconds, 2),
         "detect_frames_per_s": round(plan.stats["frames"] / max(t_detect, 1e-9), 2),
         "frames_per_s": round(plan.stats["frames"] / max(seconds, 1e-9), 2),
     }
-    atomic_write_json(manifest_path, {"input": src.fingerprint(), "source": str(src.path), "options": options,
-                                      "complete": True, "summary": summary})
+    atomic_write_json(
+        manifest_path,
+        {"input": src.fingerprint(), "source": str(src.path), "options": options, "complete": True, "summary": summary},
+    )
     return summary
 
 
@@ -589,7 +654,8 @@ def format_summary(s: dict[str, Any]) -> str:
     """The closing summary, a few lines of text."""
     lines = [
         f"{s['input']} -> {s['out']}",
-        f"  frames {s['frames']}  faces detected {s['faces_detected']}  kept {s['faces_kept']} in {s['tracks']} track(s)"
+        f"  frames {s['frames']}  faces detected {s['faces_detected']}  "
+        f"kept {s['faces_kept']} in {s['tracks']} track(s)"
         f"  written {s['faces_written']} (set now holds {s['faces_in_set']})",
         f"  frames with no face {s['frames_no_face']}  frames with several faces {s['frames_several_faces']}"
         f"  too small {s['faces_too_small']}  smoothing {s['smoothing']}",
@@ -597,4 +663,3 @@ def format_summary(s: dict[str, Any]) -> str:
     ]
     lines += [f"  problem: {p}" for p in s["problems"]]
     return "\n".join(lines)
-

@@ -33,12 +33,12 @@ import cv2
 import numpy as np
 
 from progressive_swap import faceset as F
-from progressive_swap.faceset import index as fx
-from progressive_swap.faceset.format import INDEX_DIR
-from progressive_swap.faceset.writer import FaceSetWriter, concat_shards, link_or_copy
 from progressive_swap.core import align
 from progressive_swap.core.io import fsync_dir
 from progressive_swap.core.pose import head_poses
+from progressive_swap.faceset import index as fx
+from progressive_swap.faceset.format import INDEX_DIR
+from progressive_swap.faceset.writer import FaceSetWriter, concat_shards, link_or_copy
 
 SORT_KEYS: tuple[str, ...] = ("blur", "yaw", "pitch", "size")
 """Keys :func:`sort_faceset` accepts."""

@@ -17,9 +17,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from progressive_swap.faceset.index import FaceSetError
-from progressive_swap.core.landmarks import face_type as _face_type
 from progressive_swap.core.io import atomic_write_json, fsync_dir
+from progressive_swap.core.landmarks import face_type as _face_type
+from progressive_swap.faceset.index import FaceSetError
 
 FORMAT_VERSION = 1
 """Integer in ``faceset.json``. Readers refuse newer versions; bump it on any layout change."""

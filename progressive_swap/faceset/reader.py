@@ -12,12 +12,24 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from progressive_swap.core.io import fsync_dir
 from progressive_swap.faceset import index as fx
 from progressive_swap.faceset.format import (
-    IMAGE_DIR, INDEX_DIR, MASK_DIR, USER_PREFIX, FaceRecord, FaceSetError, check_mask_name,
-    decode_image, decode_mask, encode_mask, image_path, mask_path, read_header, write_file_atomic,
+    IMAGE_DIR,
+    INDEX_DIR,
+    MASK_DIR,
+    USER_PREFIX,
+    FaceRecord,
+    FaceSetError,
+    check_mask_name,
+    decode_image,
+    decode_mask,
+    encode_mask,
+    image_path,
+    mask_path,
+    read_header,
+    write_file_atomic,
 )
-from progressive_swap.core.io import fsync_dir
 from progressive_swap.faceset.writer import FaceSetWriter, concat_shards, create, link_or_copy
 
 

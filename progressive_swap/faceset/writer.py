@@ -21,13 +21,30 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from progressive_swap.core.io import check_writable_dir, fsync_dir
 from progressive_swap.faceset import index as fx
 from progressive_swap.faceset.format import (
-    HEADER_NAME, IMAGE_DIR, INDEX_DIR, LOCK_NAME, MASK_DIR, TMP_SUFFIX, FaceRecord, FaceSetError,
-    check_image, check_mask_name, check_record, encode_image, encode_mask, image_path, make_header, mask_path,
-    mask_to_u16, read_header, write_file_durable, write_header,
+    HEADER_NAME,
+    IMAGE_DIR,
+    INDEX_DIR,
+    LOCK_NAME,
+    MASK_DIR,
+    TMP_SUFFIX,
+    FaceRecord,
+    FaceSetError,
+    check_image,
+    check_mask_name,
+    check_record,
+    encode_image,
+    encode_mask,
+    image_path,
+    make_header,
+    mask_path,
+    mask_to_u16,
+    read_header,
+    write_file_durable,
+    write_header,
 )
-from progressive_swap.core.io import check_writable_dir, fsync_dir
 
 try:  # POSIX only; elsewhere the single-writer rule is not enforced.
     import fcntl
@@ -327,7 +344,9 @@ class FaceSetWriter:
 # ---------------------------------------------------------------------- helpers
 
 
-def records_to_columns(records: Sequence[FaceRecord], default_identity: str = "") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def records_to_columns(
+    records: Sequence[FaceRecord], default_identity: str = ""
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Pack records into shard columns and the strings table."""
     n = len(records)
     cols = fx.empty_columns(n)
@@ -348,12 +367,13 @@ def records_to_columns(records: Sequence[FaceRecord], default_identity: str = ""
             cols["landmarks_raw"][i] = r.landmarks_raw
         if r.extra:
             extra[str(i)] = json.loads(json.dumps(r.extra))
-    strings = {"ids": [r.id for r in records], "sources": list(sources),
-               "identities": list(identities), "extra": extra}
+    strings = {"ids": [r.id for r in records], "sources": list(sources), "identities": list(identities), "extra": extra}
     return cols, strings
 
 
-def concat_shards(cols_list: list[dict[str, np.ndarray]], strings_list: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def concat_shards(
+    cols_list: list[dict[str, np.ndarray]], strings_list: list[dict[str, Any]]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Concatenate shards, merging their string tables (used by compaction, removal, merge)."""
     sources: dict[str, int] = {}
     identities: dict[str, int] = {}

@@ -27,8 +27,8 @@ from typing import Iterator
 
 import cv2
 import numpy as np
-from progressive_swap.footage.video import read_video
-from progressive_swap.footage.video import probe_video
+
+from progressive_swap.footage.video import probe_video, read_video
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mxf", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".y4m"}
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -179,7 +179,8 @@ def open_source(path: str | os.PathLike, fps: float | None = None) -> FrameSourc
     s = str(path)
     p = Path(s)
     if p.is_dir():
-        files = sorted((f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file()), key=lambda f: _natural_key(f.name))
+        files = sorted((f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file()),
+                       key=lambda f: _natural_key(f.name))
         if not files:
             raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in folder {s!r}")
         numbered = all(re.search(r"\d+$", f.stem) for f in files)

@@ -7,7 +7,6 @@ frame-rate footage keeps correct timing (never assume ``index / fps``).
 from __future__ import annotations
 
 import contextlib
-
 import math
 import os
 from fractions import Fraction

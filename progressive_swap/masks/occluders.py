@@ -20,7 +20,9 @@ def _face_region_point(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return np.array([xs[j], ys[j]], np.float64)
 
 
-def paste_occluder(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, other: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def paste_occluder(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, other: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Paste a random occluder (disc, bar, polygon or hand-like blob) over the face.
 
     Its fill is a colour gradient, a shifted copy of the image itself (skin-coloured
@@ -56,7 +58,9 @@ def paste_occluder_alpha(
         cv2.ellipse(alpha, P(c), axes, rng.uniform(0, 180), 0, 360, 255, -1, cv2.LINE_AA, sh)
     elif kind == 1:  # bar (a strap, a pen, a finger)
         d = np.array([math.cos(t := rng.uniform(0, math.pi)), math.sin(t)]) * s
-        cv2.line(alpha, P(c - d), P(c + d * rng.uniform(0.1, 1.0)), 255, max(1, int(rng.uniform(0.02, 0.1) * s)), cv2.LINE_AA)
+        cv2.line(
+            alpha, P(c - d), P(c + d * rng.uniform(0.1, 1.0)), 255, max(1, int(rng.uniform(0.02, 0.1) * s)), cv2.LINE_AA
+        )
     elif kind == 2:  # random polygon
         n = int(rng.integers(3, 9))
         ang = np.sort(rng.uniform(0, 2 * math.pi, n))
@@ -79,7 +83,11 @@ def paste_occluder_alpha(
     u = rng.random()
     if u < 0.4 or (u >= 0.7 and other is None):
         c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-        g = np.linspace(0, 1, w, dtype=np.float32)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+        g = (
+            np.linspace(0, 1, w, dtype=np.float32)[None, :, None]
+            if rng.random() < 0.5
+            else np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+        )
         fill = c0 * (1 - g) + c1 * g + rng.normal(0, rng.uniform(0, 12), (h, w, 3))
     elif u < 0.7:
         fill = np.roll(image, (int(rng.integers(h // 4, h)), int(rng.integers(w // 4, w))), (0, 1))

@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from progressive_swap.core import procs
+from progressive_swap.core.metrics import mask_iou as iou
 from progressive_swap.faceset import USER_PREFIX, FaceSet
 from progressive_swap.masks.bisenet import BiSeNet
 from progressive_swap.masks.occluders import paste_occluder, paste_occluder_alpha  # noqa: F401 (part of this module's API)
 from progressive_swap.masks.weights import mask_from_logits
-from progressive_swap.core.metrics import mask_iou as iou
-from progressive_swap.core import procs
 
 Face = tuple[FaceSet, int]  # a face set and a row in it
 
@@ -67,7 +67,8 @@ def faces_with_mask(sets: Sequence[FaceSet], mask_name: str) -> list[Face]:
         where = ", ".join(str(fs.root) for fs in sets)
         raise NoMasksError(
             f"no {mask_name!r} masks in {where} (masks present: {', '.join(have) or 'none'}); "
-            f"choose mask=NAME, or paint masks and add them with 'swap-mask import FACESET dir=PNG_DIR name={mask_name}'"
+            "choose mask=NAME, or paint masks and add them with "
+            f"'swap-mask import FACESET dir=PNG_DIR name={mask_name}'"
         )
     return out
 
@@ -83,17 +84,39 @@ def split_faces(faces: list[Face], fraction: float, seed: int = 0) -> tuple[list
 
 def build_augment(seed: int | None = None) -> A.Compose:
     """Geometric and photometric augmentation; masks follow the geometry (bilinear, soft)."""
-    return A.Compose([
-        A.HorizontalFlip(p=0.5),
-        A.Affine(scale=(0.85, 1.15), translate_percent=(-0.06, 0.06), rotate=(-20, 20), border_mode=cv2.BORDER_REFLECT_101,
-                 mask_interpolation=cv2.INTER_LINEAR, p=0.7),
-        A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.8),
-        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7)), A.GaussNoise(std_range=(0.02, 0.08)),
-                 A.ImageCompression(quality_range=(40, 90))], p=0.4),
-        # Rectangular "occluders" in random noise; the face under them is not visible.
-        A.CoarseDropout(num_holes_range=(1, 2), hole_height_range=(0.05, 0.2), hole_width_range=(0.05, 0.2),
-                        fill="random", fill_mask=0.0, p=0.2),
-    ], seed=seed)
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.Affine(
+                scale=(0.85, 1.15),
+                translate_percent=(-0.06, 0.06),
+                rotate=(-20, 20),
+                border_mode=cv2.BORDER_REFLECT_101,
+                mask_interpolation=cv2.INTER_LINEAR,
+                p=0.7,
+            ),
+            A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.8),
+            A.OneOf(
+                [
+                    A.GaussianBlur(blur_limit=(3, 5)),
+                    A.MotionBlur(blur_limit=(3, 7)),
+                    A.GaussNoise(std_range=(0.02, 0.08)),
+                    A.ImageCompression(quality_range=(40, 90)),
+                ],
+                p=0.4,
+            ),
+            # Rectangular "occluders" in random noise; the face under them is not visible.
+            A.CoarseDropout(
+                num_holes_range=(1, 2),
+                hole_height_range=(0.05, 0.2),
+                hole_width_range=(0.05, 0.2),
+                fill="random",
+                fill_mask=0.0,
+                p=0.2,
+            ),
+        ],
+        seed=seed,
+    )
 
 
 def _resize(a: np.ndarray, size: int) -> np.ndarray:
@@ -113,8 +136,15 @@ class MaskDataset(Dataset):
             :func:`paste_occluder`.
     """
 
-    def __init__(self, faces: Sequence[Face], mask_name: str, size: int | None, augment: bool = False, occluder_p: float = 0.5,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        faces: Sequence[Face],
+        mask_name: str,
+        size: int | None,
+        augment: bool = False,
+        occluder_p: float = 0.5,
+        seed: int = 0,
+    ) -> None:
         self.faces = list(faces)
         self.mask_name, self.size, self.augment, self.occluder_p = mask_name, size, augment, occluder_p
         self.rng = np.random.default_rng(seed)  # reseeded per worker by :func:`_seed_worker`
@@ -163,7 +193,9 @@ def _seed_worker(owner_pid: int, worker_id: int) -> None:
 # ---------------------------------------------------------------------- loss and metric
 
 
-def segmentation_loss(logits: Sequence[torch.Tensor], target: torch.Tensor, kind: str = "dice+bce", aux_weight: float = 0.4) -> torch.Tensor:
+def segmentation_loss(
+    logits: Sequence[torch.Tensor], target: torch.Tensor, kind: str = "dice+bce", aux_weight: float = 0.4
+) -> torch.Tensor:
     """Binary-mask loss over the main and auxiliary heads (soft targets allowed).
 
     Args:
@@ -189,8 +221,13 @@ def segmentation_loss(logits: Sequence[torch.Tensor], target: torch.Tensor, kind
 
 
 @torch.no_grad()
-def predict_masks(model: BiSeNet, images: Sequence[np.ndarray], input_size: int, indices: Sequence[int] = (0,),
-                  out_size: int | None = None) -> np.ndarray:
+def predict_masks(
+    model: BiSeNet,
+    images: Sequence[np.ndarray],
+    input_size: int,
+    indices: Sequence[int] = (0,),
+    out_size: int | None = None,
+) -> np.ndarray:
     """Soft masks for uint8 RGB crops, at their own resolution (or ``out_size``).
 
     The crops are resized to ``input_size`` for the network; its logits are resized back
@@ -201,14 +238,22 @@ def predict_masks(model: BiSeNet, images: Sequence[np.ndarray], input_size: int,
     """
     size = out_size or images[0].shape[0]
     dev = next(model.parameters()).device
-    x = torch.from_numpy(np.stack([_resize(im, input_size) for im in images])).to(dev).permute(0, 3, 1, 2).float().div_(255)
+    x = (
+        torch.from_numpy(np.stack([_resize(im, input_size) for im in images]))
+        .to(dev)
+        .permute(0, 3, 1, 2)
+        .float()
+        .div_(255)
+    )
     z = model.eval()(x)
     if z.shape[-1] != size:
         z = F.interpolate(z, size=(size, size), mode="bilinear", align_corners=False)
     return mask_from_logits(z, indices).float().cpu().numpy()
 
 
-def evaluate(model: BiSeNet, faces: Sequence[Face], mask_name: str, input_size: int, batch: int = 8) -> dict[str, float]:
+def evaluate(
+    model: BiSeNet, faces: Sequence[Face], mask_name: str, input_size: int, batch: int = 8
+) -> dict[str, float]:
     """IoU of predicted and true masks at each crop's native resolution.
 
     Returns:
@@ -216,7 +261,7 @@ def evaluate(model: BiSeNet, faces: Sequence[Face], mask_name: str, input_size: 
     """
     ious, inter, union, sizes = [], 0, 0, set()
     for s in range(0, len(faces), batch):
-        chunk = faces[s:s + batch]
+        chunk = faces[s : s + batch]
         imgs = [fs.image(i) for fs, i in chunk]
         preds = predict_masks(model, imgs, input_size)
         for (fs, i), p in zip(chunk, preds):
@@ -225,8 +270,12 @@ def evaluate(model: BiSeNet, faces: Sequence[Face], mask_name: str, input_size: 
             inter += int(np.logical_and(p > 0.5, t > 0.5).sum())
             union += int(np.logical_or(p > 0.5, t > 0.5).sum())
             sizes.add(fs.size)
-    return {"iou": float(np.mean(ious)), "iou_pooled": inter / max(union, 1), "faces": len(faces),
-            "size": max(sizes) if sizes else 0}
+    return {
+        "iou": float(np.mean(ious)),
+        "iou_pooled": inter / max(union, 1),
+        "faces": len(faces),
+        "size": max(sizes) if sizes else 0,
+    }
 
 
 # ---------------------------------------------------------------------- training
@@ -283,13 +332,22 @@ def train_segmenter(
     if model.config.num_classes != 1:
         raise ValueError("train_segmenter trains binary masks: build BiSeNet(num_classes=1)")
     if len(train) < 2 or not held_out:
-        raise NoMasksError(f"need at least 2 training faces and 1 held-out face with masks, got {len(train)} and {len(held_out)}")
+        raise NoMasksError(
+            f"need at least 2 training faces and 1 held-out face with masks, got {len(train)} and {len(held_out)}"
+        )
     torch.manual_seed(seed)
     ds = MaskDataset(train, mask_name, size, augment=True, occluder_p=occluder_p, seed=seed)
     gen = torch.Generator().manual_seed(seed)
-    dl = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=len(ds) >= batch, num_workers=workers,
-                    persistent_workers=workers > 0, generator=gen,
-                    worker_init_fn=functools.partial(_seed_worker, os.getpid()))
+    dl = DataLoader(
+        ds,
+        batch_size=batch,
+        shuffle=True,
+        drop_last=len(ds) >= batch,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=gen,
+        worker_init_fn=functools.partial(_seed_worker, os.getpid()),
+    )
     before = evaluate(model, held_out, mask_name, size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     losses: list[float] = []
@@ -329,8 +387,14 @@ def train_segmenter(
 # ---------------------------------------------------------------------- applying and importing
 
 
-def combine_masks(fs: FaceSet, i: int, pred: np.ndarray, union: Sequence[str] = (), subtract: Sequence[str] = (),
-                  intersect: Sequence[str] = ()) -> np.ndarray:
+def combine_masks(
+    fs: FaceSet,
+    i: int,
+    pred: np.ndarray,
+    union: Sequence[str] = (),
+    subtract: Sequence[str] = (),
+    intersect: Sequence[str] = (),
+) -> np.ndarray:
     """``pred`` ∪ union masks, ∩ intersect masks, minus subtract masks (soft: max, product, ``*(1-m)``).
 
     Masks a face does not have are skipped.
@@ -412,7 +476,7 @@ def import_user_masks(fs: FaceSet, directory: str | Path, name: str = "segment")
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"mask directory not found: {directory}")
-    name = name[len(USER_PREFIX):] if name.startswith(USER_PREFIX) else name
+    name = name[len(USER_PREFIX) :] if name.startswith(USER_PREFIX) else name
     files = sorted(p for p in directory.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
     imported, unknown = 0, []
     for p in files:
@@ -424,7 +488,15 @@ def import_user_masks(fs: FaceSet, directory: str | Path, name: str = "segment")
         fs.write_mask(i, name, read_mask_png(p, fs.size), user=True)
         imported += 1
     if files and not imported:
-        raise ValueError(f"none of the {len(files)} PNG files in {directory} is named after a face id of {fs.root} (e.g. {fs.ids[0]}.png)")
+        raise ValueError(
+            f"none of the {len(files)} PNG files in {directory} is named after a face id of {fs.root} "
+            f"(e.g. {fs.ids[0]}.png)"
+        )
     if not files:
         raise ValueError(f"no PNG files in {directory}")
-    return {"imported": imported, "unmatched": len(unknown), "unmatched_examples": unknown[:5], "name": USER_PREFIX + name}
+    return {
+        "imported": imported,
+        "unmatched": len(unknown),
+        "unmatched_examples": unknown[:5],
+        "name": USER_PREFIX + name,
+    }

@@ -28,8 +28,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from progressive_swap.masks.bisenet import BiSeNet, BiSeNetConfig
 from progressive_swap.core.weights import safe_load, save_weights
+from progressive_swap.masks.bisenet import BiSeNet, BiSeNetConfig
 
 FACE_PARSING_LABELS: tuple[str, ...] = (
     "background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear", "ear_r",
@@ -154,9 +154,14 @@ def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], so
         for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
     ]
     if missing or unexpected or shapes:
-        parts = [_listing(w, x) for w, x in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if x]
+        found = (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes))
+        parts = [_listing(w, x) for w, x in found if x]
         arch = getattr(model, "config", None)
-        name = f"{type(model).__name__}({', '.join(f'{k}={v!r}' for k, v in asdict(arch).items())})" if arch else type(model).__name__
+        name = (
+            f"{type(model).__name__}({', '.join(f'{k}={v!r}' for k, v in asdict(arch).items())})"
+            if arch
+            else type(model).__name__
+        )
         raise CheckpointMismatchError(f"{source} does not fit {name}: {'; '.join(parts)}")
     for k in own:  # checkpoints saved without BatchNorm counters: keep the model's own
         if k not in sd:
@@ -178,7 +183,9 @@ def _infer_config(sd: Mapping[str, torch.Tensor], encoder: str) -> BiSeNetConfig
             aux_channels=int(sd["conv_out16.conv.conv.weight"].shape[0]),
         )
     except KeyError as e:
-        raise CheckpointMismatchError(f"not a BiSeNet checkpoint: no {e.args[0]!r} (keys start {sorted(sd)[:3]})") from None
+        raise CheckpointMismatchError(
+            f"not a BiSeNet checkpoint: no {e.args[0]!r} (keys start {sorted(sd)[:3]})"
+        ) from None
 
 
 def load_segmenter(
@@ -207,7 +214,9 @@ def load_segmenter(
         config = BiSeNetConfig(**{**asdict(config), "num_classes": num_classes})
     labels = meta.get("labels")
     if not isinstance(labels, list) or len(labels) != config.num_classes:
-        labels = FACE_PARSING_LABELS if config.num_classes == 19 else tuple(f"class_{i}" for i in range(config.num_classes))
+        labels = (
+            FACE_PARSING_LABELS if config.num_classes == 19 else tuple(f"class_{i}" for i in range(config.num_classes))
+        )
     input_size = int(meta.get("input_size", FACE_PARSING_INPUT_SIZE))
     model = BiSeNet.from_config(config)
     load_into(model, sd, source=str(path))
@@ -215,13 +224,23 @@ def load_segmenter(
 
 
 def save_segmenter(
-    model: BiSeNet, path: str | os.PathLike, *, labels: Sequence[str], input_size: int, metadata: Mapping[str, Any] | None = None
+    model: BiSeNet,
+    path: str | os.PathLike,
+    *,
+    labels: Sequence[str],
+    input_size: int,
+    metadata: Mapping[str, Any] | None = None,
 ) -> None:
     """Save weights as safetensors (atomically) with architecture, labels and input size."""
     if len(labels) != model.config.num_classes:
         raise ValueError(f"{len(labels)} labels for {model.config.num_classes} classes")
-    meta = {**(metadata or {}), "bisenet": asdict(model.config), "labels": list(labels), "input_size": int(input_size),
-            "format": "progressive_swap.segmenter"}
+    meta = {
+        **(metadata or {}),
+        "bisenet": asdict(model.config),
+        "labels": list(labels),
+        "input_size": int(input_size),
+        "format": "progressive_swap.segmenter",
+    }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_weights(model, path, meta)
 
@@ -229,7 +248,9 @@ def save_segmenter(
 # ---------------------------------------------------------------------- classes → mask
 
 
-def face_class_indices(labels: Sequence[str], include: Iterable[str] = (), classes: Iterable[str] | None = None) -> list[int]:
+def face_class_indices(
+    labels: Sequence[str], include: Iterable[str] = (), classes: Iterable[str] | None = None
+) -> list[int]:
     """Output channels that make the face mask.
 
     Args:
@@ -248,8 +269,10 @@ def face_class_indices(labels: Sequence[str], include: Iterable[str] = (), class
         names.extend(OPTIONAL_CLASSES.get(g, (g,)))
     bad = [n for n in names if n not in labels]
     if bad:
-        raise ValueError(f"unknown class {bad[0]!r}; the model's labels are {', '.join(labels)}; "
-                         f"groups: {', '.join(OPTIONAL_CLASSES)}")
+        raise ValueError(
+            f"unknown class {bad[0]!r}; the model's labels are {', '.join(labels)}; "
+            f"groups: {', '.join(OPTIONAL_CLASSES)}"
+        )
     return sorted({labels.index(n) for n in names})
 
 

@@ -512,7 +512,8 @@ class CombAutoencoder(nn.Module):
             stats = stats.mean(0, keepdim=True)  # (1, 2, 3)
         elif isinstance(source, torch.Tensor):
             if source.shape != (img.shape[0],) or source.is_floating_point():
-                raise ValueError(f"source must be an int or an integer tensor ({img.shape[0]},), got {source.dtype} {tuple(source.shape)}")
+                raise ValueError(f"source must be an int or an integer tensor ({img.shape[0]},), "
+                                 f"got {source.dtype} {tuple(source.shape)}")
             stats = stats[source.to(stats.device)]  # (B, 2, 3)
         else:
             if not 0 <= operator.index(source) < self.num_identities:
@@ -574,9 +575,7 @@ class CombAutoencoder(nn.Module):
                     out = out.index_copy(0, idx, part)  # out-of-place: autograd-safe
         return out[:, :3], out[:, 3:]  # (B, 3, H, W), (B, 1, H, W)
 
-    def _decode_one(
-        self, identity: int, latent: torch.Tensor, stage_res: int, alpha: float
-    ) -> torch.Tensor:
+    def _decode_one(self, identity: int, latent: torch.Tensor, stage_res: int, alpha: float) -> torch.Tensor:
         if not 0 <= identity < len(self.decoders):
             raise ValueError(f"identity {identity} out of range [0, {len(self.decoders)})")
         return self.decoders[identity](latent, stage_res, alpha)  # (B, 4, H, W)

@@ -23,12 +23,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from progressive_swap.core.landmarks import FACE_TYPES
-from progressive_swap.core.io import check_writable_dir, fsync_dir
 from progressive_swap import faceset
-from progressive_swap.phantom.renderer import render, sample_frame, sample_identity
 from progressive_swap.core.align import alignment_matrix, warp_to_crop
-from progressive_swap.phantom.renderer import sample_trajectory
+from progressive_swap.core.io import check_writable_dir, fsync_dir
+from progressive_swap.core.landmarks import FACE_TYPES
+from progressive_swap.phantom.renderer import render, sample_frame, sample_identity, sample_trajectory
 from progressive_swap.phantom.video import write_phantom_video
 
 MAX_CROP = 2048

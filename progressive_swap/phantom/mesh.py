@@ -20,8 +20,8 @@ from functools import lru_cache
 import numpy as np
 from scipy.spatial import Delaunay
 
-from progressive_swap.phantom.params import FrameParams, Identity
 from progressive_swap.core import landmarks as L
+from progressive_swap.phantom.params import FrameParams, Identity
 
 PIVOT = np.array([0.49, 0.45, -0.5])
 """Point the head turns about (template units): between the ears, behind the face."""

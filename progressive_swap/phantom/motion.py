@@ -15,8 +15,8 @@ from progressive_swap.phantom.params import (
     YAW_RANGE,
     FrameParams,
     Occluder,
-    sample_occluder,
     sample_frame,
+    sample_occluder,
 )
 
 

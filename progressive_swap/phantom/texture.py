@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from progressive_swap.core import landmarks as L
 from progressive_swap.phantom import mesh as pm
 from progressive_swap.phantom.params import Identity
-from progressive_swap.core import landmarks as L
 
 TEX_X0, TEX_Y0 = -0.45, -0.95
 TEX_W_UNITS, TEX_H_UNITS = 1.9, 2.8

@@ -18,7 +18,14 @@ import torch
 import torch.nn.functional as F
 
 
-def photometric(brightness: float = 0.15, contrast: float = 0.15, hue: int = 6, saturation: int = 15, gamma: float = 0.15, p: float = 0.8) -> A.Compose:
+def photometric(
+    brightness: float = 0.15,
+    contrast: float = 0.15,
+    hue: int = 6,
+    saturation: int = 15,
+    gamma: float = 0.15,
+    p: float = 0.8,
+) -> A.Compose:
     """Colour augmentation for uint8 RGB faces (run in loader workers, reseeded per sample).
 
     Args:
@@ -42,7 +49,13 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor
 
 
 def random_affine(
-    batch: int, size: int, gen: torch.Generator, rotate: float = 10.0, scale: float = 0.05, shift: float = 0.05, flip: float = 0.5
+    batch: int,
+    size: int,
+    gen: torch.Generator,
+    rotate: float = 10.0,
+    scale: float = 0.05,
+    shift: float = 0.05,
+    flip: float = 0.5,
 ) -> torch.Tensor:
     """Random similarity matrices about the crop centre, in pixels of a ``size`` crop.
 
@@ -74,7 +87,9 @@ def apply_affine(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """Warp ``(B, C, H, W)`` by ``(B, 2, 3)`` pixel matrices (source → destination), reflecting at borders."""
     import kornia.geometry.transform as KT
 
-    return KT.warp_affine(x, m.to(x), dsize=x.shape[-2:], mode="bilinear", padding_mode="reflection", align_corners=True)
+    return KT.warp_affine(
+        x, m.to(x), dsize=x.shape[-2:], mode="bilinear", padding_mode="reflection", align_corners=True
+    )
 
 
 def random_grid_warp(x: torch.Tensor, gen: torch.Generator, strength: float = 0.04, cells: int = 5) -> torch.Tensor:

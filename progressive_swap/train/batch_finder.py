@@ -23,7 +23,6 @@ from contextlib import nullcontext
 from typing import Callable
 
 import torch
-
 from pytorch_lightning.strategies import SingleDeviceStrategy
 
 from progressive_swap.train.growth import GrowthSchedule
@@ -144,15 +143,19 @@ def find_batches(
         res, alpha = stage_point(schedule, i)
         b = largest_batch(fits_for_stage(res, alpha), start=s.batch, limit=limit)
         if b == 0:
-            raise RuntimeError(f"not even a batch of 1 per identity fits at {res} px; try activation_checkpointing=true, "
-                               "trainer.precision=bf16-mixed, trainer=fsdp or trainer=model_parallel")
+            raise RuntimeError(
+                f"not even a batch of 1 per identity fits at {res} px; try activation_checkpointing=true, "
+                "trainer.precision=bf16-mixed, trainer=fsdp or trainer=model_parallel"
+            )
         if report:
             report(f"find_batch: {res} px fits {b} per identity (schedule had {s.batch})")
         batches.append(b)
     return with_batches(schedule, batches)
 
 
-def fake_batch(n_id: int, batch: int, res: int, batch_index: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+def fake_batch(
+    n_id: int, batch: int, res: int, batch_index: int, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
     """A synthetic batch shaped like :class:`FaceDataModule`'s: random images, a box mask."""
     g = torch.Generator().manual_seed(batch_index)
     mask = torch.zeros(batch, n_id, 1, res, res)
@@ -217,7 +220,9 @@ def search_on_device(
     n_id = module.model.num_identities
 
     def fits_for_stage(res: int, alpha: float) -> Callable[[int], bool]:
-        index = next(p.first_batch + p.batches // 2 for p in schedule.phases if p.res == res and (p.fading or alpha == 1.0))
+        index = next(
+            p.first_batch + p.batches // 2 for p in schedule.phases if p.res == res and (p.fading or alpha == 1.0)
+        )
 
         def step(batch: int) -> None:
             opt = torch.optim.Adam(module.model.parameters(), lr=1e-9)
@@ -239,7 +244,7 @@ def search_on_device(
     try:
         return find_batches(schedule, fits_for_stage, limit=limit, report=report)
     finally:
-        del module
+        module = None  # frees the copy before the cache is emptied
         _free_cuda()
 
 
@@ -264,11 +269,20 @@ def plan_for_run(
         return with_batches(schedule, [int(s["batch"]) for s in resume_schedule["stages"]])
     strategy = trainer.strategy
     if not isinstance(strategy, SingleDeviceStrategy) or isinstance(strategy, DecoderParallelStrategy):
-        raise ValueError("find_batch=true measures one device: use it with trainer=gpu, then pass the batches it prints "
-                         "as schedule.stages for ddp/fsdp/model_parallel runs")
+        raise ValueError(
+            "find_batch=true measures one device: use it with trainer=gpu, then pass the batches it prints "
+            "as schedule.stages for ddp/fsdp/model_parallel runs"
+        )
     device = strategy.root_device
     if device.type != "cuda":
         raise ValueError("find_batch=true needs a CUDA device (trainer=gpu)")
     # The search trains a copy: the run's module starts from its own untouched weights.
-    return search_on_device(lambda copy: copy, module, schedule, device, precision=str(trainer.precision),
-                            max_memory_gb=max_memory_gb, report=report)
+    return search_on_device(
+        lambda copy: copy,
+        module,
+        schedule,
+        device,
+        precision=str(trainer.precision),
+        max_memory_gb=max_memory_gb,
+        report=report,
+    )

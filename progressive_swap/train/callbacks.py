@@ -8,12 +8,12 @@ from typing import Any
 import cv2
 import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from rich.console import Console
 
-from progressive_swap.core.weights import save_weights
 from progressive_swap.core.io import atomic_write_bytes
+from progressive_swap.core.weights import save_weights
 
 _console = Console(stderr=True)
 
@@ -21,7 +21,16 @@ _console = Console(stderr=True)
 def _label(tile: np.ndarray, text: str) -> np.ndarray:
     h = tile.shape[0]
     scale = max(0.3, h / 256)
-    cv2.putText(tile, text, (4, int(14 * scale) + 2), cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale, (255, 255, 255), max(1, int(scale)), cv2.LINE_AA)
+    cv2.putText(
+        tile,
+        text,
+        (4, int(14 * scale) + 2),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.45 * scale,
+        (255, 255, 255),
+        max(1, int(scale)),
+        cv2.LINE_AA,
+    )
     return tile
 
 
@@ -98,8 +107,15 @@ class PreviewCallback(pl.Callback):
         self.last_path = path
         return path
 
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.every > 0 and trainer.global_step > 0 and trainer.global_step % self.every == 0 and not trainer.fit_loop._should_accumulate():
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if (
+            self.every > 0
+            and trainer.global_step > 0
+            and trainer.global_step % self.every == 0
+            and not trainer.fit_loop._should_accumulate()
+        ):
             self.save(trainer, module)
 
     def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -136,7 +152,9 @@ class FinalCheckpoint(pl.Callback):
     def __init__(self, dirpath: str | Path):
         self.path = Path(dirpath) / "last.ckpt"
 
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.fit_loop._should_accumulate():
             return
         at_max = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
@@ -161,7 +179,9 @@ class MilestoneCheckpoint(pl.Callback):
         self.dirpath = Path(dirpath)
         self.every = int(every_images or 0)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.every <= 0 or trainer.fit_loop._should_accumulate():
             return
         done = module.batches_done
@@ -175,14 +195,17 @@ class StepCheckpoint(ModelCheckpoint):
     step: with gradient accumulation, a time-based save could otherwise land mid-step, and a
     resume from it would drop the gradient accumulated so far."""
 
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.fit_loop._should_accumulate():
             return
         super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
 
 
-def periodic_checkpoint(dirpath: str | Path, every_minutes: float = 10.0, every_steps: int | None = None,
-                        keep: int = 3) -> StepCheckpoint:
+def periodic_checkpoint(
+    dirpath: str | Path, every_minutes: float = 10.0, every_steps: int | None = None, keep: int = 3
+) -> StepCheckpoint:
     """The rolling ``step*.ckpt`` checkpoints plus ``last.ckpt``, every ``every_minutes`` (or every
     ``every_steps`` optimizer steps when given), keeping the newest ``keep``."""
     return StepCheckpoint(
@@ -215,8 +238,13 @@ class FinalWeights(pl.Callback):
         state = trainer.strategy.lightning_module_state_dict()
         if not trainer.is_global_zero:
             return
-        meta = {"arch": module.model.arch_args(), "face_type": module.face_type, "identities": module.identity_names,
-                "stage_res": module.stage_res, "alpha": module.alpha, "batches_done": module.batches_done}
-        weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        meta = {
+            "arch": module.model.arch_args(),
+            "face_type": module.face_type,
+            "identities": module.identity_names,
+            "stage_res": module.stage_res,
+            "alpha": module.alpha,
+            "batches_done": module.batches_done,
+        }
+        weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
         save_weights(weights, self.path, meta)
-

@@ -21,7 +21,12 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from progressive_swap.core.io import atomic_write, fsync_dir
 from progressive_swap.core.weights import UnsafeCheckpointError, load_weights, safe_load, save_weights, torch_load
 
-__all__ = ["UnsafeCheckpointError", "load_weights", "safe_load", "save_weights"]  # re-exported for callers of the trainer's checkpoints
+__all__ = [
+    "UnsafeCheckpointError",
+    "load_weights",
+    "safe_load",
+    "save_weights",
+]  # re-exported for callers of the trainer's checkpoints
 
 CKPT_KEY = "progressive_swap"
 # What a run directory's checkpoints are called (hpc_ckpt_N: Lightning's SLURM requeue checkpoint).
@@ -39,10 +44,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with atomic_write(path, "wb") as f:
                 torch.save(checkpoint, f)
         except OSError as e:  # disk full, quota, I/O error: the temp file is gone, the old file untouched
-            raise OSError(e.errno or errno.EIO, f"{e.strerror or e} while writing checkpoint {path} "
-                          "(the previous checkpoints are intact)") from None
+            raise OSError(
+                e.errno or errno.EIO,
+                f"{e.strerror or e} while writing checkpoint {path} (the previous checkpoints are intact)",
+            ) from None
 
-    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         return safe_load(path, map_location or "cpu")
 
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
@@ -108,8 +117,10 @@ def good_checkpoints(
             bad.append(p)
             warn(f"skipping unreadable checkpoint {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     if bad and not found:
-        raise ValueError(f"no readable checkpoint in {run_dir}: all {len(bad)} are damaged (e.g. {bad[0].name}); "
-                         "pass resume=PATH to one you trust, or start a new run")
+        raise ValueError(
+            f"no readable checkpoint in {run_dir}: all {len(bad)} are damaged (e.g. {bad[0].name}); "
+            "pass resume=PATH to one you trust, or start a new run"
+        )
     found.sort(key=lambda t: (t[0], t[1]), reverse=True)
     return [(b, p) for b, _, p in found if max_batches is None or b <= max_batches]
 

@@ -22,11 +22,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from progressive_swap import faceset as fs
 from progressive_swap.core import procs
-from progressive_swap.train.augment import photometric
 from progressive_swap.masks.hull import landmark_mask, region_masks
 from progressive_swap.masks.occluders import paste_occluder_alpha
-from progressive_swap.train.growth import GrowthSchedule, mix_seed
 from progressive_swap.phantom.dataset import generate_phantom_dataset
+from progressive_swap.train.augment import photometric
+from progressive_swap.train.growth import GrowthSchedule, mix_seed
 
 LANDMARK_MASKS = ("components", "extended")
 
@@ -60,11 +60,18 @@ def check_facesets(paths: Sequence[str | os.PathLike], min_size: int) -> dict[st
             raise ValueError(f"face set {p} has {s.size} px crops, smaller than the final stage's {min_size} px")
     types = {s.face_type for s in sets}
     if len(types) > 1:
-        raise ValueError(f"face sets have different face types: {', '.join(f'{p}={s.face_type}' for p, s in zip(paths, sets))}")
+        raise ValueError(
+            f"face sets have different face types: {', '.join(f'{p}={s.face_type}' for p, s in zip(paths, sets))}"
+        )
     names = [s.identities[0] if len(s.identities) == 1 else Path(p).name for p, s in zip(paths, sets)]
     if len(set(names)) < len(names):  # labels must tell the decoders apart
         names = [Path(p).name if names.count(n) > 1 else n for p, n in zip(paths, names)]
-    return {"face_type": types.pop(), "sizes": [s.size for s in sets], "counts": [len(s) for s in sets], "identities": names}
+    return {
+        "face_type": types.pop(),
+        "sizes": [s.size for s in sets],
+        "counts": [len(s) for s in sets],
+        "identities": names,
+    }
 
 
 class CombDataset(Dataset):
@@ -86,8 +93,14 @@ class CombDataset(Dataset):
     (eyes, mouth).
     """
 
-    def __init__(self, paths: Sequence[str], mask: str = "components", augment: dict | None = None, seed: int = 0,
-                 paste_occluders: float = 0.0):
+    def __init__(
+        self,
+        paths: Sequence[str],
+        mask: str = "components",
+        augment: dict | None = None,
+        seed: int = 0,
+        paste_occluders: float = 0.0,
+    ):
         if not 0.0 <= paste_occluders <= 1.0:
             raise ValueError(f"paste_occluders is a probability in [0, 1], got {paste_occluders}")
         self.paths = [str(p) for p in paths]
@@ -123,7 +136,8 @@ class CombDataset(Dataset):
         return int(perm[r])
 
     def load(self, identity: int, face: int, res: int, sample: int | None = None) -> dict[str, np.ndarray]:
-        """One face at ``res``: image (3,res,res), mask (1,res,res), regions (2,res,res); augmented if ``sample`` is given."""
+        """One face at ``res``: image (3,res,res), mask (1,res,res), regions (2,res,res); augmented if
+        ``sample`` is given."""
         s = self._open()[identity]
         img = s.image(face)
         interp = cv2.INTER_AREA if img.shape[0] > res else cv2.INTER_LINEAR
@@ -271,7 +285,15 @@ class FaceDataModule(pl.LightningDataModule):
         if self.faces:
             return self.faces
 
-        args = {"identities": 2, "faces": 256, "size": 64, "face_type": "whole", "seed": 0, "occluders": 0.3, **self.phantom}
+        args = {
+            "identities": 2,
+            "faces": 256,
+            "size": 64,
+            "face_type": "whole",
+            "seed": 0,
+            "occluders": 0.3,
+            **self.phantom,
+        }
         key = hashlib.sha1(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
         root = cache_dir() / "phantom" / key
         paths = [str(root / "faces" / f"id{k}") for k in range(args["identities"])]
@@ -318,5 +340,8 @@ class FaceDataModule(pl.LightningDataModule):
         """The first ``n`` faces of every identity, unaugmented: ``(N, n, 3, res, res)``."""
         self.setup()
         ds = self.dataset
-        out = [[torch.from_numpy(ds.load(k, i % ds.counts[k], res)["image"]) for i in range(n)] for k in range(len(ds.paths))]
+        out = [
+            [torch.from_numpy(ds.load(k, i % ds.counts[k], res)["image"]) for i in range(n)]
+            for k in range(len(ds.paths))
+        ]
         return torch.stack([torch.stack(row) for row in out])

@@ -52,7 +52,9 @@ class PatchDiscriminator(nn.Module):
         return self.net(x * 2.0 - 1.0)
 
 
-def patch_gan_loss(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def patch_gan_loss(
+    disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Hinge loss of ``disc``; its gradient reaches ``fake``'s producer reversed.
 
     Args:

@@ -137,8 +137,19 @@ class GrowthSchedule:
                 n = math.ceil(images / per_batch)
                 if n == 0:
                     continue
-                phases.append(Phase(stage=i, res=s.res, fading=fading, first_batch=batch0, batches=n, batch=s.batch, lr=s.lr,
-                                    first_sample=sample0, lr_end=None if fading else s.lr_end))
+                phases.append(
+                    Phase(
+                        stage=i,
+                        res=s.res,
+                        fading=fading,
+                        first_batch=batch0,
+                        batches=n,
+                        batch=s.batch,
+                        lr=s.lr,
+                        first_sample=sample0,
+                        lr_end=None if fading else s.lr_end,
+                    )
+                )
                 batch0 += n
                 sample0 += n * s.batch * self.world_size
         if not phases:
@@ -178,7 +189,9 @@ class GrowthSchedule:
         pos = self.at(batch_index)
         p = pos.phase
         per = p.batch * self.identities * self.world_size
-        before = sum(q.batches * q.batch * self.identities * self.world_size for q in self.phases if q.end_batch <= p.first_batch)
+        before = sum(
+            q.batches * q.batch * self.identities * self.world_size for q in self.phases if q.end_batch <= p.first_batch
+        )
         return before + (batch_index - p.first_batch) * per
 
     def describe(self) -> list[dict[str, Any]]:
@@ -187,4 +200,8 @@ class GrowthSchedule:
 
     def state(self) -> dict[str, Any]:
         """Constructor arguments, for checkpoints."""
-        return {"stages": [asdict(s) for s in self.stages], "identities": self.identities, "world_size": self.world_size}
+        return {
+            "stages": [asdict(s) for s in self.stages],
+            "identities": self.identities,
+            "world_size": self.world_size,
+        }

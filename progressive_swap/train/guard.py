@@ -90,7 +90,9 @@ class NonFiniteGuard(pl.Callback):
         self.lr_factor = float(lr_factor)
         self.max_rollbacks = int(max_rollbacks)
         self.inject_nan_at = {int(b) for b in inject_nan_at}
-        self._recent: collections.deque[int | None] = collections.deque(maxlen=max(int(window), self.max_bad_steps))  # bad batch indices
+        self._recent: collections.deque[int | None] = collections.deque(
+            maxlen=max(int(window), self.max_bad_steps)
+        )  # bad batch indices
         self.events: list[dict[str, Any]] = []
 
     # -- detection ------------------------------------------------------------------------------
@@ -99,7 +101,9 @@ class NonFiniteGuard(pl.Callback):
         if self.inject_nan_at and int(batch["batch_index"][0]) in self.inject_nan_at:
             batch["image"] = torch.full_like(batch["image"], float("nan"))
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
         if getattr(trainer.precision_plugin, "scaler", None) is not None:  # GradScaler skips inf steps itself
             return
         params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -110,17 +114,27 @@ class NonFiniteGuard(pl.Callback):
         for p in params:
             p.grad = None  # the optimizer leaves parameters without a gradient untouched
 
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         problem, g = module.step_problem, int(batch["batch_index"][0])
         self._recent.append(g if problem is not None else None)
         if problem is not None:
             module.nonfinite_steps += 1
             bad = sum(b is not None for b in self._recent)
-            self._event(trainer, {
-                "event": "nonfinite", "batch": g, "stage": module.stage_res,
-                "alpha": round(float(module.alpha), 4), "what": problem, "bad_in_window": bad,
-            }, f"non-finite {problem} at batch {g} (stage {module.stage_res}px, "
-               f"alpha {module.alpha:.3f}): step skipped ({bad}/{self.max_bad_steps})")
+            self._event(
+                trainer,
+                {
+                    "event": "nonfinite",
+                    "batch": g,
+                    "stage": module.stage_res,
+                    "alpha": round(float(module.alpha), 4),
+                    "what": problem,
+                    "bad_in_window": bad,
+                },
+                f"non-finite {problem} at batch {g} (stage {module.stage_res}px, "
+                f"alpha {module.alpha:.3f}): step skipped ({bad}/{self.max_bad_steps})",
+            )
             if bad >= self.max_bad_steps:
                 self._rollback(trainer, module)
         if module.nonfinite_steps:
@@ -141,11 +155,21 @@ class NonFiniteGuard(pl.Callback):
         module.rollbacks += 1
         source = self._restore(trainer, module, first_bad)
         module.lr_scale *= self.lr_factor
-        where = f"rolled back to {source[1].name} (batch {source[0]})" if source else "no good checkpoint yet, weights kept"
-        self._event(trainer, {
-            "event": "rollback", "batch": module.batches_done - 1, "to": source[1].name if source else None,
-            "to_batch": source[0] if source else None, "lr_scale": module.lr_scale, "rollbacks": module.rollbacks,
-        }, f"{self.max_bad_steps} non-finite steps: {where}; learning rate x{module.lr_scale:g}")
+        where = (
+            f"rolled back to {source[1].name} (batch {source[0]})" if source else "no good checkpoint yet, weights kept"
+        )
+        self._event(
+            trainer,
+            {
+                "event": "rollback",
+                "batch": module.batches_done - 1,
+                "to": source[1].name if source else None,
+                "to_batch": source[0] if source else None,
+                "lr_scale": module.lr_scale,
+                "rollbacks": module.rollbacks,
+            },
+            f"{self.max_bad_steps} non-finite steps: {where}; learning rate x{module.lr_scale:g}",
+        )
 
     def _restore(self, trainer: pl.Trainer, module: pl.LightningModule, before: int) -> tuple[int, Path] | None:
         """Load model and optimizer state from the newest good checkpoint written at or before
@@ -194,4 +218,9 @@ class NonFiniteGuard(pl.Callback):
             log = self.dirpath / "logs" / "nonfinite.jsonl"
             log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "a", encoding="utf-8") as f:
-                f.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in event.items()}) + "\n")
+                f.write(
+                    json.dumps(
+                        {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in event.items()}
+                    )
+                    + "\n"
+                )

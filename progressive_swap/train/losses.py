@@ -24,7 +24,9 @@ def ssim_window(res: int) -> int:
     return max(3, min(11, (res // 24) | 1))
 
 
-def masked_dssim(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, window: int | None = None) -> torch.Tensor:
+def masked_dssim(
+    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, window: int | None = None
+) -> torch.Tensor:
     """Structural dissimilarity ``(1 - SSIM) / 2`` averaged with ``weight`` (kornia's SSIM map)."""
     window = window or ssim_window(pred.shape[-1])
     s = kornia.metrics.ssim(pred, target, window, padding="same")
@@ -37,7 +39,9 @@ def mask_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logit.float(), target.float())
 
 
-def loss_weights(mask: torch.Tensor, regions: torch.Tensor, eyes: float, mouth: float, background: float) -> torch.Tensor:
+def loss_weights(
+    mask: torch.Tensor, regions: torch.Tensor, eyes: float, mouth: float, background: float
+) -> torch.Tensor:
     """Per-pixel weights: ``background`` outside the face, 1 inside, plus eye and mouth priority."""
     w = background + (1.0 - background) * mask
     return w * (1.0 + eyes * regions[:, 0:1] + mouth * regions[:, 1:2])
@@ -58,8 +62,15 @@ class SwapLoss(nn.Module):
     """
 
     def __init__(
-        self, l1: float = 1.0, ssim: float = 1.0, mask: float = 0.5, eyes: float = 2.0, mouth: float = 1.0,
-        background: float = 0.1, gan: float = 0.0, gan_channels: int = 32,
+        self,
+        l1: float = 1.0,
+        ssim: float = 1.0,
+        mask: float = 0.5,
+        eyes: float = 2.0,
+        mouth: float = 1.0,
+        background: float = 0.1,
+        gan: float = 0.0,
+        gan_channels: int = 32,
     ):
         super().__init__()
         self.w = {"l1": l1, "ssim": ssim, "mask": mask, "gan": gan}
@@ -67,7 +78,12 @@ class SwapLoss(nn.Module):
         self.discriminator = PatchDiscriminator(gan_channels) if gan > 0 else None
 
     def forward(
-        self, rgb: torch.Tensor, mask_logit: torch.Tensor, target: torch.Tensor, target_mask: torch.Tensor, regions: torch.Tensor
+        self,
+        rgb: torch.Tensor,
+        mask_logit: torch.Tensor,
+        target: torch.Tensor,
+        target_mask: torch.Tensor,
+        regions: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Returns the total loss and its parts (unweighted), for logging."""
         w = loss_weights(target_mask, regions, self.eyes, self.mouth, self.background)

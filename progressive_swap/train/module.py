@@ -14,9 +14,9 @@ from typing import Any, Callable
 import pytorch_lightning as pl
 import torch
 
-from progressive_swap.train.augment import apply_affine, random_affine, random_color_scramble, random_grid_warp
 from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 from progressive_swap.model.blocks import downsample2x, upsample2x
+from progressive_swap.train.augment import apply_affine, random_affine, random_color_scramble, random_grid_warp
 from progressive_swap.train.growth import GrowthSchedule, mix_seed
 from progressive_swap.train.losses import SwapLoss
 
@@ -100,7 +100,13 @@ class SwapModule(pl.LightningModule):
         self.step_problem: str | None = None  # why this batch's update is skipped (non-finite terms)
         self._t_last: float | None = None
         self.save_hyperparameters(
-            {"arch": model.arch_args(), "schedule": schedule.state(), "geometry": self.geometry, "warp": warp, "seed": seed}
+            {
+                "arch": model.arch_args(),
+                "schedule": schedule.state(),
+                "geometry": self.geometry,
+                "warp": warp,
+                "seed": seed,
+            }
         )
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -109,7 +115,9 @@ class SwapModule(pl.LightningModule):
         # Every parameter is in the optimizer from the start. Parameters of stages not yet
         # reached get no gradient, and Adam creates state lazily on the first gradient, so
         # new blocks start with clean optimizer state when they fade in.
-        return self.optimizer_factory(params=self.parameters(), lr=self.schedule.stages[0].lr)  # model + discriminator, if any
+        return self.optimizer_factory(
+            params=self.parameters(), lr=self.schedule.stages[0].lr
+        )  # model + discriminator, if any
 
     def setup(self, stage: str) -> None:
         if self.channels_last:
