@@ -18,14 +18,8 @@ import torch
 import torch.nn.functional as F
 
 
-def photometric(
-    brightness: float = 0.15,
-    contrast: float = 0.15,
-    hue: int = 6,
-    saturation: int = 15,
-    gamma: float = 0.15,
-    p: float = 0.8,
-) -> A.Compose:
+def photometric(brightness: float = 0.15, contrast: float = 0.15, hue: int = 6, saturation: int = 15,
+                gamma: float = 0.15, p: float = 0.8) -> A.Compose:
     """Colour augmentation for uint8 RGB faces (run in loader workers, reseeded per sample).
 
     Args:
@@ -49,12 +43,7 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor
 
 
 def random_affine(
-    batch: int,
-    size: int,
-    gen: torch.Generator,
-    rotate: float = 10.0,
-    scale: float = 0.05,
-    shift: float = 0.05,
+    batch: int, size: int, gen: torch.Generator, rotate: float = 10.0, scale: float = 0.05, shift: float = 0.05,
     flip: float = 0.5,
 ) -> torch.Tensor:
     """Random similarity matrices about the crop centre, in pixels of a ``size`` crop.

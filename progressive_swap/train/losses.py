@@ -62,15 +62,8 @@ class SwapLoss(nn.Module):
     """
 
     def __init__(
-        self,
-        l1: float = 1.0,
-        ssim: float = 1.0,
-        mask: float = 0.5,
-        eyes: float = 2.0,
-        mouth: float = 1.0,
-        background: float = 0.1,
-        gan: float = 0.0,
-        gan_channels: int = 32,
+        self, l1: float = 1.0, ssim: float = 1.0, mask: float = 0.5, eyes: float = 2.0, mouth: float = 1.0,
+        background: float = 0.1, gan: float = 0.0, gan_channels: int = 32,
     ):
         super().__init__()
         self.w = {"l1": l1, "ssim": ssim, "mask": mask, "gan": gan}
