@@ -2,7 +2,10 @@
 
 Usage:
     swap-faceset info DIR [--json] [--deep]
-    swap-faceset sort DIR by=blur|yaw|pitch|size [out=DIR2] [order=asc|desc] [view=VIEWDIR]
+    swap-faceset sort DIR by=blur|yaw|pitch|size|identity [ref=FACE_OR_DIR] [out=DIR2] [order=asc|desc] [view=VIEWDIR]
+    swap-faceset embed DIR [jitter=0]
+    swap-faceset filter DIR ref=FACE_OR_DIR [threshold=0.6] [out=DIR.rejected]
+    swap-faceset review DIR [port=8765] [host=127.0.0.1] [trash=DIR.trash]
     swap-faceset remove DIR ids=[a,b,...] | ids_file=FILE | view=VIEWDIR
     swap-faceset merge DIR1 DIR2 ... out=DIR
 
@@ -22,7 +25,8 @@ import numpy as np
 
 from progressive_swap import faceset
 from progressive_swap.cli.common import UserError, run_cli
-from progressive_swap.faceset import curate
+from progressive_swap.extract.pipeline import extraction_problems
+from progressive_swap.faceset import curate, identity, review
 
 PROG = "swap-faceset"
 
@@ -92,7 +96,7 @@ def cmd_info(argv: Sequence[str]) -> int:
         if args.json:
             print(json.dumps({"path": args.dir, "valid": False, "problems": [str(e)]}))
         raise
-    problems = fs.validate(deep=args.deep)
+    problems = fs.validate(deep=args.deep) + extraction_problems(fs.root)  # an interrupted extraction
     info = _summary(fs, problems)
     if args.json:
         print(json.dumps(info, indent=1))
@@ -105,7 +109,11 @@ def cmd_info(argv: Sequence[str]) -> int:
 
 # ---------------------------------------------------------------------- curation
 
-SORT_USAGE = f"usage: {PROG} sort DIR by=blur|yaw|pitch|size [out=DIR2] [order=asc|desc] [view=VIEWDIR]"
+SORT_USAGE = (f"usage: {PROG} sort DIR by=blur|yaw|pitch|size|identity [ref=FACE_OR_DIR] [out=DIR2] "
+              "[order=asc|desc] [view=VIEWDIR]")
+EMBED_USAGE = f"usage: {PROG} embed DIR [jitter=0]"
+FILTER_USAGE = f"usage: {PROG} filter DIR ref=FACE_OR_DIR [threshold=0.6] [out=DIR.rejected]"
+REVIEW_USAGE = f"usage: {PROG} review DIR [port=8765] [host=127.0.0.1] [trash=DIR.trash]"
 REMOVE_USAGE = f"usage: {PROG} remove DIR ids=[a,b,...] | ids_file=FILE | view=VIEWDIR"
 MERGE_USAGE = f"usage: {PROG} merge DIR1 DIR2 ... out=DIR"
 
@@ -157,19 +165,28 @@ def cmd_sort(argv: Sequence[str]) -> int:
     """``sort DIR by=KEY [out=DIR2] [order=asc|desc] [view=VIEWDIR]``: reorder a set by a score."""
     from rich.table import Table
 
-    pos, o = _split_args(argv, ("by", "out", "order", "view"), SORT_USAGE, "sort")
+    pos, o = _split_args(argv, ("by", "ref", "out", "order", "view"), SORT_USAGE, "sort")
     if len(pos) != 1:
         raise UserError(f"sort: expected one face set directory, got {len(pos)}; {SORT_USAGE}")
+    keys = (*curate.SORT_KEYS, "identity")
     if "by" not in o:
-        raise UserError(f"sort: by= is required ({'|'.join(curate.SORT_KEYS)})")
-    if o["by"] not in curate.SORT_KEYS:
-        raise UserError(f"sort: unknown by={o['by']!r}; choose one of {', '.join(curate.SORT_KEYS)}")
+        raise UserError(f"sort: by= is required ({'|'.join(keys)})")
+    if o["by"] not in keys:
+        raise UserError(f"sort: unknown by={o['by']!r}; choose one of {', '.join(keys)}")
+    if (o["by"] == "identity") != ("ref" in o):
+        raise UserError("sort: by=identity needs ref=FACE_OR_DIR (a face image, a folder of them or a face set)"
+                        if o["by"] == "identity" else "sort: ref= is only for by=identity")
     order = o.get("order")
     if order not in (None, "asc", "desc"):
         raise UserError(f"sort: order must be asc or desc, got {order!r}")
     if "view" in o:
         curate._check_new_dir(Path(o["view"]))  # fail before the (possibly slow) sort
-    res = curate.sort_faceset(pos[0], o["by"], out=o.get("out"), descending=None if order is None else order == "desc")
+    if o["by"] == "identity":
+        _require_identity()
+        res = identity.sort_by_identity(pos[0], o["ref"], out=o.get("out"), descending=order == "desc")
+    else:
+        res = curate.sort_faceset(pos[0], o["by"], out=o.get("out"),
+                                  descending=None if order is None else order == "desc")
     console = _console()
     where = "in place" if res.in_place else f"into {res.path}"
     console.print(
@@ -200,6 +217,76 @@ def cmd_sort(argv: Sequence[str]) -> int:
             f"review folder: {o['view']} (delete bad faces there, then {PROG} remove {res.path} view={o['view']})"
         )
     return 0
+
+
+def _require_identity() -> None:
+    try:
+        identity.model_files()
+        import dlib  # noqa: F401
+    except ImportError as e:
+        raise UserError(str(e) if isinstance(e, identity.IdentityUnavailableError)
+                        else f"identity embeddings need dlib: {identity.INSTALL}") from None
+
+
+def cmd_embed(argv: Sequence[str]) -> int:
+    """``embed DIR [jitter=0]``: compute and cache an identity embedding per face (resumable)."""
+    pos, o = _split_args(argv, ("jitter",), EMBED_USAGE, "embed")
+    if len(pos) != 1:
+        raise UserError(f"embed: expected one face set directory, got {len(pos)}; {EMBED_USAGE}")
+    try:
+        jitter = int(o.get("jitter", "0"))
+    except ValueError:
+        raise UserError(f"embed: jitter must be a whole number, got {o['jitter']!r}") from None
+    faceset.open(pos[0])  # a damaged set fails here, before dlib loads
+    _require_identity()
+    res = identity.embed_faceset(pos[0], jitter=jitter)
+    _console().print(
+        f"[bold]embedded[/bold] {res.computed} face(s) of {pos[0]} in {res.seconds:.1f} s; {res.cached} already "
+        f"cached" + (f"; {len(res.failed)} failed: {', '.join(res.failed[:5])}" if res.failed else "")
+    )
+    return 0
+
+
+def cmd_filter(argv: Sequence[str]) -> int:
+    """``filter DIR ref=FACE_OR_DIR [threshold=0.6] [out=DIR.rejected]``: move other people's faces out."""
+    pos, o = _split_args(argv, ("ref", "threshold", "out"), FILTER_USAGE, "filter")
+    if len(pos) != 1:
+        raise UserError(f"filter: expected one face set directory, got {len(pos)}; {FILTER_USAGE}")
+    if "ref" not in o:
+        raise UserError(f"filter: ref= is required (a face image, a folder of them or a face set); {FILTER_USAGE}")
+    try:
+        threshold = float(o.get("threshold", identity.DEFAULT_THRESHOLD))
+    except ValueError:
+        raise UserError(f"filter: threshold must be a number, got {o['threshold']!r}") from None
+    if not 0 < threshold < 2:
+        raise UserError(f"filter: threshold must be in (0, 2), got {threshold}")
+    faceset.open(pos[0])
+    _require_identity()
+    res = identity.filter_faceset(pos[0], o["ref"], threshold=threshold, out=o.get("out"))
+    console = _console()
+    console.print(f"[bold]filtered[/bold] {pos[0]} against {o['ref']} at distance {threshold}: kept {res.kept}, "
+                  f"moved {len(res.moved)} to {res.out}")
+    if res.moved:
+        shown = ", ".join(f"{i} ({res.distances[i]:.2f})" for i in res.moved[:8])
+        console.print(f"moved: {shown}" + (f", … (+{len(res.moved) - 8})" if len(res.moved) > 8 else ""))
+        console.print(f"(nothing is deleted: move faces back with {PROG} review {res.out}, or merge the sets)")
+    if res.unembedded:
+        console.print(f"kept {len(res.unembedded)} face(s) that could not be embedded: {', '.join(res.unembedded[:5])}")
+    return 0
+
+
+def cmd_review(argv: Sequence[str]) -> int:
+    """``review DIR [port=8765] [host=127.0.0.1] [trash=DIR.trash]``: the face-set reviewer in a browser."""
+    pos, o = _split_args(argv, ("port", "host", "trash"), REVIEW_USAGE, "review")
+    if len(pos) != 1:
+        raise UserError(f"review: expected one face set directory, got {len(pos)}; {REVIEW_USAGE}")
+    try:
+        port = int(o.get("port", str(review.DEFAULT_PORT)))
+    except ValueError:
+        raise UserError(f"review: port must be a whole number, got {o['port']!r}") from None
+    if not 0 <= port <= 65535:
+        raise UserError(f"review: port must be in 0..65535, got {port}")
+    return review.serve(pos[0], host=o.get("host", review.DEFAULT_HOST), port=port, trash=o.get("trash"))
 
 
 def cmd_remove(argv: Sequence[str]) -> int:
@@ -259,6 +346,9 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "sort": cmd_sort,
     "remove": cmd_remove,
     "merge": cmd_merge,
+    "embed": cmd_embed,
+    "filter": cmd_filter,
+    "review": cmd_review,
 }
 
 USAGE = f"usage: {PROG} {{{','.join(COMMANDS)}}} ...   (try: {PROG} info --help)"

@@ -27,7 +27,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -37,7 +37,7 @@ from progressive_swap.core import align
 from progressive_swap.core.io import fsync_dir
 from progressive_swap.core.pose import head_poses
 from progressive_swap.faceset import index as fx
-from progressive_swap.faceset.format import INDEX_DIR
+from progressive_swap.faceset.format import HEADER_NAME, INDEX_DIR
 from progressive_swap.faceset.writer import FaceSetWriter, concat_shards, link_or_copy
 
 SORT_KEYS: tuple[str, ...] = ("blur", "yaw", "pitch", "size")
@@ -130,33 +130,40 @@ class SortResult:
 
 
 def sort_faceset(path: str | os.PathLike, by: str, out: str | os.PathLike | None = None,
-                 descending: bool | None = None, threads: int = 8) -> SortResult:
+                 descending: bool | None = None, threads: int = 8,
+                 scorer: Callable[[F.FaceSet], np.ndarray] | None = None) -> SortResult:
     """Reorder a face set by a score.
 
     Args:
         path: face set directory.
-        by: one of :data:`SORT_KEYS`.
+        by: one of :data:`SORT_KEYS`, or any name when ``scorer`` is given.
         out: write the sorted set here (must not exist, or be an empty folder); None or the
             input's path: reorder the input's index in place (atomic).
-        descending: None: :data:`DEFAULT_DESCENDING` for the key.
+        descending: None: :data:`DEFAULT_DESCENDING` for the key (ascending for a ``scorer``).
         threads: image decoding threads (``by="blur"``).
+        scorer: computes one score per face of the open set (e.g. the identity distance of
+            :mod:`progressive_swap.faceset.identity`); NaN = no score (last).
     """
-    if by not in SORT_KEYS:
+    if scorer is None and by not in SORT_KEYS:
         raise ValueError(f"unknown sort key {by!r}; choose one of {', '.join(SORT_KEYS)}")
-    desc = DEFAULT_DESCENDING[by] if descending is None else bool(descending)
+    desc = DEFAULT_DESCENDING.get(by, False) if descending is None else bool(descending)
+
+    def scores_of(fs: F.FaceSet) -> np.ndarray:
+        return np.asarray(scorer(fs), np.float64) if scorer is not None else face_scores(fs, [by], threads)[by]
+
     root = Path(path)
     in_place = out is None or _same_path(root, Path(out))
     if in_place:
         with FaceSetWriter(root) as w:  # the lock: nobody appends while we reorder
             fs = F.open(root)
-            scores = face_scores(fs, [by], threads)[by]
+            scores = scores_of(fs)
             order = sort_order(scores, desc)
             _reorder_index_in_place(w, fs.ids, order)
         return SortResult(root, by, desc, [fs.ids[i] for i in order], scores[order], True)
     out = Path(out)
     _check_new_dir(out)
     fs = F.open(root)
-    scores = face_scores(fs, [by], threads)[by]
+    scores = scores_of(fs)
     order = sort_order(scores, desc)
     with _staging(out) as tmp:
         _write_reordered_copy(fs, order, tmp)
@@ -223,6 +230,80 @@ def remove_faces(path: str | os.PathLike, ids: Sequence[str]) -> int:
         more = f" (+{len(unknown) - 1} more)" if len(unknown) > 1 else ""
         raise ValueError(f"no face {unknown[0]!r} in {str(path)!r}{more}; nothing removed")
     return fs.remove(ids)
+
+
+def subset_columns(fs: F.FaceSet, ids: Sequence[str]) -> tuple[dict[str, np.ndarray], dict]:
+    """The index columns and strings of faces ``ids`` of ``fs``, in that order (for a commit
+    into another set with ``FaceSetWriter._commit_columns``)."""
+    live, _ = fx.scan_shards(fs.root / INDEX_DIR)
+    parts = [fx.read_all(s.path) for s in live]
+    cols, strings = concat_shards([c for c, _ in parts], [t for _, t in parts])
+    row = {face_id: k for k, face_id in enumerate(strings["ids"])}
+    missing = [i for i in ids if i not in row]
+    if missing:
+        raise F.FaceSetError(f"face {missing[0]!r} is no longer in {str(fs.root)!r}")
+    rows = np.array([row[i] for i in ids], np.int64)
+    new_row = {int(old): new for new, old in enumerate(rows)}
+    cols = {k: v[rows] for k, v in cols.items()}
+    extra = {str(new_row[int(k)]): v for k, v in strings["extra"].items() if int(k) in new_row}
+    return cols, dict(strings, ids=list(ids), extra=extra)
+
+
+def move_faces(src: str | os.PathLike, ids: Sequence[str], dst: str | os.PathLike,
+               identity: str | None = None) -> int:
+    """Move faces (index entries, images, masks) from the set ``src`` to the set ``dst``.
+
+    ``dst`` is created with ``src``'s face type, size and image format when it does not exist;
+    an existing ``dst`` must match them and must not hold any of the ids. Both sets' writer
+    locks are held throughout (a set open for writing elsewhere is refused, one line saying
+    so). The faces are committed to ``dst`` first (files hard-linked) and only then removed
+    from ``src``: a crash in between leaves them in both sets, never in neither.
+
+    Args:
+        src: face set the faces leave.
+        ids: face ids, each in ``src``.
+        dst: face set they join.
+        identity: default identity label of a newly created ``dst`` (None: ``src``'s).
+
+    Returns:
+        How many faces moved.
+
+    Raises:
+        ValueError: no ids, an id not in ``src``, ``dst`` = ``src``, or an id already in ``dst``.
+        FaceSetError: a set is damaged, mismatched or open for writing elsewhere.
+    """
+    ids = list(dict.fromkeys(str(i) for i in ids))
+    if not ids:
+        raise ValueError("no face ids given")
+    src, dst = Path(src), Path(dst)
+    if _same_path(src, dst):
+        raise ValueError(f"cannot move faces of {str(src)!r} into itself")
+    with FaceSetWriter(src) as ws:
+        fs = F.open(src)
+        known = set(fs.ids)
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            more = f" (+{len(unknown) - 1} more)" if len(unknown) > 1 else ""
+            raise ValueError(f"no face {unknown[0]!r} in {str(src)!r}{more}; nothing moved")
+        h = fs.header
+        if (dst / HEADER_NAME).exists():
+            wd = FaceSetWriter(dst)
+            for key in ("face_type", "size", "image_format"):
+                if wd.header[key] != h[key]:
+                    wd.close(compact=False)
+                    raise F.FaceSetError(f"cannot move faces into {str(dst)!r}: {key}={wd.header[key]!r}, "
+                                         f"but {str(src)!r} has {h[key]!r}")
+        else:
+            wd = F.create(dst, face_type=h["face_type"], size=h["size"], image_format=h["image_format"],
+                          jpeg_quality=h.get("jpeg_quality", 95), png_compression=h.get("png_compression", 1),
+                          identity=h.get("identity") if identity is None else identity)
+        with wd:
+            clash = [i for i in ids if i in wd]
+            if clash:
+                raise ValueError(f"face {clash[0]!r} is already in {str(dst)!r}; nothing moved")
+            F.link_face_files(fs, wd, ids)
+            wd._commit_columns(*subset_columns(fs, ids))  # the faces are in dst now
+        return ws.remove(ids)
 
 
 def merge_facesets(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> F.FaceSet:
@@ -330,4 +411,5 @@ class _staging:
 
 
 __all__ = ["SORT_KEYS", "DEFAULT_DESCENDING", "blur_score", "face_scores", "sort_order", "SortResult",
-           "sort_faceset", "remove_faces", "merge_facesets", "write_view", "removed_in_view"]
+           "sort_faceset", "remove_faces", "move_faces", "subset_columns", "merge_facesets", "write_view",
+           "removed_in_view"]
