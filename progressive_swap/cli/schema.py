@@ -9,9 +9,15 @@ the keys).
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
+import io
 import re
+import textwrap
+import tokenize
 import types
 import typing
 from dataclasses import dataclass, field
@@ -88,11 +94,17 @@ def check_options(cfg: DictConfig | Any, cls: type, prefix: str = "") -> None:
         choices = _literal_choices(tp)
         if choices is not None and value is not None and value not in choices:
             raise ValueError(
-                f"{key} must be one of {', '.join(map(repr, choices))}, got {value!r}{closest(value, choices)}"
+                f"unknown {key} {value!r}: {key} must be one of {', '.join(map(repr, choices))}, "
+                f"got {value!r}{closest(value, choices)}"
             )
         low = f.metadata.get("min")
-        if low is not None and value is not None and value < low:
-            raise ValueError(f"{key} must be >= {low}, got {value!r}")
+        values = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig" else [value]
+        for v in values:  # a list option (frame numbers) is bounded item by item
+            if low is not None and v is not None and v < low:
+                raise ValueError(f"{key} must be >= {low}, got {value!r}")
+            above = f.metadata.get("gt")
+            if above is not None and v is not None and v <= above:
+                raise ValueError(f"{key} must be > {above}, got {value!r}")
 
 
 _TYPE_WORDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}
@@ -108,9 +120,38 @@ def explain_validation_error(e: BaseException) -> str | None:
     return f"{k.group(1)} must be {_TYPE_WORDS.get(m.group(2), m.group(2))}, got {m.group(1)!r}"
 
 
+@functools.lru_cache(maxsize=None)
+def field_docs(cls: type) -> dict[str, str]:
+    """The first line of each field's documentation, as written in the class body: a string right
+    under the field (an attribute docstring) or a ``# comment`` at the end of its line.
+
+    Read from the source, so ``--help`` says what the code says without a second copy.
+    """
+    try:
+        src = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    comments = {}
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    body = ast.parse(src).body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, [*body[1:], None]):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        text = ""
+        if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+            text = inspect.cleandoc(nxt.value.value).split("\n\n")[0].replace("\n", " ")
+        text = text or comments.get(node.end_lineno or node.lineno, "")
+        docs[node.target.id] = text.replace("``", "")
+    return docs
+
+
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
     """``(key, default, help)`` rows for ``--help``, from the dataclass and its field docs."""
     rows = []
+    docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         tp = typing.get_type_hints(cls)[f.name]
         if dataclasses.is_dataclass(tp):
@@ -122,11 +163,18 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
             else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "???")
         )
         choices = _literal_choices(tp)
-        note = f.metadata.get("help", "")
+        note = f.metadata.get("help", "") or docs.get(f.name, "")
         if choices:
             note = (note + " " if note else "") + "[" + "|".join(map(str, choices)) + "]"
         rows.append((prefix + f.name, repr(default), note))
     return rows
+
+
+def help_text(cls: type) -> str:
+    """The ``--help`` table of an options dataclass: one line per key, default and description."""
+    rows = describe(cls)
+    width = max(len(f"{k}={d}") for k, d, _ in rows)
+    return "\n".join(f"  {f'{k}={d}':<{width}}  {h}".rstrip() for k, d, h in rows)
 
 
 # ---------------------------------------------------------------------- swap-train's schema
@@ -171,6 +219,7 @@ class TrainConfig:
     max_steps: Optional[int] = field(default=None, metadata={"min": 1})
     preview_every: int = field(default=100, metadata={"min": 0})
     preview_faces: int = field(default=4, metadata={"min": 1})
+    progress_every: float = field(default=30.0, metadata={"min": 0.0})
     channels_last: bool = False
     activation_checkpointing: bool = False
     compile: bool = False

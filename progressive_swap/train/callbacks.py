@@ -1,15 +1,17 @@
 """Callbacks: preview grids, growth announcements, the final and the milestone checkpoints."""
 from __future__ import annotations
 
+import sys
+import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from rich.console import Console
 
 from progressive_swap.core.io import atomic_write_bytes
@@ -235,6 +237,8 @@ class FinalWeights(pl.Callback):
         self.path = Path(dirpath) / "model.safetensors"
 
     def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if getattr(module, "interrupted", False):  # stopped by a signal: last.ckpt holds the work, resume finishes it
+            return
         state = trainer.strategy.lightning_module_state_dict()
         if not trainer.is_global_zero:
             return
@@ -248,3 +252,81 @@ class FinalWeights(pl.Callback):
         }
         weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
         save_weights(weights, self.path, meta)
+
+
+class LogProgress(ProgressBar):
+    """Progress for logs (SLURM, ``nohup``, a redirected stderr): one plain line every
+    ``interval_s`` seconds, and one at the end.
+
+    ``stage 64px alpha 0.42  step 512/1178 (43%)  18.3 img/s  loss 0.1234  ETA 4m10s``
+
+    The rate is measured over the last interval (images of every process), the ETA from it and
+    the images the schedule still holds.
+    """
+
+    def __init__(self, interval_s: float = 30.0, stream: Any = None, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.interval_s = float(interval_s)
+        self.stream = stream
+        self.clock = clock
+        self._enabled = True
+        self._last: tuple[float, int] | None = None  # (time, images) at the last line
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def line(self, trainer: pl.Trainer, module: pl.LightningModule) -> str:
+        done, total = module.batches_done, module.schedule.total_batches
+        pos = module.schedule.at(max(done - 1, 0))
+        images = module.schedule.images_seen(done)
+        now = self.clock()
+        rate = None
+        if self._last is not None and now > self._last[0]:
+            rate = (images - self._last[1]) / (now - self._last[0])
+        self._last = (now, images)
+        loss = trainer.callback_metrics.get("loss")
+        parts = [f"stage {pos.res}px alpha {pos.alpha if pos.phase.fading else 1.0:.2f}",
+                 f"step {done}/{total} ({100 * done / max(total, 1):.0f}%)"]
+        if rate:
+            left = module.schedule.images_seen(total) - images
+            parts.append(f"{rate:.1f} img/s")
+        if loss is not None:
+            parts.append(f"loss {float(loss):.4f}")
+        if rate:
+            parts.append(f"ETA {_duration(left / rate)}")
+        return "  ".join(parts)
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream or sys.stderr, flush=True)
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._last = (self.clock(), module.schedule.images_seen(module.batches_done))
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._enabled and trainer.is_global_zero and self._last is not None \
+                and self.clock() - self._last[0] >= self.interval_s:
+            self._print(self.line(trainer, module))
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if self._enabled and trainer.is_global_zero:
+            self._print(self.line(trainer, module))
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def progress(interval_s: float = 30.0, stream: Any = None) -> ProgressBar:
+    """The progress display: a live bar on a terminal, :class:`LogProgress` lines otherwise
+    (when stderr is a file or a pipe), so a run in a log never looks stuck."""
+    out = stream or sys.stderr
+    if hasattr(out, "isatty") and out.isatty():
+        return RichProgressBar(leave=True)
+    return LogProgress(interval_s, stream=stream)
+
