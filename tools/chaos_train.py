@@ -1,7 +1,8 @@
-"""Chaos test for ``swap-train``: SIGKILL a small run at random moments, resume, check, compare.
+"""Chaos test for ``swap-train``: stop a small run at random moments, resume, check, compare.
 
     python tools/chaos_train.py --kills 10 --report chaos.json
     python tools/chaos_train.py --kills 3 --short --faces A,B      # the fast version the tests run
+    python tools/chaos_train.py --kills 6 --signals SIGINT,SIGTERM,SIGKILL   # graceful stops too
 
 A tiny CPU run (the test suite's tiny overrides, ``num_workers=0``, a checkpoint every 3 steps)
 is started as a subprocess and killed with SIGKILL, cycling through three moments:
@@ -9,6 +10,14 @@ is started as a subprocess and killed with SIGKILL, cycling through three moment
 * ``step``: at a random time during a training step, after the process has written a new checkpoint;
 * ``checkpoint``: while a checkpoint is being written (its ``.NAME.XXXX.tmp`` file exists);
 * ``growth``: right around the start of the fade-in (when the process announces it).
+
+With ``--signals`` including ``SIGINT`` or ``SIGTERM``, those stops are interleaved: the signal is
+sent at a random time during a training step; the process must finish that step, write
+``last.ckpt``, print "interrupted, saved at step N" and exit 130 / 143, and the resume must start
+at exactly that N. Every event reports ``steps_lost``: optimizer steps completed before the stop
+that the resume does not start from, estimated from the step rate of the uninterrupted run and
+the time since the newest checkpoint (0 for a graceful stop by construction when the checks pass;
+at most one checkpoint interval for SIGKILL).
 
 After every kill it checks the run directory: the newest good checkpoint loads; no checkpoint
 whose write had completed was lost (so at most one checkpoint interval of work is lost);
@@ -55,6 +64,7 @@ STAGES_LONG = [
     dict(res=32, images=96, fade=96, batch=4, lr=1e-3),
 ]  # 44 batches
 KINDS = ("step", "checkpoint", "growth")
+GRACEFUL = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}
 
 
 def _stages_arg(stages: list[dict]) -> str:
@@ -104,6 +114,11 @@ class Run:
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
+
+    def stop(self, sig: int, timeout: float) -> int:
+        """Send ``sig`` (SIGINT/SIGTERM) and wait for the graceful exit; SIGKILL after ``timeout``."""
+        self.proc.send_signal(sig)
+        return self.wait(timeout)
 
     def wait(self, timeout: float) -> int:
         try:
@@ -158,6 +173,48 @@ def _kill_at(run: Run, run_dir: Path, kind: str, start: int, rng: random.Random,
     return {"trigger": "finished before the kill", "rc": run.proc.returncode, "max_complete_seen": max_complete}
 
 
+def _signal_at(run: Run, run_dir: Path, sig: int, start: int, rng: random.Random, timeout: float) -> dict[str, Any]:
+    """Wait for a new checkpoint, then send ``sig`` at a random moment of a later step."""
+    delay = rng.uniform(0.0, 0.4)
+    armed_at: float | None = None
+    while run.proc.poll() is None:
+        if time.monotonic() - run.t0 > timeout:
+            run.kill()
+            return {"trigger": "timeout", "max_complete_seen": max(_step_files(run_dir), default=0)}
+        if armed_at is None and {s for s in _step_files(run_dir) if s > start}:
+            armed_at = time.monotonic()
+        if armed_at is not None and time.monotonic() - armed_at >= delay:
+            seen = max(_step_files(run_dir), default=0)
+            t_sig = time.time()
+            rc = run.stop(sig, timeout)
+            m = re.search(r"interrupted, saved at step (\d+)", "\n".join(run.lines))
+            return {
+                "trigger": f"{signal.Signals(sig).name} {delay:.2f} s after a new checkpoint",
+                "rc": rc,
+                "expected_rc": 128 + int(sig),
+                "saved_at": int(m.group(1)) if m else None,
+                "signal_time": t_sig,
+                "max_complete_seen": seen,
+            }
+        time.sleep(0.0005)
+    return {"trigger": "finished before the kill", "rc": run.proc.returncode, "max_complete_seen": 0}
+
+
+def _steps_before(run_dir: Path, t: float, step_s: float) -> int:
+    """Optimizer steps the process had completed at time ``t``: the newest checkpoint written
+    before ``t`` plus whole steps since (at the uninterrupted run's mean step time)."""
+    written = sorted(((p.stat().st_mtime, p) for p in run_dir.glob("*.ckpt")), reverse=True)
+    for mtime, p in written:  # the newest readable checkpoint written before t
+        if mtime > t:
+            continue
+        try:
+            n = int(read_training_checkpoint(p)[CKPT_KEY]["batches_done"])
+        except Exception:  # noqa: BLE001 - a damaged file counts for nothing
+            continue
+        return n + int((t - mtime) / step_s)
+    return 0
+
+
 def check_run_dir(run_dir: Path, schedule: GrowthSchedule, previous: int, max_complete: int) -> dict[str, Any]:
     """The state a resume would start from, and whether it is consistent."""
     warnings: list[str] = []
@@ -190,7 +247,14 @@ def check_run_dir(run_dir: Path, schedule: GrowthSchedule, previous: int, max_co
 
 
 def chaos(
-    faces: list[str], work: Path, kills: int = 10, short: bool = False, seed: int = 0, timeout: float = 300.0, log=print
+    faces: list[str],
+    work: Path,
+    kills: int = 10,
+    short: bool = False,
+    seed: int = 0,
+    timeout: float = 300.0,
+    log=print,
+    signals: tuple[str, ...] = ("SIGKILL",),
 ) -> dict[str, Any]:
     """Run the chaos test; returns the report (``report["ok"]`` says whether every check passed)."""
     t_start = time.monotonic()
@@ -211,6 +275,8 @@ def chaos(
     log(f"reference run ({schedule.total_batches} batches) ...")
     ref = Run(train_args(faces, ref_dir, stages), env)
     ref_rc = ref.wait(timeout)
+    ref_s = time.monotonic() - ref.t0
+    step_s = ref_s / schedule.total_batches  # start-up included: errs towards fewer steps, i.e. less loss
     report: dict[str, Any] = {
         "kills_planned": kills,
         "total_batches": schedule.total_batches,
@@ -224,11 +290,17 @@ def chaos(
 
     resume_point, ok, previous_ckpt = 0, True, None
     for i in range(kills):
-        kind = KINDS[i % len(KINDS)]
+        how = signals[i % len(signals)]
+        kind = KINDS[(i // len(signals)) % len(KINDS)] if how == "SIGKILL" else how.lower()
         if kind == "growth" and resume_point >= fade_end:
             kind = "step"  # the fade is behind us
         run = Run(train_args(faces, run_dir, stages, "resume=auto"), env)
-        kill = _kill_at(run, run_dir, kind, resume_point, rng, timeout)
+        t_before = time.time()
+        if how in GRACEFUL:
+            kill = _signal_at(run, run_dir, GRACEFUL[how], resume_point, rng, timeout)
+        else:
+            kill = _kill_at(run, run_dir, kind, resume_point, rng, timeout)
+            t_before = time.time()
         stale = _tmp_files(run_dir)
         state = check_run_dir(run_dir, schedule, resume_point, kill["max_complete_seen"])
         m = re.search(r"\(resuming (.+?\.ckpt)\)", "".join(run.lines))
@@ -245,7 +317,23 @@ def chaos(
         if previous_ckpt is not None and not str(resumed_from or "").endswith(previous_ckpt):
             event["ok"] = False  # the process did not start from the checkpoint the last check found
         previous_ckpt = state["checkpoint"]
-        if "rc" in kill and kill["rc"] != 0:
+        t_stop = kill.pop("signal_time", t_before)
+        event["steps_lost"] = max(0, _steps_before(run_dir, t_stop, step_s) - state["batches_done"])
+        if how in GRACEFUL and kill.get("saved_at") is None and state["batches_done"] == schedule.total_batches:
+            kill["trigger"] = "finished before the kill"  # the signal came after the last step: nothing to save
+            event["trigger"] = kill["trigger"]
+            event["steps_lost"] = 0
+        if how in GRACEFUL and kill["trigger"] != "finished before the kill":
+            graceful_ok = (
+                kill.get("rc") == kill.get("expected_rc")
+                and kill.get("saved_at") == state["batches_done"]
+                and state.get("checkpoint") == "last.ckpt"
+                and not stale
+            )
+            if not graceful_ok:
+                event["ok"] = False
+                event["output"] = run.lines[-10:]
+        elif "rc" in kill and kill["rc"] != 0:
             event["ok"] = False
             event["output"] = run.lines[-10:]
         ok &= bool(event["ok"])
@@ -284,6 +372,12 @@ def chaos(
     )
     report["final"] = result
     report["kills_done"] = len(report["events"])
+    report["step_seconds"] = round(step_s, 3)
+    report["steps_lost"] = {
+        how: [e["steps_lost"] for e in report["events"] if e["trigger"].startswith(how) or (
+            how == "SIGKILL" and not any(e["trigger"].startswith(g) for g in GRACEFUL))]
+        for how in signals
+    }
     report["ok"] = ok and result["ok"]
     report["seconds"] = round(time.monotonic() - t_start, 1)
     log(
@@ -306,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="", help="working directory (default: a temporary one)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     ap.add_argument("--report", default="", help="write the JSON report here too")
+    ap.add_argument("--signals", default="SIGKILL", help="stops to cycle through: SIGKILL,SIGINT,SIGTERM")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="chaos_") as tmp:
         work = Path(args.work or tmp)
@@ -324,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             short=args.short,
             seed=args.seed,
             log=lambda m: print(m, file=sys.stderr),
+            signals=tuple(s.strip().upper() for s in args.signals.split(",") if s.strip()),
         )
     text = json.dumps(report, indent=1)
     print(text)

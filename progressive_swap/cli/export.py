@@ -8,25 +8,37 @@ Usage:
 ``input`` is either a face set of the footage (its records name the source video or image
 folder, read for the plates) or the footage itself (a video, an image folder or pattern, or
 one image), which is first extracted into ``out/faces`` by the extractor (face detection, or
-``landmarks=given:FILE``; tracking; smoothing), resumably.
-A rerun with the same settings resumes: complete frames are skipped. Details: ``docs/export.md``.
-Exit codes: 0 done, 2 bad input (one line on stderr), 3 I/O error (e.g. disk full).
+``landmarks=given landmarks_file=FILE``; tracking; smoothing), resumably.
+A rerun resumes: frames whose layers were made from the same input frame, face records,
+checkpoint and options, and still decode, are skipped; the rest are redone (and counted).
+Details: ``docs/export.md``.
+Exit codes: 0 done, 2 bad input (one line on stderr), 3 I/O error (e.g. disk full), 4 incomplete
+(frames of the footage could not be decoded; ``allow_missing=true`` accepts that), 130/143
+interrupted.
 """
 from __future__ import annotations
 
+import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 from progressive_swap import faceset
-from progressive_swap.cli.common import UserError, parse_overrides, run_cli, usage
-from progressive_swap.core.io import check_writable_dir
+from progressive_swap.cli.common import (
+    EXIT_INCOMPLETE,
+    UserError,
+    parse_overrides,
+    run_cli,
+    split_deprecated,
+    usage,
+)
+from progressive_swap.core.io import atomic_write_json, locked_dir, remove_debris
 from progressive_swap.export import frames as F
 from progressive_swap.export.frames import open_plates
-from progressive_swap.export.pipeline import Exporter, ExportSettings
+from progressive_swap.export.pipeline import Exporter, ExportSettings, check_previous
 from progressive_swap.export.swapper import MODEL_MASKS, Swapper, load_model
-from progressive_swap.extract.pipeline import ExtractOptions, extract
+from progressive_swap.extract.pipeline import ExtractOptions, extract, missing_frames
 from progressive_swap.faceset.format import HEADER_NAME
 
 PROG = "swap-export"
@@ -40,26 +52,32 @@ class ExportOptions:
     input: str = ""  # a face set directory, or footage: video / image / image folder
     out: str = ""  # output directory (created)
     identity: str = ""  # decoder to swap to: a name from the checkpoint, or its index
-    from_identity: str = ""
+    from_identity: str = ""  # whose faces the footage shows (name, index or none); default: the other of two
     reconstruct: bool = False  # allow from_identity == identity: decode the footage's own identity (a reconstruction)
-    format: str = "png16"  # png8 | png16 (straight alpha, sRGB) | exr (half, linear, premultiplied)
-    layers: str = "merged"  # merged | per_track
-    color: str = "none"  # none | reinhard | histogram (match the plate's skin; recorded in metadata)
-    mask: str = "auto"
-    erode: float = 0.0  # fraction of the face crop's side
-    dilate: float = 0.0  # fraction of the face crop's side
-    feather: float = 0.0  # Gaussian sigma, fraction of the face crop's side
-    crop_size: int = 0  # footage only: crop side extracted and composited from; 0: the model's stage_res
-    landmarks: str = ""  # footage only: given:FILE (truth JSON); empty: detect (face-alignment)
-    smooth: str = "auto"  # footage only: landmark smoothing of the extraction (auto, savgol, one_euro, none)
+    format: Literal["png16", "png8", "exr"] = "png16"  # png: straight alpha, sRGB; exr: half, linear, premultiplied
+    layers: Literal["merged", "per_track"] = "merged"  # one layer per frame, or one per face track
+    color: Literal["none", "reinhard", "histogram"] = "none"  # match the plate's skin (recorded in metadata)
+    mask: Literal["auto", "source", "model", "union", "hull", "stored"] = "auto"  # where alpha comes from
+    stored_mask: str = ""  # mask=stored: the face set's stored mask NAME (a user_NAME edit wins)
+    erode: float = field(default=0.0, metadata={"min": 0.0})  # fraction of the face crop's side
+    dilate: float = field(default=0.0, metadata={"min": 0.0})  # fraction of the face crop's side
+    feather: float = field(default=0.0, metadata={"min": 0.0})  # Gaussian sigma, fraction of the crop's side
+    crop_size: int = field(default=0, metadata={"min": 0})  # footage only: crop side; 0: the model's stage_res
+    landmarks: Literal["fan", "given"] = "fan"  # footage only: detect (fan), or given in landmarks_file
+    landmarks_file: str = ""  # footage only, landmarks=given: the truth JSON
+    smooth: Literal["auto", "savgol", "one_euro", "none"] = "auto"  # footage only: landmark smoothing
     source: str = ""  # face set input: footage to read plates from (default: the records' source)
-    face_type: str = ""  # footage only, when the checkpoint does not record one
+    face_type: Literal["", "full", "whole", "head"] = ""  # footage only, when the checkpoint does not record one
     patches: bool = False  # also write aligned-space RGBA crops
     preview: bool = False  # also write preview.mp4 (with the source's audio) and contact_sheet.png
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = False  # bfloat16 autocast for inference
-    batch: int = 8  # faces per inference batch
+    batch: int = field(default=8, metadata={"min": 1})  # faces per inference batch
     progress: bool = True  # progress bar on stderr
+    allow_missing: bool = False  # exit 0 although frames of the footage could not be decoded (still listed)
+
+
+FOOTAGE_ONLY = ("crop_size", "landmarks", "landmarks_file", "smooth", "face_type")
 
 
 def _from_identity(name: str, identity: int, info) -> int | None:
@@ -117,8 +135,7 @@ def _faceset_input(path: Path, footage: str, info, stage_res: int, mask_name: st
             f"mask=stored:{mask_name}: the face set has no {mask_name!r} masks "
             f"(it has: {', '.join(fs.mask_names) or 'none'})"
         )
-    frames = F.faceset_frames(fs, plates, record_source, mask_name)
-    return frames, plates, fs.size, F.faceset_tracks(fs, record_source), fs.face_type
+    return fs, plates, record_source, mask_name
 
 
 def _footage_input(o, info, stage_res: int):
@@ -138,7 +155,8 @@ def _footage_input(o, info, stage_res: int):
             size=o.crop_size or stage_res,
             face_type=ftype,
             identity="target",
-            landmarks=o.landmarks or "fan",
+            landmarks=o.landmarks,
+            landmarks_file=o.landmarks_file,
             device=o.device,
             smooth=o.smooth,
             masks=False,
@@ -153,10 +171,16 @@ def _export(argv: Sequence[str]) -> int:
         print(__doc__.strip())
         print("options: " + usage(ExportOptions()))
         return 0
+    argv = split_deprecated(argv, "mask", "stored", "stored_mask", PROG)
+    argv = split_deprecated(argv, "landmarks", "given", "landmarks_file", PROG)
     o = parse_overrides(argv, ExportOptions(), PROG)
     for k in ("checkpoint", "input", "out", "identity"):
         if not str(o[k]).strip():
             raise UserError(f"{k}= is required (usage: {PROG} checkpoint=CKPT input=FOOTAGE out=DIR identity=NAME)")
+    if (o.mask == "stored") != bool(o.stored_mask):
+        raise UserError("mask=stored takes the mask's name: give mask=stored stored_mask=NAME (and only then)")
+    if (o.landmarks == "given") != bool(o.landmarks_file):
+        raise UserError("landmarks=given reads landmarks_file=FILE: give both (and landmarks_file only then)")
 
     from rich.console import Console
 
@@ -173,8 +197,10 @@ def _export(argv: Sequence[str]) -> int:
         preview=o.preview,
         batch=o.batch,
     )
+    if o.mask == "stored":  # the settings (and the resume fingerprint) keep the one-string form
+        settings_kw["mask"] = f"stored:{o.stored_mask}"
     ExportSettings(
-        **{**settings_kw, "mask": "model" if o.mask == "auto" else o.mask}
+        **{**settings_kw, "mask": "model" if o.mask == "auto" else settings_kw["mask"]}
     )  # validate the cheap options before loading anything
     inp = Path(o.input)
     if not inp.exists() and not any(c in inp.name for c in "%*?["):
@@ -198,21 +224,40 @@ def _export(argv: Sequence[str]) -> int:
     if not (getattr(model, "colour_norm", False) or settings_kw["mask"] in ("source", "union")):
         from_identity = None  # it changes nothing: keep it out of the records and the resume fingerprint
     fset, footage = inp, o.source
-    mask_name = o.mask[len("stored:") :] if o.mask.startswith("stored:") else None
+    mask_name = o.stored_mask if o.mask == "stored" else None
+    defaults = ExportOptions()
     if _is_faceset(fset):  # check everything about the input before creating out
-        frames, footage, size, tracks, ftype = _faceset_input(fset, footage, info, info.stage_res, mask_name)
-        check_writable_dir(o.out)
+        given = [k for k in FOOTAGE_ONLY if o[k] != getattr(defaults, k)]
+        if given:  # they would change nothing: say so rather than ignore them
+            raise UserError(f"{given[0]}= is for footage input; a face set input was extracted already")
+        _faceset_input(fset, footage, info, info.stage_res, mask_name)
+        check_previous(o.out, str(F.resolve_source(F.faceset_sources(faceset.open(fset))[0], fset))
+                       if not footage else footage, None)
     else:
         if o.source:
             raise UserError("source= is for face set input; with footage input it is the input itself")
         if mask_name:
-            raise UserError("mask=stored:NAME reads a face set's masks: pass the face set as input=")
-        check_writable_dir(o.out)
+            raise UserError("mask=stored reads a face set's masks: pass the face set as input=")
+        check_previous(o.out, o.input, None)
+    lock = locked_dir(o.out)  # one writer per out=: a second export here stops at once, naming this one
+    with lock:
+        for p in remove_debris(o.out):  # temporary files of a killed run's writes
+            console.print(f"removed {p.name}, an unfinished write of an earlier run", soft_wrap=True)
+        return _export_locked(o, console, info, model, identity, from_identity, assumed, settings_kw, fset, footage,
+                              mask_name)
+
+
+def _export_locked(o, console, info, model, identity, from_identity, assumed, settings_kw, fset, footage, mask_name):
+    """The export proper, with ``out`` locked."""
+    if not _is_faceset(fset):
         fset, footage = _footage_input(o, info, info.stage_res), o.input
-        frames, footage, size, tracks, ftype = _faceset_input(fset, footage, info, info.stage_res)
+    fs, plates_path, record_source, mask_name = _faceset_input(fset, footage, info, info.stage_res, mask_name)
+    plates = open_plates(plates_path)
+    check_previous(o.out, str(plates_path), plates.fingerprint())
+    frames = F.faceset_frames(fs, plates, record_source, mask_name)
+    footage, size, tracks, ftype = plates_path, fs.size, F.faceset_tracks(fs, record_source), fs.face_type
     settings = ExportSettings(**settings_kw, crop_size=size)
 
-    plates = open_plates(footage)
     fps = plates.fps or float("nan")
     audio = footage if plates.kind == "video" else None
     device = next(model.parameters()).device
@@ -251,13 +296,26 @@ def _export(argv: Sequence[str]) -> int:
         audio_from=audio,
         total=plates.expected_frames or None,
         progress=o.progress,
+        input_fingerprint=plates.fingerprint(),
     )
     stats = exporter.run(frames)
+    redone = f", {stats['redone']} redone (made from other input, settings or damaged)" if stats["redone"] else ""
     console.print(
-        f"done: {stats['frames']} frames ({stats['written']} written, {stats['skipped']} already complete), "
+        f"done: {stats['frames']} frames ({stats['written']} written, {stats['skipped']} already complete{redone}), "
         f"{stats['faces']} faces, {stats['frames_per_s']} frames/s",
         soft_wrap=True,
     )
+    missing = missing_frames(plates.problems, plates, stats["frames"])
+    if missing:
+        manifest = json.loads((Path(o.out) / "export.json").read_text("utf-8"))
+        manifest.update(status="incomplete", frames_missing=missing, problems=list(plates.problems))
+        atomic_write_json(Path(o.out) / "export.json", manifest)
+        for line in plates.problems:
+            console.print(f"problem: {line}", soft_wrap=True, highlight=False)
+        if not o.allow_missing:
+            print(f"{PROG}: error: incomplete: {missing} frame(s) of {footage} could not be decoded (listed above); "
+                  "the others are written; allow_missing=true accepts that", file=sys.stderr)
+            return EXIT_INCOMPLETE
     return 0
 
 

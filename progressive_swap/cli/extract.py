@@ -2,12 +2,13 @@
 
     swap-extract input=shot.mp4 out=faces/B size=512 face_type=whole
     swap-extract input=frames/ out=faces/A identity=A track=largest
-    swap-extract input=clip.mp4 out=faces/B landmarks=given:clip.truth.json
+    swap-extract input=clip.mp4 out=faces/B landmarks=given landmarks_file=clip.truth.json
     swap-extract input=clip.mp4 out=faces/B --json      # summary as JSON on stdout
 
 Rerunning the same command after an interruption resumes it. Exit codes: 0 done (problems
-with single frames are listed in the summary), 2 bad options or nothing usable in the input
-(one line on stderr), 3 other I/O errors, 130 interrupted. Details: ``docs/extract.md``.
+with single frames are counted and listed in the summary), 2 bad options or nothing usable in
+the input (one line on stderr), 3 other I/O errors, 130 interrupted (143 on SIGTERM); a second
+extraction into the same out= stops at once. Details: ``docs/extract.md``.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Sequence
 
 from omegaconf import OmegaConf
 
-from progressive_swap.cli.common import parse_overrides, run_cli, usage
+from progressive_swap.cli.common import parse_overrides, run_cli, split_deprecated, usage
 from progressive_swap.extract.pipeline import ExtractOptions, extract, format_summary
 
 PROG = "swap-extract"
@@ -32,7 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [a for a in argv if a != "--json"]
 
     def run() -> int:
-        cfg = parse_overrides(argv, ExtractOptions(), PROG)
+        args = split_deprecated(argv, "landmarks", "given", "landmarks_file", PROG)
+        args = split_deprecated(args, "boxes", "given", "boxes_file", PROG)
+        cfg = parse_overrides(args, ExtractOptions(), PROG)
         opt = ExtractOptions(**OmegaConf.to_container(cfg))  # type: ignore[arg-type]
         summary = extract(opt)
         if as_json:

@@ -16,12 +16,13 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from omegaconf import OmegaConf
 
 from progressive_swap import faceset
 from progressive_swap.cli.common import UserError, parse_overrides, run_cli, usage
+from progressive_swap.cli.schema import closest
 from progressive_swap.faceset.format import software_version
 from progressive_swap.masks import segment
 from progressive_swap.masks.bisenet import BiSeNet
@@ -40,28 +41,34 @@ class TrainOptions:
     """Mask kind to learn (a user's ``user_<mask>`` is preferred where present)."""
     val: list[str] = field(default_factory=list)
     """Held-out face sets; empty: hold out ``val_fraction`` of the training faces."""
-    val_fraction: float = 0.1
-    size: int = 128
+    val_fraction: float = field(default=0.1, metadata={"min": 0.0})
+    """Share of the training faces held out when val is empty."""
+    size: int = field(default=128, metadata={"min": 32})
     """Training and inference resolution (multiple of 32)."""
-    steps: int = 1500
-    batch: int = 8
-    lr: float = 2e-3
+    steps: int = field(default=1500, metadata={"min": 1})
+    """Optimizer steps."""
+    batch: int = field(default=8, metadata={"min": 1})
+    """Faces per step."""
+    lr: float = field(default=2e-3, metadata={"gt": 0.0})
+    """Learning rate."""
     encoder: str = "tu-mobilenetv3_small_100"
     """Any segmentation-models-pytorch encoder name (built without downloaded weights)."""
     context_channels: int = 64
     fuse_channels: int = 64
     aux_channels: int = 32
-    loss: str = "dice+bce"
+    loss: Literal["dice+bce", "dice+focal"] = "dice+bce"
     """``dice+bce`` or ``dice+focal``."""
-    occluders: float = 0.5
+    occluders: float = field(default=0.5, metadata={"min": 0.0})
     """Probability of pasting a random occluder on a training face."""
-    workers: int = 0
-    minutes: float = 0.0
+    workers: int = field(default=0, metadata={"min": 0})
+    """Loader processes."""
+    minutes: float = field(default=0.0, metadata={"min": 0.0})
     """Stop after this many minutes (0: run all steps)."""
-    threads: int = 0
+    threads: int = field(default=0, metadata={"min": 0})
     """torch CPU threads (0: torch's default)."""
     device: str = "auto"
-    seed: int = 0
+    """auto (CUDA if available), cpu, cuda, cuda:N."""
+    seed: int = field(default=0, metadata={"min": 0})
 
 
 @dataclass
@@ -82,10 +89,12 @@ class ApplyOptions:
     """Multi-class models: extra face classes or groups (glasses, ears, hair)."""
     classes: list[str] = field(default_factory=list)
     """Multi-class models: replace the default face classes entirely."""
-    size: int = 0
+    size: int = field(default=0, metadata={"min": 0})
     """Inference resolution; 0: the model's own."""
-    batch: int = 8
+    batch: int = field(default=8, metadata={"min": 1})
+    """Faces per forward pass."""
     device: str = "auto"
+    """auto (CUDA if available), cpu, cuda, cuda:N."""
 
 
 @dataclass
@@ -103,6 +112,7 @@ class ConvertOptions:
     """Options of ``swap-mask convert``."""
 
     out: str = ""
+    """The .safetensors file to write (required)."""
     encoder: str = ""
     """Encoder of a checkpoint without metadata (default resnet18)."""
 
@@ -161,6 +171,24 @@ def cmd_train(argv: Sequence[str]) -> int:
     return 0
 
 
+_OPTIONAL_EDITS = ("user_add", "user_remove")  # the defaults: applied where a hand edit exists, often nowhere yet
+
+
+def _check_mask_names(sets: list, opt: Any) -> None:
+    """Every mask named in union=/subtract=/intersect= must exist in each face set (the default
+    user edits excepted)."""
+    for key in ("union", "subtract", "intersect"):
+        for m in getattr(opt, key):
+            if m in _OPTIONAL_EDITS and key != "intersect":
+                continue
+            for fs in sets:
+                if m not in fs.mask_names:
+                    raise UserError(
+                        f"{key}=[{m}]: face set {str(fs.root)!r} has no {m!r} masks"
+                        f"{closest(m, fs.mask_names)}; it has: {', '.join(fs.mask_names) or 'none'}"
+                    )
+
+
 def cmd_apply(argv: Sequence[str]) -> int:
     from rich.console import Console
     from rich.progress import Progress
@@ -170,6 +198,7 @@ def cmd_apply(argv: Sequence[str]) -> int:
     if not opt.model:
         raise UserError("model=WEIGHTS is required")
     sets = _open_sets(paths)
+    _check_mask_names(sets, opt)  # a misspelt name would silently do nothing
     model, info = load_segmenter(opt.model)
     model = model.to(_device(opt.device))
     idx = face_class_indices(info.labels, include=list(opt.include), classes=list(opt.classes) or None)
@@ -242,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     fn, defaults = COMMANDS[argv[0]]
     if any(a in ("-h", "--help") for a in argv[1:]):
-        print(f"{PROG} {argv[0]} options: {usage(defaults)}")
+        print(f"{PROG} {argv[0]} options:{usage(defaults)}")
         return 0
     return run_cli(lambda: fn(argv[1:]), PROG)
 

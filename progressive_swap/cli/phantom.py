@@ -1,6 +1,6 @@
 """``swap-phantom``: write a phantom data set (face sets per identity, videos with truth).
 
-    swap-phantom out=DIR                                   # 2 identities, 200 faces, 128 px
+    swap-phantom out=DIR                                   # 2 identities, 1,024 faces each, 128 px
     swap-phantom out=DIR identities=4 faces=1000 size=512 face_type=head
     swap-phantom out=DIR videos=2 frames=96 occluders=0.5 frame_size=512
 
@@ -10,11 +10,11 @@ one-line error and exit code 2 before anything is written.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
 
 from progressive_swap.cli.common import UserError, parse_overrides, run_cli, usage
-from progressive_swap.phantom.dataset import generate_phantom_dataset
+from progressive_swap.phantom.dataset import DEFAULT_FACES, generate_phantom_dataset
 
 PROG = "swap-phantom"
 
@@ -25,25 +25,30 @@ class PhantomOptions:
 
     out: str = ""
     """Output directory (required)."""
-    identities: int = 2
-    faces: int = 200
+    identities: int = field(default=2, metadata={"min": 2})
+    """Identities (one face set each)."""
+    faces: int = field(default=DEFAULT_FACES, metadata={"min": 1})
     """Faces per identity."""
-    size: int = 128
+    size: int = field(default=128, metadata={"min": 16})
     """Crop side of the face sets: a multiple of 16, at most 2048."""
-    face_type: str = "whole"
+    face_type: Literal["full", "whole", "head"] = "whole"
     """``full``, ``whole`` or ``head``."""
-    seed: int = 0
-    videos: int = 1
+    seed: int = field(default=0, metadata={"min": 0})
+    """Seed of the identities, poses and lighting."""
+    videos: int = field(default=1, metadata={"min": 0})
     """Videos per identity (0 for none)."""
-    frames: int = 48
+    frames: int = field(default=48, metadata={"min": 1})
     """Frames per video."""
-    fps: float = 24.0
-    occluders: float = 0.3
+    fps: float = field(default=24.0, metadata={"gt": 0.0})
+    """Frame rate of the videos."""
+    occluders: float = field(default=0.3, metadata={"min": 0.0})
     """Probability of an occluder per face and per video."""
-    frame_size: int = 0
+    frame_size: int = field(default=0, metadata={"min": 0})
     """Side of the rendered frames and videos; 0 means ``2 * size``."""
-    image_format: str = "png"
+    image_format: Literal["png", "jpg"] = "png"
+    """Crop files: png (lossless) or jpg."""
     progress: bool = True
+    """Show a progress bar (stderr)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -180,61 +180,71 @@ def help_text(cls: type) -> str:
 # ---------------------------------------------------------------------- swap-train's schema
 
 
+def opt(default: Any = None, help: str = "", *, factory: Any = None, **meta: Any) -> Any:  # noqa: A002
+    """A schema field with its one-line help (shown by ``--help``) and bounds (``min=``)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
 @dataclass
 class Derived:
-    identities: int = field(default=2, metadata={"min": 2})
-    world_size: int = field(default=1, metadata={"min": 1})
+    identities: int = opt(2, "face sets given (data.faces); filled in by swap-train", min=2)
+    world_size: int = opt(1, "processes (devices x nodes); filled in by swap-train", min=1)
 
 
 @dataclass
 class Augment:
-    geometry: Dict[str, float] = field(default_factory=dict)
-    warp: float = field(default=0.04, metadata={"min": 0.0})
-    input_color: float = field(default=0.0, metadata={"min": 0.0})
+    geometry: Dict[str, float] = opt(help="random rotate (deg), scale, shift and flip, shared by input and target",
+                                     factory=dict)
+    warp: float = opt(0.04, "encoder-input grid warp, fraction of the image side", min=0.0)
+    input_color: float = opt(0.0, "encoder-input colour scramble (random 3x3 colour matrix); "
+                             "model.colour_norm does its job without hiding the lighting", min=0.0)
 
 
 @dataclass
 class Checkpointing:
-    every_minutes: float = field(default=10.0, metadata={"min": 0.0})
-    every_steps: Optional[int] = field(default=None, metadata={"min": 1})
-    keep: int = field(default=3, metadata={"min": -1})
-    every_images: Optional[int] = field(default=None, metadata={"min": 0})
+    every_minutes: float = opt(10.0, "minutes between rolling checkpoints", min=0.0)
+    every_steps: Optional[int] = opt(None, "or every N optimizer steps (overrides minutes)", min=1)
+    keep: int = opt(3, "rolling checkpoints kept besides last.ckpt", min=-1)
+    every_images: Optional[int] = opt(None, "also keep a checkpoint every N images, forever (images*.ckpt)", min=0)
 
 
 @dataclass
 class TrainConfig:
-    """The keys of ``recipes/train.yaml`` (defaults and their meaning are written there)."""
+    """The keys of ``recipes/train.yaml``; the values there (and in the recipes) are the defaults."""
 
-    derived: Derived = field(default_factory=Derived)
-    run_dir: Optional[str] = None
-    name: str = "demo"
-    run: Optional[str] = None
-    out: Optional[str] = None
-    resume: Optional[str] = None
-    warm_start: Optional[str] = None
-    freeze: Optional[FreezeChoice] = None
-    freeze_steps: int = field(default=0, metadata={"min": 0})
-    seed: int = field(default=0, metadata={"min": 0})
-    dry_run: bool = False
-    max_steps: Optional[int] = field(default=None, metadata={"min": 1})
-    preview_every: int = field(default=100, metadata={"min": 0})
-    preview_faces: int = field(default=4, metadata={"min": 1})
-    progress_every: float = field(default=30.0, metadata={"min": 0.0})
-    channels_last: bool = False
-    activation_checkpointing: bool = False
-    compile: bool = False
-    find_batch: bool = False
-    max_memory_gb: Optional[float] = field(default=None, metadata={"min": 0.0})
-    augment: Augment = field(default_factory=Augment)
-    checkpoint: Checkpointing = field(default_factory=Checkpointing)
-    # Groups: each is one constructor's arguments (its _target_ says which).
-    guard: Any = None
-    model: Any = None
-    schedule: Any = None
-    data: Any = None
-    loss: Any = None
-    optimizer: Any = None
-    trainer: Any = None
-    module: Any = None
-    callbacks: Any = None
-    logger: Any = None
+    derived: Derived = opt(factory=Derived)
+    run_dir: Optional[str] = opt(None, "filled in by swap-train: out, or checkpoints/<name>/<run>")
+    name: str = opt("demo", "recipe name: runs go to checkpoints/<name>/<run>")
+    run: Optional[str] = opt(None, "run name; default: a timestamp")
+    out: Optional[str] = opt(None, "run directory; overrides checkpoints/<name>/<run>")
+    resume: Optional[str] = opt(None, "checkpoint to continue from exactly, or auto (newest in the run directory)")
+    warm_start: Optional[str] = opt(None, "weights to start from: any earlier stage, resolution or identity count")
+    freeze: Optional[FreezeChoice] = opt(None, "hold the encoder fixed for freeze_steps optimizer steps")
+    freeze_steps: int = opt(0, "optimizer steps of freeze", min=0)
+    seed: int = opt(0, "seed of weights, data order and augmentation", min=0)
+    dry_run: bool = opt(False, "print the plan and the model size per stage, then stop")
+    max_steps: Optional[int] = opt(None, "stop after this many optimizer steps (resume later with resume=auto)", min=1)
+    preview_every: int = opt(100, "optimizer steps between preview grids (0: off)", min=0)
+    preview_faces: int = opt(4, "faces per identity in a preview grid", min=1)
+    progress_every: float = opt(30.0, "seconds between progress lines when stderr is not a terminal", min=0.0)
+    channels_last: bool = opt(False, "channels-last memory format (faster on CPUs)")
+    activation_checkpointing: bool = opt(False, "recompute each block's activations in backward (less memory, "
+                                         "about 30% slower); trainer=fsdp has its own")
+    compile: bool = opt(False, "torch.compile each encoder/decoder block")
+    find_batch: bool = opt(False, "raise each stage's batch to the largest that fits in GPU memory first")
+    max_memory_gb: Optional[float] = opt(None, "with find_batch: plan for this much GPU memory (e.g. 8)", min=0.0)
+    augment: Augment = opt(factory=Augment)
+    checkpoint: Checkpointing = opt(factory=Checkpointing)
+    # Groups: each is one constructor's arguments (its _target_ says which; see --cfg job).
+    guard: Any = opt(None, "non-finite loss or gradients: skip the step, roll back when it repeats (train/guard.py)")
+    model: Any = opt(None, "the architecture (CombArch): choose with model=NAME, override model.KEY=")
+    schedule: Any = opt(None, "growth: stages with images, fade, batch and learning rate (GrowthSchedule)")
+    data: Any = opt(None, "the face sets (data=facesets data.faces=[A,B]) or the phantom (data=phantom)")
+    loss: Any = opt(None, "loss weights (SwapLoss)")
+    optimizer: Any = opt(None, "the optimizer (its learning rate comes from the schedule)")
+    trainer: Any = opt(None, "Lightning's Trainer: trainer=cpu|gpu|ddp|fsdp|model_parallel")
+    module: Any = opt(None, "the training module (SwapModule), built from the groups above")
+    callbacks: Any = opt(None, "checkpoints, previews, guard, progress, final weights")
+    logger: Any = opt(None, "TensorBoard and CSV logs in <run>/logs")

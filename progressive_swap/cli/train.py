@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import sys
@@ -19,13 +21,14 @@ from typing import Sequence
 import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
 
 from progressive_swap.cli.common import UserError, run_cli
-from progressive_swap.cli.config import compose
-from progressive_swap.core.io import atomic_write_text, check_writable_dir
+from progressive_swap.cli.config import GROUPS, available, compose
+from progressive_swap.cli.schema import TrainConfig, describe
+from progressive_swap.core.io import atomic_write_text, locked_dir
 from progressive_swap.model.summary import format_summary, summarize
 from progressive_swap.train import strategy
 from progressive_swap.train.batch_finder import plan_for_run
@@ -37,6 +40,7 @@ from progressive_swap.train.checkpoint import (
     remove_stale_temps,
 )
 from progressive_swap.train.datamodule import check_facesets
+from progressive_swap.train.interrupt import InterruptCheckpoint
 from progressive_swap.train.module import CKPT_KEY, resume_problem
 from progressive_swap.train.warmstart import warm_start
 
@@ -94,7 +98,7 @@ def find_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
 def _train(argv: Sequence[str]) -> int:
     argv = list(argv)
     if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
+        print(help_text([a for a in argv if a not in ("-h", "--help")]))
         return 0
     print_cfg = False
     if "--cfg" in argv:
@@ -113,6 +117,28 @@ def _train(argv: Sequence[str]) -> int:
         key = next((ln.split(":", 1)[1].strip() for ln in str(e).splitlines() if ln.startswith("full_key:")), "")
         cause = str(e.__cause__ or e).strip().splitlines()[0]
         raise UserError(f"{key}: {cause}" if key else cause) from None
+
+
+def help_text(argv: Sequence[str] = ()) -> str:
+    """``--help``: the usage lines, then every key with its value in the chosen recipe and its
+    meaning (from the schema, cli/schema.py), then the choices of every group."""
+    cfg = compose("train", [a for a in argv if "=" in a])
+    rows = [(k, OmegaConf.select(cfg, k, throw_on_missing=False), h) for k, _, h in describe(TrainConfig)]
+    width = max(len(k) for k, _, _ in rows) + 2
+    out = [__doc__.strip(), "", "keys (key=value; values shown for " + (" ".join(argv) or "recipe=demo") + "):"]
+    for key, value, note in rows:
+        if key in GROUPS or key == "guard":
+            shown = "{...}"
+        elif isinstance(value, (DictConfig, ListConfig)):
+            shown = json.dumps(OmegaConf.to_container(value), separators=(",", ":"))
+        else:
+            shown = "null" if value is None else str(value)
+        out.append(f"  {key.ljust(width)}{shown[:40]:<42}{note}")
+    out += ["", "groups (group=choice, then group.key=value; --cfg job shows every key):"]
+    out += [f"  {g.ljust(width)}{', '.join(available(g))}" for g in GROUPS]
+    out += ["", "Quoting: a value with spaces, '=' or other special characters goes in quotes inside the",
+            "argument, e.g.  'out=\"runs/my run\"'  or  out='\"runs/a=b\"'  (the outer quotes are the shell's)."]
+    return "\n".join(out)
 
 
 def _quiet_known_warnings() -> None:
@@ -136,7 +162,7 @@ def _data(cfg: DictConfig):
         datamodule = instantiate(cfg.data, _convert_="all")
         paths = datamodule.resolve_faces()
         schedule = instantiate(cfg.schedule, identities=len(paths))  # a bad schedule is named before the data
-        return datamodule, check_facesets(paths, schedule.final_res)
+        return datamodule, check_facesets(paths, schedule.final_res, mask=datamodule.mask)
     if not cfg.dry_run:
         raise UserError("this recipe trains on your face sets: pass data.faces=[DIR_A,DIR_B] (or data=phantom)")
     return None, {"face_type": "?", "sizes": ["?", "?"], "counts": ["?", "?"], "identities": ["A", "B"]}
@@ -162,11 +188,12 @@ def train(cfg: DictConfig) -> int:
             )
         return _dry_run(cfg, info, run_dir)
 
+    interrupt = InterruptCheckpoint(run_dir)
     trainer = instantiate(
         cfg.trainer,
         max_epochs=1,
         max_steps=int(cfg.max_steps or -1),
-        callbacks=list(instantiate(cfg.callbacks).values()),
+        callbacks=[*instantiate(cfg.callbacks).values(), interrupt],
         logger=list(instantiate(cfg.logger).values()),
         plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,
@@ -192,16 +219,28 @@ def train(cfg: DictConfig) -> int:
         strategy.compile_blocks(module.model)  # looked up at call time (tests replace it)
     note = _start(cfg, module, datamodule, info, resume, run_dir)
 
-    if trainer.is_global_zero:  # everything checked: from here on the run directory is written
-        check_writable_dir(run_dir)
-        for tmp in remove_stale_temps(run_dir):  # a process killed mid-write leaves these
-            console.print(f"removed {tmp.name}, an unfinished checkpoint write")
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    console.print(plan_table(module.schedule))
-    if note:
-        console.print(note, soft_wrap=True)
-    console.print(f"run directory: [bold]{run_dir}[/]" + (f" (resuming {resume})" if resume else ""))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    with contextlib.ExitStack() as stack:
+        if trainer.is_global_zero:  # everything checked: from here on the run directory is written
+            stack.enter_context(locked_dir(run_dir))  # one writer: a second run here stops at once
+            for tmp in remove_stale_temps(run_dir):  # a process killed mid-write leaves these
+                console.print(f"removed {tmp.name}, an unfinished checkpoint write")
+            atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        console.print(plan_table(module.schedule))
+        if note:
+            console.print(note, soft_wrap=True)
+        console.print(f"run directory: [bold]{run_dir}[/]" + (f" (resuming {resume})" if resume else ""))
+        interrupt.install()  # Ctrl-C or SIGTERM from here on: finish the step, save, stop
+        stack.callback(interrupt.restore)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+        except SystemExit:
+            if interrupt.exit_code is None:  # Lightning's own exits; ours are handled below
+                raise
+    if interrupt.exit_code is not None:
+        if trainer.is_global_zero:
+            at = interrupt.saved_at if interrupt.saved_at is not None else module.batches_done
+            print(f"swap-train: interrupted, saved at step {at}; resume with resume=auto", file=sys.stderr)
+        return interrupt.exit_code
     if trainer.is_global_zero:
         console.print(
             f"done: {module.batches_done}/{module.schedule.total_batches} batches; "

@@ -5,8 +5,10 @@ A reader never sees a half-written file: either the old file or the complete new
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -109,3 +111,71 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
     except OSError as e:
         raise PermissionError(f"cannot write to {str(path)!r}: {e.strerror or e}") from None
     return path
+
+
+class OutputInUse(ValueError):
+    """Another process is writing the same output directory (one line, exit code 2)."""
+
+
+def _lock_holder(path: Path) -> int | None:
+    """PID holding a ``flock`` on the directory ``path``, from ``/proc/locks`` (Linux), else None."""
+    try:
+        st = os.stat(path)
+        wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        for line in Path("/proc/locks").read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == wanted:
+                return int(parts[4])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+@contextlib.contextmanager
+def locked_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on the directory ``path`` (created) for the ``with`` block.
+
+    The lock is a ``flock`` on the directory itself, so no lock file is left behind, and the
+    kernel drops it when the process ends however it ends (``kill -9`` included).
+
+    Raises:
+        OutputInUse: at once, naming the PID of the process that holds it.
+    """
+    path = check_writable_dir(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = _lock_holder(path)
+            who = f"process {pid}" if pid else "another process"
+            raise OutputInUse(f"{str(path)!r} is being written by {who}; wait for it to end or choose another out=") \
+                from None
+        yield path
+    finally:
+        os.close(fd)
+
+
+# mkstemp's names: the prefix, 8 characters of [a-z0-9_], the suffix (``.NAME.XXXXXXXX.tmp``,
+# ``.STEM.XXXXXXXX.png``, ``.probe.XXXXXXXX``): what a write killed before its rename leaves.
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+
+
+def remove_debris(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Remove the temporary files of atomic writes that never finished (a killed run's).
+
+    Call it only while holding :func:`locked_dir` on ``root``: a running writer's temporary
+    files look the same.
+
+    Returns:
+        The removed paths.
+    """
+    root = Path(root)
+    found = root.rglob(".*") if recursive else root.glob(".*")
+    removed = []
+    for p in found:
+        if _TEMP_NAME.match(p.name) and p.is_file() and not p.is_symlink():
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed

@@ -96,7 +96,9 @@ def faceset_frames(fs, footage: str | os.PathLike, source: str, mask_name: str |
 
     Args:
         fs: an open :class:`~progressive_swap.faceset.FaceSet`.
-        footage: the plates (video, image or image folder).
+        footage: the plates (video, image or image folder), or an open
+            :class:`~progressive_swap.footage.sources.FrameSource` (whose ``problems`` then list
+            the frames that could not be decoded).
         source: the records' ``source`` value to use.
         mask_name: also attach this stored mask to each face (a user's ``user_`` edit wins).
     """
@@ -106,7 +108,8 @@ def faceset_frames(fs, footage: str | os.PathLike, source: str, mask_name: str |
         if srcs[i] == source:
             rows[int(fidx[i])].append(i)
     ids, sizes, mats, tracks, lms = fs.ids, fs.frame_sizes, fs.matrices, fs.tracks, fs.landmarks
-    for fr in open_plates(footage).frames():
+    plates = footage if hasattr(footage, "frames") else open_plates(footage)  # a FrameSource keeps its problems
+    for fr in plates.frames():
         index, t, image = fr.index, fr.time, fr.image
         faces = []
         for i in rows.get(index, ()):

@@ -3,8 +3,10 @@
 Frames stream through one at a time; faces are swapped in batches across consecutive frames,
 so memory is bounded by ``batch`` frames whatever the clip's length. Each frame's outputs are
 written atomically and its sidecar JSON last: the sidecar is the frame's commit record, so a
-rerun skips exactly the frames whose sidecar exists, matches the settings and lists files that
-all exist (a crash or a full disk never leaves a truncated file under a final name).
+rerun skips exactly the frames whose sidecar exists, matches the settings, was made from the same
+input frame (its plate, face records, crops and masks: the sidecar's ``input_key``) and lists
+files that all still decode at the frame's size; every other frame is redone and counted
+(``redone``). A crash or a full disk never leaves a truncated file under a final name.
 
 Layout of ``out/`` (``NNNNNN`` is the footage's frame index, from 0)::
 
@@ -109,10 +111,35 @@ def software() -> str:
     return software_version()
 
 
+def check_previous(out: str | os.PathLike, source: str, input_fingerprint: dict | None) -> None:
+    """Refuse to resume into ``out`` when it holds an export of other footage (another path, or
+    the same path whose file changed since): its layers and the new ones would mix.
+
+    Raises:
+        ValueError: one line naming what ``out`` holds.
+    """
+    try:
+        old = json.loads((Path(out) / "export.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(old, dict):
+        return
+    if old.get("input") not in (None, source):
+        raise ValueError(
+            f"{str(out)!r} holds an export of {old['input']!r}, not {source!r}; choose another out= or remove it"
+        )
+    was = old.get("input_fingerprint")
+    if was is not None and input_fingerprint is not None and was != input_fingerprint:
+        raise ValueError(
+            f"{source!r} changed since it was exported into {str(out)!r}; choose another out= or remove it"
+        )
+
+
 @dataclass
 class _Pending:
     frame: FrameIn
     crops: list[np.ndarray] = field(default_factory=list)
+    key: str = ""
     rgb: list[np.ndarray] = field(default_factory=list)
     mask: list[np.ndarray] = field(default_factory=list)
 
@@ -139,6 +166,7 @@ class Exporter:
         total: expected frame count (progress bar, contact sheet spacing).
         progress: show a progress bar on stderr.
         workers: threads that composite, encode and write frames (0: up to 4, one per core).
+        input_fingerprint: what identifies the footage (recorded; see :func:`check_previous`).
     """
 
     def __init__(
@@ -157,6 +185,7 @@ class Exporter:
         total: int | None = None,
         progress: bool = True,
         workers: int = 0,
+        input_fingerprint: dict | None = None,
     ) -> None:
         self.out = check_writable_dir(out)
         self.swap, self.info, self.identity, self.s = swap, info, int(identity), settings
@@ -165,6 +194,7 @@ class Exporter:
         self.from_identity = None if whose is None else info.identities[int(whose)]
         self.source, self.tracks = source, sorted(set(int(t) for t in tracks))
         self.fps, self.audio_from, self.total, self.progress = fps, audio_from, total, progress
+        self.input_fingerprint = input_fingerprint
         self.ext = W.FORMATS[settings.format]
         self.workers = int(workers) if workers > 0 else max(1, min(4, os.cpu_count() or 1))
         px = settings.pixel_settings()
@@ -185,7 +215,7 @@ class Exporter:
         }
         self.text = W.file_metadata(settings.format, self.provenance)
         self.patch_text = W.file_metadata("png16", {**self.provenance, "space": "aligned crop"})
-        self.stats = {"frames": 0, "faces": 0, "skipped": 0, "written": 0}
+        self.stats = {"frames": 0, "faces": 0, "skipped": 0, "written": 0, "redone": 0}
 
     # ------------------------------------------------------------------ paths
 
@@ -199,8 +229,21 @@ class Exporter:
     def sidecar_path(self, index: int) -> Path:
         return self.out / "meta" / f"face.{index:06d}.json"
 
-    def is_done(self, index: int) -> dict | None:
-        """The sidecar of a complete frame exported with these settings, else None."""
+    @staticmethod
+    def input_key(fr: FrameIn) -> str:
+        """What a frame's outputs were made from: the plate's pixels and every face's record,
+        crop and stored mask. A re-extracted face set or replaced footage changes it."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(fr.image).tobytes())
+        for f in fr.faces:
+            h.update(json.dumps([f.face_id, f.track]).encode())
+            for a in (f.matrix, f.landmarks, f.crop, f.mask):
+                h.update(b"-" if a is None else np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:16]
+
+    def is_done(self, index: int, key: str | None = None) -> dict | None:
+        """The sidecar of a complete frame exported with these settings (and, with ``key``, from
+        the same input frame) whose files still decode, else None."""
         p = self.sidecar_path(index)
         try:
             meta = json.loads(p.read_text("utf-8"))
@@ -208,9 +251,20 @@ class Exporter:
             return None
         if not isinstance(meta, dict) or meta.get("fingerprint") != self.fingerprint:
             return None
+        if key is not None and meta.get("input_key") != key:
+            return None
         files = list(meta.get("files", {}).values()) + list(meta.get("patches", {}).values())
         if not all((self.out / f).is_file() for f in files):
             return None
+        if key is not None:  # a file damaged under its final name (disk, copy, hand edit) is redone
+            size = tuple(meta.get("frame_size") or ())
+            for f in meta.get("files", {}).values():
+                try:
+                    layer = W.read_layer(self.out / f)
+                except Exception:  # noqa: BLE001 - any decoder error means "redo this frame"
+                    return None
+                if size and (layer.shape[1], layer.shape[0]) != size:
+                    return None
         return meta
 
     # ------------------------------------------------------------------ running
@@ -225,7 +279,7 @@ class Exporter:
             "identity": self.identity_name, "from_identity": self.from_identity,
             "stage_res": self.info.stage_res, "face_type": self.info.face_type,
             "conventions": W.CONVENTIONS[self.s.format], "synthetic": True, "settings": self.s.pixel_settings(),
-            "fingerprint": self.fingerprint,
+            "fingerprint": self.fingerprint, "input_fingerprint": self.input_fingerprint,
         }
         atomic_write_json(self.out / "export.json", manifest)
         preview = PreviewWriter(self.out / "preview.mp4", self.fps, self.audio_from) if self.s.preview else None
@@ -243,7 +297,8 @@ class Exporter:
                 n_faces = 0
                 for fr in frames:
                     self.stats["frames"] += 1
-                    if self.is_done(fr.index) is not None:
+                    key = self.input_key(fr)
+                    if self.is_done(fr.index, key) is not None:
                         self._flush(pending)
                         pending, n_faces = [], 0
                         self._drain(0)
@@ -252,7 +307,9 @@ class Exporter:
                             self._preview(fr, self._read_back(fr.index))
                         advance(1)
                         continue
-                    p = _Pending(fr, [self._crop(fr, f) for f in fr.faces])
+                    if self.sidecar_path(fr.index).exists():  # stale: other input, settings or a damaged file
+                        self.stats["redone"] += 1
+                    p = _Pending(fr, [self._crop(fr, f) for f in fr.faces], key=key)
                     pending.append(p)
                     n_faces += len(p.crops)
                     if n_faces >= self.s.batch or len(pending) >= 2 * self.s.batch:
@@ -263,11 +320,16 @@ class Exporter:
             if preview is not None:
                 preview.close()
                 sheet.save(self.out / "contact_sheet.png")
-        except BaseException:
+        except BaseException as e:
             # Let running writes finish (each is atomic), drop queued ones, then report.
             self._pool.shutdown(wait=True, cancel_futures=True)
             if preview is not None:
                 preview.abort()
+            status = "failed" if isinstance(e, Exception) else "interrupted"
+            try:  # never left saying "running"
+                atomic_write_json(self.out / "export.json", {**manifest, "status": status, "summary": self.stats})
+            except OSError:
+                pass
             raise
         finally:
             self._pool.shutdown(wait=True)
@@ -393,6 +455,7 @@ class Exporter:
             "source": self.source,
             "identity": self.identity_name,
             "fingerprint": self.fingerprint,
+            "input_key": p.key,
             "format": s.format,
             "conventions": W.CONVENTIONS[s.format],
             "files": files,

@@ -23,8 +23,6 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -33,13 +31,13 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Literal
 
 import numpy as np
 
 from progressive_swap import faceset
 from progressive_swap.core import align
-from progressive_swap.core.io import atomic_write, atomic_write_json
+from progressive_swap.core.io import atomic_write, atomic_write_json, locked_dir, remove_debris
 from progressive_swap.core.landmarks import face_type as _check_face_type
 from progressive_swap.extract.detect import (
     DlibDetector,
@@ -55,10 +53,10 @@ from progressive_swap.extract.smoothing import METHODS, smooth_track
 from progressive_swap.extract.tracks import keep_tracks, link_tracks, min_size_filter
 from progressive_swap.faceset.format import HEADER_NAME
 from progressive_swap.footage.sources import Frame, FrameSource, open_source
-from progressive_swap.masks.hull import landmark_mask
+from progressive_swap.masks.hull import LANDMARK_MASKS, landmark_mask
 
 WORK_DIR = ".extract"
-MASK_KINDS = ("components", "extended")
+MASK_KINDS = LANDMARK_MASKS  # the hull masks written with every face
 CACHE_VERSION = 1
 # Test hook: seconds to sleep per frame, so a test can kill an extraction part-way.
 _DELAY_ENV = "PROGRESSIVE_SWAP_EXTRACT_DELAY"
@@ -72,55 +70,69 @@ class ExtractOptions:
     """Video, image folder, image pattern (``f_%04d.png``, ``*.png``) or one image."""
     out: str = "???"
     """Face set directory (created, or resumed/appended when it exists with the same options)."""
-    size: int = 512
+    size: int = field(default=512, metadata={"min": 16})
     """Crop side in pixels: a multiple of 16, at most 2048."""
-    face_type: str = "whole"
+    face_type: Literal["full", "whole", "head"] = "whole"
     """Crop coverage: full, whole or head."""
     identity: str = ""
     """Identity label of the faces ("" keeps labels from a landmarks file)."""
-    landmarks: str = "fan"
-    """``fan`` (the detector's landmarks), or ``given:FILE`` (boxes and landmarks from a JSON file)."""
-    boxes: str = "detect"
-    """``detect`` (the detector's boxes) or ``given:FILE`` (boxes from a JSON file, landmarks by the detector)."""
-    detector: str = "auto"
+    landmarks: Literal["fan", "given"] = "fan"
+    """``fan`` (the detector's landmarks), or ``given`` (boxes and landmarks from ``landmarks_file``)."""
+    landmarks_file: str = ""
+    """The JSON file of ``landmarks=given`` (``docs/extract.md``)."""
+    boxes: Literal["detect", "given"] = "detect"
+    """``detect`` (the detector's boxes) or ``given`` (boxes from ``boxes_file``, landmarks by the detector)."""
+    boxes_file: str = ""
+    """The JSON file of ``boxes=given``."""
+    detector: Literal["auto", "fan", "dlib", "dlib_cnn"] = "auto"
     """``fan`` (face-alignment: S3FD + 2D-FAN), ``dlib`` (offline: dlib HOG + 68-point predictor),
     ``dlib_cnn`` (dlib's MMOD CNN boxes), or ``auto``: fan where its weights are present, else dlib
     when installed, else fan (which downloads its weights)."""
     device: str = "auto"
     """auto (CUDA if available), cpu, cuda, cuda:N."""
-    batch_size: int = 16
+    batch_size: int = field(default=16, metadata={"min": 1})
     """Faces per landmark forward pass."""
     flip_input: bool = True
     """FAN on the mirrored crop too (2x slower, a little steadier)."""
-    min_score: float = 0.5
+    min_score: float = field(default=0.5, metadata={"min": 0.0})
     """Detector confidence threshold."""
-    min_face: float = 32.0
+    min_face: float = field(default=32.0, metadata={"min": 0.0})
     """Drop faces smaller than this (side of the ``full`` crop, frame px)."""
     track: str = "all"
     """Keep ``all`` tracks, the ``largest`` one, or one track id."""
-    smooth: str = "auto"
+    smooth: Literal["auto", "savgol", "one_euro", "none"] = "auto"
     """auto (savgol for video and image sequences, none otherwise), savgol, one_euro, none."""
-    smooth_window: float = 0.3
+    smooth_window: float = field(default=0.3, metadata={"gt": 0.0})
     """Savitzky–Golay window, seconds."""
-    cuts: list[int] = field(default_factory=list)
+    cuts: list[int] = field(default_factory=list, metadata={"min": 0})
     """Frame numbers where a new shot starts (smoothing and tracks restart there)."""
-    fps: float = 0.0
+    fps: float = field(default=0.0, metadata={"min": 0.0})
     """Frame rate of image input (0: unknown; smoothing then assumes 24)."""
-    image_format: str = "png"
+    image_format: Literal["png", "jpg", "jpeg"] = "png"
     """Crop files: png (lossless) or jpg."""
     masks: bool = True
     """Write landmark hull masks ``components`` and ``extended``."""
-    chunk: int = 64
+    chunk: int = field(default=64, metadata={"min": 1})
     """Frames per detection-cache file and per face set batch."""
     progress: bool = True
     """Show a progress bar (stderr)."""
+    allow_missing: bool = False
+    """Exit 0 even when some frames could not be decoded (they are still counted and listed)."""
+
+    def __post_init__(self) -> None:
+        # The older one-string spelling ``landmarks=given:FILE`` / ``boxes=given:FILE``.
+        for key in ("landmarks", "boxes"):
+            value = str(getattr(self, key))
+            if value.startswith("given:"):
+                setattr(self, key, "given")
+                setattr(self, key + "_file", value[len("given:"):])
 
 
 # Options that change pass 1 (the detection cache) / pass 2 (the face set). Resuming with a
 # different value would mix two extractions, so it is refused.
-_DETECT_KEYS = ("landmarks", "boxes", "detector", "flip_input", "min_score", "chunk")
+_DETECT_KEYS = ("landmarks", "landmarks_file", "boxes", "boxes_file", "detector", "flip_input", "min_score", "chunk")
 # Values of options that older manifests do not record.
-_OLD_DEFAULTS = {"detector": "fan"}
+_OLD_DEFAULTS = {"detector": "fan", "landmarks_file": "", "boxes_file": ""}
 DETECTORS = ("auto", "fan", "dlib", "dlib_cnn")
 _CROP_KEYS = ("size", "face_type", "identity", "min_face", "track", "smooth", "smooth_window", "cuts", "fps",
               "image_format", "masks")
@@ -139,14 +151,10 @@ class _FaceFinder:
     def __init__(self, opt: ExtractOptions):
         self.given = self.given_boxes = None
         self.detector: LandmarkDetector | DlibDetector | None = None
-        if opt.landmarks.startswith("given:"):
-            self.given = GivenLandmarks(opt.landmarks[len("given:"):])
-        elif opt.landmarks != "fan":
-            raise ExtractError(f"landmarks must be 'fan' or 'given:FILE', got {opt.landmarks!r}")
-        if opt.boxes.startswith("given:"):
-            self.given_boxes = GivenLandmarks(opt.boxes[len("given:"):])
-        elif opt.boxes != "detect":
-            raise ExtractError(f"boxes must be 'detect' or 'given:FILE', got {opt.boxes!r}")
+        if opt.landmarks == "given":
+            self.given = GivenLandmarks(opt.landmarks_file)
+        if opt.boxes == "given":
+            self.given_boxes = GivenLandmarks(opt.boxes_file)
         if self.given is None and opt.detector in ("dlib", "dlib_cnn"):
             try:
                 self.detector = DlibDetector("mmod" if opt.detector == "dlib_cnn" else "hog", min_score=opt.min_score)
@@ -241,19 +249,6 @@ def _face_id(key: str, frame: int, track: int) -> str:
     return f"{key}_{frame:06d}_t{track}"
 
 
-@contextlib.contextmanager
-def _locked(work: Path) -> Iterator[None]:
-    fd = os.open(work / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ExtractError(f"another extraction is writing {str(work.parent.parent)!r}") from None
-        yield
-    finally:
-        os.close(fd)
-
-
 class _Progress:
     """A rich progress bar (stderr) with frames/s and faces found; silent when disabled."""
 
@@ -342,7 +337,21 @@ def _detect_pass(
             update(1, len(faces))
         pending.clear()
 
+    given = finder.given or finder.given_boxes
+    first_size = None
     for fr in src.frames(start):
+        size = (fr.image.shape[1], fr.image.shape[0])
+        if given is not None and given.size is not None and tuple(given.size) != size:
+            raise ExtractError(
+                f"{given.path.name} was made for {given.size[0]}x{given.size[1]} frames, but frame {fr.index} of "
+                f"{src.path.name} is {size[0]}x{size[1]}"
+            )
+        if src.is_sequence and first_size is not None and size != first_size:
+            raise ExtractError(
+                f"the frames of {src.path.name} change size at frame {fr.index} ({first_size[0]}x{first_size[1]} -> "
+                f"{size[0]}x{size[1]}); extract each size separately"
+            )
+        first_size = first_size or size
         while fr.index >= chunk_start + opt.chunk:  # close the chunk(s) before this frame
             flush_pending()
             _write_chunk(work, chunk_start, frames_meta, found, False, src.problems[p0:])
@@ -514,6 +523,50 @@ def _crop_pass(
 # ---------------------------------------------------------------------- entry point
 
 
+def _check_given_frames(finder: _FaceFinder, chunks: list[dict], src: FrameSource) -> None:
+    """A landmarks or boxes file must describe this footage: no frame beyond its last one."""
+    given = finder.given or finder.given_boxes
+    if given is None or not given.frames or not chunks:
+        return
+    decoded = max((int(c["frame_index"].max()) for c in chunks if len(c["frame_index"])), default=-1)
+    last = max(given.frames)
+    eof = bool(chunks[-1].get("eof"))
+    known = max(decoded + 1, src.expected_frames)
+    if eof and last >= known and not any(c["problems"] for c in chunks):
+        raise ExtractError(
+            f"{given.path.name} lists frame {last}, but {src.path.name} has {known} frames; "
+            "is it the file of another clip?"
+        )
+
+
+def missing_frames(problems: list[str], src: FrameSource, decoded: int) -> int:
+    """How many frames of the input could not be decoded (0 when all were)."""
+    if not problems:
+        return 0
+    skipped = sum(p.startswith("frame ") and " skipped: " in p for p in problems)
+    short = max(0, src.expected_frames - decoded - skipped) if src.expected_frames else 0
+    stopped = any("decoding stopped" in p for p in problems)
+    return skipped + (short or (1 if stopped else 0))
+
+
+def extraction_problems(out: str | os.PathLike) -> list[str]:
+    """One line per extraction into the face set ``out`` that was interrupted and never finished
+    (its manifest still says ``complete: false``): the set then holds only part of that footage."""
+    found = []
+    for m in sorted(Path(out).glob(f"{WORK_DIR}/*/manifest.json")):
+        try:
+            doc = json.loads(m.read_text("utf-8"))
+        except (OSError, ValueError):
+            found.append(f"extraction record {m.parent.name} is unreadable")
+            continue
+        if not doc.get("complete", False):
+            found.append(
+                f"the extraction of {doc.get('source', m.parent.name)} was interrupted: the set holds part of it; "
+                "rerun the same swap-extract command to finish it"
+            )
+    return found
+
+
 def check_options(opt: ExtractOptions) -> None:
     """Validate options before touching any file (one-line ``ExtractError``)."""
     _check_face_type(opt.face_type)
@@ -531,6 +584,24 @@ def check_options(opt: ExtractOptions) -> None:
         raise ExtractError(f"image_format must be png or jpg, got {opt.image_format!r}")
     if opt.input in ("", "???") or opt.out in ("", "???"):
         raise ExtractError("give input=PATH and out=FACESET")
+    for key, choices in (("landmarks", ("fan", "given")), ("boxes", ("detect", "given"))):
+        value, path = getattr(opt, key), getattr(opt, key + "_file")
+        if value not in choices:
+            raise ExtractError(f"{key} must be {' or '.join(choices)}, got {value!r}")
+        if value == "given" and not path:
+            raise ExtractError(f"{key}=given reads {key}_file=FILE: give it")
+        if path and value != "given":
+            raise ExtractError(f"{key}_file= is read only with {key}=given")
+    if opt.landmarks == "given" and opt.boxes == "given":
+        raise ExtractError("landmarks=given already gives the boxes: drop boxes=given")
+    if not opt.smooth_window > 0:
+        raise ExtractError(f"smooth_window must be > 0 seconds, got {opt.smooth_window!r}")
+    if opt.fps < 0:
+        raise ExtractError(f"fps must be >= 0, got {opt.fps!r}")
+    if any(int(c) < 0 for c in opt.cuts):
+        raise ExtractError(f"cuts are frame numbers, >= 0; got {list(opt.cuts)!r}")
+    if opt.min_face < 0 or opt.min_score < 0 or opt.batch_size < 1:
+        raise ExtractError("min_face and min_score must be >= 0 and batch_size >= 1")
 
 
 def resolve_detector(opt: ExtractOptions) -> str:
@@ -539,10 +610,10 @@ def resolve_detector(opt: ExtractOptions) -> str:
     else ``fan`` (which then tries to download its weights). Other values pass through."""
     if opt.detector != "auto":
         return opt.detector
-    if opt.landmarks.startswith("given:"):
+    if opt.landmarks == "given":
         return "fan"  # nothing is detected; keep the manifest as it always was
     try:
-        names = weight_files("folder" if opt.boxes.startswith("given:") else "sfd")
+        names = weight_files("folder" if opt.boxes == "given" else "sfd")
     except ImportError:
         names = {"face-alignment": ""}
     if all((checkpoint_dir() / n).is_file() for n in names):
@@ -572,8 +643,10 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
     manifest_path = work / "manifest.json"
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text("utf-8"))
-        for k in _DETECT_KEYS + _CROP_KEYS:
-            was = old["options"].get(k, _OLD_DEFAULTS.get(k))
+        old_options = asdict(ExtractOptions(**{k: v for k, v in old["options"].items() if k in options}))
+        for k in _DETECT_KEYS + _CROP_KEYS:  # (older manifests spell landmarks=given:FILE; read as the new keys)
+            was = old_options.get(k) if k in old["options"] or k.endswith("_file") else _OLD_DEFAULTS.get(k)
+            was = list(was) if isinstance(was, tuple) else was
             if was != options.get(k):
                 raise ExtractError(
                     f"{opt.out!r} holds an extraction of {src.path.name} with {k}={was!r}, "
@@ -586,10 +659,11 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
             )
     finder = _FaceFinder(opt)  # before creating files: weights and landmark files are checked here
     fps = float(src.fps or finder.fps or opt.fps or 24.0)
-    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
-        with _locked(work):
+        with locked_dir(out):  # one writer per face set: a second run stops at once, naming the first
+            remove_debris(out)  # temporary files of a killed run's writes
+            work.mkdir(parents=True, exist_ok=True)
             if not manifest_path.is_file():
                 atomic_write_json(
                     manifest_path,
@@ -598,8 +672,11 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
             with _Progress(opt.progress) as progress:
                 chunks = _detect_pass(src, finder, work, opt, progress)
                 t_detect = time.perf_counter() - t0
+                _check_given_frames(finder, chunks, src)
                 plan = _plan(chunks, src, opt, fps)
                 problems = sorted(set(sum((list(c["problems"]) for c in chunks), [])) | set(src.problems))
+                if src.kind == "video" and plan.stats["frames"] == 1 and src.expected_frames <= 1:
+                    problems.append(f"{src.path.name} holds one frame: a still in a video container, not a shot")
                 if plan.stats["frames"] == 0:
                     raise ExtractError(
                         f"no frame of {src.path.name} could be decoded" + (f": {problems[0]}" if problems else "")
@@ -626,7 +703,7 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
                     )
 
                 written = _crop_pass(src, plan, key, opt, progress, writer_factory)
-    except ExtractError:
+    except (ExtractError, FileNotFoundError):
         if created_out and not (out / HEADER_NAME).exists():
             shutil.rmtree(out, ignore_errors=True)  # nothing usable: leave nothing behind
         raise
@@ -639,13 +716,15 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
         "faces_written": written,
         "faces_in_set": len(faceset.open(out)),
         "problems": problems,
+        "frames_missing": missing_frames(problems, src, plan.stats["frames"]),
         "seconds": round(seconds, 2),
         "detect_frames_per_s": round(plan.stats["frames"] / max(t_detect, 1e-9), 2),
         "frames_per_s": round(plan.stats["frames"] / max(seconds, 1e-9), 2),
     }
     atomic_write_json(
         manifest_path,
-        {"input": src.fingerprint(), "source": str(src.path), "options": options, "complete": True, "summary": summary},
+        {"input": src.fingerprint(), "source": str(src.path), "options": options, "complete": True,
+         "frames_missing": summary["frames_missing"], "summary": summary},
     )
     return summary
 
@@ -662,4 +741,6 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  {s['seconds']:.1f} s, {s['frames_per_s']:.1f} frames/s",
     ]
     lines += [f"  problem: {p}" for p in s["problems"]]
+    if s.get("frames_missing"):
+        lines.append(f"  incomplete: {s['frames_missing']} frame(s) of the input could not be decoded (listed above)")
     return "\n".join(lines)

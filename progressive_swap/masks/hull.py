@@ -24,6 +24,8 @@ BORDER_MAX = 0.02
 """The most a landmark mask may be on that border (the border rule, ``docs/architecture.md``)."""
 
 
+LANDMARK_MASKS = ("components", "extended")  # the kinds landmark_mask draws; every other module takes them from here
+
 def _fill(shape: tuple[int, int], polys: list[np.ndarray]) -> np.ndarray:
     m = np.zeros(shape, np.uint8)
     pts = [np.round(cv2.convexHull(p.astype(np.float32))[:, 0] * (1 << _SHIFT)).astype(np.int32) for p in polys]
@@ -103,8 +105,8 @@ def landmark_mask(
     pts = lm[list(L.JAW + L.BROWS + L.NOSE)]
     if kind == "extended":
         pts = np.concatenate([pts, forehead_points(lm)])
-    elif kind != "components":
-        raise ValueError(f"unknown landmark mask kind {kind!r}; choose components or extended")
+    elif kind not in LANDMARK_MASKS:
+        raise ValueError(f"unknown landmark mask kind {kind!r}; choose {' or '.join(LANDMARK_MASKS)}")
     sigma = feather * _face_scale(lm)
     hull = _fill(shape, [pts])
     if margin is None:

@@ -478,15 +478,17 @@ def import_user_masks(fs: FaceSet, directory: str | Path, name: str = "segment")
         raise FileNotFoundError(f"mask directory not found: {directory}")
     name = name[len(USER_PREFIX) :] if name.startswith(USER_PREFIX) else name
     files = sorted(p for p in directory.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
-    imported, unknown = 0, []
-    for p in files:
+    unknown, ready = [], []
+    for p in files:  # read (and so check) every file before writing any: a bad one leaves the set as it was
         try:
             i = fs.index_of(p.stem)
         except (KeyError, ValueError):
             unknown.append(p.name)
             continue
-        fs.write_mask(i, name, read_mask_png(p, fs.size), user=True)
-        imported += 1
+        ready.append((i, read_mask_png(p, fs.size)))
+    for i, m in ready:
+        fs.write_mask(i, name, m, user=True)
+    imported = len(ready)
     if files and not imported:
         raise ValueError(
             f"none of the {len(files)} PNG files in {directory} is named after a face id of {fs.root} "

@@ -7,6 +7,7 @@ batch, so a resumed run continues with exactly the data it would have seen.
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import json
@@ -22,13 +23,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from progressive_swap import faceset as fs
 from progressive_swap.core import procs
-from progressive_swap.masks.hull import landmark_mask, region_masks
+from progressive_swap.masks.hull import LANDMARK_MASKS, landmark_mask, region_masks
 from progressive_swap.masks.occluders import paste_occluder_alpha
-from progressive_swap.phantom.dataset import generate_phantom_dataset
+from progressive_swap.phantom.dataset import DEFAULT_FACES, generate_phantom_dataset
 from progressive_swap.train.augment import photometric
 from progressive_swap.train.growth import GrowthSchedule, mix_seed
-
-LANDMARK_MASKS = ("components", "extended")
 
 
 def cache_dir() -> Path:
@@ -39,19 +38,39 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "progressive_swap"
 
 
-def check_facesets(paths: Sequence[str | os.PathLike], min_size: int) -> dict[str, Any]:
+def check_facesets(paths: Sequence[str | os.PathLike], min_size: int, mask: str | None = None) -> dict[str, Any]:
     """Open and cross-check the training face sets (one per identity).
 
+    Args:
+        paths: one face set per identity.
+        min_size: the final stage's resolution.
+        mask: the training mask (``data.mask``): a landmark hull kind, or a stored mask that at
+            least one face of every set has (faces without it fall back to the ``extended`` hull).
+
     Raises:
-        ValueError: one line naming the problem: missing or empty set, mixed face types, or a
-            set whose crops are smaller than ``min_size``.
+        ValueError: one line naming the problem: missing, repeated or empty set, mixed face
+            types, a set whose crops are smaller than ``min_size``, or a mask no set has.
     """
     if len(paths) < 2:
         raise ValueError(f"training needs at least 2 face sets (one per identity), got {len(paths)}")
     for p in paths:
         if not Path(p).exists():
             raise FileNotFoundError(f"face set not found: {p}")
+    real = [os.path.realpath(p) for p in paths]
+    for i, r in enumerate(real):
+        if r in real[:i]:  # two decoders trained on the same faces: one identity twice
+            raise ValueError(f"data.faces lists the face set {paths[i]} twice; give one face set per identity")
     sets = [fs.open(p) for p in paths]
+    if mask is not None and mask not in LANDMARK_MASKS:
+        for p, s in zip(paths, sets):
+            have = {n[len("user_"):] if n.startswith("user_") else n for n in s.mask_names}
+            if mask not in have:
+                choices = sorted(have | set(LANDMARK_MASKS))
+                near = difflib.get_close_matches(mask, choices, n=1, cutoff=0.5)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise ValueError(
+                    f"data.mask={mask!r}: face set {p} has no such masks; choose one of {', '.join(choices)}{hint}"
+                )
     for p, s in zip(paths, sets):
         if len(s) == 0:
             raise ValueError(f"face set is empty: {p}")
@@ -287,7 +306,7 @@ class FaceDataModule(pl.LightningDataModule):
 
         args = {
             "identities": 2,
-            "faces": 256,
+            "faces": DEFAULT_FACES,
             "size": 64,
             "face_type": "whole",
             "seed": 0,
