@@ -63,3 +63,18 @@ def test_the_recipes_fill_derived_values_from_code_not_yaml():
     assert cfg.schedule.identities == cfg.model.num_identities == cfg.derived.identities
     cfg.derived.identities = 3
     assert cfg.module.model.arch.num_identities == 3 and cfg.module.schedule.identities == 3
+
+
+def test_swap_train_help_lists_every_key_with_its_recipe_value_and_meaning(capsys):
+    from progressive_swap.cli import train as train_cli
+
+    assert train_cli.main(["--help", "recipe=512"]) == 0
+    out = capsys.readouterr().out
+    cfg = compose("train", ["recipe=512"])
+    keys = {k.split(".")[0] for k, _, _ in describe(TrainConfig)}
+    for key in cfg:  # every top-level key of the composed config is documented in the schema
+        assert key in keys, f"{key} has no entry in cli/schema.py TrainConfig"
+    row = next(ln for ln in out.splitlines() if ln.strip().startswith("preview_every "))
+    assert " 500 " in row and "optimizer steps between preview grids" in row  # the 512 recipe's value
+    assert all(h for _, _, h in describe(TrainConfig)), "every key needs a one-line help"
+    assert "recipe" in out and "1024, 256, 512" in out
