@@ -116,8 +116,6 @@ class ExtractOptions:
     """Frames per detection-cache file and per face set batch."""
     progress: bool = True
     """Show a progress bar (stderr)."""
-    allow_missing: bool = False
-    """Exit 0 even when some frames could not be decoded (they are still counted and listed)."""
 
     def __post_init__(self) -> None:
         # The older one-string spelling ``landmarks=given:FILE`` / ``boxes=given:FILE``.
