@@ -12,7 +12,8 @@ from progressive_swap.cli import train as train_cli
 from progressive_swap.train.callbacks import LogProgress, progress
 from progressive_swap.train.growth import GrowthSchedule
 
-LINE = re.compile(r"^stage (\d+)px alpha (\d\.\d\d)  step (\d+)/(\d+) \(\d+%\)( +[\d.]+ img/s)?  loss [\d.]+( +ETA \S+)?$")
+LINE = re.compile(r"^stage (\d+)px alpha (\d\.\d\d)  step (\d+)/(\d+) \(\d+%\)"
+                  r"( +[\d.]+ img/s)?  loss [\d.]+( +ETA \S+)?$")
 
 
 class _Tty(io.StringIO):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, tiny, write_blob_faceset
+from omegaconf import OmegaConf
 
 from progressive_swap.cli import train as train_cli
 from progressive_swap.cli.config import compose
@@ -241,3 +242,18 @@ def test_dry_run_of_a_gpu_recipe_needs_no_data_and_no_gpu(capsys, tmp_path, monk
     err = capsys.readouterr().err
     assert "1024" in err and "model size per stage" in err
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_cpu_recipe_trains_your_face_sets_on_the_cpu_with_workers_for_this_machine(monkeypatch):
+    from progressive_swap.cli import config
+
+    cfg = compose("train", ["recipe=cpu"])
+    assert cfg.trainer.accelerator == "cpu" and OmegaConf.is_missing(cfg.data, "faces")
+    assert [s["res"] for s in cfg.schedule.stages] == [64, 128]
+    # Workers follow the machine: one per core beyond the trainer's, capped, and as memory allows.
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    assert compose("train", ["recipe=cpu"]).data.num_workers == 1
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert config.loader_workers() == min(8, config.loader_workers(cap=64))
+    monkeypatch.setattr(config.os, "sysconf", lambda name: 4 * 2**30 // 4096 if name == "SC_AVPHYS_PAGES" else 4096)
+    assert config.loader_workers() == 2  # 4 GiB free: 2 GiB kept, 1 GiB a worker

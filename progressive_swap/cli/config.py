@@ -1,6 +1,7 @@
 """Finding and composing the recipes (Hydra's compose API, so commands stay plain functions)."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Sequence
@@ -46,6 +47,21 @@ def cpu_precision() -> str:
 
 
 OmegaConf.register_new_resolver("cpu_precision", cpu_precision, replace=True)  # recipes/trainer/cpu.yaml
+
+
+def loader_workers(cap: int = 8, gb_each: float = 1.0) -> int:
+    """Data-loader worker processes for this machine: one per core beyond the one that trains,
+    at most ``cap`` (more do not feed a single GPU faster), and no more than the free memory holds
+    at about ``gb_each`` GiB per worker (a worker holds torch and its share of the face sets)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        free_gb = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (ValueError, OSError, AttributeError):
+        free_gb = float("inf")
+    return int(max(1, min(cap, cores - 1, (free_gb - 2.0) // gb_each)))
+
+
+OmegaConf.register_new_resolver("loader_workers", loader_workers, replace=True)  # recipes/data/*.yaml
 # recipes/model/*.yaml: the network is built for the schedule's resolutions.
 OmegaConf.register_new_resolver("final_res", lambda stages: int(max(s["res"] for s in stages)), replace=True)
 OmegaConf.register_new_resolver("start_res", lambda stages: int(min(s["res"] for s in stages)), replace=True)
