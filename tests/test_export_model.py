@@ -36,10 +36,8 @@ TOL = 1e-3
 
 
 def build_comb(arch: dict) -> torch.nn.Module:
-    """The trainer's network for an arch dict (whichever constructor form the model module has)."""
-    if hasattr(AE, "CombArch"):
-        return AE.CombAutoencoder(AE.CombArch(**arch))
-    return AE.CombAutoencoder(**arch)
+    """The trainer's network for an architecture."""
+    return AE.CombAutoencoder(AE.CombArch(**arch))
 
 
 def write_ckpt(path, arch=ARCH, names=("alice", "bob"), face_type="whole", stage_res=RES, alpha=0.6, seed=0):

@@ -26,31 +26,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from hydra.utils import instantiate
 
+from progressive_swap.cli.config import compose
 from progressive_swap.export import model_export as ME
 from progressive_swap.export.swapper import CheckpointInfo
 from progressive_swap.model import autoencoder as AE
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPE_MODEL = {"demo": "demo", "256": "comb", "512": "comb", "1024": "comb"}
+RECIPES = ("demo", "256", "512", "1024")
 
 
 def recipe_arch(recipe: str) -> dict:
-    """Architecture numbers of a recipe: its model file's plain values, resolutions from its schedule."""
-    model = OmegaConf.to_container(OmegaConf.load(ROOT / "recipes" / "model" / f"{RECIPE_MODEL[recipe]}.yaml"),
-                                   resolve=False)
-    arch = {k: v for k, v in model.items() if not k.startswith("_") and not (isinstance(v, str) and "${" in v)}
-    stages = OmegaConf.to_container(OmegaConf.load(ROOT / "recipes" / "schedule" / f"{recipe}.yaml"),
-                                    resolve=False)["stages"]
-    return {"num_identities": 2, **arch, "final_res": int(stages[-1]["res"]), "start_res": int(stages[0]["res"])}
+    """The architecture a recipe trains (two identities), as plain values."""
+    return instantiate(compose("train", [f"recipe={recipe}"]).model).as_dict()
 
 
 def build(arch: dict) -> torch.nn.Module:
-    """The trainer's network for an arch dict (whichever constructor form the model module has)."""
-    if hasattr(AE, "CombArch"):
-        return AE.CombAutoencoder(AE.CombArch(**arch))
-    return AE.CombAutoencoder(**arch)
+    """The trainer's network for an architecture."""
+    return AE.CombAutoencoder(AE.CombArch(**arch))
 
 
 def rate(fn, batch: int, seconds: float) -> float:
@@ -126,7 +120,7 @@ def bench(recipe: str, batches: list[int], seconds: float, bf16: bool = False) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipes", nargs="+", default=["demo", "256"], choices=sorted(RECIPE_MODEL))
+    ap.add_argument("--recipes", nargs="+", default=["demo", "256"], choices=RECIPES)
     ap.add_argument("--batch", nargs="+", type=int, default=[1])
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--bf16", action="store_true", help="also time PyTorch under bfloat16 autocast (slow here)")
