@@ -18,8 +18,10 @@ from progressive_swap.model.autoencoder import (
     stage_resolutions,
 )
 from progressive_swap.model.blocks import (
+    BLOCK_KINDS,
     DecoderBlock,
     EncoderBlock,
+    SeparableConv,
     ToRGB,
     downsample2x,
     upsample2x,
@@ -57,10 +59,11 @@ def routed_ids(batch: int) -> torch.Tensor:
 # -- structure ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("block", BLOCK_KINDS)
 @pytest.mark.parametrize("arch", [TINY, {}], ids=["tiny", "default-1024"])
-def test_convolution_only(arch):
+def test_convolution_only(arch, block):
     with torch.device("meta"):
-        model = CombAutoencoder(CombArch(2, **arch))
+        model = CombAutoencoder(CombArch(2, **arch, block=block))
     dense = (nn.Linear, nn.Bilinear, nn.LazyLinear)
     convs = 0
     for name, module in model.named_modules():
@@ -93,6 +96,7 @@ def test_channel_schedule_and_block_names():
         dict(final_res=48),  # not start_res * 2**k
         dict(start_res=12),  # not latent_res * 2**m
         dict(latent_res=2, start_res=8),  # a 3x3 kernel would cover the bottleneck
+        dict(block="dense"),  # not a block kind
     ],
 )
 def test_bad_geometry_is_rejected(kwargs):
@@ -134,11 +138,12 @@ def test_invalid_inputs_are_rejected():
         model.decode(torch.zeros(2, 8, 8, 8), 0, 16, 1.0)
 
 
+@pytest.mark.parametrize("block", BLOCK_KINDS)
 @pytest.mark.parametrize("arch", [TINY, TINY_FLAT], ids=["start>latent", "start=latent"])
-def test_alpha0_continuity_at_every_transition(arch):
+def test_alpha0_continuity_at_every_transition(arch, block):
     """Grown model at (2r, alpha=0) == the stage-r model on the downsampled image, upsampled."""
     torch.manual_seed(0)
-    model = CombAutoencoder(CombArch(N_ID, **arch)).double()
+    model = CombAutoencoder(CombArch(N_ID, **arch, block=block)).double()
     for r, r2 in zip(model.stages[:-1], model.stages[1:]):
         img = torch.rand(4, 3, r2, r2, dtype=torch.float64)
         ids = routed_ids(4)
@@ -207,9 +212,10 @@ def test_colour_norm_off_passes_images_unchanged_and_saves_no_statistics():
         on.encode(img, 8, source=N_ID)
 
 
-def test_fade_is_continuous_in_alpha():
+@pytest.mark.parametrize("block", BLOCK_KINDS)
+def test_fade_is_continuous_in_alpha(block):
     """The skipped-path shortcuts at alpha in {0, 1} agree with the lerp just inside the fade."""
-    model = make().double()
+    model = make(block=block).double()
     for r2 in model.stages[1:]:
         img = torch.rand(2, 3, r2, r2, dtype=torch.float64)
         for end, inside in ((0.0, 1e-9), (1.0, 1.0 - 1e-9)):
@@ -218,11 +224,12 @@ def test_fade_is_continuous_in_alpha():
             assert (a - b).abs().max() < 1e-6
 
 
-def test_alpha1_is_the_pure_2r_network():
+@pytest.mark.parametrize("block", BLOCK_KINDS)
+def test_alpha1_is_the_pure_2r_network(block):
     """At alpha=1 the model equals one built to start at 2r with the same weights."""
-    model = make()
+    model = make(block=block)
     for r2 in model.stages[1:]:
-        pure = CombAutoencoder(CombArch(N_ID, **{**TINY, "start_res": r2}))
+        pure = CombAutoencoder(CombArch(N_ID, **{**TINY, "start_res": r2}, block=block))
         result = pure.load_state_dict(model.state_dict(), strict=False)
         assert not result.missing_keys
         img = torch.rand(2, 3, r2, r2)
@@ -234,10 +241,11 @@ def test_alpha1_is_the_pure_2r_network():
 # -- gradients ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("block", BLOCK_KINDS)
 @pytest.mark.parametrize("arch", [TINY, TINY_FLAT], ids=["start>latent", "start=latent"])
-def test_gradients_reach_exactly_the_active_parameters(arch):
+def test_gradients_reach_exactly_the_active_parameters(arch, block):
     torch.manual_seed(0)
-    model = CombAutoencoder(CombArch(N_ID, **arch))
+    model = CombAutoencoder(CombArch(N_ID, **arch, block=block))
     for stage, alpha in stage_alphas(model):
         model.zero_grad(set_to_none=True)
         img = torch.rand(2 * N_ID, 3, stage, stage)
@@ -255,8 +263,9 @@ def test_gradients_reach_exactly_the_active_parameters(arch):
                 assert p.grad is None, f"inactive parameter got a gradient: {where}"
 
 
-def test_new_parameters_at_growth_are_the_outer_blocks():
-    model = make()
+@pytest.mark.parametrize("block", BLOCK_KINDS)
+def test_new_parameters_at_growth_are_the_outer_blocks(block):
+    model = make(block=block)
     new = set(model.active_parameters(16)) - set(model.active_parameters(8))
     prefixes = {"encoder.blocks.b16.", "encoder.from_rgb.r16."}
     for i in range(N_ID):
@@ -273,13 +282,19 @@ def test_new_parameters_at_growth_are_the_outer_blocks():
         DecoderBlock(4, 3),
         DecoderBlock(3, 3, up=False, norm_groups=3),
         ToRGB(3, 4),
+        EncoderBlock(3, 4, block="dwsep"),
+        EncoderBlock(4, 4, down=False, out_act=False, block="dwsep"),
+        DecoderBlock(4, 3, block="dwsep"),
+        DecoderBlock(3, 3, up=False, norm_groups=3, block="dwsep"),
+        SeparableConv(3, 5, 0.2),
     ],
-    ids=["enc", "enc-neck", "dec", "dec-stem", "to_rgb"],
+    ids=["enc", "enc-neck", "dec", "dec-stem", "to_rgb", "enc-dwsep", "enc-neck-dwsep", "dec-dwsep",
+         "dec-stem-dwsep", "sepconv"],
 )
 def test_block_gradcheck(block):
     torch.manual_seed(0)
     block = block.double()
-    channels = next(block.parameters()).shape[1]
+    channels = next(m for m in block.modules() if isinstance(m, nn.Conv2d)).in_channels
     x = torch.randn(2, channels, 6, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(block, (x,), eps=1e-6, atol=1e-5)
 
@@ -316,8 +331,9 @@ def test_tensor_identity_routing_equals_per_identity_calls():
     torch.testing.assert_close(model(img, one, stage, 1.0)[0], model(img, 1, stage, 1.0)[0])
 
 
-def test_arch_args_round_trip():
-    model = make(norm_groups=2, act_slope=0.1, colour_norm=True)
+@pytest.mark.parametrize("block", BLOCK_KINDS)
+def test_arch_args_round_trip(block):
+    model = make(norm_groups=2, act_slope=0.1, colour_norm=True, block=block)
     model.set_identity_colour(torch.rand(N_ID, 3), torch.rand(N_ID, 3) + 0.1)
     args = json.loads(json.dumps(model.arch_args()))  # plain data, fit for a checkpoint
     rebuilt = CombAutoencoder(CombArch(**args))
@@ -326,6 +342,24 @@ def test_arch_args_round_trip():
     img = torch.rand(2, 3, 32, 32)
     for a, b in zip(model(img, 1, 32, 0.4), rebuilt(img, 1, 32, 0.4)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_an_arch_entry_written_before_block_existed_rebuilds_the_dense_network():
+    """Checkpoints' ``arch`` dicts from before the field have no ``block``: they read back as the
+    dense design, with the same weight names and shapes as then."""
+    old = {k: v for k, v in CombArch(N_ID, **TINY).as_dict().items() if k != "block"}
+    arch = CombArch.from_dict(old)
+    assert arch.block == "conv"
+    model = CombAutoencoder(arch)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    assert shapes["encoder.blocks.b32.conv1.weight"] == (4, 4, 3, 3)
+    assert shapes["decoders.0.stem.conv2.weight"] == (16, 16, 3, 3)
+    assert not any("depthwise" in n for n in shapes)
+    sep = {n: tuple(p.shape) for n, p in make(block="dwsep").named_parameters()}
+    assert sep["encoder.blocks.b32.conv1.depthwise.weight"] == (4, 1, 3, 3)
+    assert sep["encoder.blocks.b32.conv1.pointwise.weight"] == (4, 4, 1, 1)
+    assert sum(map(torch.Size.numel, map(torch.Size, sep.values()))) < sum(
+        map(torch.Size.numel, map(torch.Size, shapes.values())))
 
 
 def test_checkpoint_blocks_gives_same_outputs_and_gradients():

@@ -20,12 +20,21 @@ each stage's resolution with N workers, in images/s, to compare with the step's 
 GPU the loader should deliver at least twice what the step consumes).
 
     python tools/bench_train.py recipe=demo --md bench.md --out bench.json
+    python tools/bench_train.py --count-flops recipe=1024 --batch 8 --out cost_1024.json
+
+``--count-flops`` prints the cost of the recipe's model per stage instead: train GFLOP per image
+counted by ``FlopCounterMode`` over one real fp32 training step at batch 1 per identity
+(augmentation, forward, losses, backward; mid-fade where the stage fades), beside the model-only
+count of the dry run's table (``summarize``: encoder and one decoder, convolutions only),
+parameters (total, and per image: the encoder and one decoder), and, each stage in a fresh
+process, the fp32 CPU step time and peak RSS at ``--batch`` per identity (default 8).
     python tools/bench_train.py recipe=1024 data=phantom data.phantom.size=1024 --workers 4 8 --steps 20
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -153,6 +162,111 @@ def bench_steps(cfg, dev: torch.device, strategy: str, precision: str, checkpoin
     return rows
 
 
+def _module(cfg, n_id: int = 2):
+    from hydra.utils import instantiate
+
+    from progressive_swap.model.autoencoder import CombAutoencoder
+    from progressive_swap.train.module import SwapModule
+
+    schedule = instantiate(cfg.schedule, identities=n_id, world_size=1)
+    arch = instantiate(cfg.model, num_identities=n_id, final_res=schedule.final_res, start_res=schedule.start_res)
+    module = SwapModule(CombAutoencoder(arch), schedule, loss=instantiate(cfg.loss),
+                        geometry=dict(cfg.augment.geometry), warp=float(cfg.augment.warp))
+    module.log = lambda *a, **k: None  # no trainer here
+    return module
+
+
+def _stage_point(schedule, i: int) -> int:
+    """A batch index in stage ``i``: mid-fade where the stage fades, else mid-stage."""
+    phase = next(p for p in schedule.phases if p.stage == i and (p.fading or i == 0))
+    return phase.first_batch + phase.batches // 2
+
+
+def count_stage(cfg, i: int, batch: int, steps: int, warmup: int) -> dict:
+    """One stage's FLOPs (real step, batch 1 per identity), then fp32 step time and peak RSS at ``batch``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from progressive_swap.train.batch_finder import fake_batch
+
+    n_id = 2
+    module = _module(cfg, n_id)
+    model, schedule = module.model, module.schedule
+    b_index = _stage_point(schedule, i)
+    res = schedule.stages[i].res
+    with FlopCounterMode(display=False) as counter:
+        module.training_step(fake_batch(n_id, 1, res, b_index), 0).backward()
+    flops = counter.get_total_flops() / n_id
+    model.zero_grad(set_to_none=True)
+    row = {
+        "stage_res": res,
+        "alpha": round(schedule.at(b_index).alpha, 3) if i else 1.0,
+        "train_gflops_per_image": round(flops / 1e9, 3),
+    }
+    if not steps:
+        return row
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.999))
+    times = []
+    for s in range(warmup + steps):
+        data = fake_batch(n_id, batch, res, b_index)
+        t0 = time.perf_counter()
+        module.training_step(data, s).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if s >= warmup:
+            times.append(time.perf_counter() - t0)
+    step_s = sorted(times)[len(times) // 2]
+    return {
+        **row,
+        "fp32_cpu_step_s": round(step_s, 3),
+        "fp32_cpu_images_per_s": round(batch * n_id / step_s, 2),
+        "batch_per_identity": batch,
+        "peak_rss_gb": round(_rss_gb(), 3),
+    }
+
+
+def count_flops(overrides: list[str], batch: int, steps: int, warmup: int, timing: bool = True) -> dict:
+    """The ``--count-flops`` report: per stage, FLOPs, parameters, fp32 step time and peak RSS."""
+    from progressive_swap.cli.config import compose
+    from progressive_swap.model.summary import summarize
+
+    cfg = compose("train", overrides)
+    module = _module(cfg)
+    model = module.model
+    summary = {r["stage_res"]: r for r in summarize(model, batch_size=1)}
+    stages = []
+    for i, stage in enumerate(module.schedule.stages):
+        row = summary[stage.res]
+        if timing:  # a fresh process per stage: its peak RSS is its own
+            cmd = [sys.executable, __file__, *overrides, "--batch", str(batch), "--steps", str(steps),
+                   "--warmup", str(warmup), "--combo", f"count,{i}"]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            measured = json.loads(out.strip().splitlines()[-1])
+        else:
+            measured = count_stage(cfg, i, batch, 0, 0)
+            for k in ("fp32_cpu_step_s", "fp32_cpu_images_per_s", "peak_rss_gb"):
+                measured[k] = None
+        stages.append({
+            **measured,
+            "model_gflops_per_image": round(row["gflops_train"], 3),
+            "params_total": row["params_total"],
+            "params_per_image": row["params_step"],
+            "params_encoder": row["params_encoder"],
+            "params_decoder": row["params_decoder"],
+            "activation_mib_per_image": round(row["activation_bytes"] / 2**20, 1),
+        })
+    first, last = stages[0]["train_gflops_per_image"], stages[-1]["train_gflops_per_image"]
+    return {
+        "recipe_overrides": overrides,
+        "arch": model.arch_args(),
+        "params": sum(p.numel() for p in model.parameters()),
+        "device": f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "first_stage_share_of_last": round(first / last, 4),
+        "stages": stages,
+    }
+
+
 def bench_loader(cfg, workers: list[int], batches: int) -> list[dict]:
     """Images/s of the recipe's real ``FaceDataModule`` at every stage, for each worker count."""
     from hydra.utils import instantiate
@@ -241,13 +355,28 @@ def main() -> int:
     ap.add_argument("--loader-batches", type=int, default=20)
     ap.add_argument("--out", default=None, help="also write the JSON here")
     ap.add_argument("--md", default=None, help="also write Markdown tables here")
+    ap.add_argument("--count-flops", action="store_true",
+                    help="print train GFLOP/img, parameters, fp32 step time and peak RSS per stage (JSON)")
+    ap.add_argument("--no-timing", action="store_true", help="with --count-flops: FLOPs and parameters only")
     ap.add_argument("--combo", default=None, help=argparse.SUPPRESS)  # internal: one combination, JSON rows on stdout
     a = ap.parse_args()
 
     from progressive_swap.cli.config import compose
 
     overrides = a.overrides or ["recipe=demo"]
+    if a.count_flops:
+        result = count_flops(overrides, a.batch or 8, a.steps, a.warmup, timing=not a.no_timing)
+        text = json.dumps(result, indent=1)
+        print(text)
+        if a.out:
+            from progressive_swap.core.io import atomic_write_text
+
+            atomic_write_text(a.out, text + "\n")
+        return 0
     cfg = compose("train", overrides)
+    if a.combo and a.combo.startswith("count,"):
+        print(json.dumps(count_stage(cfg, int(a.combo.split(",")[1]), a.batch or 8, a.steps, a.warmup)))
+        return 0
     dev = torch.device(a.device)
     if a.combo == "prepare":  # generate the phantom here, so the loader's workers never fork a generator process
         from hydra.utils import instantiate

@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import operator
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from progressive_swap.model.blocks import (
+    BLOCK_KINDS,
     DecoderBlock,
     EncoderBlock,
     FromRGB,
@@ -106,8 +107,12 @@ class _ProgressiveStack(nn.Module):
         channel_max: int,
         channel_min: int,
         checkpoint_blocks: bool,
+        block: str = "conv",
     ) -> None:
         super().__init__()
+        if block not in BLOCK_KINDS:
+            raise ValueError(f"block must be one of {BLOCK_KINDS}, got {block!r}")
+        self.block = block
         if latent_res < 4:
             # A 3x3 kernel must not cover the whole bottleneck map (that would be a dense layer).
             raise ValueError(f"latent_res must be >= 4, got {latent_res}")
@@ -184,6 +189,8 @@ class ProgressiveEncoder(_ProgressiveStack):
         act_slope: negative slope of the LeakyReLU activations.
         norm_groups: GroupNorm groups inside blocks; 0 means no normalisation.
         checkpoint_blocks: recompute each block's activations in backward (saves memory).
+        block: kind of 3x3 convolution in every block, ``conv`` (dense) or ``dwsep``
+            (depthwise-separable; see :class:`~progressive_swap.model.blocks.SeparableConv`).
     """
 
     _adapters = "from_rgb"
@@ -202,10 +209,11 @@ class ProgressiveEncoder(_ProgressiveStack):
         act_slope: float = 0.2,
         norm_groups: int = 0,
         checkpoint_blocks: bool = False,
+        block: Literal["conv", "dwsep"] = "conv",
     ) -> None:
         super().__init__(
             final_res, start_res, latent_res,
-            channel_base, channel_max, channel_min, checkpoint_blocks,
+            channel_base, channel_max, channel_min, checkpoint_blocks, block,
         )
         self.in_channels, self.latent_channels = in_channels, latent_channels
         ch = self.channels
@@ -215,14 +223,14 @@ class ProgressiveEncoder(_ProgressiveStack):
         self.blocks = nn.ModuleDict(
             {
                 f"b{r}": EncoderBlock(
-                    ch(r), ch(r // 2), act_slope=act_slope, norm_groups=norm_groups
+                    ch(r), ch(r // 2), act_slope=act_slope, norm_groups=norm_groups, block=block
                 )
                 for r in reversed(self.block_resolutions())
             }
         )
         self.neck = EncoderBlock(
             ch(latent_res), latent_channels, down=False, out_act=False,
-            act_slope=act_slope, norm_groups=norm_groups,
+            act_slope=act_slope, norm_groups=norm_groups, block=block,
         )
 
     def forward(self, img: torch.Tensor, stage_res: int, alpha: float = 1.0) -> torch.Tensor:
@@ -267,7 +275,8 @@ class ProgressiveDecoder(_ProgressiveStack):
 
     Args:
         final_res, start_res, latent_res, latent_channels, channel_base, channel_max,
-        channel_min, act_slope, norm_groups, checkpoint_blocks: as in :class:`ProgressiveEncoder`.
+        channel_min, act_slope, norm_groups, checkpoint_blocks, block: as in
+        :class:`ProgressiveEncoder`.
         out_channels: colour channels + 1 mask channel (4 for RGB + mask).
     """
 
@@ -287,20 +296,22 @@ class ProgressiveDecoder(_ProgressiveStack):
         act_slope: float = 0.2,
         norm_groups: int = 0,
         checkpoint_blocks: bool = False,
+        block: Literal["conv", "dwsep"] = "conv",
     ) -> None:
         super().__init__(
             final_res, start_res, latent_res,
-            channel_base, channel_max, channel_min, checkpoint_blocks,
+            channel_base, channel_max, channel_min, checkpoint_blocks, block,
         )
         self.latent_channels, self.out_channels = latent_channels, out_channels
         ch = self.channels
         self.stem = DecoderBlock(
-            latent_channels, ch(latent_res), up=False, act_slope=act_slope, norm_groups=norm_groups
+            latent_channels, ch(latent_res), up=False, act_slope=act_slope, norm_groups=norm_groups,
+            block=block,
         )
         self.blocks = nn.ModuleDict(
             {
                 f"b{r}": DecoderBlock(
-                    ch(r // 2), ch(r), act_slope=act_slope, norm_groups=norm_groups
+                    ch(r // 2), ch(r), act_slope=act_slope, norm_groups=norm_groups, block=block
                 )
                 for r in self.block_resolutions()
             }
@@ -361,6 +372,12 @@ class CombArch:
             face relative to its own identity's average look: a frame's lighting passes through
             the latent, a person's skin tone does not, so each decoder paints its own
             identity's colours.
+        block: kind of 3x3 convolution in every encoder and decoder block: ``conv`` (dense, the
+            original design) or ``dwsep`` (depthwise 3x3 then pointwise 1x1). Checkpoints
+            written before this field existed lack it and read back as ``conv``.
+
+    Every field added after v0.1 defaults to the behaviour before it, so an old checkpoint's
+    ``arch`` entry rebuilds the same network, weight for weight.
 
     Example:
         >>> CombArch(2, final_res=64, start_res=32).stages
@@ -378,10 +395,13 @@ class CombArch:
     act_slope: float = 0.2
     norm_groups: int = 0
     colour_norm: bool = False
+    block: Literal["conv", "dwsep"] = "conv"
 
     def __post_init__(self) -> None:
         if self.num_identities < 2:
             raise ValueError(f"a comb needs num_identities >= 2, got {self.num_identities}")
+        if self.block not in BLOCK_KINDS:
+            raise ValueError(f"block must be one of {BLOCK_KINDS}, got {self.block!r}")
 
     @property
     def stages(self) -> list[int]:

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,13 @@ __all__ = [
     "ToRGB",
     "EncoderBlock",
     "DecoderBlock",
+    "BLOCK_KINDS",
 ]
+
+#: Kinds of 3x3 convolution inside the residual blocks: ``conv`` a dense 3x3 convolution,
+#: ``dwsep`` a depthwise-separable one (a per-channel 3x3, then a 1x1 that mixes channels).
+BLOCK_KINDS = ("conv", "dwsep")
+BlockKind = Literal["conv", "dwsep"]
 
 # Residual branches are summed with their skip and scaled by 1/sqrt(2) to keep the variance of
 # activations constant through depth, whatever the number of stages.
@@ -94,6 +101,35 @@ def _conv(in_ch: int, out_ch: int, kernel: int, gain_slope: float | None) -> nn.
     return conv
 
 
+class SeparableConv(nn.Module):
+    """Depthwise-separable 3x3 conv: a per-channel 3x3 (``depthwise``) then a 1x1 (``pointwise``).
+
+    Costs ``9 * in + in * out`` multiply-adds per pixel instead of ``9 * in * out``; the
+    receptive field is the same. The depthwise part is variance-preserving (linear He init);
+    the pointwise one carries the gain of the activation that follows.
+
+    Shapes: (B, in_ch, H, W) -> (B, out_ch, H, W).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, gain_slope: float | None) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(in_ch, in_ch, 3, padding=1, groups=in_ch, bias=False)
+        nn.init.kaiming_normal_(self.depthwise.weight, nonlinearity="linear")
+        self.pointwise = _conv(in_ch, out_ch, 1, gain_slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+def _conv3(in_ch: int, out_ch: int, gain_slope: float | None, block: BlockKind) -> nn.Module:
+    """The blocks' 3x3 convolution of kind ``block`` (see :data:`BLOCK_KINDS`)."""
+    if block == "conv":
+        return _conv(in_ch, out_ch, 3, gain_slope)
+    if block == "dwsep":
+        return SeparableConv(in_ch, out_ch, gain_slope)
+    raise ValueError(f"block must be one of {BLOCK_KINDS}, got {block!r}")
+
+
 def _norm(channels: int, norm_groups: int) -> nn.Module:
     """GroupNorm with gcd(norm_groups, channels) groups; 0 groups means no normalisation.
 
@@ -142,7 +178,8 @@ class EncoderBlock(nn.Module):
     after pooling (a 1x1 conv commutes with average pooling), at a quarter of the cost.
 
     With ``down=False`` the block keeps the resolution (used as the encoder's bottleneck), and
-    with ``out_act=False`` its main branch ends linearly (a linear latent).
+    with ``out_act=False`` its main branch ends linearly (a linear latent). ``block`` picks the
+    kind of 3x3 convolution (:data:`BLOCK_KINDS`).
 
     Shapes: (B, in_ch, H, W) -> (B, out_ch, H/2, W/2) (or (B, out_ch, H, W) when ``down=False``).
     """
@@ -155,12 +192,13 @@ class EncoderBlock(nn.Module):
         out_act: bool = True,
         act_slope: float = 0.2,
         norm_groups: int = 0,
+        block: BlockKind = "conv",
     ) -> None:
         super().__init__()
         self.down = down
-        self.conv1 = _conv(in_ch, in_ch, 3, act_slope)
+        self.conv1 = _conv3(in_ch, in_ch, act_slope, block)
         self.norm1 = _norm(in_ch, norm_groups)
-        self.conv2 = _conv(in_ch, out_ch, 3, act_slope if out_act else None)
+        self.conv2 = _conv3(in_ch, out_ch, act_slope if out_act else None, block)
         self.norm2 = _norm(out_ch, norm_groups) if out_act else nn.Identity()
         self.act = nn.LeakyReLU(act_slope)
         self.out_act = out_act
@@ -183,7 +221,8 @@ class DecoderBlock(nn.Module):
     ``skip = conv1x1(u)`` (identity when the channel count is unchanged),
     ``out = (main + skip) / sqrt(2)``. The skip conv runs before upsampling (a 1x1 conv commutes
     with bilinear upsampling, whose weights sum to one), at a quarter of the cost. With
-    ``up=False`` it keeps the resolution (the decoder's stem on the latent).
+    ``up=False`` it keeps the resolution (the decoder's stem on the latent). ``block`` picks the
+    kind of 3x3 convolution (:data:`BLOCK_KINDS`).
 
     Shapes: (B, in_ch, H, W) -> (B, out_ch, 2H, 2W) (or (B, out_ch, H, W) when ``up=False``).
     """
@@ -195,12 +234,13 @@ class DecoderBlock(nn.Module):
         up: bool = True,
         act_slope: float = 0.2,
         norm_groups: int = 0,
+        block: BlockKind = "conv",
     ) -> None:
         super().__init__()
         self.up = up
-        self.conv1 = _conv(in_ch, out_ch, 3, act_slope)
+        self.conv1 = _conv3(in_ch, out_ch, act_slope, block)
         self.norm1 = _norm(out_ch, norm_groups)
-        self.conv2 = _conv(out_ch, out_ch, 3, act_slope)
+        self.conv2 = _conv3(out_ch, out_ch, act_slope, block)
         self.norm2 = _norm(out_ch, norm_groups)
         self.act = nn.LeakyReLU(act_slope)
         self.skip = nn.Identity() if in_ch == out_ch else _conv(in_ch, out_ch, 1, None)
