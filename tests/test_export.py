@@ -147,10 +147,11 @@ def over_plate(layer_rgb, alpha, plate):
 # ------------------------------------------------------------------------- round trip
 
 
-@pytest.mark.parametrize("fmt", ["png8", "png16", "exr"])
+@pytest.mark.parametrize("fmt", ["png8", "png16", "exr", "exr:face"])
 def test_identity_round_trip_gives_the_plate_back(tmp_path, clip, fmt):
     """Exporting an unchanged face and compositing it over the plate reproduces the plate."""
-    export(tmp_path, frames_of(clip), format=fmt)
+    fmt, _, window = fmt.partition(":")
+    export(tmp_path, frames_of(clip), format=fmt, exr_window=window or "frame")
     for i, r in enumerate(clip):
         path = tmp_path / "layers" / f"face.{i:06d}{W.FORMATS[fmt]}"
         plate = r.image.astype(np.float64) / 255.0
@@ -244,6 +245,7 @@ def test_straight_and_premultiplied_conventions_read_back_independently(tmp_path
     W.write_layer(tmp_path / "a8.png", layer, "png8", meta)
     W.write_layer(tmp_path / "a16.png", layer, "png16", W.file_metadata("png16", {"checkpoint_sha256": "ab" * 32}))
     W.write_layer(tmp_path / "a.exr", layer, "exr", W.file_metadata("exr", {"checkpoint_sha256": "ab" * 32}))
+    W.write_layer(tmp_path / "face.exr", layer, "exr", {}, exr_window="face")
 
     from PIL import Image
 
@@ -267,15 +269,24 @@ def test_straight_and_premultiplied_conventions_read_back_independently(tmp_path
         assert ch["R"].pixels.dtype == np.float16
         assert h["alpha"] == "premultiplied" and h["colorspace"] == "scene-linear" and h["synthetic"] == "true"
         assert h["checkpoint_sha256"] == "ab" * 32
-        # The frame is the display window; only the face's box (alpha > 0) is stored.
+        # The frame is the display window, and by default the data window too (readers that
+        # ignore display windows place it right).
+        assert [list(v) for v in h["displayWindow"]] == [[0, 0], [9, 7]]
+        assert [list(v) for v in h["dataWindow"]] == [[0, 0], [9, 7]] and ch["A"].pixels.shape == (8, 10)
+    with OpenEXR.File(str(tmp_path / "face.exr"), separate_channels=True) as f:  # exr_window=face
+        h, ch = f.header(), f.channels()
         assert [list(v) for v in h["displayWindow"]] == [[0, 0], [9, 7]]
         assert [list(v) for v in h["dataWindow"]] == [[3, 2], [7, 5]] and ch["A"].pixels.shape == (4, 5)
+    for name in ("face.exr", "a.exr"):  # the same pixels either way
+        np.testing.assert_array_equal(exr_full(tmp_path / name)["R"], exr_full(tmp_path / "a.exr")["R"])
+    with pytest.raises(ValueError, match="unknown EXR data window"):
+        W.encode_exr(layer, {}, window="box")
     full = exr_full(tmp_path / "a.exr")
     r, a = float(full["R"][3, 4]), float(full["A"][3, 4])
     assert full["A"].shape == (8, 10) and full["A"][0, 0] == 0
     assert a == 0.5 and r == pytest.approx(((0.8 + 0.055) / 1.055) ** 2.4 * 0.5, abs=1e-3)  # linear, premultiplied
     # and our own reader inverts all three
-    for name in ("a8.png", "a16.png", "a.exr"):
+    for name in ("a8.png", "a16.png", "a.exr", "face.exr"):
         back = W.read_layer(tmp_path / name)
         np.testing.assert_allclose(back[3, 4], layer[3, 4], atol=3e-3)
 
@@ -302,9 +313,11 @@ def test_empty_frame_gives_a_fully_transparent_layer(tmp_path, clip):
         assert q.shape == (SIZE, SIZE, 4) and not q.any()
         assert json.loads((tmp_path / "meta" / f"face.{i:06d}.json").read_text())["faces"] == []
     assert C.merged_layer([], (7, 5)).shape == (5, 7, 4)
-    W.write_layer(tmp_path / "empty.exr", np.zeros((6, 9, 4), np.float32), "exr", {})
-    empty = exr_full(tmp_path / "empty.exr")
-    assert empty["A"].shape == (6, 9) and not any(v.any() for v in empty.values())
+    for window in ("frame", "face"):
+        W.write_layer(tmp_path / "empty.exr", np.zeros((6, 9, 4), np.float32), "exr", {}, exr_window=window)
+        empty = exr_full(tmp_path / "empty.exr")
+        assert empty["A"].shape == (6, 9) and not any(v.any() for v in empty.values())
+        assert W.read_layer(tmp_path / "empty.exr").shape == (6, 9, 4)
 
 
 def test_per_track_layers_and_merged_layer_agree(tmp_path, clip):

@@ -3,7 +3,7 @@
 Usage:
     swap-export checkpoint=RUN/last.ckpt input=FOOTAGE_OR_FACESET out=DIR identity=NAME [from_identity=NAME] \\
         [format=png16|png8|exr] [layers=merged|per_track] [color=none|reinhard|histogram] \\
-        [erode=0] [dilate=0] [feather=0] [preview=false] [bf16=false] [batch=8] ...
+        [erode=0] [dilate=0] [feather=0] [preview=false] [composite=false] [comp=blender] [bf16=false] ...
 
 ``input`` is either a face set of the footage (its records name the source video or image
 folder, read for the plates) or the footage itself (a video, an image folder or pattern, or
@@ -19,6 +19,7 @@ interrupted.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from progressive_swap.cli.common import (
     usage,
 )
 from progressive_swap.core.io import atomic_write_json, locked_dir, remove_debris
+from progressive_swap.export import blender_comp
 from progressive_swap.export import frames as F
 from progressive_swap.export.frames import open_plates
 from progressive_swap.export.pipeline import Exporter, ExportSettings, check_previous
@@ -75,6 +77,9 @@ class ExportOptions:
     batch: int = field(default=8, metadata={"min": 1})  # faces per inference batch
     progress: bool = True  # progress bar on stderr
     allow_missing: bool = False  # exit 0 although frames of the footage could not be decoded (still listed)
+    exr_window: Literal["frame", "face"] = "frame"  # EXR data window: the frame (read right anywhere) or the face box
+    composite: bool = False  # also write the finished frames (and a video with the audio) under out/comp/
+    comp: Literal["", "blender"] = ""  # blender: also write out/comp.blend, plate and layers wired (needs Blender)
 
 
 FOOTAGE_ONLY = ("crop_size", "landmarks", "landmarks_file", "smooth", "face_type")
@@ -196,12 +201,19 @@ def _export(argv: Sequence[str]) -> int:
         patches=o.patches,
         preview=o.preview,
         batch=o.batch,
+        exr_window=o.exr_window,
+        composite=o.composite,
     )
     if o.mask == "stored":  # the settings (and the resume fingerprint) keep the one-string form
         settings_kw["mask"] = f"stored:{o.stored_mask}"
     ExportSettings(
         **{**settings_kw, "mask": "model" if o.mask == "auto" else settings_kw["mask"]}
     )  # validate the cheap options before loading anything
+    if o.comp == "blender":
+        if o.layers != "merged":
+            raise UserError("comp=blender wires the merged layer: use layers=merged")
+        if blender_comp.find_blender() is None:
+            raise UserError(blender_comp.NO_BLENDER)
     inp = Path(o.input)
     if not inp.exists() and not any(c in inp.name for c in "%*?["):
         raise FileNotFoundError(f"input not found: {o.input!r}")
@@ -257,6 +269,12 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
     frames = F.faceset_frames(fs, plates, record_source, mask_name)
     footage, size, tracks, ftype = plates_path, fs.size, F.faceset_tracks(fs, record_source), fs.face_type
     settings = ExportSettings(**settings_kw, crop_size=size)
+    plate_job = None
+    if o.comp == "blender":
+        try:
+            plate_job = blender_comp.plate_job(plates.kind, plates.path, plates.files)
+        except ValueError as e:
+            raise UserError(f"comp=blender: {e}") from None
 
     fps = plates.fps or float("nan")
     audio = footage if plates.kind == "video" else None
@@ -305,6 +323,14 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
         f"{stats['faces']} faces, {stats['frames_per_s']} frames/s",
         soft_wrap=True,
     )
+    if plate_job is not None:
+        first = Path(o.out) / exporter.layer_relpath(0)
+        try:
+            blend = blender_comp.write_blend(o.out, plate_job, first, o.format, stats["frames"], plates_size(o.out),
+                                             fps)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            raise OSError(f"comp=blender: {e}") from None
+        console.print(f"comp: {blend} (plate and layers over it, frames 0-{stats['frames'] - 1})", soft_wrap=True)
     missing = missing_frames(plates.problems, plates, stats["frames"])
     if missing:
         manifest = json.loads((Path(o.out) / "export.json").read_text("utf-8"))
@@ -317,6 +343,12 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
                   "the others are written; allow_missing=true accepts that", file=sys.stderr)
             return EXIT_INCOMPLETE
     return 0
+
+
+def plates_size(out: str | Path) -> tuple[int, int]:
+    """The frame size ``(w, h)`` the export recorded (in its first sidecar)."""
+    first = min((Path(out) / "meta").glob("face.*.json"))
+    return tuple(json.loads(first.read_text("utf-8"))["frame_size"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

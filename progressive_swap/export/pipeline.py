@@ -16,6 +16,7 @@ Layout of ``out/`` (``NNNNNN`` is the footage's frame index, from 0)::
     meta/face.NNNNNN.json            sidecar: time, matrices, landmarks, tracks, identity, files
     patches/face.NNNNNN.t<T>.png     aligned-space RGBA crops (patches=true)
     preview.mp4, contact_sheet.png   composites over the plate (preview=true)
+    comp/comp.NNNNNN.png, comp.mp4   finished frames: the written layers over the plate (composite=true)
 """
 from __future__ import annotations
 
@@ -67,6 +68,11 @@ class ExportSettings:
         patches: also write aligned-space RGBA crops.
         preview: also write ``preview.mp4`` and ``contact_sheet.png``.
         batch: faces per inference batch.
+        exr_window: an EXR layer's data window: ``frame`` (every reader places it right) or
+            ``face`` (the face's bounding box, for readers that honour data windows).
+        composite: also write the finished frames, the written layers composited over the plate
+            in linear light (:func:`composite.over`, as the preview), under ``comp/``, and
+            ``comp/comp.mp4`` (with the source's audio).
     """
 
     format: str = "png16"
@@ -80,6 +86,8 @@ class ExportSettings:
     patches: bool = False
     preview: bool = False
     batch: int = 8
+    exr_window: str = "frame"
+    composite: bool = False
 
     def __post_init__(self) -> None:
         if self.format not in W.FORMATS:
@@ -94,6 +102,8 @@ class ExportSettings:
             raise ValueError(f"crop_size must be in [16, 4096], got {self.crop_size}")
         if int(self.batch) < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if self.exr_window not in W.EXR_WINDOWS:
+            raise ValueError(f"unknown exr_window {self.exr_window!r}; choose one of {', '.join(W.EXR_WINDOWS)}")
         self.mask_options  # validates erode/dilate/feather
 
     @property
@@ -101,9 +111,12 @@ class ExportSettings:
         return C.MaskOptions(self.erode, self.dilate, self.feather)
 
     def pixel_settings(self) -> dict:
-        """The settings that change what is written (``preview`` and ``batch`` do not)."""
+        """The settings that change the layers (``preview``, ``batch`` and ``composite`` do not;
+        ``exr_window`` only for EXR)."""
         d = asdict(self)
-        d.pop("preview"), d.pop("batch")
+        d.pop("preview"), d.pop("batch"), d.pop("composite")
+        if self.format != "exr":
+            d.pop("exr_window")
         return d
 
 
@@ -133,6 +146,18 @@ def check_previous(out: str | os.PathLike, source: str, input_fingerprint: dict 
         raise ValueError(
             f"{source!r} changed since it was exported into {str(out)!r}; choose another out= or remove it"
         )
+
+
+def stack_layers(layers: list[np.ndarray]) -> np.ndarray:
+    """Straight-alpha layers stacked with *over*, the first at the bottom (per-track layers as
+    one; a single layer is returned as is)."""
+    out = layers[0]
+    for layer in layers[1:]:
+        a = layer[..., 3:4]
+        pre = layer[..., :3] * a + out[..., :3] * out[..., 3:4] * (1 - a)
+        alpha = a + out[..., 3:4] * (1 - a)
+        out = np.concatenate([np.divide(pre, alpha, out=np.zeros_like(pre), where=alpha > 0), alpha], -1)
+    return out
 
 
 @dataclass
@@ -215,6 +240,7 @@ class Exporter:
         }
         self.text = W.file_metadata(settings.format, self.provenance)
         self.patch_text = W.file_metadata("png16", {**self.provenance, "space": "aligned crop"})
+        self.comp_text = W.comp_metadata(self.provenance)
         self.stats = {"frames": 0, "faces": 0, "skipped": 0, "written": 0, "redone": 0}
 
     # ------------------------------------------------------------------ paths
@@ -225,6 +251,9 @@ class Exporter:
     def layer_relpath(self, index: int, track: int | None = None) -> str:
         sub = "layers" if track is None else f"layers/{self._track_dir(track)}"
         return f"{sub}/face.{index:06d}{self.ext}"
+
+    def comp_relpath(self, index: int) -> str:
+        return f"comp/comp.{index:06d}.png"
 
     def sidecar_path(self, index: int) -> Path:
         return self.out / "meta" / f"face.{index:06d}.json"
@@ -254,6 +283,10 @@ class Exporter:
         if key is not None and meta.get("input_key") != key:
             return None
         files = list(meta.get("files", {}).values()) + list(meta.get("patches", {}).values())
+        if self.s.composite:  # a frame exported without its composite is done again, with it
+            if not meta.get("comp"):
+                return None
+            files.append(meta["comp"])
         if not all((self.out / f).is_file() for f in files):
             return None
         if key is not None:  # a file damaged under its final name (disk, copy, hand edit) is redone
@@ -264,6 +297,10 @@ class Exporter:
                 except Exception:  # noqa: BLE001 - any decoder error means "redo this frame"
                     return None
                 if size and (layer.shape[1], layer.shape[0]) != size:
+                    return None
+            if self.s.composite:
+                comp = cv2.imread(str(self.out / meta["comp"]), cv2.IMREAD_UNCHANGED)
+                if comp is None or (size and (comp.shape[1], comp.shape[0]) != size):
                     return None
         return meta
 
@@ -281,10 +318,18 @@ class Exporter:
             "conventions": W.CONVENTIONS[self.s.format], "synthetic": True, "settings": self.s.pixel_settings(),
             "fingerprint": self.fingerprint, "input_fingerprint": self.input_fingerprint,
         }
+        if self.s.composite:
+            manifest["composite"] = {"frames": "comp/comp.NNNNNN.png", "video": "comp/comp.mp4",
+                                     "how": "the written layers over the plate in linear light, as the preview"}
+            (self.out / "comp").mkdir(exist_ok=True)
         atomic_write_json(self.out / "export.json", manifest)
         preview = PreviewWriter(self.out / "preview.mp4", self.fps, self.audio_from) if self.s.preview else None
         sheet = ContactSheet(self.total) if self.s.preview else None
         self._sinks = (preview, sheet)
+        # The finished frames' video: the same writer as the preview, at a higher quality.
+        comp_video = PreviewWriter(self.out / "comp" / "comp.mp4", self.fps, self.audio_from, crf=12) \
+            if self.s.composite else None
+        self._comp_video = comp_video
         # Compositing, encoding and writing run in worker threads (OpenCV, zlib and OpenEXR
         # release the GIL) while the next batch is inferred; results are taken in frame order.
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="export-write")
@@ -305,6 +350,8 @@ class Exporter:
                         self.stats["skipped"] += 1
                         if preview is not None:
                             self._preview(fr, self._read_back(fr.index))
+                        if comp_video is not None:
+                            comp_video.write(self._read_comp(fr.index), fr.index, fr.time)
                         advance(1)
                         continue
                     if self.sidecar_path(fr.index).exists():  # stale: other input, settings or a damaged file
@@ -320,11 +367,15 @@ class Exporter:
             if preview is not None:
                 preview.close()
                 sheet.save(self.out / "contact_sheet.png")
+            if comp_video is not None:
+                comp_video.close()
         except BaseException as e:
             # Let running writes finish (each is atomic), drop queued ones, then report.
             self._pool.shutdown(wait=True, cancel_futures=True)
             if preview is not None:
                 preview.abort()
+            if comp_video is not None:
+                comp_video.abort()
             status = "failed" if isinstance(e, Exception) else "interrupted"
             try:  # never left saying "running"
                 atomic_write_json(self.out / "export.json", {**manifest, "status": status, "summary": self.stats})
@@ -373,11 +424,13 @@ class Exporter:
         preview, sheet = self._sinks
         while len(self._inflight) > keep:
             frame, fut = self._inflight.popleft()
-            layer, n_faces = fut.result()  # re-raises a worker's error (e.g. disk full)
+            layer, n_faces, comp = fut.result()  # re-raises a worker's error (e.g. disk full)
             self.stats["faces"] += n_faces
             self.stats["written"] += 1
             if preview is not None:
                 self._preview(frame, layer)
+            if comp is not None:
+                self._comp_video.write(comp, frame.index, frame.time)
             self._advance(1)
 
     def _face_mask(self, face: FaceIn, model_mask: np.ndarray) -> np.ndarray:
@@ -401,7 +454,7 @@ class Exporter:
         """Composite, write and commit one frame (in a worker thread).
 
         Returns:
-            ``(merged layer or None without preview, number of faces)``.
+            ``(merged layer or None without preview, number of faces, composite frame or None)``.
         """
         fr, s = p.frame, self.s
         opts = s.mask_options
@@ -436,7 +489,7 @@ class Exporter:
         merged = C.merged_layer(swapped, fr.size, opts)
         if s.layers == "merged":
             rel = self.layer_relpath(fr.index)
-            W.write_layer(self.out / rel, merged, s.format, self.text)
+            W.write_layer(self.out / rel, merged, s.format, self.text, s.exr_window)
             files["merged"] = rel
         else:
             by_track: dict[int, list[C.SwappedFace]] = {t: [] for t in self.tracks}
@@ -446,8 +499,14 @@ class Exporter:
                 rel = self.layer_relpath(fr.index, t)
                 (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
                 layer = C.merged_layer(fs, fr.size, opts)
-                W.write_layer(self.out / rel, layer, s.format, self.text)
+                W.write_layer(self.out / rel, layer, s.format, self.text, s.exr_window)
                 files[f"track{t}"] = rel
+        comp = None
+        if s.composite:  # from the layers as written, so the two never disagree
+            comp = self.composite(fr.image, [W.read_layer(self.out / f) for f in files.values()])
+            rel = self.comp_relpath(fr.index)
+            W.write_comp(self.out / rel, comp, self.comp_text)
+            comp_rel = rel
         W.write_sidecar(self.sidecar_path(fr.index), {
             "frame_index": fr.index,
             "time": fr.time if math.isfinite(fr.time) else None,
@@ -460,22 +519,32 @@ class Exporter:
             "conventions": W.CONVENTIONS[s.format],
             "files": files,
             "patches": patches,
+            **({"comp": comp_rel} if s.composite else {}),
             "faces": faces_meta,
         })
-        return (merged if self.s.preview else None), len(swapped)
+        return (merged if self.s.preview else None), len(swapped), comp
 
     def _read_back(self, index: int) -> np.ndarray:
         meta = self.is_done(index) or {}
         layers = [W.read_layer(self.out / f) for f in meta.get("files", {}).values()]
         if not layers:
             raise ValueError(f"frame {index}: no layer files to preview")
-        out = layers[0]
-        for layer in layers[1:]:  # per-track layers: stack them again
-            a = layer[..., 3:4]
-            pre = layer[..., :3] * a + out[..., :3] * out[..., 3:4] * (1 - a)
-            alpha = a + out[..., 3:4] * (1 - a)
-            out = np.concatenate([np.divide(pre, alpha, out=np.zeros_like(pre), where=alpha > 0), alpha], -1)
-        return out
+        return stack_layers(layers)
+
+    def _read_comp(self, index: int) -> np.ndarray:
+        meta = self.is_done(index) or {}
+        comp = cv2.imread(str(self.out / meta.get("comp", self.comp_relpath(index))), cv2.IMREAD_COLOR)
+        if comp is None:
+            raise ValueError(f"frame {index}: cannot read its composite frame")
+        return comp[..., ::-1]
+
+    @staticmethod
+    def composite(plate: np.ndarray, layers: list[np.ndarray]) -> np.ndarray:
+        """The finished frame: layers (per-track ones stacked as written) over the uint8 plate,
+        in linear light as the preview (:func:`composite.over`), rounded to uint8 RGB."""
+        if not layers:
+            return np.array(plate, np.uint8, copy=True)
+        return np.rint(C.over(stack_layers(layers), plate, linear=True) * 255.0).astype(np.uint8)
 
     def _preview(self, fr: FrameIn, layer: np.ndarray) -> None:
         preview, sheet = self._sinks

@@ -31,6 +31,7 @@ from progressive_swap.core import align
 from progressive_swap.core.io import atomic_write_bytes, atomic_write_json
 
 FORMATS = {"png8": ".png", "png16": ".png", "exr": ".exr"}
+EXR_WINDOWS = ("frame", "face")  # an EXR's data window: the whole frame (read right everywhere) or the face's box
 CONVENTIONS = {
     "png8": {"alpha": "straight", "colorspace": "sRGB", "bit_depth": 8},
     "png16": {"alpha": "straight", "colorspace": "sRGB", "bit_depth": 16},
@@ -123,28 +124,40 @@ def alpha_box(alpha: np.ndarray) -> tuple[slice, slice]:
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
-def encode_exr(layer: np.ndarray, text: dict[str, str]) -> bytes:
+def encode_exr(layer: np.ndarray, text: dict[str, str], window: str = "frame") -> bytes:
     """Straight-alpha sRGB float layer → half-float EXR bytes, scene-linear, premultiplied.
 
-    The display window is the whole frame; the data window is the face's bounding box (every
-    pixel with alpha > 0), so compositing packages read and process only the face. A transparent
-    layer stores one transparent pixel at the origin.
+    The display window is the whole frame. The data window is the whole frame too by default
+    (``window="frame"``): every reader places the face right, also those that ignore the display
+    window, and ZIP stores the transparent rows nearly for free. ``window="face"`` cuts it to the
+    face's bounding box (every pixel with alpha > 0), for readers that honour data windows; a
+    transparent layer then stores one transparent pixel at the origin.
+
+    Args:
+        layer: ``(H, W, 4)`` float32 straight-alpha sRGB in [0, 1].
+        text: string header attributes (:func:`file_metadata`).
+        window: ``frame`` or ``face`` (:data:`EXR_WINDOWS`).
     """
     import OpenEXR
 
     if layer.ndim != 3 or layer.shape[2] != 4:
         raise ValueError(f"layer must be (H, W, 4), got {layer.shape}")
+    if window not in EXR_WINDOWS:
+        raise ValueError(f"unknown EXR data window {window!r}; choose one of {', '.join(EXR_WINDOWS)}")
     h, w = layer.shape[:2]
     a = np.clip(layer[..., 3], 0.0, 1.0)
     rows, cols = alpha_box(a)
     if rows.stop == rows.start:
         rows, cols = slice(0, 1), slice(0, 1)
-    a = a[rows, cols]
     # The transfer curve is costly: it runs on the face's box only.
-    lin = srgb_to_linear(np.clip(layer[rows, cols, :3], 0.0, 1.0)) * a[..., None]
-    # OpenEXR reads the buffer as is: a strided view (lin[..., 0]) would be written as garbage.
-    channels = {name: np.ascontiguousarray(lin[..., c], np.float16) for c, name in enumerate("RGB")}
-    channels["A"] = np.ascontiguousarray(a, np.float16)
+    lin = srgb_to_linear(np.clip(layer[rows, cols, :3], 0.0, 1.0)) * a[rows, cols, None]
+    box = np.concatenate([lin, a[rows, cols, None]], axis=-1).astype(np.float16)
+    if window == "frame":
+        full = np.zeros((h, w, 4), np.float16)
+        full[rows, cols] = box
+        box, rows, cols = full, slice(0, h), slice(0, w)
+    # OpenEXR reads the buffer as is: a strided view (box[..., 0]) would be written as garbage.
+    channels = {name: np.ascontiguousarray(box[..., c]) for c, name in enumerate("RGBA")}
     header = {
         "compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage,
         "displayWindow": ((0, 0), (w - 1, h - 1)),
@@ -176,21 +189,45 @@ def read_exr(path: str | os.PathLike) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- files
 
 
-def encode_layer(layer: np.ndarray, fmt: str, text: dict[str, str]) -> bytes:
-    """Encode a straight-alpha sRGB layer ``(H, W, 4)`` as ``png8``, ``png16`` or ``exr`` bytes."""
+def encode_layer(layer: np.ndarray, fmt: str, text: dict[str, str], exr_window: str = "frame") -> bytes:
+    """Encode a straight-alpha sRGB layer ``(H, W, 4)`` as ``png8``, ``png16`` or ``exr`` bytes.
+
+    PNG layers are always frame-sized; ``exr_window`` is the EXR's data window (:func:`encode_exr`).
+    """
     if fmt == "png8":
         return encode_png(layer, 8, text)
     if fmt == "png16":
         return encode_png(layer, 16, text)
     if fmt == "exr":
-        return encode_exr(layer, text)
+        return encode_exr(layer, text, exr_window)
     raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
-def write_layer(path: str | os.PathLike, layer: np.ndarray, fmt: str, text: dict[str, str]) -> Path:
-    """Encode and write one layer file atomically; returns the path."""
+def write_layer(
+    path: str | os.PathLike, layer: np.ndarray, fmt: str, text: dict[str, str], exr_window: str = "frame"
+) -> Path:
+    """Encode and write one layer file atomically; returns the path (``exr_window``: :func:`encode_exr`)."""
     path = Path(path)
-    atomic_write_bytes(path, encode_layer(layer, fmt, text))
+    atomic_write_bytes(path, encode_layer(layer, fmt, text, exr_window))
+    return path
+
+
+def comp_metadata(provenance: dict[str, Any]) -> dict[str, str]:
+    """String key/values of a finished (composited) frame: opaque sRGB, the rest as a layer's."""
+    text = file_metadata("png8", {**provenance, "space": "composite over the plate"})
+    full = {**json.loads(text["progressive_swap"]), "alpha": "none"}
+    return {**text, "alpha": "none", "progressive_swap": json.dumps(full, sort_keys=True)}
+
+
+def write_comp(path: str | os.PathLike, rgb: np.ndarray, text: dict[str, str]) -> Path:
+    """Write a finished frame, uint8 ``(H, W, 3)`` RGB (the plate's bit depth), as an sRGB PNG atomically."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"a finished frame must be uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    path = Path(path)
+    atomic_write_bytes(path, add_png_text(buf.tobytes(), text))
     return path
 
 
