@@ -12,6 +12,7 @@ interrupt is kept, and rerunning the command resumes it.
 from __future__ import annotations
 
 import dataclasses
+import re
 import signal
 import sys
 import threading
@@ -124,6 +125,25 @@ def split_deprecated(argv: Sequence[str], key: str, prefix: str, new_key: str, p
         else:
             out.append(a)
     return out
+
+
+_KEY = re.compile(r"^[+~]?[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+def is_override(arg: str) -> bool:
+    """Whether ``arg`` is a ``key=value`` option rather than a path.
+
+    Only the text before the first ``=`` is the key, and it must look like one (letters,
+    digits, ``_`` and ``.``): ``out=runs/a=b`` is the key ``out``, while ``faces/my run=1`` and
+    ``./run=1`` are paths.
+    """
+    key, eq, _ = arg.partition("=")
+    return bool(eq) and bool(_KEY.match(key))
+
+
+def split_positional(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Positional paths and ``key=value`` options, in order (:func:`is_override` tells them apart)."""
+    return [a for a in argv if not is_override(a)], [a for a in argv if is_override(a)]
 
 
 def parse_overrides(argv: Sequence[str], defaults: Any, prog: str = "") -> DictConfig:

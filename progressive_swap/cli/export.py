@@ -75,7 +75,8 @@ class ExportOptions:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = False  # bfloat16 autocast for inference
     batch: int = field(default=8, metadata={"min": 1})  # faces per inference batch
-    progress: bool = True  # progress bar on stderr
+    progress: bool = True  # progress on stderr: a bar on a terminal, plain lines in a log
+    progress_every: float = field(default=30.0, metadata={"min": 0.0})  # seconds between lines when not a terminal
     allow_missing: bool = False  # exit 0 although frames of the footage could not be decoded (still listed)
     exr_window: Literal["frame", "face"] = "frame"  # EXR data window: the frame (read right anywhere) or the face box
     composite: bool = False  # also write the finished frames (and a video with the audio) under out/comp/
@@ -166,6 +167,7 @@ def _footage_input(o, info, stage_res: int):
             smooth=o.smooth,
             masks=False,
             progress=o.progress,
+            progress_every=o.progress_every,
         )
     )
     return fset
@@ -314,6 +316,7 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
         audio_from=audio,
         total=plates.expected_frames or None,
         progress=o.progress,
+        progress_every=o.progress_every,
         input_fingerprint=plates.fingerprint(),
     )
     stats = exporter.run(frames)

@@ -16,15 +16,19 @@ on stderr), 3 other I/O errors.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from progressive_swap import faceset
-from progressive_swap.cli.common import UserError, run_cli
+from progressive_swap.cli.common import UserError, is_override, run_cli
+from progressive_swap.cli.schema import closest, help_text
+from progressive_swap.core.progress import Progress
 from progressive_swap.extract.pipeline import extraction_problems
 from progressive_swap.faceset import curate, identity, review
 
@@ -35,6 +39,9 @@ class _ArgParser(argparse.ArgumentParser):
     """argparse that raises UserError (one line, exit 2 via run_cli) instead of exiting."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if message.startswith("unrecognized arguments: "):
+            flags = [s for a in self._actions for s in a.option_strings]
+            message += closest(message.split(": ", 1)[1].split()[0], flags)
         raise UserError(f"{self.prog.split()[-1]}: {message}")
 
 
@@ -111,30 +118,107 @@ def cmd_info(argv: Sequence[str]) -> int:
 
 SORT_USAGE = (f"usage: {PROG} sort DIR by=blur|yaw|pitch|size|identity [ref=FACE_OR_DIR] [out=DIR2] "
               "[order=asc|desc] [view=VIEWDIR]")
-EMBED_USAGE = f"usage: {PROG} embed DIR [jitter=0]"
+EMBED_USAGE = f"usage: {PROG} embed DIR [jitter=0] [progress_every=30]"
 FILTER_USAGE = f"usage: {PROG} filter DIR ref=FACE_OR_DIR [threshold=0.6] [out=DIR.rejected]"
 REVIEW_USAGE = f"usage: {PROG} review DIR [port=8765] [host=127.0.0.1] [trash=DIR.trash]"
 REMOVE_USAGE = f"usage: {PROG} remove DIR ids=[a,b,...] | ids_file=FILE | view=VIEWDIR"
 MERGE_USAGE = f"usage: {PROG} merge DIR1 DIR2 ... out=DIR"
 
 
+@dataclass
+class SortOptions:
+    """Options of ``swap-faceset sort``."""
+
+    by: str = ""
+    """Score to sort by (required): blur, yaw, pitch, size or identity."""
+    ref: str = ""
+    """by=identity: the person to sort by (a face image, a folder of them or a face set)."""
+    out: str = ""
+    """Write the sorted set here; default: sort in place."""
+    order: str = ""
+    """asc or desc; default: desc for blur and size (sharpest, largest first), else asc."""
+    view: str = ""
+    """Also write a review folder of numbered images here (delete faces there, then remove view=)."""
+
+
+@dataclass
+class EmbedOptions:
+    """Options of ``swap-faceset embed``."""
+
+    jitter: int = 0
+    """Extra resampled views per face (dlib's num_jitters): slower, slightly steadier."""
+    progress_every: float = 30.0
+    """Seconds between progress lines when stderr is not a terminal (0: every face)."""
+
+
+@dataclass
+class FilterOptions:
+    """Options of ``swap-faceset filter``."""
+
+    ref: str = ""
+    """The person to keep (required): a face image, a folder of them or a face set."""
+    threshold: float = identity.DEFAULT_THRESHOLD
+    """Embedding distance above which a face is someone else (between 0 and 2)."""
+    out: str = ""
+    """Where other people's faces go; default: DIR.rejected."""
+
+
+@dataclass
+class ReviewOptions:
+    """Options of ``swap-faceset review``."""
+
+    port: int = review.DEFAULT_PORT
+    """Port of the reviewer (0: any free one)."""
+    host: str = review.DEFAULT_HOST
+    """Address to listen on (127.0.0.1: this machine only)."""
+    trash: str = ""
+    """Where removed faces go (undoable); default: DIR.trash."""
+
+
+@dataclass
+class RemoveOptions:
+    """Options of ``swap-faceset remove`` (exactly one of them)."""
+
+    ids: str = ""
+    """Face ids to remove: [a,b,...]."""
+    ids_file: str = ""
+    """A file of face ids, one a line (# comments)."""
+    view: str = ""
+    """A review folder written by sort view=: the faces deleted there are removed."""
+
+
+@dataclass
+class MergeOptions:
+    """Options of ``swap-faceset merge``."""
+
+    out: str = ""
+    """The new face set to write (required)."""
+
+
+def _help(usage_line: str, options: type) -> str:
+    """``--help`` of a subcommand: its usage line and every key with its default and meaning."""
+    return f"{usage_line}\n\noptions:\n{help_text(options)}"
+
+
 def _split_args(
-    argv: Sequence[str], allowed: Sequence[str], usage_line: str, cmd: str
+    argv: Sequence[str], options: type, usage_line: str, cmd: str
 ) -> tuple[list[str], dict[str, str]]:
     """Positional arguments and ``key=value`` options (raw strings: face ids such as ``0001``
-    and paths are taken literally). Unknown or repeated keys are one-line errors."""
+    and paths are taken literally; a path may hold ``=``, see :func:`is_override`). Unknown
+    (with the closest valid keys) or repeated keys are one-line errors."""
+    allowed = [f.name for f in dataclasses.fields(options)]
     pos: list[str] = []
     opts: dict[str, str] = {}
     for a in argv:
         if a in ("-h", "--help"):
-            print(usage_line)
+            print(_help(usage_line, options))
             raise SystemExit(0)
-        key, eq, value = a.partition("=")
-        if not eq or "/" in key or not key:
+        if not is_override(a):
             pos.append(a)
             continue
+        key, _, value = a.partition("=")
         if key not in allowed:
-            raise UserError(f"{cmd}: unknown key {key!r}; known: {', '.join(allowed)}")
+            raise UserError(f"{cmd}: unknown key {key!r}{closest(key, allowed)}; known: {', '.join(allowed)}")
         if key in opts:
             raise UserError(f"{cmd}: {key}= given twice")
         if not value:
@@ -165,7 +249,7 @@ def cmd_sort(argv: Sequence[str]) -> int:
     """``sort DIR by=KEY [out=DIR2] [order=asc|desc] [view=VIEWDIR]``: reorder a set by a score."""
     from rich.table import Table
 
-    pos, o = _split_args(argv, ("by", "ref", "out", "order", "view"), SORT_USAGE, "sort")
+    pos, o = _split_args(argv, SortOptions, SORT_USAGE, "sort")
     if len(pos) != 1:
         raise UserError(f"sort: expected one face set directory, got {len(pos)}; {SORT_USAGE}")
     keys = (*curate.SORT_KEYS, "identity")
@@ -230,16 +314,24 @@ def _require_identity() -> None:
 
 def cmd_embed(argv: Sequence[str]) -> int:
     """``embed DIR [jitter=0]``: compute and cache an identity embedding per face (resumable)."""
-    pos, o = _split_args(argv, ("jitter",), EMBED_USAGE, "embed")
+    pos, o = _split_args(argv, EmbedOptions, EMBED_USAGE, "embed")
     if len(pos) != 1:
         raise UserError(f"embed: expected one face set directory, got {len(pos)}; {EMBED_USAGE}")
     try:
         jitter = int(o.get("jitter", "0"))
     except ValueError:
         raise UserError(f"embed: jitter must be a whole number, got {o['jitter']!r}") from None
+    try:
+        every = float(o.get("progress_every", "30"))
+    except ValueError:
+        raise UserError(f"embed: progress_every must be a number, got {o['progress_every']!r}") from None
+    if every < 0:
+        raise UserError(f"embed: progress_every must be >= 0, got {every:g}")
     faceset.open(pos[0])  # a damaged set fails here, before dlib loads
     _require_identity()
-    res = identity.embed_faceset(pos[0], jitter=jitter)
+    with Progress(every) as bar:
+        task = bar.task("embed", None, "faces")
+        res = identity.embed_faceset(pos[0], jitter=jitter, progress=lambda k, n: task.update(k, total=n))
     _console().print(
         f"[bold]embedded[/bold] {res.computed} face(s) of {pos[0]} in {res.seconds:.1f} s; {res.cached} already "
         f"cached" + (f"; {len(res.failed)} failed: {', '.join(res.failed[:5])}" if res.failed else "")
@@ -249,7 +341,7 @@ def cmd_embed(argv: Sequence[str]) -> int:
 
 def cmd_filter(argv: Sequence[str]) -> int:
     """``filter DIR ref=FACE_OR_DIR [threshold=0.6] [out=DIR.rejected]``: move other people's faces out."""
-    pos, o = _split_args(argv, ("ref", "threshold", "out"), FILTER_USAGE, "filter")
+    pos, o = _split_args(argv, FilterOptions, FILTER_USAGE, "filter")
     if len(pos) != 1:
         raise UserError(f"filter: expected one face set directory, got {len(pos)}; {FILTER_USAGE}")
     if "ref" not in o:
@@ -277,7 +369,7 @@ def cmd_filter(argv: Sequence[str]) -> int:
 
 def cmd_review(argv: Sequence[str]) -> int:
     """``review DIR [port=8765] [host=127.0.0.1] [trash=DIR.trash]``: the face-set reviewer in a browser."""
-    pos, o = _split_args(argv, ("port", "host", "trash"), REVIEW_USAGE, "review")
+    pos, o = _split_args(argv, ReviewOptions, REVIEW_USAGE, "review")
     if len(pos) != 1:
         raise UserError(f"review: expected one face set directory, got {len(pos)}; {REVIEW_USAGE}")
     try:
@@ -291,7 +383,7 @@ def cmd_review(argv: Sequence[str]) -> int:
 
 def cmd_remove(argv: Sequence[str]) -> int:
     """``remove DIR ids=[a,b,...] | ids_file=FILE | view=VIEWDIR``: remove faces by id."""
-    pos, o = _split_args(argv, ("ids", "ids_file", "view"), REMOVE_USAGE, "remove")
+    pos, o = _split_args(argv, RemoveOptions, REMOVE_USAGE, "remove")
     if len(pos) != 1:
         raise UserError(f"remove: expected one face set directory, got {len(pos)}; {REMOVE_USAGE}")
     given = [k for k in ("ids", "ids_file", "view") if k in o]
@@ -320,7 +412,7 @@ def cmd_merge(argv: Sequence[str]) -> int:
     """``merge DIR1 DIR2 ... out=DIR``: merge face sets into a new one."""
     from rich.table import Table
 
-    pos, o = _split_args(argv, ("out",), MERGE_USAGE, "merge")
+    pos, o = _split_args(argv, MergeOptions, MERGE_USAGE, "merge")
     if "out" not in o:
         raise UserError(f"merge: out= is required; {MERGE_USAGE}")
     if len(pos) < 2:
@@ -351,17 +443,17 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "review": cmd_review,
 }
 
-USAGE = f"usage: {PROG} {{{','.join(COMMANDS)}}} ...   (try: {PROG} info --help)"
+USAGE = f"usage: {PROG} {{{','.join(COMMANDS)}}} ...   ({PROG} COMMAND --help lists its keys)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(__doc__.split("Subcommands are")[0].strip() + "\n\n" + USAGE)
         return 0 if argv else 2
     cmd = COMMANDS.get(argv[0])
     if cmd is None:
-        print(f"{PROG}: error: unknown command {argv[0]!r}; {USAGE}", file=sys.stderr)
+        print(f"{PROG}: error: unknown command {argv[0]!r}{closest(argv[0], COMMANDS)}; {USAGE}", file=sys.stderr)
         return 2
 
     def run() -> int:

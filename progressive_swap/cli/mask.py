@@ -2,6 +2,7 @@
 
     swap-mask train FACESET [FACESET ...] out=masks.safetensors [mask=visible size=128 steps=1500 ...]
     swap-mask apply FACESET model=masks.safetensors [name=segment union=[user_add] subtract=[user_remove]]
+    swap-mask apply FACESET hull=both                  # the extractor's landmark hulls, for a set without them
     swap-mask import FACESET dir=PNG_DIR [name=segment]        # painted masks -> user_segment
     swap-mask convert face_parsing.pth out=face_parsing.safetensors
 
@@ -21,11 +22,13 @@ from typing import Any, Callable, Literal, Sequence
 from omegaconf import OmegaConf
 
 from progressive_swap import faceset
-from progressive_swap.cli.common import UserError, parse_overrides, run_cli, usage
+from progressive_swap.cli.common import UserError, parse_overrides, run_cli, split_positional, usage
 from progressive_swap.cli.schema import closest
+from progressive_swap.core.progress import DEFAULT_EVERY, Progress
 from progressive_swap.faceset.format import software_version
 from progressive_swap.masks import segment
 from progressive_swap.masks.bisenet import BiSeNet
+from progressive_swap.masks.hull import LANDMARK_MASKS
 from progressive_swap.masks.weights import face_class_indices, load_segmenter, save_segmenter
 
 PROG = "swap-mask"
@@ -54,8 +57,11 @@ class TrainOptions:
     encoder: str = "tu-mobilenetv3_small_100"
     """Any segmentation-models-pytorch encoder name (built without downloaded weights)."""
     context_channels: int = 64
+    """Channels of the context path."""
     fuse_channels: int = 64
+    """Channels of the feature fusion."""
     aux_channels: int = 32
+    """Channels of the auxiliary heads."""
     loss: Literal["dice+bce", "dice+focal"] = "dice+bce"
     """``dice+bce`` or ``dice+focal``."""
     occluders: float = field(default=0.5, metadata={"min": 0.0})
@@ -69,6 +75,9 @@ class TrainOptions:
     device: str = "auto"
     """auto (CUDA if available), cpu, cuda, cuda:N."""
     seed: int = field(default=0, metadata={"min": 0})
+    """Seed of the held-out split, the weights and the augmentation."""
+    progress_every: float = field(default=DEFAULT_EVERY, metadata={"min": 0.0})
+    """Seconds between progress lines when stderr is not a terminal (0: every step)."""
 
 
 @dataclass
@@ -76,7 +85,9 @@ class ApplyOptions:
     """Options of ``swap-mask apply``."""
 
     model: str = ""
-    """Weights: ours (``.safetensors``) or a public face-parsing ``.pth`` (required)."""
+    """Weights: ours (``.safetensors``) or a public face-parsing ``.pth`` (required unless hull=)."""
+    hull: Literal["", "components", "extended", "both"] = ""
+    """Instead of a model: write the extractor's landmark hull masks (components, extended or both)."""
     name: str = "segment"
     """Mask kind to write (never a ``user_*`` name)."""
     union: list[str] = field(default_factory=lambda: ["user_add"])
@@ -95,6 +106,8 @@ class ApplyOptions:
     """Faces per forward pass."""
     device: str = "auto"
     """auto (CUDA if available), cpu, cuda, cuda:N."""
+    progress_every: float = field(default=DEFAULT_EVERY, metadata={"min": 0.0})
+    """Seconds between progress lines when stderr is not a terminal (0: every batch)."""
 
 
 @dataclass
@@ -118,8 +131,8 @@ class ConvertOptions:
 
 
 def _split(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Positional paths and ``key=value`` overrides."""
-    return [a for a in argv if "=" not in a], [a for a in argv if "=" in a]
+    """Positional paths and ``key=value`` overrides (a path may hold ``=``: ``faces/run=1``)."""
+    return split_positional(argv)
 
 
 def _device(name: str):
@@ -158,9 +171,14 @@ def cmd_train(argv: Sequence[str]) -> int:
     torch.manual_seed(opt.seed)
     model = BiSeNet(1, opt.encoder, opt.context_channels, opt.fuse_channels, opt.aux_channels).to(_device(opt.device))
     print(f"{PROG}: training on {len(train)} faces, evaluating on {len(held)}", file=sys.stderr)
-    r = segment.train_segmenter(model, train, held, mask_name=opt.mask, size=opt.size, steps=opt.steps, batch=opt.batch,
-                                lr=opt.lr, loss=opt.loss, occluder_p=opt.occluders, workers=opt.workers,
-                                max_minutes=opt.minutes, seed=opt.seed, log=lambda s: print(s, file=sys.stderr))
+    with Progress(opt.progress_every) as bar:
+        task = bar.task("mask train", opt.steps * opt.batch, "faces")
+        r = segment.train_segmenter(
+            model, train, held, mask_name=opt.mask, size=opt.size, steps=opt.steps, batch=opt.batch, lr=opt.lr,
+            loss=opt.loss, occluder_p=opt.occluders, workers=opt.workers, max_minutes=opt.minutes, seed=opt.seed,
+            log=lambda s: print(s, file=sys.stderr),
+            on_step=lambda k, n: task.update(k * opt.batch, total=n * opt.batch),
+        )
     summary = {"out": opt.out, "steps": r.steps, "seconds": round(r.seconds, 1), "before": r.before, "after": r.after}
     meta = {"options": OmegaConf.to_container(opt),
             "train_faces": len(train), "held_out": r.after, "steps": r.steps, "seconds": r.seconds,
@@ -189,14 +207,16 @@ def _check_mask_names(sets: list, opt: Any) -> None:
                     )
 
 
-def cmd_apply(argv: Sequence[str]) -> int:
-    from rich.console import Console
-    from rich.progress import Progress
+_HULL_ONLY = ("model", "name", "union", "subtract", "intersect", "include", "classes", "size")  # segmenter options
 
+
+def cmd_apply(argv: Sequence[str]) -> int:
     paths, kv = _split(argv)
     opt = parse_overrides(kv, ApplyOptions(), PROG)
+    if opt.hull:
+        return _apply_hulls(paths, opt)
     if not opt.model:
-        raise UserError("model=WEIGHTS is required")
+        raise UserError("model=WEIGHTS is required (or hull=components|extended|both for landmark masks)")
     sets = _open_sets(paths)
     _check_mask_names(sets, opt)  # a misspelt name would silently do nothing
     model, info = load_segmenter(opt.model)
@@ -206,9 +226,9 @@ def cmd_apply(argv: Sequence[str]) -> int:
     if size % 32:
         raise UserError(f"size must be a multiple of 32, got {size}")
     results = []
-    with Progress(console=Console(stderr=True)) as bar:
+    with Progress(opt.progress_every) as bar:
         for fs in sets:
-            task = bar.add_task(f"{fs.root.name}", total=len(fs))
+            task = bar.task(f"mask apply {fs.root.name}", len(fs), "faces")
             r = segment.apply_to_faceset(
                 fs,
                 model,
@@ -219,8 +239,28 @@ def cmd_apply(argv: Sequence[str]) -> int:
                 subtract=list(opt.subtract),
                 intersect=list(opt.intersect),
                 batch=opt.batch,
-                progress=lambda k, n, t=task: bar.update(t, completed=k),
+                progress=lambda k, n, t=task: t.update(k),
             )
+            task.close()
+            results.append({"faceset": str(fs.root), **r})
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+def _apply_hulls(paths: Sequence[str], opt: Any) -> int:
+    """``apply hull=KIND``: the extractor's landmark hull masks, for face sets made without them."""
+    defaults = ApplyOptions()
+    given = [k for k in _HULL_ONLY if opt[k] != getattr(defaults, k)]
+    if given:
+        raise UserError(f"{given[0]}= is a segmenter option; hull= draws masks from the landmarks alone")
+    kinds = list(LANDMARK_MASKS) if opt.hull == "both" else [opt.hull]
+    sets = _open_sets(paths)
+    results = []
+    with Progress(opt.progress_every) as bar:
+        for fs in sets:
+            task = bar.task(f"mask hull {fs.root.name}", len(fs), "faces")
+            r = segment.apply_hulls(fs, kinds, progress=lambda k, n, t=task: t.update(k))
+            task.close()
             results.append({"faceset": str(fs.root), **r})
     print(json.dumps(results, indent=1))
     return 0
@@ -267,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__doc__.strip())
         return 0 if argv else 2
     if argv[0] not in COMMANDS:
-        print(f"{PROG}: error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        print(f"{PROG}: error: unknown command {argv[0]!r}{closest(argv[0], COMMANDS)}; choose one of "
+              f"{', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     fn, defaults = COMMANDS[argv[0]]
     if any(a in ("-h", "--help") for a in argv[1:]):

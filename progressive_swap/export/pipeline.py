@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time as _time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,6 +36,7 @@ import numpy as np
 
 from progressive_swap.core import align
 from progressive_swap.core.io import atomic_write_json, check_writable_dir
+from progressive_swap.core.progress import DEFAULT_EVERY, Progress
 from progressive_swap.export import composite as C
 from progressive_swap.export import writers as W
 from progressive_swap.export.frames import FaceIn, FrameIn
@@ -189,7 +189,8 @@ class Exporter:
         fps: nominal frame rate (preview timing for frames without timestamps).
         audio_from: media file whose audio the preview keeps.
         total: expected frame count (progress bar, contact sheet spacing).
-        progress: show a progress bar on stderr.
+        progress: show progress on stderr (a bar on a terminal, plain lines in a log).
+        progress_every: seconds between progress lines when stderr is not a terminal.
         workers: threads that composite, encode and write frames (0: up to 4, one per core).
         input_fingerprint: what identifies the footage (recorded; see :func:`check_previous`).
     """
@@ -209,6 +210,7 @@ class Exporter:
         audio_from: str | os.PathLike | None = None,
         total: int | None = None,
         progress: bool = True,
+        progress_every: float = DEFAULT_EVERY,
         workers: int = 0,
         input_fingerprint: dict | None = None,
     ) -> None:
@@ -219,6 +221,7 @@ class Exporter:
         self.from_identity = None if whose is None else info.identities[int(whose)]
         self.source, self.tracks = source, sorted(set(int(t) for t in tracks))
         self.fps, self.audio_from, self.total, self.progress = fps, audio_from, total, progress
+        self.progress_every = progress_every
         self.input_fingerprint = input_fingerprint
         self.ext = W.FORMATS[settings.format]
         self.workers = int(workers) if workers > 0 else max(1, min(4, os.cpu_count() or 1))
@@ -336,8 +339,9 @@ class Exporter:
         self._inflight: deque[tuple[FrameIn, Future]] = deque()
         t0 = _time.perf_counter()
         try:
-            with _progress(self.total, self.progress) as advance:
-                self._advance = advance
+            with Progress(self.progress_every, enabled=self.progress) as bar:
+                task = bar.task("export", self.total, "frames", faces=0)
+                self._advance = advance = task.advance
                 pending: list[_Pending] = []
                 n_faces = 0
                 for fr in frames:
@@ -352,7 +356,7 @@ class Exporter:
                             self._preview(fr, self._read_back(fr.index))
                         if comp_video is not None:
                             comp_video.write(self._read_comp(fr.index), fr.index, fr.time)
-                        advance(1)
+                        advance(1, skipped=1)
                         continue
                     if self.sidecar_path(fr.index).exists():  # stale: other input, settings or a damaged file
                         self.stats["redone"] += 1
@@ -431,7 +435,7 @@ class Exporter:
                 self._preview(frame, layer)
             if comp is not None:
                 self._comp_video.write(comp, frame.index, frame.time)
-            self._advance(1)
+            self._advance(1, faces=n_faces)
 
     def _face_mask(self, face: FaceIn, model_mask: np.ndarray) -> np.ndarray:
         if self.s.mask in MODEL_MASKS:  # the swapper returned the one asked for
@@ -551,42 +555,3 @@ class Exporter:
         comp = np.rint(C.over(layer, fr.image, linear=True) * 255.0).astype(np.uint8)  # as the comp will blend it
         preview.write(comp, fr.index, fr.time)
         sheet.add(fr.index, comp)
-
-
-class _progress:
-    """A rich progress bar on stderr (frames, faces/s); a no-op when disabled."""
-
-    def __init__(self, total: int | None, enabled: bool) -> None:
-        self.total, self.enabled = total, enabled
-        self._p = None
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._p = Progress(
-            TextColumn("export"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("frames"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(file=sys.stderr),
-            transient=False,
-        )
-        self._p.__enter__()
-        task = self._p.add_task("export", total=self.total)
-        return lambda n: self._p.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self._p is not None:
-            self._p.__exit__(*exc)

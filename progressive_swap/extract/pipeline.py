@@ -31,7 +31,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -39,6 +39,7 @@ from progressive_swap import faceset
 from progressive_swap.core import align
 from progressive_swap.core.io import atomic_write, atomic_write_json, locked_dir, remove_debris
 from progressive_swap.core.landmarks import face_type as _check_face_type
+from progressive_swap.core.progress import DEFAULT_EVERY, Progress
 from progressive_swap.extract.detect import (
     DlibDetector,
     DlibMissingError,
@@ -115,7 +116,9 @@ class ExtractOptions:
     chunk: int = field(default=64, metadata={"min": 1})
     """Frames per detection-cache file and per face set batch."""
     progress: bool = True
-    """Show a progress bar (stderr)."""
+    """Show progress on stderr: a bar on a terminal, plain lines in a log."""
+    progress_every: float = field(default=DEFAULT_EVERY, metadata={"min": 0.0})
+    """Seconds between progress lines when stderr is not a terminal (0: every frame)."""
 
     def __post_init__(self) -> None:
         # The older one-string spelling ``landmarks=given:FILE`` / ``boxes=given:FILE``.
@@ -247,59 +250,6 @@ def _face_id(key: str, frame: int, track: int) -> str:
     return f"{key}_{frame:06d}_t{track}"
 
 
-class _Progress:
-    """A rich progress bar (stderr) with frames/s and faces found; silent when disabled."""
-
-    def __init__(self, enabled: bool):
-        self.bar = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[fps]:.1f} frames/s"),
-                TextColumn("{task.fields[faces]} faces"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
-
-    def __enter__(self) -> "_Progress":
-        if self.bar:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar:
-            self.bar.__exit__(*exc)
-
-    def task(self, name: str, total: int | None, done: int = 0, faces: int = 0) -> Callable[[int, int], None]:
-        if not self.bar:
-            return lambda n, f: None
-        tid = self.bar.add_task(name, total=total or None, completed=done, fps=0.0, faces=faces)
-        t0, state = time.perf_counter(), {"n": 0, "faces": faces, "done": done}
-
-        def update(n: int, f: int) -> None:
-            state["n"] += n
-            state["faces"] += f
-            state["done"] += n
-            rate = state["n"] / max(time.perf_counter() - t0, 1e-6)
-            self.bar.update(tid, completed=state["done"], fps=rate, faces=state["faces"])
-
-        return update
-
-
 def _delay() -> float:
     try:
         return float(os.environ.get(_DELAY_ENV, "0") or 0)
@@ -311,14 +261,17 @@ def _delay() -> float:
 
 
 def _detect_pass(
-    src: FrameSource, finder: _FaceFinder, work: Path, opt: ExtractOptions, progress: _Progress
+    src: FrameSource, finder: _FaceFinder, work: Path, opt: ExtractOptions, progress: Progress
 ) -> list[dict]:
     chunks, done = _read_chunks(work, opt.chunk)
     if done:
         return chunks
     start = len(chunks) * opt.chunk
     faces_before = sum(len(c["face_frame"]) for c in chunks)
-    update = progress.task("detect", src.expected_frames, start, faces_before)
+    task = progress.task("extract detect", src.expected_frames or None, "frames", done=start, faces=faces_before)
+
+    def update(n: int, f: int) -> None:
+        task.advance(n, faces=f)
     frames_meta: list[tuple[int, float, int, int]] = []
     found: list[tuple[int, Face]] = []
     pending: list[Frame] = []
@@ -366,6 +319,7 @@ def _detect_pass(
     flush_pending()
     _write_chunk(work, chunk_start, frames_meta, found, True, src.problems[p0:])
     chunks.append(_read_chunks_one(work, chunk_start))
+    task.close()
     return chunks
 
 
@@ -444,7 +398,7 @@ def _plan(chunks: list[dict], src: FrameSource, opt: ExtractOptions, fps: float)
 
 
 def _crop_pass(
-    src: FrameSource, plan: _Plan, key: str, opt: ExtractOptions, progress: _Progress, writer_factory
+    src: FrameSource, plan: _Plan, key: str, opt: ExtractOptions, progress: Progress, writer_factory
 ) -> int:
     ids = [_face_id(key, int(f), int(t)) for f, t in zip(plan.frame, plan.track)]
     writer = None
@@ -460,7 +414,11 @@ def _crop_pass(
         for k in np.flatnonzero(todo):
             rows_by_frame.setdefault(int(plan.frame[k]), []).append(int(k))
         frames_todo = sorted(rows_by_frame)
-        update = progress.task("crop", len(frames_todo), 0, 0)
+        task = progress.task("extract crop", len(frames_todo), "frames", faces=0)
+
+        def update(n: int, f: int) -> None:
+            task.advance(n, faces=f)
+
         batch: tuple[list, list, dict[str, list]] = ([], [], {k: [] for k in MASK_KINDS})
         batch_frames = 0
         delay = _delay()
@@ -513,6 +471,7 @@ def _crop_pass(
             if delay:
                 time.sleep(delay)
         flush()
+        task.close()
     finally:
         writer.close()
     return written
@@ -667,7 +626,7 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
                     manifest_path,
                     {"input": src.fingerprint(), "source": str(src.path), "options": options, "complete": False},
                 )
-            with _Progress(opt.progress) as progress:
+            with Progress(opt.progress_every, enabled=opt.progress) as progress:
                 chunks = _detect_pass(src, finder, work, opt, progress)
                 t_detect = time.perf_counter() - t0
                 _check_given_frames(finder, chunks, src)

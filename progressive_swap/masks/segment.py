@@ -8,7 +8,8 @@
   heads. IoU is measured on held-out faces at their native resolution.
 * **Applying** (:func:`apply_to_faceset`) writes soft masks at each crop's native resolution
   (16-bit PNG, lossless). It never writes a ``user_*`` mask; painted masks are combined in
-  by union or subtraction rules.
+  by union or subtraction rules. :func:`apply_hulls` writes the extractor's landmark hull masks
+  into a face set made without them.
 
 Convention: images uint8 ``(S, S, 3)`` RGB at numpy boundaries, float ``(B, 3, H, W)`` in
 ``[0, 1]`` in torch; masks float32 in ``[0, 1]``, 1 = visible face.
@@ -31,10 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from progressive_swap.core import procs
+from progressive_swap.core import align, procs
 from progressive_swap.core.metrics import mask_iou as iou
 from progressive_swap.faceset import USER_PREFIX, FaceSet
 from progressive_swap.masks.bisenet import BiSeNet
+from progressive_swap.masks.hull import LANDMARK_MASKS, landmark_mask
 from progressive_swap.masks.occluders import paste_occluder, paste_occluder_alpha  # noqa: F401 (part of this module's API)
 from progressive_swap.masks.weights import mask_from_logits
 
@@ -317,6 +319,7 @@ def train_segmenter(
     max_minutes: float = 0.0,
     seed: int = 0,
     log: Callable[[str], None] | None = print,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Train a 1-class BiSeNet to predict ``mask_name`` (AdamW, warm-up + cosine schedule).
 
@@ -328,6 +331,8 @@ def train_segmenter(
         max_minutes: wall-time budget (0 = none); the schedule then follows whichever of
             steps or time runs out first, and training stops there.
         workers: DataLoader worker processes (0 = load in this process).
+        log: called with a line every 50 steps.
+        on_step: called with (steps done, steps) after each step (progress display).
     """
     if model.config.num_classes != 1:
         raise ValueError("train_segmenter trains binary masks: build BiSeNet(num_classes=1)")
@@ -373,6 +378,8 @@ def train_segmenter(
             opt.step()
             losses.append(lv.item())
             step += 1
+            if on_step:
+                on_step(step, steps)
             if log and (step % 50 == 0 or step == steps):
                 log(f"step {step}/{steps} loss {np.mean(losses[-50:]):.4f} ({time.time() - t0:.0f} s)")
             if step >= steps or (max_minutes and time.time() - t0 > 60 * max_minutes):
@@ -453,6 +460,39 @@ def apply_to_faceset(
         if progress:
             progress(rows[-1] + 1, len(fs))
     return {"written": written, "with_user_edit": edited, "name": name}
+
+
+def apply_hulls(
+    fs: FaceSet,
+    kinds: Sequence[str] = LANDMARK_MASKS,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Write the landmark hull masks of every face, exactly as the extractor draws them.
+
+    Each face's stored (smoothed) frame landmarks go through its alignment matrix into crop
+    pixels, and :func:`~progressive_swap.masks.hull.landmark_mask` draws the hull at the set's
+    crop size with the border rule: the same masks an extraction with ``masks=true`` writes.
+    Each file is written atomically; ``user_*`` masks are never touched.
+
+    Args:
+        fs: the face set.
+        kinds: hull kinds to write (``components``, ``extended``).
+        progress: called with (faces done, faces) after each face.
+
+    Returns:
+        ``{"written": faces, "names": kinds}``.
+    """
+    bad = [k for k in kinds if k not in LANDMARK_MASKS]
+    if bad:
+        raise ValueError(f"unknown hull {bad[0]!r}; choose from {', '.join(LANDMARK_MASKS)}")
+    lms, mats = fs.landmarks, fs.matrices
+    for i in range(len(fs)):
+        lm_crop = align.transform_points(lms[i], align.crop_matrix(mats[i], fs.size))
+        for kind in kinds:
+            fs.write_mask(i, kind, landmark_mask(lm_crop, fs.size, kind))
+        if progress:
+            progress(i + 1, len(fs))
+    return {"written": len(fs), "names": list(kinds)}
 
 
 def read_mask_png(path: str | Path, size: int) -> np.ndarray:

@@ -27,6 +27,7 @@ from progressive_swap import faceset
 from progressive_swap.core.align import alignment_matrix, warp_to_crop
 from progressive_swap.core.io import check_writable_dir, fsync_dir
 from progressive_swap.core.landmarks import FACE_TYPES
+from progressive_swap.core.progress import DEFAULT_EVERY, Progress
 from progressive_swap.phantom.renderer import render, sample_frame, sample_identity, sample_trajectory
 from progressive_swap.phantom.video import write_phantom_video
 
@@ -133,6 +134,7 @@ def generate_phantom_dataset(
     fps: float = 24.0,
     image_format: str = "png",
     progress: bool = True,
+    progress_every: float = DEFAULT_EVERY,
 ) -> dict:
     """Render a phantom data set (layout and seeds: module docstring).
 
@@ -150,7 +152,8 @@ def generate_phantom_dataset(
             not upsampled.
         fps: video frame rate.
         image_format: face-set image format, ``png`` or ``jpg``.
-        progress: show a progress bar on stderr.
+        progress: show progress on stderr (a bar on a terminal, plain lines in a log).
+        progress_every: seconds between progress lines when stderr is not a terminal.
 
     Returns:
         ``{"faces": [face set dirs], "videos": [video paths], "truth": [truth paths]}``.
@@ -162,23 +165,17 @@ def generate_phantom_dataset(
     frame_size = int(frame_size) if frame_size else 2 * int(size)
     check_args(identities, faces, size, face_type, videos, frames, occluders, frame_size, fps, image_format)
     out = check_writable_dir(out)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-
     total = identities * (faces + videos * frames)
-    bar = Progress(TextColumn("phantom {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True), disable=not progress)
     result: dict[str, list[str]] = {"faces": [], "videos": [], "truth": []}
-    with bar:
-        task = bar.add_task("faces", total=total)
+    with Progress(progress_every, enabled=progress) as bar:
+        task = bar.task("phantom faces id0", total, "faces")
 
         def advance() -> None:
-            bar.advance(task)
+            task.advance(1)
 
         (out / "faces").mkdir(exist_ok=True)
         for i in range(identities):
-            bar.update(task, description=f"faces id{i}")
+            task.update(label=f"phantom faces id{i}")
             final = out / "faces" / f"id{i}"
             _write_faceset(final, i, seed, faces, size, face_type, occluders, frame_size, image_format, advance)
             result["faces"].append(str(final))
@@ -187,7 +184,7 @@ def generate_phantom_dataset(
         for i in range(identities):
             idn = sample_identity(identity_seed(seed, i))
             for v in range(videos):
-                bar.update(task, description=f"video {video_name(i, v)}")
+                task.update(label=f"phantom video {video_name(i, v)}")
                 traj = sample_trajectory(video_seed(seed, i, v), frames, fps, occluders=occluders)
                 video, truth = write_phantom_video(out / "videos", video_name(i, v), idn, _Tracked(traj, advance),
                                                    frame_size, fps, identity_label=f"id{i}")

@@ -15,6 +15,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, RichProgre
 from rich.console import Console
 
 from progressive_swap.core.io import atomic_write_bytes
+from progressive_swap.core.progress import duration, format_line, is_terminal
 from progressive_swap.core.weights import save_weights
 
 _console = Console(stderr=True)
@@ -288,16 +289,12 @@ class LogProgress(ProgressBar):
             rate = (images - self._last[1]) / (now - self._last[0])
         self._last = (now, images)
         loss = trainer.callback_metrics.get("loss")
-        parts = [f"stage {pos.res}px alpha {pos.alpha if pos.phase.fading else 1.0:.2f}",
-                 f"step {done}/{total} ({100 * done / max(total, 1):.0f}%)"]
-        if rate:
-            left = module.schedule.images_seen(total) - images
-            parts.append(f"{rate:.1f} img/s")
-        if loss is not None:
-            parts.append(f"loss {float(loss):.4f}")
-        if rate:
-            parts.append(f"ETA {_duration(left / rate)}")
-        return "  ".join(parts)
+        left = module.schedule.images_seen(total) - images
+        return format_line(
+            f"stage {pos.res}px alpha {pos.alpha if pos.phase.fading else 1.0:.2f}", "step", done, total,
+            rate, "img/s", extras=[f"loss {float(loss):.4f}"] if loss is not None else [],
+            tail=f"ETA {duration(left / rate)}" if rate else "",
+        )
 
     def _print(self, text: str) -> None:
         print(text, file=self.stream or sys.stderr, flush=True)
@@ -317,16 +314,11 @@ class LogProgress(ProgressBar):
             self._print(self.line(trainer, module))
 
 
-def _duration(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 def progress(interval_s: float = 30.0, stream: Any = None) -> ProgressBar:
     """The progress display: a live bar on a terminal, :class:`LogProgress` lines otherwise
     (when stderr is a file or a pipe), so a run in a log never looks stuck."""
     out = stream or sys.stderr
-    if hasattr(out, "isatty") and out.isatty():
+    if is_terminal(out):
         return RichProgressBar(leave=True)
     return LogProgress(interval_s, stream=stream)
 
