@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from progressive_swap import faceset
+from progressive_swap.cli.extract import main as extract_main
 from progressive_swap.cli.mask import main as mask_main
 from progressive_swap.core import align
 from progressive_swap.core.landmarks import MEAN_FACE
 from progressive_swap.masks import hull, segment
 from progressive_swap.masks.bisenet import BiSeNet
+from progressive_swap.masks.hull import BORDER_MAX, LANDMARK_MASKS
 from progressive_swap.masks.weights import (
     FACE_PARSING_LABELS,
     CheckpointMismatchError,
@@ -26,6 +28,8 @@ from progressive_swap.masks.weights import (
     save_segmenter,
     to_model_keys,
 )
+from progressive_swap.phantom.renderer import sample_identity, sample_trajectory
+from progressive_swap.phantom.video import write_phantom_video
 from progressive_swap.train.checkpoint import UnsafeCheckpointError
 
 # Every key, shape and dtype of the public face-parsing checkpoint (no weights): test data we own.
@@ -344,3 +348,32 @@ def test_bad_input_messages(blob_sets, tmp_path, capsys):
     assert mask_main(["train", blob_sets[0], "nonsense=1", f"out={tmp_path / 'x.safetensors'}"]) == 2
     assert mask_main(["frobnicate"]) == 2
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_apply_hull_writes_the_extractors_masks_and_keeps_user_edits(tmp_path, capsys):
+    """``swap-mask apply hull=both`` into a set extracted without masks gives exactly the masks an
+    extraction with masks=true writes (same landmarks, same border rule); user_ masks stay."""
+    clip, truth = write_phantom_video(tmp_path, "clip", sample_identity(5), sample_trajectory(5, 4, 24.0), 96)
+    common = [f"input={clip}", "size=48", "landmarks=given", f"landmarks_file={truth}", "progress=false"]
+    assert extract_main([*common, f"out={tmp_path / 'with'}"]) == 0
+    assert extract_main([*common, f"out={tmp_path / 'without'}", "masks=false"]) == 0
+    ref, fs = faceset.open(tmp_path / "with"), faceset.open(tmp_path / "without")
+    assert fs.mask_names == [] and set(ref.mask_names) >= set(LANDMARK_MASKS)
+    painted = np.zeros((48, 48), np.float32)
+    fs.write_mask(0, "components", painted, user=True)
+    capsys.readouterr()
+    assert mask_main(["apply", str(fs.root), "hull=both"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["written"] == len(fs) == 4
+    fs = faceset.open(fs.root)
+    assert set(fs.mask_names) == {*LANDMARK_MASKS, "user_components"}
+    for i in range(len(fs)):
+        for kind in LANDMARK_MASKS:
+            assert np.array_equal(fs.mask(i, kind), ref.mask(ref.index_of(fs.ids[i]), kind)), (i, kind)
+            assert fs.mask(i, kind)[:2].max() <= BORDER_MAX  # the border rule came along
+    assert np.array_equal(fs.mask(0, "user_components"), painted)  # the hand edit is untouched
+    assert fs.validate(deep=True) == [] and not list(fs.root.rglob("*.tmp"))
+    assert mask_main(["apply", str(fs.root), "hull=extended"]) == 0  # a rerun rewrites the same files
+    assert mask_main(["apply", str(fs.root), "hull=components", "name=x"]) == 2
+    assert "segmenter option" in capsys.readouterr().err
+    assert mask_main(["apply", str(fs.root), "hull=extnded"]) == 2
+    assert "did you mean 'extended'" in capsys.readouterr().err
