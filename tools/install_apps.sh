@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The applications the tests drive for real, from Debian's packages, installed when missing:
-# Chromium and its driver (the face-set reviewer's browser tests) and Blender (the export's compositing tests). Needs root (or sudo) and
-# the package registry; about a minute on a fresh machine.
+# Chromium and its driver (the face-set reviewer's browser tests) and Blender (the export's
+# compositing tests). Needs root (or sudo) and the package registry; about two minutes on a fresh
+# machine.
 set -euo pipefail
 need=()
 [ -x /usr/bin/chromium ] || need+=(chromium)
