@@ -1,0 +1,154 @@
+"""The options of an extraction (``swap-extract``) and their checks, made before anything is written."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from progressive_swap.core.landmarks import face_type as _check_face_type
+from progressive_swap.core.progress import DEFAULT_EVERY
+from progressive_swap.extract.detect import (
+    checkpoint_dir,
+    dlib_available,
+    weight_files,
+)
+from progressive_swap.extract.smoothing import METHODS
+
+
+@dataclass
+class ExtractOptions:
+    """Options of ``swap-extract`` (``key=value`` on the command line)."""
+
+    input: str = "???"
+    """Video, image folder, image pattern (``f_%04d.png``, ``*.png``) or one image."""
+    out: str = "???"
+    """Face set directory (created, or resumed/appended when it exists with the same options)."""
+    size: int = field(default=512, metadata={"min": 16})
+    """Crop side in pixels: a multiple of 16, at most 2048."""
+    face_type: Literal["full", "whole", "head"] = "whole"
+    """Crop coverage: full, whole or head."""
+    identity: str = ""
+    """Identity label of the faces ("" keeps labels from a landmarks file)."""
+    landmarks: Literal["fan", "given"] = "fan"
+    """``fan`` (the detector's landmarks), or ``given`` (boxes and landmarks from ``landmarks_file``)."""
+    landmarks_file: str = ""
+    """The JSON file of ``landmarks=given`` (``docs/extract.md``)."""
+    boxes: Literal["detect", "given"] = "detect"
+    """``detect`` (the detector's boxes) or ``given`` (boxes from ``boxes_file``, landmarks by the detector)."""
+    boxes_file: str = ""
+    """The JSON file of ``boxes=given``."""
+    detector: Literal["auto", "fan", "dlib", "dlib_cnn"] = "auto"
+    """``fan`` (face-alignment: S3FD + 2D-FAN), ``dlib`` (offline: dlib HOG + 68-point predictor),
+    ``dlib_cnn`` (dlib's MMOD CNN boxes), or ``auto``: fan where its weights are present, else dlib
+    when installed, else fan (which downloads its weights)."""
+    device: str = "auto"
+    """auto (CUDA if available), cpu, cuda, cuda:N."""
+    batch_size: int = field(default=16, metadata={"min": 1})
+    """Faces per landmark forward pass."""
+    flip_input: bool = True
+    """FAN on the mirrored crop too (2x slower, a little steadier)."""
+    min_score: float = field(default=0.5, metadata={"min": 0.0})
+    """Detector confidence threshold."""
+    min_face: float = field(default=32.0, metadata={"min": 0.0})
+    """Drop faces smaller than this (side of the ``full`` crop, frame px)."""
+    track: str = "all"
+    """Keep ``all`` tracks, the ``largest`` one, or one track id."""
+    smooth: Literal["auto", "savgol", "one_euro", "none"] = "auto"
+    """auto (savgol for video and image sequences, none otherwise), savgol, one_euro, none."""
+    smooth_window: float = field(default=0.3, metadata={"gt": 0.0})
+    """Savitzky–Golay window, seconds."""
+    cuts: list[int] = field(default_factory=list, metadata={"min": 0})
+    """Frame numbers where a new shot starts (smoothing and tracks restart there)."""
+    fps: float = field(default=0.0, metadata={"min": 0.0})
+    """Frame rate of image input (0: unknown; smoothing then assumes 24)."""
+    image_format: Literal["png", "jpg", "jpeg"] = "png"
+    """Crop files: png (lossless) or jpg."""
+    masks: bool = True
+    """Write landmark hull masks ``components`` and ``extended``."""
+    chunk: int = field(default=64, metadata={"min": 1})
+    """Frames per detection-cache file and per face set batch."""
+    progress: bool = True
+    """Show progress on stderr: a bar on a terminal, plain lines in a log."""
+    progress_every: float = field(default=DEFAULT_EVERY, metadata={"min": 0.0})
+    """Seconds between progress lines when stderr is not a terminal (0: every frame)."""
+
+    def __post_init__(self) -> None:
+        # The older one-string spelling ``landmarks=given:FILE`` / ``boxes=given:FILE``.
+        for key in ("landmarks", "boxes"):
+            value = str(getattr(self, key))
+            if value.startswith("given:"):
+                setattr(self, key, "given")
+                setattr(self, key + "_file", value[len("given:"):])
+
+
+# Options that change pass 1 (the detection cache) / pass 2 (the face set). Resuming with a
+# different value would mix two extractions, so it is refused.
+DETECT_KEYS = ("landmarks", "landmarks_file", "boxes", "boxes_file", "detector", "flip_input", "min_score", "chunk")
+
+
+# Values of options that older manifests do not record.
+OLD_DEFAULTS = {"detector": "fan", "landmarks_file": "", "boxes_file": ""}
+
+
+DETECTORS = ("auto", "fan", "dlib", "dlib_cnn")
+
+
+CROP_KEYS = ("size", "face_type", "identity", "min_face", "track", "smooth", "smooth_window", "cuts", "fps",
+              "image_format", "masks")
+
+
+class ExtractError(ValueError):
+    """Extraction cannot proceed (bad options, unusable input): one line, exit code 2."""
+
+
+def check_options(opt: ExtractOptions) -> None:
+    """Validate options before touching any file (one-line ``ExtractError``)."""
+    _check_face_type(opt.face_type)
+    if not isinstance(opt.size, int) or opt.size % 16 or not 16 <= opt.size <= 2048:
+        raise ExtractError(f"size must be a multiple of 16 in [16, 2048], got {opt.size!r}")
+    if opt.smooth not in ("auto", *METHODS):
+        raise ExtractError(f"smooth must be auto, {', '.join(METHODS)}; got {opt.smooth!r}")
+    if opt.chunk < 1:
+        raise ExtractError(f"chunk must be >= 1, got {opt.chunk}")
+    if str(opt.track) not in ("all", "largest") and not str(opt.track).lstrip("-").isdigit():
+        raise ExtractError(f"track must be all, largest or a track id, got {opt.track!r}")
+    if opt.detector not in DETECTORS:
+        raise ExtractError(f"detector must be {', '.join(DETECTORS)}; got {opt.detector!r}")
+    if opt.image_format not in ("png", "jpg", "jpeg"):
+        raise ExtractError(f"image_format must be png or jpg, got {opt.image_format!r}")
+    if opt.input in ("", "???") or opt.out in ("", "???"):
+        raise ExtractError("give input=PATH and out=FACESET")
+    for key, choices in (("landmarks", ("fan", "given")), ("boxes", ("detect", "given"))):
+        value, path = getattr(opt, key), getattr(opt, key + "_file")
+        if value not in choices:
+            raise ExtractError(f"{key} must be {' or '.join(choices)}, got {value!r}")
+        if value == "given" and not path:
+            raise ExtractError(f"{key}=given reads {key}_file=FILE: give it")
+        if path and value != "given":
+            raise ExtractError(f"{key}_file= is read only with {key}=given")
+    if opt.landmarks == "given" and opt.boxes == "given":
+        raise ExtractError("landmarks=given already gives the boxes: drop boxes=given")
+    if not opt.smooth_window > 0:
+        raise ExtractError(f"smooth_window must be > 0 seconds, got {opt.smooth_window!r}")
+    if opt.fps < 0:
+        raise ExtractError(f"fps must be >= 0, got {opt.fps!r}")
+    if any(int(c) < 0 for c in opt.cuts):
+        raise ExtractError(f"cuts are frame numbers, >= 0; got {list(opt.cuts)!r}")
+    if opt.min_face < 0 or opt.min_score < 0 or opt.batch_size < 1:
+        raise ExtractError("min_face and min_score must be >= 0 and batch_size >= 1")
+
+
+def resolve_detector(opt: ExtractOptions) -> str:
+    """The detector ``detector=auto`` stands for: ``fan`` when face-alignment's weight files are
+    in :func:`~progressive_swap.extract.detect.checkpoint_dir`, else ``dlib`` when it is installed,
+    else ``fan`` (which then tries to download its weights). Other values pass through."""
+    if opt.detector != "auto":
+        return opt.detector
+    if opt.landmarks == "given":
+        return "fan"  # nothing is detected; keep the manifest as it always was
+    try:
+        names = weight_files("folder" if opt.boxes == "given" else "sfd")
+    except ImportError:
+        names = {"face-alignment": ""}
+    if all((checkpoint_dir() / n).is_file() for n in names):
+        return "fan"
+    return "dlib" if dlib_available() else "fan"
