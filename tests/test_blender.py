@@ -25,7 +25,8 @@ from progressive_swap.export import blender_comp
 from progressive_swap.export import composite as C
 from progressive_swap.export import writers as W
 from progressive_swap.export.frames import FaceIn, FrameIn
-from progressive_swap.export.pipeline import Exporter, ExportSettings
+from progressive_swap.export.pipeline import Exporter
+from progressive_swap.export.settings import ExportSettings
 from progressive_swap.export.swapper import CheckpointInfo, Swapper
 from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 from progressive_swap.phantom.renderer import render, sample_identity, sample_trajectory

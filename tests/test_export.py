@@ -22,7 +22,8 @@ from progressive_swap.core import align
 from progressive_swap.export import composite as C
 from progressive_swap.export import writers as W
 from progressive_swap.export.frames import FaceIn, FrameIn
-from progressive_swap.export.pipeline import Exporter, ExportSettings
+from progressive_swap.export.pipeline import Exporter
+from progressive_swap.export.settings import ExportSettings
 from progressive_swap.export.swapper import CheckpointInfo, Swapper, load_model
 from progressive_swap.footage.video import read_video
 from progressive_swap.masks.hull import landmark_mask

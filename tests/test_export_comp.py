@@ -20,7 +20,8 @@ from progressive_swap.core import align
 from progressive_swap.export import composite as C
 from progressive_swap.export import writers as W
 from progressive_swap.export.frames import FaceIn, FrameIn
-from progressive_swap.export.pipeline import Exporter, ExportSettings, stack_layers
+from progressive_swap.export.pipeline import Exporter, stack_layers
+from progressive_swap.export.settings import ExportSettings
 from progressive_swap.export.swapper import CheckpointInfo, Swapper
 from progressive_swap.footage.video import read_video
 from progressive_swap.model.autoencoder import CombArch, CombAutoencoder

@@ -288,7 +288,7 @@ def test_export_layers_follow_their_input(inputs, tmp_path, capsys):
     assert export_cli.main([*args2, "allow_missing=true"]) == 0
     assert json.loads((out2 / "export.json").read_text())["status"] == "incomplete"
     # Another footage into the same out= is refused: its layers and these would mix.
-    from progressive_swap.export.pipeline import check_previous
+    from progressive_swap.export.settings import check_previous
 
     with pytest.raises(ValueError, match="holds an export of"):
         check_previous(out, str(tmp_path / "another.mp4"), None)

@@ -21,7 +21,8 @@ from progressive_swap.cli.extract import main as extract_main
 from progressive_swap.core import align, pose
 from progressive_swap.core import landmarks as L
 from progressive_swap.export.frames import FaceIn, FrameIn
-from progressive_swap.export.pipeline import Exporter, ExportSettings
+from progressive_swap.export.pipeline import Exporter
+from progressive_swap.export.settings import ExportSettings
 from progressive_swap.export.swapper import CheckpointInfo, Swapper
 from progressive_swap.extract.detect import DlibDetector, dlib_available
 from progressive_swap.extract.pipeline import ExtractOptions, extract, resolve_detector

@@ -28,7 +28,8 @@ import torch
 
 from progressive_swap.core import align
 from progressive_swap.export.frames import FaceIn, FrameIn
-from progressive_swap.export.pipeline import Exporter, ExportSettings
+from progressive_swap.export.pipeline import Exporter
+from progressive_swap.export.settings import ExportSettings
 from progressive_swap.export.swapper import CheckpointInfo, Swapper
 from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 

@@ -38,7 +38,8 @@ from progressive_swap.core.io import atomic_write_json, locked_dir, remove_debri
 from progressive_swap.export import blender_comp
 from progressive_swap.export import frames as F
 from progressive_swap.export.frames import open_plates
-from progressive_swap.export.pipeline import Exporter, ExportSettings, check_previous
+from progressive_swap.export.pipeline import Exporter
+from progressive_swap.export.settings import ExportSettings, check_previous
 from progressive_swap.export.swapper import MODEL_MASKS, Swapper, load_model
 from progressive_swap.extract.pipeline import ExtractOptions, extract, missing_frames
 from progressive_swap.faceset.format import HEADER_NAME
