@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import secrets
 import sys
 import threading
 from http import HTTPStatus
@@ -30,314 +29,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
-import cv2
-import numpy as np
-
 from progressive_swap import faceset as F
-from progressive_swap.faceset import curate, identity
-from progressive_swap.faceset.format import INDEX_DIR, USER_PREFIX, check_mask_name
-from progressive_swap.faceset.writer import FaceSetWriter
+from progressive_swap.faceset.reviewer import CONTENT_TYPES, Reviewer, ReviewError, default_trash_path
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
-THUMB = 128
 """Thumbnail side in pixels."""
 STATIC = Path(__file__).with_name("review_static")
-_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css",
-          ".png": "image/png", ".jpg": "image/jpeg"}
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
-
-
-class ReviewError(Exception):
-    """A request the reviewer refuses: an HTTP status and a one-line reason for the page."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-def default_trash_path(path: str | os.PathLike) -> Path:
-    """``DIR.trash`` beside ``DIR``."""
-    p = Path(os.path.abspath(path))
-    return p.with_name(p.name + ".trash")
-
-
-class Reviewer:
-    """The state behind the page: the face set (reopened when its index changes on disk),
-    score and thumbnail caches, and the undo history of this session.
-
-    Args:
-        path: face set directory.
-        trash: face set that removed faces go to (default ``DIR.trash``).
-    """
-
-    def __init__(self, path: str | os.PathLike, trash: str | os.PathLike | None = None):
-        self.root = Path(path)
-        self.trash = Path(trash) if trash is not None else default_trash_path(self.root)
-        self.token = secrets.token_hex(16)
-        self._lock = threading.RLock()  # one change at a time within this server
-        self._fs: F.FaceSet | None = None
-        self._sig: tuple = ()
-        self._scores: dict[str, np.ndarray] = {}
-        self.undo: list[dict[str, Any]] = []
-        self.problems: list[str] = []
-        self._fs = F.open(self.root)  # a missing or damaged set fails here, before the server starts
-        self._sig = self.signature()
-        self.problems = self._fs.validate()
-
-    # ------------------------------------------------------------------ the set
-
-    def signature(self) -> tuple:
-        """Changes whenever the index on disk changes (a commit renames a new shard in)."""
-        try:
-            return tuple(sorted(os.listdir(self.root / INDEX_DIR)))
-        except FileNotFoundError:
-            raise ReviewError(HTTPStatus.GONE, f"the face set {str(self.root)!r} is gone from disk") from None
-
-    def faceset(self) -> F.FaceSet:
-        """The set as it is on disk now (reopened after any change)."""
-        with self._lock:
-            sig = self.signature()
-            if self._fs is None or sig != self._sig:
-                self._fs = F.open(self.root)
-                self._sig = sig
-                self._scores = {}
-            return self._fs
-
-    def info(self) -> dict[str, Any]:
-        fs = self.faceset()
-        kinds = sorted({n[len(USER_PREFIX):] if n.startswith(USER_PREFIX) else n for n in fs.mask_names})
-        return {
-            "path": str(self.root), "count": len(fs), "size": fs.size, "face_type": fs.face_type,
-            "sort_keys": ["index", *curate.SORT_KEYS] + (["identity"] if identity.embedded_count(fs) else []),
-            "mask_kinds": kinds, "mask_names": fs.mask_names, "trash": str(self.trash),
-            "problems": self.problems, "version": self.version(), "undo": len(self.undo),
-        }
-
-    def version(self) -> str:
-        return str(abs(hash(self.signature())))
-
-    def faces(self, key: str, order: str | None) -> dict[str, Any]:
-        """Ids in the requested order with their scores (NaN as null)."""
-        fs = self.faceset()
-        n = len(fs)
-        if key == "index":
-            scores = np.arange(n, dtype=np.float64)
-            desc = order == "desc"
-        elif key in curate.SORT_KEYS or key == "identity":
-            with self._lock:
-                if key not in self._scores:
-                    self._scores[key] = (identity.self_distances(fs) if key == "identity"
-                                         else curate.face_scores(fs, [key])[key])
-                scores = self._scores[key]
-            desc = curate.DEFAULT_DESCENDING.get(key, False) if order is None else order == "desc"
-        else:
-            raise ReviewError(HTTPStatus.BAD_REQUEST, f"unknown sort key {key!r}")
-        idx = curate.sort_order(scores, desc)
-        ids = fs.ids
-        out = [None if not np.isfinite(scores[i]) else round(float(scores[i]), 3) for i in idx]
-        return {"ids": [ids[i] for i in idx], "scores": out,
-                "key": key, "descending": bool(desc), "version": self.version()}
-
-    def _row(self, face_id: str) -> tuple[F.FaceSet, int]:
-        fs = self.faceset()
-        try:
-            return fs, fs.index_of(face_id)
-        except (KeyError, ValueError, F.FaceSetError):
-            raise ReviewError(HTTPStatus.GONE, f"face {face_id!r} is no longer in the set "
-                                               "(removed by another tab or tool)") from None
-
-    # ------------------------------------------------------------------ images
-
-    def thumb(self, face_id: str, overlay: str | None = None) -> bytes:
-        """JPEG thumbnail (cached in ``DIR/cache/thumbs``; remade when the image or mask is newer)."""
-        fs, i = self._row(face_id)
-        src = fs.image_path(i)
-        try:
-            mtime = src.stat().st_mtime_ns
-        except FileNotFoundError:
-            raise ReviewError(HTTPStatus.NOT_FOUND, f"image of face {face_id!r} is missing on disk") from None
-        mask_file = None
-        if overlay:
-            check_mask_name(overlay)
-            for name in (USER_PREFIX + overlay, overlay):
-                if fs.mask_path(i, name).is_file():
-                    mask_file = fs.mask_path(i, name)
-                    break
-            if mask_file is not None:
-                mtime = max(mtime, mask_file.stat().st_mtime_ns)
-        name = f"{face_id}.jpg" if not overlay else f"{face_id}.{overlay}.jpg"
-        cached = self.root / identity.CACHE_DIR / "thumbs" / name
-        try:
-            if cached.stat().st_mtime_ns >= mtime:
-                return cached.read_bytes()
-        except FileNotFoundError:
-            pass
-        try:
-            img = fs.image(i)
-        except F.FaceSetError as e:
-            raise ReviewError(HTTPStatus.NOT_FOUND, str(e)) from None
-        t = cv2.resize(img, (THUMB, THUMB), interpolation=cv2.INTER_AREA) if fs.size != THUMB else img
-        if mask_file is not None:
-            m = cv2.resize(fs.mask(i, mask_file.parent.name), (THUMB, THUMB), interpolation=cv2.INTER_AREA)[..., None]
-            t = (t * (1 - 0.45 * m) + np.array([255, 40, 40]) * 0.45 * m).astype(np.uint8)
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(t, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
-        data = buf.tobytes()
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, cached)  # a derived file: atomic, no fsync needed
-        return data
-
-    def image(self, face_id: str) -> tuple[bytes, str]:
-        fs, i = self._row(face_id)
-        p = fs.image_path(i)
-        try:
-            return p.read_bytes(), _TYPES.get(p.suffix, "application/octet-stream")
-        except FileNotFoundError:
-            raise ReviewError(HTTPStatus.NOT_FOUND, f"image of face {face_id!r} is missing on disk") from None
-
-    # ------------------------------------------------------------------ masks
-
-    @staticmethod
-    def _mask_version(path: Path) -> str:
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return "none"
-        return f"{st.st_mtime_ns}-{st.st_size}"
-
-    def mask(self, face_id: str, kind: str) -> tuple[bytes, str, str]:
-        """Raw little-endian uint16 ``S*S`` mask: ``user_<kind>`` if painted, else ``kind``,
-        else zeros; plus its source name and the ``user_<kind>`` file's version."""
-        kind = _kind(kind)
-        fs, i = self._row(face_id)
-        user = fs.mask_path(i, USER_PREFIX + kind)
-        version = self._mask_version(user)
-        for name in (USER_PREFIX + kind, kind):
-            try:
-                m = fs.mask(i, name)
-            except F.FaceSetError as e:
-                raise ReviewError(HTTPStatus.CONFLICT, f"mask {name} of face {face_id!r} is damaged: {e}") from None
-            if m is not None:
-                return np.round(m * 65535).astype("<u2").tobytes(), name, version
-        return np.zeros(fs.size * fs.size, "<u2").tobytes(), "none", version
-
-    def save_mask(self, face_id: str, kind: str, data: bytes, expect: str | None) -> str:
-        """Write ``user_<kind>`` of a face from raw uint16 data, under the writer lock.
-
-        Args:
-            expect: the ``user_<kind>`` version the page loaded; refused if it changed since.
-
-        Returns:
-            The new version.
-        """
-        kind = _kind(kind)
-        with self._lock:
-            fs, i = self._row(face_id)
-            s = fs.size
-            if len(data) != s * s * 2:
-                raise ReviewError(HTTPStatus.BAD_REQUEST, f"mask must be {s}x{s} 16-bit ({s * s * 2} bytes), "
-                                                          f"got {len(data)} bytes; not saved")
-            m = np.frombuffer(data, "<u2").reshape(s, s).astype(np.uint16)
-            with _writer(self.root) as w:
-                if face_id not in w:
-                    raise ReviewError(HTTPStatus.GONE, f"face {face_id!r} is no longer in the set; edit not saved")
-                path = fs.mask_path(i, USER_PREFIX + kind)
-                now = self._mask_version(path)
-                if expect is not None and expect != now:
-                    raise ReviewError(HTTPStatus.CONFLICT, f"the {USER_PREFIX}{kind} mask of {face_id} changed since "
-                                                           "this page loaded it (another tab or tool); not saved. "
-                                                           "Reload the mask to see that version")
-                fs.write_mask(i, kind, m, user=True)
-                return self._mask_version(path)
-
-    # ------------------------------------------------------------------ moving faces
-
-    def _move(self, src: Path, ids: list[str], dst: Path) -> int:
-        with self._lock:
-            try:
-                with _writer_errors():
-                    return curate.move_faces(src, ids, dst)
-            finally:
-                self._fs = None
-
-    def remove(self, ids: list[str]) -> dict[str, Any]:
-        """Move faces to the trash set; one undo step."""
-        ids = _ids(ids)
-        n = self._move(self.root, ids, self.trash)
-        self.undo.append({"op": "trash", "ids": ids, "dst": str(self.trash)})
-        return {"moved": n, "to": str(self.trash), "undo": len(self.undo)}
-
-    def move(self, ids: list[str], dest: str) -> dict[str, Any]:
-        """Move faces to another face set (created when missing); one undo step."""
-        ids = _ids(ids)
-        if not dest or not str(dest).strip():
-            raise ReviewError(HTTPStatus.BAD_REQUEST, "give the face set to move the faces to")
-        d = Path(dest).expanduser()
-        if not d.is_absolute():
-            d = self.root.resolve().parent / d
-        n = self._move(self.root, ids, d)
-        self.undo.append({"op": "move", "ids": ids, "dst": str(d)})
-        return {"moved": n, "to": str(d), "undo": len(self.undo)}
-
-    def undo_last(self) -> dict[str, Any]:
-        """Move the faces of the last removal or move back into the set."""
-        with self._lock:
-            if not self.undo:
-                raise ReviewError(HTTPStatus.CONFLICT, "nothing to undo")
-            op = self.undo[-1]
-            n = self._move(Path(op["dst"]), op["ids"], self.root)
-            self.undo.pop()
-            return {"restored": n, "ids": op["ids"], "undo": len(self.undo)}
-
-
-def _kind(kind: str) -> str:
-    kind = (kind or "").strip()
-    if kind.startswith(USER_PREFIX):
-        kind = kind[len(USER_PREFIX):]
-    try:
-        return check_mask_name(kind)
-    except ValueError as e:
-        raise ReviewError(HTTPStatus.BAD_REQUEST, str(e)) from None
-
-
-def _ids(ids: Any) -> list[str]:
-    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-        raise ReviewError(HTTPStatus.BAD_REQUEST, "select one or more faces first")
-    return ids
-
-
-class _writer_errors:
-    """Turn the set's refusals into page messages."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> None:
-        if exc is None or isinstance(exc, ReviewError):
-            return
-        if isinstance(exc, F.FaceSetError) and "open for writing" in str(exc):
-            raise ReviewError(HTTPStatus.CONFLICT, f"{exc}; nothing changed, try again when it is done") from None
-        if isinstance(exc, (ValueError, F.FaceSetError)):
-            raise ReviewError(HTTPStatus.CONFLICT, f"{exc}") from None
-
-
-class _writer:
-    """The face set's writer lock for the duration of a save (refusal = a page message)."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.w: FaceSetWriter | None = None
-
-    def __enter__(self) -> FaceSetWriter:
-        with _writer_errors():
-            self.w = FaceSetWriter(self.root)
-        return self.w
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        if self.w is not None:
-            self.w.close(compact=False)
 
 
 # ---------------------------------------------------------------------- HTTP
@@ -395,12 +94,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._check_token()
             if method == "GET" and not parts:
                 html = (STATIC / "index.html").read_text().replace("{{TOKEN}}", rv.token)
-                return self._send(200, html.encode(), _TYPES[".html"])
+                return self._send(200, html.encode(), CONTENT_TYPES[".html"])
             if method == "GET" and len(parts) == 2 and parts[0] == "static":
                 f = STATIC / parts[1]
                 if "/" in parts[1] or parts[1].startswith(".") or not f.is_file():
                     raise ReviewError(HTTPStatus.NOT_FOUND, "no such file")
-                return self._send(200, f.read_bytes(), _TYPES.get(f.suffix, "application/octet-stream"))
+                return self._send(200, f.read_bytes(), CONTENT_TYPES.get(f.suffix, "application/octet-stream"))
             if method == "GET" and parts == ["api", "info"]:
                 return self._json(rv.info())
             if method == "GET" and parts == ["api", "version"]:
