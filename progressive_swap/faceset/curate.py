@@ -224,12 +224,17 @@ def remove_faces(path: str | os.PathLike, ids: Sequence[str]) -> int:
     if not ids:
         raise ValueError("no face ids given")
     fs = F.open(path)
+    _check_known(fs, ids, "removed")
+    return fs.remove(ids)
+
+
+def _check_known(fs: F.FaceSet, ids: Sequence[str], verb: str) -> None:
+    """Raise a one-line ``ValueError`` naming the first id that is not in ``fs`` (nothing ``verb``)."""
     known = set(fs.ids)
     unknown = [i for i in ids if i not in known]
     if unknown:
         more = f" (+{len(unknown) - 1} more)" if len(unknown) > 1 else ""
-        raise ValueError(f"no face {unknown[0]!r} in {str(path)!r}{more}; nothing removed")
-    return fs.remove(ids)
+        raise ValueError(f"no face {unknown[0]!r} in {str(fs.root)!r}{more}; nothing {verb}")
 
 
 def subset_columns(fs: F.FaceSet, ids: Sequence[str]) -> tuple[dict[str, np.ndarray], dict]:
@@ -280,11 +285,7 @@ def move_faces(src: str | os.PathLike, ids: Sequence[str], dst: str | os.PathLik
         raise ValueError(f"cannot move faces of {str(src)!r} into itself")
     with FaceSetWriter(src) as ws:
         fs = F.open(src)
-        known = set(fs.ids)
-        unknown = [i for i in ids if i not in known]
-        if unknown:
-            more = f" (+{len(unknown) - 1} more)" if len(unknown) > 1 else ""
-            raise ValueError(f"no face {unknown[0]!r} in {str(src)!r}{more}; nothing moved")
+        _check_known(fs, ids, "moved")
         h = fs.header
         if (dst / HEADER_NAME).exists():
             wd = FaceSetWriter(dst)

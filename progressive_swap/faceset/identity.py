@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from progressive_swap import faceset as F
+from progressive_swap.core.dlib_files import DLIB_INSTALL, dlib_model_files
 from progressive_swap.core.io import atomic_write_bytes
 from progressive_swap.faceset import curate
 
@@ -50,7 +51,6 @@ MODEL_FILES = {
     "recognition": "dlib_face_recognition_resnet_model_v1.dat",
 }
 """dlib model files used here, as shipped in ``face_recognition_models/models/``."""
-INSTALL = "pip install 'progressive-swap[dlib]' (dlib-bin and face-recognition-models)"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 _CHIP = 150
 _MIN_CROP = 300  # crops are enlarged to this before the chip is cut (dlib rounds points to pixels)
@@ -61,26 +61,12 @@ class IdentityUnavailableError(ImportError):
 
 
 def model_files() -> dict[str, Path]:
-    """``{role: path}`` of the dlib model files inside the installed ``face_recognition_models``.
-
-    The package is located without importing it (its ``__init__`` needs ``pkg_resources``).
+    """``{role: path}`` of the dlib model files used here (see :mod:`progressive_swap.core.dlib_files`).
 
     Raises:
         IdentityUnavailableError: the package or a file is missing (one line, how to install).
     """
-    import importlib.util
-
-    spec = importlib.util.find_spec("face_recognition_models")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
-        raise IdentityUnavailableError(f"identity embeddings need the face-recognition-models package: {INSTALL}")
-    root = Path(locations[0]) / "models"
-    files = {role: root / name for role, name in MODEL_FILES.items()}
-    for path in files.values():
-        if not path.is_file():
-            raise IdentityUnavailableError(f"dlib model file {path} is missing: reinstall face-recognition-models")
-    return files
-
+    return dlib_model_files(MODEL_FILES, "identity embeddings need", IdentityUnavailableError)
 
 def available() -> bool:
     """Whether embeddings can be computed here (dlib importable, model files present)."""
@@ -105,7 +91,7 @@ class Embedder:
         try:
             import dlib
         except ImportError:
-            raise IdentityUnavailableError(f"identity embeddings need dlib: {INSTALL}") from None
+            raise IdentityUnavailableError(f"identity embeddings need dlib: {DLIB_INSTALL}") from None
         self._dlib = dlib
         self.jitter = max(0, int(jitter))
         self.predictor = dlib.shape_predictor(str(files["shape_68"]))

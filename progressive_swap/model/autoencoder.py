@@ -44,16 +44,9 @@ import torch
 from torch import nn
 
 from progressive_swap.model.blocks import BLOCK_KINDS
-from progressive_swap.model.stacks import ProgressiveDecoder, ProgressiveEncoder, channels_at, stage_resolutions
+from progressive_swap.model.stacks import ProgressiveDecoder, ProgressiveEncoder, stage_resolutions
 
-__all__ = [
-    "channels_at",
-    "stage_resolutions",
-    "ProgressiveEncoder",
-    "ProgressiveDecoder",
-    "CombArch",
-    "CombAutoencoder",
-]
+__all__ = ["CombArch", "CombAutoencoder"]
 
 
 @dataclass(frozen=True)
@@ -258,13 +251,8 @@ class CombAutoencoder(nn.Module):
         """
         return self.encoder(self.normalise_input(img, source), stage_res, alpha)
 
-    def decode(
-        self,
-        latent: torch.Tensor,
-        identity: int | torch.Tensor,
-        stage_res: int,
-        alpha: float = 1.0,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, latent: torch.Tensor, identity: int | torch.Tensor, stage_res: int,
+               alpha: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode latents with the decoder(s) of ``identity``.
 
         Args:
@@ -306,14 +294,8 @@ class CombAutoencoder(nn.Module):
             raise ValueError(f"identity {identity} out of range [0, {len(self.decoders)})")
         return self.decoders[identity](latent, stage_res, alpha)  # (B, 4, H, W)
 
-    def forward(
-        self,
-        img: torch.Tensor,
-        identity: int | torch.Tensor,
-        stage_res: int,
-        alpha: float = 1.0,
-        source: int | torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, img: torch.Tensor, identity: int | torch.Tensor, stage_res: int, alpha: float = 1.0,
+                source: int | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruct (or swap) faces.
 
         Args:
