@@ -2,8 +2,9 @@
 """Quality per unit of compute: candidate comb designs trained on the phantom for the same
 budget of *process CPU seconds*, then measured against the true swap.
 
-    python tools/bench_efficiency.py --budget-cpu 150 --seeds 0 1 --frames 16 \
-        --out docs/results/efficiency_32_128_cpu.json
+    python tools/bench_efficiency.py --budget-cpu 100 --seeds 0 --frames 16 --out seed0.json &
+    python tools/bench_efficiency.py --budget-cpu 100 --seeds 1 --frames 16 --out seed1.json
+    python tools/bench_efficiency.py --budget-cpu 100 --merge seed0.json seed1.json --out efficiency.json
 
 Each candidate is a full-size design (256 → 512 → 1024 px, ``FULL``) scaled down for this CPU:
 every side ÷ 8 (32 → 64 → 128 px; the bottleneck stays 4×4, the smallest the comb allows, so
@@ -13,13 +14,17 @@ the scaled network has one level fewer than the full one) and every width ÷ 2
 cheap.
 
 Why CPU seconds and not wall time: the machine is shared, so a run's wall time depends on what
-else runs. The CPU time a process is given for the same work moves far less. Each run first
-measures its candidate's CPU seconds per image at every phase (a few real training steps:
-augmentation, forward, losses, backward, Adam), then sizes the schedule so that the budget is
-split over the phases in the same shares for every candidate (``SHARES``), and trains with the
-real ``swap-train`` (phantom data, bf16 autocast and channels-last as ``trainer=cpu`` picks them,
-loader in-process so its work is counted too). The CPU seconds each run actually used are
-recorded next to the budget, with ``os.getloadavg()`` before and after. Candidates run
+else runs. The CPU time a process is given for the same work moves far less, provided it runs
+one thread: with two, PyTorch's OpenMP threads spin while they wait for each other, and on an
+oversubscribed machine that spinning is billed as CPU time (a first attempt with two threads
+used twice its calibrated CPU time). So every run has one thread (``OMP_NUM_THREADS=1``). Each
+run first measures its candidate's CPU seconds per image at every phase (a few real training
+steps on batches from the real loader: loading, augmentation, forward, losses, backward, Adam),
+then sizes the schedule so that the budget is split over the phases in the same shares for every
+candidate (``SHARES``), and trains with the real ``swap-train`` (phantom data, bf16 autocast and
+channels-last as ``trainer=cpu`` picks them, loader in-process so its work is counted too). The
+CPU seconds each run actually used are recorded next to the budget, with ``os.getloadavg()``
+before and after. Candidates run
 interleaved, seed by seed, each in a fresh process (its own peak RSS).
 """
 from __future__ import annotations
@@ -33,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -48,7 +54,7 @@ SIDE_DIV, WIDTH_DIV = 8, 2
 STAGES = (32, 64, 128)
 # Share of the CPU budget per phase: 32 px; 64 px fade, stable; 128 px fade, stable (lr annealed).
 SHARES = (0.35, 0.15, 0.15, 0.15, 0.20)
-LR, LR_END, BATCH = 1e-3, 1e-4, 8
+LR, LR_END, BATCH = 5e-4, 5e-5, 8  # 1e-3 (the demo's) made the scaled "today" diverge at 64-128 px
 
 
 def scaled(full: dict) -> dict:
@@ -102,7 +108,7 @@ def calibrate(overrides: list[str], steps: int = 3, warmup: int = 1) -> list[flo
 
     from progressive_swap.cli.config import compose
     from progressive_swap.model.autoencoder import CombAutoencoder
-    from progressive_swap.train.batch_finder import autocast_for, fake_batch
+    from progressive_swap.train.batch_finder import autocast_for
     from progressive_swap.train.module import SwapModule
 
     cfg = compose("train", [*overrides, _stages([1600] * 5)])
@@ -115,9 +121,19 @@ def calibrate(overrides: list[str], steps: int = 3, warmup: int = 1) -> list[flo
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.999))
     precision = str(cfg.trainer.precision)
 
-    def cpu_step(s: int, res: int, b_index: int) -> float:
-        data = fake_batch(2, BATCH, res, b_index, torch.device("cpu"))
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup("fit")
+    dm.num_workers = 0
+
+    def batches(phase):  # the real loader from this phase's middle: its CPU time counts too
+        mid = phase.first_batch + phase.batches // 2
+        dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(schedule=schedule, batches_done=mid),
+                                     global_rank=0)
+        return iter(dm.train_dataloader())
+
+    def cpu_step(s: int, it) -> float:
         t0 = time.process_time()
+        data = next(it)
         with autocast_for(precision, torch.device("cpu")):
             loss = module.training_step(data, s)
         loss.backward()
@@ -125,13 +141,12 @@ def calibrate(overrides: list[str], steps: int = 3, warmup: int = 1) -> list[flo
         opt.zero_grad(set_to_none=True)
         return time.process_time() - t0
 
-    points = [(p.first_batch + p.batches // 2) for p in schedule.phases]
-    for b_index in points:  # first every shape once (kernel selection), then measure
-        for s in range(warmup):
-            cpu_step(s, schedule.at(b_index).res, b_index)
     out = []
-    for b_index in points:
-        cpu = sorted(cpu_step(s, schedule.at(b_index).res, b_index) for s in range(steps))
+    for phase in schedule.phases:
+        it = batches(phase)
+        for s in range(warmup):
+            cpu_step(s, it)
+        cpu = sorted(cpu_step(s, it) for s in range(steps))
         out.append(cpu[len(cpu) // 2] / (2 * BATCH))
     return out
 
@@ -170,6 +185,38 @@ def one_run(name: str, seed: int, budget: float, work: Path) -> dict:
     }
 
 
+def summarise(runs: list[dict], names: list[str], budget: float, seeds: list[int], frames: int) -> dict:
+    """Per candidate: its full-size and scaled cost, and the mean of its runs' results."""
+    from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
+    from progressive_swap.model.summary import summarize
+
+    keys = ("swap_psnr", "hf_coherent", "recon_psnr", "source_mask_iou", "swap_mask_iou", "images", "train_cpu_s",
+            "images_per_cpu_s", "images_per_wall_s", "peak_rss_gb")
+    candidates = {}
+    for name in names:
+        arch = CombArch(2, final_res=STAGES[-1], start_res=STAGES[0], colour_norm=True, **scaled(FULL[name]))
+        mine = [r for r in runs if r["candidate"] == name]
+        candidates[name] = {
+            "full_size_arch": FULL[name],
+            "full_size_train_gflops_per_image": full_size_gflops(FULL[name]),
+            "scaled_arch": scaled(FULL[name]),
+            "scaled_params": sum(p.numel() for p in CombAutoencoder(arch).parameters()),
+            "scaled_train_gflops_per_image": [round(r["gflops_train"], 3) for r in summarize(CombAutoencoder(arch))],
+            "mean": {k: round(sum(r[k] for r in mine) / len(mine), 4) for k in keys},
+        }
+    return {
+        "budget": f"{budget} process CPU seconds of training per run, one thread",
+        "lr": [LR, LR_END],
+        "shares": SHARES,
+        "stages": STAGES,
+        "seeds": seeds,
+        "frames_per_pair": frames,
+        "torch_threads_per_run": 1,
+        "candidates": candidates,
+        "runs": runs,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget-cpu", type=float, default=150.0, help="process CPU seconds of training per run")
@@ -178,8 +225,22 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=16, help="held-out frames per identity pair")
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--merge", nargs="+", default=None,
+                    help="combine the JSON of runs made separately (e.g. one process per seed) into --out")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: NAME,SEED
     a = ap.parse_args()
+    if a.merge:
+        parts = [json.loads(Path(f).read_text()) for f in a.merge]
+        runs = [r for p in parts for r in p["runs"]]
+        seeds = sorted({r["seed"] for r in runs})
+        names = [n for n in FULL if any(r["candidate"] == n for r in runs)]
+        text = json.dumps(summarise(runs, names, a.budget_cpu, seeds, parts[0]["frames_per_pair"]), indent=1)
+        print(text)
+        if a.out:
+            from progressive_swap.core.io import atomic_write_text
+
+            atomic_write_text(a.out, text + "\n")
+        return 0
     work = Path(a.work or tempfile.mkdtemp(prefix="bench_efficiency_"))
     if a.one:
         name, seed = a.one.split(",")
@@ -187,8 +248,6 @@ def main() -> int:
         return 0
 
     from progressive_swap.eval.quality import QualitySettings, evaluate
-    from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
-    from progressive_swap.model.summary import summarize
 
     settings = QualitySettings(frames=a.frames, video_frames=0)
     runs = []
@@ -196,38 +255,15 @@ def main() -> int:
         for name in a.candidates:
             cmd = [sys.executable, __file__, "--budget-cpu", str(a.budget_cpu), "--work", str(work), "--one",
                    f"{name},{seed}"]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
             run = json.loads(out.strip().splitlines()[-1])
             q = evaluate(run["checkpoint"], settings, "cpu")
             run.update({k: q[k] for k in ("swap_psnr", "swap_ssim", "hf_energy", "hf_coherent", "recon_psnr",
                                           "source_mask_iou", "swap_mask_iou", "stage_res", "alpha")})
             runs.append(run)
             print(json.dumps(run), file=sys.stderr, flush=True)
-    candidates = {}
-    for name in a.candidates:
-        arch = CombArch(2, final_res=STAGES[-1], start_res=STAGES[0], colour_norm=True, **scaled(FULL[name]))
-        mine = [r for r in runs if r["candidate"] == name]
-        mean = {k: round(sum(r[k] for r in mine) / len(mine), 4)
-                for k in ("swap_psnr", "hf_coherent", "recon_psnr", "source_mask_iou", "swap_mask_iou",
-                          "images", "train_cpu_s", "images_per_cpu_s", "images_per_wall_s", "peak_rss_gb")}
-        candidates[name] = {
-            "full_size_arch": FULL[name],
-            "full_size_train_gflops_per_image": full_size_gflops(FULL[name]),
-            "scaled_arch": scaled(FULL[name]),
-            "scaled_params": sum(p.numel() for p in CombAutoencoder(arch).parameters()),
-            "scaled_train_gflops_per_image": [round(r["gflops_train"], 3) for r in summarize(CombAutoencoder(arch))],
-            "mean": mean,
-        }
-    result = {
-        "budget": f"{a.budget_cpu} process CPU seconds of training per run",
-        "shares": SHARES,
-        "stages": STAGES,
-        "seeds": a.seeds,
-        "frames_per_pair": a.frames,
-        "torch_threads": torch.get_num_threads(),
-        "candidates": candidates,
-        "runs": runs,
-    }
+    result = summarise(runs, a.candidates, a.budget_cpu, a.seeds, a.frames)
     text = json.dumps(result, indent=1)
     print(text)
     if a.out:

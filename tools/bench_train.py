@@ -27,7 +27,9 @@ counted by ``FlopCounterMode`` over one real fp32 training step at batch 1 per i
 (augmentation, forward, losses, backward; mid-fade where the stage fades), beside the model-only
 count of the dry run's table (``summarize``: encoder and one decoder, convolutions only),
 parameters (total, and per image: the encoder and one decoder), and, each stage in a fresh
-process, the fp32 CPU step time and peak RSS at ``--batch`` per identity (default 8).
+process, the fp32 CPU step time (wall, and the process's CPU seconds, which a shared machine
+disturbs less; run with ``OMP_NUM_THREADS=1`` there) and peak RSS at ``--batch`` per identity
+(default 8).
     python tools/bench_train.py recipe=1024 data=phantom data.phantom.size=1024 --workers 4 8 --steps 20
 """
 from __future__ import annotations
@@ -205,19 +207,22 @@ def count_stage(cfg, i: int, batch: int, steps: int, warmup: int) -> dict:
     if not steps:
         return row
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.999))
-    times = []
+    times, cpu = [], []
     for s in range(warmup + steps):
         data = fake_batch(n_id, batch, res, b_index)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         module.training_step(data, s).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if s >= warmup:
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     step_s = sorted(times)[len(times) // 2]
     return {
         **row,
         "fp32_cpu_step_s": round(step_s, 3),
+        "fp32_process_cpu_s_per_step": round(sorted(cpu)[len(cpu) // 2], 3),
+        "threads": torch.get_num_threads(),
         "fp32_cpu_images_per_s": round(batch * n_id / step_s, 2),
         "batch_per_identity": batch,
         "peak_rss_gb": round(_rss_gb(), 3),
@@ -236,11 +241,24 @@ def count_flops(overrides: list[str], batch: int, steps: int, warmup: int, timin
     stages = []
     for i, stage in enumerate(module.schedule.stages):
         row = summary[stage.res]
-        if timing:  # a fresh process per stage: its peak RSS is its own
+        need_gb = row["activation_bytes"] * batch * 2 / 2**30  # activations of the batch (2 identities)
+        free_gb = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+        if timing and need_gb > 0.8 * free_gb:  # would push the machine into the OOM killer: others' jobs too
+            measured = count_stage(cfg, i, batch, 0, 0)
+            measured.update(fp32_cpu_step_s=None, fp32_cpu_images_per_s=None, peak_rss_gb=None,
+                            batch_per_identity=batch,
+                            timing_error=f"not run: needs ~{need_gb:.1f} GB of activations, {free_gb:.1f} GB free")
+        elif timing:  # a fresh process per stage: its peak RSS is its own
             cmd = [sys.executable, __file__, *overrides, "--batch", str(batch), "--steps", str(steps),
                    "--warmup", str(warmup), "--combo", f"count,{i}"]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            measured = json.loads(out.strip().splitlines()[-1])
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode == 0:
+                measured = json.loads(proc.stdout.strip().splitlines()[-1])
+            else:  # e.g. killed for memory: keep the counts, say why the timing is missing
+                measured = count_stage(cfg, i, batch, 0, 0)
+                why = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"exit {proc.returncode}"
+                measured.update(fp32_cpu_step_s=None, fp32_cpu_images_per_s=None, peak_rss_gb=None,
+                                batch_per_identity=batch, timing_error=why)
         else:
             measured = count_stage(cfg, i, batch, 0, 0)
             for k in ("fp32_cpu_step_s", "fp32_cpu_images_per_s", "peak_rss_gb"):
