@@ -5,10 +5,11 @@
     swap-extract input=clip.mp4 out=faces/B landmarks=given landmarks_file=clip.truth.json
     swap-extract input=clip.mp4 out=faces/B --json      # summary as JSON on stdout
 
-Rerunning the same command after an interruption resumes it. Exit codes: 0 done (problems
-with single frames are counted and listed in the summary), 2 bad options or nothing usable in
-the input (one line on stderr), 3 other I/O errors, 130 interrupted (143 on SIGTERM); a second
-extraction into the same out= stops at once. Details: ``docs/extract.md``.
+Rerunning the same command after an interruption resumes it. Exit codes: 0 done, 2 bad options
+or nothing usable in the input (one line on stderr), 3 other I/O errors, 4 incomplete: frames
+that could not be decoded (the faces of the others are written; listed in the summary; exit 0
+with allow_missing=true), 130 interrupted (143 on SIGTERM). A second extraction into the same
+output folder stops at once. Details: ``docs/extract.md``.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Sequence
 
 from omegaconf import OmegaConf
 
-from progressive_swap.cli.common import parse_overrides, run_cli, split_deprecated, usage
+from progressive_swap.cli.common import EXIT_INCOMPLETE, parse_overrides, run_cli, split_deprecated, usage
 from progressive_swap.extract.pipeline import ExtractOptions, extract, format_summary
 
 PROG = "swap-extract"
@@ -42,6 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(summary, indent=1))
         else:
             print(format_summary(summary))
+        missing = int(summary.get("frames_missing") or 0)
+        if missing and not opt.allow_missing:
+            print(f"{PROG}: error: incomplete: {missing} frame(s) of {opt.input} could not be decoded (listed above); "
+                  "the faces of the others are written; allow_missing=true accepts that", file=sys.stderr)
+            return EXIT_INCOMPLETE
         return 0
 
     return run_cli(run, PROG)

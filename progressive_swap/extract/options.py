@@ -70,6 +70,9 @@ class ExtractOptions:
     """Show progress on stderr: a bar on a terminal, plain lines in a log."""
     progress_every: float = field(default=DEFAULT_EVERY, metadata={"min": 0.0})
     """Seconds between progress lines when stderr is not a terminal (0: every frame)."""
+    allow_missing: bool = False
+    """Accept footage with frames that cannot be decoded (exit 0); by default the faces of the
+    other frames are written and the command ends with exit 4 and the count."""
 
     def __post_init__(self) -> None:
         # The older one-string spelling ``landmarks=given:FILE`` / ``boxes=given:FILE``.
