@@ -220,7 +220,8 @@ def test_sigint_and_sigterm_lose_no_step_and_resume_bitwise(blob_sets, tmp_path)
     report = chaos_train.chaos(list(blob_sets), tmp_path, kills=2, short=True, seed=3, log=lambda m: None,
                                signals=("SIGINT", "SIGTERM"))
     assert report["ok"], report
-    assert [e["rc"] for e in report["events"]] == [130, 143][: len(report["events"])]
+    stopped = [e for e in report["events"] if e["trigger"] != "finished before the kill"]  # a late signal is no stop
+    assert stopped and [e["rc"] for e in stopped] == [130, 143][: len(stopped)]
     assert all(e["steps_lost"] == 0 for e in report["events"])
     assert report["final"]["bitwise_equal"]
 

@@ -246,6 +246,14 @@ def check_run_dir(run_dir: Path, schedule: GrowthSchedule, previous: int, max_co
     }
 
 
+def _late_signal(how: str, kill: dict) -> bool:
+    """A graceful signal that arrived after the last step (the run had finished its work and was
+    shutting down): exit 0, the signal's exit code, or death by the signal are all fine then."""
+    expected = kill.get("expected_rc")
+    return (how in GRACEFUL and kill.get("trigger") == "finished before the kill" and expected is not None
+            and kill.get("rc") in (0, expected, 128 - expected))
+
+
 def chaos(
     faces: list[str],
     work: Path,
@@ -333,7 +341,7 @@ def chaos(
             if not graceful_ok:
                 event["ok"] = False
                 event["output"] = run.lines[-10:]
-        elif "rc" in kill and kill["rc"] != 0:
+        elif "rc" in kill and kill["rc"] != 0 and not _late_signal(how, kill):
             event["ok"] = False
             event["output"] = run.lines[-10:]
         ok &= bool(event["ok"])
