@@ -257,3 +257,24 @@ def test_cpu_recipe_trains_your_face_sets_on_the_cpu_with_workers_for_this_machi
     assert config.loader_workers() == min(8, config.loader_workers(cap=64))
     monkeypatch.setattr(config.os, "sysconf", lambda name: 4 * 2**30 // 4096 if name == "SC_AVPHYS_PAGES" else 4096)
     assert config.loader_workers() == 2  # 4 GiB free: 2 GiB kept, 1 GiB a worker
+
+
+def test_the_phantom_cache_is_keyed_by_the_crop_the_face_type_means(tmp_path, monkeypatch):
+    from progressive_swap.core import landmarks
+    from progressive_swap.train import datamodule
+
+    monkeypatch.setenv("PROGRESSIVE_SWAP_CACHE", str(tmp_path))
+    made = []
+
+    def fake_generate(out, videos, **args):  # the renderer is not what is tested here
+        made.append(out)
+        for k in range(args["identities"]):
+            (Path(out) / "faces" / f"id{k}").mkdir(parents=True)
+            (Path(out) / "faces" / f"id{k}" / "faceset.json").write_text("{}")
+
+    monkeypatch.setattr(datamodule, "generate_phantom_dataset", fake_generate)
+    first = datamodule.FaceDataModule(phantom={"faces": 4, "size": 32}).resolve_faces()
+    assert datamodule.FaceDataModule(phantom={"faces": 4, "size": 32}).resolve_faces() == first and len(made) == 1
+    old = landmarks.FaceType("whole", (0.490, 0.46), 0.92)  # the crop before it was widened
+    monkeypatch.setitem(landmarks.FACE_TYPES, "whole", old)
+    assert datamodule.FaceDataModule(phantom={"faces": 4, "size": 32}).resolve_faces() != first and len(made) == 2

@@ -7,6 +7,7 @@ batch, so a resumed run continues with exactly the data it would have seen.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from progressive_swap import faceset as fs
 from progressive_swap.core import procs
+from progressive_swap.core.landmarks import face_type as face_type_of
 from progressive_swap.masks.hull import LANDMARK_MASKS, landmark_mask, region_masks
 from progressive_swap.masks.occluders import paste_occluder_alpha
 from progressive_swap.phantom.dataset import DEFAULT_FACES, generate_phantom_dataset
@@ -313,7 +315,10 @@ class FaceDataModule(pl.LightningDataModule):
             "occluders": 0.3,
             **self.phantom,
         }
-        key = hashlib.sha1(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
+        # Keyed by the arguments and by the crop the face type means today, so a set rendered
+        # with an older crop template is never reused as if it were current.
+        crop = dataclasses.astuple(face_type_of(args["face_type"]))
+        key = hashlib.sha1(json.dumps([args, crop], sort_keys=True).encode()).hexdigest()[:12]
         root = cache_dir() / "phantom" / key
         paths = [str(root / "faces" / f"id{k}") for k in range(args["identities"])]
         if not all((Path(p) / "faceset.json").exists() for p in paths):
