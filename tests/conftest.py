@@ -1,15 +1,20 @@
 """Shared fixtures: tiny face sets written through the real face set API."""
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from progressive_swap import faceset as fs
 from progressive_swap.core import align
 from progressive_swap.core.landmarks import MEAN_FACE
+from progressive_swap.core.weights import save_weights
+from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 
 
 @pytest.fixture(autouse=True)
@@ -75,3 +80,40 @@ TINY = [
 
 def tiny(blob_sets, out, *extra):
     return ["recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{blob_sets[1]}]", f"out={out}", *TINY, *extra]
+
+
+def write_tiny_weights(root: Path, arch: dict, face_type: str, identities=("alice", "bob"), stage_res: int = 32,
+                       seed: int = 0) -> Path:
+    """A tiny random comb saved as ``root/model.safetensors`` with the metadata export reads."""
+    torch.manual_seed(seed)
+    model = CombAutoencoder(CombArch(**arch))
+    meta = {"arch": model.arch_args(), "face_type": face_type, "identities": list(identities), "stage_res": stage_res,
+            "alpha": 1.0}
+    save_weights(model, root / "model.safetensors", meta)
+    return root / "model.safetensors"
+
+
+def write_video_with_audio(path: Path, images, times, audio_frames: int = 10) -> Path:
+    """An H.264 mp4 of ``images`` (uint8 RGB, square) at ``times`` (seconds: variable frame rate
+    is fine) with a silent AAC stream of ``audio_frames`` x 1024 samples."""
+    tb = Fraction(1, 1000)
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=25)
+        v.width = v.height = images[0].shape[0]
+        v.pix_fmt, v.codec_context.time_base, v.options = "yuv420p", tb, {"crf": "12"}
+        a = c.add_stream("aac", rate=48000)
+        for t, im in zip(times, images):
+            f = av.VideoFrame.from_ndarray(im, format="rgb24")
+            f.pts, f.time_base = round(t * 1000), tb
+            for p in v.encode(f):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+        for k in range(audio_frames):
+            af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            af.sample_rate, af.pts = 48000, k * 1024
+            for p in a.encode(af):
+                c.mux(p)
+        for p in a.encode():
+            c.mux(p)
+    return path

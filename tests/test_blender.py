@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import write_tiny_weights
 
 from progressive_swap.cli import export as export_cli
 from progressive_swap.core import align
@@ -28,9 +29,7 @@ from progressive_swap.export.frames import FaceIn, FrameIn
 from progressive_swap.export.pipeline import Exporter
 from progressive_swap.export.settings import ExportSettings
 from progressive_swap.export.swapper import CheckpointInfo, Swapper
-from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 from progressive_swap.phantom.renderer import render, sample_identity, sample_trajectory
-from progressive_swap.train.checkpoint import save_weights
 
 SCRIPT = Path(__file__).parent / "blender" / "comp.py"
 FACE_TYPE = "whole"
@@ -128,13 +127,7 @@ def test_blender_composites_layers_where_the_project_does(tmp_path, blender, sho
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    model = CombAutoencoder(CombArch(**ARCH))
-    meta = {"arch": model.arch_args(), "face_type": FACE_TYPE, "identities": ["alice", "bob"], "stage_res": 32,
-            "alpha": 1.0}
-    save_weights(model, root / "model.safetensors", meta)
-    return root / "model.safetensors"
+    return write_tiny_weights(tmp_path_factory.mktemp("ckpt"), ARCH, FACE_TYPE)
 
 
 @pytest.mark.parametrize("fmt", ["exr", "png16"])

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import errno
 import json
-from fractions import Fraction
 
 import av
 import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import write_video_with_audio
 
 from progressive_swap import faceset
 from progressive_swap.cli import export as export_cli
@@ -111,28 +111,7 @@ def ckpt(tmp_path_factory):
 def vfr_video(tmp_path_factory, clip):
     """A variable-frame-rate mp4 with an audio stream, and its truth JSON (landmarks)."""
     root = tmp_path_factory.mktemp("video")
-    path = root / "plate.mp4"
-    tb = Fraction(1, 1000)
-    with av.open(str(path), "w") as c:
-        v = c.add_stream("libx264", rate=25)
-        v.width = v.height = SIZE
-        v.pix_fmt, v.codec_context.time_base = "yuv420p", tb
-        v.options = {"crf": "12"}
-        a = c.add_stream("aac", rate=48000)
-        for t, r in zip(TIMES, clip):
-            f = av.VideoFrame.from_ndarray(r.image, format="rgb24")
-            f.pts, f.time_base = round(t * 1000), tb
-            for p in v.encode(f):
-                c.mux(p)
-        for p in v.encode():
-            c.mux(p)
-        for k in range(20):
-            af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            af.sample_rate, af.pts = 48000, k * 1024
-            for p in a.encode(af):
-                c.mux(p)
-        for p in a.encode():
-            c.mux(p)
+    path = write_video_with_audio(root / "plate.mp4", [r.image for r in clip], TIMES, audio_frames=20)
     truth = root / "plate.truth.json"
     frames = [
         {"index": i, "faces": [] if i == 2 else [{"landmarks": r.landmarks.tolist()}]} for i, r in enumerate(clip)

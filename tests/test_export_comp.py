@@ -7,13 +7,13 @@ the plate, and resume must treat the finished frames as part of each frame's out
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 
 import av
 import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import write_tiny_weights, write_video_with_audio
 
 from progressive_swap.cli import export as export_cli
 from progressive_swap.core import align
@@ -24,9 +24,7 @@ from progressive_swap.export.pipeline import Exporter, stack_layers
 from progressive_swap.export.settings import ExportSettings
 from progressive_swap.export.swapper import CheckpointInfo, Swapper
 from progressive_swap.footage.video import read_video
-from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 from progressive_swap.phantom.renderer import render, sample_identity, sample_trajectory
-from progressive_swap.train.checkpoint import save_weights
 
 FACE_TYPE = "whole"
 SIZE = 160
@@ -129,37 +127,12 @@ def test_resume_counts_the_finished_frames_as_outputs(tmp_path, clip):
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    model = CombAutoencoder(CombArch(**ARCH))
-    meta = {"arch": model.arch_args(), "face_type": FACE_TYPE, "identities": ["alice", "bob"], "stage_res": 32,
-            "alpha": 1.0}
-    save_weights(model, root / "model.safetensors", meta)
-    return root / "model.safetensors"
+    return write_tiny_weights(tmp_path_factory.mktemp("ckpt"), ARCH, FACE_TYPE)
 
 
 def test_cli_video_gives_finished_frames_and_a_video_with_the_audio(tmp_path, ckpt, clip):
-    path, tb = tmp_path / "plate.mp4", Fraction(1, 1000)
     times = [0.0, 0.04, 0.12, 0.16]
-    with av.open(str(path), "w") as c:
-        v = c.add_stream("libx264", rate=25)
-        v.width = v.height = SIZE
-        v.pix_fmt, v.codec_context.time_base, v.options = "yuv420p", tb, {"crf": "12"}
-        a = c.add_stream("aac", rate=48000)
-        for t, r in zip(times, clip):
-            f = av.VideoFrame.from_ndarray(r.image, format="rgb24")
-            f.pts, f.time_base = round(t * 1000), tb
-            for p in v.encode(f):
-                c.mux(p)
-        for p in v.encode():
-            c.mux(p)
-        for k in range(10):
-            af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            af.sample_rate, af.pts = 48000, k * 1024
-            for p in a.encode(af):
-                c.mux(p)
-        for p in a.encode():
-            c.mux(p)
+    path = write_video_with_audio(tmp_path / "plate.mp4", [r.image for r in clip], times)
     truth = tmp_path / "plate.truth.json"
     truth.write_text(json.dumps({"fps": 25, "size": [SIZE, SIZE], "frames": [
         {"index": i, "faces": [{"landmarks": r.landmarks.tolist()}]} for i, r in enumerate(clip)]}))
