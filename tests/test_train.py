@@ -10,6 +10,7 @@ from conftest import TINY, tiny, write_blob_faceset
 from omegaconf import OmegaConf
 
 from progressive_swap.cli import train as train_cli
+from progressive_swap.cli.common import UserError
 from progressive_swap.cli.config import compose
 from progressive_swap.train.checkpoint import UnsafeCheckpointError, load_weights, safe_load
 
@@ -278,3 +279,18 @@ def test_the_phantom_cache_is_keyed_by_the_crop_the_face_type_means(tmp_path, mo
     old = landmarks.FaceType("whole", (0.490, 0.46), 0.92)  # the crop before it was widened
     monkeypatch.setitem(landmarks.FACE_TYPES, "whole", old)
     assert datamodule.FaceDataModule(phantom={"faces": 4, "size": 32}).resolve_faces() != first and len(made) == 2
+
+
+def test_cpu_precision_follows_the_cpu_unless_forced(monkeypatch):
+    from progressive_swap.cli import config
+
+    monkeypatch.setattr(config.torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(config.torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert config.cpu_precision() == "32-true"
+    monkeypatch.setattr(config.torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert config.cpu_precision() == "bf16-mixed"
+    monkeypatch.setenv(config.PRECISION_ENV, "32-true")
+    assert compose("train", []).trainer.precision == "32-true"
+    monkeypatch.setenv(config.PRECISION_ENV, "fp16")
+    with pytest.raises(UserError, match="choose bf16-mixed or 32-true"):
+        config.cpu_precision()

@@ -34,13 +34,22 @@ SCHEMAS = {"train": TrainConfig}  # config name -> its options dataclass
 ConfigStore.instance().store(name="train_schema", node=omegaconf_schema(TrainConfig))
 
 
+PRECISION_ENV = "PROGRESSIVE_SWAP_CPU_PRECISION"
+
+
 def cpu_precision() -> str:
     """Lightning precision for CPU training: ``bf16-mixed`` where the CPU computes bfloat16 in
     hardware (AVX512-BF16 or AMX), else ``32-true`` (emulated bfloat16 would be slower).
 
     With channels-last memory it halves a demo step on a 2-core AVX512-BF16 CPU at the same
-    swap quality (``docs/scaling.md``).
+    swap quality (``docs/scaling.md``). ``$PROGRESSIVE_SWAP_CPU_PRECISION`` (``bf16-mixed`` or
+    ``32-true``) overrides the check, e.g. to see what a CPU without bfloat16 would do.
     """
+    forced = os.environ.get(PRECISION_ENV)
+    if forced:
+        if forced not in ("bf16-mixed", "32-true"):
+            raise UserError(f"{PRECISION_ENV}={forced!r}: choose bf16-mixed or 32-true")
+        return forced
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     native = any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
     return "bf16-mixed" if native else "32-true"
