@@ -284,6 +284,7 @@ def test_the_phantom_cache_is_keyed_by_the_crop_the_face_type_means(tmp_path, mo
 def test_cpu_precision_follows_the_cpu_unless_forced(monkeypatch):
     from progressive_swap.cli import config
 
+    monkeypatch.delenv(config.PRECISION_ENV, raising=False)
     monkeypatch.setattr(config.torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(config.torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     assert config.cpu_precision() == "32-true"
