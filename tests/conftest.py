@@ -1,6 +1,7 @@
 """Shared fixtures: tiny face sets written through the real face set API."""
 from __future__ import annotations
 
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -117,3 +118,16 @@ def write_video_with_audio(path: Path, images, times, audio_frames: int = 10) ->
         for p in a.encode():
             c.mux(p)
     return path
+
+
+def import_tool(name: str):
+    """A script of ``tools/`` as a module (the chaos test drives ``tools/chaos_train.py``)."""
+    import importlib
+
+    tools = str(Path(__file__).resolve().parent.parent / "tools")
+    sys.path.insert(0, tools)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(tools)
+

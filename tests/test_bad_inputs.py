@@ -38,16 +38,8 @@ TRAIN = [
     "data.num_workers=0",
     "schedule.stages=[{{res:16,images:48,batch:4,lr:1e-3}},{{res:32,images:32,fade:32,batch:4,lr:1e-3}}]",
 ]
-TINY_ARCH = dict(
-    num_identities=2,
-    final_res=32,
-    start_res=16,
-    latent_res=8,
-    latent_channels=8,
-    channel_base=256,
-    channel_max=16,
-    channel_min=8,
-)
+TINY_ARCH = dict(num_identities=2, final_res=32, start_res=16, latent_res=8, latent_channels=8, channel_base=256,
+                 channel_max=16, channel_min=8)
 
 
 class _Boom:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import import_tool
 
 from progressive_swap.cli import common
 from progressive_swap.cli.common import parse_overrides, run_cli
@@ -212,11 +213,7 @@ def test_interrupted_extraction_is_not_valid(inputs, tmp_path):
 
 @pytest.mark.slow
 def test_sigint_and_sigterm_lose_no_step_and_resume_bitwise(blob_sets, tmp_path):
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import chaos_train
-    finally:
-        sys.path.remove(str(REPO / "tools"))
+    chaos_train = import_tool("chaos_train")
     report = chaos_train.chaos(list(blob_sets), tmp_path, kills=2, short=True, seed=3, log=lambda m: None,
                                signals=("SIGINT", "SIGTERM"))
     assert report["ok"], report

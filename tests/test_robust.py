@@ -5,13 +5,12 @@ import errno
 import pickle
 import re
 import shutil
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import tiny
+from conftest import import_tool, tiny
 
 from progressive_swap.cli import train as train_cli
 from progressive_swap.train import checkpoint as ckpt_mod
@@ -310,11 +309,7 @@ def test_every_torch_load_in_the_source_tree_is_weights_only():
 
 @pytest.mark.slow
 def test_chaos_three_kills_end_bitwise_equal(blob_sets, tmp_path):
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import chaos_train
-    finally:
-        sys.path.remove(str(REPO / "tools"))
+    chaos_train = import_tool("chaos_train")
     report = chaos_train.chaos(list(blob_sets), tmp_path, kills=3, short=True, seed=1, log=lambda m: None)
     assert report["ok"], report
     assert report["final"]["bitwise_equal"] and report["kills_done"] >= 2

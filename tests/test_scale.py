@@ -26,16 +26,8 @@ from progressive_swap.train.growth import GrowthSchedule
 
 
 def comb(**kw) -> CombAutoencoder:
-    args = dict(
-        num_identities=3,
-        final_res=64,
-        start_res=16,
-        latent_res=8,
-        latent_channels=8,
-        channel_base=256,
-        channel_max=16,
-        channel_min=8,
-    )
+    args = dict(num_identities=3, final_res=64, start_res=16, latent_res=8, latent_channels=8, channel_base=256,
+                channel_max=16, channel_min=8)
     return CombAutoencoder(CombArch(**{**args, **kw}))
 
 

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from progressive_swap.model.blocks import BLOCK_KINDS
-from progressive_swap.model.stacks import ProgressiveDecoder, ProgressiveEncoder, stage_resolutions
+from progressive_swap.model.stacks import ProgressiveDecoder, ProgressiveEncoder
 
 __all__ = ["CombArch", "CombAutoencoder"]
 
@@ -79,8 +79,9 @@ class CombArch:
     ``arch`` entry rebuilds the same network, weight for weight.
 
     Example:
-        >>> CombArch(2, final_res=64, start_res=32).stages
-        [32, 64]
+        >>> arch = CombArch(2, final_res=64, start_res=32)
+        >>> CombArch.from_dict(arch.as_dict()) == arch
+        True
     """
 
     num_identities: int = 2
@@ -101,10 +102,6 @@ class CombArch:
             raise ValueError(f"a comb needs num_identities >= 2, got {self.num_identities}")
         if self.block not in BLOCK_KINDS:
             raise ValueError(f"block must be one of {BLOCK_KINDS}, got {self.block!r}")
-
-    @property
-    def stages(self) -> list[int]:
-        return stage_resolutions(self.start_res, self.final_res)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, as stored in checkpoints and safetensors metadata."""
