@@ -87,23 +87,6 @@ class ExportOptions:
 FOOTAGE_ONLY = ("crop_size", "landmarks", "landmarks_file", "smooth", "face_type")
 
 
-def _from_identity(name: str, identity: int, info) -> int | None:
-    """Whose faces the footage shows: their colour statistics normalise the faces (``colour_norm``)
-    and their decoder gives the alpha (``mask=source``).
-
-    Default: in a two-identity model, the one that is not swapped to (the usual A/B swap).
-    ``none`` (or more than two identities and no choice): someone the model does not know,
-    normalised by the identities' average.
-    """
-    if name.strip().lower() == "none":
-        return None
-    if name.strip():
-        return info.identity_index(name)
-    if len(info.identities) == 2:
-        return 1 - identity
-    return None
-
-
 def _is_faceset(path: Path) -> bool:
     return path.is_dir() and (path / HEADER_NAME).is_file()
 
@@ -210,7 +193,7 @@ def _export(argv: Sequence[str]) -> int:
         raise FileNotFoundError(f"input not found: {o.input!r}")
     model, info = load_model(o.checkpoint, o.device)
     identity = info.identity_index(o.identity)
-    from_identity = _from_identity(o.from_identity, identity, info)
+    from_identity = info.from_identity(o.from_identity, identity)
     if from_identity == identity and not o.reconstruct:
         name = info.identities[identity]
         raise UserError(

@@ -41,16 +41,13 @@ class ExportModelOptions:
 
 
 def _source(o, identity: int, info) -> int | None:
-    name = str(o.from_identity).strip()
-    if name.lower() == "none":
-        return None
-    if name:
-        return info.identity_index(name)
-    if len(info.identities) == 2:
-        return 1 - identity
-    known = ", ".join(info.identities)
-    raise UserError(f"the checkpoint has {len(info.identities)} identities ({known}): name whose faces come in "
-                    "with from_identity=NAME (or none)")
+    """Whose faces come in; with more than two identities they must be named (a file is exported
+    for one pairing)."""
+    if not str(o.from_identity).strip() and len(info.identities) > 2:
+        known = ", ".join(info.identities)
+        raise UserError(f"the checkpoint has {len(info.identities)} identities ({known}): name whose faces come in "
+                        "with from_identity=NAME (or none)")
+    return info.from_identity(o.from_identity, identity)
 
 
 def _export(argv: list[str]) -> int:

@@ -76,6 +76,18 @@ class CheckpointInfo:
         known = ", ".join(f"{i}:{n}" for i, n in enumerate(self.identities))
         raise ValueError(f"unknown identity {str(name)!r}; this checkpoint knows {known}")
 
+    def from_identity(self, name: str, identity: int) -> int | None:
+        """Whose faces come in (their colour statistics normalise the input; their decoder can
+        give the alpha): ``name`` as a name or index; ``none``, or nothing given with more than
+        two identities, is someone the model does not know (``None``: the identities' average);
+        nothing given with two identities is the one that is not swapped to."""
+        name = str(name).strip()
+        if name.lower() == "none":
+            return None
+        if name:
+            return self.identity_index(name)
+        return 1 - identity if len(self.identities) == 2 else None
+
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
