@@ -295,3 +295,40 @@ def test_cpu_precision_follows_the_cpu_unless_forced(monkeypatch):
     monkeypatch.setenv(config.PRECISION_ENV, "fp16")
     with pytest.raises(UserError, match="choose bf16-mixed or 32-true"):
         config.cpu_precision()
+
+
+@pytest.mark.parametrize("mask", ["extended", "visible"])
+def test_decoded_face_cache_changes_nothing(blob_sets, tmp_path, mask):
+    from progressive_swap.phantom.dataset import generate_phantom_dataset
+    from progressive_swap.train.datamodule import CombDataset
+
+    if mask == "visible":  # a stored mask: the phantom's
+        blob_sets = generate_phantom_dataset(tmp_path, faces=6, size=32, videos=0, progress=False)["faces"]
+    aug = dict(brightness=0.15, contrast=0.15, hue=6, saturation=15, gamma=0.15, p=1.0)
+    cached = CombDataset(blob_sets, mask=mask, augment=aug, paste_occluders=0.5)
+    plain = CombDataset(blob_sets, mask=mask, augment=aug, paste_occluders=0.5, cache_mb=0)
+    # Samples 0 and 1 again: their faces now come from the cache, after augmentation and
+    # occluder pasting ran on them once (an in-place change there would show here).
+    for sample in (0, 1, 2, 0, 1):
+        for res in (16, 32):
+            a, b = cached[(sample, res, 0)], plain[(sample, res, 0)]
+            for k in a:
+                torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert cached._faces and not plain._faces
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_adam_is_fused_on_the_cpu_unless_the_config_says(blob_sets, fused):
+    from hydra.utils import instantiate
+
+    from progressive_swap.model.autoencoder import CombAutoencoder
+    from progressive_swap.train.module import SwapModule
+
+    cfg = compose("train", tiny(blob_sets, "unused") + [f"optimizer.fused={'null' if fused is None else fused}"])
+    sched = instantiate(cfg.schedule, identities=2)
+    model = CombAutoencoder(instantiate(cfg.model, num_identities=2, final_res=sched.final_res,
+                                        start_res=sched.start_res))
+    opt = SwapModule(model, sched, optimizer=instantiate(cfg.optimizer)).configure_optimizers()
+    assert isinstance(opt, torch.optim.Adam)
+    assert opt.defaults["fused"] is (fused is None)
+    assert opt.defaults["betas"] == (0.5, 0.999) or list(opt.defaults["betas"]) == [0.5, 0.999]

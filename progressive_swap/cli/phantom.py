@@ -51,6 +51,8 @@ class PhantomOptions:
     """Show progress on stderr: a bar on a terminal, plain lines in a log."""
     progress_every: float = field(default=30.0, metadata={"min": 0.0})
     """Seconds between progress lines when stderr is not a terminal (0: every face)."""
+    workers: int = field(default=-1, metadata={"min": -1})
+    """Processes that render faces: -1 one per core (none for under 256 faces), 0 none; same output for any."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out=cfg.out, identities=cfg.identities, faces=cfg.faces, size=cfg.size, face_type=cfg.face_type,
             seed=cfg.seed, videos=cfg.videos, frames=cfg.frames, occluders=cfg.occluders,
             frame_size=cfg.frame_size or None, fps=cfg.fps, image_format=cfg.image_format, progress=cfg.progress,
-            progress_every=cfg.progress_every,
+            progress_every=cfg.progress_every, workers=None if cfg.workers < 0 else cfg.workers,
         )
         print(f"{PROG}: wrote {len(result['faces'])} face sets and {len(result['videos'])} videos to {cfg.out}")
         return 0

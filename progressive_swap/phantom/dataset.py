@@ -14,11 +14,16 @@ other seeds (e.g. ``sample_identity(10**6 + j)``).
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import tempfile
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict
+from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -80,12 +85,44 @@ def check_args(identities: int, faces: int, size: int, face_type: str, videos: i
         raise ValueError(f"image_format must be png or jpg, got {image_format!r}")
 
 
+def _render_crop(job: tuple) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Render one face and cut its crop: ``(image, {mask name: mask}, landmarks, matrix)``.
+
+    ``job`` is ``(identity seed, frame params, frame size, face type, crop size)``; a pure
+    function of it, so faces render in any order, in any process, to the same pixels.
+    """
+    idn_seed, params, frame_size, face_type, size = job
+    r = render(_identity(idn_seed), params, frame_size)
+    m = alignment_matrix(r.landmarks, face_type)
+    masks = {
+        name: np.clip(warp_to_crop(mask, m, size, border=cv2.BORDER_CONSTANT), 0, 1)
+        for name, mask in zip(MASK_NAMES, (r.face_mask, r.occluder_mask, r.visible_mask))
+    }
+    return warp_to_crop(r.image, m, size), masks, r.landmarks, m
+
+
+@lru_cache(maxsize=8)
+def _identity(idn_seed: int):
+    return sample_identity(idn_seed)
+
+
+def _render_all(jobs: list[tuple], pool: Executor | None) -> Iterator[tuple]:
+    """:func:`_render_crop` over ``jobs``, in order; spread over ``pool``'s processes when given."""
+    if pool is None:
+        return map(_render_crop, jobs)
+    return pool.map(_render_crop, jobs, chunksize=_BATCH // 2)
+
+
 def _write_faceset(final: Path, i: int, seed: int, faces: int, size: int, face_type: str,
-                   occluders: float, frame_size: int, image_format: str, advance) -> None:
+                   occluders: float, frame_size: int, image_format: str, advance, pool: Executor | None) -> None:
     """Write identity ``i``'s face set into a temporary directory, then rename it to ``final``."""
     label = f"id{i}"
-    idn = sample_identity(identity_seed(seed, i))
+    idn_seed = identity_seed(seed, i)
     rng = np.random.default_rng([int(seed), int(i), 1])
+    # Frame parameters are drawn in order from one generator; rendering is pure, so it can run
+    # in other processes and the set is the same whatever the number of workers.
+    params = [sample_frame(rng, frame_size, occluders) for _ in range(faces)]
+    crops = _render_all([(idn_seed, p, frame_size, face_type, size) for p in params], pool)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         with faceset.create(tmp, face_type=face_type, size=size, image_format=image_format, identity=label) as w:
@@ -93,16 +130,14 @@ def _write_faceset(final: Path, i: int, seed: int, faces: int, size: int, face_t
                 records, images = [], []
                 masks: dict[str, list[np.ndarray]] = {m: [] for m in MASK_NAMES}
                 for k in range(start, min(start + _BATCH, faces)):
-                    params = sample_frame(rng, frame_size, occluders)
-                    r = render(idn, params, frame_size)
-                    m = alignment_matrix(r.landmarks, face_type)
-                    images.append(warp_to_crop(r.image, m, size))
-                    for name, mask in zip(MASK_NAMES, (r.face_mask, r.occluder_mask, r.visible_mask)):
-                        masks[name].append(np.clip(warp_to_crop(mask, m, size, border=cv2.BORDER_CONSTANT), 0, 1))
+                    image, face_masks, landmarks, m = next(crops)
+                    images.append(image)
+                    for name in MASK_NAMES:
+                        masks[name].append(face_masks[name])
                     records.append(faceset.FaceRecord(
                         id=f"{label}_{k:06d}", source=f"phantom:{label}", frame_index=k, time=float("nan"),
-                        track=0, identity=label, landmarks=r.landmarks, matrix=m, frame_size=(frame_size, frame_size),
-                        extra={"phantom": {"identity_seed": idn.seed, "params": asdict(params)}},
+                        track=0, identity=label, landmarks=landmarks, matrix=m, frame_size=(frame_size, frame_size),
+                        extra={"phantom": {"identity_seed": idn_seed, "params": asdict(params[k])}},
                     ))
                     advance()
                 w.append(records, images, masks)
@@ -120,6 +155,13 @@ def _write_faceset(final: Path, i: int, seed: int, faces: int, size: int, face_t
         raise
 
 
+def render_workers(faces: int) -> int:
+    """Processes that render ``faces`` faces: one per usable core, and none (render inline) for
+    a few hundred faces, where starting processes costs more than it saves."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cores < 2 or faces < 256 else min(cores, 8)
+
+
 def generate_phantom_dataset(
     out: str | os.PathLike,
     identities: int = 2,
@@ -135,6 +177,7 @@ def generate_phantom_dataset(
     image_format: str = "png",
     progress: bool = True,
     progress_every: float = DEFAULT_EVERY,
+    workers: int | None = None,
 ) -> dict:
     """Render a phantom data set (layout and seeds: module docstring).
 
@@ -154,6 +197,8 @@ def generate_phantom_dataset(
         image_format: face-set image format, ``png`` or ``jpg``.
         progress: show progress on stderr (a bar on a terminal, plain lines in a log).
         progress_every: seconds between progress lines when stderr is not a terminal.
+        workers: processes that render the face sets' faces (0: in this process); default
+            :func:`render_workers`. The output is the same for any number.
 
     Returns:
         ``{"faces": [face set dirs], "videos": [video paths], "truth": [truth paths]}``.
@@ -167,7 +212,11 @@ def generate_phantom_dataset(
     out = check_writable_dir(out)
     total = identities * (faces + videos * frames)
     result: dict[str, list[str]] = {"faces": [], "videos": [], "truth": []}
-    with Progress(progress_every, enabled=progress) as bar:
+    workers = render_workers(faces) if workers is None else int(workers)
+    # forkserver: the caller may already run threads (torch's), which a plain fork would copy half-made.
+    pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+            if workers > 0 else nullcontext())
+    with pool, Progress(progress_every, enabled=progress) as bar:
         task = bar.task("phantom faces id0", total, "faces")
 
         def advance() -> None:
@@ -177,7 +226,8 @@ def generate_phantom_dataset(
         for i in range(identities):
             task.update(label=f"phantom faces id{i}")
             final = out / "faces" / f"id{i}"
-            _write_faceset(final, i, seed, faces, size, face_type, occluders, frame_size, image_format, advance)
+            _write_faceset(final, i, seed, faces, size, face_type, occluders, frame_size, image_format, advance,
+                           pool if workers > 0 else None)
             result["faces"].append(str(final))
         if videos:
             (out / "videos").mkdir(exist_ok=True)

@@ -108,6 +108,9 @@ class CombDataset(Dataset):
             (:func:`~progressive_swap.masks.occluders.paste_occluder_alpha`: any colour, cut out
             of the target mask and the loss weights), so the mask head learns occluders by
             shape, not by colour. 0 disables it.
+        cache_mb: megabytes per process kept of decoded faces and their masks at the training
+            side, so a small face set (the demo's) is decoded once, not at every pass; faces
+            past the budget are decoded each time. 0 keeps nothing.
 
     Items are indexed by ``(sample_index, res)`` and return float32 tensors:
     ``image (N, 3, res, res)`` in [0, 1], ``mask (N, 1, res, res)``, ``regions (N, 2, res, res)``
@@ -121,6 +124,7 @@ class CombDataset(Dataset):
         augment: dict | None = None,
         seed: int = 0,
         paste_occluders: float = 0.0,
+        cache_mb: float = 256.0,
     ):
         if not 0.0 <= paste_occluders <= 1.0:
             raise ValueError(f"paste_occluders is a probability in [0, 1], got {paste_occluders}")
@@ -132,11 +136,14 @@ class CombDataset(Dataset):
         self._sets: list[Any] | None = None  # opened lazily, per worker process
         self._aug = None
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
+        self.cache_bytes = int(cache_mb * 2**20)
+        self._faces: dict[tuple[int, int, int], tuple[np.ndarray, ...]] = {}  # (identity, face, res) -> arrays
+        self._faces_bytes = 0
         self.counts = [len(fs.open(p)) for p in self.paths]
 
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)
-        d["_sets"], d["_aug"], d["_perm_cache"] = None, None, {}
+        d["_sets"], d["_aug"], d["_perm_cache"], d["_faces"], d["_faces_bytes"] = None, None, {}, {}, 0
         return d
 
     def _open(self) -> list[Any]:
@@ -159,21 +166,10 @@ class CombDataset(Dataset):
     def load(self, identity: int, face: int, res: int, sample: int | None = None) -> dict[str, np.ndarray]:
         """One face at ``res``: image (3,res,res), mask (1,res,res), regions (2,res,res); augmented if
         ``sample`` is given."""
-        s = self._open()[identity]
-        img = s.image(face)
-        interp = cv2.INTER_AREA if img.shape[0] > res else cv2.INTER_LINEAR
-        if img.shape[0] != res:
-            img = cv2.resize(img, (res, res), interpolation=interp)
+        img, m, regions = (a.copy() for a in self._unaugmented(identity, face, res))
         if sample is not None and self._aug is not None:
             self._aug.set_random_seed(mix_seed(self.seed, identity, sample, 7))
             img = self._aug(image=img)["image"]
-        lm = np.asarray(s.landmarks_aligned[face], np.float64) * res - 0.5  # crop pixels at res
-        m = None if self.mask in LANDMARK_MASKS else s.mask(face, self.mask)
-        if m is None:
-            m = landmark_mask(lm, res, kind=self.mask if self.mask in LANDMARK_MASKS else "extended")
-        elif m.shape[0] != res:
-            m = cv2.resize(m, (res, res), interpolation=interp)
-        regions = region_masks(lm, res)
         if sample is not None and self.paste_occluders > 0:
             rng = np.random.default_rng(mix_seed(self.seed, identity, sample, 11))
             if rng.random() < self.paste_occluders:
@@ -184,6 +180,32 @@ class CombDataset(Dataset):
             "mask": np.asarray(m, np.float32)[None],
             "regions": np.asarray(regions, np.float32),
         }
+
+    def _unaugmented(self, identity: int, face: int, res: int) -> tuple[np.ndarray, ...]:
+        """Image (res, res, 3) uint8, mask (res, res) and regions (2, res, res) of one face at
+        ``res``, before augmentation; kept while the process's budget (``cache_mb``) allows.
+        Callers copy before changing them."""
+        key = (identity, face, res)
+        hit = self._faces.get(key)
+        if hit is not None:
+            return hit
+        s = self._open()[identity]
+        img = s.image(face)
+        interp = cv2.INTER_AREA if img.shape[0] > res else cv2.INTER_LINEAR
+        if img.shape[0] != res:
+            img = cv2.resize(img, (res, res), interpolation=interp)
+        lm = np.asarray(s.landmarks_aligned[face], np.float64) * res - 0.5  # crop pixels at res
+        m = None if self.mask in LANDMARK_MASKS else s.mask(face, self.mask)
+        if m is None:
+            m = landmark_mask(lm, res, kind=self.mask if self.mask in LANDMARK_MASKS else "extended")
+        elif m.shape[0] != res:
+            m = cv2.resize(m, (res, res), interpolation=interp)
+        arrays = (img, np.asarray(m, np.float32), np.asarray(region_masks(lm, res), np.float32))
+        size = sum(a.nbytes for a in arrays)
+        if self._faces_bytes + size <= self.cache_bytes:
+            self._faces[key] = arrays
+            self._faces_bytes += size
+        return arrays
 
     def colour_stats(self, identity: int, faces: int = 256, res: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """RGB mean and standard deviation inside the training mask of one identity's face set.

@@ -115,9 +115,21 @@ class SwapModule(pl.LightningModule):
         # Every parameter is in the optimizer from the start. Parameters of stages not yet
         # reached get no gradient, and Adam creates state lazily on the first gradient, so
         # new blocks start with clean optimizer state when they fade in.
-        return self.optimizer_factory(
-            params=self.parameters(), lr=self.schedule.stages[0].lr
-        )  # model + discriminator, if any
+        params = list(self.parameters())  # model + discriminator, if any
+        return self.optimizer_factory(params=params, lr=self.schedule.stages[0].lr, **self._fused_on_cpu(params))
+
+    def _fused_on_cpu(self, params: list[torch.Tensor]) -> dict[str, bool]:
+        """``{"fused": True}`` for Adam or AdamW with every parameter on the CPU and no choice
+        made in the config (``optimizer.fused=null``): one C++ loop over all parameters instead of one Python call each
+        (about 3 ms of a 100 ms demo step on 2 cores). GPUs keep the optimizer's own default."""
+        factory = self.optimizer_factory
+        func, given = getattr(factory, "func", factory), getattr(factory, "keywords", {}) or {}
+        chosen = any(given.get(k) is not None for k in ("fused", "foreach"))
+        if func not in (torch.optim.Adam, torch.optim.AdamW) or chosen:
+            return {}
+        if not params or any(p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64) for p in params):
+            return {}
+        return {"fused": True}
 
     def setup(self, stage: str) -> None:
         if self.channels_last:
