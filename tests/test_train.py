@@ -332,3 +332,11 @@ def test_adam_is_fused_on_the_cpu_unless_the_config_says(blob_sets, fused):
     assert isinstance(opt, torch.optim.Adam)
     assert opt.defaults["fused"] is (fused is None)
     assert opt.defaults["betas"] == (0.5, 0.999) or list(opt.defaults["betas"]) == [0.5, 0.999]
+
+
+def test_gradient_clipping_under_bf16_autocast_trains(blob_sets, tmp_path):
+    # Lightning cannot clip a fused optimizer's gradients under autocast: clipping keeps Adam unfused.
+    out = tmp_path / "run"
+    argv = tiny(blob_sets, out, "trainer.gradient_clip_val=1.0", "trainer.precision=bf16-mixed", "max_steps=4")
+    assert train_cli.main(argv) == 0
+    assert (out / "model.safetensors").is_file()

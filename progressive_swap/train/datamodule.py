@@ -301,6 +301,7 @@ class FaceDataModule(pl.LightningDataModule):
         seed: data seed.
         paste_occluders: probability of a random occluder pasted over a training face (see
             :class:`CombDataset`); 0 disables it.
+        cache_mb: megabytes of decoded faces each loader process keeps (see :class:`CombDataset`).
     """
 
     def __init__(
@@ -312,8 +313,10 @@ class FaceDataModule(pl.LightningDataModule):
         phantom: dict | None = None,
         seed: int = 0,
         paste_occluders: float = 0.0,
+        cache_mb: float = 256.0,
     ):
         super().__init__()
+        self.cache_mb = cache_mb
         self.faces = list(faces) if faces else None
         self.mask = mask
         self.num_workers = num_workers
@@ -357,7 +360,8 @@ class FaceDataModule(pl.LightningDataModule):
             # its loader workers) must not live on waiting for it.
             procs.serve(os.getppid())
         if self.dataset is None:
-            self.dataset = CombDataset(self.resolve_faces(), self.mask, self.augment, self.seed, self.paste_occluders)
+            self.dataset = CombDataset(self.resolve_faces(), self.mask, self.augment, self.seed, self.paste_occluders,
+                                       self.cache_mb)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
