@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import errno
+import json
 import pickle
 import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from conftest import import_tool, tiny
@@ -173,6 +175,51 @@ def test_guard_stops_a_run_that_keeps_diverging():
     assert module.rollbacks == 1 and module.lr_scale == 0.5
     with pytest.raises(TrainingDiverged, match="diverged"):
         guard.on_train_batch_end(trainer, module, None, batch, 0)
+
+
+def test_a_finite_loss_spike_is_skipped_like_a_nonfinite_one():
+    lin = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(lin.parameters())
+    guard = NonFiniteGuard(spike_factor=10, spike_window=60)
+    rng = np.random.default_rng(0)
+
+    def step(loss: float) -> SimpleNamespace:
+        lin.zero_grad()
+        lin(torch.ones(1, 3)).sum().backward()
+        module = SimpleNamespace(step_problem=None, step_loss=torch.tensor(loss), batches_done=1)
+        guard.on_before_optimizer_step(_stub_trainer(), module, opt)
+        return module
+
+    assert step(1e6).step_problem is None  # no history yet: nothing to compare with
+    guard._losses.clear()
+    for _ in range(49):
+        assert step(0.5 + 0.05 * rng.standard_normal()).step_problem is None
+    assert step(50.0).step_problem is None  # 49 losses known: still too few to judge
+    guard._losses.pop()
+    assert step(0.5).step_problem is None  # the 50th
+    m = step(6.0)  # 12x the median
+    assert m.step_problem.startswith("loss spike (12") and lin.weight.grad is None and lin.bias.grad is None
+    assert step(4.0).step_problem is None and lin.weight.grad is not None  # 8x: a bad batch, not a spike
+    assert step(float("nan")).step_problem is None  # non-finite losses are the module's to report
+    assert NonFiniteGuard(spike_factor=0).spike_factor == 0
+    with pytest.raises(ValueError, match="spike_factor"):
+        NonFiniteGuard(spike_factor=0.5)
+
+
+@pytest.mark.slow
+def test_loss_spikes_roll_back_and_training_finishes(blob_sets, tmp_path, capsys):
+    run = tmp_path / "run"
+    extra = ("guard.inject_spike_at=[8,9,10]", "guard.spike_window=5")
+    assert train_cli.main(tiny(blob_sets, run, *extra)) == 0
+    err = capsys.readouterr().err
+    # Only the three injected batches are spikes (the rule saw 5+ ordinary losses first).
+    assert len(re.findall(r"guard: loss spike \(\d+× the recent median\) at batch (?:8|9|10) ", err)) == 3
+    assert len(re.findall(r"loss spike", err)) == 3
+    assert re.search(r"3 skipped steps: rolled back to step0000006\.ckpt \(batch 6\); learning rate x0\.5", err)
+    state = safe_load(run / "last.ckpt")["progressive_swap"]
+    assert state["batches_done"] == 14 and state["rollbacks"] == 1 and state["lr_scale"] == 0.5
+    events = (run / "logs" / "nonfinite.jsonl").read_text().splitlines()
+    assert [json.loads(e)["event"] for e in events] == ["spike", "spike", "spike", "rollback"]
 
 
 # -- resume=auto, damaged checkpoints, full disk (one short base run, copied per test) -------------

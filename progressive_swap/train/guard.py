@@ -15,10 +15,16 @@ them rolls back to its newest good checkpoint with a lower learning rate.
   saved in every checkpoint), so a resumed run keeps it. The data position goes on: the
   batches after the rollback are new ones.
 * After ``max_rollbacks`` rollbacks the run stops with :class:`TrainingDiverged`.
+* A finite loss can diverge too: a loss above ``spike_factor`` times the median of the last
+  ``spike_window`` accepted losses is a **spike**, skipped and counted like a non-finite step
+  (once at least ``min(50, spike_window)`` losses are known; any process's spike skips every
+  process). A learning rate too high for the data, in bf16, took a demo run from 0.5 to 9,165
+  without a single non-finite value; this catches that.
 
 Under ``precision=16-mixed`` Lightning's GradScaler already skips steps with inf/NaN gradients
 and lowers its scale: that is normal operation, so the guard leaves those gradients to the
-scaler and does not count them. A non-finite *loss* is counted under every precision.
+scaler and does not count them. A non-finite *loss* is counted under every precision; the
+spike rule is off there (the scaler needs the gradients of every step it is given).
 
 Every event is printed as one line and appended to ``logs/nonfinite.jsonl`` in the run
 directory; the counts ``nonfinite`` and ``rollbacks`` show in the progress bar once non-zero.
@@ -28,6 +34,7 @@ from __future__ import annotations
 import collections
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -69,6 +76,10 @@ class NonFiniteGuard(pl.Callback):
         lr_factor: learning-rate multiplier applied at each rollback (kept across resumes).
         max_rollbacks: rollbacks allowed before the run stops with :class:`TrainingDiverged`.
         inject_nan_at: test hook: global batch indices whose input images are replaced by NaN.
+        spike_factor: a finite loss above this many times the median of recent accepted losses
+            is skipped like a non-finite one; 0 turns the rule off.
+        spike_window: accepted losses the median is taken over.
+        inject_spike_at: test hook: global batch indices whose loss is reported ×10⁴ to the rule.
     """
 
     def __init__(
@@ -79,12 +90,22 @@ class NonFiniteGuard(pl.Callback):
         lr_factor: float = 0.5,
         max_rollbacks: int = 5,
         inject_nan_at: Sequence[int] = (),
+        spike_factor: float = 10.0,
+        spike_window: int = 200,
+        inject_spike_at: Sequence[int] = (),
     ):
         if max_bad_steps < 1 or not 0 < lr_factor <= 1 or max_rollbacks < 0 or window < 0:
             raise ValueError(
                 f"guard: need max_bad_steps >= 1, 0 < lr_factor <= 1, max_rollbacks >= 0, window >= 0; got "
                 f"{max_bad_steps}, {lr_factor}, {max_rollbacks}, {window}"
             )
+        if spike_factor < 0 or (spike_factor and not 1 < spike_factor) or spike_window < 1:
+            raise ValueError(
+                f"guard: need spike_factor 0 or > 1 and spike_window >= 1; got {spike_factor}, {spike_window}"
+            )
+        self.spike_factor, self.spike_window = float(spike_factor), int(spike_window)
+        self.inject_spike_at = {int(b) for b in inject_spike_at}
+        self._losses: collections.deque[float] = collections.deque(maxlen=self.spike_window)  # accepted losses
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self.max_bad_steps = int(max_bad_steps)
         self.lr_factor = float(lr_factor)
@@ -107,12 +128,35 @@ class NonFiniteGuard(pl.Callback):
         if getattr(trainer.precision_plugin, "scaler", None) is not None:  # GradScaler skips inf steps itself
             return
         params = [p for group in optimizer.param_groups for p in group["params"]]
+        if module.step_problem is None and self.spike_factor:
+            loss = self._step_loss(module)
+            ratio = self._spike_ratio(loss)
+            # any rank's spike skips every rank
+            if trainer.strategy.reduce_boolean_decision(ratio is not None, all=False):
+                module.step_problem = f"loss spike ({ratio:.0f}× the recent median)" if ratio else "loss spike"
+            elif math.isfinite(loss):
+                self._losses.append(loss)
         if module.step_problem is None:  # a finite loss: check what backward made of it
             if trainer.strategy.reduce_boolean_decision(grads_finite(params), all=True):  # every rank skips together
                 return
             module.step_problem = "gradients"
         for p in params:
             p.grad = None  # the optimizer leaves parameters without a gradient untouched
+
+    def _step_loss(self, module: pl.LightningModule) -> float:
+        loss = float(module.step_loss) if getattr(module, "step_loss", None) is not None else math.nan
+        if self.inject_spike_at and module.batches_done - 1 in self.inject_spike_at:
+            loss *= 1e4
+        return loss
+
+    def _spike_ratio(self, loss: float) -> float | None:
+        """``loss`` over the median of recent accepted losses when above ``spike_factor``, else None."""
+        if len(self._losses) < min(50, self.spike_window) or not math.isfinite(loss):
+            return None
+        median = statistics.median(self._losses)
+        if median <= 0 or loss <= self.spike_factor * median:
+            return None
+        return loss / median
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -125,14 +169,15 @@ class NonFiniteGuard(pl.Callback):
             self._event(
                 trainer,
                 {
-                    "event": "nonfinite",
+                    "event": "spike" if problem.startswith("loss spike") else "nonfinite",
                     "batch": g,
                     "stage": module.stage_res,
                     "alpha": round(float(module.alpha), 4),
                     "what": problem,
                     "bad_in_window": bad,
                 },
-                f"non-finite {problem} at batch {g} (stage {module.stage_res}px, "
+                f"{'' if problem.startswith('loss spike') else 'non-finite '}{problem} at batch {g} "
+                f"(stage {module.stage_res}px, "
                 f"alpha {module.alpha:.3f}): step skipped ({bad}/{self.max_bad_steps})",
             )
             if bad >= self.max_bad_steps:
@@ -149,8 +194,9 @@ class NonFiniteGuard(pl.Callback):
         self._recent.clear()
         if module.rollbacks >= self.max_rollbacks:
             raise TrainingDiverged(
-                f"training diverged: non-finite steps kept coming after {module.rollbacks} rollbacks "
-                f"(learning rate now x{module.lr_scale:g}); lower the learning rate or check the data"
+                f"training diverged: skipped steps (non-finite or spiking loss) kept coming after "
+                f"{module.rollbacks} rollbacks (learning rate now x{module.lr_scale:g}); lower the learning rate "
+                "or check the data"
             )
         module.rollbacks += 1
         source = self._restore(trainer, module, first_bad)
@@ -168,7 +214,7 @@ class NonFiniteGuard(pl.Callback):
                 "lr_scale": module.lr_scale,
                 "rollbacks": module.rollbacks,
             },
-            f"{self.max_bad_steps} non-finite steps: {where}; learning rate x{module.lr_scale:g}",
+            f"{self.max_bad_steps} skipped steps: {where}; learning rate x{module.lr_scale:g}",
         )
 
     def _restore(self, trainer: pl.Trainer, module: pl.LightningModule, before: int) -> tuple[int, Path] | None:

@@ -98,6 +98,7 @@ class SwapModule(pl.LightningModule):
         self.rollbacks = 0
         self.lr_scale = 1.0  # multiplies the schedule's learning rate; lowered at each rollback
         self.step_problem: str | None = None  # why this batch's update is skipped (non-finite terms)
+        self.step_loss: torch.Tensor | None = None  # this batch's loss, detached (the guard's spike rule)
         self._t_last: float | None = None
         self.save_hyperparameters(
             {
@@ -207,6 +208,7 @@ class SwapModule(pl.LightningModule):
         self.log("stage", float(res), prog_bar=True)
         self.log("alpha", float(alpha), prog_bar=True)
         self.log("images", float(self.schedule.images_seen(g + 1)))
+        self.step_loss = total.detach()
         finite = bool(torch.isfinite(total))
         if self._trainer is not None and self.trainer.world_size > 1:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)  # every rank skips together
