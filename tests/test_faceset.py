@@ -425,3 +425,32 @@ def test_shards_stay_few_for_fast_opens(tmp_path, monkeypatch):
     for i, b in enumerate(batches):
         np.testing.assert_array_equal(fs.landmarks[i], b[0][0].landmarks)
         np.testing.assert_array_equal(fs.image(i), b[1][0])
+
+
+def test_a_set_written_without_per_file_fsync_is_the_same_and_flushed_once(tmp_path, monkeypatch):
+    calls = {"fsync": 0, "sync": 0}
+    real_fsync = os.fsync
+
+    def counting_fsync(fd):
+        calls["fsync"] += 1
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    monkeypatch.setattr(os, "sync", lambda: calls.__setitem__("sync", calls["sync"] + 1))
+    batches = [make_batch(0, 6), make_batch(6, 6)]
+    counts = {}
+    for durable in (True, False):
+        calls.update(fsync=0, sync=0)
+        with F.create(tmp_path / str(durable), face_type="whole", size=S, durable=durable) as w:
+            for recs, ims, ms in batches:
+                w.append(recs, ims, masks={"hull": ms})
+        counts[durable] = dict(calls)
+    # 24 files (12 images, 12 masks): each fsynced when durable, none when not; one flush at close.
+    assert counts[True]["fsync"] >= 24 and counts[True]["sync"] == 0
+    assert counts[False]["fsync"] < counts[True]["fsync"] - 24 + 1 and counts[False]["sync"] == 1
+    a, b = F.open(tmp_path / "True"), F.open(tmp_path / "False")
+    assert len(a) == len(b) == 12
+    for k in (0, 7, 11):
+        np.testing.assert_array_equal(a.image(k), b.image(k))
+        np.testing.assert_array_equal(a.mask(k, "hull"), b.mask(k, "hull"))
+        same_record(a.record(k), b.record(k))

@@ -291,8 +291,9 @@ def mask_path(root: Path, name: str, face_id: str) -> Path:
     return root / MASK_DIR / name / (face_id + ".png")
 
 
-def write_file_durable(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``.<name>.tmp`` beside ``path``, fsync, rename over ``path``.
+def write_file_durable(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write ``data`` to ``.<name>.tmp`` beside ``path``, fsync (unless ``fsync`` is False: the
+    caller flushes later), rename over ``path``.
 
     Unlike :func:`progressive_swap.core.io.atomic_write` the directory is not fsynced here: the
     writer fsyncs each directory once per batch, before committing the batch's index shard.
@@ -303,7 +304,8 @@ def write_file_durable(path: Path, data: bytes) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

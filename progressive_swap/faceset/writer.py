@@ -67,12 +67,18 @@ class FaceSetWriter:
     Args:
         path: face set directory (its ``faceset.json`` must exist).
         threads: image encoding threads per batch (cv2 releases the GIL); 1 = in the caller.
+        durable: fsync every image and mask as it is written and each batch's directories (the
+            default: a crash never loses a committed face). ``False`` is for a set written into
+            a temporary directory that is renamed into place only when complete, and thrown
+            away otherwise (the phantom): files are not fsynced one by one, and a successful
+            :meth:`close` flushes everything once (``os.sync``) before the caller renames.
     """
 
-    def __init__(self, path: str | os.PathLike, *, threads: int = 4):
+    def __init__(self, path: str | os.PathLike, *, threads: int = 4, durable: bool = True):
         self.root = Path(path)
         self.header = read_header(self.root)
         self.threads = max(1, int(threads))
+        self.durable = bool(durable) or not hasattr(os, "sync")  # no os.sync to flush at the end: stay durable
         self._lock_fd = self._acquire_lock()
         try:
             self._index_dir = self.root / INDEX_DIR
@@ -167,19 +173,19 @@ class FaceSetWriter:
         for name in masks:
             (self.root / MASK_DIR / name).mkdir(exist_ok=True)
         self._write_files(jobs)
-        for d in {p.parent for p, _, _ in jobs}:
+        for d in {p.parent for p, _, _ in jobs} if self.durable else ():
             fsync_dir(d)
         self._commit(records, default_identity)
         if self._plain_tail >= MERGE_EVERY:
             self.compact(trailing_only=True)
 
     def _write_files(self, jobs: list[tuple[Path, Any, str]]) -> None:
-        size, header = self.size, self.header
+        size, header, durable = self.size, self.header, self.durable
 
         def work(job: tuple[Path, Any, str]) -> None:
             path, arr, kind = job
             data = encode_image(arr, size, header) if kind == "image" else encode_mask(arr, size)
-            write_file_durable(path, data)
+            write_file_durable(path, data, fsync=durable)
 
         if self.threads == 1 or len(jobs) < 2:
             for j in jobs:
@@ -283,6 +289,8 @@ class FaceSetWriter:
                 self.compact(trailing_only=True)
                 if len(fx.scan_shards(self._index_dir)[0]) > MAX_SHARDS_AFTER_CLOSE:
                     self.compact()
+            if not self.durable:
+                os.sync()  # every file on disk before the caller renames the set into place
         finally:
             if self._pool is not None:
                 self._pool.shutdown()
@@ -434,6 +442,7 @@ def create(
     identity: str | None = None,
     exist_ok: bool = False,
     threads: int = 4,
+    durable: bool = True,
 ) -> FaceSetWriter:
     """Create a face set and return a writer for it.
 
@@ -447,6 +456,7 @@ def create(
         identity: default identity label for records whose ``identity`` is "".
         exist_ok: if a set exists at ``path``, check it matches and resume appending to it.
         threads: image encoding threads per batch.
+        durable: fsync each file as it is written (see :class:`FaceSetWriter`).
     """
     header = make_header(face_type, size, image_format, jpeg_quality, png_compression, identity)
     root = Path(path)
@@ -457,13 +467,13 @@ def create(
         for key in ("face_type", "size", "image_format"):
             if old[key] != header[key]:
                 raise FaceSetError(f"face set {str(root)!r} has {key}={old[key]!r}, not {header[key]!r}")
-        return FaceSetWriter(root, threads=threads)
+        return FaceSetWriter(root, threads=threads, durable=durable)
     check_writable_dir(root)
     for d in (INDEX_DIR, IMAGE_DIR):
         if (root / d).is_dir() and any(os.scandir(root / d)):
             raise FaceSetError(f"{str(root)!r} has {d}/ but no {HEADER_NAME}: a damaged face set?")
     write_header(root, header)
-    return FaceSetWriter(root, threads=threads)
+    return FaceSetWriter(root, threads=threads, durable=durable)
 
 
 def open_writer(path: str | os.PathLike, *, threads: int = 4) -> FaceSetWriter:

@@ -125,7 +125,10 @@ def _write_faceset(final: Path, i: int, seed: int, faces: int, size: int, face_t
     crops = _render_all([(idn_seed, p, frame_size, face_type, size) for p in params], pool)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
-        with faceset.create(tmp, face_type=face_type, size=size, image_format=image_format, identity=label) as w:
+        # Not durable file by file: the set is renamed into place only when complete (and
+        # deleted otherwise); closing the writer flushes everything once.
+        with faceset.create(tmp, face_type=face_type, size=size, image_format=image_format, identity=label,
+                            durable=False) as w:
             for start in range(0, faces, _BATCH):
                 records, images = [], []
                 masks: dict[str, list[np.ndarray]] = {m: [] for m in MASK_NAMES}
