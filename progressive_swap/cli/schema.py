@@ -238,7 +238,7 @@ class TrainConfig:
     augment: Augment = opt(factory=Augment)
     checkpoint: Checkpointing = opt(factory=Checkpointing)
     # Groups: each is one constructor's arguments (its _target_ says which; see --cfg job).
-    guard: Any = opt(None, "non-finite or spiking loss, non-finite grads: skip the step, then roll back (train/guard.py)")
+    guard: Any = opt(None, "non-finite or spiking loss, non-finite grads: skip the step, roll back (train/guard.py)")
     model: Any = opt(None, "the architecture (CombArch): choose with model=NAME, override model.KEY=")
     schedule: Any = opt(None, "growth: stages with images, fade, batch and learning rate (GrowthSchedule)")
     data: Any = opt(None, "the face sets (data=facesets data.faces=[A,B]) or the phantom (data=phantom)")
