@@ -217,9 +217,8 @@ def generate_phantom_dataset(
     result: dict[str, list[str]] = {"faces": [], "videos": [], "truth": []}
     workers = render_workers(faces) if workers is None else int(workers)
     # forkserver: the caller may already run threads (torch's), which a plain fork would copy half-made.
-    pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
-            if workers > 0 else nullcontext())
-    with pool, Progress(progress_every, enabled=progress) as bar:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) if workers > 0 else None
+    with pool or nullcontext(), Progress(progress_every, enabled=progress) as bar:
         task = bar.task("phantom faces id0", total, "faces")
 
         def advance() -> None:
@@ -229,8 +228,7 @@ def generate_phantom_dataset(
         for i in range(identities):
             task.update(label=f"phantom faces id{i}")
             final = out / "faces" / f"id{i}"
-            _write_faceset(final, i, seed, faces, size, face_type, occluders, frame_size, image_format, advance,
-                           pool if workers > 0 else None)
+            _write_faceset(final, i, seed, faces, size, face_type, occluders, frame_size, image_format, advance, pool)
             result["faces"].append(str(final))
         if videos:
             (out / "videos").mkdir(exist_ok=True)

@@ -7,6 +7,7 @@ alpha are known exactly, also after a resume.
 """
 from __future__ import annotations
 
+import math
 import time
 from functools import partial
 from typing import Any, Callable
@@ -98,7 +99,7 @@ class SwapModule(pl.LightningModule):
         self.rollbacks = 0
         self.lr_scale = 1.0  # multiplies the schedule's learning rate; lowered at each rollback
         self.step_problem: str | None = None  # why this batch's update is skipped (non-finite terms)
-        self.step_loss: torch.Tensor | None = None  # this batch's loss, detached (the guard's spike rule)
+        self.step_loss: float | None = None  # this batch's loss on this rank (the guard's spike rule)
         self._t_last: float | None = None
         self.save_hyperparameters(
             {
@@ -208,8 +209,8 @@ class SwapModule(pl.LightningModule):
         self.log("stage", float(res), prog_bar=True)
         self.log("alpha", float(alpha), prog_bar=True)
         self.log("images", float(self.schedule.images_seen(g + 1)))
-        self.step_loss = total.detach()
-        finite = bool(torch.isfinite(total))
+        self.step_loss = float(total.detach())  # the step's one device sync, shared with the guard
+        finite = math.isfinite(self.step_loss)
         if self._trainer is not None and self.trainer.world_size > 1:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)  # every rank skips together
         if not finite:
