@@ -42,15 +42,47 @@ from types import SimpleNamespace
 
 import torch
 
-# Full-size designs (CombArch fields). "today" is the recipes' model before issue #14.
+# Full-size designs (CombArch fields). "comb" is the recipes' model before issue #14, "lean" the
+# one issue #14 chose; the core designs (issue #27) put their capacity at half the latent side.
+_LEAN = dict(channel_base=2048, channel_max=256, channel_min=24, latent_channels=256, block="conv")
 FULL: dict[str, dict] = {
-    "today": dict(channel_base=32768, channel_max=512, channel_min=32, latent_channels=256, block="conv"),
+    "comb": dict(channel_base=32768, channel_max=512, channel_min=32, latent_channels=256, block="conv"),
     "half": dict(channel_base=16384, channel_max=512, channel_min=32, latent_channels=256, block="conv"),
-    "slim": dict(channel_base=2048, channel_max=256, channel_min=16, latent_channels=256, block="conv"),
-    "slim24": dict(channel_base=2048, channel_max=256, channel_min=24, latent_channels=256, block="conv"),
+    "slim": dict(_LEAN, channel_min=16),
+    "lean": _LEAN,
     "slim_dwsep": dict(channel_base=4096, channel_max=256, channel_min=24, latent_channels=256, block="dwsep"),
+    # lean + a 512-wide core at 8x8: 3 blocks in each decoder, 1 in the encoder
+    "core": dict(_LEAN, core_channels=512, core_blocks=3, encoder_core_blocks=1),
+    # lean + decoder cores (3 blocks), one 3x3 convolution per block from 128 px out
+    "core_light": dict(_LEAN, core_channels=512, core_blocks=3, light_res=128),
+    # deeper cores (4 decoder blocks, 2 encoder blocks), light blocks from 128 px out
+    "core_deep": dict(_LEAN, core_channels=512, core_blocks=4, encoder_core_blocks=2, light_res=128),
 }
+ALIASES = {"today": "comb", "slim24": "lean"}  # the names the issue #14 study used
 SIDE_DIV, WIDTH_DIV = 8, 2
+_ARCH_KEYS = ("channel_base", "channel_max", "channel_min", "latent_channels", "block", "core_channels",
+              "core_blocks", "encoder_core_blocks", "light_res")
+
+
+def default_design() -> dict:
+    """The full-size design ``recipe=1024``'s model group resolves to."""
+    from hydra.utils import instantiate
+
+    from progressive_swap.cli.config import compose
+
+    cfg = compose("train", ["recipe=1024"])
+    arch = instantiate(cfg.model, num_identities=2, final_res=1024, start_res=256)
+    return {k: getattr(arch, k) for k in _ARCH_KEYS}
+
+
+def design(name: str) -> dict:
+    """Full-size CombArch fields of a candidate: a name of ``FULL``, an alias, or ``default``."""
+    if name == "default":
+        return default_design()
+    name = ALIASES.get(name, name)
+    if name not in FULL:
+        raise SystemExit(f"unknown candidate {name!r}: one of default, {', '.join(FULL)} (or {', '.join(ALIASES)})")
+    return FULL[name]
 STAGES = (32, 64, 128)
 # Share of the CPU budget per phase: 32 px; 64 px fade, stable; 128 px fade, stable (lr annealed).
 SHARES = (0.35, 0.15, 0.15, 0.15, 0.20)
@@ -58,7 +90,8 @@ LR, LR_END, BATCH = 5e-4, 5e-5, 8  # 1e-3 (the demo's) made the scaled "today" d
 
 
 def scaled(full: dict) -> dict:
-    """The CPU-sized version of a full-size design (see the module docstring)."""
+    """The CPU-sized version of a full-size design (see the module docstring): widths ÷ 2, sides
+    ÷ 8 (``light_res`` too), block counts kept."""
     return dict(
         channel_base=full["channel_base"] // (SIDE_DIV * WIDTH_DIV),
         channel_max=full["channel_max"] // WIDTH_DIV,
@@ -66,6 +99,10 @@ def scaled(full: dict) -> dict:
         latent_channels=full["latent_channels"] // WIDTH_DIV,
         block=full["block"],
         latent_res=4,
+        core_channels=full.get("core_channels", 0) // WIDTH_DIV,
+        core_blocks=full.get("core_blocks", 0),
+        encoder_core_blocks=full.get("encoder_core_blocks", 0),
+        light_res=full.get("light_res", 0) // SIDE_DIV,
     )
 
 
@@ -79,7 +116,7 @@ def full_size_gflops(full: dict) -> list[float]:
 
 
 def _overrides(name: str, seed: int, out: Path) -> list[str]:
-    arch = scaled(FULL[name])
+    arch = scaled(design(name))
     return [
         "recipe=demo",
         *[f"model.{k}={v}" for k, v in arch.items()],
@@ -185,61 +222,90 @@ def one_run(name: str, seed: int, budget: float, work: Path) -> dict:
     }
 
 
-def summarise(runs: list[dict], names: list[str], budget: float, seeds: list[int], frames: int) -> dict:
-    """Per candidate: its full-size and scaled cost, and the mean of its runs' results."""
+def summarise(runs: list[dict], budget: float | None = None) -> dict:
+    """Per candidate and budget: the design's full-size and scaled cost, and the mean of its runs."""
     from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
     from progressive_swap.model.summary import summarize
 
     keys = ("swap_psnr", "hf_coherent", "recon_psnr", "source_mask_iou", "swap_mask_iou", "images", "train_cpu_s",
             "images_per_cpu_s", "images_per_wall_s", "peak_rss_gb")
     candidates = {}
-    for name in names:
-        arch = CombArch(2, final_res=STAGES[-1], start_res=STAGES[0], colour_norm=True, **scaled(FULL[name]))
-        mine = [r for r in runs if r["candidate"] == name]
+    for name in dict.fromkeys(r["candidate"] for r in runs):
+        full = next(r["full_size_arch"] for r in runs if r["candidate"] == name)
+        arch = CombArch(2, final_res=STAGES[-1], start_res=STAGES[0], colour_norm=True, **scaled(full))
+        per_budget = {}
+        for b in sorted({r["budget_cpu_s"] for r in runs if r["candidate"] == name}):
+            mine = [r for r in runs if r["candidate"] == name and r["budget_cpu_s"] == b]
+            per_budget[str(b)] = {"seeds": [r["seed"] for r in mine],
+                                  **{k: round(sum(r[k] for r in mine) / len(mine), 4) for k in keys}}
         candidates[name] = {
-            "full_size_arch": FULL[name],
-            "full_size_train_gflops_per_image": full_size_gflops(FULL[name]),
-            "scaled_arch": scaled(FULL[name]),
+            "full_size_arch": full,
+            "full_size_params": full_size_params(full),
+            "full_size_train_gflops_per_image": full_size_gflops(full),
+            "scaled_arch": scaled(full),
             "scaled_params": sum(p.numel() for p in CombAutoencoder(arch).parameters()),
             "scaled_train_gflops_per_image": [round(r["gflops_train"], 3) for r in summarize(CombAutoencoder(arch))],
-            "mean": {k: round(sum(r[k] for r in mine) / len(mine), 4) for k in keys},
+            "mean": per_budget if budget is None else per_budget[str(budget)],
         }
     return {
-        "budget": f"{budget} process CPU seconds of training per run, one thread",
+        "budget": "process CPU seconds of training per run, one thread",
         "lr": [LR, LR_END],
         "shares": SHARES,
         "stages": STAGES,
-        "seeds": seeds,
-        "frames_per_pair": frames,
         "torch_threads_per_run": 1,
         "candidates": candidates,
         "runs": runs,
     }
 
 
+def full_size_params(full: dict) -> int:
+    from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
+
+    with torch.device("meta"):
+        model = CombAutoencoder(CombArch(2, final_res=1024, start_res=256, latent_res=16, colour_norm=True, **full))
+    return sum(p.numel() for p in model.parameters())
+
+
+def run_file(runs_dir: Path, name: str, budget: float, seed: int) -> Path:
+    return runs_dir / f"{name}_{budget:g}s_seed{seed}.json"
+
+
+def load_runs(runs_dir: Path) -> list[dict]:
+    """Every finished run kept under ``runs_dir`` (one JSON per run)."""
+    return [json.loads(f.read_text()) for f in sorted(runs_dir.glob("*_seed*.json"))]
+
+
+def _write(path: Path | str, text: str) -> None:
+    from progressive_swap.core.io import atomic_write_text
+
+    atomic_write_text(path, text + "\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget-cpu", type=float, default=150.0, help="process CPU seconds of training per run")
+    ap.add_argument("--budgets", type=float, nargs="+", default=None,
+                    help="several budgets (process CPU s), run in the order given; overrides --budget-cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--candidates", nargs="+", default=list(FULL))
+    ap.add_argument("--candidates", nargs="+", default=list(FULL),
+                    help=f"names from {', '.join(FULL)}; 'default' is recipe=1024's model; aliases {ALIASES}")
     ap.add_argument("--frames", type=int, default=16, help="held-out frames per identity pair")
+    ap.add_argument("--runs-dir", default=None,
+                    help="keep each finished run as NAME_BUDGETs_seedSEED.json here and reuse the ones already "
+                         "there (same scaled design and frames), so a study can be spread over several sittings")
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("--merge", nargs="+", default=None,
                     help="combine the JSON of runs made separately (e.g. one process per seed) into --out")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: NAME,SEED
     a = ap.parse_args()
+    budgets = a.budgets or [a.budget_cpu]
     if a.merge:
-        parts = [json.loads(Path(f).read_text()) for f in a.merge]
-        runs = [r for p in parts for r in p["runs"]]
-        seeds = sorted({r["seed"] for r in runs})
-        names = [n for n in FULL if any(r["candidate"] == n for r in runs)]
-        text = json.dumps(summarise(runs, names, a.budget_cpu, seeds, parts[0]["frames_per_pair"]), indent=1)
+        runs = [r for f in a.merge for r in json.loads(Path(f).read_text())["runs"]]
+        text = json.dumps(summarise(runs), indent=1)
         print(text)
         if a.out:
-            from progressive_swap.core.io import atomic_write_text
-
-            atomic_write_text(a.out, text + "\n")
+            _write(a.out, text)
         return 0
     work = Path(a.work or tempfile.mkdtemp(prefix="bench_efficiency_"))
     if a.one:
@@ -249,28 +315,50 @@ def main() -> int:
 
     from progressive_swap.eval.quality import QualitySettings, evaluate
 
+    torch.set_num_threads(1)  # the evaluation must not take the other study process's core
     settings = QualitySettings(frames=a.frames, video_frames=0)
+    runs_dir = Path(a.runs_dir) if a.runs_dir else None
     runs = []
-    for seed in a.seeds:  # interleaved: every candidate once per seed before the next seed
-        for name in a.candidates:
-            cmd = [sys.executable, __file__, "--budget-cpu", str(a.budget_cpu), "--work", str(work), "--one",
-                   f"{name},{seed}"]
-            env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-            run = json.loads(out.strip().splitlines()[-1])
-            q = evaluate(run["checkpoint"], settings, "cpu")
-            run.update({k: q[k] for k in ("swap_psnr", "swap_ssim", "hf_energy", "hf_coherent", "recon_psnr",
-                                          "source_mask_iou", "swap_mask_iou", "stage_res", "alpha")})
-            runs.append(run)
-            print(json.dumps(run), file=sys.stderr, flush=True)
-    result = summarise(runs, a.candidates, a.budget_cpu, a.seeds, a.frames)
-    text = json.dumps(result, indent=1)
+    for budget in budgets:
+        for seed in a.seeds:  # interleaved: every candidate once per seed before the next seed
+            for name in a.candidates:
+                full = design(name)
+                kept = run_file(runs_dir, name, budget, seed) if runs_dir else None
+                if kept is not None and kept.exists():
+                    run = json.loads(kept.read_text())
+                    if run["scaled_arch"] == scaled(full) and run["frames_per_pair"] == a.frames:
+                        runs.append(run)
+                        print(f"reusing {kept}", file=sys.stderr, flush=True)
+                        continue
+                cmd = [sys.executable, __file__, "--budget-cpu", str(budget), "--work", str(work / f"{budget:g}s"),
+                       "--one", f"{name},{seed}"]
+                env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+                run = json.loads(out.strip().splitlines()[-1])
+                q = evaluate(run["checkpoint"], settings, "cpu")
+                run.update({k: q[k] for k in ("swap_psnr", "swap_ssim", "hf_energy", "hf_coherent", "recon_psnr",
+                                              "source_mask_iou", "swap_mask_iou", "stage_res", "alpha")})
+                run.update(budget_cpu_s=budget, frames_per_pair=a.frames, full_size_arch=full, scaled_arch=scaled(full),
+                           lscpu_bf16=_cpu_bf16())
+                runs.append(run)
+                print(json.dumps(run), file=sys.stderr, flush=True)
+                if kept is not None:
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    _write(kept, json.dumps(run, indent=1))
+    text = json.dumps(summarise(runs, budgets[0] if len(budgets) == 1 else None), indent=1)
     print(text)
     if a.out:
-        from progressive_swap.core.io import atomic_write_text
-
-        atomic_write_text(a.out, text + "\n")
+        _write(a.out, text)
     return 0
+
+
+def _cpu_bf16() -> str:
+    """Which bfloat16 instructions this CPU has (``amx_bf16``, ``avx512_bf16`` or none)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    return next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), "none (AVX2 class)")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,13 @@ class CombArch:
         block: kind of 3x3 convolution in every encoder and decoder block: ``conv`` (dense, the
             original design) or ``dwsep`` (depthwise 3x3 then pointwise 1x1). Checkpoints
             written before this field existed lack it and read back as ``conv``.
+        core_channels: width of the wide cores at half the latent side (0: the latent-side
+            width); see :class:`~progressive_swap.model.blocks.Core`.
+        core_blocks: residual blocks in each decoder's core (0: no core). Decoders are per
+            identity, so this is where a person's detail gets its capacity.
+        encoder_core_blocks: residual blocks in the shared encoder's core (0: no core).
+        light_res: blocks at this side and above have one 3x3 convolution instead of two
+            (0: every block has two), halving the cost of the outer, high-resolution levels.
 
     Every field added after v0.1 defaults to the behaviour before it, so an old checkpoint's
     ``arch`` entry rebuilds the same network, weight for weight.
@@ -96,6 +103,10 @@ class CombArch:
     norm_groups: int = 0
     colour_norm: bool = False
     block: Literal["conv", "dwsep"] = "conv"
+    core_channels: int = 0
+    core_blocks: int = 0
+    encoder_core_blocks: int = 0
+    light_res: int = 0
 
     def __post_init__(self) -> None:
         if self.num_identities < 2:

@@ -33,6 +33,7 @@ __all__ = [
     "ToRGB",
     "EncoderBlock",
     "DecoderBlock",
+    "Core",
     "BLOCK_KINDS",
 ]
 
@@ -179,7 +180,8 @@ class EncoderBlock(nn.Module):
 
     With ``down=False`` the block keeps the resolution (used as the encoder's bottleneck), and
     with ``out_act=False`` its main branch ends linearly (a linear latent). ``block`` picks the
-    kind of 3x3 convolution (:data:`BLOCK_KINDS`).
+    kind of 3x3 convolution (:data:`BLOCK_KINDS`). With ``convs=1`` the main branch is a single
+    3x3 convolution (``in_ch -> out_ch``): a *light* block, half the cost, for the outer levels.
 
     Shapes: (B, in_ch, H, W) -> (B, out_ch, H/2, W/2) (or (B, out_ch, H, W) when ``down=False``).
     """
@@ -193,11 +195,15 @@ class EncoderBlock(nn.Module):
         act_slope: float = 0.2,
         norm_groups: int = 0,
         block: BlockKind = "conv",
+        convs: int = 2,
     ) -> None:
         super().__init__()
-        self.down = down
-        self.conv1 = _conv3(in_ch, in_ch, act_slope, block)
-        self.norm1 = _norm(in_ch, norm_groups)
+        if convs not in (1, 2):
+            raise ValueError(f"convs must be 1 or 2, got {convs}")
+        self.down, self.convs = down, convs
+        if convs == 2:
+            self.conv1 = _conv3(in_ch, in_ch, act_slope, block)
+            self.norm1 = _norm(in_ch, norm_groups)
         self.conv2 = _conv3(in_ch, out_ch, act_slope if out_act else None, block)
         self.norm2 = _norm(out_ch, norm_groups) if out_act else nn.Identity()
         self.act = nn.LeakyReLU(act_slope)
@@ -205,7 +211,7 @@ class EncoderBlock(nn.Module):
         self.skip = nn.Identity() if in_ch == out_ch else _conv(in_ch, out_ch, 1, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act(self.norm1(self.conv1(x)))  # (B, in, H, W)
+        y = self.act(self.norm1(self.conv1(x))) if self.convs == 2 else x  # (B, in, H, W)
         y = self.norm2(self.conv2(y))  # (B, out, H, W)
         if self.out_act:
             y = self.act(y)
@@ -222,7 +228,8 @@ class DecoderBlock(nn.Module):
     ``out = (main + skip) / sqrt(2)``. The skip conv runs before upsampling (a 1x1 conv commutes
     with bilinear upsampling, whose weights sum to one), at a quarter of the cost. With
     ``up=False`` it keeps the resolution (the decoder's stem on the latent). ``block`` picks the
-    kind of 3x3 convolution (:data:`BLOCK_KINDS`).
+    kind of 3x3 convolution (:data:`BLOCK_KINDS`); ``convs=1`` keeps only ``conv1`` (a light
+    block, as in :class:`EncoderBlock`).
 
     Shapes: (B, in_ch, H, W) -> (B, out_ch, 2H, 2W) (or (B, out_ch, H, W) when ``up=False``).
     """
@@ -235,13 +242,17 @@ class DecoderBlock(nn.Module):
         act_slope: float = 0.2,
         norm_groups: int = 0,
         block: BlockKind = "conv",
+        convs: int = 2,
     ) -> None:
         super().__init__()
-        self.up = up
+        if convs not in (1, 2):
+            raise ValueError(f"convs must be 1 or 2, got {convs}")
+        self.up, self.convs = up, convs
         self.conv1 = _conv3(in_ch, out_ch, act_slope, block)
         self.norm1 = _norm(out_ch, norm_groups)
-        self.conv2 = _conv3(out_ch, out_ch, act_slope, block)
-        self.norm2 = _norm(out_ch, norm_groups)
+        if convs == 2:
+            self.conv2 = _conv3(out_ch, out_ch, act_slope, block)
+            self.norm2 = _norm(out_ch, norm_groups)
         self.act = nn.LeakyReLU(act_slope)
         self.skip = nn.Identity() if in_ch == out_ch else _conv(in_ch, out_ch, 1, None)
 
@@ -253,5 +264,41 @@ class DecoderBlock(nn.Module):
         else:
             u, skip = upsample2x(x), upsample2x(self.skip(x))  # (B, in, 2H, 2W), (B, out, 2H, 2W)
         y = self.act(self.norm1(self.conv1(u)))  # (B, out, 2H, 2W)
-        y = self.act(self.norm2(self.conv2(y)))
+        if self.convs == 2:
+            y = self.act(self.norm2(self.conv2(y)))
         return (y + skip) * _RES_GAIN
+
+
+class Core(nn.Module):
+    """A wide residual core at half the latent side: capacity where pixels are few.
+
+    A 3x3 convolution costs as many multiply-adds per parameter as its map has pixels, so
+    parameters at 8x8 cost 1/4 of those at 16x16 and 1/16,384 of those at 1024x1024. The core
+    pools the map at the latent side (B, C, L, L) to (B, C, L/2, L/2), widens it to ``width``
+    channels (1x1), runs ``blocks`` same-size residual :class:`DecoderBlock` s, narrows back to
+    C (1x1, zero-initialised) and adds the bilinear upsampled result to its input:
+
+        out = x + upsample2x(narrow(blocks(widen(downsample2x(x)))))
+
+    Zero-initialising ``narrow`` makes a new core the identity, so adding one never changes what
+    a network computes before it trains. Shapes: (B, C, L, L) -> (B, C, L, L), L even.
+    """
+
+    def __init__(self, channels: int, width: int, blocks: int, act_slope: float = 0.2,
+                 norm_groups: int = 0) -> None:
+        super().__init__()
+        if blocks < 1 or width < 1:
+            raise ValueError(f"a core needs blocks >= 1 and width >= 1, got {blocks} and {width}")
+        self.widen = _conv(channels, width, 1, act_slope)
+        self.act = nn.LeakyReLU(act_slope)
+        self.blocks = nn.Sequential(*(
+            DecoderBlock(width, width, up=False, act_slope=act_slope, norm_groups=norm_groups)
+            for _ in range(blocks)
+        ))
+        self.narrow = _conv(width, channels, 1, None)
+        nn.init.zeros_(self.narrow.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.widen(downsample2x(x)))  # (B, width, L/2, L/2)
+        y = self.narrow(self.blocks(y))  # (B, C, L/2, L/2)
+        return x + upsample2x(y)

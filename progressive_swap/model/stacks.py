@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from progressive_swap.model.blocks import (
     BLOCK_KINDS,
+    Core,
     DecoderBlock,
     EncoderBlock,
     FromRGB,
@@ -68,6 +69,7 @@ class _ProgressiveStack(nn.Module):
         channel_min: int,
         checkpoint_blocks: bool,
         block: str = "conv",
+        light_res: int = 0,
     ) -> None:
         super().__init__()
         if block not in BLOCK_KINDS:
@@ -82,10 +84,24 @@ class _ProgressiveStack(nn.Module):
         self.channel_base, self.channel_max = channel_base, channel_max
         self.channel_min = channel_min
         self.checkpoint_blocks = checkpoint_blocks
+        self.light_res = light_res
+        self.core: Core | None = None
 
     def channels(self, res: int) -> int:
         """Feature channels at side ``res``."""
         return channels_at(res, self.channel_base, self.channel_max, self.channel_min)
+
+    def convs(self, res: int) -> int:
+        """3x3 convolutions in the block at side ``res``: 1 from ``light_res`` out (when set), else 2."""
+        return 1 if 0 < self.light_res <= res else 2
+
+    def _make_core(self, channels: int, width: int, blocks: int, act_slope: float, norm_groups: int) -> None:
+        """A :class:`Core` on the latent-side map when ``blocks > 0`` (``width`` 0: ``channels``)."""
+        if blocks > 0:
+            self.core = Core(channels, width or channels, blocks, act_slope=act_slope, norm_groups=norm_groups)
+
+    def _run_core(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.core is None else self._run(self.core, x)
 
     def block_resolutions(self) -> list[int]:
         """Sides that have a ``b{res}`` block: ``2 * latent_res, ..., final_res``."""
@@ -117,7 +133,7 @@ class _ProgressiveStack(nn.Module):
             raise ValueError(f"stage_res={stage_res} is not one of the stages {self.stages}")
         can_fade = stage_res > self.start_res and (alpha is None or alpha < 1.0)
         new_path = not can_fade or alpha is None or alpha > 0.0
-        names = [self._inner]
+        names = [self._inner] + (["core"] if self.core is not None else [])
         names += [
             f"blocks.b{r}"
             for r in self.block_resolutions()
@@ -151,6 +167,11 @@ class ProgressiveEncoder(_ProgressiveStack):
         checkpoint_blocks: recompute each block's activations in backward (saves memory).
         block: kind of 3x3 convolution in every block, ``conv`` (dense) or ``dwsep``
             (depthwise-separable; see :class:`~progressive_swap.model.blocks.SeparableConv`).
+        core_channels, core_blocks, encoder_core_blocks: a wide :class:`~progressive_swap.model.
+            blocks.Core` of ``encoder_core_blocks`` blocks and ``core_channels`` channels (0: the
+            latent-side width) on the map at the latent side, before ``neck`` (none when 0).
+            ``core_blocks`` is the decoders' and is accepted here so both stacks take one arch.
+        light_res: blocks at this side and above have one 3x3 convolution instead of two (0: none).
     """
 
     _adapters = "from_rgb"
@@ -170,10 +191,14 @@ class ProgressiveEncoder(_ProgressiveStack):
         norm_groups: int = 0,
         checkpoint_blocks: bool = False,
         block: Literal["conv", "dwsep"] = "conv",
+        core_channels: int = 0,
+        core_blocks: int = 0,
+        encoder_core_blocks: int = 0,
+        light_res: int = 0,
     ) -> None:
         super().__init__(
             final_res, start_res, latent_res,
-            channel_base, channel_max, channel_min, checkpoint_blocks, block,
+            channel_base, channel_max, channel_min, checkpoint_blocks, block, light_res,
         )
         self.in_channels, self.latent_channels = in_channels, latent_channels
         ch = self.channels
@@ -183,11 +208,13 @@ class ProgressiveEncoder(_ProgressiveStack):
         self.blocks = nn.ModuleDict(
             {
                 f"b{r}": EncoderBlock(
-                    ch(r), ch(r // 2), act_slope=act_slope, norm_groups=norm_groups, block=block
+                    ch(r), ch(r // 2), act_slope=act_slope, norm_groups=norm_groups, block=block,
+                    convs=self.convs(r),
                 )
                 for r in reversed(self.block_resolutions())
             }
         )
+        self._make_core(ch(latent_res), core_channels, encoder_core_blocks, act_slope, norm_groups)
         self.neck = EncoderBlock(
             ch(latent_res), latent_channels, down=False, out_act=False,
             act_slope=act_slope, norm_groups=norm_groups, block=block,
@@ -221,6 +248,7 @@ class ProgressiveEncoder(_ProgressiveStack):
         while res > self.latent_res:
             x = self._run(self.blocks[f"b{res}"], x)  # (B, C_res/2, res/2, res/2)
             res //= 2
+        x = self._run_core(x)  # (B, C_l, l, l)
         return self._run(self.neck, x)  # (B, latent_channels, latent_res, latent_res)
 
 
@@ -235,8 +263,10 @@ class ProgressiveDecoder(_ProgressiveStack):
 
     Args:
         final_res, start_res, latent_res, latent_channels, channel_base, channel_max,
-        channel_min, act_slope, norm_groups, checkpoint_blocks, block: as in
-        :class:`ProgressiveEncoder`.
+        channel_min, act_slope, norm_groups, checkpoint_blocks, block, core_channels,
+        light_res: as in :class:`ProgressiveEncoder`.
+        core_blocks: blocks of the decoder's :class:`~progressive_swap.model.blocks.Core`, run
+            after ``stem`` (none when 0); ``encoder_core_blocks`` is the encoder's.
         out_channels: colour channels + 1 mask channel (4 for RGB + mask).
     """
 
@@ -257,10 +287,14 @@ class ProgressiveDecoder(_ProgressiveStack):
         norm_groups: int = 0,
         checkpoint_blocks: bool = False,
         block: Literal["conv", "dwsep"] = "conv",
+        core_channels: int = 0,
+        core_blocks: int = 0,
+        encoder_core_blocks: int = 0,
+        light_res: int = 0,
     ) -> None:
         super().__init__(
             final_res, start_res, latent_res,
-            channel_base, channel_max, channel_min, checkpoint_blocks, block,
+            channel_base, channel_max, channel_min, checkpoint_blocks, block, light_res,
         )
         self.latent_channels, self.out_channels = latent_channels, out_channels
         ch = self.channels
@@ -268,10 +302,12 @@ class ProgressiveDecoder(_ProgressiveStack):
             latent_channels, ch(latent_res), up=False, act_slope=act_slope, norm_groups=norm_groups,
             block=block,
         )
+        self._make_core(ch(latent_res), core_channels, core_blocks, act_slope, norm_groups)
         self.blocks = nn.ModuleDict(
             {
                 f"b{r}": DecoderBlock(
-                    ch(r // 2), ch(r), act_slope=act_slope, norm_groups=norm_groups, block=block
+                    ch(r // 2), ch(r), act_slope=act_slope, norm_groups=norm_groups, block=block,
+                    convs=self.convs(r),
                 )
                 for r in self.block_resolutions()
             }
@@ -296,7 +332,7 @@ class ProgressiveDecoder(_ProgressiveStack):
                 f"latent must be (B, {self.latent_channels}, {lr}, {lr}), got {tuple(latent.shape)}"
             )
         top = stage_res // 2 if fading else stage_res
-        x = self._run(self.stem, latent)  # (B, C_l, l, l)
+        x = self._run_core(self._run(self.stem, latent))  # (B, C_l, l, l)
         res = lr
         while res < top:
             res *= 2
