@@ -422,3 +422,29 @@ def test_variable_frame_rate_keeps_pts_times(tmp_path):
     fs = faceset.open(tmp_path / "set")
     np.testing.assert_array_equal(fs.frame_indices, np.arange(len(pts)))
     np.testing.assert_allclose(fs.times, np.array(pts) / 24.0, atol=2e-3)  # mkv keeps milliseconds
+
+
+def test_non_finite_landmarks_or_boxes_are_refused_in_one_line_naming_frame_and_face(tmp_path, capsys):
+    """JSON allows NaN and Infinity: a landmarks or boxes file holding them stops before anything is written."""
+    d = tmp_path / "frames"
+    d.mkdir()
+    r = render(sample_identity(2), sample_trajectory(2, 1)[0], SIZE)
+    cv2.imwrite(str(d / "f000.png"), r.image[:, :, ::-1])
+    good = {"landmarks": r.landmarks.tolist()}
+    nan_point = {"landmarks": [[float("nan"), 1.0], *r.landmarks.tolist()[1:]]}
+    cases = {  # (file, option): what the one line must name
+        "lm_nan": ({"frames": [{"index": 0, "faces": [good, nan_point]}]}, "landmarks", "frame 0, face 1: landmark 0"),
+        "box_inf": ({"frames": [{"index": 0, "faces": [{**good, "box": [0, 0, float("inf"), 9]}]}]}, "boxes",
+                    "frame 0, face 0: box is not finite"),
+        "fps_nan": ({"fps": float("nan"), "frames": []}, "landmarks", "fps is not finite"),
+    }
+    for name, (doc, option, expected) in cases.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(doc))  # writes NaN / Infinity, as other tools do
+        assert "NaN" in path.read_text() or "Infinity" in path.read_text()
+        out = tmp_path / f"out_{name}"
+        assert run(f"input={d}", f"out={out}", "size=32", f"{option}=given", f"{option}_file={path}") == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("swap-extract: error:") and "\n" not in err and "Traceback" not in err, err
+        assert expected in err and f"{name}.json" in err, err
+        assert not out.exists()

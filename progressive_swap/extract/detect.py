@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 from urllib.parse import urlparse
 
 import cv2
@@ -277,20 +277,29 @@ class GivenLandmarks:
             raise ValueError(f"landmarks file {str(self.path)!r} is not valid JSON: {e}") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("frames"), list):
             raise ValueError(f"landmarks file {str(self.path)!r} has no 'frames' list")
-        self.fps = float(doc["fps"]) if doc.get("fps") else None
-        self.size = tuple(int(v) for v in doc["size"]) if doc.get("size") else None
+        try:
+            self.fps = _finite(doc["fps"], "fps") if doc.get("fps") else None
+            self.size = tuple(int(_finite(v, "size")) for v in doc["size"]) if doc.get("size") else None
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"landmarks file {str(self.path)!r}: {e}") from None
         self.frames: dict[int, list[Face]] = {}
         for fr in doc["frames"]:
+            k = -1
             try:
                 idx = int(fr["index"])
                 faces = []
-                for f in fr.get("faces", []):
+                for k, f in enumerate(fr.get("faces", [])):
                     lm = np.asarray(f["landmarks"], np.float64)
-                    if lm.shape != (68, 2) or not np.isfinite(lm).all():
-                        raise ValueError(f"landmarks must be 68 finite [x, y] pairs, got shape {lm.shape}")
+                    if lm.shape != (68, 2):
+                        raise ValueError(f"landmarks must be 68 [x, y] pairs, got shape {lm.shape}")
+                    if not np.isfinite(lm).all():  # JSON allows NaN and Infinity
+                        bad = int(np.flatnonzero(~np.isfinite(lm).all(1))[0])
+                        raise ValueError(f"landmark {bad} is not finite ({lm[bad].tolist()})")
                     box = np.asarray(f["box"], np.float64) if f.get("box") is not None else np.r_[lm.min(0), lm.max(0)]
                     if box.shape != (4,):
                         raise ValueError(f"box must be [x0, y0, x1, y1], got {f['box']!r}")
+                    if not np.isfinite(box).all():
+                        raise ValueError(f"box is not finite ({box.tolist()})")
                     faces.append(
                         Face(
                             box=box,
@@ -301,7 +310,8 @@ class GivenLandmarks:
                     )
             except (KeyError, TypeError, ValueError) as e:
                 where = fr.get("index", "?") if isinstance(fr, dict) else "?"
-                raise ValueError(f"landmarks file {str(self.path)!r}, frame {where}: {e}") from None
+                face = f", face {k}" if k >= 0 else ""
+                raise ValueError(f"landmarks file {str(self.path)!r}, frame {where}{face}: {e}") from None
             self.frames.setdefault(idx, []).extend(faces)
 
     def faces(self, frame_index: int) -> list[Face]:
@@ -312,6 +322,14 @@ class GivenLandmarks:
         """``(N, 4)`` boxes given for a frame."""
         fs = self.frames.get(frame_index, [])
         return np.stack([f.box for f in fs]) if fs else np.zeros((0, 4))
+
+
+def _finite(v: Any, what: str) -> float:
+    """``float(v)``, refusing NaN and infinities (which Python's JSON reader accepts)."""
+    x = float(v)
+    if not np.isfinite(x):
+        raise ValueError(f"{what} is not finite ({v!r})")
+    return x
 
 
 # ---------------------------------------------------------------------- offline backend: dlib
