@@ -587,6 +587,34 @@ def colour_ckpt(tmp_path_factory):
     return root
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.0])
+def test_damaged_colour_statistics_are_refused_in_one_line(tmp_path, colour_ckpt, vfr_video, capsys, bad):
+    """A NaN, an infinity or a zero std in identity_colour would turn every output into NaN."""
+    from progressive_swap.core.weights import load_weights
+    from progressive_swap.train.checkpoint import read_training_checkpoint
+
+    video, truth = vfr_video
+    state = load_weights(colour_ckpt / "model.safetensors")
+    meta = {"arch": dict(ARCH, colour_norm=True), "face_type": FACE_TYPE, "identities": ["alice", "bob"],
+            "stage_res": 32, "alpha": 1.0}
+    torch.save({"progressive_swap": meta, "state_dict": {f"model.{k}": v.clone() for k, v in state.items()}},
+               tmp_path / "good.ckpt")
+    read_training_checkpoint(tmp_path / "good.ckpt")  # the same file with sound statistics reads
+    state["identity_colour"][1, 1, 2] = bad  # bob's blue std
+    save_weights(state, tmp_path / "model.safetensors", meta)
+    torch.save({"progressive_swap": meta, "state_dict": {f"model.{k}": v for k, v in state.items()}},
+               tmp_path / "last.ckpt")
+    for name in ("model.safetensors", "last.ckpt"):
+        capsys.readouterr()
+        assert cli(tmp_path, video, tmp_path / "out", f"landmarks=given:{truth}", name=name) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("swap-export: error:") and "\n" not in err, err
+        assert name in err and "identity 1 (bob)" in err and "colour statistics" in err, err
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match=r"identity 1 \(bob\)"):  # what resume reads
+        read_training_checkpoint(tmp_path / "last.ckpt")
+
+
 def test_cli_from_identity_picks_the_colour_statistics_and_is_recorded(tmp_path, colour_ckpt, vfr_video, capsys):
     video, truth = vfr_video
     given = f"landmarks=given:{truth}"

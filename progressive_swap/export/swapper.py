@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
-from progressive_swap.train.checkpoint import CKPT_KEY, safe_load
+from progressive_swap.train.checkpoint import CKPT_KEY, check_identity_colour, safe_load
 
 MODEL_MASKS = ("model", "source", "union")  # masks a Swapper can return (see Swapper's mask_from)
 
@@ -143,6 +143,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[CheckpointInfo, dict[str, 
         meta = ckpt[CKPT_KEY]
         state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     arch, stage_res, alpha, names, ftype = _meta(meta, path)
+    check_identity_colour(state.get("identity_colour"), path, names)
     info = CheckpointInfo(str(path), sha256_file(path), arch, stage_res, alpha, names, ftype,
                           {k: meta[k] for k in ("batches_done", "images_seen") if k in meta})
     return info, state

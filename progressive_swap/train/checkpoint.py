@@ -13,7 +13,7 @@ import contextlib
 import errno
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -63,11 +63,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a trainer checkpoint and check it is one of ours."""
+    """Load a trainer checkpoint and check it is one of ours, with finite colour statistics."""
     ckpt = safe_load(path)
     if not isinstance(ckpt, dict) or CKPT_KEY not in ckpt or "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a progressive_swap training checkpoint")
+    info = ckpt[CKPT_KEY] if isinstance(ckpt[CKPT_KEY], dict) else {}
+    check_identity_colour(ckpt["state_dict"].get("model.identity_colour"), path, info.get("identities"))
     return ckpt
+
+
+def check_identity_colour(stats: Any, path: str | os.PathLike, names: Sequence[str] | None = None) -> None:
+    """Refuse a checkpoint whose colour statistics (``identity_colour``, ``(N, 2, 3)``: RGB mean
+    and standard deviation per identity) hold NaN, an infinity or a standard deviation <= 0.
+
+    A model normalises every face by them (``colour_norm``): one bad value turns every output
+    of that identity into NaN, silently. ``None`` (a model without ``colour_norm``) passes.
+
+    Raises:
+        ValueError: one line naming the file and the identity.
+    """
+    if stats is None:
+        return
+    t = torch.as_tensor(stats).detach().double().cpu()
+    if t.ndim != 3 or t.shape[1:] != (2, 3):
+        raise ValueError(f"{path}: identity_colour has shape {tuple(t.shape)}, not (identities, 2, 3)")
+    for i in range(t.shape[0]):
+        mean, std = t[i, 0], t[i, 1]
+        if not (bool(torch.isfinite(t[i]).all()) and bool((std > 0).all())):
+            who = f"{i} ({names[i]})" if names is not None and i < len(names) else str(i)
+            raise ValueError(
+                f"{path}: the colour statistics of identity {who} are not finite or have a std <= 0 "
+                f"(mean {[round(float(v), 4) for v in mean]}, std {[round(float(v), 4) for v in std]}); "
+                "the file is damaged: use an earlier checkpoint"
+            )
 
 
 def peek_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
