@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import import_tool, tiny
+from lightning_fabric.loggers import csv_logs
 
 from progressive_swap.cli import train as train_cli
+from progressive_swap.train import callbacks as callbacks_mod
 from progressive_swap.train import checkpoint as ckpt_mod
 from progressive_swap.train.checkpoint import (
     AtomicCheckpointIO,
@@ -291,6 +293,78 @@ def test_full_disk_stops_with_one_line_and_keeps_last_ckpt(blob_sets, six_steps,
     )
     assert safe_load(run / "last.ckpt")["progressive_swap"]["batches_done"] == 6
     assert not list(run.glob(".*.tmp")) and not (run / "step0000009.ckpt").exists()
+
+
+def _enospc() -> OSError:
+    return OSError(errno.ENOSPC, "No space left on device")
+
+
+def _wrapped_enospc() -> RuntimeError:
+    """What torch.save and safetensors raise on a full disk: the OSError as the cause of a RuntimeError."""
+    try:
+        raise _enospc()
+    except OSError as e:
+        try:
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed") from e
+        except RuntimeError as wrapped:
+            return wrapped
+
+
+def _fail(make):
+    def writer(*a, **k):
+        raise make()
+    return writer
+
+
+# (what fails, how to make it fail, what the line names, batches_done of last.ckpt afterwards or None: the end)
+DISK_FULL_CASES = {
+    "checkpoint, wrapped by torch": (lambda mp: mp.setattr(ckpt_mod.torch, "save", _fail(_wrapped_enospc)),
+                                     "step0000009.ckpt (the previous checkpoints are intact)", 6),
+    "checkpoint, errno lost": (lambda mp: mp.setattr(ckpt_mod.torch, "save", _fail(
+        lambda: RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
+                             "data/3: file write failed"))), "step0000009.ckpt", 6),
+    "preview": (lambda mp: mp.setattr(callbacks_mod, "atomic_write_bytes", _fail(_enospc)),
+                "preview " , 6),
+    "final weights": (lambda mp: mp.setattr(callbacks_mod, "save_weights", _fail(_wrapped_enospc)),
+                      "model.safetensors (the checkpoints are intact", None),
+    "logs": (lambda mp: mp.setattr(csv_logs._ExperimentWriter, "save", _fail(_enospc)),
+             "the logs in ", 6),  # Lightning saves the logs as training starts
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(DISK_FULL_CASES))
+def test_full_disk_anywhere_in_training_is_exit_3_one_line_and_last_ckpt_intact(
+    blob_sets, six_steps, tmp_path, capsys, monkeypatch, case
+):
+    """Checkpoints, previews, logs and model.safetensors: a full disk stops the run with exit code 3
+    and one line naming the file, never a traceback, and last.ckpt stays a complete checkpoint."""
+    patch, named, batches = DISK_FULL_CASES[case]
+    run = _copy(six_steps, tmp_path / "run")
+    patch(monkeypatch)
+    capsys.readouterr()
+    rc = train_cli.main(tiny(blob_sets, run, "resume=auto", "preview_every=1"))
+    monkeypatch.undo()
+    captured = capsys.readouterr()
+    assert rc == 3, captured.err[-2000:]
+    assert "Traceback" not in captured.err + captured.out
+    line = _error_line_of(captured.err)
+    assert line.startswith("swap-train: error: ") and named in line, line
+    assert "space left on device" in line or "write failed" in line, line
+    done = safe_load(run / "last.ckpt")["progressive_swap"]["batches_done"]
+    assert done == batches if batches is not None else done > 6  # the end of the run was saved before
+    assert not list(run.glob(".*.tmp")) and not list(run.glob("previews/.*"))
+    if case == "final weights":  # the weights of the run's earlier end (max_steps=6) are left as they were
+        from safetensors import safe_open
+
+        with safe_open(str(run / "model.safetensors"), "pt") as f:
+            assert json.loads(f.metadata()["batches_done"]) == 6
+
+
+def _error_line_of(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("swap-train:")]
+    assert len(lines) == 1, lines
+    return lines[0]
 
 
 # -- hostile weight files --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from progressive_swap.cli.schema import check_options, closest, explain_validation_error, help_text, omegaconf_schema
+from progressive_swap.core.io import os_error_in
 
 
 class UserError(Exception):
@@ -84,6 +85,9 @@ def _run(fn: Callable[[], int | None], prog: str) -> int:
                 raise cause from None
             if _is_config_error(cause):
                 raise UserError(str(cause)) from None
+            io_error = os_error_in(cause) if isinstance(cause, RuntimeError) else None
+            if io_error is not None:  # torch and other libraries wrap disk-full errors in RuntimeError
+                raise io_error from None
             raise
     except EXPECTED_ERRORS as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from rich.table import Table
 from progressive_swap.cli.common import UserError, run_cli
 from progressive_swap.cli.config import GROUPS, available, compose
 from progressive_swap.cli.schema import TrainConfig, describe
-from progressive_swap.core.io import atomic_write_text, locked_dir
+from progressive_swap.core.io import WriteError, atomic_write_text, locked_dir, os_error_in, write_error
 from progressive_swap.model.summary import format_summary, summarize
 from progressive_swap.train import strategy
 from progressive_swap.train.batch_finder import plan_for_run
@@ -236,6 +237,11 @@ def train(cfg: DictConfig) -> int:
         except SystemExit:
             if interrupt.exit_code is None:  # Lightning's own exits; ours are handled below
                 raise
+        except (OSError, RuntimeError) as e:
+            err = _write_failure(e, run_dir)
+            if err is None:
+                raise
+            raise err from None  # exit code 3, one line
     if interrupt.exit_code is not None:
         if trainer.is_global_zero:
             at = interrupt.saved_at if interrupt.saved_at is not None else module.batches_done
@@ -247,6 +253,27 @@ def train(cfg: DictConfig) -> int:
             f"checkpoints, previews and model.safetensors in {run_dir}"
         )
     return 0
+
+
+def _write_failure(e: BaseException, run_dir: Path) -> OSError | None:
+    """A full disk while training, as one line (``None``: ``e`` is something else).
+
+    Our writers name their file (checkpoint, preview, ``model.safetensors``); Lightning's loggers
+    do not, so a full disk there names the run directory. Lightning's clean-up after the first
+    error may fail on the same full disk: the first error is the one reported.
+    """
+    chain: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and all(cur is not c for c in chain):
+        chain.append(cur)
+        cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
+    named = [c for c in chain if isinstance(c, WriteError)]
+    if named:
+        return named[-1]  # the earliest: the context chain runs from the newest error back
+    err = os_error_in(e)
+    if err is None or err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return None
+    return write_error(err, f"the logs in {run_dir} (the checkpoints so far are intact)")
 
 
 def _dry_run(cfg: DictConfig, info: dict, run_dir: Path) -> int:

@@ -5,6 +5,7 @@ A reader never sees a half-written file: either the old file or the complete new
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -94,6 +95,53 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
     """Write ``obj`` as JSON to ``path`` atomically."""
     atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+# What torch.save's C++ writer says when the file system refuses a write (it raises a RuntimeError
+# without the OSError: errno is lost), e.g. "PytorchStreamWriter failed writing file data/0: file write failed".
+_WRITE_FAILED = re.compile(r"No space left on device|Disk quota exceeded|file write failed|unexpected pos \d+")
+
+
+def os_error_in(e: BaseException) -> OSError | None:
+    """The I/O error behind ``e``: ``e`` itself, an ``OSError`` in its cause/context chain, or one
+    made from a library's wrapped "write failed" message (``ENOSPC`` when it says the disk is
+    full, else ``EIO``); ``None`` when ``e`` is not an I/O error.
+
+    torch.save, safetensors and loggers wrap disk-full errors in ``RuntimeError``; the command
+    line reports them as I/O errors (exit code 3), not as crashes.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
+    if isinstance(e, RuntimeError) and _WRITE_FAILED.search(str(e)):
+        text = str(e)
+        if "No space left" in text:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if "quota" in text:
+            return OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+        return OSError(errno.EIO, f"write failed ({text.strip().splitlines()[0][:120]})")
+    return None
+
+
+class WriteError(OSError):
+    """An I/O error while writing, whose message already names the file (see :func:`write_error`)."""
+
+
+def write_error(e: BaseException, what: str) -> WriteError | None:
+    """:func:`os_error_in` as one line that names what was being written:
+    ``No space left on device while writing previews/step_0000012.png`` (``None``: not an I/O error)."""
+    err = os_error_in(e)
+    if err is None:
+        return None
+    if isinstance(err, WriteError):  # named already, by a writer further down
+        return err
+    reason = err.strerror or str(err)
+    where = f" ({err.filename})" if err.filename and str(err.filename) not in what else ""
+    return WriteError(err.errno or errno.EIO, f"{reason} while writing {what}{where}")
 
 
 def check_writable_dir(path: str | os.PathLike) -> Path:

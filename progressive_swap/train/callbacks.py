@@ -14,7 +14,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from rich.console import Console
 
-from progressive_swap.core.io import atomic_write_bytes
+from progressive_swap.core.io import atomic_write_bytes, write_error
 from progressive_swap.core.progress import duration, format_line, is_terminal
 from progressive_swap.core.weights import save_weights
 
@@ -101,8 +101,11 @@ class PreviewCallback(pl.Callback):
         ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
         assert ok
         path = self.dirpath / f"step_{trainer.global_step:07d}.png"
-        atomic_write_bytes(path, png.tobytes())
-        atomic_write_bytes(self.dirpath / "latest.png", png.tobytes())
+        for target in (path, self.dirpath / "latest.png"):
+            try:
+                atomic_write_bytes(target, png.tobytes())
+            except OSError as e:  # disk full: one line naming the file (the checkpoints are untouched)
+                raise write_error(e, f"preview {target}") or e from None
         for logger in trainer.loggers:
             exp = getattr(logger, "experiment", None)
             if hasattr(exp, "add_image"):
@@ -252,7 +255,13 @@ class FinalWeights(pl.Callback):
             "batches_done": module.batches_done,
         }
         weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-        save_weights(weights, self.path, meta)
+        try:
+            save_weights(weights, self.path, meta)
+        except (OSError, RuntimeError) as e:  # libraries may wrap the OSError in a RuntimeError
+            err = write_error(e, f"{self.path} (the checkpoints are intact: export from last.ckpt)")
+            if err is None:
+                raise
+            raise err from None
 
 
 class LogProgress(ProgressBar):

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from progressive_swap.core.io import atomic_write, fsync_dir
+from progressive_swap.core.io import atomic_write, fsync_dir, write_error
 from progressive_swap.core.weights import UnsafeCheckpointError, load_weights, safe_load, save_weights, torch_load
 
 __all__ = [
@@ -43,11 +42,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             with atomic_write(path, "wb") as f:
                 torch.save(checkpoint, f)
-        except OSError as e:  # disk full, quota, I/O error: the temp file is gone, the old file untouched
-            raise OSError(
-                e.errno or errno.EIO,
-                f"{e.strerror or e} while writing checkpoint {path} (the previous checkpoints are intact)",
-            ) from None
+        except (OSError, RuntimeError) as e:  # torch.save may wrap the OSError in a RuntimeError
+            # disk full, quota, I/O error: the temp file is gone, the old file untouched
+            err = write_error(e, f"checkpoint {path} (the previous checkpoints are intact)")
+            if err is None:
+                raise
+            raise err from None
 
     def load_checkpoint(
         self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
