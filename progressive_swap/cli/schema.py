@@ -224,7 +224,9 @@ class TrainConfig:
     freeze: Optional[FreezeChoice] = opt(None, "hold the encoder fixed for freeze_steps optimizer steps")
     freeze_steps: int = opt(0, "optimizer steps of freeze", min=0)
     seed: int = opt(0, "seed of weights, data order and augmentation", min=0)
-    dry_run: bool = opt(False, "print the plan and the model size per stage, then stop")
+    dry_run: bool = opt(False, "print the plan, the model size and an estimated time per stage, then stop")
+    dry_run_steps: int = opt(1, "timed training steps per phase behind dry_run's time estimate (0: no estimate)",
+                             min=0)
     max_steps: Optional[int] = opt(None, "stop after this many optimizer steps (resume later with resume=auto)", min=1)
     preview_every: int = opt(100, "optimizer steps between preview grids (0: off)", min=0)
     preview_faces: int = opt(4, "faces per identity in a preview grid", min=1)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 import pytorch_lightning as pl
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
@@ -27,12 +28,12 @@ from rich.console import Console
 from rich.table import Table
 
 from progressive_swap.cli.common import UserError, run_cli
-from progressive_swap.cli.config import GROUPS, available, compose
+from progressive_swap.cli.config import GROUPS, available, compose, cpu_precision
 from progressive_swap.cli.schema import TrainConfig, describe
 from progressive_swap.core.io import WriteError, atomic_write_text, locked_dir, os_error_in, write_error
 from progressive_swap.model.summary import format_summary, summarize
 from progressive_swap.train import strategy
-from progressive_swap.train.batch_finder import plan_for_run
+from progressive_swap.train.batch_finder import plan_for_run, time_phases
 from progressive_swap.train.checkpoint import (
     CHECKPOINT_GLOBS,
     AtomicCheckpointIO,
@@ -282,11 +283,45 @@ def _dry_run(cfg: DictConfig, info: dict, run_dir: Path) -> int:
     console.print(
         format_summary(summarize(module.model, batch_size=module.schedule.stages[-1].batch * len(info["identities"])))
     )
+    if cfg.dry_run_steps > 0:
+        console.print(_time_estimate(cfg, module))
     console.print(
         f"face sets {info['identities']}: {info['counts']} faces, {info['face_type']}, crops {info['sizes']} px; "
         f"run dir would be {run_dir}"
     )
     return 0
+
+
+def _time_estimate(cfg: DictConfig, module) -> Table:
+    """Estimated training time per stage from ``dry_run_steps`` timed steps per phase, on the
+    device the run would use (the first GPU for a GPU trainer when there is one, else the CPU)."""
+    wants_gpu = str(cfg.trainer.get("accelerator", "cpu")) in ("gpu", "cuda", "auto")
+    device = torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+    precision = str(cfg.trainer.precision) if device.type == "cuda" else cpu_precision()
+    if device.type == "cpu" and bool(cfg.channels_last):
+        module.model.to(memory_format=torch.channels_last)
+    rows = time_phases(module, device, precision, steps=int(cfg.dry_run_steps))
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"this CPU ({torch.get_num_threads()} threads)")
+    note = "" if device.type == "cuda" or not wants_gpu else "; no CUDA device here, so the GPU's time is not known"
+    table = Table(title=f"estimated training time, {precision} on {where}{note} (steps only: loader and "
+                        "previews not counted)")
+    for header in ("stage", "phase", "batches", "s/step", "time"):
+        table.add_column(header, justify="right")
+    total = 0.0
+    for r in rows:
+        total += r["estimated_s"]
+        table.add_row(f"{r['res']} px", "fade-in" if r["fading"] else "stable", f"{r['batches']:,}",
+                      f"{r['s_per_step']:.3f}", _duration(r["estimated_s"]))
+    table.add_row("all", "", "", "", _duration(total))
+    return table
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    d, h = divmod(h, 24)
+    return (f"{d}d " if d else "") + (f"{h}h{m:02d}m" if d or h else f"{m}m{s:02d}s")
 
 
 def _start(cfg: DictConfig, module, datamodule, info: dict, resume: Path | None, run_dir: Path) -> str | None:

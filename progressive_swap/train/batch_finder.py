@@ -36,6 +36,7 @@ __all__ = [
     "fake_batch",
     "memory_cap",
     "search_on_device",
+    "time_phases",
 ]
 
 
@@ -286,3 +287,53 @@ def plan_for_run(
         max_memory_gb=max_memory_gb,
         report=report,
     )
+
+
+def time_phases(
+    module: torch.nn.Module,
+    device: torch.device,
+    precision: str = "32-true",
+    steps: int = 1,
+    warmup: int = 1,
+) -> list[dict]:
+    """Seconds per optimizer step of every phase of ``module.schedule``, measured on ``device``.
+
+    Real training steps (augmentation, forward, losses, backward, Adam) on synthetic batches of
+    the phase's batch size, mid-phase (a fade measured at its middle, where both paths run), on
+    a copy of the model; the first ``warmup`` steps of each phase are not timed. ``dry_run=true``
+    multiplies them by each phase's batches for a time estimate per stage.
+
+    Returns:
+        One dict per phase: ``stage``, ``res``, ``fading``, ``batches``, ``batch``,
+        ``s_per_step`` and ``estimated_s`` (``batches * s_per_step``).
+    """
+    import time
+
+    schedule = module.schedule
+    work = copy.deepcopy(module).to(device)  # the run's module keeps its untouched weights
+    work.log = lambda *a, **k: None  # no trainer here
+    n_id = work.model.num_identities
+    opt = torch.optim.Adam(work.model.parameters(), lr=1e-9)
+
+    def step(batch: int, res: int, index: int) -> None:
+        data = fake_batch(n_id, batch, res, index, device)
+        with autocast_for(precision, device):
+            loss = work.training_step(data, 0)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    rows = []
+    for p in schedule.phases:
+        index = p.first_batch + p.batches // 2
+        for _ in range(warmup):
+            step(p.batch, p.res, index)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(p.batch, p.res, index)
+        per = (time.perf_counter() - t0) / steps
+        rows.append(dict(stage=p.stage, res=p.res, fading=p.fading, batches=p.batches, batch=p.batch,
+                         s_per_step=per, estimated_s=per * p.batches))
+    return rows

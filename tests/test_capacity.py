@@ -1,0 +1,143 @@
+"""Issue #27: cores and light blocks, the recipes' network, GPU precision and the dry run's estimate."""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny
+from hydra.utils import instantiate
+
+from progressive_swap.cli import train as train_cli
+from progressive_swap.cli.config import compose, precision_for_capability
+from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
+from progressive_swap.model.blocks import Core, DecoderBlock, EncoderBlock, downsample2x, upsample2x
+
+# Stages 8 -> 16 -> 32, bottleneck 4x4, a 2x2 core of width 12; light blocks from 16 px out.
+TINY = dict(final_res=32, start_res=8, latent_res=4, latent_channels=8, channel_base=128, channel_max=16,
+            channel_min=4)
+CORED = dict(TINY, core_channels=12, core_blocks=2, encoder_core_blocks=1, light_res=16)
+
+
+def test_a_new_core_is_the_identity_and_learns():
+    torch.manual_seed(0)
+    core = Core(8, 12, blocks=2)
+    x = torch.randn(3, 8, 4, 4)
+    assert torch.equal(core(x), x)  # zero-initialised narrowing: adding a core changes nothing at first
+    opt = torch.optim.SGD(core.parameters(), lr=0.1)
+    target = x + 0.5
+    for _ in range(3):
+        loss = (core(x) - target).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert not torch.equal(core(x), x)  # gradients reach it through the zero weights
+    with pytest.raises(ValueError, match="blocks >= 1"):
+        Core(8, 12, blocks=0)
+
+
+def test_light_blocks_have_one_convolution_and_keep_shapes():
+    enc, dec = EncoderBlock(8, 16, convs=1), DecoderBlock(16, 8, convs=1)
+    assert not hasattr(enc, "conv1") and not hasattr(dec, "conv2")
+    assert sum(p.numel() for p in enc.parameters()) < sum(p.numel() for p in EncoderBlock(8, 16).parameters())
+    x = torch.randn(2, 8, 16, 16)
+    assert enc(x).shape == (2, 16, 8, 8) and dec(enc(x)).shape == (2, 8, 16, 16)
+    with pytest.raises(ValueError, match="convs"):
+        EncoderBlock(8, 8, convs=3)
+
+
+def test_cores_and_light_blocks_sit_where_the_arch_says():
+    model = CombAutoencoder(CombArch(2, **CORED))
+    assert len(model.encoder.core.blocks) == 1 and all(len(d.core.blocks) == 2 for d in model.decoders)
+    assert model.encoder.blocks["b16"].convs == 1 and model.encoder.blocks["b8"].convs == 2
+    assert model.decoders[0].blocks["b32"].convs == 1 and model.decoders[0].blocks["b8"].convs == 2
+    assert "encoder.core.widen.weight" in model.active_parameters(8)
+    assert "decoders.1.core.narrow.weight" in model.active_parameters(32, 1.0)
+    plain = CombAutoencoder(CombArch(2, **TINY))
+    assert plain.encoder.core is None and not any(".core." in n for n, _ in plain.named_parameters())
+
+
+def test_alpha0_continuity_holds_with_cores_and_light_blocks():
+    torch.manual_seed(0)
+    model = CombAutoencoder(CombArch(2, **CORED)).double()
+    for p in model.parameters():  # make the cores do something: a fresh one is the identity
+        p.data.add_(0.05 * torch.randn_like(p))
+    for r, r2 in zip(model.stages[:-1], model.stages[1:]):
+        img = torch.rand(3, 3, r2, r2, dtype=torch.float64)
+        rgb, mask = model(img, 1, r2, 0.0)
+        rgb_r, mask_r = model(downsample2x(img), 1, r, 1.0)
+        assert (rgb - upsample2x(rgb_r)).abs().max() < 1e-6
+        assert (mask - upsample2x(mask_r)).abs().max() < 1e-6
+
+
+def test_an_arch_without_the_new_fields_reads_back_as_before():
+    old = {k: v for k, v in CombArch(2, **TINY).as_dict().items()
+           if k not in ("core_channels", "core_blocks", "encoder_core_blocks", "light_res")}
+    arch = CombArch.from_dict(old)
+    assert (arch.core_blocks, arch.encoder_core_blocks, arch.light_res) == (0, 0, 0)
+    torch.manual_seed(1)
+    a = CombAutoencoder(arch)
+    torch.manual_seed(1)
+    b = CombAutoencoder(CombArch(2, **TINY))
+    assert a.state_dict().keys() == b.state_dict().keys()
+
+
+def _recipe_model(recipe: str, *extra: str) -> CombAutoencoder:
+    cfg = compose("train", [f"recipe={recipe}", *extra])
+    schedule = instantiate(cfg.schedule, identities=2, world_size=1)
+    arch = instantiate(cfg.model, num_identities=2, final_res=schedule.final_res, start_res=schedule.start_res)
+    with torch.device("meta"):
+        return CombAutoencoder(arch)
+
+
+def test_the_1024_recipe_has_the_capacity_the_issue_asks_for():
+    params = sum(p.numel() for p in _recipe_model("1024").parameters())
+    assert params >= 30e6, f"{params / 1e6:.1f} M parameters"
+    lean = sum(p.numel() for p in _recipe_model("1024", "model=lean").parameters())
+    assert lean < 3e6  # the former default, one override away
+
+
+@pytest.mark.parametrize("recipe, top", [("256", 2.5e-4), ("512", 2.5e-4), ("1024", 2.5e-4)])
+def test_gpu_recipes_use_the_studys_rates_and_clip(recipe, top):
+    cfg = compose("train", [f"recipe={recipe}"])
+    stages = list(cfg.schedule.stages)
+    assert stages[0].lr == pytest.approx(top)
+    assert all(s.lr <= top for s in stages) and stages[-1].lr_end == pytest.approx(stages[-1].lr / 10)
+    assert cfg.trainer.gradient_clip_val == 1.0
+
+
+def test_gpu_precision_is_bf16_only_where_the_card_has_it():
+    assert precision_for_capability((6, 1)) == "16-mixed"  # GTX 10xx
+    assert precision_for_capability((7, 5)) == "16-mixed"  # RTX 20xx
+    assert precision_for_capability((8, 0)) == "bf16-mixed"  # A100
+    assert precision_for_capability((8, 9)) == "bf16-mixed"  # RTX 40xx
+    assert precision_for_capability((9, 0)) == "bf16-mixed"  # H100
+    assert precision_for_capability(None) == "bf16-mixed"
+
+
+def test_trainer_gpu_asks_the_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert compose("train", ["recipe=256"]).trainer.precision == "16-mixed"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    assert compose("train", ["recipe=256"]).trainer.precision == "bf16-mixed"
+
+
+def test_dry_run_estimates_time_per_stage(blob_sets, tmp_path, capsys, monkeypatch):
+    calls = []
+    real = train_cli.time_phases
+
+    def spy(module, device, precision, steps=1, warmup=1):
+        rows = real(module, device, precision, steps=steps, warmup=0)
+        calls.append(rows)
+        return rows
+
+    monkeypatch.setattr(train_cli, "time_phases", spy)
+    assert train_cli.main(tiny(blob_sets, tmp_path / "run", "dry_run=true")) == 0
+    out = capsys.readouterr().err
+    assert "estimated time" in out and "fade-in" in out
+    (rows,) = calls
+    # conftest's TINY schedule: 48 images at 16 px, then 32 fading in and 32 stable at 32 px, 4 per identity
+    assert [(r["res"], r["fading"], r["batches"]) for r in rows] == [(16, False, 6), (32, True, 4), (32, False, 4)]
+    assert all(r["s_per_step"] > 0 and r["estimated_s"] == pytest.approx(r["s_per_step"] * r["batches"])
+               for r in rows)
+    assert train_cli.main(tiny(blob_sets, tmp_path / "run", "dry_run=true", "dry_run_steps=0")) == 0
+    assert "estimated time" not in capsys.readouterr().err and len(calls) == 1
