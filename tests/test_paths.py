@@ -3,11 +3,13 @@ quoting"): ``key=value`` splits on the first ``=``, a positional path may hold `
 swap-train (Hydra) takes ``'out="runs/my run"'``."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import TINY, write_blob_faceset
+from omegaconf import ListConfig, OmegaConf
 
 from progressive_swap import faceset
 from progressive_swap.cli import export as export_cli
@@ -17,6 +19,7 @@ from progressive_swap.cli import faceset as faceset_cli
 from progressive_swap.cli import mask as mask_cli
 from progressive_swap.cli import phantom as phantom_cli
 from progressive_swap.cli import train as train_cli
+from progressive_swap.cli.config import compose
 from progressive_swap.core.weights import save_weights
 from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 from progressive_swap.phantom.renderer import sample_identity, sample_trajectory
@@ -109,3 +112,20 @@ def test_help_lists_keys_and_a_typo_gets_the_closest(main, head, key, typo, righ
     assert main([*head, typo]) == 2
     err = capsys.readouterr().err
     assert f"did you mean '{right}'" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("arg, key, meant", [
+    ("out=runs/my run é", "out", "runs/my run é"),
+    ("data.faces=[faces/my set é,faces/b=2]", "data.faces", ["faces/my set é", "faces/b=2"]),
+])
+def test_an_unquoted_odd_value_in_swap_train_says_how_to_quote_it(arg, key, meant, capsys):
+    """Hydra's grammar refuses them with a bare LexerNoViableAltException; the line shows the
+    argument quoted, and the quoted form means what was typed."""
+    assert train_cli.main(["recipe=demo", "data=facesets", arg, "dry_run=true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("swap-train: error: cannot read") and "\n" not in err, err
+    assert "Exception" not in err and 'README, "Paths and quoting"' in err, err
+    suggested = re.search(r"as in '(.+)' \(README", err).group(1)
+    cfg = compose("train", ["recipe=demo", "data=facesets", suggested])
+    value = OmegaConf.select(cfg, key)
+    assert (OmegaConf.to_container(value) if isinstance(value, ListConfig) else value) == meant

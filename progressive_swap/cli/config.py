@@ -11,6 +11,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from progressive_swap.cli.common import UserError
@@ -113,6 +114,8 @@ def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(recipes_dir()), version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
     except Exception as e:  # Hydra's override and composition errors
+        if type(e).__name__ == "OverrideParseException":
+            raise UserError(unparsable_override(overrides)) from None
         msg = str(e).strip().splitlines()
         typed = explain_validation_error(e)
         raise UserError(typed or _with_suggestion(msg[0] if msg else type(e).__name__, config_name)) from None
@@ -124,6 +127,30 @@ def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
         except ValueError as e:
             raise UserError(str(e)) from None
     return cfg
+
+
+def unparsable_override(overrides: Sequence[str]) -> str:
+    """The one-line error for an override Hydra's grammar cannot read (a bare
+    ``LexerNoViableAltException`` otherwise): which argument, and the same value quoted, e.g.
+    ``cannot read 'out=/tmp/é': quote the value inside the argument, as in 'out="/tmp/é"' …``.
+    """
+    parser = OverridesParser.create()
+    bad = next((a for a in overrides if not _parses(parser, a)), overrides[0] if overrides else "")
+    key, _, value = bad.partition("=")
+    if value.startswith("[") and value.endswith("]"):  # a list: quote each element
+        quoted = "[" + ",".join(f'"{v.strip()}"' for v in value[1:-1].split(",")) + "]"
+    else:
+        quoted = f'"{value}"'
+    return (f"cannot read {bad!r}: quote the value inside the argument, as in '{key}={quoted}' "
+            '(README, "Paths and quoting")')
+
+
+def _parses(parser: OverridesParser, override: str) -> bool:
+    try:
+        parser.parse_overrides([override])
+    except Exception:  # Hydra's OverrideParseException and the lexer's own
+        return False
+    return True
 
 
 def _known_keys(config_name: str) -> list[str]:
