@@ -1,9 +1,11 @@
 """Issue #27: cores and light blocks, the recipes' network, GPU precision and the dry run's estimate."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
-from conftest import tiny
+from conftest import import_tool, tiny
 from hydra.utils import instantiate
 
 from progressive_swap.cli import train as train_cli
@@ -141,3 +143,34 @@ def test_dry_run_estimates_time_per_stage(blob_sets, tmp_path, capsys, monkeypat
                for r in rows)
     assert train_cli.main(tiny(blob_sets, tmp_path / "run", "dry_run=true", "dry_run_steps=0")) == 0
     assert "estimated time" not in capsys.readouterr().err and len(calls) == 1
+
+
+def test_the_study_report_fits_quality_against_log_compute_and_finds_the_crossing(tmp_path):
+    bench = import_tool("bench_efficiency")
+    runs = []
+    for name, (a, b) in {"small": (18.0, 1.0), "big": (14.0, 3.0)}.items():  # cross at log10 C = 2: 100 CPU s
+        for cpu in (50.0, 200.0, 800.0):
+            for seed, noise in ((0, -0.05), (1, 0.05)):
+                q = a + b * math.log10(cpu) + noise
+                runs.append(dict(candidate=name, seed=seed, budget_cpu_s=cpu, train_cpu_s=cpu, images=int(10 * cpu),
+                                 swap_psnr=q, hf_coherent=q / 100, recon_psnr=q + 1))
+    result = bench.report(runs, tmp_path / "plot.png")
+    fit = result["designs"]["big"]["fits"]["swap_psnr"]
+    assert fit["a"] == pytest.approx(14.0, abs=1e-6) and fit["b"] == pytest.approx(3.0, abs=1e-6)
+    assert fit["se_b"] > 0 and result["designs"]["big"]["budgets"]["800"]["swap_psnr_runs"] == pytest.approx(
+        [14 + 3 * math.log10(800) - 0.05, 14 + 3 * math.log10(800) + 0.05], abs=1e-4)
+    crossing = result["crossings"]["small / big swap_psnr"]
+    assert crossing["cpu_s"] == pytest.approx(100.0, rel=1e-6) and crossing["after_it_better"] == "big"
+    ahead = result["extrapolated_to_recipes"]["value_and_standard_error"]["1024"]
+    assert ahead["big"]["swap_psnr"][0] > ahead["small"]["swap_psnr"][0]
+    assert (tmp_path / "plot.png").stat().st_size > 10_000
+
+
+def test_the_study_knows_default_and_the_former_names():
+    bench = import_tool("bench_efficiency")
+    cfg = compose("train", ["recipe=1024"])
+    assert bench.design("default") == {k: cfg.model[k] for k in bench._ARCH_KEYS}
+    assert bench.design("today") == bench.design("comb") and bench.design("slim24") == bench.design("lean")
+    assert bench.scaled(bench.design("core_light"))["light_res"] == 16  # 128 px at full size, sides / 8
+    with pytest.raises(SystemExit, match="unknown candidate"):
+        bench.design("nonsense")

@@ -281,13 +281,128 @@ def _write(path: Path | str, text: str) -> None:
     atomic_write_text(path, text + "\n")
 
 
+METRICS = ("swap_psnr", "hf_coherent", "recon_psnr")
+# Images the recipes train (sum of every stage's images, fades included): what the fits are extrapolated to.
+RECIPE_IMAGES = {"256": 4_000_000, "512": 7_800_000, "1024": 10_400_000}
+
+
+def fit_line(x: list[float], y: list[float]) -> dict:
+    """Least squares ``y = a + b * x`` with the standard errors of ``a`` and ``b`` (None when the
+    points leave no degree of freedom) and the residual standard deviation."""
+    import numpy as np
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    design_matrix = np.stack([np.ones_like(x), x], 1)
+    coef, *_ = np.linalg.lstsq(design_matrix, y, rcond=None)
+    dof = len(x) - 2
+    resid = y - design_matrix @ coef
+    if dof <= 0:
+        return {"a": float(coef[0]), "b": float(coef[1]), "se_a": None, "se_b": None, "resid_sd": None, "n": len(x)}
+    s2 = float(resid @ resid) / dof
+    cov = s2 * np.linalg.inv(design_matrix.T @ design_matrix)
+    return {"a": float(coef[0]), "b": float(coef[1]), "se_a": float(cov[0, 0] ** 0.5), "se_b": float(cov[1, 1] ** 0.5),
+            "resid_sd": s2 ** 0.5, "n": len(x), "cov": cov.tolist()}
+
+
+def _predict(fit: dict, x: float) -> tuple[float, float | None]:
+    """Prediction of a fit at ``x`` and its standard error (from the coefficients' covariance)."""
+    y = fit["a"] + fit["b"] * x
+    if fit.get("cov") is None:
+        return y, None
+    c = fit["cov"]
+    return y, (c[0][0] + 2 * x * c[0][1] + x * x * c[1][1]) ** 0.5
+
+
+def report(runs: list[dict], plot: Path | None = None) -> dict:
+    """Quality against compute per design: every budget's mean, a fit of quality linear in
+    log10(process CPU seconds), the budgets where two designs' fits cross, and each fit
+    extrapolated to a recipe's budget (the recipe's images at the scaled default's CPU cost per
+    image). Optionally a PNG, one line per design."""
+    import numpy as np
+
+    names = list(dict.fromkeys(r["candidate"] for r in runs))
+    designs = {}
+    for name in names:
+        mine = [r for r in runs if r["candidate"] == name]
+        budgets = sorted({r["budget_cpu_s"] for r in mine})
+        row = {"budgets": {}, "fits": {}}
+        for b in budgets:
+            at = [r for r in mine if r["budget_cpu_s"] == b]
+            row["budgets"][f"{b:g}"] = {
+                "seeds": [r["seed"] for r in at], "images": round(float(np.mean([r["images"] for r in at]))),
+                "train_cpu_s": round(float(np.mean([r["train_cpu_s"] for r in at])), 1),
+                **{m: round(float(np.mean([r[m] for r in at])), 4) for m in METRICS},
+                **{f"{m}_runs": [round(r[m], 4) for r in at] for m in METRICS},
+            }
+        if len(budgets) >= 2:
+            x = [float(np.log10(r["train_cpu_s"])) for r in mine]
+            row["fits"] = {m: fit_line(x, [r[m] for r in mine]) for m in METRICS}
+        row["cpu_s_per_image"] = float(np.mean([r["train_cpu_s"] / r["images"] for r in mine]))
+        designs[name] = row
+    fitted = [n for n in names if designs[n]["fits"]]
+    crossings = {}
+    for i, n1 in enumerate(fitted):
+        for n2 in fitted[i + 1:]:
+            for m in ("swap_psnr", "hf_coherent"):
+                f1, f2 = designs[n1]["fits"][m], designs[n2]["fits"][m]
+                if f1["b"] != f2["b"]:
+                    x = (f2["a"] - f1["a"]) / (f1["b"] - f2["b"])
+                    crossings[f"{n1} / {n2} {m}"] = {"cpu_s": round(10 ** x, 1),
+                                                    "after_it_better": n1 if f1["b"] > f2["b"] else n2}
+    reference = "default" if "default" in designs else next(iter(designs))
+    per_image = designs[reference]["cpu_s_per_image"]
+    extrapolation = {}
+    for recipe, images in RECIPE_IMAGES.items():
+        x = float(np.log10(images * per_image))
+        extrapolation[recipe] = {"cpu_s": round(10 ** x), **{
+            n: {m: [round(v, 3) if v is not None else None for v in _predict(designs[n]["fits"][m], x)]
+                for m in ("swap_psnr", "hf_coherent")} for n in fitted}}
+    result = {"designs": designs, "crossings": crossings,
+              "extrapolated_to_recipes": {"cpu_s_per_image_of": reference, "value_and_standard_error": extrapolation}}
+    if plot is not None:
+        _plot(designs, plot)
+    return result
+
+
+def _plot(designs: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, m, label in zip(axes, ("swap_psnr", "hf_coherent"), ("swap PSNR (dB)", "hf_coherent")):
+        for k, (name, row) in enumerate(designs.items()):
+            colour = f"C{k}"
+            pts = [(v["train_cpu_s"], y) for v in row["budgets"].values() for y in v[f"{m}_runs"]]
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colour, s=14)
+            if row["fits"]:
+                f = row["fits"][m]
+                xs = np.logspace(np.log10(min(p[0] for p in pts)), np.log10(max(p[0] for p in pts)), 20)
+                ax.plot(xs, f["a"] + f["b"] * np.log10(xs), color=colour, label=name)
+            else:
+                ax.plot([], [], color=colour, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("process CPU seconds of training (one thread)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Quality against compute, phantom, 32 -> 128 px (scaled designs); line: fit linear in log compute")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget-cpu", type=float, default=150.0, help="process CPU seconds of training per run")
     ap.add_argument("--budgets", type=float, nargs="+", default=None,
                     help="several budgets (process CPU s), run in the order given; overrides --budget-cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--candidates", nargs="+", default=list(FULL),
+    ap.add_argument("--candidates", nargs="+", default=None,
                     help=f"names from {', '.join(FULL)}; 'default' is recipe=1024's model; aliases {ALIASES}")
     ap.add_argument("--frames", type=int, default=16, help="held-out frames per identity pair")
     ap.add_argument("--runs-dir", default=None,
@@ -297,9 +412,22 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--merge", nargs="+", default=None,
                     help="combine the JSON of runs made separately (e.g. one process per seed) into --out")
+    ap.add_argument("--report", action="store_true",
+                    help="no training: fit quality against compute from the runs kept in --runs-dir, print JSON "
+                         "(and write --plot)")
+    ap.add_argument("--plot", default=None, help="with --report: a PNG of quality against compute")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: NAME,SEED
     a = ap.parse_args()
     budgets = a.budgets or [a.budget_cpu]
+    if a.report:
+        if not a.runs_dir:
+            raise SystemExit("--report reads the runs kept in --runs-dir")
+        runs = [r for r in load_runs(Path(a.runs_dir)) if a.candidates is None or r["candidate"] in a.candidates]
+        text = json.dumps(report(runs, Path(a.plot) if a.plot else None), indent=1)
+        print(text)
+        if a.out:
+            _write(a.out, text)
+        return 0
     if a.merge:
         runs = [r for f in a.merge for r in json.loads(Path(f).read_text())["runs"]]
         text = json.dumps(summarise(runs), indent=1)
@@ -319,6 +447,7 @@ def main() -> int:
     settings = QualitySettings(frames=a.frames, video_frames=0)
     runs_dir = Path(a.runs_dir) if a.runs_dir else None
     runs = []
+    a.candidates = a.candidates or list(FULL)
     for budget in budgets:
         for seed in a.seeds:  # interleaved: every candidate once per seed before the next seed
             for name in a.candidates:
