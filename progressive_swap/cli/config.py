@@ -59,6 +59,33 @@ def cpu_precision() -> str:
 OmegaConf.register_new_resolver("cpu_precision", cpu_precision, replace=True)  # recipes/trainer/cpu.yaml
 
 
+def precision_for_capability(capability: tuple[int, int] | None) -> str:
+    """Lightning precision for a CUDA device of compute ``capability`` (major, minor).
+
+    bfloat16 needs compute capability 8.0 or newer (Ampere: RTX 30xx, A100; Ada: RTX 40xx; Hopper
+    and later), so those get ``bf16-mixed``. Older cards (Pascal GTX 10xx 6.x, Volta 7.0, Turing
+    RTX 20xx 7.5) have fast float16 but no bfloat16: ``16-mixed``, float16 autocast with
+    Lightning's loss scaling (its GradScaler skips steps whose gradients overflow). ``None`` (no
+    CUDA device here, e.g. a dry run on a laptop) gives ``bf16-mixed``, what a current GPU runs.
+
+    Example:
+        >>> precision_for_capability((7, 5)), precision_for_capability((8, 9))
+        ('16-mixed', 'bf16-mixed')
+    """
+    if capability is None or tuple(capability) >= (8, 0):
+        return "bf16-mixed"
+    return "16-mixed"
+
+
+def gpu_precision() -> str:
+    """``trainer=gpu``'s precision: :func:`precision_for_capability` of CUDA device 0, if any."""
+    capability = torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None
+    return precision_for_capability(capability)
+
+
+OmegaConf.register_new_resolver("gpu_precision", gpu_precision, replace=True)  # recipes/trainer/gpu.yaml
+
+
 def loader_workers(cap: int = 8, gb_each: float = 1.0) -> int:
     """Data-loader worker processes for this machine: one per core beyond the one that trains,
     at most ``cap`` (more do not feed a single GPU faster), and no more than the free memory holds
