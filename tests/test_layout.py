@@ -41,6 +41,10 @@ def _resolve(name: str, imported: str | None) -> str:
     return name
 
 
+def _is_package(name: str) -> bool:
+    return name in MODULES and MODULES[name].name == "__init__.py"
+
+
 class _Imports(ast.NodeVisitor):
     """Own-package imports of one module: (target, line, at module level?)."""
 
@@ -66,7 +70,12 @@ class _Imports(ast.NodeVisitor):
             raise AssertionError(f"line {node.lineno}: relative import; write the absolute path")
         if node.module and node.module.split(".")[0] == "progressive_swap":
             for a in node.names:
-                self.found.append((_resolve(node.module, a.name), node.lineno, self.depth == 0))
+                target = _resolve(node.module, a.name)
+                self.found.append((target, node.lineno, self.depth == 0))
+                if target != node.module and _is_package(node.module):
+                    # ``from pkg import mod`` goes through pkg's __init__ (the facade) to reach
+                    # mod: when that facade imports this module, it is a cycle through the facade.
+                    self.found.append((node.module, node.lineno, self.depth == 0))
 
 
 def _imports(path: Path) -> tuple[list[tuple[str, int, bool]], list[str]]:
@@ -110,7 +119,7 @@ def test_no_function_level_imports_of_the_package_except_for_optional_dependenci
     assert not bad, "function-level imports of the package (move them to the top):\n" + "\n".join(bad)
 
 
-def test_no_import_cycles_between_modules():
+def _cycles() -> list[list[str]]:
     graph = {m: sorted({t for t, _, top in _imports(p)[0] if top and t in MODULES and t != m})
              for m, p in MODULES.items()}
     # A package's __init__ is entered before any of its submodules; an edge to one's own
@@ -134,6 +143,11 @@ def test_no_import_cycles_between_modules():
     for m in graph:
         if m not in state:
             visit(m)
+    return cycles
+
+
+def test_no_import_cycles_between_modules():
+    cycles = _cycles()
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
@@ -157,3 +171,30 @@ def test_the_layout_rules_catch_a_violation(tmp_path, monkeypatch, bad_source, r
              "function_level": test_no_function_level_imports_of_the_package_except_for_optional_dependencies}[rule]
     with pytest.raises(AssertionError):
         check()
+
+
+def test_the_cycle_rule_catches_a_cycle_through_a_facade(tmp_path, monkeypatch):
+    """``from pkg import mod`` inside a module that pkg's __init__ imports is a cycle through the
+    facade (``pkg -> pkg.user -> pkg``), though the names alone point at ``pkg.mod``; importing the
+    module directly (``from pkg.mod import x``, ``import pkg.mod as m``) is not."""
+    root = tmp_path / "progressive_swap" / "core" / "planted"
+    root.mkdir(parents=True)
+    files = {
+        "__init__": "from progressive_swap.core.planted.user import thing\n",
+        "user": "from progressive_swap.core.planted import helper\n\nthing = helper\n",
+        "helper": "",
+    }
+    for name, source in files.items():
+        (root / f"{name}.py").write_text(source)
+        monkeypatch.setitem(MODULES, "progressive_swap.core.planted" + ("" if name == "__init__" else f".{name}"),
+                            root / f"{name}.py")
+
+    def planted_cycles() -> list[str]:
+        return [" -> ".join(c) for c in _cycles() if any("planted" in m for m in c)]
+
+    assert planted_cycles() == ["progressive_swap.core.planted -> progressive_swap.core.planted.user -> "
+                                "progressive_swap.core.planted"]
+    for direct in ("from progressive_swap.core.planted.helper import x\n",
+                   "import progressive_swap.core.planted.helper as helper\n"):
+        (root / "user.py").write_text(direct)
+        assert planted_cycles() == [], direct

@@ -12,8 +12,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+import progressive_swap.faceset.index as fx
 from progressive_swap.core.io import fsync_dir
-from progressive_swap.faceset import index as fx
 from progressive_swap.faceset.format import (
     IMAGE_DIR,
     INDEX_DIR,

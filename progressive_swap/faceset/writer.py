@@ -21,8 +21,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+import progressive_swap.faceset.index as fx
 from progressive_swap.core.io import check_writable_dir, fsync_dir
-from progressive_swap.faceset import index as fx
 from progressive_swap.faceset.format import (
     HEADER_NAME,
     IMAGE_DIR,
