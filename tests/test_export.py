@@ -476,6 +476,29 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, ckpt, vfr_video, capsys
     assert rc == 2 and want in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.parametrize("where", [".", "exported", "images", "images/deep/er"])
+def test_cli_out_inside_its_own_input_faceset_is_refused_before_anything_is_written(tmp_path, ckpt, clip, vfr_video,
+                                                                                   capsys, where):
+    fset = tmp_path / "set"
+    w = faceset.create(fset, face_type=FACE_TYPE, size=32)
+    r = clip[0]
+    m = align.alignment_matrix(r.landmarks, FACE_TYPE)
+    w.append([faceset.FaceRecord(id="f0", source=str(vfr_video[0]), frame_index=0, time=0.0, track=0, identity="B",
+                                 landmarks=r.landmarks, matrix=m, frame_size=(SIZE, SIZE))],
+             [align.warp_to_crop(r.image, m, 32)])
+    w.close()
+    before = sorted((p.relative_to(fset), p.stat().st_mtime_ns) for p in fset.rglob("*"))
+    out = fset / where
+    assert cli(ckpt, fset, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("swap-export: error:") and "inside the input face set" in err and "\n" not in err, err
+    assert sorted((p.relative_to(fset), p.stat().st_mtime_ns) for p in fset.rglob("*")) == before
+    (tmp_path / "link").symlink_to(fset)  # the same folder by another name
+    assert cli(ckpt, fset, tmp_path / "link" / "x") == 2 and "inside the input face set" in capsys.readouterr().err
+    if where == ".":
+        assert cli(ckpt, fset, tmp_path / "beside") == 0, capsys.readouterr().err  # a folder beside it is fine
+
+
 def test_cli_full_disk_leaves_nothing_truncated(tmp_path, ckpt, vfr_video, capsys, monkeypatch):
     """ENOSPC in the middle of a layer write: exit 3, no partial file, a rerun completes."""
     video, truth = vfr_video

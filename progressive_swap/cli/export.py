@@ -91,6 +91,12 @@ def _is_faceset(path: Path) -> bool:
     return path.is_dir() and (path / HEADER_NAME).is_file()
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (links resolved; ``path`` need not exist)."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
 def _faceset_input(path: Path, footage: str, info, stage_res: int, mask_name: str | None = None):
     """Frames of the footage with the face set's faces; checks face type and resolution."""
     fs = faceset.open(path)
@@ -213,6 +219,8 @@ def _export(argv: Sequence[str]) -> int:
     mask_name = o.stored_mask if o.mask == "stored" else None
     defaults = ExportOptions()
     if _is_faceset(fset):  # check everything about the input before creating out
+        if _inside(Path(o.out), fset):  # its layers, meta and lock would land among the set's files
+            raise UserError(f"out={o.out!r} is inside the input face set {o.input!r}; choose an out= outside it")
         given = [k for k in FOOTAGE_ONLY if o[k] != getattr(defaults, k)]
         if given:  # they would change nothing: say so rather than ignore them
             raise UserError(f"{given[0]}= is for footage input; a face set input was extracted already")
