@@ -67,3 +67,53 @@ def test_ddp_nan_steps_roll_back_every_process_to_the_same_checkpoint(blob_sets,
     assert all(torch.isfinite(v).all() for v in end["state_dict"].values())
     events = (run / "logs" / "nonfinite.jsonl").read_text().splitlines()
     assert len(events) == 4 and '"to": "step0000004.ckpt"' in events[-1]  # rank 0 alone writes the log
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_two_nodes(args: list[str], cwd: Path) -> list[subprocess.CompletedProcess]:
+    """The documented multi-node launch: two torchrun "nodes" of one CPU process each, meeting
+    through a c10d rendezvous on 127.0.0.1 (gloo), both running ``python -m progressive_swap.cli.train``."""
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-nodes",
+           "-m", "progressive_swap.cli.train", *args]
+    nodes = [subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    done = []
+    for p in nodes:
+        try:
+            out, err = p.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            for q in nodes:
+                q.kill()
+            raise
+        done.append(subprocess.CompletedProcess(cmd, p.returncode, out, err))
+    return done
+
+
+@pytest.mark.slow
+def test_demo_recipe_on_two_torchrun_nodes_stops_and_resumes(blob_sets, tmp_path):
+    base = [
+        "recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{blob_sets[1]}]", f"out={tmp_path / 'run'}",
+        "model.channel_base=256", "model.channel_max=16", "model.channel_min=8", "model.latent_channels=8",
+        SCHEDULE, "data.num_workers=0", "preview_every=0", "checkpoint.every_steps=2",
+        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2",
+        "trainer.precision=32-true",
+    ]
+    first = torchrun_two_nodes([*base, "max_steps=5"], tmp_path)
+    assert [r.returncode for r in first] == [0, 0], first[0].stderr[-2000:] + first[1].stderr[-2000:]
+    ck = safe_load(tmp_path / "run" / "last.ckpt")
+    assert ck["progressive_swap"]["schedule"]["world_size"] == 2 and ck["progressive_swap"]["batches_done"] == 5
+    second = torchrun_two_nodes([*base, "resume=auto"], tmp_path)
+    assert [r.returncode for r in second] == [0, 0], second[0].stderr[-2000:] + second[1].stderr[-2000:]
+    ck = safe_load(tmp_path / "run" / "last.ckpt")
+    assert ck["progressive_swap"]["batches_done"] == 16 == ck["global_step"]
+    assert any("resuming" in r.stdout + r.stderr for r in second)
