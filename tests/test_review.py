@@ -172,3 +172,89 @@ def test_move_faces_keeps_both_sets_whole(tmp_path):
     with pytest.raises(F.FaceSetError, match="face_type"):
         curate.move_faces(a, ["f000"], full)
     assert F.open(a).ids == ["f000", "f002", "f004"]
+
+
+# -- confinement: where moves may go, what requests may look like -----------------------------------
+
+
+def test_moves_go_only_beside_the_set_and_never_into_it_or_a_non_faceset(served, tmp_path):
+    path, srv = served
+    write_blob_faceset(tmp_path / "B", 1, n=2, size=32)  # an existing face set beside A
+    (tmp_path / "notes").mkdir()  # a folder beside A that is not a face set
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    far = write_blob_faceset(tmp_path / "far" / "D", 1, n=1, size=32)  # a face set, but not beside A
+    (tmp_path / "link").symlink_to(far, target_is_directory=True)  # beside A by name only
+    refused = {
+        "A": "inside it", str(path): "inside it", "A/images": "inside it", str(path / "images"): "inside it",
+        "A/new": "inside it", "notes": "not a face set", str(far): "not beside", "far/C": "not beside",
+        "../C": "not beside", "/tmp/anywhere": "not beside", "link": "not beside", "": "give the face set",
+    }
+    listing = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    for dest, why in refused.items():
+        st, body, _ = _req(srv, "POST", "/api/move", {"ids": ["f003"], "dest": dest})
+        assert st == 400 and why in _err(body), (dest, st, body)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == listing  # no skeleton anywhere
+    assert len(F.open(path)) == 8 and (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+    for dest in ("B", str(tmp_path / "C")):  # an existing face set beside it, and a new folder there
+        st, body, _ = _req(srv, "POST", "/api/move", {"ids": ["f003" if dest == "B" else "f004"], "dest": dest})
+        assert st == 200, body
+    assert F.open(tmp_path / "B").ids == ["f000", "f001", "f003"] and F.open(tmp_path / "C").ids == ["f004"]
+
+
+def test_undo_removes_the_face_sets_a_move_created(served, tmp_path):
+    path, srv = served
+    write_blob_faceset(tmp_path / "B", 1, n=2, size=32)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    steps = [("/api/remove", {"ids": ["f001"]}), ("/api/move", {"ids": ["f002"], "dest": "C"}),
+             ("/api/move", {"ids": ["f005"], "dest": "C"}), ("/api/move", {"ids": ["f006"], "dest": "B"})]
+    for url, body in steps:
+        assert _req(srv, "POST", url, body)[0] == 200
+    assert (tmp_path / "A.trash").is_dir() and (tmp_path / "C").is_dir()
+    removed = [json.loads(_req(srv, "POST", "/api/undo", {})[1])["removed"] for _ in steps]
+    # B existed: kept; C's second move did not create it, its first did; the trash was made by the removal
+    assert removed == [None, None, str((tmp_path / "C").resolve()), str(tmp_path / "A.trash")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no skeleton left behind
+    assert sorted(F.open(path).ids) == [f"f{i:03d}" for i in range(8)]
+    assert F.open(tmp_path / "B").ids == ["f000", "f001"]
+
+
+def test_an_emptied_created_set_that_another_tool_filled_is_kept_on_undo(served, tmp_path):
+    path, srv = served
+    assert _req(srv, "POST", "/api/move", {"ids": ["f002"], "dest": "C"})[0] == 200
+    curate.move_faces(path, ["f003"], tmp_path / "C")  # another tool adds a face meanwhile
+    st, body, _ = _req(srv, "POST", "/api/undo", {})
+    assert st == 200 and json.loads(body)["removed"] is None
+    assert F.open(tmp_path / "C").ids == ["f003"]
+
+
+@pytest.mark.parametrize("body", [b"[]", b'["f001"]', b"null", b"3", b'"f001"'])
+def test_request_bodies_must_be_json_objects(served, body):
+    path, srv = served
+    for url in ("/api/remove", "/api/move", "/api/undo"):
+        st, reply, _ = _req(srv, "POST", url, body)
+        assert st == 400 and "JSON object" in _err(reply), (url, st, reply)
+    assert len(F.open(path)) == 8 and not (path.parent / "A.trash").exists()
+
+
+@pytest.mark.parametrize("length", [None, "-1", "-100", "abc", "1e3", " ", "²"])
+def test_a_missing_negative_or_non_numeric_content_length_is_400_and_nothing_runs(served, length):
+    path, srv = served
+    body = json.dumps({"ids": ["f001"]}).encode()
+    head = (f"POST /api/remove HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Review-Token: {srv.reviewer.token}\r\n"
+            "Content-Type: application/json\r\n" + (f"Content-Length: {length}\r\n" if length is not None else ""))
+    with socket.create_connection(srv.server_address[:2], timeout=5) as s:  # the client stays connected
+        s.sendall(head.encode("utf-8") + b"\r\n" + body)
+        reply = b""
+        while chunk := s.recv(65536):  # until the server closes: it must answer without waiting for us
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+    assert b"Content-Length >= 0" in reply
+    assert len(F.open(path)) == 8 and not (path.parent / "A.trash").exists() and srv.reviewer.undo == []
+
+
+def test_the_page_cannot_be_framed_by_another_site(served):
+    _, srv = served
+    for url in ("/", "/static/app.js", "/api/info"):
+        st, _, h = _req(srv, "GET", url)
+        assert st == 200 and h["X-Frame-Options"] == "DENY", url
+        assert "frame-ancestors 'none'" in h["Content-Security-Policy"], url

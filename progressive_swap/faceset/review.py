@@ -54,6 +54,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        # No other page may frame this one (clickjacking: a hidden frame clicking Remove or Move).
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header("Content-Security-Policy", "frame-ancestors 'none'")
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
@@ -64,6 +67,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), "application/json")
 
     def _error(self, status: int, message: str) -> None:
+        if self.command in ("PUT", "POST"):  # its body may be unread: never parse it as the next request
+            self.close_connection = True
         self._json({"error": message}, status)
 
     def _check_host(self) -> None:
@@ -78,10 +83,26 @@ class _Handler(BaseHTTPRequestHandler):
             raise ReviewError(HTTPStatus.FORBIDDEN, "missing or wrong page token; reload the page")
 
     def _body(self) -> bytes:
-        n = int(self.headers.get("Content-Length") or 0)
+        """The request body, read by its ``Content-Length``, which must be there and be a
+        non-negative integer: ``rfile.read(-1)`` would wait for the client to hang up."""
+        length = (self.headers.get("Content-Length") or "").strip()
+        if not (length.isascii() and length.isdigit()):  # missing, negative, not a number (chunked bodies too)
+            raise ReviewError(HTTPStatus.BAD_REQUEST, f"a request with a body needs a Content-Length >= 0, "
+                                                      f"got {length[:20]!r}")
+        n = int(length)
         if n > 64 * 2**20:
             raise ReviewError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request too large")
         return self.rfile.read(n) if n else b""
+
+    def _json_body(self) -> dict[str, Any]:
+        """The body as a JSON object (``{}`` when empty)."""
+        try:
+            body = json.loads(self._body() or b"{}")
+        except ValueError:
+            raise ReviewError(HTTPStatus.BAD_REQUEST, "request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise ReviewError(HTTPStatus.BAD_REQUEST, f"request body must be a JSON object, not {type(body).__name__}")
+        return body
 
     def _dispatch(self, method: str) -> None:
         try:
@@ -121,10 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
                                            self.headers.get("X-Mask-Version"))
                     return self._json({"saved": parts[2], "version": version})
             if method == "POST" and len(parts) == 2 and parts[0] == "api":
-                try:
-                    body = json.loads(self._body() or b"{}")
-                except ValueError:
-                    raise ReviewError(HTTPStatus.BAD_REQUEST, "request body is not JSON") from None
+                body = self._json_body()
                 if parts[1] == "remove":
                     return self._json(rv.remove(body.get("ids")))
                 if parts[1] == "move":

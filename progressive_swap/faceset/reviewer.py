@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import threading
 from http import HTTPStatus
 from pathlib import Path
@@ -14,8 +15,9 @@ import cv2
 import numpy as np
 
 from progressive_swap import faceset as F
+from progressive_swap.core.io import fsync_dir
 from progressive_swap.faceset import curate, identity
-from progressive_swap.faceset.format import INDEX_DIR, USER_PREFIX, check_mask_name
+from progressive_swap.faceset.format import HEADER_NAME, INDEX_DIR, USER_PREFIX, check_mask_name
 from progressive_swap.faceset.writer import FaceSetWriter
 
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css",
@@ -240,31 +242,87 @@ class Reviewer:
     def remove(self, ids: list[str]) -> dict[str, Any]:
         """Move faces to the trash set; one undo step."""
         ids = _ids(ids)
-        n = self._move(self.root, ids, self.trash)
-        self.undo.append({"op": "trash", "ids": ids, "dst": str(self.trash)})
+        with self._lock:
+            created = not (self.trash / HEADER_NAME).exists()
+            n = self._move(self.root, ids, self.trash)
+            self.undo.append({"op": "trash", "ids": ids, "dst": str(self.trash), "created": created})
         return {"moved": n, "to": str(self.trash), "undo": len(self.undo)}
 
-    def move(self, ids: list[str], dest: str) -> dict[str, Any]:
-        """Move faces to another face set (created when missing); one undo step."""
-        ids = _ids(ids)
-        if not dest or not str(dest).strip():
+    def destination(self, dest: str) -> Path:
+        """Where ``move`` may put faces: a face set beside the reviewed one (same parent folder),
+        or a new folder there. Never the set itself or a folder inside it, never an existing
+        folder that is not a face set, never anywhere else on the machine (the page is a web
+        page: what it may ask for is kept to the set's neighbours).
+
+        Args:
+            dest: a name (``bob``), or a path whose folder is the set's (links resolved).
+
+        Raises:
+            ReviewError: 400 with the reason.
+        """
+        dest = str(dest or "").strip()
+        if not dest:
             raise ReviewError(HTTPStatus.BAD_REQUEST, "give the face set to move the faces to")
+        home = self.root.resolve()
         d = Path(dest).expanduser()
-        if not d.is_absolute():
-            d = self.root.resolve().parent / d
-        n = self._move(self.root, ids, d)
-        self.undo.append({"op": "move", "ids": ids, "dst": str(d)})
+        d = (d if d.is_absolute() else home.parent / d).resolve()
+        if d == home or home in d.parents:
+            raise ReviewError(HTTPStatus.BAD_REQUEST, f"{dest!r} is the reviewed face set or inside it; "
+                                                      "give a face set beside it")
+        if d.parent != home.parent:
+            raise ReviewError(HTTPStatus.BAD_REQUEST, f"{dest!r} is not beside the reviewed face set: faces move "
+                                                      f"only to face sets in {str(home.parent)!r} (e.g. bob)")
+        if d.exists() and not (d.is_dir() and (d / HEADER_NAME).is_file()):
+            raise ReviewError(HTTPStatus.BAD_REQUEST, f"{str(d)!r} exists and is not a face set; "
+                                                      "give a face set or a new name")
+        return d
+
+    def move(self, ids: list[str], dest: str) -> dict[str, Any]:
+        """Move faces to a face set beside this one (created when missing, see :meth:`destination`);
+        one undo step."""
+        ids = _ids(ids)
+        with self._lock:
+            d = self.destination(dest)
+            created = not d.exists()
+            n = self._move(self.root, ids, d)
+            self.undo.append({"op": "move", "ids": ids, "dst": str(d), "created": created})
         return {"moved": n, "to": str(d), "undo": len(self.undo)}
 
     def undo_last(self) -> dict[str, Any]:
-        """Move the faces of the last removal or move back into the set."""
+        """Move the faces of the last removal or move back into the set; a face set that move
+        created is removed again once it holds no face."""
         with self._lock:
             if not self.undo:
                 raise ReviewError(HTTPStatus.CONFLICT, "nothing to undo")
             op = self.undo[-1]
-            n = self._move(Path(op["dst"]), op["ids"], self.root)
+            dst = Path(op["dst"])
+            n = self._move(dst, op["ids"], self.root)
             self.undo.pop()
-            return {"restored": n, "ids": op["ids"], "undo": len(self.undo)}
+            removed = op.get("created", False) and _remove_if_empty(dst)
+            return {"restored": n, "ids": op["ids"], "undo": len(self.undo), "removed": str(dst) if removed else None}
+
+
+def _remove_if_empty(path: Path) -> bool:
+    """Delete a face set this session created once it holds no face again (checked under its
+    writer lock; renamed aside first, so it vanishes at once). Returns whether it was removed."""
+    try:
+        w = F.open_writer(path)
+    except (F.FaceSetError, OSError, ValueError):
+        return False  # in use or damaged meanwhile: keep it
+    try:
+        empty = len(w) == 0
+    finally:
+        w.close(compact=False)
+    if not empty:
+        return False  # another tool added faces since: keep them
+    aside = path.with_name(f".{path.name}.removing-{os.getpid()}")
+    try:
+        os.rename(path, aside)
+    except OSError:
+        return False
+    shutil.rmtree(aside, ignore_errors=True)
+    fsync_dir(path.parent)
+    return True
 
 
 def _kind(kind: str) -> str:

@@ -195,7 +195,7 @@ $("undo").addEventListener("click", () => run(async () => {
   S.selected = new Set(d.ids);
   await refresh();
   updateSelection();
-  status(`restored ${d.restored} face(s): ${d.ids.join(", ")}`);
+  status(`restored ${d.restored} face(s): ${d.ids.join(", ")}` + (d.removed ? ` (removed ${d.removed}, now empty)` : ""));
 }));
 $("edit").addEventListener("click", () => {
   if (S.selected.size !== 1) { status("select exactly one face to edit its mask", true); return; }
