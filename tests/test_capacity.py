@@ -1,7 +1,12 @@
 """Issue #27: cores and light blocks, the recipes' network, GPU precision and the dry run's estimate."""
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +21,7 @@ from progressive_swap.model.blocks import Core, DecoderBlock, EncoderBlock, down
 # Stages 8 -> 16 -> 32, bottleneck 4x4, a 2x2 core of width 12; light blocks from 16 px out.
 TINY = dict(final_res=32, start_res=8, latent_res=4, latent_channels=8, channel_base=128, channel_max=16,
             channel_min=4)
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
 CORED = dict(TINY, core_channels=12, core_blocks=2, encoder_core_blocks=1, light_res=16)
 
 
@@ -174,3 +180,23 @@ def test_the_study_knows_default_and_the_former_names():
     assert bench.scaled(bench.design("core_light"))["light_res"] == 16  # 128 px at full size, sides / 8
     with pytest.raises(SystemExit, match="unknown candidate"):
         bench.design("nonsense")
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_at_toy_sizes_on_the_cpu(tmp_path):
+    """tools/gpu_check.sh --toy: every step of the GPU check (throughput, smoke tests, equal-time
+    training, quality) at toy sizes, so the script a GPU session runs cannot rot."""
+    out = tmp_path / "toy.json"
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    cmd = ["bash", str(TOOLS / "gpu_check.sh"), "--toy", "--minutes", "0.05", "--work", str(tmp_path / "work"),
+           "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["toy"] and result["ok"] and set(result["designs"]) == {"default", "comb"}
+    for name, d in result["designs"].items():
+        assert d["throughput"]["images_per_s"] > 0 and d["throughput"]["params"] > 0
+        assert d["train"]["rc"] == 0 and math.isfinite(d["quality"]["swap_psnr"]), name
+        assert d["quality"]["images_trained"] > 0
+        assert d["smoke"]["fsdp"]["last_line"] == "skipped: needs a GPU"
+    assert (tmp_path / "work" / "comb" / "train" / "model.safetensors").exists()
