@@ -180,7 +180,7 @@ def test_mixed_face_types_and_too_small_sets(blob_sets, tmp_path, capsys):
     _fails(
         ["recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{blob_sets[1]}]", f"out={out}"],
         capsys,
-        "smaller than",
+        "smaller than the final stage's 64 px: extract it again with size=64",
     )
     assert not out.exists()
 

@@ -78,7 +78,10 @@ def check_facesets(paths: Sequence[str | os.PathLike], min_size: int, mask: str 
             raise ValueError(f"face set is empty: {p}")
     for p, s in zip(paths, sets):
         if s.size < min_size:
-            raise ValueError(f"face set {p} has {s.size} px crops, smaller than the final stage's {min_size} px")
+            raise ValueError(
+                f"face set {p} has {s.size} px crops, smaller than the final stage's {min_size} px: extract it "
+                f"again with size={min_size} (swap-extract ... size={min_size}), or train a smaller recipe"
+            )
     types = {s.face_type for s in sets}
     if len(types) > 1:
         raise ValueError(
