@@ -43,6 +43,7 @@ from progressive_swap.export.settings import ExportSettings, check_previous
 from progressive_swap.export.swapper import MODEL_MASKS, Swapper, load_model
 from progressive_swap.extract.pipeline import ExtractOptions, extract, missing_frames
 from progressive_swap.faceset.format import HEADER_NAME
+from progressive_swap.footage.sources import footage_exists, is_pattern
 
 PROG = "swap-export"
 
@@ -118,7 +119,7 @@ def _faceset_input(path: Path, footage: str, info, stage_res: int, mask_name: st
         if not match:
             raise UserError(f"source={footage!r} is not a source of the face set; it has: {', '.join(sources)}")
         record_source = match[0]
-        plates = Path(footage) if Path(footage).exists() else F.resolve_source(record_source, fs.root)
+        plates = Path(footage) if footage_exists(footage) else F.resolve_source(record_source, fs.root)
     elif len(sources) > 1:
         raise UserError(
             f"the face set holds faces of {len(sources)} sources; pick one with source=: {', '.join(sources)}"
@@ -195,8 +196,15 @@ def _export(argv: Sequence[str]) -> int:
         if blender_comp.find_blender() is None:
             raise UserError(blender_comp.NO_BLENDER)
     inp = Path(o.input)
-    if not inp.exists() and not any(c in inp.name for c in "%*?["):
+    if not inp.exists() and not is_pattern(inp):
         raise FileNotFoundError(f"input not found: {o.input!r}")
+    if not _is_faceset(inp):  # footage: a pattern matching nothing or a folder without images is refused here
+        footage_plates = open_plates(o.input)
+        if o.comp == "blender":
+            try:
+                blender_comp.plate_job(footage_plates.kind, footage_plates.path, footage_plates.files)
+            except ValueError as e:
+                raise UserError(f"comp=blender: {e}") from None
     model, info = load_model(o.checkpoint, o.device)
     identity = info.identity_index(o.identity)
     from_identity = info.from_identity(o.from_identity, identity)

@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from progressive_swap.footage.sources import open_source
+from progressive_swap.footage.sources import footage_exists, open_source
 
 
 @dataclass
@@ -76,10 +76,11 @@ def open_plates(path: str | os.PathLike):
 
 
 def resolve_source(source: str, faceset_root: Path) -> Path:
-    """Find a face set record's ``source`` on disk: as given, then beside the face set."""
+    """Find a face set record's ``source`` on disk: as given, then beside the face set. A pattern
+    (``plate.%04d.exr``, ``plate.####.exr``) is found when it matches image files."""
     p = Path(source)
     for cand in (p, faceset_root / p, faceset_root.parent / p, faceset_root.parent / p.name):
-        if cand.exists():
+        if footage_exists(cand):
             return cand
     raise FileNotFoundError(
         f"the face set's source footage {source!r} was not found (also looked beside {str(faceset_root)!r}); "

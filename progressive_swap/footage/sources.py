@@ -221,6 +221,25 @@ def open_source(path: str | os.PathLike, fps: float | None = None) -> FrameSourc
     return FrameSource("video", p, _clean_name(p.stem), rate, expected_frames=int(info["n_frames"] or 0))
 
 
+def is_pattern(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names frames by a pattern (``%04d``, ``####``, ``@@@@`` or a glob), not one file."""
+    name = Path(str(path)).name
+    return "%" in name or any(c in name for c in "*?[#@")
+
+
+def footage_exists(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is footage on disk: an existing file or folder, or a pattern matching at least one image."""
+    if Path(str(path)).exists():
+        return True
+    if not is_pattern(path):
+        return False
+    try:
+        open_source(path)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
+
+
 def _clean_name(name: str) -> str:
     """A name usable inside face ids: ``[A-Za-z0-9._-]``, starting with a letter or digit."""
     n = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:48]
