@@ -386,16 +386,21 @@ def test_cli_info(two_batches, capsys):
     assert info["masks"] == {"hull": 9} and info["format_version"] == F.FORMAT_VERSION
     assert info["size"] == S and info["face_type"] == "whole" and info["image_format"] == "png"
 
-    (path / "images" / f"{b1[0][2].id}.png").write_bytes(b"garbage")
-    assert cli.main(["info", str(path)]) == 0  # the quick check only stats files
+    image = path / "images" / f"{b1[0][2].id}.png"
+    good = image.read_bytes()
+    image.write_bytes(b"garbage")
+    assert cli.main(["info", str(path)]) == 2  # the quick check reads each image's header
+    assert "is not a readable image" in capsys.readouterr().err
+    image.write_bytes(good[: len(good) - 40])  # header and record intact, pixels cut short
+    assert cli.main(["info", str(path)]) == 0
     capsys.readouterr()
     assert cli.main(["info", str(path), "--deep", "--json"]) == 2
     captured = capsys.readouterr()
     assert json.loads(captured.out)["valid"] is False
     assert "corrupt face image" in captured.err and len(captured.err.strip().splitlines()) == 1
-    (path / "images" / f"{b1[0][2].id}.png").unlink()
+    image.unlink()
     assert cli.main(["info", str(path)]) == 2
-    assert "1 indexed images missing" in capsys.readouterr().err
+    assert "1 indexed image(s) missing" in capsys.readouterr().err
     shutil.rmtree(path / "index")
     assert cli.main(["info", str(path), "--json"]) == 2
     assert json.loads(capsys.readouterr().out)["valid"] is False

@@ -118,13 +118,15 @@ def test_thumbnails_are_cached_and_follow_changes(served):
     F.open(path).write_mask("f002", "hull", np.ones((32, 32), np.float32))
     st, b, _ = _req(srv, "GET", "/thumb/f002?overlay=hull")
     assert st == 200 and b != a and (path / "cache" / "thumbs" / "f002.hull.jpg").is_file()
-    (path / "images" / "f003.png").unlink()  # an image vanishes from disk
-    st, body, _ = _req(srv, "GET", "/thumb/f003")
-    assert st == 404 and "missing" in _err(body)
-    # the writer keeps cache/ (it deletes only unlisted images and masks)
+    # the writer keeps cache/ (it deletes only journaled debris)
     with F.open_writer(path):
         pass
     assert cached.is_file()
+    (path / "images" / "f003.png").unlink()  # an image vanishes from disk
+    st, body, _ = _req(srv, "GET", "/thumb/f003")
+    assert st == 404 and "missing" in _err(body)
+    with pytest.raises(F.FaceSetError, match="repair"):  # and the set is refused for changes
+        F.open_writer(path)
 
 
 def test_sorted_faces_match_curate(served):

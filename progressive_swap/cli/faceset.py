@@ -80,6 +80,9 @@ def _print_human(info: dict[str, Any]) -> None:
         ("format version", str(info["format_version"])),
         ("created by", str(info["created_by"])),
         ("index shards", str(info["shards"])),
+        ("files not indexed", str(info["files_not_indexed"])),
+        ("indexed, file missing", str(info["indexed_files_missing"])),
+        ("with own record", f"{info['images_with_records']} of {info['count']} images"),
         ("status", "[green]valid[/green]" if info["valid"] else f"[red]{len(info['problems'])} problem(s)[/red]"),
     ]
     for k, v in rows:
@@ -95,7 +98,8 @@ def cmd_info(argv: Sequence[str]) -> int:
     ap = _ArgParser(prog=f"{PROG} info", description="Summarise and validate a face set.")
     ap.add_argument("dir", help="face set directory")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--deep", action="store_true", help="also decode every image and mask")
+    ap.add_argument("--deep", action="store_true",
+                    help="also decode every image and mask and compare their records with the index")
     args = ap.parse_args(list(argv))
     try:
         fs = faceset.open(args.dir)
@@ -103,8 +107,13 @@ def cmd_info(argv: Sequence[str]) -> int:
         if args.json:
             print(json.dumps({"path": args.dir, "valid": False, "problems": [str(e)]}))
         raise
-    problems = fs.validate(deep=args.deep) + extraction_problems(fs.root)  # an interrupted extraction
+    report = fs.check(deep=args.deep)
+    problems = list(dict.fromkeys([*fs.problems, *report.problems]))[:20]
+    problems += extraction_problems(fs.root)  # an interrupted extraction
     info = _summary(fs, problems)
+    info.update(files_not_indexed=len(report.unindexed), indexed_files_missing=len(report.missing),
+                nonfinite_faces=len(report.nonfinite), damaged_files=len(report.bad_files),
+                images_with_records=report.with_record)
     if args.json:
         print(json.dumps(info, indent=1))
     else:
@@ -327,7 +336,7 @@ def cmd_embed(argv: Sequence[str]) -> int:
         raise UserError(f"embed: progress_every must be a number, got {o['progress_every']!r}") from None
     if every < 0:
         raise UserError(f"embed: progress_every must be >= 0, got {every:g}")
-    faceset.open(pos[0])  # a damaged set fails here, before dlib loads
+    faceset.open(pos[0], verify=True)  # a damaged set fails here, before dlib loads
     _require_identity()
     with Progress(every) as bar:
         task = bar.task("embed", None, "faces")
@@ -352,7 +361,7 @@ def cmd_filter(argv: Sequence[str]) -> int:
         raise UserError(f"filter: threshold must be a number, got {o['threshold']!r}") from None
     if not 0 < threshold < 2:
         raise UserError(f"filter: threshold must be in (0, 2), got {threshold}")
-    faceset.open(pos[0])
+    faceset.open(pos[0], verify=True)
     _require_identity()
     res = identity.filter_faceset(pos[0], o["ref"], threshold=threshold, out=o.get("out"))
     console = _console()

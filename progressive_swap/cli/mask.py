@@ -143,10 +143,11 @@ def _device(name: str):
     return torch.device(name)
 
 
-def _open_sets(paths: Sequence[str]) -> list:
+def _open_sets(paths: Sequence[str], verify: bool = False) -> list:
+    """Open the face sets; ``verify``: for writing masks into them (a damaged set is refused)."""
     if not paths:
         raise UserError("give at least one FACESET directory")
-    return [faceset.open(p) for p in paths]
+    return [faceset.open(p, verify=verify) for p in paths]
 
 
 def cmd_train(argv: Sequence[str]) -> int:
@@ -217,7 +218,7 @@ def cmd_apply(argv: Sequence[str]) -> int:
         return _apply_hulls(paths, opt)
     if not opt.model:
         raise UserError("model=WEIGHTS is required (or hull=components|extended|both for landmark masks)")
-    sets = _open_sets(paths)
+    sets = _open_sets(paths, verify=True)
     _check_mask_names(sets, opt)  # a misspelt name would silently do nothing
     model, info = load_segmenter(opt.model)
     model = model.to(_device(opt.device))
@@ -254,7 +255,7 @@ def _apply_hulls(paths: Sequence[str], opt: Any) -> int:
     if given:
         raise UserError(f"{given[0]}= is a segmenter option; hull= draws masks from the landmarks alone")
     kinds = list(LANDMARK_MASKS) if opt.hull == "both" else [opt.hull]
-    sets = _open_sets(paths)
+    sets = _open_sets(paths, verify=True)
     results = []
     with Progress(opt.progress_every) as bar:
         for fs in sets:
@@ -273,7 +274,7 @@ def cmd_import(argv: Sequence[str]) -> int:
         raise UserError("dir=PNG_DIR is required")
     if len(paths) != 1:
         raise UserError("give exactly one FACESET directory")
-    (fs,) = _open_sets(paths)
+    (fs,) = _open_sets(paths, verify=True)
     r = segment.import_user_masks(fs, opt.dir, opt.name)
     print(json.dumps({"faceset": str(fs.root), **r}, indent=1))
     return 0

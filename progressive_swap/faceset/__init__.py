@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 
-def open(path: str | os.PathLike, *, on_corrupt: str = "raise") -> FaceSet:  # noqa: A001
-    """Open a face set for reading (see :class:`FaceSet`)."""
-    return FaceSet(path, on_corrupt=on_corrupt)
+def open(path: str | os.PathLike, *, on_corrupt: str = "raise", verify: bool = False) -> FaceSet:  # noqa: A001
+    """Open a face set for reading (see :class:`FaceSet`); ``verify=True`` first checks that its
+    index and files agree, as every in-place change must."""
+    return FaceSet(path, on_corrupt=on_corrupt, verify=verify)

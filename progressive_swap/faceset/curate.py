@@ -223,7 +223,7 @@ def remove_faces(path: str | os.PathLike, ids: Sequence[str]) -> int:
     ids = list(dict.fromkeys(str(i) for i in ids))
     if not ids:
         raise ValueError("no face ids given")
-    fs = F.open(path)
+    fs = F.open(path, verify=True)  # a damaged set is refused before the ids are looked up
     _check_known(fs, ids, "removed")
     return fs.remove(ids)
 
@@ -320,7 +320,7 @@ def merge_facesets(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -
         if _same_path(Path(p), out):
             raise ValueError(f"out={str(out)!r} is one of the inputs")
     _check_new_dir(out)
-    sets = [F.open(p) for p in paths]  # every input opens (and checks) before anything is written
+    sets = [F.open(p, verify=True) for p in paths]  # every input is checked before anything is written
     first = sets[0]
     for s in sets[1:]:
         for key in ("face_type", "size", "image_format"):

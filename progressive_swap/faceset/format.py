@@ -185,11 +185,16 @@ def read_header(root: Path) -> dict[str, Any]:
     try:
         header = json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
+        if (root / IMAGE_DIR).is_dir():  # the files of a set whose header is gone
+            raise FaceSetError(f"face set {str(root)!r}: {HEADER_NAME} is missing; "
+                               f"run swap-faceset repair {root}") from None
         raise FaceSetError(f"{str(root)!r} is not a face set: {HEADER_NAME} is missing") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise FaceSetError(f"corrupt face set header {str(path)!r}: {e}") from None
+        raise FaceSetError(f"corrupt face set header {str(path)!r}: {str(e).splitlines()[0]}; "
+                           f"run swap-faceset repair {root}") from None
     if not isinstance(header, dict) or header.get("kind") != KIND:
-        raise FaceSetError(f"corrupt face set header {str(path)!r}: not a {KIND} header")
+        raise FaceSetError(f"corrupt face set header {str(path)!r}: not a {KIND} header; "
+                           f"run swap-faceset repair {root}")
     v = header.get("format_version")
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise FaceSetError(f"face set {str(root)!r}: unknown format_version {v!r}")
@@ -203,7 +208,8 @@ def read_header(root: Path) -> dict[str, Any]:
                     header.get("jpeg_quality", 95), header.get("png_compression", 1),
                     header.get("identity"))
     except KeyError as e:
-        raise FaceSetError(f"corrupt face set header {str(path)!r}: missing {e.args[0]!r}") from None
+        raise FaceSetError(f"corrupt face set header {str(path)!r}: missing {e.args[0]!r}; "
+                           f"run swap-faceset repair {root}") from None
     except ValueError as e:
         raise FaceSetError(f"face set {str(root)!r}: {e}") from None
     return header

@@ -15,6 +15,11 @@ A shard whose range lies inside another shard's range is *superseded*: readers s
 next writer deletes it. A crash between writing a merged shard and deleting the old ones thus
 leaves a readable set. Faces are ordered by shard range start, then by row within a shard.
 
+``index/pending.json`` (:data:`PENDING_NAME`) is the writer's journal: before it adds files for
+faces not yet committed, or deletes the files of faces it removes, it lists their ids there.
+A file that no shard lists is deleted by the next writer only when the journal names it; any
+other unlisted file means the index lost faces, and the set is refused until it is repaired.
+
 Columns (``n`` rows; see ``docs/faceset.md``):
 
 =================  ==================  =============================================
@@ -51,6 +56,7 @@ import numpy as np
 
 from progressive_swap.core.io import atomic_write
 
+PENDING_NAME = "pending.json"
 SHARD_RE = re.compile(r"^shard_(\d{6})(?:-(\d{6}))?\.npz$")
 
 # Column name -> (dtype, trailing shape). Order is the on-disk order.
@@ -232,3 +238,54 @@ def read_columns(path: Path, columns: Iterable[str], n: int) -> dict[str, np.nda
 def read_all(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Every column of a shard plus its strings (for rewriting)."""
     return read_shard(path, COLUMNS)
+
+
+def concat_shards(
+    cols_list: list[dict[str, np.ndarray]], strings_list: list[dict[str, Any]]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Concatenate shards, merging their string tables (used by compaction, removal, merge)."""
+    sources: dict[str, int] = {}
+    identities: dict[str, int] = {}
+    keys = list(cols_list[0]) if cols_list else list(COLUMNS)
+    out_cols: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    ids: list[str] = []
+    extra: dict[str, Any] = {}
+    for cols, strings in zip(cols_list, strings_list):
+        offset = len(ids)
+        src_map = np.array([sources.setdefault(s, len(sources)) for s in strings["sources"]] or [0], np.int32)
+        id_map = np.array([identities.setdefault(s, len(identities)) for s in strings["identities"]] or [0], np.int32)
+        for k in keys:
+            v = cols[k]
+            if k == "source_index":
+                v = src_map[v]
+            elif k == "identity_index":
+                v = id_map[v]
+            out_cols[k].append(v)
+        ids.extend(strings["ids"])
+        extra.update({str(int(r) + offset): e for r, e in strings["extra"].items()})
+    cols = {k: np.concatenate(v) if v else empty_columns()[k] for k, v in out_cols.items()}
+    return cols, {"ids": ids, "sources": list(sources), "identities": list(identities), "extra": extra}
+
+
+def read_pending(index_dir: Path) -> set[str]:
+    """Ids in the writer's journal (empty if none; a damaged journal names none, so nothing
+    is deleted on its word)."""
+    try:
+        ids = json.loads((index_dir / PENDING_NAME).read_text("utf-8"))["ids"]
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return set()
+    return {i for i in ids if isinstance(i, str)} if isinstance(ids, list) else set()
+
+
+def write_pending(index_dir: Path, ids: Iterable[str]) -> None:
+    """Journal ``ids`` (atomically, fsynced) before their files are added or deleted."""
+    with atomic_write(index_dir / PENDING_NAME, "w") as f:
+        json.dump({"ids": sorted(set(ids))}, f)
+
+
+def clear_pending(index_dir: Path) -> None:
+    """Drop the journal once its faces are committed and their files settled."""
+    try:
+        os.unlink(index_dir / PENDING_NAME)
+    except FileNotFoundError:
+        pass

@@ -12,7 +12,9 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+import progressive_swap.faceset.embedded as emb
 import progressive_swap.faceset.index as fx
+import progressive_swap.faceset.verify as vf
 from progressive_swap.core.io import fsync_dir
 from progressive_swap.faceset.format import (
     IMAGE_DIR,
@@ -29,6 +31,7 @@ from progressive_swap.faceset.format import (
     mask_path,
     read_header,
     write_file_atomic,
+    write_file_durable,
 )
 from progressive_swap.faceset.writer import FaceSetWriter, concat_shards, create, link_or_copy
 
@@ -40,16 +43,25 @@ class FaceSet:
     ``landmarks_raw`` load on first use. No file handle stays open, so a FaceSet pickles
     cheaply into DataLoader workers (lazily loaded arrays are dropped and reloaded there).
 
+    A matrix, landmark or frame size that is not finite (NaN, inf) is refused with one line
+    naming the face: when the set opens (matrices) or on first use (landmarks).
+
     Args:
         path: face set directory.
         on_corrupt: ``"raise"`` (default) fails on a damaged index shard; ``"skip"`` leaves the
             shard's faces out and lists the reason in :attr:`problems`.
+        verify: first check that the index and the files agree
+            (:func:`~progressive_swap.faceset.vf.require_consistent`); for tools that change
+            the set in place without a writer (mask writers) and whole-set readers that must
+            not work on a damaged set.
     """
 
-    def __init__(self, path: str | os.PathLike, *, on_corrupt: str = "raise"):
+    def __init__(self, path: str | os.PathLike, *, on_corrupt: str = "raise", verify: bool = False):
         if on_corrupt not in ("raise", "skip"):
             raise ValueError(f"on_corrupt must be 'raise' or 'skip', got {on_corrupt!r}")
         self.root = Path(path)
+        if verify:
+            vf.require_consistent(self.root, pending=fx.read_pending(self.root / INDEX_DIR))
         self.header = read_header(self.root)
         self.problems: list[str] = []
         for attempt in range(3):  # a concurrent compaction may delete a shard we just listed
@@ -59,13 +71,17 @@ class FaceSet:
             except FileNotFoundError:
                 if attempt == 2:
                     raise FaceSetError(f"index of {str(self.root)!r} keeps changing; retry") from None
+            except FaceSetError as e:
+                if "swap-faceset repair" in str(e):
+                    raise
+                raise FaceSetError(f"{e}; {vf.repair_hint(self.root)}") from None
         self._lazy: dict[str, np.ndarray] = {}
         self._mask_names: list[str] | None = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, on_corrupt: str = "raise") -> "FaceSet":
+    def open(cls, path: str | os.PathLike, *, on_corrupt: str = "raise", verify: bool = False) -> "FaceSet":
         """Same as :func:`progressive_swap.faceset.open`."""
-        return cls(path, on_corrupt=on_corrupt)
+        return cls(path, on_corrupt=on_corrupt, verify=verify)
 
     def _load_index(self, on_corrupt: str) -> None:
         live, _ = fx.scan_shards(self.root / INDEX_DIR)
@@ -103,6 +119,22 @@ class FaceSet:
         for a in cols.values():
             a.setflags(write=False)
         self._cols = cols
+        self._refuse_nonfinite(cols)
+
+    def _refuse_nonfinite(self, cols: dict[str, np.ndarray]) -> None:
+        """One line naming the first face whose stored geometry is not finite."""
+        bad = vf.nonfinite_rows(cols)
+        if not len(bad):
+            return
+        k = bad[0]
+        cause = [n for n in ("matrix", "landmarks") if n in cols and not np.isfinite(cols[n][k]).all()]
+        if "landmarks_raw" in cols and cols["has_raw"][k] and not np.isfinite(cols["landmarks_raw"][k]).all():
+            cause.append("landmarks_raw")
+        if (cols["frame_size"][k] <= 0).any():
+            cause.append("frame_size")
+        more = f" (+{len(bad) - 1} more faces)" if len(bad) > 1 else ""
+        raise FaceSetError(f"face {self._ids[k]!r} of {str(self.root)!r} has non-finite {' and '.join(cause)} "
+                           f"in the index{more}; {vf.repair_hint(self.root)}")
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -226,6 +258,9 @@ class FaceSet:
             parts = [fx.read_columns(p, [name], n)[name] for p, _, n in self._shards]
             a = np.concatenate(parts) if parts else fx.empty_columns()[name]
             a.setflags(write=False)
+            if name in ("landmarks", "landmarks_raw"):
+                self._refuse_nonfinite({"matrix": self._cols["matrix"], "frame_size": self._cols["frame_size"],
+                                        "has_raw": self._cols["has_raw"], name: a})
             self._lazy[name] = a
         return self._lazy[name]
 
@@ -333,36 +368,18 @@ class FaceSet:
     def validate(self, *, deep: bool = False, limit: int = 20) -> list[str]:
         """Check the set on disk; return up to ``limit`` one-line problems (empty = valid).
 
-        The quick check lists the image directory once and reports indexed faces without an
-        image. ``deep`` also decodes every image and mask and reads the landmark columns.
+        The index and the files must agree (:func:`~progressive_swap.faceset.verify.check`):
+        every indexed face has its image, every image and mask file belongs to an indexed face,
+        image sizes and embedded records match, stored geometry is finite. ``deep`` also decodes
+        every image and mask.
         """
-        problems = list(self.problems)
-        ext = image_path(self.root, self.header, "x").suffix
-        try:
-            present = {e for e in os.listdir(self.root / IMAGE_DIR) if e.endswith(ext)}
-        except FileNotFoundError:
-            present = set()
-        missing = [i for i in self._ids if i + ext not in present]
-        if missing:
-            problems.append(f"{len(missing)} indexed images missing, e.g. {IMAGE_DIR}/{missing[0]}{ext}")
-        if deep:
-            for name in ("landmarks", "landmarks_raw"):
-                try:
-                    self._lazy_column(name)
-                except FaceSetError as e:
-                    problems.append(str(e))
-            gone = set(missing)
-            for i, face_id in enumerate(self._ids):
-                if len(problems) >= limit:
-                    break
-                try:
-                    if face_id not in gone:
-                        self.image(i)
-                    for name in self.mask_names:
-                        self.mask(i, name)
-                except FaceSetError as e:
-                    problems.append(str(e))
+        report = self.check(deep=deep)
+        problems = list(dict.fromkeys([*self.problems, *report.problems]))
         return problems[:limit]
+
+    def check(self, *, deep: bool = False) -> vf.Report:
+        """The full :class:`~progressive_swap.faceset.verify.Report` of the set on disk now."""
+        return vf.check(self.root, deep=deep, pending=fx.read_pending(self.root / INDEX_DIR), header=self.header)
 
     def mask_counts(self) -> dict[str, int]:
         """Number of indexed faces that have each mask kind."""
@@ -423,10 +440,22 @@ def merge(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, threads
 
 def link_face_files(src: FaceSet, writer: FaceSetWriter, ids: Sequence[str]) -> None:
     """Hard-link (or copy) the images and masks of ``ids`` from ``src`` into ``writer``'s set,
-    then fsync the directories. The index entries are the caller's to commit."""
+    then fsync the directories. The index entries are the caller's to commit.
+
+    The ids are journaled first (:meth:`FaceSetWriter.begin`), so a crash before the commit
+    leaves debris the next writer removes. An image without its embedded record (a set written
+    before records existed) is written anew with the record instead of linked.
+    """
+    writer.begin(ids)
     targets = []
     for face_id in ids:
-        targets.append((image_path(src.root, src.header, face_id), image_path(writer.root, writer.header, face_id)))
+        a, b = image_path(src.root, src.header, face_id), image_path(writer.root, writer.header, face_id)
+        if emb.file_record(a) is None:
+            data = a.read_bytes()
+            payload = emb.record_to_json(src.record(face_id), src.face_type)
+            write_file_durable(b, emb.embed(data, payload), fsync=writer.durable)
+        else:
+            targets.append((a, b))
         for name in src.mask_names:
             m = mask_path(src.root, name, face_id)
             if m.exists():
@@ -434,5 +463,5 @@ def link_face_files(src: FaceSet, writer: FaceSetWriter, ids: Sequence[str]) -> 
     for a, b in targets:
         b.parent.mkdir(parents=True, exist_ok=True)
         link_or_copy(a, b)
-    for d in {b.parent for _, b in targets}:
+    for d in {b.parent for _, b in targets} | {writer.root / IMAGE_DIR}:
         fsync_dir(d)

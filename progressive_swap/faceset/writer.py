@@ -13,6 +13,7 @@ the OS if the process dies).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+import progressive_swap.faceset.embedded as emb
 import progressive_swap.faceset.index as fx
+import progressive_swap.faceset.verify as vf
 from progressive_swap.core.io import check_writable_dir, fsync_dir
 from progressive_swap.faceset.format import (
     HEADER_NAME,
@@ -61,8 +64,11 @@ MAX_SHARDS_AFTER_CLOSE = 16
 class FaceSetWriter:
     """Appends faces to a face set. Create with :func:`faceset.create` or :meth:`resume`.
 
-    Opening a writer cleans up after an interrupted session: stray temporary files, image and
-    mask files that no committed shard lists, and shards superseded by a finished compaction.
+    Opening a writer first checks that the set's index and files agree
+    (:func:`~progressive_swap.faceset.vf.require_consistent`; a damaged set is refused with
+    one line), then cleans up after an interrupted session: stray temporary files, shards
+    superseded by a finished compaction, and the unindexed files of the faces its journal
+    (``index/pending.json``) names. No other file is ever deleted as debris.
 
     Args:
         path: face set directory (its ``faceset.json`` must exist).
@@ -82,6 +88,10 @@ class FaceSetWriter:
         self._lock_fd = self._acquire_lock()
         try:
             self._index_dir = self.root / INDEX_DIR
+            # The one check before any change: a set whose index and files disagree is refused
+            # here, before the cleanup below could take its unindexed files for debris.
+            pending = fx.read_pending(self._index_dir)
+            vf.require_consistent(self.root, pending=pending, header=self.header)
             for d in (IMAGE_DIR, INDEX_DIR, MASK_DIR):
                 (self.root / d).mkdir(exist_ok=True)
             live, superseded = fx.scan_shards(self._index_dir)
@@ -91,9 +101,7 @@ class FaceSetWriter:
                 _, strings = fx.read_shard(s.path, ())
                 self._ids.update(strings["ids"])
                 self._count += len(strings["ids"])
-            if len(self._ids) != self._count:
-                raise FaceSetError(f"corrupted index in {str(self.root)!r}: duplicate face ids")
-            self._cleanup(superseded)
+            self._cleanup(superseded, pending)
             self._next = fx.next_shard_number(self._index_dir)
             self._plain_tail = len(live) - len(_merged_prefix(live))
         except BaseException:
@@ -157,21 +165,25 @@ class FaceSetWriter:
             return
         default_identity = self.header.get("identity") or ""
         seen: set[str] = set()
+        payloads = []
         for r in records:
             check_record(r)
             if r.id in self._ids or r.id in seen:
                 raise ValueError(f"duplicate face id {r.id!r}")
             seen.add(r.id)
+            resolved = dataclasses.replace(r, identity=r.identity or default_identity)
+            payloads.append(emb.record_to_json(resolved, self.face_type))  # the file's own record
         # Check every array first, so a bad image or mask fails before any file is written.
-        jobs: list[tuple[Path, Any, str]] = []  # (path, array, "image" | "mask")
-        for r, im in zip(records, images):
-            jobs.append((image_path(self.root, self.header, r.id), check_image(im, self.size), "image"))
+        jobs: list[tuple[Path, Any, Any]] = []  # (path, array, record payload | None for a mask)
+        for r, im, payload in zip(records, images, payloads):
+            jobs.append((image_path(self.root, self.header, r.id), check_image(im, self.size), payload))
         for name, ms in masks.items():
             for r, m in zip(records, ms):
                 if m is not None:
-                    jobs.append((mask_path(self.root, name, r.id), mask_to_u16(m, self.size), "mask"))
+                    jobs.append((mask_path(self.root, name, r.id), mask_to_u16(m, self.size), None))
         for name in masks:
             (self.root / MASK_DIR / name).mkdir(exist_ok=True)
+        self.begin(seen)
         self._write_files(jobs)
         for d in {p.parent for p, _, _ in jobs} if self.durable else ():
             fsync_dir(d)
@@ -179,12 +191,21 @@ class FaceSetWriter:
         if self._plain_tail >= MERGE_EVERY:
             self.compact(trailing_only=True)
 
-    def _write_files(self, jobs: list[tuple[Path, Any, str]]) -> None:
+    def begin(self, ids: Iterable[str]) -> None:
+        """Journal the ids whose files are about to be added (before the commit) or deleted
+        (after it), so a crash in between leaves debris the next writer may delete."""
+        if self.durable:  # a non-durable set is thrown away after a crash, journal or not
+            fx.write_pending(self._index_dir, ids)
+
+    def _write_files(self, jobs: list[tuple[Path, Any, Any]]) -> None:
         size, header, durable = self.size, self.header, self.durable
 
-        def work(job: tuple[Path, Any, str]) -> None:
-            path, arr, kind = job
-            data = encode_image(arr, size, header) if kind == "image" else encode_mask(arr, size)
+        def work(job: tuple[Path, Any, Any]) -> None:
+            path, arr, payload = job
+            if payload is None:
+                data = encode_mask(arr, size)
+            else:
+                data = emb.embed(encode_image(arr, size, header), payload)
             write_file_durable(path, data, fsync=durable)
 
         if self.threads == 1 or len(jobs) < 2:
@@ -205,6 +226,7 @@ class FaceSetWriter:
         if len(set(ids)) != len(ids) or self._ids.intersection(ids):
             raise ValueError("duplicate face ids in batch")
         fx.write_shard(self._index_dir / fx.shard_filename(self._next), cols, strings)
+        fx.clear_pending(self._index_dir)
         self._next += 1
         self._plain_tail += 1
         self._ids.update(ids)
@@ -241,6 +263,7 @@ class FaceSetWriter:
         if not drop:
             return 0
         live, _ = fx.scan_shards(self._index_dir)
+        self.begin(drop)  # the files go only after the index without them is committed
         self._rewrite(live, drop)
         self._ids -= drop
         self._count -= len(drop)
@@ -248,6 +271,7 @@ class FaceSetWriter:
             _unlink(image_path(self.root, self.header, face_id))
             for mdir in _mask_dirs(self.root):
                 _unlink(mdir / (face_id + ".png"))
+        fx.clear_pending(self._index_dir)
         return len(drop)
 
     def _rewrite(self, shards: list[fx.ShardName], drop: set[str]) -> None:
@@ -264,7 +288,7 @@ class FaceSetWriter:
                 })
             parts_cols.append(cols)
             parts_strings.append(strings)
-        cols, strings = concat_shards(parts_cols, parts_strings)
+        cols, strings = fx.concat_shards(parts_cols, parts_strings)
         new = fx.next_shard_number(self._index_dir)
         fx.write_shard(self._index_dir / fx.shard_filename(shards[0].first, new), cols, strings)
         self._next = new + 1
@@ -331,22 +355,24 @@ class FaceSetWriter:
         if fd is not None:
             os.close(fd)  # closing the descriptor drops the flock
 
-    def _cleanup(self, superseded: list[fx.ShardName]) -> None:
-        """Delete what an interrupted session left: superseded shards, tmp files, orphans."""
+    def _cleanup(self, superseded: list[fx.ShardName], pending: set[str]) -> None:
+        """Delete what an interrupted session left: superseded shards, tmp files, and the files
+        of journaled faces that no shard lists (an append before its commit, a removal after)."""
         for s in superseded:
             _unlink(s.path)
-        for d in [self.root, self.root / INDEX_DIR]:
+        ext = image_path(self.root, self.header, "x").suffix
+        dirs = [(self.root / IMAGE_DIR, ext), *((m, ".png") for m in _mask_dirs(self.root))]
+        for d in [self.root, self.root / INDEX_DIR, *(d for d, _ in dirs)]:
             for name in os.listdir(d):
                 if name.startswith(".") and name.endswith(TMP_SUFFIX):
                     _unlink(d / name)
-        ext = image_path(self.root, self.header, "x").suffix
-        for d, suffix in [(self.root / IMAGE_DIR, ext), *((m, ".png") for m in _mask_dirs(self.root))]:
-            with os.scandir(d) as it:
-                for e in it:
-                    name = e.name
-                    if name.startswith(".") or not name.endswith(suffix) or name[: -len(suffix)] not in self._ids:
-                        if e.is_file(follow_symlinks=False):
-                            _unlink(Path(e.path))
+        gone = pending - self._ids
+        for d, suffix in dirs if gone else ():
+            for face_id in gone:
+                _unlink(d / (face_id + suffix))
+        if pending or superseded:
+            fx.clear_pending(self._index_dir)
+            fsync_dir(self.root / INDEX_DIR)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -379,33 +405,6 @@ def records_to_columns(
     return cols, strings
 
 
-def concat_shards(
-    cols_list: list[dict[str, np.ndarray]], strings_list: list[dict[str, Any]]
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Concatenate shards, merging their string tables (used by compaction, removal, merge)."""
-    sources: dict[str, int] = {}
-    identities: dict[str, int] = {}
-    keys = list(cols_list[0]) if cols_list else list(fx.COLUMNS)
-    out_cols: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    ids: list[str] = []
-    extra: dict[str, Any] = {}
-    for cols, strings in zip(cols_list, strings_list):
-        offset = len(ids)
-        src_map = np.array([sources.setdefault(s, len(sources)) for s in strings["sources"]] or [0], np.int32)
-        id_map = np.array([identities.setdefault(s, len(identities)) for s in strings["identities"]] or [0], np.int32)
-        for k in keys:
-            v = cols[k]
-            if k == "source_index":
-                v = src_map[v]
-            elif k == "identity_index":
-                v = id_map[v]
-            out_cols[k].append(v)
-        ids.extend(strings["ids"])
-        extra.update({str(int(r) + offset): e for r, e in strings["extra"].items()})
-    cols = {k: np.concatenate(v) if v else fx.empty_columns()[k] for k, v in out_cols.items()}
-    return cols, {"ids": ids, "sources": list(sources), "identities": list(identities), "extra": extra}
-
-
 def _merged_prefix(live: list[fx.ShardName]) -> list[fx.ShardName]:
     """``live`` up to and including its last merged shard (the rest are single batches)."""
     k = len(live)
@@ -427,6 +426,8 @@ def _unlink(path: Path) -> None:
     except FileNotFoundError:
         pass
 
+
+concat_shards = fx.concat_shards  # re-exported: curate and the reader use it from here
 
 __all__ = ["FaceSetWriter", "records_to_columns", "concat_shards"]
 
@@ -473,6 +474,7 @@ def create(
         if (root / d).is_dir() and any(os.scandir(root / d)):
             raise FaceSetError(f"{str(root)!r} has {d}/ but no {HEADER_NAME}: a damaged face set?")
     write_header(root, header)
+    (root / INDEX_DIR).mkdir(exist_ok=True)
     return FaceSetWriter(root, threads=threads, durable=durable)
 
 
