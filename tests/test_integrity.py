@@ -189,3 +189,83 @@ def test_legacy_sets_without_records_validate_and_gain_records_when_merged(tmp_p
     assert embedded.file_record(moved.image_path(0)) == moved.record(0)
     assert np.array_equal(moved.image(0), fs.image(0))  # same pixels, now self-describing
     assert hashes(LEGACY / "id0") == old
+
+
+# ---------------------------------------------------------------------- repair
+
+
+def _repair(path: Path, capsys) -> dict:
+    capsys.readouterr()
+    assert cli.main(["repair", str(path), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("damage", ["shards deleted", "index folder deleted", "shard truncated", "header deleted"])
+def test_repair_rebuilds_a_lost_index_from_the_images_records(blob, damage, capsys):
+    want = [F.open(blob).record(i) for i in range(6)]
+    before = hashes(blob)
+    if damage == "shards deleted":
+        for s in (blob / "index").glob("shard_*.npz"):
+            s.unlink()
+    elif damage == "index folder deleted":
+        shutil.rmtree(blob / "index")
+    elif damage == "shard truncated":
+        s = next((blob / "index").glob("shard_*.npz"))
+        s.write_bytes(s.read_bytes()[:300])
+    else:
+        (blob / "faceset.json").unlink()
+    out = _repair(blob, capsys)
+    assert out["valid"] and out["faces"] == 6 and out["from_records"] == (0 if damage == "header deleted" else 6)
+    assert out["header_rebuilt"] == (damage == "header deleted")
+    fs = F.open(blob)
+    assert sorted(fs.records(), key=lambda r: r.id) == want  # every field, bit for bit
+    assert hashes(blob) == before and fs.mask("f001", "hull") is not None
+    assert (damage != "shard truncated") or out["unreadable_shards"] and (blob.parent / "A.damaged" / "index").is_dir()
+    capsys.readouterr()
+    assert cli.main(["info", str(blob), "--deep"]) == 0
+    assert cli.main(["sort", str(blob), "by=size"]) == 0
+
+
+def test_repair_keeps_index_rows_drops_non_finite_ones_and_moves_what_it_cannot_use(blob, capsys):
+    want = F.open(blob).record("f002")
+    _rewrite_shard(blob, lambda c, s: c["landmarks"].__setitem__((2, 5, 0), np.inf))
+    (blob / "images" / "f004.png").unlink()  # an index entry without its file
+    stranger = blob / "images" / "x01.png"  # a file no index row or record describes
+    stranger.write_bytes((LEGACY / "id0" / "images" / "f000.png").read_bytes())
+    (blob / "images" / "f005.png").write_bytes(b"\x89PNG not really")  # undecodable
+    before = hashes(blob)
+    out = _repair(blob, capsys)
+    assert out["valid"] and out["nonfinite"] == ["f002"] and out["entries_without_files"] == ["f004", "f005"]
+    assert out["files_without_records"] == ["images/x01.png"]
+    fs = F.open(blob)
+    assert fs.ids == ["f000", "f001", "f002", "f003"]  # the index order, f002 from its own record
+    assert fs.record("f002") == want and out["from_records"] == 1
+    assert all_bytes_kept(before, blob, blob.parent / "A.damaged")
+    assert (blob.parent / "A.damaged" / "images" / "x01.png").is_file()
+
+
+def test_repair_puts_swapped_images_back_under_their_names(blob, capsys):
+    fs = F.open(blob)
+    want = {i: fs.image(i) for i in ("f000", "f001")}
+    a, b = blob / "images" / "f000.png", blob / "images" / "f001.png"
+    da, db = a.read_bytes(), b.read_bytes()
+    a.write_bytes(db)
+    b.write_bytes(da)
+    out = _repair(blob, capsys)
+    assert out["valid"] and sorted(out["renamed"]) == ["images/f000.png", "images/f001.png"]
+    fs = F.open(blob)
+    assert all(np.array_equal(fs.image(i), want[i]) for i in want) and len(fs) == 6
+
+
+def test_repair_of_a_sound_set_changes_nothing_and_legacy_sets_stay_as_they_are(blob, tmp_path, capsys):
+    before = hashes(blob)
+    index = sorted(p.name for p in (blob / "index").iterdir())
+    out = _repair(blob, capsys)
+    assert not out["changed"] and out["valid"]
+    assert hashes(blob) == before and sorted(p.name for p in (blob / "index").iterdir()) == index
+    legacy = tmp_path / "legacy"
+    shutil.copytree(LEGACY / "id1", legacy)
+    (legacy / "index" / "shard_000000.npz").unlink()  # no records to rebuild from: files kept aside
+    out = _repair(legacy, capsys)
+    assert out["faces"] == 0 and len(out["files_without_records"]) == 6
+    assert all_bytes_kept(hashes(LEGACY / "id1"), legacy.parent / "legacy.damaged")

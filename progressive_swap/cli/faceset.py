@@ -8,6 +8,7 @@ Usage:
     swap-faceset review DIR [port=8765] [host=127.0.0.1] [trash=DIR.trash]
     swap-faceset remove DIR ids=[a,b,...] | ids_file=FILE | view=VIEWDIR
     swap-faceset merge DIR1 DIR2 ... out=DIR
+    swap-faceset repair DIR [--json]
 
 Subcommands are plain functions taking their own argv; add one by writing ``cmd_<name>`` and
 listing it in :data:`COMMANDS`. Exit codes: 0 valid, 2 bad input or an invalid set (one line
@@ -31,6 +32,7 @@ from progressive_swap.cli.schema import closest, help_text
 from progressive_swap.core.progress import Progress
 from progressive_swap.extract.pipeline import extraction_problems
 from progressive_swap.faceset import curate, identity, review
+from progressive_swap.faceset import repair as repair_mod
 
 PROG = "swap-faceset"
 
@@ -442,6 +444,37 @@ def cmd_merge(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_repair(argv: Sequence[str]) -> int:
+    """``repair DIR [--json]``: rebuild a damaged or missing index from the images' own records."""
+    ap = _ArgParser(prog=f"{PROG} repair", description="Rebuild a face set's index from its files; "
+                    "what cannot be used goes to DIR.damaged (nothing is deleted).")
+    ap.add_argument("dir", help="face set directory")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(list(argv))
+    res = repair_mod.repair(args.dir)
+    after = faceset.open(args.dir).check()
+    if args.json:
+        print(json.dumps({**res.summary(), "valid": after.ok}, indent=1))
+    elif not res.changed:
+        _console().print(f"{args.dir}: index and files agree ({after.faces} faces); nothing to repair")
+    else:
+        def some(items: list[str]) -> str:
+            return f"{len(items)}" + (f" ({', '.join(items[:4])}{', …' if len(items) > 4 else ''})" if items else "")
+
+        console = _console()
+        console.print(f"[bold]repaired[/bold] {args.dir}: {res.faces} faces ({res.from_index} from the index, "
+                      f"{res.from_records} recovered from their images' records)"
+                      + ("; header rebuilt" if res.header_rebuilt else ""))
+        console.print(f"index entries without files: {some(res.entries_without_files)}; files without records: "
+                      f"{some(res.files_without_records)}; non-finite entries: {some(res.nonfinite)}; "
+                      f"unreadable shards: {some(res.unreadable_shards)}; renamed: {some(res.renamed)}")
+        if res.moved:
+            console.print(f"moved {len(res.moved)} file(s) it could not use to {res.damaged_dir} (nothing deleted)")
+    if not after.ok:
+        raise UserError(f"repair of {args.dir} left a problem: {after.problems[0]}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "info": cmd_info,
     "sort": cmd_sort,
@@ -450,6 +483,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "embed": cmd_embed,
     "filter": cmd_filter,
     "review": cmd_review,
+    "repair": cmd_repair,
 }
 
 USAGE = f"usage: {PROG} {{{','.join(COMMANDS)}}} ...   ({PROG} COMMAND --help lists its keys)"

@@ -338,17 +338,7 @@ class FaceSetWriter:
             raise ValueError("face set writer is closed")
 
     def _acquire_lock(self) -> int | None:
-        if fcntl is None:
-            return None
-        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise FaceSetError(
-                f"face set {str(self.root)!r} is open for writing by another process"
-            ) from None
-        return fd
+        return lock_faceset(self.root)
 
     def _release_lock(self) -> None:
         fd, self._lock_fd = getattr(self, "_lock_fd", None), None
@@ -376,6 +366,20 @@ class FaceSetWriter:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def lock_faceset(root: Path) -> int | None:
+    """Take the set's writer lock (``flock`` on ``DIR/.lock``); close the returned descriptor to
+    release it. One line if another process holds it."""
+    if fcntl is None:
+        return None
+    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise FaceSetError(f"face set {str(root)!r} is open for writing by another process") from None
+    return fd
 
 
 def records_to_columns(
