@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import write_video_with_audio
+from conftest import TINY, write_video_with_audio
 
 from progressive_swap import faceset
 from progressive_swap.cli import export as export_cli
@@ -24,7 +24,7 @@ from progressive_swap.export import writers as W
 from progressive_swap.export.frames import FaceIn, FrameIn
 from progressive_swap.export.pipeline import Exporter
 from progressive_swap.export.settings import ExportSettings
-from progressive_swap.export.swapper import CheckpointInfo, Swapper, load_model
+from progressive_swap.export.swapper import CheckpointInfo, Swapper, load_model, read_checkpoint
 from progressive_swap.footage.video import read_video
 from progressive_swap.masks.hull import landmark_mask
 from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
@@ -714,3 +714,59 @@ def test_cli_alpha_defaults_to_the_footages_own_identity(tmp_path, colour_ckpt, 
     capsys.readouterr()
     assert cli(colour_ckpt, video, tmp_path / "x", given, "mask=source", "from_identity=none") == 2
     assert "name it with from_identity=NAME" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- who is in the footage
+
+
+@pytest.fixture(scope="module")
+def phantom_run(tmp_path_factory):
+    """A tiny model trained a few seconds on phantom identities 0 and 1, and clips (with truth
+    landmarks) of those and of two people it never saw (2, 3)."""
+    from progressive_swap.cli import train as train_cli
+    from progressive_swap.phantom.dataset import generate_phantom_dataset
+
+    root = tmp_path_factory.mktemp("phantom_run")
+    data = generate_phantom_dataset(root / "data", identities=4, faces=48, size=32, videos=1, frames=12,
+                                    occluders=0.0, frame_size=128, progress=False)
+    shrunk = [a for a in TINY if not a.startswith("schedule.")]
+    argv = ["recipe=demo", "data=facesets", f"data.faces=[{data['faces'][0]},{data['faces'][1]}]",
+            f"out={root / 'run'}", *shrunk,
+            "schedule.stages=[{res:16,images:400,batch:8,lr:2e-3},{res:32,images:400,fade:100,batch:8,lr:1e-3}]"]
+    assert train_cli.main(argv) == 0
+    return root / "run" / "model.safetensors", data["videos"], data["truth"]
+
+
+@pytest.mark.slow
+def test_footage_of_someone_the_model_was_not_trained_on_is_flagged(tmp_path, phantom_run, capsys):
+    model, videos, truths = phantom_run
+    info = read_checkpoint(model)[0]
+    ref = info.extra["identity_fit"]  # stored at the end of training
+    assert len(ref["error"]) == len(ref["alpha"]) == len(ref["contrast"]) == 2 and ref["faces"] == 16
+
+    def run(k, *extra):
+        out = tmp_path / f"id{k}{'_'.join(extra)}"
+        rc = export_cli.main([f"checkpoint={model}", f"input={videos[k]}", f"out={out}", "identity=id1",
+                              "landmarks=given", f"landmarks_file={truths[k]}", "progress=false", *extra])
+        return rc, out, capsys.readouterr().err
+
+    rc, out, err = run(0)  # the person the model was trained on, in a clip it never saw
+    check = json.loads((out / "export.json").read_text())["identity_check"]
+    assert rc == 0 and "warning" not in err and check["status"] == "match" and check["identity"] == "id0", err
+    assert check["error_ratio"] < 1.2 and check["reasons"] == []
+    matched = check
+    rc, out, err = run(2)  # someone it never saw, read as id0: rebuilt worse (1.47x here, flagged at 1.4x)
+    check = json.loads((out / "export.json").read_text())["identity_check"]
+    assert rc == 0 and check["error_ratio"] > matched["error_ratio"] + 0.3, check
+    for k in (3,):  # another: a washed-out alpha (0.73 against 0.90 on its training faces here)
+        rc, out, err = run(k)
+        check = json.loads((out / "export.json").read_text())["identity_check"]
+        assert rc == 0 and check["status"] == "mismatch" and check["reasons"], (k, check)
+        assert check["alpha"] < matched["alpha"] - 0.1
+        warning = [ln for ln in err.splitlines() if "warning" in ln]
+        assert len(warning) == 1 and "do not look like id0" in warning[0], err
+        rc, out, err = run(k, "strict=true")
+        assert rc == 2 and err.strip().count("\n") == 0 and "do not look like id0" in err and "strict=true" in err
+        assert not list(out.glob("layers/*.png"))  # refused before a layer is written
+    rc, _, err = run(0, "strict=true")
+    assert rc == 0, err

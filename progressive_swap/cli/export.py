@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
+import numpy as np
+import torch
+
 from progressive_swap import faceset
 from progressive_swap.cli.common import (
     EXIT_INCOMPLETE,
@@ -44,6 +47,7 @@ from progressive_swap.export.swapper import MODEL_MASKS, Swapper, load_model
 from progressive_swap.extract.pipeline import ExtractOptions, extract, missing_frames
 from progressive_swap.faceset.format import HEADER_NAME
 from progressive_swap.footage.sources import footage_exists, is_pattern
+from progressive_swap.train import identity_fit
 
 PROG = "swap-export"
 
@@ -83,6 +87,7 @@ class ExportOptions:
     exr_window: Literal["frame", "face"] = "frame"  # EXR data window: the frame (read right anywhere) or the face box
     composite: bool = False  # also write the finished frames (and a video with the audio) under out/comp/
     comp: Literal["", "blender"] = ""  # blender: also write out/comp.blend, plate and layers wired (needs Blender)
+    strict: bool = False  # footage that does not look like from_identity (identity check): an error, not a warning
 
 
 FOOTAGE_ONLY = ("crop_size", "landmarks", "landmarks_file", "smooth", "face_type")
@@ -266,6 +271,17 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
         except ValueError as e:
             raise UserError(f"comp=blender: {e}") from None
 
+    check = identity_check(model, info, fs, record_source, assumed)
+    if check["status"] == "mismatch":
+        line = (f"the footage's faces do not look like {info.identities[assumed]}, whom the model was trained on: "
+                + "; ".join(check["reasons"]))
+        if o.strict:
+            raise UserError(line + " (strict=true; name the right person with from_identity=, or leave strict off)")
+        console.print(f"{PROG}: warning: {line}; the layers may be washed out (recorded in export.json)",
+                      soft_wrap=True, highlight=False, markup=False)
+    elif o.strict and check["status"] != "match":
+        raise UserError(f"strict=true cannot check who the footage shows: {check['why']}")
+
     fps = plates.fps or float("nan")
     audio = footage if plates.kind == "video" else None
     device = next(model.parameters()).device
@@ -306,6 +322,7 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
         progress=o.progress,
         progress_every=o.progress_every,
         input_fingerprint=plates.fingerprint(),
+        notes={"identity_check": check},
     )
     stats = exporter.run(frames)
     redone = f", {stats['redone']} redone (made from other input, settings or damaged)" if stats["redone"] else ""
@@ -334,6 +351,32 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
                   "the others are written; allow_missing=true accepts that", file=sys.stderr)
             return EXIT_INCOMPLETE
     return 0
+
+
+def identity_check(model, info, fs, record_source: str, whose: int | None, sample: int = 32) -> dict:
+    """Do the footage's faces look like ``whose``, the identity the model reads them as? Up to
+    ``sample`` faces, evenly spread, are reconstructed by every decoder and compared with the
+    reference the model's training stored (:mod:`progressive_swap.train.identity_fit`).
+
+    Returns:
+        ``{"status": "match" | "mismatch" | "not checked", ...}``, the figures, and ``why`` when
+        not checked (someone the model does not know, or no reference in the checkpoint).
+    """
+    ref = info.extra.get("identity_fit")
+    if whose is None:
+        return {"status": "not checked", "why": "from_identity=none: someone the model does not know"}
+    if not isinstance(ref, dict) or info.face_type is None:
+        return {"status": "not checked", "why": f"{Path(info.path).name} records no reference figures "
+                                                "(a run's final model.safetensors does)"}
+    rows = [i for i, s in enumerate(fs.sources) if s == record_source]
+    rows = [rows[int(k)] for k in np.linspace(0, len(rows) - 1, min(sample, len(rows))).round()]
+    crops = torch.from_numpy(np.stack([fs.image(i) for i in rows])).permute(0, 3, 1, 2).float().div_(255)
+    if crops.shape[-1] != info.stage_res:
+        crops = torch.nn.functional.interpolate(crops, size=(info.stage_res,) * 2, mode="area")  # (B, 3, r, r)
+    fit = identity_fit.decoder_fit(model, crops, whose, info.stage_res, info.alpha, info.face_type)
+    verdict = identity_fit.mismatch(fit, whose, ref)
+    return {"status": "match" if verdict.pop("looks_like") else "mismatch", "identity": info.identities[whose],
+            "faces": len(rows), **verdict}
 
 
 def plates_size(out: str | Path) -> tuple[int, int]:

@@ -94,6 +94,7 @@ class Exporter:
         progress_every: seconds between progress lines when stderr is not a terminal.
         workers: threads that composite, encode and write frames (0: up to 4, one per core).
         input_fingerprint: what identifies the footage (recorded; see :func:`check_previous`).
+        notes: more entries for ``export.json`` (e.g. ``identity_check``).
     """
 
     def __init__(
@@ -114,8 +115,10 @@ class Exporter:
         progress_every: float = DEFAULT_EVERY,
         workers: int = 0,
         input_fingerprint: dict | None = None,
+        notes: dict | None = None,
     ) -> None:
         self.out = check_writable_dir(out)
+        self.notes = dict(notes or {})
         self.swap, self.info, self.identity, self.s = swap, info, int(identity), settings
         self.identity_name = info.identities[self.identity]
         whose = from_identity if from_identity is not None else assumed_identity
@@ -220,7 +223,7 @@ class Exporter:
             "identity": self.identity_name, "from_identity": self.from_identity,
             "stage_res": self.info.stage_res, "face_type": self.info.face_type,
             "conventions": W.CONVENTIONS[self.s.format], "synthetic": True, "settings": self.s.pixel_settings(),
-            "fingerprint": self.fingerprint, "input_fingerprint": self.input_fingerprint,
+            "fingerprint": self.fingerprint, "input_fingerprint": self.input_fingerprint, **self.notes,
         }
         if self.s.composite:
             manifest["composite"] = {"frames": "comp/comp.NNNNNN.png", "video": "comp/comp.mp4",

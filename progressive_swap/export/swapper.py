@@ -145,7 +145,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[CheckpointInfo, dict[str, 
     arch, stage_res, alpha, names, ftype = _meta(meta, path)
     check_identity_colour(state.get("identity_colour"), path, names)
     info = CheckpointInfo(str(path), sha256_file(path), arch, stage_res, alpha, names, ftype,
-                          {k: meta[k] for k in ("batches_done", "images_seen") if k in meta})
+                          {k: meta[k] for k in ("batches_done", "images_seen", "identity_fit") if k in meta})
     return info, state
 
 

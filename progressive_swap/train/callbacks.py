@@ -17,6 +17,7 @@ from rich.console import Console
 from progressive_swap.core.io import atomic_write_bytes, write_error
 from progressive_swap.core.progress import duration, format_line, is_terminal
 from progressive_swap.core.weights import save_weights
+from progressive_swap.train import identity_fit
 
 _console = Console(stderr=True)
 
@@ -237,8 +238,9 @@ class FinalWeights(pl.Callback):
     writes the file.
     """
 
-    def __init__(self, dirpath: str | Path):
+    def __init__(self, dirpath: str | Path, reference_faces: int = 16):
         self.path = Path(dirpath) / "model.safetensors"
+        self.reference_faces = reference_faces
 
     def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if getattr(module, "interrupted", False):  # stopped by a signal: last.ckpt holds the work, resume finishes it
@@ -254,6 +256,9 @@ class FinalWeights(pl.Callback):
             "alpha": module.alpha,
             "batches_done": module.batches_done,
         }
+        ref = self._identity_reference(trainer, module)
+        if ref is not None:
+            meta["identity_fit"] = ref
         weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
         try:
             save_weights(weights, self.path, meta)
@@ -262,6 +267,23 @@ class FinalWeights(pl.Callback):
             if err is None:
                 raise
             raise err from None
+
+
+    def _identity_reference(self, trainer: pl.Trainer, module: pl.LightningModule) -> dict | None:
+        """How each decoder reconstructs every identity's own training faces (first
+        ``reference_faces`` of each, unaugmented): what swap-export compares footage with
+        (:mod:`progressive_swap.train.identity_fit`). Seconds at most; skipped where the
+        network is sharded across processes (rank 0 alone cannot run it) or without faces."""
+        if self.reference_faces <= 0 or trainer.world_size > 1 or trainer.datamodule is None \
+                or not hasattr(trainer.datamodule, "preview_batch") or not module.face_type:
+            return None
+        try:
+            faces = trainer.datamodule.preview_batch(self.reference_faces, module.stage_res)  # (N, n, 3, r, r)
+            return identity_fit.reference(module.model, faces, module.stage_res, module.alpha, module.face_type)
+        except (ValueError, RuntimeError) as e:  # e.g. out of memory: the weights matter more than the figures
+            _console.print(f"no identity reference in {self.path.name} (swap-export cannot check who the footage "
+                           f"shows): {str(e).splitlines()[0] if str(e) else type(e).__name__}", soft_wrap=True)
+            return None
 
 
 class LogProgress(ProgressBar):
