@@ -139,7 +139,7 @@ def test_comp_blend_renders_the_finished_frames(tmp_path, blender, shots, ckpt, 
         cv2.imwrite(str(seq / f"shot.{1001 + i}.png"), plate[..., ::-1])
     truth = tmp_path / "truth.json"
     truth.write_text(json.dumps({"fps": 25, "size": list(PLATE), "frames": [
-        {"index": i, "faces": [{"landmarks": lm.tolist()}]} for i, (_, lm) in enumerate(shots)]}))
+        {"index": 1001 + i, "faces": [{"landmarks": lm.tolist()}]} for i, (_, lm) in enumerate(shots)]}))
     out = tmp_path / "out"
     args = [f"checkpoint={ckpt}", f"input={seq}", f"out={out}", "identity=bob", "progress=false", "landmarks=given",
             f"landmarks_file={truth}", f"format={fmt}", "composite=true", "comp=blender"]
@@ -150,7 +150,7 @@ def test_comp_blend_renders_the_finished_frames(tmp_path, blender, shots, ckpt, 
     run_blender(blender, str(blend), "-o", str(render), "-F", "PNG", "-f", f"0..{len(shots) - 1}")
     for i in range(len(shots)):
         got = cv2.imread(str(tmp_path / "render" / f"r_{i:06d}.png"), cv2.IMREAD_UNCHANGED)
-        want = cv2.imread(str(out / "comp" / f"comp.{i:06d}.png"), cv2.IMREAD_UNCHANGED)
+        want = cv2.imread(str(out / "comp" / f"comp.{1001 + i}.png"), cv2.IMREAD_UNCHANGED)  # the plates' numbers
         assert got is not None and got.shape == want.shape, (None if got is None else got.shape)
         err = np.abs(got.astype(int) - want.astype(int))
         assert err.max() <= 1, (i, err.max())

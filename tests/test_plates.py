@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import cv2
+import numpy as np
 import pytest
 from conftest import write_tiny_weights
 
@@ -70,3 +71,134 @@ def test_a_pattern_matching_no_file_is_one_line_and_writes_nothing(tmp_path, ckp
     err = capsys.readouterr().err.strip()
     assert err.startswith("swap-export: error:") and "\n" not in err, err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------- plates through OpenImageIO
+
+
+def write_plate(path, rgb, dtype="half", attrs=None, extra_channels=None, bits=0):
+    """Write float RGB values with OpenImageIO (``extra_channels``: ``{name: (H, W) array}``)."""
+    import OpenImageIO as oiio
+
+    h, w = rgb.shape[:2]
+    names = ["R", "G", "B"] + list(extra_channels or {})
+    px = np.concatenate([rgb] + [v[..., None] for v in (extra_channels or {}).values()], -1).astype(np.float32)
+    spec = oiio.ImageSpec(w, h, len(names), dtype)
+    spec.channelnames = tuple(names)
+    if bits:
+        spec.attribute("oiio:BitsPerSample", bits)
+    for k, v in (attrs or {}).items():
+        spec.attribute(k, *v) if isinstance(v, tuple) else spec.attribute(k, v)
+    out = oiio.ImageOutput.create(str(path))
+    assert out is not None and out.open(str(path), spec), oiio.geterror()
+    assert out.write_image(np.ascontiguousarray(px)), out.geterror()
+    out.close()
+
+
+def srgb_to_acescg(rgb8):
+    from progressive_swap.footage import colour as CO
+
+    c = CO.plate_colour(".exr", "half")
+    return CO._apply(CO._processor(c.config, c.view_space, c.plate), rgb8.astype(np.float32) / 255.0)
+
+
+@pytest.mark.parametrize("pattern", ["plate.####.exr", "plate.%04d.exr", "plate.@@@@.exr", ""])
+def test_sequences_are_numbered_by_their_file_names_and_gaps_are_missing_frames(tmp_path, pattern):
+    from progressive_swap.extract.pipeline import missing_frames
+    from progressive_swap.footage.sources import open_source
+
+    rgb = np.random.default_rng(0).random((24, 32, 3)).astype(np.float32)
+    for n in (1001, 1002, 1005):
+        write_plate(tmp_path / f"plate.{n}.exr", rgb * (n - 1000))
+    src = open_source(tmp_path / pattern)
+    assert src.numbers == [1001, 1002, 1005] and src.digits == 4 and src.high_precision
+    got = [(fr.index, fr.pos, float(fr.plate.max())) for fr in src.frames()]
+    assert [g[:2] for g in got] == [(1001, 0), (1002, 1), (1005, 2)]
+    assert [g[2] for g in got] == pytest.approx([rgb.max() * k for k in (1, 2, 5)], rel=1e-3)  # float, unclipped
+    assert src.problems == ["frames 1003-1004 skipped: no file (a gap in the sequence)"]
+    assert missing_frames(src.problems, src, 3) == 2
+    part = open_source(tmp_path / pattern, frames=(1002, 1006))
+    assert [fr.index for fr in part.frames()] == [1002, 1005] and missing_frames(part.problems, part, 2) == 3
+    with pytest.raises(FileNotFoundError, match="no frame of .* in frames=2000-2001"):
+        open_source(tmp_path / pattern, frames=(2000, 2001))
+
+
+def test_dpx_10bit_tiff_16bit_and_png_16bit_keep_their_precision(tmp_path):
+    from progressive_swap.footage.sources import open_source
+
+    ramp = np.linspace(0, 1, 1024, dtype=np.float32)
+    rgb = np.stack([ramp, ramp[::-1], np.full_like(ramp, 0.5)], -1)[None].repeat(4, 0)  # (4, 1024, 3)
+    cases = {"dpx": ("uint16", 10, 1023), "tif": ("uint16", 16, 65535), "png": ("uint16", 16, 65535)}
+    for ext, (dtype, bits, top) in cases.items():
+        d = tmp_path / ext
+        d.mkdir()
+        want = np.rint(rgb * top) / top
+        for n in (1, 2):
+            write_plate(d / f"p.{n:04d}.{ext}", want, dtype, bits=bits if ext == "dpx" else 0)
+        src = open_source(d / f"p.####.{ext}")
+        frs = list(src.frames())
+        assert src.high_precision and [f.index for f in frs] == [1, 2], ext
+        err = np.abs(frs[0].plate - want).max()
+        assert err < 0.25 / top, (ext, err)  # the stored codes, not 8 bits (1/255 would fail)
+        assert frs[0].info.bits == bits, (ext, frs[0].info.bits)
+
+
+def test_exr_layer_picks_an_rgb_layer_and_an_absent_one_is_refused(tmp_path):
+    from progressive_swap.footage.plates import plate_layers
+    from progressive_swap.footage.sources import open_source
+
+    rng = np.random.default_rng(1)
+    beauty, diffuse = rng.random((8, 8, 3)).astype(np.float32), rng.random((8, 8, 3)).astype(np.float32) * 4
+    extra = {"A": np.ones((8, 8)), "diffuse.R": diffuse[..., 0], "diffuse.G": diffuse[..., 1],
+             "diffuse.B": diffuse[..., 2]}
+    write_plate(tmp_path / "shot.1001.exr", beauty, "float", extra_channels=extra)
+    assert plate_layers(tmp_path / "shot.1001.exr") == ["", "diffuse"]
+    (fr,) = open_source(tmp_path / "shot.####.exr").frames()
+    np.testing.assert_array_equal(fr.plate, beauty)
+    (fr,) = open_source(tmp_path / "shot.####.exr", layer="diffuse").frames()
+    np.testing.assert_array_equal(fr.plate, diffuse)
+    with pytest.raises(ValueError, match=r"has no layer 'specular' \(its RGB layers: '', 'diffuse'\)"):
+        open_source(tmp_path / "shot.####.exr", layer="specular")
+
+
+def test_an_exr_sequence_from_1001_exports_layers_on_the_same_frame_numbers(tmp_path, clip, ckpt, capsys):
+    seq = tmp_path / "plates"
+    seq.mkdir()
+    numbers = [1001 + i for i in range(N)]
+    for n, r in zip(numbers, clip):
+        write_plate(seq / f"plate.{n}.exr", srgb_to_acescg(r.image))
+    truth = write_truth(tmp_path / "truth.json", clip, numbers)
+    out = tmp_path / "out"
+    rc = export(ckpt, seq / "plate.####.exr", out, "landmarks=given", f"landmarks_file={truth}", "format=exr")
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (out / "layers").glob("*")) == [f"face.{n}.exr" for n in numbers]
+    for n in numbers:
+        meta = json.loads((out / "meta" / f"face.{n}.json").read_text())
+        assert meta["frame_index"] == n and len(meta["faces"]) == 1
+    from progressive_swap import faceset
+
+    assert sorted(faceset.open(out / "faces").frame_indices.tolist()) == numbers
+    # A landmarks file counted from 0 does not describe these frames: one line, not "no faces found".
+    capsys.readouterr()
+    rc = export(ckpt, seq / "plate.####.exr", tmp_path / "out0", "landmarks=given",
+                f"landmarks_file={write_truth(tmp_path / 't0.json', clip, range(N))}")
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "are numbered 1001-1004 (the numbers in the file names)" in err and "\n" not in err, err
+    assert not (tmp_path / "out0").exists()  # refused before anything was written
+
+
+def test_a_gap_or_a_broken_plate_is_exit_4_and_allow_missing_accepts_it(tmp_path, clip, ckpt, capsys):
+    seq = tmp_path / "plates"
+    seq.mkdir()
+    numbers = [1001, 1002, 1004]  # 1003 is a gap
+    for n, r in zip(numbers, clip):
+        write_plate(seq / f"plate.{n}.exr", srgb_to_acescg(r.image))
+    truth = write_truth(tmp_path / "truth.json", clip, numbers)
+    args = ("landmarks=given", f"landmarks_file={truth}")
+    assert export(ckpt, seq / "plate.%04d.exr", tmp_path / "out", *args) == 4
+    err = capsys.readouterr().err
+    assert "frame 1003 skipped: no file (a gap in the sequence)" in err and "incomplete: 1 frame(s)" in err, err
+    assert export(ckpt, seq / "plate.%04d.exr", tmp_path / "out", *args, "allow_missing=true") == 0
+    (seq / "plate.1002.exr").write_bytes(b"\x76\x2f\x31\x01 broken")
+    assert export(ckpt, seq / "plate.%04d.exr", tmp_path / "out2", *args) == 4
+    assert "frame 1002 skipped: plate.1002.exr" in capsys.readouterr().err

@@ -44,7 +44,13 @@ from progressive_swap.export.frames import open_plates
 from progressive_swap.export.pipeline import Exporter
 from progressive_swap.export.settings import ExportSettings, check_previous
 from progressive_swap.export.swapper import MODEL_MASKS, Swapper, load_model
-from progressive_swap.extract.pipeline import ExtractOptions, extract, missing_frames
+from progressive_swap.extract.pipeline import (
+    ExtractOptions,
+    extract,
+    extraction_options,
+    missing_frames,
+    precheck,
+)
 from progressive_swap.faceset.format import HEADER_NAME
 from progressive_swap.footage.sources import footage_exists, is_pattern
 from progressive_swap.train import identity_fit
@@ -75,6 +81,10 @@ class ExportOptions:
     landmarks_file: str = ""  # footage only, landmarks=given: the truth JSON
     smooth: Literal["auto", "savgol", "one_euro", "none"] = "auto"  # footage only: landmark smoothing
     source: str = ""  # face set input: footage to read plates from (default: the records' source)
+    frames: str = ""  # numbered sequence: FIRST-LAST frame numbers to export (e.g. 1001-1100); "" all
+    layer: str = ""  # multi-layer EXR plates: the RGB layer to read; "" the beauty (R, G, B)
+    colorspace: str = ""  # the plates' OCIO colour space; "" the file type's default (docs/plates.md)
+    ocio: str = ""  # OCIO config; "" $OCIO, else OCIO's built-in CG config
     face_type: Literal["", "full", "whole", "head"] = ""  # footage only, when the checkpoint does not record one
     patches: bool = False  # also write aligned-space RGBA crops
     preview: bool = False  # also write preview.mp4 (with the source's audio) and contact_sheet.png
@@ -91,6 +101,7 @@ class ExportOptions:
 
 
 FOOTAGE_ONLY = ("crop_size", "landmarks", "landmarks_file", "smooth", "face_type")
+PLATE_KEYS = ("frames", "layer", "colorspace", "ocio")  # how plates are read: footage and face set input alike
 
 
 def _is_faceset(path: Path) -> bool:
@@ -142,6 +153,13 @@ def _faceset_input(path: Path, footage: str, info, stage_res: int, mask_name: st
 
 def _footage_input(o, info, stage_res: int):
     """Extract the footage into ``out/faces`` (the extractor resumes it), then use that set."""
+    fset = Path(o.out) / "faces"
+    extract(_extract_options(o, info, stage_res))
+    return fset
+
+
+def _extract_options(o, info, stage_res: int) -> ExtractOptions:
+    """The extraction of footage input into ``out/faces``."""
     ftype = info.face_type or o.face_type
     if not ftype:
         raise UserError("the checkpoint does not record its face type; pass face_type=full|whole|head")
@@ -149,24 +167,24 @@ def _footage_input(o, info, stage_res: int):
         raise UserError(
             f"face type mismatch: the checkpoint was trained on {info.face_type!r} faces, not {o.face_type!r}"
         )
-    fset = Path(o.out) / "faces"
-    extract(
-        ExtractOptions(
-            input=o.input,
-            out=str(fset),
-            size=o.crop_size or stage_res,
-            face_type=ftype,
-            identity="target",
-            landmarks=o.landmarks,
-            landmarks_file=o.landmarks_file,
-            device=o.device,
-            smooth=o.smooth,
-            masks=False,
-            progress=o.progress,
-            progress_every=o.progress_every,
-        )
+    return ExtractOptions(
+        input=o.input,
+        out=str(Path(o.out) / "faces"),
+        size=o.crop_size or stage_res,
+        face_type=ftype,
+        identity="target",
+        landmarks=o.landmarks,
+        landmarks_file=o.landmarks_file,
+        device=o.device,
+        smooth=o.smooth,
+        frames=o.frames,
+        layer=o.layer,
+        colorspace=o.colorspace,
+        ocio=o.ocio,
+        masks=False,
+        progress=o.progress,
+        progress_every=o.progress_every,
     )
-    return fset
 
 
 def _export(argv: Sequence[str]) -> int:
@@ -204,7 +222,7 @@ def _export(argv: Sequence[str]) -> int:
     if not inp.exists() and not is_pattern(inp):
         raise FileNotFoundError(f"input not found: {o.input!r}")
     if not _is_faceset(inp):  # footage: a pattern matching nothing or a folder without images is refused here
-        footage_plates = open_plates(o.input)
+        footage_plates = open_plates(o.input, **plate_options(o))
         if o.comp == "blender":
             try:
                 blender_comp.plate_job(footage_plates.kind, footage_plates.path, footage_plates.files)
@@ -245,6 +263,7 @@ def _export(argv: Sequence[str]) -> int:
             raise UserError("source= is for face set input; with footage input it is the input itself")
         if mask_name:
             raise UserError("mask=stored reads a face set's masks: pass the face set as input=")
+        precheck(_extract_options(o, info, info.stage_res))  # options, plates, landmark file: before out exists
         check_previous(o.out, o.input, None)
     lock = locked_dir(o.out)  # one writer per out=: a second export here stops at once, naming this one
     with lock:
@@ -259,7 +278,7 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
     if not _is_faceset(fset):
         fset, footage = _footage_input(o, info, info.stage_res), o.input
     fs, plates_path, record_source, mask_name = _faceset_input(fset, footage, info, info.stage_res, mask_name)
-    plates = open_plates(plates_path)
+    plates = open_plates(plates_path, **plate_options(o, fset, record_source))
     check_previous(o.out, str(plates_path), plates.fingerprint())
     frames = F.faceset_frames(fs, plates, record_source, mask_name)
     footage, size, tracks, ftype = plates_path, fs.size, F.faceset_tracks(fs, record_source), fs.face_type
@@ -322,6 +341,7 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
         progress=o.progress,
         progress_every=o.progress_every,
         input_fingerprint=plates.fingerprint(),
+        digits=plates.digits,
         notes={"identity_check": check},
     )
     stats = exporter.run(frames)
@@ -332,7 +352,7 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
         soft_wrap=True,
     )
     if plate_job is not None:
-        first = Path(o.out) / exporter.layer_relpath(0)
+        first = Path(o.out) / exporter.layer_relpath(plates.numbers[0] if plates.numbers else 0)
         try:
             blend = blender_comp.write_blend(o.out, plate_job, first, o.format, stats["frames"], plates_size(o.out),
                                              fps)
@@ -377,6 +397,14 @@ def identity_check(model, info, fs, record_source: str, whose: int | None, sampl
     verdict = identity_fit.mismatch(fit, whose, ref)
     return {"status": "match" if verdict.pop("looks_like") else "mismatch", "identity": info.identities[whose],
             "faces": len(rows), **verdict}
+
+
+def plate_options(o, fset: Path | None = None, record_source: str = "") -> dict:
+    """How the plates are read (``frames``, ``layer``, ``colorspace``, ``ocio``): as given, else as
+    the face set's extraction of ``record_source`` read them."""
+    given = {k: str(o[k]) for k in PLATE_KEYS}
+    was = extraction_options(fset, record_source) if fset is not None else {}
+    return {k: given[k] or str(was.get(k) or "") for k in PLATE_KEYS}
 
 
 def plates_size(out: str | Path) -> tuple[int, int]:

@@ -9,8 +9,9 @@ This module is two things in one file:
 
 The scene: the plate (a movie, a numbered image sequence or one image, sRGB) and the layer
 sequence (EXR: scene-linear, premultiplied; PNG: sRGB, straight) feed an Alpha Over node whose
-result goes to the Composite and Viewer nodes. Scene frames are the footage's frame indices
-(``0 … N-1``, as in the layer file names), the resolution and frame rate are the plate's, and the
+result goes to the Composite and Viewer nodes. Scene frames run ``0 … N-1``: the plate's and the
+layers' first files (``face.000000.exr`` for video, ``face.1001.exr`` for ``plate.1001.exr``)
+sit at scene frame 0 through each node's frame offset; the resolution and frame rate are the plate's, and the
 view transform is Standard (display sRGB, look None), so a render gives the plate's own colours
 back where the layer is transparent. Renders go to ``//render/comp.######.png``.
 """
@@ -67,6 +68,11 @@ def plate_job(kind: str, path: str | os.PathLike, files: list[Path]) -> dict:
     return {"source": "SEQUENCE", "path": str(Path(files[0]).resolve()), "offset": nums[0] - 1}
 
 
+def _first_number(path: str | os.PathLike) -> int:
+    m = re.search(r"(\d+)$", Path(path).stem)
+    return int(m.group(1)) if m else 0
+
+
 def write_blend(
     out: str | os.PathLike,
     plate: dict,
@@ -83,7 +89,8 @@ def write_blend(
     Args:
         out: the export's directory.
         plate: :func:`plate_job`.
-        layer_first: the first layer file (``…/face.000000.exr``); the sequence is numbered from 0.
+        layer_first: the first layer file (``…/face.000000.exr``, or ``…/face.1001.exr`` for a
+            sequence numbered from 1001); it is shown at scene frame 0.
         fmt: the layers' format (``exr``: scene-linear, premultiplied; ``png8``/``png16``: sRGB, straight).
         frames: frame count.
         size: ``(w, h)`` of the plate.
@@ -107,7 +114,7 @@ def write_blend(
     job = {
         "blend": str(blend),
         "plate": plate,
-        "layer": {"path": str(Path(layer_first).resolve()), "format": fmt, "offset": -1},
+        "layer": {"path": str(Path(layer_first).resolve()), "format": fmt, "offset": _first_number(layer_first) - 1},
         "frames": int(frames),
         "size": [int(size[0]), int(size[1])],
         "fps": rate,

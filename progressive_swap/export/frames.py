@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from progressive_swap.footage.sources import footage_exists, open_source
+from progressive_swap.footage.sources import footage_exists, open_source, parse_frames
 
 
 @dataclass
@@ -66,10 +66,11 @@ class FrameIn:
 # ----------------------------------------------------------------------------- plates
 
 
-def open_plates(path: str | os.PathLike):
+def open_plates(path: str | os.PathLike, frames: str = "", layer: str = "", colorspace: str = "", ocio: str = ""):
     """The footage as a :class:`~progressive_swap.footage.sources.FrameSource` (video, image
-    folder, image pattern or one image; the extractor's reader)."""
-    return open_source(path)
+    folder, image pattern or one image; the extractor's reader, with its ``frames``, ``layer``,
+    ``colorspace`` and ``ocio`` options)."""
+    return open_source(path, frames=parse_frames(frames), layer=layer, colorspace=colorspace, ocio=ocio)
 
 
 # ----------------------------------------------------------------------------- face sets

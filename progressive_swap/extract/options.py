@@ -12,6 +12,7 @@ from progressive_swap.extract.detect import (
     weight_files,
 )
 from progressive_swap.extract.smoothing import METHODS
+from progressive_swap.footage.sources import parse_frames
 
 
 @dataclass
@@ -19,7 +20,17 @@ class ExtractOptions:
     """Options of ``swap-extract`` (``key=value`` on the command line)."""
 
     input: str = "???"
-    """Video, image folder, image pattern (``f_%04d.png``, ``*.png``) or one image."""
+    """Video, image folder, image pattern (``f_%04d.png``, ``plate.####.exr``, ``plate.@@@@.dpx``, ``*.png``)
+    or one image."""
+    frames: str = ""
+    """Frame numbers of a numbered sequence to keep, ``FIRST-LAST`` (e.g. ``1001-1100``); "" keeps all."""
+    layer: str = ""
+    """The RGB layer of a multi-layer or multi-part EXR; "" reads the beauty (``R, G, B``)."""
+    colorspace: str = ""
+    """The plates' OCIO colour space; "" is the file type's default (EXR: scene_linear, DPX:
+    compositing_log, 8/16-bit: sRGB). EXR, DPX and 16-bit/float plates only (docs/plates.md)."""
+    ocio: str = ""
+    """OCIO config file; "" uses $OCIO, else OCIO's built-in CG config."""
     out: str = "???"
     """Face set directory (created, or resumed/appended when it exists with the same options)."""
     size: int = field(default=512, metadata={"min": 16})
@@ -85,11 +96,13 @@ class ExtractOptions:
 
 # Options that change pass 1 (the detection cache) / pass 2 (the face set). Resuming with a
 # different value would mix two extractions, so it is refused.
-DETECT_KEYS = ("landmarks", "landmarks_file", "boxes", "boxes_file", "detector", "flip_input", "min_score", "chunk")
+DETECT_KEYS = ("landmarks", "landmarks_file", "boxes", "boxes_file", "detector", "flip_input", "min_score", "chunk",
+               "frames", "layer", "colorspace", "ocio")
 
 
 # Values of options that older manifests do not record.
-OLD_DEFAULTS = {"detector": "fan", "landmarks_file": "", "boxes_file": ""}
+OLD_DEFAULTS = {"detector": "fan", "landmarks_file": "", "boxes_file": "", "frames": "", "layer": "", "colorspace": "",
+                "ocio": ""}
 
 
 DETECTORS = ("auto", "fan", "dlib", "dlib_cnn")
@@ -136,6 +149,10 @@ def check_options(opt: ExtractOptions) -> None:
         raise ExtractError(f"fps must be >= 0, got {opt.fps!r}")
     if any(int(c) < 0 for c in opt.cuts):
         raise ExtractError(f"cuts are frame numbers, >= 0; got {list(opt.cuts)!r}")
+    try:
+        parse_frames(opt.frames)
+    except ValueError as e:
+        raise ExtractError(str(e)) from None
     if opt.min_face < 0 or opt.min_score < 0 or opt.batch_size < 1:
         raise ExtractError("min_face and min_score must be >= 0 and batch_size >= 1")
 

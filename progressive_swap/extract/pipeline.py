@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -58,7 +59,7 @@ from progressive_swap.extract.options import (
 from progressive_swap.extract.smoothing import smooth_track
 from progressive_swap.extract.tracks import keep_tracks, link_tracks, min_size_filter
 from progressive_swap.faceset.format import HEADER_NAME
-from progressive_swap.footage.sources import Frame, FrameSource, open_source
+from progressive_swap.footage.sources import Frame, FrameSource, open_source, parse_frames
 from progressive_swap.masks.hull import LANDMARK_MASKS, landmark_mask
 
 WORK_DIR = ".extract"
@@ -166,7 +167,7 @@ def _detect_pass(
 
     given = finder.given or finder.given_boxes
     first_size = None
-    for fr in src.frames(start):
+    for fr in src.frames(start):  # chunks hold `chunk` positions; a frame's number is its identity
         size = (fr.image.shape[1], fr.image.shape[0])
         if given is not None and given.size is not None and tuple(given.size) != size:
             raise ExtractError(
@@ -179,7 +180,7 @@ def _detect_pass(
                 f"{size[0]}x{size[1]}); extract each size separately"
             )
         first_size = first_size or size
-        while fr.index >= chunk_start + opt.chunk:  # close the chunk(s) before this frame
+        while fr.pos >= chunk_start + opt.chunk:  # close the chunk(s) before this frame
             flush_pending()
             write_chunk(work, chunk_start, frames_meta, found, False, src.problems[p0:])
             p0 = len(src.problems)
@@ -304,7 +305,7 @@ def _crop_pass(
             batch_frames = 0
 
         last = frames_todo[-1]
-        for fr in src.frames(frames_todo[0]):
+        for fr in src.frames(src.position(frames_todo[0])):
             if fr.index > last:
                 break
             rows = rows_by_frame.get(fr.index)
@@ -354,6 +355,8 @@ def _check_given_frames(finder: _FaceFinder, chunks: list[dict], src: FrameSourc
     given = finder.given or finder.given_boxes
     if given is None or not given.frames or not chunks:
         return
+    if src.numbers is not None:  # checked before the passes (check_given_numbers)
+        return
     decoded = max((int(c["frame_index"].max()) for c in chunks if len(c["frame_index"])), default=-1)
     last = max(given.frames)
     eof = bool(chunks[-1].get("eof"))
@@ -365,11 +368,46 @@ def _check_given_frames(finder: _FaceFinder, chunks: list[dict], src: FrameSourc
         )
 
 
+def _skipped_count(problem: str) -> int:
+    """Frames a ``frame N skipped: …`` / ``frames A-B skipped: …`` problem line stands for (else 0)."""
+    m = re.match(r"frames? (-?\d+)(?:-(-?\d+))? skipped: ", problem)
+    if not m:
+        return 0
+    return int(m.group(2)) - int(m.group(1)) + 1 if m.group(2) else 1
+
+
+def check_given_numbers(given: GivenLandmarks | None, src: FrameSource) -> None:
+    """A landmarks or boxes file for a numbered sequence names its frames by their file numbers."""
+    if given is None or not given.frames or src.numbers is None:
+        return
+    if not set(given.frames) & set(src.numbers):
+        raise ExtractError(
+            f"{given.path.name} lists frames {min(given.frames)}-{max(given.frames)}, but the frames of "
+            f"{src.path.name} are numbered {src.numbers[0]}-{src.numbers[-1]} (the numbers in the file names)"
+        )
+
+
+def precheck(opt: ExtractOptions) -> FrameSource:
+    """The checks of :func:`extract` that need no detector and write nothing: options, the input
+    (patterns, layers, colour spaces) and a given landmarks or boxes file's frame numbers.
+
+    Returns:
+        The opened source. Raises ExtractError / ValueError / FileNotFoundError in one line.
+    """
+    check_options(opt)
+    src = open_source(opt.input, fps=opt.fps or None, frames=parse_frames(opt.frames), layer=opt.layer,
+                      colorspace=opt.colorspace, ocio=opt.ocio)
+    for key in ("landmarks", "boxes"):
+        if getattr(opt, key) == "given":
+            check_given_numbers(GivenLandmarks(getattr(opt, key + "_file")), src)
+    return src
+
+
 def missing_frames(problems: list[str], src: FrameSource, decoded: int) -> int:
     """How many frames of the input could not be decoded (0 when all were)."""
     if not problems:
         return 0
-    skipped = sum(p.startswith("frame ") and " skipped: " in p for p in problems)
+    skipped = sum(_skipped_count(p) for p in problems)
     short = max(0, src.expected_frames - decoded - skipped) if src.expected_frames else 0
     stopped = any("decoding stopped" in p for p in problems)
     return skipped + (short or (1 if stopped else 0))
@@ -393,6 +431,18 @@ def extraction_problems(out: str | os.PathLike) -> list[str]:
     return found
 
 
+def extraction_options(out: str | os.PathLike, source: str) -> dict[str, Any]:
+    """The options the extraction of ``source`` into the face set ``out`` ran with ({} if unknown)."""
+    for m in sorted(Path(out).glob(f"{WORK_DIR}/*/manifest.json")):
+        try:
+            doc = json.loads(m.read_text("utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and doc.get("source") == source and isinstance(doc.get("options"), dict):
+            return doc["options"]
+    return {}
+
+
 def extract(opt: ExtractOptions) -> dict[str, Any]:
     """Extract faces from ``opt.input`` into the face set ``opt.out`` (resuming if it exists).
 
@@ -402,9 +452,8 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
     Raises:
         ExtractError: bad options, changed options on resume, or nothing usable in the input.
     """
-    check_options(opt)
+    src = precheck(opt)
     opt = replace(opt, detector=resolve_detector(opt))
-    src = open_source(opt.input, fps=opt.fps or None)
     out = Path(opt.out)
     if out.exists() and not out.is_dir():
         raise ExtractError(f"out {opt.out!r} exists and is not a directory")

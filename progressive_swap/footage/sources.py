@@ -1,9 +1,23 @@
 """Frame sources for extraction: a video, an image sequence, a folder of images or one image.
 
-Every source yields :class:`Frame` objects: uint8 ``(H, W, 3)`` RGB images with a stable frame
-index (decoding order for video, sorted position for images) and a time in seconds (the
-video's pts, so variable frame-rate footage keeps correct timing; ``index / fps`` for image
-sequences when ``fps`` is given, else NaN).
+Every source yields :class:`Frame` objects: uint8 ``(H, W, 3)`` RGB images (what the detector
+sees) with a stable frame index and a time in seconds. The index is the frame's identity
+everywhere downstream (face records, sidecars, layer names): the decoding order from 0 for
+video, **the number in the file name** for a numbered image sequence (``plate.1001.exr`` is
+frame 1001), and the sorted position for a folder of unnumbered images. Times are the video's
+pts (variable frame-rate footage keeps correct timing), ``(number - first) / fps`` for
+sequences when ``fps`` is given, else NaN.
+
+Sequences are named by a folder, a glob, or a pattern: ``plate.%04d.exr``, ``plate.####.exr``
+or ``plate.@@@@.exr`` (each ``#`` or ``@`` one digit of padding, as in Nuke; more digits still
+match). ``frames=(first, last)`` keeps part of one. Missing numbers inside the range are gaps:
+each is one ``frame N skipped: …`` problem, counted like an unreadable frame (exit code 4).
+
+High-precision files (EXR, DPX, 16-bit or float TIFF and PNG) are read through OpenImageIO
+(``footage/plates.py``): the frame then also carries ``plate``, the float32 values in the
+plate's colour space, and ``info`` (windows, attributes), and ``image`` is the colour-managed
+display view of it (``footage/colour.py``). 8-bit images and video keep the OpenCV and PyAV
+paths, unchanged.
 
 Bad input never raises mid-stream: a file that cannot be decoded is skipped and a corrupt or
 truncated video ends early; each problem is one line in ``source.problems``. Images are
@@ -28,20 +42,36 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from progressive_swap.footage import plates as P
+from progressive_swap.footage.colour import PlateColour, plate_colour
 from progressive_swap.footage.video import probe_video, read_video
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mxf", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".y4m"}
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".exr", ".dpx"}
 
 
 @dataclass
 class Frame:
-    """One decoded frame: ``image`` is uint8 ``(H, W, 3)`` RGB."""
+    """One decoded frame.
+
+    Attributes:
+        index: the frame's identity (video: decoding order; sequence: the file's number).
+        time: seconds (NaN when unknown).
+        image: uint8 ``(H, W, 3)`` RGB, what the detector sees (sRGB).
+        name: the file's name (images).
+        pos: position in the source's order, from 0 (what :meth:`FrameSource.frames` starts at).
+        plate: float32 ``(H, W, 3)`` plate values in the plate's colour space, for
+            high-precision files; None for 8-bit images and video.
+        info: the plate file's windows and attributes (:class:`~progressive_swap.footage.plates.PlateInfo`).
+    """
 
     index: int
     time: float
     image: np.ndarray
     name: str = ""
+    pos: int = -1
+    plate: np.ndarray | None = None
+    info: P.PlateInfo | None = None
 
 
 def _natural_key(s: str) -> list:
@@ -105,6 +135,21 @@ class FrameSource:
     files: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     expected_frames: int = 0
+    numbers: list[int] | None = None
+    digits: int = 6
+    layer: str = ""
+    colour: PlateColour | None = None
+
+    @property
+    def high_precision(self) -> bool:
+        """Frames are read through OpenImageIO and carry float plate values."""
+        return self.colour is not None
+
+    def position(self, index: int) -> int:
+        """Position (for :meth:`frames`) of the frame with identity ``index`` (the first one after it if absent)."""
+        if self.numbers is None:
+            return int(index)
+        return int(np.searchsorted(np.asarray(self.numbers), int(index)))
 
     @property
     def is_sequence(self) -> bool:
@@ -123,23 +168,30 @@ class FrameSource:
         return {"kind": self.kind, "files": len(self.files), "sha1": h.hexdigest()}
 
     def frames(self, start: int = 0) -> Iterator[Frame]:
-        """Decode frames with index ``>= start`` in order; problems go to :attr:`problems`.
+        """Decode frames at position ``>= start`` in order; problems go to :attr:`problems`.
 
         For video, earlier frames are decoded and dropped (seeking is not frame-exact).
         """
         if self.kind == "video":
             yield from self._video_frames(start)
             return
+        first = self.numbers[0] if self.numbers else 0
         for i in range(start, len(self.files)):
             f = self.files[i]
+            index = self.numbers[i] if self.numbers is not None else i
+            plate = info = None
             try:
-                im = read_image(f)
+                if self.colour is not None:
+                    plate, info = P.read_plate(f, self.layer)
+                    im = self.colour.view(plate)
+                else:
+                    im = read_image(f)
             except (OSError, ValueError) as e:
                 msg = str(e) if isinstance(e, ValueError) else f"{f.name}: {e.strerror or e}"
-                self.problems.append(f"frame {i} skipped: {msg}")
+                self.problems.append(f"frame {index} skipped: {msg}")
                 continue
-            t = i / self.fps if self.fps else math.nan
-            yield Frame(i, t, im, f.name)
+            t = (index - first) / self.fps if self.fps else math.nan
+            yield Frame(index, t, im, f.name, i, plate, info)
 
     def _video_frames(self, start: int) -> Iterator[Frame]:
         last = -1
@@ -157,7 +209,7 @@ class FrameSource:
                 break
             last, last_t = i, t
             if i >= start:
-                yield Frame(i, t, im)
+                yield Frame(i, t, im, pos=i)
         if self.expected_frames and 0 <= last < self.expected_frames - 1 and not self.problems:
             self.problems.append(
                 f"{self.path.name}: decoded {last + 1} of {self.expected_frames} frames the container announces "
@@ -165,19 +217,35 @@ class FrameSource:
             )
 
 
-def open_source(path: str | os.PathLike, fps: float | None = None) -> FrameSource:
-    """Open a video file, a folder of images, a ``%0Nd`` or glob image pattern, or one image.
+def open_source(
+    path: str | os.PathLike,
+    fps: float | None = None,
+    frames: tuple[int, int] | None = None,
+    layer: str = "",
+    colorspace: str = "",
+    ocio: str = "",
+) -> FrameSource:
+    """Open a video file, a folder of images, an image pattern or glob, or one image.
 
     Args:
-        path: input path or pattern (``shot/frame_%05d.png``, ``shot/*.png``).
+        path: input path or pattern (``shot/frame_%05d.png``, ``plate.####.exr``,
+            ``plate.@@@@.dpx``, ``shot/*.png``).
         fps: frame rate of image input (sets times and smoothing windows); ignored for video.
+        frames: ``(first, last)`` frame numbers of a numbered sequence to keep (inclusive).
+        layer: the RGB layer of a multi-layer EXR (``""``: the beauty).
+        colorspace: the plates' colour space (``""``: the default of their file type,
+            :func:`~progressive_swap.footage.colour.default_space`); high-precision files only.
+        ocio: the OCIO config (``""``: ``$OCIO``, else the built-in one).
 
     Raises:
         FileNotFoundError / ValueError: one line, when the input does not exist, holds no
-        images, or is not a readable video at all.
+        images, is not a readable video at all, or asks for a layer, range or colour space it
+        cannot give.
     """
     s = str(path)
     p = Path(s)
+    numbers: list[int] | None = None
+    digits = 0
     if p.is_dir():
         files = sorted((f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file()),
                        key=lambda f: _natural_key(f.name))
@@ -185,30 +253,131 @@ def open_source(path: str | os.PathLike, fps: float | None = None) -> FrameSourc
             raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in folder {s!r}")
         numbered = all(re.search(r"\d+$", f.stem) for f in files)
         kind = "sequence" if numbered and len(files) > 1 else "folder"
-        return FrameSource(kind, p, _clean_name(p.name), fps or None, files, expected_frames=len(files))
-    if "%" in p.name or any(c in p.name for c in "*?["):
-        if "%" in p.name:
-            try:
-                pat = re.escape(p.name).replace(re.escape("%"), "%")
-                pat = re.sub(r"%0?(\d*)d", lambda m: r"(\d{%s,})" % (m.group(1) or "1"), pat)
-            except re.error as e:
-                raise ValueError(f"bad image pattern {s!r}: {e}") from None
-            rx = re.compile(f"^{pat}$")
+        name = p.name
+        if kind == "sequence":
+            numbers, digits = _trailing_numbers(files)
+    elif not p.exists() and is_pattern(p):
+        if "%" in p.name or _PADDING.search(p.name):
+            rx = _pattern_regex(p.name, s)
             files = [f for f in p.parent.glob("*") if rx.match(f.name)] if p.parent.is_dir() else []
+            files = [f for f in files if f.is_file()]
+            if files:
+                numbers = [int(rx.match(f.name).group(1)) for f in files]
+                order = np.argsort(numbers, kind="stable")
+                files, numbers = [files[i] for i in order], [numbers[i] for i in order]
+                digits = _pattern_digits(p.name)
+                if len(set(numbers)) != len(numbers):
+                    raise ValueError(f"two files of {s!r} have the same frame number (different padding?)")
         else:
-            files = [Path(f) for f in glob.glob(s)]
-        files = sorted((f for f in files if f.is_file()), key=lambda f: _natural_key(f.name))
+            files = sorted((Path(f) for f in glob.glob(s) if Path(f).is_file()), key=lambda f: _natural_key(f.name))
+            if files and all(re.search(r"\d+$", f.stem) for f in files):
+                numbers, digits = _trailing_numbers(files)
         if not files:
             raise FileNotFoundError(f"no images match {s!r}")
-        stem = re.split(r"[%*?\[]", p.name)[0].rstrip("._-") or p.parent.name
-        return FrameSource("sequence", p, _clean_name(stem), fps or None, files, expected_frames=len(files))
-    if not p.exists():
+        kind = "sequence"
+        name = re.split(r"[%*?\[#@]", p.name)[0].rstrip("._-") or p.parent.name
+    elif not p.exists():
         raise FileNotFoundError(f"no such input: {s!r}")
-    if p.suffix.lower() in IMAGE_EXTS:
-        return FrameSource("image", p, _clean_name(p.stem), fps or None, [p], expected_frames=1)
+    elif p.suffix.lower() in IMAGE_EXTS:
+        kind, files, name = "image", [p], p.stem
+    else:
+        if frames is not None:
+            raise ValueError("frames= selects part of a numbered image sequence; this input is a video")
+        return _open_video(p, s, layer, colorspace)
+    problems: list[str] = []
+    expected = len(files)
+    if frames is not None:
+        if numbers is None:
+            raise ValueError(f"frames= selects part of a numbered image sequence; {s!r} is not one")
+        keep = [i for i, n in enumerate(numbers) if frames[0] <= n <= frames[1]]
+        if not keep:
+            raise FileNotFoundError(f"no frame of {s!r} in frames={frames[0]}-{frames[1]} "
+                                    f"(it has {numbers[0]}-{numbers[-1]})")
+        files, numbers = [files[i] for i in keep], [numbers[i] for i in keep]
+    if numbers is not None:
+        first, last = frames if frames is not None else (numbers[0], numbers[-1])
+        problems = _gaps(numbers, first, last)
+        expected = last - first + 1
+    colour = _colour_of(files[0], layer, colorspace, ocio)
+    return FrameSource(kind, p, _clean_name(name), fps or None, files, problems, expected, numbers,
+                       max(digits, 1) if numbers is not None else 6, layer, colour)
+
+
+_PADDING = re.compile(r"#+|@+")
+
+
+def _pattern_digits(name: str) -> int:
+    m = re.search(r"%0?(\d*)d", name)
+    if m:
+        return int(m.group(1) or 1)
+    m = _PADDING.search(name)
+    return len(m.group(0)) if m else 1
+
+
+def _pattern_regex(name: str, whole: str) -> re.Pattern:
+    """``plate.%04d.exr`` / ``plate.####.exr`` / ``plate.@@@@.exr`` → a regex whose group 1 is the number."""
+    if len(re.findall(r"%0?\d*d|#+|@+", name)) != 1:
+        raise ValueError(f"bad image pattern {whole!r}: give one frame number (%04d, #### or @@@@)")
+    parts = re.split(r"(%0?\d*d|#+|@+)", name)
+    out = []
+    for part in parts:
+        if re.fullmatch(r"%0?\d*d|#+|@+", part):
+            out.append(r"(-?\d{%d,})" % _pattern_digits(part))
+        else:
+            out.append(re.escape(part))
+    return re.compile("^" + "".join(out) + "$")
+
+
+def _trailing_numbers(files: list[Path]) -> tuple[list[int] | None, int]:
+    """The frame numbers at the end of the files' stems, and the padding; None (positions) unless they
+    rise strictly in the files' order (two files sharing a number, or several prefixes)."""
+    found = [re.search(r"\d+$", f.stem).group(0) for f in files]
+    numbers = [int(x) for x in found]
+    if any(b <= a for a, b in zip(numbers, numbers[1:])):
+        return None, 0
+    return numbers, min(len(x) for x in found)
+
+
+def _gaps(numbers: list[int], first: int, last: int) -> list[str]:
+    """One ``frame(s) … skipped`` line per run of missing numbers in ``first … last``."""
+    have = set(numbers)
+    out, n = [], first
+    while n <= last:
+        if n in have:
+            n += 1
+            continue
+        m = n
+        while m + 1 <= last and m + 1 not in have:
+            m += 1
+        what = f"frame {n}" if m == n else f"frames {n}-{m}"
+        out.append(f"{what} skipped: no file (a gap in the sequence)")
+        n = m + 1
+    return out
+
+
+def _colour_of(first: Path, layer: str, colorspace: str, ocio: str) -> PlateColour | None:
+    """The colour path of high-precision plates, None for 8-bit images (read as sRGB, as always)."""
+    if P.is_high_precision(first):
+        dtype, _ = P.probe_plate(first)
+        if layer:
+            P.read_plate(first, layer, with_info=False)  # an absent layer: refused here, in one line
+        return plate_colour(first.suffix, dtype, colorspace, ocio)
+    _check_8bit(first.name, layer, colorspace)
+    return None
+
+
+def _check_8bit(what: str, layer: str, colorspace: str) -> None:
+    if layer:
+        raise ValueError(f"layer= picks a layer of a multi-layer EXR; {what} has one")
+    if colorspace and colorspace.lower() not in ("srgb", "srgb_tx", "srgb encoded rec.709 (srgb)"):
+        raise ValueError(f"colorspace={colorspace} applies to EXR, DPX and 16-bit or float plates; "
+                         f"{what} is 8-bit and read as sRGB")
+
+
+def _open_video(p: Path, s: str, layer: str, colorspace: str) -> FrameSource:
+    _check_8bit(p.name, layer, colorspace)
     if p.stat().st_size == 0:
         raise ValueError(f"{s!r} is empty (0 bytes)")
-
     try:
         info = probe_video(p)
     except FileNotFoundError:
@@ -221,10 +390,21 @@ def open_source(path: str | os.PathLike, fps: float | None = None) -> FrameSourc
     return FrameSource("video", p, _clean_name(p.stem), rate, expected_frames=int(info["n_frames"] or 0))
 
 
+def parse_frames(text: str) -> tuple[int, int] | None:
+    """``"1001-1100"`` → ``(1001, 1100)``; ``"1001"`` → ``(1001, 1001)``; ``""`` → None."""
+    text = str(text).strip()
+    if not text:
+        return None
+    m = re.fullmatch(r"(-?\d+)(?:\s*-\s*(-?\d+))?", text)
+    if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+        raise ValueError(f"frames must be FIRST-LAST frame numbers (e.g. 1001-1100), got {text!r}")
+    return int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
+
+
 def is_pattern(path: str | os.PathLike) -> bool:
     """Whether ``path`` names frames by a pattern (``%04d``, ``####``, ``@@@@`` or a glob), not one file."""
     name = Path(str(path)).name
-    return "%" in name or any(c in name for c in "*?[#@")
+    return "%" in name or any(c in name for c in "*?[") or bool(_PADDING.search(name))
 
 
 def footage_exists(path: str | os.PathLike) -> bool:

@@ -1,0 +1,165 @@
+"""Colour management of plates through OpenColorIO: the plate's space, the detector's view and the
+network's working space.
+
+Three spaces meet here (``docs/plates.md``):
+
+* the **plate space**: what the plate's values mean (``colorspace=``; by default the config's
+  ``scene_linear`` role for EXR and float TIFF, its ``compositing_log`` role for DPX, and sRGB
+  for 8/16-bit PNG, integer TIFF and video);
+* the **view**: what the detector and the landmark model see: the plate converted to the
+  config's sRGB space (sRGB primaries and transfer curve, values above 1 clipped), as uint8 RGB.
+  A plain conversion rather than the config's display view (ACES 2.0 SDR tone-maps): a plate made
+  from an sRGB picture gives that picture back, which is what detectors trained on photographs
+  expect, and an sRGB plate's view is its own values, as for 8-bit footage;
+* the **working space**: what the network learns and outputs. For display-referred plates
+  (sRGB) it is the plate's own sRGB encoding, exactly as for 8-bit footage. For scene-referred
+  plates it is :data:`WORKING_SPACE` (ACEScct), a log encoding that holds 0 … 222 in [0, 1],
+  so highlights above 1.0 survive a 16-bit crop within half-float precision.
+
+The config comes from ``ocio=``, else ``$OCIO``, else OCIO's built-in CG config
+(:data:`BUILTIN_CONFIG`, part of the library: nothing is downloaded).
+
+Convention: pixel arrays are float32 ``(H, W, 3)`` RGB, not clipped (scene-linear values may
+exceed 1 or be slightly negative); alpha never passes through a colour transform.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+BUILTIN_CONFIG = "ocio://cg-config-latest"  # OCIO's built-in ACES CG config
+WORKING_SPACE = "ACEScct"  # the network's space for scene-referred plates (log, keeps highlights)
+SRGB = "sRGB Encoded Rec.709 (sRGB)"  # the CG config's name; other configs: an alias or role below
+SRGB_NAMES = (SRGB, "srgb_tx", "sRGB - Texture", "Utility - sRGB - Texture", "sRGB", "srgb", "color_picking")
+DEFAULT_BY_KIND = {"scene": "scene_linear", "log": "compositing_log", "display": "sRGB"}
+NO_OCIO = "colour management needs OpenColorIO: pip install opencolorio (part of progressive-swap's dependencies)"
+
+
+class ColourError(ValueError):
+    """A colour space or config that cannot be used: one line, exit code 2."""
+
+
+def _ocio():
+    try:
+        import PyOpenColorIO  # optional dependency: opencolorio
+    except ImportError:
+        raise ColourError(NO_OCIO) from None
+    return PyOpenColorIO
+
+
+def config_source(ocio: str = "") -> str:
+    """Which config is used: ``ocio`` if given, else ``$OCIO``, else :data:`BUILTIN_CONFIG`."""
+    return ocio or os.environ.get("OCIO", "") or BUILTIN_CONFIG
+
+
+@lru_cache(maxsize=4)
+def load_config(source: str):
+    """The OCIO config at ``source`` (a ``.ocio`` file or an ``ocio://`` built-in name)."""
+    lib = _ocio()
+    if not source.startswith("ocio://") and not Path(source).is_file():
+        raise ColourError(f"OCIO config {source!r} not found (ocio= or $OCIO)")
+    try:
+        return lib.Config.CreateFromFile(source)
+    except Exception as e:  # noqa: BLE001 - OCIO raises its own Exception type
+        raise ColourError(f"cannot read OCIO config {source!r}: {str(e).splitlines()[0]}") from None
+
+
+def resolve_space(config, name: str) -> str:
+    """The config's colour space for ``name`` (a space, an alias or a role; ``sRGB`` also tries
+    the usual names of the sRGB texture space). One-line :class:`ColourError` when it has none."""
+    names = SRGB_NAMES if name.lower() in ("srgb", SRGB.lower()) else (name,)
+    for n in names:
+        cs = config.getColorSpace(n)
+        if cs is not None:
+            return cs.getName()
+    some = ", ".join(sorted(c.getName() for c in config.getColorSpaces())[:8])
+    raise ColourError(f"colorspace {name!r} is not in the OCIO config {config.getName()!r} (it has e.g. {some}, ...)")
+
+
+def default_space(ext: str, dtype: str) -> str:
+    """The documented default plate space for a file: ``scene_linear`` for EXR and float TIFF,
+    ``compositing_log`` for DPX and Cineon, ``sRGB`` for everything else (PNG, integer TIFF, video)."""
+    ext = ext.lower()
+    if ext in (".exr", ".hdr") or (ext in (".tif", ".tiff") and dtype in ("half", "float", "double")):
+        return DEFAULT_BY_KIND["scene"]
+    if ext in (".dpx", ".cin"):
+        return DEFAULT_BY_KIND["log"]
+    return DEFAULT_BY_KIND["display"]
+
+
+@dataclass(frozen=True)
+class PlateColour:
+    """The colour path of one plate: plate space ↔ working space, and plate space → view.
+
+    Args:
+        config: the config's source (:func:`config_source`).
+        plate: the plate's colour space (resolved name).
+        working: the network's space: the plate's own for display-referred plates, else
+            :data:`WORKING_SPACE`.
+        view_space: the config's sRGB space, what the detector sees (:meth:`view`).
+    """
+
+    config: str
+    plate: str
+    working: str
+    view_space: str = SRGB
+
+    @property
+    def identity(self) -> bool:
+        """Plate and working space are the same (display-referred plates): no transform."""
+        return self.plate == self.working
+
+    def as_dict(self) -> dict:
+        return {"config": self.config, "plate": self.plate, "working": self.working, "view": self.view_space}
+
+    def _cpu(self, src: str, dst: str):
+        return _processor(self.config, src, dst)
+
+    def to_working(self, rgb: np.ndarray) -> np.ndarray:
+        """Plate values → working space, float32 ``(..., 3)``."""
+        return _apply(None if self.identity else self._cpu(self.plate, self.working), rgb)
+
+    def to_plate(self, rgb: np.ndarray) -> np.ndarray:
+        """Working space → plate values, float32 ``(..., 3)`` (inverse of :meth:`to_working`)."""
+        return _apply(None if self.identity else self._cpu(self.working, self.plate), rgb)
+
+    def view(self, rgb: np.ndarray) -> np.ndarray:
+        """Plate values → the display view the detector sees, uint8 ``(H, W, 3)`` sRGB."""
+        out = _apply(None if self.plate == self.view_space else self._cpu(self.plate, self.view_space), rgb)
+        return np.rint(np.clip(np.nan_to_num(out), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def plate_colour(ext: str, dtype: str, colorspace: str = "", ocio: str = "") -> PlateColour:
+    """Resolve the colour path of a plate file type (``colorspace=`` wins over the default).
+
+    Raises:
+        ColourError: the config cannot be read or has no such space (one line).
+    """
+    source = config_source(ocio)
+    config = load_config(source)
+    plate = resolve_space(config, colorspace or default_space(ext, dtype))
+    srgb = resolve_space(config, "sRGB")
+    lib = _ocio()
+    scene = plate != srgb and config.getColorSpace(plate).getReferenceSpaceType() == lib.REFERENCE_SPACE_SCENE
+    working = resolve_space(config, WORKING_SPACE) if scene else plate
+    return PlateColour(source, plate, working, srgb)
+
+
+@lru_cache(maxsize=16)
+def _processor(source: str, src: str, dst: str):
+    return load_config(source).getProcessor(src, dst).getDefaultCPUProcessor()
+
+
+def _apply(cpu, rgb: np.ndarray) -> np.ndarray:
+    out = np.array(rgb, np.float32, order="C", copy=True)
+    if cpu is None:
+        return out
+    if out.shape[-1] != 3:
+        raise ValueError(f"colour transforms take (..., 3) RGB, got {out.shape}")
+    flat = out.reshape(-1, 3)
+    cpu.applyRGB(flat)  # in place on the contiguous buffer
+    return out
