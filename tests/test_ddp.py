@@ -14,6 +14,16 @@ from progressive_swap.train.checkpoint import load_weights, safe_load
 SCHEDULE = "schedule.stages=[{res:16,images:64,batch:2,lr:1e-3},{res:32,images:32,fade:32,batch:2,lr:1e-3}]"
 
 
+def ddp_args(blob_sets, out: Path, *extra: str) -> list[str]:
+    """A tiny demo run with DDP over 2 CPU processes (gloo); ``extra`` overrides come last."""
+    return [
+        "recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{blob_sets[1]}]", f"out={out}",
+        "model.channel_base=256", "model.channel_max=16", "model.channel_min=8", "model.latent_channels=8",
+        SCHEDULE, "data.num_workers=0", "preview_every=0", "checkpoint.every_steps=2",
+        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", *extra,
+    ]
+
+
 def swap_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("swap-train")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -22,12 +32,7 @@ def swap_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_ddp_fit_and_resume_on_cpu(blob_sets, tmp_path):
-    base = [
-        "recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{blob_sets[1]}]", f"out={tmp_path / 'run'}",
-        "model.channel_base=256", "model.channel_max=16", "model.channel_min=8", "model.latent_channels=8",
-        SCHEDULE, "data.num_workers=0", "preview_every=0", "checkpoint.every_steps=2",
-        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-    ]
+    base = ddp_args(blob_sets, tmp_path / "run")
     r = swap_train(*base, "max_steps=5", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     ck = safe_load(tmp_path / "run" / "last.ckpt")
@@ -46,13 +51,7 @@ def test_ddp_fit_and_resume_on_cpu(blob_sets, tmp_path):
 @pytest.mark.slow
 def test_ddp_nan_steps_roll_back_every_process_to_the_same_checkpoint(blob_sets, tmp_path):
     run = tmp_path / "run"
-    base = [
-        "recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{blob_sets[1]}]", f"out={run}",
-        "model.channel_base=256", "model.channel_max=16", "model.channel_min=8", "model.latent_channels=8",
-        SCHEDULE, "data.num_workers=0", "preview_every=0", "checkpoint.every_steps=2",
-        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-        "guard.inject_nan_at=[5,6,7]",
-    ]
+    base = ddp_args(blob_sets, run, "guard.inject_nan_at=[5,6,7]")
     r = swap_train(*base, cwd=tmp_path)  # a process left behind would hang at the next all-reduce
     assert r.returncode == 0, r.stderr[-2000:]
     assert "rolled back to step0000004.ckpt (batch 4)" in r.stderr
@@ -101,13 +100,7 @@ def torchrun_two_nodes(args: list[str], cwd: Path) -> list[subprocess.CompletedP
 
 @pytest.mark.slow
 def test_demo_recipe_on_two_torchrun_nodes_stops_and_resumes(blob_sets, tmp_path):
-    base = [
-        "recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{blob_sets[1]}]", f"out={tmp_path / 'run'}",
-        "model.channel_base=256", "model.channel_max=16", "model.channel_min=8", "model.latent_channels=8",
-        SCHEDULE, "data.num_workers=0", "preview_every=0", "checkpoint.every_steps=2",
-        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2",
-        "trainer.precision=32-true",
-    ]
+    base = ddp_args(blob_sets, tmp_path / "run", "trainer.devices=1", "trainer.num_nodes=2")
     first = torchrun_two_nodes([*base, "max_steps=5"], tmp_path)
     assert [r.returncode for r in first] == [0, 0], first[0].stderr[-2000:] + first[1].stderr[-2000:]
     ck = safe_load(tmp_path / "run" / "last.ckpt")

@@ -179,6 +179,17 @@ def autocast_for(precision: str, device: torch.device):
     return nullcontext()
 
 
+def _train_step(module, opt: torch.optim.Optimizer, data: dict, precision: str, device: torch.device) -> None:
+    """One real optimizer step of ``module`` on ``data`` (waits for the device to finish)."""
+    with autocast_for(precision, device):
+        loss = module.training_step(data, 0)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def memory_cap(max_memory_gb: float | None, device: torch.device) -> None:
     """Limit this process to ``max_memory_gb`` of the CUDA device (for the search and training after it).
 
@@ -229,13 +240,7 @@ def search_on_device(
             opt = torch.optim.Adam(module.model.parameters(), lr=1e-9)
             try:
                 for _ in range(steps):
-                    data = fake_batch(n_id, batch, res, index, device)
-                    with autocast_for(precision, device):
-                        loss = module.training_step(data, 0)
-                    loss.backward()
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                torch.cuda.synchronize(device)
+                    _train_step(module, opt, fake_batch(n_id, batch, res, index, device), precision, device)
             finally:
                 opt.zero_grad(set_to_none=True)
                 del opt
@@ -316,14 +321,7 @@ def time_phases(
     opt = torch.optim.Adam(work.model.parameters(), lr=1e-9)
 
     def step(batch: int, res: int, index: int) -> None:
-        data = fake_batch(n_id, batch, res, index, device)
-        with autocast_for(precision, device):
-            loss = work.training_step(data, 0)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _train_step(work, opt, fake_batch(n_id, batch, res, index, device), precision, device)
 
     rows = []
     for p in schedule.phases:
