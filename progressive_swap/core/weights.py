@@ -50,7 +50,8 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
                 f"refusing to load {path}: it contains pickled objects other than weights (nothing was executed)"
             ) from None
         raise ValueError(f"cannot read checkpoint {path}: {first or 'corrupt file'}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        # A damaged pickle surfaces as whatever the unpickler trips on (a bit flip: TypeError).
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"cannot read checkpoint {path} (truncated or corrupt?): {first}") from None
 
