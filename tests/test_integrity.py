@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_blob_faceset
+from conftest import import_tool, write_blob_faceset
 
 from progressive_swap import faceset as F
 from progressive_swap.cli import faceset as cli
@@ -269,3 +269,46 @@ def test_repair_of_a_sound_set_changes_nothing_and_legacy_sets_stay_as_they_are(
     out = _repair(legacy, capsys)
     assert out["faces"] == 0 and len(out["files_without_records"]) == 6
     assert all_bytes_kept(hashes(LEGACY / "id1"), legacy.parent / "legacy.damaged")
+
+
+def test_repair_gives_an_image_with_a_damaged_record_the_index_record_and_keeps_the_old_file(blob, capsys):
+    p = blob / "images" / "f003.png"
+    old = p.read_bytes()
+    orig = embedded.parse_head(old)[1]
+    p.write_bytes(embedded.embed(embedded.strip(old), orig.replace(b'"track":0', b'"track":7')))
+    assert any("differs from the index" in x for x in F.open(blob).validate(deep=True))
+    out = _repair(blob, capsys)
+    assert out["valid"] and out["rerecorded"] == ["images/f003.png"]
+    assert embedded.parse_head(p.read_bytes())[1] == orig  # the index's record again
+    assert (blob.parent / "A.damaged" / "images" / "f003.png").read_bytes() != old  # the edited file, kept
+
+
+# ---------------------------------------------------------------------- the fuzzer
+
+
+def test_a_short_fuzz_run_loses_nothing_and_never_answers_with_a_traceback():
+    fuzz = import_tool("fuzz_faceset")
+    summary = fuzz.run(100, seed=0)
+    assert summary["cases"] == 100 and summary["by_target"]["faceset"] > 50
+    # Non-finite weights loading silently is the checkpoint reader's item of issue #25; here a
+    # checkpoint must at least never answer with a traceback or several lines.
+    bad = [f for f in summary["failures"] if f["target"] != "checkpoint"
+           or any("traceback" in p or "multiline" in p for p in f["problems"])]
+    assert not bad, bad
+    assert summary["by_outcome"].get("repaired", 0) > 20 and summary["by_command"]["repair"]["ok"] > 20
+
+
+def test_the_fuzzer_notices_a_lost_file(monkeypatch):
+    fuzz = import_tool("fuzz_faceset")
+    from progressive_swap.faceset import repair
+
+    real = repair.repair
+
+    def careless(path):
+        for p in sorted(Path(path, "images").glob("*.png"))[:1]:
+            p.unlink()
+        return real(path)
+
+    monkeypatch.setattr(repair, "repair", careless)
+    summary = fuzz.run(6, seed=0)
+    assert any("lost" in p for f in summary["failures"] for p in f["problems"])

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import cv2
 import numpy as np
 
 from progressive_swap import faceset
@@ -467,7 +468,8 @@ def cmd_repair(argv: Sequence[str]) -> int:
                       + ("; header rebuilt" if res.header_rebuilt else ""))
         console.print(f"index entries without files: {some(res.entries_without_files)}; files without records: "
                       f"{some(res.files_without_records)}; non-finite entries: {some(res.nonfinite)}; "
-                      f"unreadable shards: {some(res.unreadable_shards)}; renamed: {some(res.renamed)}")
+                      f"unreadable shards: {some(res.unreadable_shards)}; renamed: {some(res.renamed)}; "
+                      f"records rewritten: {some(res.rerecorded)}")
         if res.moved:
             console.print(f"moved {len(res.moved)} file(s) it could not use to {res.damaged_dir} (nothing deleted)")
     if not after.ok:
@@ -498,6 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd is None:
         print(f"{PROG}: error: unknown command {argv[0]!r}{closest(argv[0], COMMANDS)}; {USAGE}", file=sys.stderr)
         return 2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # no warnings under a one-line error
 
     def run() -> int:
         try:

@@ -109,6 +109,28 @@ def embed(data: bytes, payload: bytes) -> bytes:
     raise ValueError("not PNG or JPEG data")
 
 
+def strip(data: bytes) -> bytes:
+    """PNG or JPEG bytes without their face record (damaged or not); other bytes unchanged."""
+    prefix = KEY.encode("latin-1") + b"\0"
+    if data.startswith(PNG_SIGNATURE):
+        out, pos = [data[:8]], 8
+        while pos + 12 <= len(data):
+            n = struct.unpack(">I", data[pos:pos + 4])[0]
+            end = min(pos + 12 + n, len(data))
+            if not (data[pos + 4:pos + 8] == b"tEXt" and data[pos + 8:end].startswith(prefix)):
+                out.append(data[pos:end])
+            pos = end
+        return b"".join(out) + data[pos:]
+    if data.startswith(b"\xff\xd8"):
+        pos = 2
+        while pos + 4 <= len(data) and data[pos] == 0xFF and data[pos + 1] != 0xDA:
+            n = struct.unpack(">H", data[pos + 2:pos + 4])[0]
+            if data[pos + 1] == 0xFE and data[pos + 4:pos + 2 + n].startswith(prefix):
+                return data[:pos] + data[pos + 2 + n:]
+            pos += 2 + n
+    return data
+
+
 def read_head(path: Path) -> bytes:
     """The first bytes of an image file: enough for its size and its record (the record chunk
     is read whole even when it runs past :data:`HEAD_BYTES`)."""
@@ -172,6 +194,27 @@ def _parse_jpeg(head: bytes) -> tuple[tuple[int, int] | None, bytes | None]:
             size = (w, h)
         pos += 2 + n
     return size, payload
+
+
+def png_intact(data: bytes) -> bool:
+    """Whether PNG bytes are whole: every chunk's CRC matches and ``IEND`` is reached. Checked
+    before decoding a file suspected of damage, because libpng reports a damaged file on the
+    process's stderr (extra lines under a one-line error) before OpenCV returns."""
+    if not data.startswith(PNG_SIGNATURE):
+        return False
+    pos = 8
+    while pos + 12 <= len(data):
+        n = struct.unpack(">I", data[pos:pos + 4])[0]
+        end = pos + 12 + n
+        if end > len(data):
+            return False
+        kind = data[pos + 4:pos + 8]
+        if struct.unpack(">I", data[end - 4:end])[0] != zlib.crc32(data[pos + 4:end - 4]):
+            return False
+        if kind == b"IEND":
+            return True
+        pos = end
+    return False
 
 
 def file_record(path: Path) -> FaceRecord | None:

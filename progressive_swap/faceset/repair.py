@@ -15,7 +15,8 @@ set whose index (or header) is lost, truncated, overlapping or full of NaN can b
 5. commit the new index as one shard covering every earlier shard number, then move the old
    shards away.
 
-A set that already passes :func:`~progressive_swap.faceset.verify.check` is left untouched. A
+A set that already passes :func:`~progressive_swap.faceset.verify.check` (deep: every image and
+mask decodes) is left untouched. A
 crash at any step leaves a set that a second ``repair`` finishes: files are only renamed, and
 the new index is committed (tmp, fsync, rename) before the old one is moved.
 """
@@ -26,8 +27,6 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 import progressive_swap.faceset.embedded as emb
 import progressive_swap.faceset.index as fx
@@ -45,6 +44,7 @@ from progressive_swap.faceset.format import (
     decode_mask,
     make_header,
     read_header,
+    write_file_durable,
     write_header,
 )
 from progressive_swap.faceset.writer import lock_faceset, records_to_columns
@@ -76,6 +76,9 @@ class RepairResult:
     unreadable_shards: list[str] = field(default_factory=list)
     renamed: list[str] = field(default_factory=list)
     """Images that held another face's record, moved to that face's name."""
+    rerecorded: list[str] = field(default_factory=list)
+    """Images whose own record was damaged or disagreed with the index: given the kept record
+    (the old file is in DIR.damaged)."""
     moved: list[str] = field(default_factory=list)
     """Paths moved to DIR.damaged."""
 
@@ -86,7 +89,7 @@ class RepairResult:
             "header_rebuilt": self.header_rebuilt,
             "files_without_records": self.files_without_records,
             "entries_without_files": self.entries_without_files, "nonfinite": self.nonfinite,
-            "unreadable_shards": self.unreadable_shards, "renamed": self.renamed,
+            "unreadable_shards": self.unreadable_shards, "renamed": self.renamed, "rerecorded": self.rerecorded,
             "moved_to_damaged": self.moved, "damaged_dir": str(self.damaged_dir),
         }
 
@@ -120,8 +123,8 @@ def _repair(root: Path, res: RepairResult) -> None:
     header = _header(root, res)
     if header is not None and not res.header_rebuilt:
         pending = fx.read_pending(root / INDEX_DIR)
-        if vf.check(root, pending=pending, header=header).ok:
-            return  # nothing to repair
+        if vf.check(root, deep=True, pending=pending, header=header).ok:
+            return  # nothing to repair: every file decodes and agrees with the index
     if header is None:
         raise FaceSetError(f"{str(root)!r}: {HEADER_NAME} is unusable and no image carries its own record "
                            "to rebuild it from; nothing changed")
@@ -141,6 +144,8 @@ def _repair(root: Path, res: RepairResult) -> None:
             continue  # a temporary file of an unfinished write
         try:
             data = p.read_bytes()
+            if data.startswith(emb.PNG_SIGNATURE) and not emb.png_intact(data):
+                raise FaceSetError(f"damaged {name}")
             decode_image(data, size, name)
         except (FaceSetError, OSError):
             _move_damaged(root, p, res)
@@ -185,6 +190,8 @@ def _repair(root: Path, res: RepairResult) -> None:
         res.renamed.append(f"{IMAGE_DIR}/{face_id}{ext}")
     if moves:
         fsync_dir(idir)
+    for face_id, (p, record) in kept.items():
+        _fix_record(root, idir / (face_id + ext), record, header["face_type"], res)
     _masks(root, size, set(kept), res)
     listed = set(order)
     ids = [i for i in order if i in kept] + sorted(i for i in kept if i not in listed)
@@ -192,6 +199,26 @@ def _repair(root: Path, res: RepairResult) -> None:
     res.from_index = sum(1 for i in ids if i in rows)
     res.from_records = res.faces - res.from_index
     _commit(root, [kept[i][1] for i in ids], res)
+
+
+def _fix_record(root: Path, path: Path, record: FaceRecord, face_type: str, res: RepairResult) -> None:
+    """Give an image whose own record is damaged or says otherwise than the kept one the kept
+    record (same pixels); the old file goes to DIR.damaged. Images without a record (written
+    before records existed) are left as they are."""
+    data = path.read_bytes()
+    _, payload = emb.parse_head(data[: emb.HEAD_BYTES * 4])
+    if payload is None and emb.KEY.encode("latin-1") + b"\0" not in data[: emb.HEAD_BYTES * 4]:
+        return  # no record at all
+    try:
+        if payload is not None and emb.record_from_json(payload) == (record, face_type):
+            return
+    except ValueError:
+        pass
+    fresh = path.with_name(f".{path.name}{REPAIR_SUFFIX}.new")
+    write_file_durable(fresh, emb.embed(emb.strip(data), emb.record_to_json(record, face_type)))
+    _move_damaged(root, path, res)
+    os.replace(fresh, path)
+    res.rerecorded.append(f"{IMAGE_DIR}/{path.name}")
 
 
 def _header(root: Path, res: RepairResult) -> dict[str, Any] | None:
@@ -252,19 +279,8 @@ def _index_rows(root: Path, res: RepairResult) -> tuple[dict[str, FaceRecord], l
             if k in bad:
                 res.nonfinite.append(face_id)
                 continue
-            rows[face_id] = _row_record(cols, strings, k)
+            rows[face_id] = vf.row_record(cols, strings, k)
     return rows, order, whole
-
-
-def _row_record(cols: dict[str, np.ndarray], strings: dict[str, Any], k: int) -> FaceRecord:
-    return FaceRecord(
-        id=strings["ids"][k], source=strings["sources"][cols["source_index"][k]],
-        frame_index=int(cols["frame_index"][k]), time=float(cols["time"][k]), track=int(cols["track"][k]),
-        identity=strings["identities"][cols["identity_index"][k]], landmarks=cols["landmarks"][k].copy(),
-        matrix=cols["matrix"][k].copy(), frame_size=(int(cols["frame_size"][k, 0]), int(cols["frame_size"][k, 1])),
-        landmarks_raw=cols["landmarks_raw"][k].copy() if cols["has_raw"][k] else None,
-        extra=dict(strings["extra"].get(str(k), {})),
-    )
 
 
 def _masks(root: Path, size: int, kept: set[str], res: RepairResult) -> None:
@@ -277,7 +293,8 @@ def _masks(root: Path, size: int, kept: set[str], res: RepairResult) -> None:
             if not p.is_file() or p.name.startswith(".") or not p.name.endswith(".png"):
                 continue
             try:
-                ok = p.name[:-4] in kept and decode_mask(p.read_bytes(), size, p.name) is not None
+                data = p.read_bytes()
+                ok = p.name[:-4] in kept and emb.png_intact(data) and decode_mask(data, size, p.name) is not None
             except (FaceSetError, OSError):
                 ok = False
             if not ok:

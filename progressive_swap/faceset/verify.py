@@ -36,6 +36,7 @@ from progressive_swap.faceset.format import (
     IMAGE_FORMATS,
     INDEX_DIR,
     MASK_DIR,
+    FaceRecord,
     FaceSetError,
     decode_image,
     decode_mask,
@@ -198,8 +199,12 @@ def check(root: str | os.PathLike, *, deep: bool = False, pending: Iterable[str]
     if deep:
         for name, files in masks.items():
             for face_id, path in sorted(files.items()):
+                where = f"{MASK_DIR}/{name}/{path.name}"
                 try:
-                    decode_mask(path.read_bytes(), size, f"{MASK_DIR}/{name}/{path.name}")
+                    data = path.read_bytes()
+                    if not emb.png_intact(data):
+                        raise FaceSetError(f"corrupt mask {where} (a PNG chunk is cut short or fails its CRC)")
+                    decode_mask(data, size, where)
                 except (FaceSetError, OSError) as e:
                     report.bad_files.append(f"{MASK_DIR}/{name}/{path.name}")
                     report.problems.append(str(e))
@@ -231,6 +236,8 @@ def _check_image_deep(path: Path, size: int, face_type: str, cols: dict[str, np.
     where = f"{IMAGE_DIR}/{path.name}"
     try:
         data = path.read_bytes()
+        if data.startswith(emb.PNG_SIGNATURE) and not emb.png_intact(data):
+            raise FaceSetError(f"corrupt face image {where} (a PNG chunk is cut short or fails its CRC)")
         decode_image(data, size, where)
     except (FaceSetError, OSError) as e:
         return str(e)
@@ -238,15 +245,20 @@ def _check_image_deep(path: Path, size: int, face_type: str, cols: dict[str, np.
     if payload is None:
         return None
     rec, ft = emb.record_from_json(payload)
-    same = (
-        ft == face_type
-        and np.array_equal(rec.matrix, cols["matrix"][row])
-        and np.array_equal(rec.landmarks, cols["landmarks"][row])
-        and rec.frame_index == int(cols["frame_index"][row])
-        and rec.source == strings["sources"][cols["source_index"][row]]
-        and rec.identity == strings["identities"][cols["identity_index"][row]]
-    )
+    same = ft == face_type and rec == row_record(cols, strings, row)
     return None if same else f"image {where}: its embedded record differs from the index"
+
+
+def row_record(cols: dict[str, np.ndarray], strings: dict[str, Any], k: int) -> FaceRecord:
+    """Row ``k`` of a shard's columns (:func:`read_index`) as a :class:`FaceRecord`."""
+    return FaceRecord(
+        id=strings["ids"][k], source=strings["sources"][cols["source_index"][k]],
+        frame_index=int(cols["frame_index"][k]), time=float(cols["time"][k]), track=int(cols["track"][k]),
+        identity=strings["identities"][cols["identity_index"][k]], landmarks=cols["landmarks"][k].copy(),
+        matrix=cols["matrix"][k].copy(), frame_size=(int(cols["frame_size"][k, 0]), int(cols["frame_size"][k, 1])),
+        landmarks_raw=cols["landmarks_raw"][k].copy() if cols["has_raw"][k] else None,
+        extra=dict(strings["extra"].get(str(k), {})),
+    )
 
 
 def require_consistent(root: str | os.PathLike, *, pending: Iterable[str] = (),
