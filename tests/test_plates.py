@@ -12,6 +12,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 from conftest import write_tiny_weights
 
 from progressive_swap.cli import export as export_cli
@@ -180,7 +181,7 @@ def test_an_exr_sequence_from_1001_exports_layers_on_the_same_frame_numbers(tmp_
     assert sorted(faceset.open(out / "faces").frame_indices.tolist()) == numbers
     # A landmarks file counted from 0 does not describe these frames: one line, not "no faces found".
     capsys.readouterr()
-    rc = export(ckpt, seq / "plate.####.exr", tmp_path / "out0", "landmarks=given",
+    rc = export(ckpt, seq / "plate.####.exr", tmp_path / "out0", "format=exr", "landmarks=given",
                 f"landmarks_file={write_truth(tmp_path / 't0.json', clip, range(N))}")
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "are numbered 1001-1004 (the numbers in the file names)" in err and "\n" not in err, err
@@ -194,7 +195,7 @@ def test_a_gap_or_a_broken_plate_is_exit_4_and_allow_missing_accepts_it(tmp_path
     for n, r in zip(numbers, clip):
         write_plate(seq / f"plate.{n}.exr", srgb_to_acescg(r.image))
     truth = write_truth(tmp_path / "truth.json", clip, numbers)
-    args = ("landmarks=given", f"landmarks_file={truth}")
+    args = ("landmarks=given", f"landmarks_file={truth}", "format=exr")
     assert export(ckpt, seq / "plate.%04d.exr", tmp_path / "out", *args) == 4
     err = capsys.readouterr().err
     assert "frame 1003 skipped: no file (a gap in the sequence)" in err and "incomplete: 1 frame(s)" in err, err
@@ -202,3 +203,114 @@ def test_a_gap_or_a_broken_plate_is_exit_4_and_allow_missing_accepts_it(tmp_path
     (seq / "plate.1002.exr").write_bytes(b"\x76\x2f\x31\x01 broken")
     assert export(ckpt, seq / "plate.%04d.exr", tmp_path / "out2", *args) == 4
     assert "frame 1002 skipped: plate.1002.exr" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- the colour path back to the plate
+
+
+class IdentityNet(torch.nn.Module):
+    """Stand-in network: returns the face it is given, with a disc-shaped mask (alpha 1 inside)."""
+
+    def forward(self, img, identity, stage_res, alpha, source=None):
+        b, _, s, _ = img.shape
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, s), torch.linspace(-1, 1, s), indexing="ij")
+        return img, ((0.55 - (xx**2 + yy**2).sqrt()) * 200.0).expand(b, 1, s, s)
+
+
+BANDS = (0.0, 2**-10, 0.01, 0.18, 1.0, 4.0, 16.0)  # linear values, 0 to 16
+
+
+def banded_plate(x0=40, width=9):
+    """A grey ACEScg plate of vertical bands of constant value (:data:`BANDS`) across the face.
+
+    Resampling reproduces a constant exactly (the weights sum to one), so inside a band the round
+    trip's only error is the colour path's precision; resampling's own error (OpenCV's 1/32 px
+    interpolation grid, ~0.3 % on a steep ramp) is kept out of the figure on purpose.
+    """
+    x = np.arange(SIZE)
+    k = np.clip((x - x0) // width, 0, len(BANDS) - 1)
+    row = np.asarray(BANDS, np.float32)[k]
+    return np.ascontiguousarray(np.broadcast_to(row[None, :, None], (SIZE, SIZE, 3)), np.float32)
+
+
+def test_plate_to_layer_to_plate_round_trips_0_to_16_within_half_precision(tmp_path, clip):
+    from progressive_swap.core import align
+    from progressive_swap.export import plate_layers as PL
+    from progressive_swap.export.frames import FaceIn, FrameIn
+    from progressive_swap.export.pipeline import Exporter
+    from progressive_swap.export.settings import ExportSettings
+    from progressive_swap.export.swapper import CheckpointInfo, Swapper
+    from progressive_swap.footage.sources import open_source
+
+    plate = banded_plate()
+    tc = ("smpte:TimeCode", __import__("OpenImageIO").TypeDesc("timecode"), [0x01000000, 0])
+    write_plate(tmp_path / "plate.1001.exr", plate, "float",
+                attrs={"smpte:TimeCode": tc[1:], "FramesPerSecond": (__import__("OpenImageIO").TypeDesc("rational"),
+                                                                        [24, 1]), "Camera": "A001"})
+    src = open_source(tmp_path / "plate.####.exr")
+    fr = next(src.frames())
+    m = align.alignment_matrix(clip[0].landmarks, FACE_TYPE)
+    frame = FrameIn(fr.index, fr.time, fr.image, [FaceIn(m, 0, clip[0].landmarks)], fr.plate, fr.info, src.colour)
+    info = CheckpointInfo("standin.ckpt", "0" * 64, ARCH, 256, 1.0, ["alice", "bob"], FACE_TYPE)
+    ex = Exporter(tmp_path / "out", Swapper(IdentityNet(), 1, 256), info, 1,
+                  ExportSettings(crop_size=256, format="exr", composite=True), progress=False, digits=src.digits)
+    ex.run([frame])
+    layer, attrs = PL.read_plate_layer(tmp_path / "out/layers/face.1001.exr")
+    comp = PL.composite(fr.plate, [layer])
+    g = fr.plate[..., 0]
+    flat = cv2.erode(g, np.ones((5, 5), np.uint8)) == cv2.dilate(g, np.ones((5, 5), np.uint8))  # inside a band
+    inside = (layer[..., 3] >= 1.0) & flat
+    want = fr.plate[inside]
+    assert inside.sum() > 500 and set(np.unique(want)) == {np.float32(v) for v in BANDS}  # 0 to 16, all there
+    err = np.abs(comp[inside] - want)
+    rel = err / np.maximum(np.abs(want), 2**-14)
+    assert rel.max() <= 2**-10, rel.max()  # one half-float step (10 mantissa bits): the layer is half
+    print(f"round trip 0-16: max relative error {rel.max():.2e} (half step {2**-10:.2e})")
+    # The plate's own attributes and space come back on the layer.
+    assert attrs["smpte:TimeCode"] is not None and list(attrs["smpte:TimeCode"]) == [0x01000000, 0]
+    assert attrs["Camera"] == "A001" and attrs["colorspace"] == "ACEScg" and attrs["alpha"] == "premultiplied"
+    assert np.allclose(attrs["chromaticities"], PL.CHROMATICITIES["ACEScg"], atol=1e-6)
+    # The finished frame in the plate's space is the plate wherever the layer is transparent.
+    finished, _ = PL.read_plate_layer(tmp_path / "out/comp/comp.1001.exr")
+    clear = layer[..., 3] == 0
+    np.testing.assert_allclose(finished[..., :3][clear], fr.plate[clear], rtol=2**-10, atol=2**-24)
+
+
+def test_oiiotool_composites_our_layer_over_the_plate_as_we_do(tmp_path, clip):
+    import shutil
+    import subprocess
+
+    if shutil.which("oiiotool") is None:
+        pytest.skip("oiiotool is not installed (Debian package openimageio-tools; tools/install_apps.sh)")
+    from progressive_swap.core import align
+    from progressive_swap.export import plate_layers as PL
+    from progressive_swap.export.frames import FaceIn, FrameIn
+    from progressive_swap.export.pipeline import Exporter
+    from progressive_swap.export.settings import ExportSettings
+    from progressive_swap.export.swapper import CheckpointInfo, Swapper
+    from progressive_swap.footage.sources import open_source
+
+    r = clip[1]
+    plate = srgb_to_acescg(r.image)
+    plate[70:80, 70:90] = 12.0  # a highlight above 1.0 on the face
+    write_plate(tmp_path / "plate.1001.exr", plate, "half")
+    src = open_source(tmp_path / "plate.####.exr")
+    fr = next(src.frames())
+    m = align.alignment_matrix(r.landmarks, FACE_TYPE)
+    frame = FrameIn(fr.index, fr.time, fr.image, [FaceIn(m, 0, r.landmarks)], fr.plate, fr.info, src.colour)
+    info = CheckpointInfo("standin.ckpt", "0" * 64, ARCH, 256, 1.0, ["alice", "bob"], FACE_TYPE)
+    ex = Exporter(tmp_path / "out", Swapper(IdentityNet(), 1, 256), info, 1,
+                  ExportSettings(crop_size=256, format="exr", feather=0.02), progress=False, digits=src.digits)
+    ex.run([frame])
+    layer_path = tmp_path / "out/layers/face.1001.exr"
+    subprocess.run(["oiiotool", str(layer_path), str(tmp_path / "plate.1001.exr"), "--ch", "R,G,B,A=1.0", "--over",
+                    "-d", "float",
+                    "-o", str(tmp_path / "theirs.exr")], check=True, capture_output=True, timeout=60)
+    theirs, _ = PL.read_plate_layer(tmp_path / "theirs.exr")
+    layer, _ = PL.read_plate_layer(layer_path)
+    ours = PL.composite(fr.plate, [layer])
+    soft = (layer[..., 3] > 0.01) & (layer[..., 3] < 0.99)
+    assert soft.sum() > 100  # the feathered edge, where the two could disagree, is really there
+    err = np.abs(theirs[..., :3] - ours) / np.maximum(np.abs(ours), 2**-14)
+    print(f"oiiotool --over vs ours: max relative difference {err.max():.2e}")
+    assert err.max() <= 2**-10, err.max()

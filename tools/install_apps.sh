@@ -8,6 +8,7 @@ need=()
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 command -v blender >/dev/null || need+=(blender)  # the Blender tests composite layers in it (~55 s alone)
+command -v oiiotool >/dev/null || need+=(openimageio-tools)  # the plate tests composite our EXR layers with it
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq

@@ -223,6 +223,7 @@ def _export(argv: Sequence[str]) -> int:
         raise FileNotFoundError(f"input not found: {o.input!r}")
     if not _is_faceset(inp):  # footage: a pattern matching nothing or a folder without images is refused here
         footage_plates = open_plates(o.input, **plate_options(o))
+        check_plate_format(footage_plates, o.format)
         if o.comp == "blender":
             try:
                 blender_comp.plate_job(footage_plates.kind, footage_plates.path, footage_plates.files)
@@ -279,6 +280,7 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
         fset, footage = _footage_input(o, info, info.stage_res), o.input
     fs, plates_path, record_source, mask_name = _faceset_input(fset, footage, info, info.stage_res, mask_name)
     plates = open_plates(plates_path, **plate_options(o, fset, record_source))
+    check_plate_format(plates, o.format)
     check_previous(o.out, str(plates_path), plates.fingerprint())
     frames = F.faceset_frames(fs, plates, record_source, mask_name)
     footage, size, tracks, ftype = plates_path, fs.size, F.faceset_tracks(fs, record_source), fs.face_type
@@ -405,6 +407,13 @@ def plate_options(o, fset: Path | None = None, record_source: str = "") -> dict:
     given = {k: str(o[k]) for k in PLATE_KEYS}
     was = extraction_options(fset, record_source) if fset is not None else {}
     return {k: given[k] or str(was.get(k) or "") for k in PLATE_KEYS}
+
+
+def check_plate_format(plates, fmt: str) -> None:
+    """Scene-referred plates (EXR, DPX, float TIFF) get layers in their own space: EXR only."""
+    if plates.colour is not None and not plates.colour.identity and fmt != "exr":
+        raise UserError(f"{plates.path.name} is scene-referred ({plates.colour.plate}): its layers are written in "
+                        f"that space as EXR; use format=exr (docs/plates.md)")
 
 
 def plates_size(out: str | Path) -> tuple[int, int]:

@@ -50,12 +50,26 @@ class FaceIn:
 
 @dataclass
 class FrameIn:
-    """One footage frame and its faces."""
+    """One footage frame and its faces.
+
+    Attributes:
+        index: the frame's identity (video: decoding order; numbered sequence: the file's number).
+        time: seconds (NaN when unknown).
+        image: uint8 ``(H, W, 3)`` sRGB (the plate, or its display view for a float plate).
+        faces: the faces to swap.
+        plate: float32 ``(H, W, 3)`` plate values in its colour space (EXR, DPX, 16-bit/float
+            files), else None.
+        info: the plate file's windows and attributes.
+        colour: the plate's colour path (:class:`~progressive_swap.footage.colour.PlateColour`).
+    """
 
     index: int
     time: float
     image: np.ndarray
     faces: list[FaceIn] = field(default_factory=list)
+    plate: np.ndarray | None = None
+    info: object | None = None
+    colour: object | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -123,7 +137,7 @@ def faceset_frames(fs, footage: str | os.PathLike, source: str, mask_name: str |
             faces.append(FaceIn(matrix=np.asarray(mats[i], np.float64), track=int(tracks[i]),
                                 landmarks=np.asarray(lms[i], np.float64), crop=fs.image(i), face_id=ids[i],
                                 mask=fs.mask(i, mask_name, prefer_user=True) if mask_name else None))
-        yield FrameIn(index, t, image, faces)
+        yield FrameIn(index, t, image, faces, fr.plate, fr.info, plates.colour)
 
 
 def faceset_tracks(fs, source: str) -> list[int]:

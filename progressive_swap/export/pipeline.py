@@ -8,7 +8,8 @@ input frame (its plate, face records, crops and masks: the sidecar's ``input_key
 files that all still decode at the frame's size; every other frame is redone and counted
 (``redone``). A crash or a full disk never leaves a truncated file under a final name.
 
-Layout of ``out/`` (``NNNNNN`` is the footage's frame index, from 0)::
+Layout of ``out/`` (``NNNNNN`` is the footage's frame index, from 0, for video; a numbered image
+sequence's own frame numbers and padding, ``face.1001.exr`` for ``plate.1001.exr``)::
 
     export.json                      settings, checkpoint facts and (at the end) a summary
     layers/face.NNNNNN.png|exr       merged layer (layers=merged)
@@ -38,6 +39,7 @@ from progressive_swap.core import align
 from progressive_swap.core.io import atomic_write_json, check_writable_dir
 from progressive_swap.core.progress import DEFAULT_EVERY, Progress
 from progressive_swap.export import composite as C
+from progressive_swap.export import plate_layers as PL
 from progressive_swap.export import writers as W
 from progressive_swap.export.frames import FaceIn, FrameIn
 from progressive_swap.export.preview import ContactSheet, PreviewWriter
@@ -95,6 +97,8 @@ class Exporter:
         workers: threads that composite, encode and write frames (0: up to 4, one per core).
         input_fingerprint: what identifies the footage (recorded; see :func:`check_previous`).
         notes: more entries for ``export.json`` (e.g. ``identity_check``).
+        digits: zero padding of the frame numbers in file names (6 for video; a numbered
+            sequence's own, so ``plate.1001.exr`` gives ``face.1001.exr``).
     """
 
     def __init__(
@@ -116,6 +120,7 @@ class Exporter:
         workers: int = 0,
         input_fingerprint: dict | None = None,
         notes: dict | None = None,
+        digits: int = 6,
     ) -> None:
         self.out = check_writable_dir(out)
         self.notes = dict(notes or {})
@@ -127,6 +132,7 @@ class Exporter:
         self.fps, self.audio_from, self.total, self.progress = fps, audio_from, total, progress
         self.progress_every = progress_every
         self.input_fingerprint = input_fingerprint
+        self.digits = max(1, int(digits))
         self.ext = W.FORMATS[settings.format]
         self.workers = int(workers) if workers > 0 else max(1, min(4, os.cpu_count() or 1))
         px = settings.pixel_settings()
@@ -157,13 +163,17 @@ class Exporter:
 
     def layer_relpath(self, index: int, track: int | None = None) -> str:
         sub = "layers" if track is None else f"layers/{self._track_dir(track)}"
-        return f"{sub}/face.{index:06d}{self.ext}"
+        return f"{sub}/face.{self.number(index)}{self.ext}"
+
+    def number(self, index: int) -> str:
+        """A frame's number as file names spell it (``1001``; ``000012`` for video)."""
+        return f"{index:0{self.digits}d}"
 
     def comp_relpath(self, index: int) -> str:
-        return f"comp/comp.{index:06d}.png"
+        return f"comp/comp.{self.number(index)}.png"
 
     def sidecar_path(self, index: int) -> Path:
-        return self.out / "meta" / f"face.{index:06d}.json"
+        return self.out / "meta" / f"face.{self.number(index)}.json"
 
     @staticmethod
     def input_key(fr: FrameIn) -> str:
@@ -276,7 +286,10 @@ class Exporter:
                 preview.close()
                 sheet.save(self.out / "contact_sheet.png")
             if comp_video is not None:
-                comp_video.close()
+                if comp_video._video is None:  # scene-referred plates: finished frames are EXRs, no video
+                    comp_video.abort()
+                else:
+                    comp_video.close()
         except BaseException as e:
             # Let running writes finish (each is atomic), drop queued ones, then report.
             self._pool.shutdown(wait=True, cancel_futures=True)
@@ -299,6 +312,8 @@ class Exporter:
         return dict(self.stats)
 
     def _crop(self, fr: FrameIn, face: FaceIn) -> np.ndarray:
+        if fr.plate is not None and fr.colour is not None:  # a float plate: crop its values, no 8-bit step
+            return PL.crop_working(fr, face.matrix, self.s.crop_size)
         if face.crop is not None:
             return face.crop
         size = self.s.crop_size
@@ -372,7 +387,8 @@ class Exporter:
         for face, crop, rgb, mmask in zip(fr.faces, p.crops, p.rgb, p.mask):
             mask = self._face_mask(face, mmask)
             if s.color != "none":
-                rgb = C.color_match(rgb, crop.astype(np.float32) / 255.0, mask, s.color)
+                ref = crop if crop.dtype == np.float32 else crop.astype(np.float32) / np.iinfo(crop.dtype).max
+                rgb = C.color_match(rgb, ref, mask, s.color)
             sf = C.SwappedFace(rgb=rgb, mask=mask, matrix=face.matrix, track=face.track)
             swapped.append(sf)
             size = rgb.shape[0]
@@ -383,7 +399,7 @@ class Exporter:
                 "box": C.crop_bbox(face.matrix, fr.size),
             }
             if s.patches:
-                rel = f"patches/face.{fr.index:06d}.t{face.track}.png"
+                rel = f"patches/face.{self.number(fr.index)}.t{face.track}.png"
                 (self.out / "patches").mkdir(exist_ok=True)
                 a = C.refine_mask(mask, opts)
                 rgba = np.concatenate([rgb * (a > 0)[..., None], a[..., None]], -1)
@@ -395,6 +411,8 @@ class Exporter:
 
         files: dict[str, str] = {}
         merged = C.merged_layer(swapped, fr.size, opts)
+        if PL.scene_referred(fr):  # layers in the plate's colour space, on its windows (export/plate_layers.py)
+            return self._write_plate_frame(p, swapped, faces_meta, patches, merged)
         if s.layers == "merged":
             rel = self.layer_relpath(fr.index)
             W.write_layer(self.out / rel, merged, s.format, self.text, s.exr_window)
@@ -431,6 +449,40 @@ class Exporter:
             "faces": faces_meta,
         })
         return (merged if self.s.preview else None), len(swapped), comp
+
+    def _write_plate_frame(self, p: _Pending, swapped: list, faces_meta: list, patches: dict,
+                           merged: np.ndarray) -> tuple:
+        """:meth:`_write_frame` for a scene-referred plate: premultiplied EXR layers in the plate's
+        space, finished frames composited in that space (``comp/comp.N.exr``)."""
+        fr, s, opts = p.frame, self.s, self.s.mask_options
+        layers = {"merged": merged} if s.layers == "merged" else {
+            f"track{t}": C.merged_layer([f for f in swapped if f.track == t], fr.size, opts) for t in
+            sorted(set(self.tracks) | {f.track for f in swapped})}
+        files, written = {}, []
+        for key, layer in layers.items():
+            rel = self.layer_relpath(fr.index, None if key == "merged" else int(key[5:]))
+            (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
+            premult = PL.to_plate_layer(layer, fr)
+            PL.encode_plate_exr(self.out / rel, premult, fr, self.text)
+            files[key] = rel
+            written.append(premult)
+        extra = {}
+        if s.composite:
+            rel = f"comp/comp.{self.number(fr.index)}.exr"
+            opaque = np.concatenate([PL.composite(fr.plate, written), np.ones_like(fr.plate[..., :1])], -1)
+            PL.encode_plate_exr(self.out / rel, opaque, fr, self.comp_text)
+            extra["comp"] = rel
+        W.write_sidecar(self.sidecar_path(fr.index), {
+            "frame_index": fr.index, "time": fr.time if math.isfinite(fr.time) else None,
+            "frame_size": list(fr.size), "source": self.source, "identity": self.identity_name,
+            "fingerprint": self.fingerprint, "input_key": p.key, "format": "exr",
+            "conventions": {"alpha": "premultiplied", "colorspace": fr.colour.plate, "bit_depth": "half"},
+            "colour": fr.colour.as_dict(),
+            "plate": {"data_window": list(fr.info.data_window), "display_window": list(fr.info.display_window),
+                      "attributes": fr.info.attributes} if fr.info is not None else None,
+            "files": files, "patches": patches, **extra, "faces": faces_meta,
+        })
+        return (merged if s.preview else None), len(swapped), None
 
     def _read_back(self, index: int) -> np.ndarray:
         meta = self.is_done(index) or {}

@@ -182,6 +182,9 @@ def load_model(path: str | os.PathLike, device: str = "auto") -> tuple[CombAutoe
     return model.to(resolve_device(device)).eval(), info
 
 
+_CROP_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): 1.0}
+
+
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] == size:
         return x
@@ -231,16 +234,19 @@ class Swapper:
         """Swap aligned crops.
 
         Args:
-            crops: uint8 ``(B, S, S, 3)`` RGB.
+            crops: ``(B, S, S, 3)`` RGB: uint8, uint16 (16-bit crops) or float32 in [0, 1] (crops of a
+                float plate in its working space, ``export/plate_layers.py``).
 
         Returns:
             ``(rgb, mask)``: float32 ``(B, S, S, 3)`` and ``(B, S, S)``, both in [0, 1].
         """
         x = np.asarray(crops)
-        if x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] != x.shape[2] or x.dtype != np.uint8:
-            raise ValueError(f"crops must be uint8 (B, S, S, 3), got {x.dtype} {x.shape}")
+        if x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] != x.shape[2] or x.dtype not in _CROP_SCALE:
+            raise ValueError(f"crops must be uint8, uint16 or float32 (B, S, S, 3), got {x.dtype} {x.shape}")
         s = x.shape[1]
-        img = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, S, S)
+        scale = _CROP_SCALE[x.dtype]
+        img = torch.from_numpy(np.ascontiguousarray(x)).to(self.device).permute(0, 3, 1, 2).float()  # (B, 3, S, S)
+        img = img.div_(scale) if scale != 1.0 else img
         img = _resize(img, self.stage_res).clamp_(0, 1)  # (B, 3, r, r)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if self.mask_from == "model":

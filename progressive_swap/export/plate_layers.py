@@ -1,0 +1,163 @@
+"""Layers for scene-referred plates (EXR, float TIFF, DPX): cropped from the plate's own values,
+written back in the plate's colour space.
+
+The colour path (``footage/colour.py``): plate values → working space (ACEScct: 0 … 222 linear
+in [0, 1]) → aligned crop (float32, no 8-bit step) → the network → un-warped layer in the
+working space → plate space → a half-float EXR, premultiplied, with the plate's data and display
+windows, its own attributes (timecode, frame rate, pixel aspect, …) and ``chromaticities``.
+
+Convention: layers here are float32 ``(H, W, 4)`` over the plate's data window, colour in the
+named space, alpha straight until :func:`encode_plate_exr` premultiplies it; compositing is
+``layer + plate * (1 - a)`` on premultiplied values in the plate space, as a compositor's *over*.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from progressive_swap.core import align
+from progressive_swap.core.io import atomic_path
+from progressive_swap.export.writers import alpha_box
+from progressive_swap.footage.plates import oiio
+
+# CIE xy of red, green, blue and white (OpenEXR's chromaticities), for the spaces whose EXRs carry them.
+CHROMATICITIES = {
+    "ACEScg": (0.713, 0.293, 0.165, 0.830, 0.128, 0.044, 0.32168, 0.33767),
+    "ACES2065-1": (0.7347, 0.2653, 0.0, 1.0, 0.0001, -0.077, 0.32168, 0.33767),
+    "Linear Rec.709 (sRGB)": (0.64, 0.33, 0.30, 0.60, 0.15, 0.06, 0.3127, 0.3290),
+    "Linear Rec.2020": (0.708, 0.292, 0.170, 0.797, 0.131, 0.046, 0.3127, 0.3290),
+    "Linear P3-D65": (0.680, 0.320, 0.265, 0.690, 0.150, 0.060, 0.3127, 0.3290),
+}
+_NOT_COPIED = ("chromaticities", "oiio:ColorSpace", "compression", "PixelAspectRatio", "name")
+
+
+def scene_referred(frame) -> bool:
+    """Whether a frame's layers take the plate path (a float plate in a space other than the working one)."""
+    return getattr(frame, "plate", None) is not None and frame.colour is not None and not frame.colour.identity
+
+
+def working_plate(frame) -> np.ndarray:
+    """The frame's plate in the working space, float32 ``(H, W, 3)`` (cached on the frame)."""
+    cached = getattr(frame, "_working", None)
+    if cached is None:
+        cached = frame.colour.to_working(frame.plate)
+        frame._working = cached
+    return cached
+
+
+def crop_working(frame, matrix: np.ndarray, size: int) -> np.ndarray:
+    """An aligned crop of the plate in the working space, float32 ``(S, S, 3)`` in [0, 1].
+
+    Same geometry as :func:`progressive_swap.core.align.warp_to_crop` (cubic where the crop
+    enlarges the face); values outside [0, 1] (linear above 222) are clipped, as the network's
+    input range.
+    """
+    up = align.matrix_scale(align.crop_matrix(matrix, size)) >= 1.0
+    crop = align.warp_to_crop(working_plate(frame), matrix, size, cv2.INTER_CUBIC if up else cv2.INTER_LINEAR)
+    return np.clip(crop, 0.0, 1.0).astype(np.float32)
+
+
+def to_plate_layer(layer: np.ndarray, frame) -> np.ndarray:
+    """Straight-alpha working-space layer ``(H, W, 4)`` → premultiplied plate-space layer (float32)."""
+    out = np.zeros_like(layer, dtype=np.float32)
+    box = alpha_box(layer[..., 3])
+    a = layer[box][..., 3:4]
+    col = frame.colour.to_plate(layer[box][..., :3])
+    out[box] = np.concatenate([col * a, a], -1)
+    return out
+
+
+def composite(plate: np.ndarray, layers: list[np.ndarray]) -> np.ndarray:
+    """Premultiplied plate-space layers over the plate, the first at the bottom: ``L + P (1 - a)``."""
+    out = np.array(plate, np.float32, copy=True)
+    for layer in layers:
+        a = layer[..., 3:4]
+        out = layer[..., :3] + out * (1.0 - a)
+    return out
+
+
+def _attributes(info) -> dict:
+    return {k: v for k, v in (info.attributes if info is not None else {}).items() if k not in _NOT_COPIED}
+
+
+def encode_plate_exr(path: str | os.PathLike, layer: np.ndarray, frame, text: dict[str, str]) -> Path:
+    """Write a premultiplied plate-space layer as a half-float EXR (ZIP), atomically.
+
+    The data and display windows are the plate's (an overscan plate keeps both), its own
+    attributes are copied (timecode, frame rate, pixel aspect, ...), ``chromaticities`` names the
+    plate space's primaries where known, ``oiio:ColorSpace`` and ``colorspace`` name it, and
+    ``text`` adds this project's provenance.
+
+    Args:
+        path: the ``.exr`` to write.
+        layer: float32 ``(H, W, 4)`` premultiplied RGBA over the plate's data window.
+        frame: the :class:`~progressive_swap.export.frames.FrameIn` (plate info and colour).
+        text: string attributes (:func:`~progressive_swap.export.writers.file_metadata`).
+    """
+    lib = oiio()
+    path = Path(path)
+    h, w = layer.shape[:2]
+    info, space = frame.info, frame.colour.plate
+    spec = lib.ImageSpec(w, h, 4, "half")
+    spec.channelnames = ("R", "G", "B", "A")
+    spec.alpha_channel = 3
+    if info is not None:
+        spec.x, spec.y = info.data_window[:2]
+        spec.full_x, spec.full_y, spec.full_width, spec.full_height = info.display_window
+    for k, v in _attributes(info).items():
+        _set(spec, lib, k, v)
+    if info is not None and "PixelAspectRatio" in info.attributes:
+        spec.attribute("PixelAspectRatio", float(info.attributes["PixelAspectRatio"]))
+    chroma = CHROMATICITIES.get(space)
+    if chroma is not None:
+        spec.attribute("chromaticities", lib.TypeDesc("float[8]"), chroma)
+    spec.attribute("compression", "zip")
+    spec.attribute("oiio:ColorSpace", space)
+    for k, v in {**text, "colorspace": space, "alpha": "premultiplied"}.items():
+        spec.attribute(k, str(v))
+    px = np.ascontiguousarray(layer.astype(np.float32))
+    with atomic_path(path, suffix=".exr") as tmp:  # the suffix picks OpenImageIO's EXR writer
+        out = lib.ImageOutput.create(str(tmp))
+        if out is None or not out.open(str(tmp), spec):
+            raise OSError(f"cannot write {path.name}: {lib.geterror() or (out and out.geterror())}")
+        ok = out.write_image(px)
+        err = out.geterror()
+        out.close()
+        if not ok:
+            raise OSError(f"cannot write {path.name}: {err}")
+    return path
+
+
+def _set(spec, lib, key: str, value) -> None:
+    """Copy one plate attribute (JSON-friendly value) onto a layer's spec, keeping its type where it matters."""
+    if key == "smpte:TimeCode" and isinstance(value, list):
+        spec.attribute(key, lib.TypeDesc("timecode"), [int(v) for v in value])
+    elif key in ("FramesPerSecond",) and isinstance(value, list):
+        spec.attribute(key, lib.TypeDesc("rational"), [int(v) for v in value])
+    elif isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        spec.attribute(key, value)
+    elif isinstance(value, list) and value and all(isinstance(v, float) for v in value):
+        spec.attribute(key, lib.TypeDesc(f"float[{len(value)}]"), value)
+    elif isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        spec.attribute(key, lib.TypeDesc(f"int[{len(value)}]"), value)
+    else:
+        spec.attribute(key, json.dumps(value))
+
+
+def read_plate_layer(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """A layer written by :func:`encode_plate_exr`: premultiplied RGBA float32 over its data window,
+    and its attributes."""
+    lib = oiio()
+    buf = lib.ImageBuf(str(path))
+    if buf.has_error:
+        raise ValueError(f"cannot read layer {str(path)!r}: {buf.geterror()}")
+    spec = buf.spec()
+    px = np.asarray(buf.get_pixels(lib.FLOAT), np.float32).reshape(spec.height, spec.width, spec.nchannels)
+    attrs = {a.name: a.value for a in spec.extra_attribs}
+    attrs["dataWindow"] = (spec.x, spec.y, spec.width, spec.height)
+    attrs["displayWindow"] = (spec.full_x, spec.full_y, spec.full_width, spec.full_height)
+    return px, attrs
