@@ -15,8 +15,10 @@ from hydra.utils import instantiate
 
 from progressive_swap.cli import train as train_cli
 from progressive_swap.cli.config import compose, precision_for_capability
+from progressive_swap.core.weights import save_weights
 from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 from progressive_swap.model.blocks import Core, DecoderBlock, EncoderBlock, downsample2x, upsample2x
+from progressive_swap.train.warmstart import warm_start
 
 # Stages 8 -> 16 -> 32, bottleneck 4x4, a 2x2 core of width 12; light blocks from 16 px out.
 TINY = dict(final_res=32, start_res=8, latent_res=4, latent_channels=8, channel_base=128, channel_max=16,
@@ -200,3 +202,24 @@ def test_the_gpu_check_runs_at_toy_sizes_on_the_cpu(tmp_path):
         assert d["quality"]["images_trained"] > 0
         assert d["smoke"]["fsdp"]["last_line"] == "skipped: needs a GPU"
     assert (tmp_path / "work" / "comb" / "train" / "model.safetensors").exists()
+
+
+def test_a_lean_checkpoint_warm_starts_a_cored_network_as_the_same_function(tmp_path):
+    """What carries over from a checkpoint without cores: every weight; the cores are new and start
+    as the identity, so the warm-started network computes exactly what the old one did. With light
+    blocks, the convolutions a light block drops are skipped and the rest loads."""
+    torch.manual_seed(0)
+    lean = CombAutoencoder(CombArch(2, **TINY))
+    save_weights(lean, tmp_path / "lean.safetensors", {"arch": lean.arch_args()})
+    cores = {k: CORED[k] for k in ("core_channels", "core_blocks", "encoder_core_blocks")}
+    cored = CombAutoencoder(CombArch(2, **TINY, **cores))
+    result = warm_start(cored, tmp_path / "lean.safetensors")
+    assert result["skipped"] == [] and result["new"] and all(".core." in n for n in result["new"])
+    img = torch.rand(2, 3, 32, 32)
+    for a, b in zip(lean(img, 1, 32, 0.5), cored(img, 1, 32, 0.5)):
+        assert torch.equal(a, b)
+    light = CombAutoencoder(CombArch(2, **CORED))
+    result = warm_start(light, tmp_path / "lean.safetensors")
+    assert sorted(result["skipped"]) == sorted(
+        f"{stack}.blocks.b{r}.{conv}.{p}" for r in (16, 32) for p in ("weight", "bias")
+        for stack, conv in (("encoder", "conv1"), ("decoders.0", "conv2"), ("decoders.1", "conv2")))
