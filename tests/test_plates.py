@@ -16,6 +16,7 @@ import torch
 from conftest import write_tiny_weights
 
 from progressive_swap.cli import export as export_cli
+from progressive_swap.cli import extract as extract_cli
 from progressive_swap.phantom.renderer import render, sample_identity, sample_trajectory
 
 FACE_TYPE = "whole"
@@ -314,3 +315,30 @@ def test_oiiotool_composites_our_layer_over_the_plate_as_we_do(tmp_path, clip):
     err = np.abs(theirs[..., :3] - ours) / np.maximum(np.abs(ours), 2**-14)
     print(f"oiiotool --over vs ours: max relative difference {err.max():.2e}")
     assert err.max() <= 2**-10, err.max()
+
+
+# ------------------------------------------------------------------------- which detector ran
+
+
+def test_the_first_line_names_the_detector_and_dlibs_licence(tmp_path, clip, ckpt, capsys, monkeypatch):
+    from progressive_swap.extract import options as O
+
+    seq = tmp_path / "plates"
+    seq.mkdir()
+    for i, r in enumerate(clip):
+        cv2.imwrite(str(seq / f"plate.{i:04d}.png"), r.image[..., ::-1])
+    truth = write_truth(tmp_path / "truth.json", clip, range(N))
+    assert export(ckpt, seq, tmp_path / "out", "landmarks=given", f"landmarks_file={truth}") == 0
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("swap-export: ") and first.endswith(f"  landmarks: given in {truth} (no detector)"), first
+    assert extract_cli.main([f"input={seq}", f"out={tmp_path / 'set'}", "size=32", "landmarks=given",
+                             f"landmarks_file={truth}", "progress=false"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"swap-extract: landmarks: given in {truth} (no detector)", out
+    monkeypatch.setattr(O, "checkpoint_dir", lambda: tmp_path / "no-weights")  # auto: FAN's weights absent
+    monkeypatch.setattr(O, "dlib_available", lambda: True)
+    lines = O.detector_lines(O.ExtractOptions(input="x", out="y"))
+    assert lines[0].startswith("detector: dlib") and "(detector=auto)" in lines[0]
+    assert "excludes commercial use" in lines[1]
+    assert O.detector_lines(O.ExtractOptions(input="x", out="y", detector="fan")) == [
+        "detector: face-alignment (S3FD boxes + 2D-FAN landmarks)"]

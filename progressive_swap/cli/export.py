@@ -44,6 +44,7 @@ from progressive_swap.export.frames import open_plates
 from progressive_swap.export.pipeline import Exporter
 from progressive_swap.export.settings import ExportSettings, check_previous
 from progressive_swap.export.swapper import MODEL_MASKS, Swapper, load_model
+from progressive_swap.extract.options import detector_lines
 from progressive_swap.extract.pipeline import (
     ExtractOptions,
     extract,
@@ -152,10 +153,11 @@ def _faceset_input(path: Path, footage: str, info, stage_res: int, mask_name: st
 
 
 def _footage_input(o, info, stage_res: int):
-    """Extract the footage into ``out/faces`` (the extractor resumes it), then use that set."""
-    fset = Path(o.out) / "faces"
-    extract(_extract_options(o, info, stage_res))
-    return fset
+    """Extract the footage into ``out/faces`` (the extractor resumes it); returns that set and the
+    lines naming the detector (:func:`~progressive_swap.extract.options.detector_lines`)."""
+    opt = _extract_options(o, info, stage_res)
+    extract(opt)
+    return Path(o.out) / "faces", detector_lines(opt)  # which detector ran: said in the first line
 
 
 def _extract_options(o, info, stage_res: int) -> ExtractOptions:
@@ -276,8 +278,9 @@ def _export(argv: Sequence[str]) -> int:
 
 def _export_locked(o, console, info, model, identity, from_identity, assumed, settings_kw, fset, footage, mask_name):
     """The export proper, with ``out`` locked."""
+    detector = []
     if not _is_faceset(fset):
-        fset, footage = _footage_input(o, info, info.stage_res), o.input
+        (fset, detector), footage = _footage_input(o, info, info.stage_res), o.input
     fs, plates_path, record_source, mask_name = _faceset_input(fset, footage, info, info.stage_res, mask_name)
     plates = open_plates(plates_path, **plate_options(o, fset, record_source))
     check_plate_format(plates, o.format)
@@ -324,9 +327,12 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
         whose += " (reconstruction)" if assumed == identity else ""
     console.print(
         f"swap-export: {footage} -> {o.out}  identity={info.identities[identity]}{whose}  mask={settings.mask}  "
-        f"model {info.stage_res} px ({ftype})  crop {size} px  {o.format}  on {device}",
+        f"model {info.stage_res} px ({ftype})  crop {size} px  {o.format}  on {device}"
+        + "".join(f"  {line}" for line in detector[:1]),
         soft_wrap=True,
     )
+    for line in detector[1:]:  # dlib's licence note
+        console.print(f"{PROG}: {line}", soft_wrap=True, highlight=False, markup=False)
     exporter = Exporter(
         o.out,
         swap,

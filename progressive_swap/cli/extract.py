@@ -20,6 +20,7 @@ from typing import Sequence
 from omegaconf import OmegaConf
 
 from progressive_swap.cli.common import EXIT_INCOMPLETE, parse_overrides, run_cli, split_deprecated, usage
+from progressive_swap.extract.options import detector_lines
 from progressive_swap.extract.pipeline import ExtractOptions, extract, format_summary
 
 PROG = "swap-extract"
@@ -38,7 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = split_deprecated(args, "boxes", "given", "boxes_file", PROG)
         cfg = parse_overrides(args, ExtractOptions(), PROG)
         opt = ExtractOptions(**OmegaConf.to_container(cfg))  # type: ignore[arg-type]
+        lines = detector_lines(opt)  # which detector runs (auto would fall back to dlib silently otherwise)
+        if not as_json:  # first on stdout; stderr stays for the one-line errors
+            print("\n".join(f"{PROG}: {line}" for line in lines), flush=True)
         summary = extract(opt)
+        summary["detector"] = lines
         if as_json:
             print(json.dumps(summary, indent=1))
         else:

@@ -172,3 +172,22 @@ def resolve_detector(opt: ExtractOptions) -> str:
     if all((checkpoint_dir() / n).is_file() for n in names):
         return "fan"
     return "dlib" if dlib_available() else "fan"
+
+
+DLIB_LICENCE = ("dlib's 68-point landmark model was trained on iBUG 300-W, whose licence excludes commercial use "
+                "without clearance (docs/extract.md, 'Licence note')")
+
+
+def detector_lines(opt: ExtractOptions) -> list[str]:
+    """What finds the faces, as the commands' first line, and the dlib model's licence note where it is used."""
+    if opt.landmarks == "given":
+        return [f"landmarks: given in {opt.landmarks_file} (no detector)"]
+    det = resolve_detector(opt)
+    how = {"fan": "face-alignment (S3FD boxes + 2D-FAN landmarks)", "dlib": "dlib (HOG boxes, CNN fallback, "
+           "68-point predictor)", "dlib_cnn": "dlib (MMOD CNN boxes, 68-point predictor)"}[det]
+    auto = " (detector=auto)" if opt.detector == "auto" else ""
+    boxes = f"; boxes given in {opt.boxes_file}" if opt.boxes == "given" else ""
+    lines = [f"detector: {how}{auto}{boxes}"]
+    if det.startswith("dlib"):
+        lines.append(f"note: {DLIB_LICENCE}")
+    return lines
