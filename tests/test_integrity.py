@@ -290,11 +290,8 @@ def test_a_short_fuzz_run_loses_nothing_and_never_answers_with_a_traceback():
     fuzz = import_tool("fuzz_faceset")
     summary = fuzz.run(100, seed=0)
     assert summary["cases"] == 100 and summary["by_target"]["faceset"] > 50
-    # Non-finite weights loading silently is the checkpoint reader's item of issue #25; here a
-    # checkpoint must at least never answer with a traceback or several lines.
-    bad = [f for f in summary["failures"] if f["target"] != "checkpoint"
-           or any("traceback" in p or "multiline" in p for p in f["problems"])]
-    assert not bad, bad
+    assert not summary["failures"], summary["failures"]
+    assert summary["by_target"]["checkpoint"] > 5
     assert summary["by_outcome"].get("repaired", 0) > 20 and summary["by_command"]["repair"]["ok"] > 20
 
 

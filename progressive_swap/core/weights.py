@@ -67,7 +67,9 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if not path.is_file():
             raise FileNotFoundError(f"weights not found: {path}")
         try:
-            return load_file(str(path))
+            return finite_weights(load_file(str(path)), path)
+        except ValueError:
+            raise
         except Exception as e:  # safetensors raises its own error types
             raise ValueError(f"cannot read safetensors file {path}: {str(e).splitlines()[0]}") from None
     obj = safe_load(path)
@@ -77,7 +79,17 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} holds no state dict of tensors")
     if all(k.startswith("model.") for k in obj):
         obj = {k[len("model."):]: v for k, v in obj.items()}
-    return obj
+    return finite_weights(obj, path)
+
+
+def finite_weights(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """``state``, unless a floating-point tensor holds NaN or infinity (damaged or diverged
+    weights would export a broken face or poison a warm start): then one line naming it."""
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{path}: weight {name} holds NaN or infinite values (a damaged file or a "
+                             f"diverged run); use an earlier checkpoint")
+    return state
 
 
 def save_weights(

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from progressive_swap.core.weights import finite_weights
 from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 from progressive_swap.train.checkpoint import CKPT_KEY, check_identity_colour, safe_load
 
@@ -144,6 +145,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[CheckpointInfo, dict[str, 
         state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     arch, stage_res, alpha, names, ftype = _meta(meta, path)
     check_identity_colour(state.get("identity_colour"), path, names)
+    finite_weights(state, Path(path))
     info = CheckpointInfo(str(path), sha256_file(path), arch, stage_res, alpha, names, ftype,
                           {k: meta[k] for k in ("batches_done", "images_seen", "identity_fit") if k in meta})
     return info, state
