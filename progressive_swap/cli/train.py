@@ -210,6 +210,7 @@ def train(cfg: DictConfig) -> int:
         cfg.module,
         identity_names=info["identities"],
         face_type=info["face_type"],
+        crop_space=info.get("crop_space", "srgb"),
         freeze_encoder_steps=int(cfg.freeze_steps) if cfg.freeze == "encoder" else 0,
     )
     if cfg.find_batch:

@@ -159,7 +159,8 @@ def export_metadata(info: CheckpointInfo, identity: int, source: int | None, fmt
     Returns:
         Keys ``resolution``, ``face_type``, ``identities`` (JSON list), ``identity``,
         ``from_identity`` (``none`` for someone unknown), ``alpha``, ``format``, ``layout``,
-        ``channels``, ``mask``, ``software`` and ``checkpoint_sha256``.
+        ``channels``, ``value_range``, ``crop_space`` (what the network's values mean: ``srgb``, or
+        ``acescct`` for a model of ACEScct face sets), ``mask``, ``software`` and ``checkpoint_sha256``.
     """
     layout = {"dfm": "NHWC", "onnx": "NCHW", "torchscript": "NCHW"}[fmt]
     mask = "source" if source is not None else "model"
@@ -173,7 +174,8 @@ def export_metadata(info: CheckpointInfo, identity: int, source: int | None, fmt
         "format": fmt,
         "layout": layout,
         "channels": "BGR" if fmt == "dfm" else ("RGB in, RGBA out" if fmt == "torchscript" else "RGB"),
-        "value_range": "float32 [0, 1], sRGB",
+        "value_range": "float32 [0, 1], " + ("ACEScct" if info.crop_space == "acescct" else "sRGB"),
+        "crop_space": info.crop_space,
         "mask": mask,
         "morph_value": "true" if morph else "false",
         "software": software_version(),

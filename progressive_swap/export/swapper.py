@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from progressive_swap.core.weights import finite_weights
+from progressive_swap.faceset.format import CROP_SPACES
 from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 from progressive_swap.train.checkpoint import CKPT_KEY, check_identity_colour, safe_load
 
@@ -52,6 +53,9 @@ class CheckpointInfo:
         alpha: fade weight of that stage.
         identities: a name per decoder.
         face_type: crop coverage the model was trained on (None if unknown).
+        crop_space: what its training crops' values meant, from its face sets' ``crop_space``:
+            ``srgb`` (also for checkpoints written before it was recorded) or ``acescct``.
+            Export feeds it crops in that space (``docs/plates.md``).
     """
 
     path: str
@@ -62,6 +66,7 @@ class CheckpointInfo:
     identities: list[str]
     face_type: str | None
     extra: dict[str, Any] = field(default_factory=dict)
+    crop_space: str = "srgb"
 
     def identity_index(self, name: str | int) -> int:
         """Decoder index of an identity given by name, or by index (``"1"`` or ``1``).
@@ -146,8 +151,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[CheckpointInfo, dict[str, 
     arch, stage_res, alpha, names, ftype = _meta(meta, path)
     check_identity_colour(state.get("identity_colour"), path, names)
     finite_weights(state, Path(path))
+    space = meta.get("crop_space") or "srgb"  # absent: trained before it was recorded, on sRGB crops
+    if space not in CROP_SPACES:
+        raise ValueError(f"{path}: unknown crop_space {space!r} (known: {', '.join(CROP_SPACES)})")
     info = CheckpointInfo(str(path), sha256_file(path), arch, stage_res, alpha, names, ftype,
-                          {k: meta[k] for k in ("batches_done", "images_seen", "identity_fit") if k in meta})
+                          {k: meta[k] for k in ("batches_done", "images_seen", "identity_fit") if k in meta}, space)
     return info, state
 
 

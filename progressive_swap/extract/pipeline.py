@@ -516,6 +516,7 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
                     return faceset.create(
                         out,
                         face_type=opt.face_type,
+                        crop_space="srgb",  # 8-bit crops of the footage, or of a float plate's sRGB view
                         size=opt.size,
                         image_format=opt.image_format,
                         identity=opt.identity or None,

@@ -37,7 +37,7 @@ from progressive_swap.core import align
 from progressive_swap.core.io import fsync_dir
 from progressive_swap.core.pose import head_poses
 from progressive_swap.faceset import index as fx
-from progressive_swap.faceset.format import HEADER_NAME, INDEX_DIR
+from progressive_swap.faceset.format import HEADER_NAME, INDEX_DIR, crop_space_of
 from progressive_swap.faceset.writer import FaceSetWriter, concat_shards, link_or_copy
 
 SORT_KEYS: tuple[str, ...] = ("blur", "yaw", "pitch", "size")
@@ -204,7 +204,7 @@ def _write_reordered_copy(fs: F.FaceSet, order: np.ndarray, out: Path) -> None:
     h = fs.header
     with F.create(out, face_type=h["face_type"], size=h["size"], image_format=h["image_format"],
                   jpeg_quality=h.get("jpeg_quality", 95), png_compression=h.get("png_compression", 1),
-                  identity=h.get("identity")) as w:
+                  identity=h.get("identity"), crop_space=crop_space_of(h)) as w:
         F.link_face_files(fs, w, fs.ids)
         live, _ = fx.scan_shards(fs.root / INDEX_DIR)
         if live:
@@ -289,15 +289,17 @@ def move_faces(src: str | os.PathLike, ids: Sequence[str], dst: str | os.PathLik
         h = fs.header
         if (dst / HEADER_NAME).exists():
             wd = FaceSetWriter(dst)
-            for key in ("face_type", "size", "image_format"):
-                if wd.header[key] != h[key]:
+            for key in ("face_type", "size", "image_format", "crop_space"):
+                theirs, mine = ((crop_space_of(x) if key == "crop_space" else x[key]) for x in (wd.header, h))
+                if theirs != mine:
                     wd.close(compact=False)
-                    raise F.FaceSetError(f"cannot move faces into {str(dst)!r}: {key}={wd.header[key]!r}, "
-                                         f"but {str(src)!r} has {h[key]!r}")
+                    raise F.FaceSetError(f"cannot move faces into {str(dst)!r}: {key}={theirs!r}, "
+                                         f"but {str(src)!r} has {mine!r}")
         else:
             wd = F.create(dst, face_type=h["face_type"], size=h["size"], image_format=h["image_format"],
                           jpeg_quality=h.get("jpeg_quality", 95), png_compression=h.get("png_compression", 1),
-                          identity=h.get("identity") if identity is None else identity)
+                          identity=h.get("identity") if identity is None else identity,
+                          crop_space=crop_space_of(h))
         with wd:
             clash = [i for i in ids if i in wd]
             if clash:

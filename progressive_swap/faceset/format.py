@@ -39,6 +39,26 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MASK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
 TMP_SUFFIX = ".tmp"
 
+CROP_SPACES = ("srgb", "acescct")
+"""What the stored crops' values mean (header ``crop_space``; absent in older sets: ``srgb``).
+``srgb``: 8-bit sRGB-encoded pictures: the footage itself for 8-bit footage, the plate's sRGB
+view (``footage/colour.py``) for scene-referred plates. ``acescct``: crops in ACEScct, reserved
+for face sets that store the plates' working space (none are written yet). A model trained on a
+set is fed crops in its space at export (``docs/plates.md``)."""
+DEFAULT_CROP_SPACE = "srgb"
+
+
+def crop_space_of(header: dict[str, Any]) -> str:
+    """The header's ``crop_space`` (:data:`DEFAULT_CROP_SPACE` when a set predates it)."""
+    return header.get("crop_space") or DEFAULT_CROP_SPACE
+
+
+def check_crop_space(value: Any) -> str:
+    """``value`` if it names a crop space (:data:`CROP_SPACES`); one-line ``ValueError`` otherwise."""
+    if value not in CROP_SPACES:
+        raise ValueError(f"crop_space must be one of {', '.join(CROP_SPACES)}, got {value!r}")
+    return value
+
 
 def software_version() -> str:
     """``"progressive_swap <version>"`` for the ``created_by`` header field."""
@@ -140,9 +160,11 @@ def check_mask_name(name: str) -> str:
 
 
 def make_header(face_type: str, size: int, image_format: str, jpeg_quality: int,
-                png_compression: int, identity: str | None) -> dict[str, Any]:
+                png_compression: int, identity: str | None,
+                crop_space: str = DEFAULT_CROP_SPACE) -> dict[str, Any]:
     """Validate creation options and build the ``faceset.json`` dict."""
     _face_type(face_type)
+    check_crop_space(crop_space)
     if not isinstance(size, int) or isinstance(size, bool) or size % 16 or not 16 <= size <= MAX_SIZE:
         raise ValueError(f"size must be a multiple of 16 in [16, {MAX_SIZE}], got {size!r}")
     fmt = {"jpeg": "jpg"}.get(str(image_format).lower(), str(image_format).lower())
@@ -158,6 +180,7 @@ def make_header(face_type: str, size: int, image_format: str, jpeg_quality: int,
         "kind": KIND,
         "format_version": FORMAT_VERSION,
         "face_type": face_type,
+        "crop_space": crop_space,
         "size": size,
         "image_format": fmt,
         "jpeg_quality": int(jpeg_quality),
@@ -206,7 +229,7 @@ def read_header(root: Path) -> dict[str, Any]:
     try:
         make_header(header["face_type"], header["size"], header["image_format"],
                     header.get("jpeg_quality", 95), header.get("png_compression", 1),
-                    header.get("identity"))
+                    header.get("identity"), crop_space_of(header))
     except KeyError as e:
         raise FaceSetError(f"corrupt face set header {str(path)!r}: missing {e.args[0]!r}; "
                            f"run swap-faceset repair {root}") from None

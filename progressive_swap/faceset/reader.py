@@ -24,6 +24,7 @@ from progressive_swap.faceset.format import (
     FaceRecord,
     FaceSetError,
     check_mask_name,
+    crop_space_of,
     decode_image,
     decode_mask,
     encode_mask,
@@ -147,6 +148,12 @@ class FaceSet:
     @property
     def face_type(self) -> str:
         return self.header["face_type"]
+
+    @property
+    def crop_space(self) -> str:
+        """What the crops' values mean: ``srgb`` (8-bit sRGB pictures; sets without the field) or
+        ``acescct`` (:data:`~progressive_swap.faceset.format.CROP_SPACES`)."""
+        return crop_space_of(self.header)
 
     @property
     def size(self) -> int:
@@ -417,9 +424,10 @@ def merge(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, threads
         raise ValueError("merge needs at least one face set")
     first = sets[0]
     for s in sets[1:]:
-        for key in ("face_type", "size", "image_format"):
-            if s.header[key] != first.header[key]:
-                raise FaceSetError(f"cannot merge {str(s.root)!r}: {key}={s.header[key]!r}, not {first.header[key]!r}")
+        for key in ("face_type", "size", "image_format", "crop_space"):
+            mine, theirs = ((crop_space_of(x.header) if key == "crop_space" else x.header[key]) for x in (s, first))
+            if mine != theirs:
+                raise FaceSetError(f"cannot merge {str(s.root)!r}: {key}={mine!r}, not {theirs!r}")
     seen: set[str] = set()
     for s in sets:
         dup = seen.intersection(s._ids)
@@ -429,7 +437,7 @@ def merge(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, threads
     h = first.header
     with create(out, face_type=h["face_type"], size=h["size"], image_format=h["image_format"],
                 jpeg_quality=h.get("jpeg_quality", 95), png_compression=h.get("png_compression", 1),
-                identity=h.get("identity"), threads=threads) as w:
+                identity=h.get("identity"), threads=threads, crop_space=crop_space_of(h)) as w:
         for s in sets:
             link_face_files(s, w, s._ids)
             parts = [fx.read_all(p) for p, _, _ in s._shards]

@@ -27,6 +27,7 @@ import progressive_swap.faceset.index as fx
 import progressive_swap.faceset.verify as vf
 from progressive_swap.core.io import check_writable_dir, fsync_dir
 from progressive_swap.faceset.format import (
+    DEFAULT_CROP_SPACE,
     HEADER_NAME,
     IMAGE_DIR,
     INDEX_DIR,
@@ -38,6 +39,7 @@ from progressive_swap.faceset.format import (
     check_image,
     check_mask_name,
     check_record,
+    crop_space_of,
     encode_image,
     encode_mask,
     image_path,
@@ -448,6 +450,7 @@ def create(
     exist_ok: bool = False,
     threads: int = 4,
     durable: bool = True,
+    crop_space: str = DEFAULT_CROP_SPACE,
 ) -> FaceSetWriter:
     """Create a face set and return a writer for it.
 
@@ -462,14 +465,16 @@ def create(
         exist_ok: if a set exists at ``path``, check it matches and resume appending to it.
         threads: image encoding threads per batch.
         durable: fsync each file as it is written (see :class:`FaceSetWriter`).
+        crop_space: what the crops' values mean (:data:`~progressive_swap.faceset.format.CROP_SPACES`).
     """
-    header = make_header(face_type, size, image_format, jpeg_quality, png_compression, identity)
+    header = make_header(face_type, size, image_format, jpeg_quality, png_compression, identity, crop_space)
     root = Path(path)
     if (root / HEADER_NAME).exists():
         if not exist_ok:
             raise FaceSetError(f"face set {str(root)!r} already exists (append with open_writer)")
         old = read_header(root)
-        for key in ("face_type", "size", "image_format"):
+        old = {**old, "crop_space": crop_space_of(old)}
+        for key in ("face_type", "size", "image_format", "crop_space"):
             if old[key] != header[key]:
                 raise FaceSetError(f"face set {str(root)!r} has {key}={old[key]!r}, not {header[key]!r}")
         return FaceSetWriter(root, threads=threads, durable=durable)

@@ -251,6 +251,7 @@ class FinalWeights(pl.Callback):
         meta = {
             "arch": module.model.arch_args(),
             "face_type": module.face_type,
+            "crop_space": getattr(module, "crop_space", "srgb"),
             "identities": module.identity_names,
             "stage_res": module.stage_res,
             "alpha": module.alpha,

@@ -87,11 +87,18 @@ def check_facesets(paths: Sequence[str | os.PathLike], min_size: int, mask: str 
         raise ValueError(
             f"face sets have different face types: {', '.join(f'{p}={s.face_type}' for p, s in zip(paths, sets))}"
         )
+    spaces = {s.crop_space for s in sets}
+    if len(spaces) > 1:  # the network would learn two meanings of the same values
+        raise ValueError(
+            "face sets have different crop spaces (what their crops' values mean), one model learns one: "
+            + ", ".join(f"{p}={s.crop_space}" for p, s in zip(paths, sets))
+        )
     names = [s.identities[0] if len(s.identities) == 1 else Path(p).name for p, s in zip(paths, sets)]
     if len(set(names)) < len(names):  # labels must tell the decoders apart
         names = [Path(p).name if names.count(n) > 1 else n for p, n in zip(paths, names)]
     return {
         "face_type": types.pop(),
+        "crop_space": spaces.pop(),
         "sizes": [s.size for s in sets],
         "counts": [len(s) for s in sets],
         "identities": names,

@@ -62,6 +62,8 @@ class SwapModule(pl.LightningModule):
         channels_last: run the network in channels-last memory format.
         identity_names: a label per decoder (from the face sets), saved for export.
         face_type: the face sets' crop coverage, saved so export aligns faces the same way.
+        crop_space: what the face sets' crops' values mean (``srgb``, ``acescct``), saved so export
+            feeds the network crops in the same space.
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class SwapModule(pl.LightningModule):
         channels_last: bool = False,
         identity_names: list[str] | None = None,
         face_type: str | None = None,
+        crop_space: str = "srgb",
     ):
         super().__init__()
         self.model = model
@@ -92,6 +95,7 @@ class SwapModule(pl.LightningModule):
         self.channels_last = channels_last
         self.identity_names = list(identity_names or [f"id{k}" for k in range(model.num_identities)])
         self.face_type = face_type
+        self.crop_space = crop_space
         self.batches_done = 0  # global batches trained (the data position); saved in checkpoints
         self.stage_res = schedule.start_res
         self.alpha = 1.0
@@ -243,6 +247,7 @@ class SwapModule(pl.LightningModule):
             "lr_scale": self.lr_scale,
             "identities": self.identity_names,
             "face_type": self.face_type,
+            "crop_space": self.crop_space,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
