@@ -180,6 +180,9 @@ def test_an_exr_sequence_from_1001_exports_layers_on_the_same_frame_numbers(tmp_
     from progressive_swap import faceset
 
     assert sorted(faceset.open(out / "faces").frame_indices.tolist()) == numbers
+    used = json.loads((out / "export.json").read_text())  # a model of sRGB crops is fed the view's sRGB
+    assert used["crop_space"] == "srgb" and used["colour"]["working"] == used["colour"]["view"], used.get("colour")
+    assert faceset.open(out / "faces").crop_space == "srgb"
     # A landmarks file counted from 0 does not describe these frames: one line, not "no faces found".
     capsys.readouterr()
     rc = export(ckpt, seq / "plate.####.exr", tmp_path / "out0", "format=exr", "landmarks=given",
@@ -209,6 +212,54 @@ def test_a_gap_or_a_broken_plate_is_exit_4_and_allow_missing_accepts_it(tmp_path
 # ------------------------------------------------------------------------- the colour path back to the plate
 
 
+def test_an_exr_plates_export_crop_is_the_crop_its_extraction_stored(tmp_path, clip, capsys):
+    """Issue 26: a face set of a float plate stores crops of the plate's sRGB view, and a model
+    trained on it must be fed the same at export, not another space (ACEScct)."""
+    from progressive_swap import faceset
+    from progressive_swap.export.frames import FaceIn, FrameIn
+    from progressive_swap.export.pipeline import Exporter
+    from progressive_swap.export.settings import ExportSettings
+    from progressive_swap.export.swapper import CheckpointInfo
+    from progressive_swap.footage.sources import open_source
+
+    seq, r = tmp_path / "plates", clip[2]
+    seq.mkdir()
+    plate = srgb_to_acescg(r.image)
+    x, y = np.round(r.landmarks[30]).astype(int)  # the nose tip: in the middle of the crop
+    plate[y - 6:y + 6, x - 8:x + 8] = 12.0  # a highlight, far above the view's range
+    plate[y + 8:y + 14, x - 8:x + 8] = (2.0, -0.05, 0.0)  # a red outside sRGB's gamut
+    write_plate(seq / "plate.1001.exr", plate, "half")
+    truth = write_truth(tmp_path / "truth.json", [r], [1001])
+    size = 96
+    assert extract_cli.main([f"input={seq / 'plate.####.exr'}", f"out={tmp_path / 'set'}", f"size={size}",
+                             "landmarks=given", f"landmarks_file={truth}", "progress=false"]) == 0, capsys.readouterr()
+    fs = faceset.open(tmp_path / "set")
+    assert fs.crop_space == "srgb" and fs.header["crop_space"] == "srgb" and len(fs) == 1
+    stored, rec = fs.image(0), fs.record(0)
+
+    fed = []
+
+    def swap(crops):  # records what the network is given, returns it with an opaque mask
+        fed.append(np.array(crops))
+        return crops.astype(np.float32), np.ones(crops.shape[:3], np.float32)
+
+    src = open_source(seq / "plate.####.exr")
+    fr = next(src.frames())
+    frame = FrameIn(fr.index, fr.time, fr.image, [FaceIn(rec.matrix, 0, rec.landmarks)], fr.plate, fr.info, src.colour)
+    info = CheckpointInfo("standin.ckpt", "0" * 64, ARCH, size, 1.0, ["alice", "bob"], FACE_TYPE)  # no crop_space: srgb
+    Exporter(tmp_path / "out", swap, info, 1, ExportSettings(crop_size=size, format="exr"), progress=False,
+             digits=src.digits).run([frame])
+    (crop,) = fed[0]
+    assert crop.dtype == np.float32 and crop.shape == stored.shape
+    err = np.abs(crop * 255.0 - stored.astype(np.float32))
+    print(f"export crop vs stored crop: max {err.max():.3f}/255, mean {err.mean():.3f}/255")
+    assert err.max() <= 1.0, err.max()  # the stored crop's 8-bit rounding, and no more
+    assert stored.max() == 255 and (crop >= 1.0).sum() > 20  # the highlight is in the crop, at the view's top
+    sidecar = json.loads((tmp_path / "out/meta/face.1001.json").read_text())
+    assert sidecar["colour"]["crop_space"] == "srgb" and sidecar["colour"]["working"] == src.colour.view_space
+
+
+
 class IdentityNet(torch.nn.Module):
     """Stand-in network: returns the face it is given, with a disc-shaped mask (alpha 1 inside)."""
 
@@ -235,6 +286,28 @@ def banded_plate(x0=40, width=9):
 
 
 def test_plate_to_layer_to_plate_round_trips_0_to_16_within_half_precision(tmp_path, clip):
+    """A model of ACEScct crops (a face set whose ``crop_space`` says so): 0 to 16 come back.
+
+    This test's premise is the ACEScct working space: before issue 26 every scene-referred plate
+    took it; now only a model trained on ACEScct crops does (``crop_space`` in its metadata). The
+    sRGB path of today's face sets is the next test."""
+    _round_trip(tmp_path, clip, "acescct", BANDS)
+
+
+def test_an_srgb_model_round_trips_the_view_range_and_clips_highlights_to_its_top(tmp_path, clip):
+    """A model of sRGB crops (every face set written so far) is fed the plate's sRGB view: a
+    pass-through network returns the plate within one half-float step where the view holds it
+    (0 to 1.0 here), and the view's top (sRGB white in the plate's space) above it."""
+    from progressive_swap.footage import colour as CO
+
+    c = CO.plate_colour(".exr", "half")
+    top = CO._apply(CO._processor(c.config, c.view_space, c.plate), np.ones((1, 3), np.float32))[0]
+    assert np.allclose(top, 1.0, atol=2e-3)  # sRGB white is ACEScg white (D65 → ACES white, adapted)
+    want = [v if v <= 1.0 else float(top[0]) for v in BANDS]
+    _round_trip(tmp_path, clip, "srgb", want)
+
+
+def _round_trip(tmp_path, clip, crop_space, want_bands):
     from progressive_swap.core import align
     from progressive_swap.export import plate_layers as PL
     from progressive_swap.export.frames import FaceIn, FrameIn
@@ -252,7 +325,7 @@ def test_plate_to_layer_to_plate_round_trips_0_to_16_within_half_precision(tmp_p
     fr = next(src.frames())
     m = align.alignment_matrix(clip[0].landmarks, FACE_TYPE)
     frame = FrameIn(fr.index, fr.time, fr.image, [FaceIn(m, 0, clip[0].landmarks)], fr.plate, fr.info, src.colour)
-    info = CheckpointInfo("standin.ckpt", "0" * 64, ARCH, 256, 1.0, ["alice", "bob"], FACE_TYPE)
+    info = CheckpointInfo("standin.ckpt", "0" * 64, ARCH, 256, 1.0, ["alice", "bob"], FACE_TYPE, crop_space=crop_space)
     ex = Exporter(tmp_path / "out", Swapper(IdentityNet(), 1, 256), info, 1,
                   ExportSettings(crop_size=256, format="exr", composite=True), progress=False, digits=src.digits)
     ex.run([frame])
@@ -261,12 +334,16 @@ def test_plate_to_layer_to_plate_round_trips_0_to_16_within_half_precision(tmp_p
     g = fr.plate[..., 0]
     flat = cv2.erode(g, np.ones((5, 5), np.uint8)) == cv2.dilate(g, np.ones((5, 5), np.uint8))  # inside a band
     inside = (layer[..., 3] >= 1.0) & flat
-    want = fr.plate[inside]
-    assert inside.sum() > 500 and set(np.unique(want)) == {np.float32(v) for v in BANDS}  # 0 to 16, all there
+    assert inside.sum() > 500 and set(np.unique(fr.plate[inside])) == {np.float32(v) for v in BANDS}  # 0 to 16
+    lookup = dict(zip(np.asarray(BANDS, np.float32), np.asarray(want_bands, np.float32)))
+    want = np.vectorize(lookup.get)(fr.plate[inside]).astype(np.float32)
     err = np.abs(comp[inside] - want)
     rel = err / np.maximum(np.abs(want), 2**-14)
     assert rel.max() <= 2**-10, rel.max()  # one half-float step (10 mantissa bits): the layer is half
-    print(f"round trip 0-16: max relative error {rel.max():.2e} (half step {2**-10:.2e})")
+    print(f"round trip 0-16, {crop_space} crops: max relative error {rel.max():.2e} (half step {2**-10:.2e})")
+    used = json.loads((tmp_path / "out/export.json").read_text())
+    assert used["crop_space"] == crop_space and used["colour"]["crop_space"] == crop_space
+    assert used["colour"]["working"] == {"acescct": "ACEScct", "srgb": "sRGB Encoded Rec.709 (sRGB)"}[crop_space]
     # The plate's own attributes and space come back on the layer.
     assert attrs["smpte:TimeCode"] is not None and list(attrs["smpte:TimeCode"]) == [0x01000000, 0]
     assert attrs["Camera"] == "A001" and attrs["colorspace"] == "ACEScg" and attrs["alpha"] == "premultiplied"

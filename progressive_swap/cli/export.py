@@ -232,6 +232,8 @@ def _export(argv: Sequence[str]) -> int:
             except ValueError as e:
                 raise UserError(f"comp=blender: {e}") from None
     model, info = load_model(o.checkpoint, o.device)
+    if not _is_faceset(inp):
+        check_crop_space(footage_plates, info)  # before the faces are extracted into out
     identity = info.identity_index(o.identity)
     from_identity = info.from_identity(o.from_identity, identity)
     if from_identity == identity and not o.reconstruct:
@@ -284,6 +286,7 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
     fs, plates_path, record_source, mask_name = _faceset_input(fset, footage, info, info.stage_res, mask_name)
     plates = open_plates(plates_path, **plate_options(o, fset, record_source))
     check_plate_format(plates, o.format)
+    check_crop_space(plates, info)
     check_previous(o.out, str(plates_path), plates.fingerprint())
     frames = F.faceset_frames(fs, plates, record_source, mask_name)
     footage, size, tracks, ftype = plates_path, fs.size, F.faceset_tracks(fs, record_source), fs.face_type
@@ -417,9 +420,17 @@ def plate_options(o, fset: Path | None = None, record_source: str = "") -> dict:
 
 def check_plate_format(plates, fmt: str) -> None:
     """Scene-referred plates (EXR, DPX, float TIFF) get layers in their own space: EXR only."""
-    if plates.colour is not None and not plates.colour.identity and fmt != "exr":
+    if plates.colour is not None and plates.colour.scene and fmt != "exr":
         raise UserError(f"{plates.path.name} is scene-referred ({plates.colour.plate}): its layers are written in "
                         f"that space as EXR; use format=exr (docs/plates.md)")
+
+
+def check_crop_space(plates, info) -> None:
+    """A model of ACEScct crops is fed the working space of scene-referred plates; other footage
+    (8-bit, sRGB) has only sRGB values to give it (docs/plates.md)."""
+    if info.crop_space != "srgb" and (plates.colour is None or not plates.colour.scene):
+        raise UserError(f"the checkpoint was trained on {info.crop_space} crops (scene-referred plates); "
+                        f"{plates.path.name} is display-referred sRGB footage: export on EXR, DPX or float plates")
 
 
 def plates_size(out: str | Path) -> tuple[int, int]:

@@ -149,12 +149,14 @@ class Exporter:
             "stage_res": info.stage_res,
             "model_alpha": info.alpha,
             "face_type": info.face_type,
+            "crop_space": info.crop_space,
             "settings": px,
         }
         self.text = W.file_metadata(settings.format, self.provenance)
         self.patch_text = W.file_metadata("png16", {**self.provenance, "space": "aligned crop"})
         self.comp_text = W.comp_metadata(self.provenance)
         self.stats = {"frames": 0, "faces": 0, "skipped": 0, "written": 0, "redone": 0}
+        self.colour: dict | None = None  # the colour path of scene-referred plates, once one is seen
 
     # ------------------------------------------------------------------ paths
 
@@ -181,6 +183,8 @@ class Exporter:
         crop and stored mask. A re-extracted face set or replaced footage changes it."""
         h = hashlib.sha256()
         h.update(np.ascontiguousarray(fr.image).tobytes())
+        if fr.colour is not None and fr.colour.scene:  # layers made in another working space are redone
+            h.update(json.dumps(fr.colour.as_dict(), sort_keys=True).encode())
         for f in fr.faces:
             h.update(json.dumps([f.face_id, f.track]).encode())
             for a in (f.matrix, f.landmarks, f.crop, f.mask):
@@ -231,7 +235,7 @@ class Exporter:
             "kind": "progressive_swap.export", "version": 1, "status": "running", "software": software(),
             "input": self.source, "checkpoint": self.provenance["checkpoint"], "checkpoint_sha256": self.info.sha256,
             "identity": self.identity_name, "from_identity": self.from_identity,
-            "stage_res": self.info.stage_res, "face_type": self.info.face_type,
+            "stage_res": self.info.stage_res, "face_type": self.info.face_type, "crop_space": self.info.crop_space,
             "conventions": W.CONVENTIONS[self.s.format], "synthetic": True, "settings": self.s.pixel_settings(),
             "fingerprint": self.fingerprint, "input_fingerprint": self.input_fingerprint, **self.notes,
         }
@@ -260,6 +264,7 @@ class Exporter:
                 n_faces = 0
                 for fr in frames:
                     self.stats["frames"] += 1
+                    self._crop_space(fr, manifest)
                     key = self.input_key(fr)
                     if self.is_done(fr.index, key) is not None:
                         self._flush(pending)
@@ -310,6 +315,17 @@ class Exporter:
         self.stats["frames_per_s"] = round(self.stats["frames"] / dt, 3) if dt > 0 else None
         atomic_write_json(self.out / "export.json", {**manifest, "status": "complete", "summary": self.stats})
         return dict(self.stats)
+
+    def _crop_space(self, fr: FrameIn, manifest: dict) -> None:
+        """Give a scene-referred plate's frame the model's crop space as its working space (the
+        network is fed crops in the space it learned, its output is read back from it), and
+        record that path in ``export.json`` the first time."""
+        if fr.colour is None or not fr.colour.scene:
+            return
+        fr.colour = fr.colour.for_crops(self.info.crop_space)
+        if self.colour is None:
+            self.colour = manifest["colour"] = fr.colour.as_dict()
+            atomic_write_json(self.out / "export.json", manifest)
 
     def _crop(self, fr: FrameIn, face: FaceIn) -> np.ndarray:
         if fr.plate is not None and fr.colour is not None:  # a float plate: crop its values, no 8-bit step

@@ -1,10 +1,12 @@
 """Layers for scene-referred plates (EXR, float TIFF, DPX): cropped from the plate's own values,
 written back in the plate's colour space.
 
-The colour path (``footage/colour.py``): plate values → working space (ACEScct: 0 … 222 linear
-in [0, 1]) → aligned crop (float32, no 8-bit step) → the network → un-warped layer in the
-working space → plate space → a half-float EXR, premultiplied, with the plate's data and display
-windows, its own attributes (timecode, frame rate, pixel aspect, …) and ``chromaticities``.
+The colour path (``footage/colour.py``): plate values → working space, the model's crop space
+(``srgb``: the sRGB view the extractor cropped its faces from, clipped to [0, 1] as there;
+``acescct`` only for a model whose face sets say so) → aligned crop (float32, no 8-bit step) →
+the network → un-warped layer in the working space → plate space → a half-float EXR,
+premultiplied, with the plate's data and display windows, its own attributes (timecode, frame
+rate, pixel aspect, …) and ``chromaticities``.
 
 Convention: layers here are float32 ``(H, W, 4)`` over the plate's data window, colour in the
 named space, alpha straight until :func:`encode_plate_exr` premultiplies it; compositing is
@@ -36,8 +38,8 @@ _NOT_COPIED = ("chromaticities", "oiio:ColorSpace", "compression", "PixelAspectR
 
 
 def scene_referred(frame) -> bool:
-    """Whether a frame's layers take the plate path (a float plate in a space other than the working one)."""
-    return getattr(frame, "plate", None) is not None and frame.colour is not None and not frame.colour.identity
+    """Whether a frame's layers take the plate path (a scene-referred plate: EXR, float TIFF, DPX)."""
+    return getattr(frame, "plate", None) is not None and frame.colour is not None and frame.colour.scene
 
 
 def working_plate(frame) -> np.ndarray:
@@ -52,12 +54,15 @@ def working_plate(frame) -> np.ndarray:
 def crop_working(frame, matrix: np.ndarray, size: int) -> np.ndarray:
     """An aligned crop of the plate in the working space, float32 ``(S, S, 3)`` in [0, 1].
 
-    Same geometry as :func:`progressive_swap.core.align.warp_to_crop` (cubic where the crop
-    enlarges the face); values outside [0, 1] (linear above 222) are clipped, as the network's
-    input range.
+    In the sRGB view's space (models of ``srgb`` crops) it is the crop the extractor stores for
+    this face, before its 8-bit rounding: the view clipped to [0, 1], then
+    :func:`progressive_swap.core.align.warp_to_crop` with the extractor's interpolation
+    (bilinear). In ACEScct, cubic where the crop enlarges the face; values outside [0, 1] (linear
+    above 222) are clipped, as the network's input range.
     """
     up = align.matrix_scale(align.crop_matrix(matrix, size)) >= 1.0
-    crop = align.warp_to_crop(working_plate(frame), matrix, size, cv2.INTER_CUBIC if up else cv2.INTER_LINEAR)
+    interpolation = cv2.INTER_CUBIC if up and not frame.colour.clipped else cv2.INTER_LINEAR
+    crop = align.warp_to_crop(working_plate(frame), matrix, size, interpolation)
     return np.clip(crop, 0.0, 1.0).astype(np.float32)
 
 

@@ -11,10 +11,14 @@ Three spaces meet here (``docs/plates.md``):
   A plain conversion rather than the config's display view (ACES 2.0 SDR tone-maps): a plate made
   from an sRGB picture gives that picture back, which is what detectors trained on photographs
   expect, and an sRGB plate's view is its own values, as for 8-bit footage;
-* the **working space**: what the network learns and outputs. For display-referred plates
-  (sRGB) it is the plate's own sRGB encoding, exactly as for 8-bit footage. For scene-referred
-  plates it is :data:`WORKING_SPACE` (ACEScct), a log encoding that holds 0 … 222 in [0, 1],
-  so highlights above 1.0 survive a 16-bit crop within half-float precision.
+* the **working space**: what the network learns and outputs, the space its face set's crops
+  are in (the set's ``crop_space``, carried into the model's metadata). For display-referred
+  plates (sRGB) it is the plate's own sRGB encoding, exactly as for 8-bit footage. For
+  scene-referred plates it is the model's crop space (:meth:`PlateColour.for_crops`): ``srgb``,
+  what every face set holds today, is the view's conversion (the crops the extractor stored,
+  without the 8-bit step), so highlights above the view's range are clipped there;
+  ``acescct`` (:data:`WORKING_SPACE`, a log encoding that holds 0 … 222 in [0, 1]) only for a
+  model whose face sets say their crops are ACEScct.
 
 The config comes from ``ocio=``, else ``$OCIO``, else OCIO's built-in CG config
 (:data:`BUILTIN_CONFIG`, part of the library: nothing is downloaded).
@@ -32,10 +36,11 @@ from pathlib import Path
 import numpy as np
 
 BUILTIN_CONFIG = "ocio://cg-config-latest"  # OCIO's built-in ACES CG config
-WORKING_SPACE = "ACEScct"  # the network's space for scene-referred plates (log, keeps highlights)
+WORKING_SPACE = "ACEScct"  # the network's space for models of crop_space=acescct face sets (log, keeps highlights)
 SRGB = "sRGB Encoded Rec.709 (sRGB)"  # the CG config's name; other configs: an alias or role below
 SRGB_NAMES = (SRGB, "srgb_tx", "sRGB - Texture", "Utility - sRGB - Texture", "sRGB", "srgb", "color_picking")
 DEFAULT_BY_KIND = {"scene": "scene_linear", "log": "compositing_log", "display": "sRGB"}
+CROP_SPACE_NAMES = {"srgb": "sRGB", "acescct": WORKING_SPACE}  # a face set's crop_space → this config's name
 NO_OCIO = "colour management needs OpenColorIO: pip install opencolorio (part of progressive-swap's dependencies)"
 
 
@@ -98,30 +103,65 @@ class PlateColour:
     Args:
         config: the config's source (:func:`config_source`).
         plate: the plate's colour space (resolved name).
-        working: the network's space: the plate's own for display-referred plates, else
-            :data:`WORKING_SPACE`.
+        working: the network's space: the plate's own for display-referred plates, else the
+            view's sRGB space (:func:`plate_colour`) or the model's crop space (:meth:`for_crops`).
         view_space: the config's sRGB space, what the detector sees (:meth:`view`).
+        scene: the plate is scene-referred (EXR, float TIFF, DPX): its layers are written in its
+            own space (``export/plate_layers.py``). False for display-referred (sRGB) plates.
     """
 
     config: str
     plate: str
     working: str
     view_space: str = SRGB
+    scene: bool = False
 
     @property
     def identity(self) -> bool:
-        """Plate and working space are the same (display-referred plates): no transform."""
+        """Plate and working space are the same: no transform (display-referred plates)."""
         return self.plate == self.working
 
+    @property
+    def clipped(self) -> bool:
+        """The working space is the view's sRGB (a scene-referred plate, a model of ``srgb``
+        crops): values are clipped to [0, 1] before any resampling, as in the view the extractor
+        cropped its faces from."""
+        return self.scene and self.working == self.view_space
+
+    def for_crops(self, crop_space: str) -> PlateColour:
+        """This plate's path with the working space a model's crops are in (its face sets'
+        ``crop_space``): ``srgb`` → the view's sRGB space, ``acescct`` → ACEScct. Display-referred
+        plates keep their own sRGB values (their crops are sRGB already) whatever is asked.
+
+        Raises:
+            ColourError: an unknown crop space, or one the config lacks (one line).
+        """
+        if crop_space not in CROP_SPACE_NAMES:
+            raise ColourError(f"unknown crop space {crop_space!r} (known: {', '.join(CROP_SPACE_NAMES)})")
+        if not self.scene:
+            return self
+        working = resolve_space(load_config(self.config), CROP_SPACE_NAMES[crop_space])
+        return PlateColour(self.config, self.plate, working, self.view_space, True)
+
     def as_dict(self) -> dict:
-        return {"config": self.config, "plate": self.plate, "working": self.working, "view": self.view_space}
+        return {"config": self.config, "plate": self.plate, "working": self.working, "view": self.view_space,
+                "crop_space": self.crop_space}
+
+    @property
+    def crop_space(self) -> str:
+        """The face-set ``crop_space`` this path's working space is: ``srgb`` or ``acescct``."""
+        return "acescct" if self.scene and self.working != self.view_space else "srgb"
 
     def _cpu(self, src: str, dst: str):
         return _processor(self.config, src, dst)
 
     def to_working(self, rgb: np.ndarray) -> np.ndarray:
-        """Plate values → working space, float32 ``(..., 3)``."""
-        return _apply(None if self.identity else self._cpu(self.plate, self.working), rgb)
+        """Plate values → working space, float32 ``(..., 3)``; clipped to [0, 1] (NaN → 0) when the
+        working space is the view's sRGB (:attr:`clipped`), as :meth:`view` before its 8-bit step."""
+        out = _apply(None if self.identity else self._cpu(self.plate, self.working), rgb)
+        if self.clipped:
+            out = np.clip(np.nan_to_num(out), 0.0, 1.0, out=out)
+        return out
 
     def to_plate(self, rgb: np.ndarray) -> np.ndarray:
         """Working space → plate values, float32 ``(..., 3)`` (inverse of :meth:`to_working`)."""
@@ -145,8 +185,8 @@ def plate_colour(ext: str, dtype: str, colorspace: str = "", ocio: str = "") -> 
     srgb = resolve_space(config, "sRGB")
     lib = _ocio()
     scene = plate != srgb and config.getColorSpace(plate).getReferenceSpaceType() == lib.REFERENCE_SPACE_SCENE
-    working = resolve_space(config, WORKING_SPACE) if scene else plate
-    return PlateColour(source, plate, working, srgb)
+    working = srgb if scene else plate  # the crops of every face set written so far; see for_crops
+    return PlateColour(source, plate, working, srgb, scene)
 
 
 @lru_cache(maxsize=16)
