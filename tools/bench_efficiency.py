@@ -364,6 +364,34 @@ def report(runs: list[dict], plot: Path | None = None) -> dict:
     return result
 
 
+def _num(x: float | None, digits: int) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def markdown(result: dict) -> str:
+    """The report as Markdown: quality per design and budget, the fits, the crossings."""
+    designs = result["designs"]
+    budgets = sorted({float(b) for d in designs.values() for b in d["budgets"]})
+    lines = ["| design | " + " | ".join(f"{b:g} CPU s" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
+    for name, d in designs.items():
+        cells = []
+        for b in budgets:
+            v = d["budgets"].get(f"{b:g}")
+            cells.append("–" if v is None else f"{v['swap_psnr']:.2f} / {v['hf_coherent']:.3f} / {v['recon_psnr']:.2f} "
+                         f"({v['images']:,} img, seeds {','.join(map(str, v['seeds']))})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "| design | swap PSNR = a + b·log10(CPU s): b ± se | hf_coherent: b ± se | points |",
+              "|---|---:|---:|---:|"]
+    for name, d in designs.items():
+        if d["fits"]:
+            f, h = d["fits"]["swap_psnr"], d["fits"]["hf_coherent"]
+            lines.append(f"| {name} | {f['a']:.2f} + {f['b']:.2f}·x (± {_num(f['se_b'], 2)}) | "
+                         f"{h['b']:.3f} (± {_num(h['se_b'], 3)}) | {f['n']} |")
+    lines += ["", "| pair, measure | fits cross at (CPU s) | better after |", "|---|---:|---|"]
+    lines += [f"| {k} | {v['cpu_s']:,} | {v['after_it_better']} |" for k, v in result["crossings"].items()]
+    return "\n".join(lines) + "\n"
+
+
 def _plot(designs: dict, path: Path) -> None:
     import matplotlib
 
@@ -416,6 +444,7 @@ def main() -> int:
                     help="no training: fit quality against compute from the runs kept in --runs-dir, print JSON "
                          "(and write --plot)")
     ap.add_argument("--plot", default=None, help="with --report: a PNG of quality against compute")
+    ap.add_argument("--md", default=None, help="with --report: Markdown tables of the same")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: NAME,SEED
     a = ap.parse_args()
     budgets = a.budgets or [a.budget_cpu]
@@ -423,10 +452,13 @@ def main() -> int:
         if not a.runs_dir:
             raise SystemExit("--report reads the runs kept in --runs-dir")
         runs = [r for r in load_runs(Path(a.runs_dir)) if a.candidates is None or r["candidate"] in a.candidates]
-        text = json.dumps(report(runs, Path(a.plot) if a.plot else None), indent=1)
+        result = report(runs, Path(a.plot) if a.plot else None)
+        text = json.dumps(result, indent=1)
         print(text)
         if a.out:
             _write(a.out, text)
+        if a.md:
+            _write(a.md, markdown(result))
         return 0
     if a.merge:
         runs = [r for f in a.merge for r in json.loads(Path(f).read_text())["runs"]]
