@@ -29,17 +29,23 @@ def recipe_costs(recipe: str, model: str | None = None) -> dict[int, float]:
 
 
 @pytest.mark.parametrize("recipe", ["256", "512", "1024"])
-def test_every_stage_costs_at_most_half_the_peers_preset(recipe):
-    costs = recipe_costs(recipe)
+def test_model_lean_costs_at_most_half_the_peers_preset_at_every_stage(recipe):
+    """model=lean, the default of issue #14 and the fast option since issue #27, keeps the cost goals."""
+    costs = recipe_costs(recipe, model="lean")
     assert list(costs) == [256, 512, 1024][: len(costs)]
     for res, gflops in costs.items():
         assert gflops <= 0.5 * PEER[res], f"recipe {recipe}, {res} px: {gflops:.1f} GFLOP/img"
+    if recipe == "1024":
+        assert costs[256] <= 0.15 * costs[1024], costs
+        assert costs[256] < costs[512] < costs[1024]
 
 
-def test_the_256_stage_is_a_small_share_of_a_1024_image():
-    costs = recipe_costs("1024")
-    assert costs[256] <= 0.15 * costs[1024], costs
-    assert costs[256] < costs[512] < costs[1024]
+def test_the_default_costs_what_docs_efficiency_says_and_a_third_of_comb():
+    """Issue #27 chose model=half at the largest budget: it gives up the cost goal (docs/efficiency.md)."""
+    costs, comb = recipe_costs("1024"), recipe_costs("1024", model="comb")
+    assert [round(costs[r]) for r in (256, 512, 1024)] == [335, 424, 657], costs
+    assert all(costs[r] < 0.4 * comb[r] for r in costs)
+    assert costs[256] > 0.5 * PEER[256]  # the goal it does not meet
 
 
 def test_the_former_design_is_what_the_issue_measured():
