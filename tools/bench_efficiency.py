@@ -320,6 +320,7 @@ def report(runs: list[dict], plot: Path | None = None) -> dict:
     image). Optionally a PNG, one line per design."""
     import numpy as np
 
+    runs = [dict(r, candidate=_named(r)) for r in runs]
     names = list(dict.fromkeys(r["candidate"] for r in runs))
     designs = {}
     for name in names:
@@ -345,11 +346,12 @@ def report(runs: list[dict], plot: Path | None = None) -> dict:
         for n2 in fitted[i + 1:]:
             for m in ("swap_psnr", "hf_coherent"):
                 f1, f2 = designs[n1]["fits"][m], designs[n2]["fits"][m]
-                if f1["b"] != f2["b"]:
-                    x = (f2["a"] - f1["a"]) / (f1["b"] - f2["b"])
+                x = (f2["a"] - f1["a"]) / (f1["b"] - f2["b"]) if f1["b"] != f2["b"] else None
+                if x is not None and 0 <= x <= 9:  # 1 CPU s to 1e9 CPU s: beyond, the lines are as good as parallel
                     crossings[f"{n1} / {n2} {m}"] = {"cpu_s": round(10 ** x, 1),
                                                     "after_it_better": n1 if f1["b"] > f2["b"] else n2}
-    reference = "default" if "default" in designs else next(iter(designs))
+    default = _named({"candidate": "default", "scaled_arch": scaled(design("default"))})
+    reference = default if default in designs else next(iter(designs))
     per_image = designs[reference]["cpu_s_per_image"]
     extrapolation = {}
     for recipe, images in RECIPE_IMAGES.items():
@@ -390,6 +392,13 @@ def markdown(result: dict) -> str:
     lines += ["", "| pair, measure | fits cross at (CPU s) | better after |", "|---|---:|---|"]
     lines += [f"| {k} | {v['cpu_s']:,} | {v['after_it_better']} |" for k, v in result["crossings"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _named(run: dict) -> str:
+    """A run's design name; a ``default`` run is named after the design of ``FULL`` it was."""
+    if run["candidate"] != "default":
+        return ALIASES.get(run["candidate"], run["candidate"])
+    return next((n for n, full in FULL.items() if scaled(full) == run["scaled_arch"]), "default")
 
 
 def _plot(designs: dict, path: Path) -> None:
