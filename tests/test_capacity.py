@@ -223,3 +223,20 @@ def test_a_lean_checkpoint_warm_starts_a_cored_network_as_the_same_function(tmp_
     assert sorted(result["skipped"]) == sorted(
         f"{stack}.blocks.b{r}.{conv}.{p}" for r in (16, 32) for p in ("weight", "bias")
         for stack, conv in (("encoder", "conv1"), ("decoders.0", "conv2"), ("decoders.1", "conv2")))
+
+
+def _shapes(model: str) -> dict[str, torch.Size]:
+    with torch.device("meta"):
+        return {k: v.shape for k, v in _recipe_model("1024", f"model={model}").state_dict().items()}
+
+
+def test_what_carries_over_into_the_default_from_the_former_designs():
+    """docs/efficiency.md's warm-start paragraph: from comb most of the default loads, from lean almost nothing."""
+    default = _shapes("half")
+    assert default == {k: v.shape for k, v in _recipe_model("1024").state_dict().items()}
+
+    def share(source: str) -> float:
+        src = _shapes(source)
+        return sum(v.numel() for k, v in default.items() if src.get(k) == v) / sum(v.numel() for v in default.values())
+
+    assert share("comb") > 0.7 and share("lean") < 0.001
