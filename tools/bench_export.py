@@ -4,8 +4,8 @@ Usage:
     python tools/bench_export.py [--res 256 512 1024] [--frames 4] [--format png16]
                                  [--device cpu] [--bf16] [--threads N] [--out FILE]
 
-Each model is the full-size comb (``recipes/model/comb.yaml``: latent 16x16x256,
-channel_base 32768, channel_max 512, channel_min 32) built for ``final_res = res`` with random
+Each model is a full-size comb of the recipes' model group (``--model``: ``default``, what
+``recipe=1024`` trains, or ``half``, ``comb``, ``lean``) built for ``final_res = res`` with random
 weights, run at ``stage_res = res``. Frames are 1920x1080 plates with one face about 540 px
 wide (a phantom face, so colour and mask code run on real content), exported at crop size
 ``res`` through the real pipeline (``export.pipeline.Exporter``): crop, inference, un-warp,
@@ -33,7 +33,14 @@ from progressive_swap.export.settings import ExportSettings
 from progressive_swap.export.swapper import CheckpointInfo, Swapper
 from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 
-COMB = dict(latent_res=16, latent_channels=256, channel_base=32768, channel_max=512, channel_min=32)
+
+def design(model: str) -> dict:
+    """The ``recipes/model`` group's CombArch fields (less the derived ones) for ``model``."""
+    from progressive_swap.cli.config import compose
+
+    cfg = compose("train", ["recipe=1024"] + ([] if model == "default" else [f"model={model}"]))
+    derived = ("_target_", "num_identities", "final_res", "start_res")
+    return {k: v for k, v in cfg.model.items() if k not in derived}
 
 
 def plate_1080p(face_px: float = 540.0) -> tuple[np.ndarray, np.ndarray]:
@@ -74,9 +81,9 @@ class _Timed:
         return out
 
 
-def bench(res: int, frames: int, fmt: str, device: str, bf16: bool) -> dict:
+def bench(res: int, frames: int, fmt: str, device: str, bf16: bool, model: str = "default") -> dict:
     torch.manual_seed(0)
-    arch = dict(num_identities=2, final_res=res, start_res=min(res, 256), **COMB)
+    arch = dict(num_identities=2, final_res=res, start_res=min(res, 256), **design(model))
     model = CombAutoencoder(CombArch(**arch)).to(device).eval()
     params = sum(p.numel() for p in model.parameters())
     info = CheckpointInfo("random.ckpt", "0" * 64, arch, res, 1.0, ["A", "B"], "whole")
@@ -96,7 +103,7 @@ def bench(res: int, frames: int, fmt: str, device: str, bf16: bool) -> dict:
         total = run(frames, 0)
     infer = timed.seconds / frames
     return {
-        "res": res, "params_M": round(params / 1e6, 1), "frames": frames, "format": fmt,
+        "res": res, "model": model, "params_M": round(params / 1e6, 1), "frames": frames, "format": fmt,
         "frames_per_s": round(frames / total, 3),
         "s_per_frame": round(total / frames, 3),
         "s_inference_per_frame": round(infer, 3),
@@ -112,11 +119,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    ap.add_argument("--model", default="default", help="default (recipe=1024's), half, comb or lean")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    results = [bench(r, a.frames, a.format, a.device, a.bf16) for r in a.res]
+    results = [bench(r, a.frames, a.format, a.device, a.bf16, a.model) for r in a.res]
     dev = torch.cuda.get_device_name() if a.device.startswith("cuda") else platform.processor() or platform.machine()
     report = {"tool": "bench_export", "frame": "1920x1080", "face_px": 540, "device": a.device, "device_name": dev,
               "bf16": a.bf16, "torch_threads": torch.get_num_threads(), "results": results}
