@@ -81,9 +81,9 @@ class _Timed:
         return out
 
 
-def bench(res: int, frames: int, fmt: str, device: str, bf16: bool, model: str = "default") -> dict:
+def bench(res: int, frames: int, fmt: str, device: str, bf16: bool, name: str = "default") -> dict:
     torch.manual_seed(0)
-    arch = dict(num_identities=2, final_res=res, start_res=min(res, 256), **design(model))
+    arch = dict(num_identities=2, final_res=res, start_res=min(res, 256), **design(name))
     model = CombAutoencoder(CombArch(**arch)).to(device).eval()
     params = sum(p.numel() for p in model.parameters())
     info = CheckpointInfo("random.ckpt", "0" * 64, arch, res, 1.0, ["A", "B"], "whole")
@@ -103,7 +103,7 @@ def bench(res: int, frames: int, fmt: str, device: str, bf16: bool, model: str =
         total = run(frames, 0)
     infer = timed.seconds / frames
     return {
-        "res": res, "model": model, "params_M": round(params / 1e6, 1), "frames": frames, "format": fmt,
+        "res": res, "model": name, "params_M": round(params / 1e6, 1), "frames": frames, "format": fmt,
         "frames_per_s": round(frames / total, 3),
         "s_per_frame": round(total / frames, 3),
         "s_inference_per_frame": round(infer, 3),
