@@ -313,11 +313,12 @@ def _predict(fit: dict, x: float) -> tuple[float, float | None]:
     return y, (c[0][0] + 2 * x * c[0][1] + x * x * c[1][1]) ** 0.5
 
 
-def report(runs: list[dict], plot: Path | None = None) -> dict:
+def report(runs: list[dict], plot: Path | None = None, fit_from: float = 0.0) -> dict:
     """Quality against compute per design: every budget's mean, a fit of quality linear in
     log10(process CPU seconds), the budgets where two designs' fits cross, and each fit
     extrapolated to a recipe's budget (the recipe's images at the scaled default's CPU cost per
-    image). Optionally a PNG, one line per design."""
+    image). Only runs of budgets ``>= fit_from`` enter the fits (a short run's early transient
+    can dominate a straight line). Optionally a PNG, one line per design."""
     import numpy as np
 
     runs = [dict(r, candidate=_named(r)) for r in runs]
@@ -335,9 +336,12 @@ def report(runs: list[dict], plot: Path | None = None) -> dict:
                 **{m: round(float(np.mean([r[m] for r in at])), 4) for m in METRICS},
                 **{f"{m}_runs": [round(r[m], 4) for r in at] for m in METRICS},
             }
-        if len(budgets) >= 2:
-            x = [float(np.log10(r["train_cpu_s"])) for r in mine]
-            row["fits"] = {m: fit_line(x, [r[m] for r in mine]) for m in METRICS}
+        fitted_runs = [r for r in mine if r["budget_cpu_s"] >= fit_from]
+        if len({r["budget_cpu_s"] for r in fitted_runs}) >= 2:
+            x = [float(np.log10(r["train_cpu_s"])) for r in fitted_runs]
+            row["fits"] = {m: fit_line(x, [r[m] for r in fitted_runs]) for m in METRICS}
+            row["fit_cpu_s_range"] = [min(r["train_cpu_s"] for r in fitted_runs),
+                                      max(r["train_cpu_s"] for r in fitted_runs)]
         row["cpu_s_per_image"] = float(np.mean([r["train_cpu_s"] / r["images"] for r in mine]))
         designs[name] = row
     fitted = [n for n in names if designs[n]["fits"]]
@@ -359,10 +363,10 @@ def report(runs: list[dict], plot: Path | None = None) -> dict:
         extrapolation[recipe] = {"cpu_s": round(10 ** x), **{
             n: {m: [round(v, 3) if v is not None else None for v in _predict(designs[n]["fits"][m], x)]
                 for m in ("swap_psnr", "hf_coherent")} for n in fitted}}
-    result = {"designs": designs, "crossings": crossings,
+    result = {"fit_from_budget_cpu_s": fit_from, "designs": designs, "crossings": crossings,
               "extrapolated_to_recipes": {"cpu_s_per_image_of": reference, "value_and_standard_error": extrapolation}}
     if plot is not None:
-        _plot(designs, plot)
+        _plot(designs, plot, fit_from)
     return result
 
 
@@ -401,7 +405,7 @@ def _named(run: dict) -> str:
     return next((n for n, full in FULL.items() if scaled(full) == run["scaled_arch"]), "default")
 
 
-def _plot(designs: dict, path: Path) -> None:
+def _plot(designs: dict, path: Path, fit_from: float = 0.0) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -416,7 +420,7 @@ def _plot(designs: dict, path: Path) -> None:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colour, s=14)
             if row["fits"]:
                 f = row["fits"][m]
-                xs = np.logspace(np.log10(min(p[0] for p in pts)), np.log10(max(p[0] for p in pts)), 20)
+                xs = np.logspace(*np.log10(row["fit_cpu_s_range"]), 20)
                 ax.plot(xs, f["a"] + f["b"] * np.log10(xs), color=colour, label=name)
             else:
                 ax.plot([], [], color=colour, label=name)
@@ -425,7 +429,9 @@ def _plot(designs: dict, path: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Quality against compute, phantom, 32 -> 128 px (scaled designs); line: fit linear in log compute")
+    fitted = f"runs of {fit_from:g} CPU s and more" if fit_from else "every run"
+    fig.suptitle(f"Quality against compute, phantom, 32 -> 128 px (scaled designs); line: linear in log compute, "
+                 f"fitted to {fitted}", fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -454,6 +460,8 @@ def main() -> int:
                          "(and write --plot)")
     ap.add_argument("--plot", default=None, help="with --report: a PNG of quality against compute")
     ap.add_argument("--md", default=None, help="with --report: Markdown tables of the same")
+    ap.add_argument("--fit-from", type=float, default=0.0,
+                    help="with --report: fit only the runs of this budget (CPU s) and above")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: NAME,SEED
     a = ap.parse_args()
     budgets = a.budgets or [a.budget_cpu]
@@ -461,7 +469,7 @@ def main() -> int:
         if not a.runs_dir:
             raise SystemExit("--report reads the runs kept in --runs-dir")
         runs = [r for r in load_runs(Path(a.runs_dir)) if a.candidates is None or r["candidate"] in a.candidates]
-        result = report(runs, Path(a.plot) if a.plot else None)
+        result = report(runs, Path(a.plot) if a.plot else None, a.fit_from)
         text = json.dumps(result, indent=1)
         print(text)
         if a.out:
