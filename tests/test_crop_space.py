@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import TINY, tiny
 
@@ -99,3 +100,149 @@ def test_a_model_carries_its_face_sets_crop_space_to_export(blob_sets, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "trained on acescct crops" in err[0], err
     assert not (tmp_path / "ex").exists()
+
+
+# ------------------------------------------------------------------------- 16-bit ACEScct face sets
+
+
+def _linear(cct):
+    from progressive_swap.footage import colour as CO
+
+    return CO._apply(CO._processor(CO.BUILTIN_CONFIG, "ACEScct", "ACEScg"), cct)
+
+
+@pytest.fixture(scope="module")
+def plate_face():
+    """A phantom face as an ACEScg plate, with a highlight (12.0) and a deep shadow (0.002)."""
+    from test_plates import SIZE, srgb_to_acescg
+
+    from progressive_swap.phantom.renderer import render, sample_identity, sample_trajectory
+
+    r = render(sample_identity(3), sample_trajectory(1, 1, fps=25)[0], SIZE)
+    plate = srgb_to_acescg(r.image)
+    x, y = np.round(r.landmarks[30]).astype(int)  # the nose tip, mid-crop
+    plate[y - 6:y + 6, x - 8:x + 8] = 12.0
+    plate[y + 8:y + 14, x - 8:x + 8] = 0.002
+    return r, plate
+
+
+def _extract(tmp_path, inp, truth, out, *extra):
+    from progressive_swap.cli import extract as extract_cli
+
+    return extract_cli.main([f"input={inp}", f"out={out}", "size=96", "landmarks=given", f"landmarks_file={truth}",
+                             "progress=false", *extra])
+
+
+def test_a_float_plate_extracted_to_acescct_keeps_highlights_and_shadows_in_16_bits(tmp_path, plate_face, capsys):
+    """Issue 26 item 3: the crop is the plate's values in ACEScct at 16 bits, the very crop the
+    export feeds a model of such sets; the 8-bit sRGB set clips the same highlight to 1."""
+    import cv2
+
+    from progressive_swap.export import plate_layers as PL
+    from progressive_swap.export.frames import FaceIn, FrameIn
+    from progressive_swap.footage.sources import open_source
+
+    r, plate = plate_face
+    seq = tmp_path / "plates"
+    seq.mkdir()
+    from test_plates import write_plate, write_truth
+
+    write_plate(seq / "plate.1001.exr", plate, "float")
+    truth = write_truth(tmp_path / "truth.json", [r], [1001])
+    pattern = seq / "plate.####.exr"
+    assert _extract(tmp_path, pattern, truth, tmp_path / "cct", "crop_space=acescct") == 0, capsys.readouterr().err
+    assert _extract(tmp_path, pattern, truth, tmp_path / "srgb") == 0, capsys.readouterr().err
+    cct, srgb = faceset.open(tmp_path / "cct"), faceset.open(tmp_path / "srgb")
+    assert cct.crop_space == "acescct" and cct.header["image_format"] == "png" and len(cct) == 1
+    raw = cv2.imread(str(cct.image_path(0)), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint16 and raw.shape == (96, 96, 3)
+    values = cct.values(0)
+    # The export's crop of this face for a model of ACEScct crops, computed from the plate.
+    src = open_source(pattern)
+    fr = next(src.frames())
+    rec = cct.record(0)
+    frame = FrameIn(fr.index, fr.time, fr.image, [FaceIn(rec.matrix, 0, rec.landmarks)], fr.plate, fr.info,
+                    src.colour.for_crops("acescct"))
+    want = PL.crop_working(frame, rec.matrix, 96)
+    err = np.abs(values - want).max()
+    print(f"16-bit ACEScct crop vs the export's crop: max {err * 65535:.2f}/65535")
+    assert err <= 0.5 / 65535 + 1e-7  # its 16-bit rounding and nothing else
+    lin = _linear(values)
+    assert abs(lin.max() - 12.0) / 12.0 < 2e-3, lin.max()  # the highlight, in 16 bits of log
+    dark = lin[(lin > 0.0015) & (lin < 0.0025)]
+    assert dark.size > 20 and np.abs(dark - 0.002).max() < 0.002 * 2e-3  # the shadow, to 0.2 %
+    from test_plates import srgb_to_acescg
+
+    assert srgb.image(0).max() == 255 and srgb_to_acescg(srgb.image(0)).max() < 1.01  # the 8-bit view clips at 1
+    # What people and detectors look at: the sRGB view, close to the 8-bit set's picture.
+    view, pic = cct.image(0).astype(np.float32), srgb.image(0).astype(np.float32)
+    diff = np.abs(view - pic)
+    print(f"sRGB view of the 16-bit set vs the 8-bit set: mean {diff.mean():.2f}, "
+          f"99th pct {np.percentile(diff, 99):.1f}")
+    assert cct.image(0).dtype == np.uint8 and diff.mean() < 1.5
+    assert subprocess_info_deep(tmp_path / "cct") == 0
+
+
+def subprocess_info_deep(path) -> int:
+    from progressive_swap.cli.faceset import main as faceset_main
+
+    return faceset_main(["info", str(path), "--deep"])
+
+
+def test_8bit_footage_extracts_to_acescct_too_and_jpg_is_refused(tmp_path, capsys):
+    """A model of ACEScct crops needs every identity in ACEScct: 8-bit footage converts (sRGB →
+    ACEScct), and its view gives the footage's picture back; JPEG cannot hold 16 bits."""
+    import cv2
+    from test_plates import write_truth
+
+    from progressive_swap.phantom.renderer import render, sample_identity, sample_trajectory
+
+    seq = tmp_path / "plates"
+    seq.mkdir()
+    clip = [render(sample_identity(5), p, 160) for p in sample_trajectory(2, 2, fps=25)]
+    for i, r in enumerate(clip):
+        cv2.imwrite(str(seq / f"shot.{i:04d}.png"), r.image[..., ::-1])
+    truth = write_truth(tmp_path / "truth.json", clip, range(2))
+    pattern = seq / "shot.####.png"
+    assert _extract(tmp_path, pattern, truth, tmp_path / "cct", "crop_space=acescct") == 0, capsys.readouterr().err
+    assert _extract(tmp_path, pattern, truth, tmp_path / "srgb") == 0
+    cct, srgb = faceset.open(tmp_path / "cct"), faceset.open(tmp_path / "srgb")
+    assert cct.crop_space == "acescct" and len(cct) == len(srgb) == 2
+    for i in range(2):
+        diff = np.abs(cct.image(i).astype(np.float32) - srgb.image(i).astype(np.float32))
+        assert diff.mean() < 1.0, diff.mean()  # sRGB → ACEScct → sRGB is the identity up to resampling
+        assert 0.1 < cct.values(i).mean() < 0.6  # log values: not the sRGB picture stored as is
+    capsys.readouterr()
+    assert _extract(tmp_path, pattern, truth, tmp_path / "jpg", "crop_space=acescct", "image_format=jpg") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "16-bit PNG" in err and not (tmp_path / "jpg").exists(), err
+
+
+def _to_acescct_set(src: str, dst) -> str:
+    """A copy of an 8-bit face set with its crops converted to 16-bit ACEScct (records and masks kept)."""
+    from progressive_swap.footage.colour import frame_in_crop_space
+
+    s = faceset.open(src)
+    with faceset.create(dst, face_type=s.face_type, size=s.size, crop_space="acescct") as w:
+        recs = [s.record(i) for i in range(len(s))]
+        w.append(recs, [frame_in_crop_space(s.image(i), None, "acescct") for i in range(len(s))])
+    return str(dst)
+
+
+def test_training_reads_16bit_sets_at_their_precision(blob_sets, tmp_path):
+    from progressive_swap.core.weights import safe_load
+    from progressive_swap.train.datamodule import CombDataset
+
+    a, b = (_to_acescct_set(s, tmp_path / n) for s, n in zip(blob_sets, "AB"))
+    fs = faceset.open(a)
+    ds = CombDataset([a, b], mask="components", augment={}, paste_occluders=1.0)
+    item = ds.load(0, 3, fs.size)  # unaugmented, full size: the stored values, not divided again
+    np.testing.assert_array_equal(item["image"], fs.values(3).transpose(2, 0, 1))
+    steps = item["image"] * 255.0
+    assert np.abs(steps - np.rint(steps)).max() > 0.1  # 16-bit values, not 8-bit codes
+    for sample in range(6):  # colour augmentation and pasted occluders on float values
+        got = ds.load(0, 3, 16, sample)["image"]
+        assert got.dtype == np.float32 and np.isfinite(got).all() and 0.0 <= got.min() and got.max() <= 1.0
+    out = tmp_path / "run"
+    assert train_cli.main(tiny([a, b], out, "max_steps=4")) == 0
+    assert safe_load(out / "last.ckpt")[CKPT_KEY]["crop_space"] == "acescct"

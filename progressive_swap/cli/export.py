@@ -401,7 +401,7 @@ def identity_check(model, info, fs, record_source: str, whose: int | None, sampl
                                                 "(a run's final model.safetensors does)"}
     rows = [i for i, s in enumerate(fs.sources) if s == record_source]
     rows = [rows[int(k)] for k in np.linspace(0, len(rows) - 1, min(sample, len(rows))).round()]
-    crops = torch.from_numpy(np.stack([fs.image(i) for i in rows])).permute(0, 3, 1, 2).float().div_(255)
+    crops = torch.from_numpy(np.stack([fs.values(i) for i in rows])).permute(0, 3, 1, 2)  # the network's values
     if crops.shape[-1] != info.stage_res:
         crops = torch.nn.functional.interpolate(crops, size=(info.stage_res,) * 2, mode="area")  # (B, 3, r, r)
     fit = identity_fit.decoder_fit(model, crops, whose, info.stage_res, info.alpha, info.face_type)

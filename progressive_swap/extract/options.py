@@ -73,6 +73,11 @@ class ExtractOptions:
     """Frame rate of image input (0: unknown; smoothing then assumes 24)."""
     image_format: Literal["png", "jpg", "jpeg"] = "png"
     """Crop files: png (lossless) or jpg."""
+    crop_space: Literal["srgb", "acescct"] = "srgb"
+    """What the stored crops hold: ``srgb``, 8-bit sRGB pictures (a float plate's sRGB view, values
+    above its 1.0 clipped); ``acescct``, 16-bit PNG crops in ACEScct, which keep a float plate's
+    highlights (up to linear 222) and shadows. Every face set a model trains on must have the same
+    one; 8-bit footage can be extracted to ``acescct`` too (docs/plates.md)."""
     masks: bool = True
     """Write landmark hull masks ``components`` and ``extended``."""
     chunk: int = field(default=64, metadata={"min": 1})
@@ -102,14 +107,14 @@ DETECT_KEYS = ("landmarks", "landmarks_file", "boxes", "boxes_file", "detector",
 
 # Values of options that older manifests do not record.
 OLD_DEFAULTS = {"detector": "fan", "landmarks_file": "", "boxes_file": "", "frames": "", "layer": "", "colorspace": "",
-                "ocio": ""}
+                "ocio": "", "crop_space": "srgb"}
 
 
 DETECTORS = ("auto", "fan", "dlib", "dlib_cnn")
 
 
 CROP_KEYS = ("size", "face_type", "identity", "min_face", "track", "smooth", "smooth_window", "cuts", "fps",
-              "image_format", "masks")
+              "image_format", "masks", "crop_space")
 
 
 class ExtractError(ValueError):
@@ -131,6 +136,11 @@ def check_options(opt: ExtractOptions) -> None:
         raise ExtractError(f"detector must be {', '.join(DETECTORS)}; got {opt.detector!r}")
     if opt.image_format not in ("png", "jpg", "jpeg"):
         raise ExtractError(f"image_format must be png or jpg, got {opt.image_format!r}")
+    if opt.crop_space not in ("srgb", "acescct"):
+        raise ExtractError(f"crop_space must be srgb or acescct, got {opt.crop_space!r}")
+    if opt.crop_space != "srgb" and opt.image_format != "png":
+        raise ExtractError(f"crop_space={opt.crop_space} stores 16-bit PNG crops; image_format={opt.image_format} "
+                           "holds 8 bits (drop image_format or use png)")
     if opt.input in ("", "???") or opt.out in ("", "???"):
         raise ExtractError("give input=PATH and out=FACESET")
     for key, choices in (("landmarks", ("fan", "given")), ("boxes", ("detect", "given"))):

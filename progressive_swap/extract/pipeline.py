@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from progressive_swap import faceset
@@ -59,6 +60,7 @@ from progressive_swap.extract.options import (
 from progressive_swap.extract.smoothing import smooth_track
 from progressive_swap.extract.tracks import keep_tracks, link_tracks, min_size_filter
 from progressive_swap.faceset.format import HEADER_NAME
+from progressive_swap.footage.colour import frame_in_crop_space
 from progressive_swap.footage.sources import Frame, FrameSource, open_source, parse_frames
 from progressive_swap.masks.hull import LANDMARK_MASKS, landmark_mask
 
@@ -125,6 +127,15 @@ def _source_key(src: FrameSource) -> str:
 
 def _face_id(key: str, frame: int, track: int) -> str:
     return f"{key}_{frame:06d}_t{track}"
+
+
+def _crop_values(values: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """An aligned crop of a frame's crop-space values (float32, clipped to [0, 1]): cubic where the
+    crop enlarges the face, linear with pre-reduction where it shrinks it, exactly as the export
+    crops a plate for a model of these crops (``export/plate_layers.py: crop_working``)."""
+    up = align.matrix_scale(align.crop_matrix(matrix, size)) >= 1.0
+    crop = align.warp_to_crop(values, matrix, size, cv2.INTER_CUBIC if up else cv2.INTER_LINEAR)
+    return np.clip(crop, 0.0, 1.0).astype(np.float32)
 
 
 def _delay() -> float:
@@ -312,9 +323,14 @@ def _crop_pass(
             if not rows:
                 continue
             h, w = fr.image.shape[:2]
+            values = None if opt.crop_space == "srgb" else frame_in_crop_space(
+                fr.image, src.colour, opt.crop_space, fr.plate)
             for k in rows:
                 m = align.alignment_matrix(plan.smooth[k], opt.face_type)
-                crop = align.warp_to_crop(fr.image, m, opt.size)
+                if values is None:
+                    crop = align.warp_to_crop(fr.image, m, opt.size)
+                else:
+                    crop = _crop_values(values, m, opt.size)
                 rec = faceset.FaceRecord(
                     id=ids[k],
                     source=str(src.path),
@@ -516,7 +532,7 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
                     return faceset.create(
                         out,
                         face_type=opt.face_type,
-                        crop_space="srgb",  # 8-bit crops of the footage, or of a float plate's sRGB view
+                        crop_space=opt.crop_space,
                         size=opt.size,
                         image_format=opt.image_format,
                         identity=opt.identity or None,

@@ -42,10 +42,13 @@ TMP_SUFFIX = ".tmp"
 CROP_SPACES = ("srgb", "acescct")
 """What the stored crops' values mean (header ``crop_space``; absent in older sets: ``srgb``).
 ``srgb``: 8-bit sRGB-encoded pictures: the footage itself for 8-bit footage, the plate's sRGB
-view (``footage/colour.py``) for scene-referred plates. ``acescct``: crops in ACEScct, reserved
-for face sets that store the plates' working space (none are written yet). A model trained on a
-set is fed crops in its space at export (``docs/plates.md``)."""
+view (``footage/colour.py``) for scene-referred plates. ``acescct``: **16-bit PNG** crops in
+ACEScct, the log working space that holds linear 0 … 222 in [0, 1], so a float plate's
+highlights and shadows survive (``swap-extract crop_space=acescct``). A model trained on a set
+is fed crops in its space at export (``docs/plates.md``)."""
 DEFAULT_CROP_SPACE = "srgb"
+CROP_DTYPES = {"srgb": np.uint8, "acescct": np.uint16}
+"""The stored sample type of each crop space (8-bit for sRGB pictures, 16-bit for ACEScct)."""
 
 
 def crop_space_of(header: dict[str, Any]) -> str:
@@ -170,6 +173,8 @@ def make_header(face_type: str, size: int, image_format: str, jpeg_quality: int,
     fmt = {"jpeg": "jpg"}.get(str(image_format).lower(), str(image_format).lower())
     if fmt not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
+    if fmt == "jpg" and crop_space != DEFAULT_CROP_SPACE:
+        raise ValueError(f"crop_space={crop_space} crops are 16-bit PNG; image_format=jpg holds 8 bits only")
     if fmt == "jpg" and not MIN_JPEG_QUALITY <= int(jpeg_quality) <= 100:
         raise ValueError(f"jpeg_quality must be in [{MIN_JPEG_QUALITY}, 100], got {jpeg_quality!r}")
     if not 0 <= int(png_compression) <= 9:
@@ -241,16 +246,24 @@ def read_header(root: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- codecs
 
 
-def check_image(image: np.ndarray, size: int) -> np.ndarray:
+def check_image(image: np.ndarray, size: int, crop_space: str = DEFAULT_CROP_SPACE) -> np.ndarray:
+    """A face crop as the set stores it: uint8 ``(S, S, 3)`` RGB for ``srgb`` sets; uint16 for
+    ``acescct`` sets, which also take float32 values in [0, 1] (quantised to 1/65535)."""
     image = np.asarray(image)
-    if image.dtype != np.uint8 or image.shape != (size, size, 3):
-        raise ValueError(f"face image must be uint8 ({size}, {size}, 3) RGB, got {image.dtype}{image.shape}")
+    want = CROP_DTYPES[crop_space]
+    if want is np.uint16 and image.dtype.kind == "f" and image.shape == (size, size, 3):
+        if not np.isfinite(image).all():
+            raise ValueError("face image has non-finite values")
+        image = np.rint(np.clip(image, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    if image.dtype != want or image.shape != (size, size, 3):
+        raise ValueError(f"face image must be {np.dtype(want).name} ({size}, {size}, 3) RGB"
+                         f"{' (or float in [0, 1])' if want is np.uint16 else ''}, got {image.dtype}{image.shape}")
     return image
 
 
 def encode_image(image: np.ndarray, size: int, header: dict[str, Any]) -> bytes:
-    """uint8 ``(S, S, 3)`` RGB -> PNG/JPEG bytes (cv2; BGR on the wire)."""
-    bgr = cv2.cvtColor(check_image(image, size), cv2.COLOR_RGB2BGR)
+    """uint8 (uint16 for ``acescct`` sets) ``(S, S, 3)`` RGB -> PNG/JPEG bytes (cv2; BGR on the wire)."""
+    bgr = cv2.cvtColor(check_image(image, size, crop_space_of(header)), cv2.COLOR_RGB2BGR)
     if header["image_format"] == "jpg":
         params = [cv2.IMWRITE_JPEG_QUALITY, int(header["jpeg_quality"])]
     else:
@@ -262,8 +275,10 @@ def encode_image(image: np.ndarray, size: int, header: dict[str, Any]) -> bytes:
 
 
 def decode_image(data: bytes, size: int, where: str) -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 ``(S, S, 3)`` RGB; one-line FaceSetError if unreadable."""
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    """PNG/JPEG bytes -> ``(S, S, 3)`` RGB as stored (uint8; uint16 for a 16-bit PNG); one-line
+    FaceSetError if unreadable."""
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if bgr is None or bgr.shape != (size, size, 3):
         shape = None if bgr is None else bgr.shape
         raise FaceSetError(f"corrupt face image {where} (decoded shape {shape}, expected {size}x{size}x3)")

@@ -35,6 +35,7 @@ from progressive_swap.faceset.format import (
     write_file_durable,
 )
 from progressive_swap.faceset.writer import FaceSetWriter, concat_shards, create, link_or_copy
+from progressive_swap.footage.colour import crop_view
 
 
 class FaceSet:
@@ -321,7 +322,23 @@ class FaceSet:
         return mask_path(self.root, check_mask_name(name), self._ids[self._row(i)])
 
     def image(self, i: int | str) -> np.ndarray:
-        """uint8 ``(S, S, 3)`` RGB crop of face ``i`` (row or id)."""
+        """uint8 ``(S, S, 3)`` sRGB picture of face ``i`` (row or id): the stored crop of an
+        ``srgb`` set; for an ``acescct`` set its display view (ACEScct → sRGB, clipped), what
+        detectors, embeddings, the reviewer and previews look at. The network's values are
+        :meth:`values`."""
+        stored = self._stored(i)
+        if stored.dtype == np.uint8:
+            return stored
+        return crop_view(stored.astype(np.float32) / 65535.0, self.crop_space)
+
+    def values(self, i: int | str) -> np.ndarray:
+        """float32 ``(S, S, 3)`` in [0, 1]: face ``i``'s crop values in the set's
+        :attr:`crop_space`, at the precision stored (8-bit sRGB, or 16-bit ACEScct): what the
+        network is trained on."""
+        stored = self._stored(i)
+        return stored.astype(np.float32) / np.float32(np.iinfo(stored.dtype).max)
+
+    def _stored(self, i: int | str) -> np.ndarray:
         path = self.image_path(i)
         try:
             data = path.read_bytes()

@@ -131,6 +131,11 @@ class FaceSetWriter:
     def image_format(self) -> str:
         return self.header["image_format"]
 
+    @property
+    def crop_space(self) -> str:
+        """What the crops' values mean (``srgb``: uint8 pictures; ``acescct``: 16-bit)."""
+        return crop_space_of(self.header)
+
     def __len__(self) -> int:
         return self._count
 
@@ -149,7 +154,8 @@ class FaceSetWriter:
 
         Args:
             records: one :class:`FaceRecord` per face; ids must be new to the set.
-            images: uint8 ``(S, S, 3)`` RGB crops, ``S`` = the set's size.
+            images: uint8 ``(S, S, 3)`` RGB crops, ``S`` = the set's size (``acescct`` sets:
+                uint16, or float32 in [0, 1]).
             masks: optional ``{name: [mask or None per face]}``; masks are ``(S, S)`` float in
                 [0, 1] (soft values kept to 1/65535), bool, uint8 or uint16.
         """
@@ -178,7 +184,8 @@ class FaceSetWriter:
         # Check every array first, so a bad image or mask fails before any file is written.
         jobs: list[tuple[Path, Any, Any]] = []  # (path, array, record payload | None for a mask)
         for r, im, payload in zip(records, images, payloads):
-            jobs.append((image_path(self.root, self.header, r.id), check_image(im, self.size), payload))
+            jobs.append((image_path(self.root, self.header, r.id), check_image(im, self.size, self.crop_space),
+                         payload))
         for name, ms in masks.items():
             for r, m in zip(records, ms):
                 if m is not None:

@@ -203,3 +203,36 @@ def _apply(cpu, rgb: np.ndarray) -> np.ndarray:
     flat = out.reshape(-1, 3)
     cpu.applyRGB(flat)  # in place on the contiguous buffer
     return out
+
+
+def crop_view(values: np.ndarray, crop_space: str) -> np.ndarray:
+    """Crop values in ``crop_space`` (float32 ``(..., 3)`` in [0, 1]) → the uint8 sRGB picture a
+    person, a detector or an embedding looks at. ``acescct`` goes through the built-in config
+    (ACEScct → sRGB, values above the view's 1 clipped); ``srgb`` values are the picture."""
+    if crop_space == "srgb":
+        out = np.asarray(values, np.float32)
+    else:
+        out = _apply(_processor(BUILTIN_CONFIG, CROP_SPACE_NAMES[crop_space], SRGB), values)
+    return np.rint(np.clip(np.nan_to_num(out), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def frame_in_crop_space(image: np.ndarray, colour: PlateColour | None, crop_space: str,
+                        plate: np.ndarray | None = None) -> np.ndarray:
+    """A whole frame's values in a face set's ``crop_space``, float32 ``(H, W, 3)``, not clipped.
+
+    Args:
+        image: the frame's uint8 sRGB picture (8-bit footage, or a plate's view).
+        colour: the plate's colour path (None for 8-bit footage: sRGB).
+        crop_space: ``srgb`` (the picture, /255) or ``acescct``.
+        plate: the plate's own float values (high-precision files), converted from the plate's
+            space, so nothing is lost to the 8-bit view.
+    """
+    if crop_space == "srgb":
+        return np.asarray(image, np.float32) / 255.0
+    if plate is not None and colour is not None:
+        if colour.scene:
+            return colour.for_crops(crop_space).to_working(plate)
+        target = resolve_space(load_config(colour.config), CROP_SPACE_NAMES[crop_space])
+        return _apply(_processor(colour.config, colour.plate, target), plate)
+    return _apply(_processor(BUILTIN_CONFIG, SRGB, CROP_SPACE_NAMES[crop_space]),
+                  np.asarray(image, np.float32) / 255.0)

@@ -30,9 +30,9 @@ def paste_occluder(
     (anti-aliased, slightly blurred) alpha: ``mask * (1 - alpha)``.
 
     Args:
-        image: ``(H, W, 3)`` uint8 RGB.
+        image: ``(H, W, 3)`` uint8 RGB (or float32 values in [0, 1], returned as float32).
         mask: ``(H, W)`` float32 in [0, 1].
-        other: optional ``(H, W, 3)`` uint8 image used as a texture.
+        other: optional ``(H, W, 3)`` image of the same kind, used as a texture.
 
     Returns:
         ``(image, mask)`` new arrays.
@@ -78,6 +78,7 @@ def paste_occluder_alpha(
             tip = base + palm * rng.uniform(1.6, 2.6) * np.array([math.cos(t), math.sin(t)])
             cv2.line(alpha, P(base), P(tip), 255, max(1, int(palm * 0.35)), cv2.LINE_AA)
     a = alpha.astype(np.float32) / 255.0
+    top = 1.0 if image.dtype.kind == "f" else 255.0  # float values in [0, 1], or uint8 codes
     if rng.random() < 0.5:
         a = cv2.GaussianBlur(a, (0, 0), rng.uniform(0.3, 1.2))
     u = rng.random()
@@ -88,13 +89,15 @@ def paste_occluder_alpha(
             if rng.random() < 0.5
             else np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
         )
-        fill = c0 * (1 - g) + c1 * g + rng.normal(0, rng.uniform(0, 12), (h, w, 3))
+        fill = (c0 * (1 - g) + c1 * g + rng.normal(0, rng.uniform(0, 12), (h, w, 3))) * (top / 255.0)
     elif u < 0.7:
         fill = np.roll(image, (int(rng.integers(h // 4, h)), int(rng.integers(w // 4, w))), (0, 1))
         fill = fill[:, ::-1] if rng.random() < 0.5 else fill
     else:
         fill = other
-    fill = np.clip(np.broadcast_to(fill, image.shape).astype(np.float32), 0, 255)
+    fill = np.clip(np.broadcast_to(fill, image.shape).astype(np.float32), 0, top)
     a3 = a[..., None]
     out = image.astype(np.float32) * (1 - a3) + fill * a3
+    if image.dtype.kind == "f":  # 16-bit crops' values, float in [0, 1]
+        return np.clip(out, 0.0, 1.0).astype(np.float32), a
     return np.clip(out + 0.5, 0, 255).astype(np.uint8), a

@@ -17,6 +17,7 @@ from rich.console import Console
 from progressive_swap.core.io import atomic_write_bytes, write_error
 from progressive_swap.core.progress import duration, format_line, is_terminal
 from progressive_swap.core.weights import save_weights
+from progressive_swap.footage.colour import crop_view
 from progressive_swap.train import identity_fit
 
 _console = Console(stderr=True)
@@ -38,12 +39,14 @@ def _label(tile: np.ndarray, text: str) -> np.ndarray:
     return tile
 
 
-def preview_grid(model: torch.nn.Module, faces: torch.Tensor, res: int, alpha: float, min_tile: int = 96) -> np.ndarray:
+def preview_grid(model: torch.nn.Module, faces: torch.Tensor, res: int, alpha: float, min_tile: int = 96,
+                 crop_space: str = "srgb") -> np.ndarray:
     """Rows of ``input | output`` pairs: every identity reconstructed, then every swap.
 
     Args:
         model: a :class:`CombAutoencoder`.
         faces: ``(N, n, 3, res, res)`` in [0, 1]: ``n`` faces of each of ``N`` identities.
+        crop_space: what the values mean; ``acescct`` tiles are shown in their sRGB view.
 
     Returns:
         uint8 RGB grid ``(rows * tile, 2 * n * tile, 3)`` with rows ``0>0, 1>1, …, 0>1, 1>0, …``
@@ -63,7 +66,8 @@ def preview_grid(model: torch.nn.Module, faces: torch.Tensor, res: int, alpha: f
             row = []
             for f in range(n):
                 for t in (faces[j, f], rgb[f]):
-                    im = (t.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+                    arr = t.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+                    im = (arr * 255 + 0.5).astype(np.uint8) if crop_space == "srgb" else crop_view(arr, crop_space)
                     row.append(cv2.resize(im, (tile, tile), interpolation=cv2.INTER_NEAREST))
             rows.append(np.concatenate([_label(row[0].copy(), f"{j}>{i}")] + row[1:], axis=1))
     model.train(was_training)
@@ -97,7 +101,8 @@ class PreviewCallback(pl.Callback):
         if not trainer.is_global_zero or self.every <= 0:
             return None
         res, alpha = module.stage_res, module.alpha
-        grid = preview_grid(module.model, self._faces(trainer, res), res, alpha)
+        grid = preview_grid(module.model, self._faces(trainer, res), res, alpha,
+                            crop_space=getattr(module, "crop_space", "srgb"))
         self.dirpath.mkdir(parents=True, exist_ok=True)
         ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
         assert ok

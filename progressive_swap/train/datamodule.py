@@ -92,6 +92,7 @@ def check_facesets(paths: Sequence[str | os.PathLike], min_size: int, mask: str 
         raise ValueError(
             "face sets have different crop spaces (what their crops' values mean), one model learns one: "
             + ", ".join(f"{p}={s.crop_space}" for p, s in zip(paths, sets))
+            + "; extract the others again with crop_space=acescct (any footage can be), or all with srgb"
         )
     names = [s.identities[0] if len(s.identities) == 1 else Path(p).name for p, s in zip(paths, sets)]
     if len(set(names)) < len(names):  # labels must tell the decoders apart
@@ -185,22 +186,23 @@ class CombDataset(Dataset):
             if rng.random() < self.paste_occluders:
                 img, a = paste_occluder_alpha(img, np.asarray(m, np.float32), rng)
                 m, regions = m * (1 - a), regions * (1 - a)
+        scale = 255.0 if img.dtype == np.uint8 else 1.0  # uint8 pictures, or a 16-bit set's float values
         return {
-            "image": np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) / 255.0,
+            "image": np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) / scale,
             "mask": np.asarray(m, np.float32)[None],
             "regions": np.asarray(regions, np.float32),
         }
 
     def _unaugmented(self, identity: int, face: int, res: int) -> tuple[np.ndarray, ...]:
-        """Image (res, res, 3) uint8, mask (res, res) and regions (2, res, res) of one face at
-        ``res``, before augmentation; kept while the process's budget (``cache_mb``) allows.
-        Callers copy before changing them."""
+        """Image (res, res, 3) uint8 (a 16-bit set's float32 values), mask (res, res) and regions
+        (2, res, res) of one face at ``res``, before augmentation; kept while the process's budget
+        (``cache_mb``) allows. Callers copy before changing them."""
         key = (identity, face, res)
         hit = self._faces.get(key)
         if hit is not None:
             return hit
         s = self._open()[identity]
-        img = s.image(face)
+        img = s.image(face) if s.crop_space == "srgb" else s.values(face)  # 16-bit sets: float32 values
         interp = cv2.INTER_AREA if img.shape[0] > res else cv2.INTER_LINEAR
         if img.shape[0] != res:
             img = cv2.resize(img, (res, res), interpolation=interp)
