@@ -246,3 +246,19 @@ def test_training_reads_16bit_sets_at_their_precision(blob_sets, tmp_path):
     out = tmp_path / "run"
     assert train_cli.main(tiny([a, b], out, "max_steps=4")) == 0
     assert safe_load(out / "last.ckpt")[CKPT_KEY]["crop_space"] == "acescct"
+
+
+def test_repair_rebuilds_a_16bit_sets_lost_header_as_acescct(blob_sets, tmp_path):
+    """The header is the only place a set says what its values mean; the images' bit depth tells
+    repair (8-bit PNG: sRGB pictures, 16-bit: ACEScct)."""
+    from progressive_swap.cli import faceset as faceset_cli
+
+    sets = {"acescct": _to_acescct_set(blob_sets[0], tmp_path / "cct"), "srgb": str(tmp_path / "srgb")}
+    shutil.copytree(blob_sets[1], sets["srgb"])
+    for space, path in sets.items():
+        before = faceset.open(path).values(2)
+        (Path(path) / "faceset.json").unlink()
+        assert faceset_cli.main(["repair", path]) == 0
+        fs = faceset.open(path)
+        assert fs.crop_space == space and len(fs) == 12
+        np.testing.assert_array_equal(fs.values(2), before)

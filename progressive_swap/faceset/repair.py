@@ -232,12 +232,15 @@ def _header(root: Path, res: RepairResult) -> dict[str, Any] | None:
         fmt = next((f for f, e in IMAGE_FORMATS.items() if p.name.endswith(e)), None)
         if fmt is None or p.name.startswith(".") or not p.is_file():
             continue
-        wh, payload = emb.parse_head(emb.read_head(p))
+        head = emb.read_head(p)
+        wh, payload = emb.parse_head(head)
         try:
             _, face_type = emb.record_from_json(payload) if payload is not None else (None, None)
             if face_type is None or wh is None or wh[0] != wh[1]:
                 continue
-            header = make_header(face_type, int(wh[0]), fmt, 95, 1, None)
+            # 16-bit PNGs are the crops of an ACEScct set (sRGB sets store 8 bits): IHDR's bit depth.
+            space = "acescct" if fmt == "png" and len(head) > 24 and head[24] == 16 else "srgb"
+            header = make_header(face_type, int(wh[0]), fmt, 95, 1, None, space)
         except ValueError:
             continue
         if (root / HEADER_NAME).exists():
