@@ -419,3 +419,28 @@ def test_the_first_line_names_the_detector_and_dlibs_licence(tmp_path, clip, ckp
     assert "excludes commercial use" in lines[1]
     assert O.detector_lines(O.ExtractOptions(input="x", out="y", detector="fan")) == [
         "detector: face-alignment (S3FD boxes + 2D-FAN landmarks)"]
+
+
+def test_a_resumed_exr_export_with_composite_skips_its_finished_frames(tmp_path, clip, ckpt, capsys):
+    """Finished EXR frames were read back with OpenCV (which has no EXR reader here), so every
+    frame looked unfinished and was done again."""
+    seq = tmp_path / "plates"
+    seq.mkdir()
+    numbers = [1001 + i for i in range(N)]
+    for n, r in zip(numbers, clip):
+        write_plate(seq / f"plate.{n}.exr", srgb_to_acescg(r.image))
+    truth = write_truth(tmp_path / "truth.json", clip, numbers)
+    out = tmp_path / "out"
+    args = ("landmarks=given", f"landmarks_file={truth}", "format=exr", "composite=true")
+    assert export(ckpt, seq / "plate.####.exr", out, *args) == 0, capsys.readouterr().err
+    comps = sorted((out / "comp").glob("comp.*.exr"))
+    assert [p.name for p in comps] == [f"comp.{n}.exr" for n in numbers]
+    stamps = {p: p.stat().st_mtime_ns for p in [*comps, *(out / "layers").glob("*.exr")]}
+    assert export(ckpt, seq / "plate.####.exr", out, *args) == 0, capsys.readouterr().err
+    summary = json.loads((out / "export.json").read_text())["summary"]
+    assert summary["skipped"] == N and summary.get("redone", 0) == 0, summary
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    (out / "comp" / "comp.1002.exr").write_bytes(b"v/1\x01 damaged")  # a damaged finished frame is redone
+    assert export(ckpt, seq / "plate.####.exr", out, *args) == 0
+    summary = json.loads((out / "export.json").read_text())["summary"]
+    assert summary["skipped"] == N - 1 and summary["redone"] == 1, summary

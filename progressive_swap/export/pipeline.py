@@ -220,7 +220,7 @@ class Exporter:
                 if size and (layer.shape[1], layer.shape[0]) != size:
                     return None
             if self.s.composite:
-                comp = cv2.imread(str(self.out / meta["comp"]), cv2.IMREAD_UNCHANGED)
+                comp = self._comp_pixels(self.out / meta["comp"])
                 if comp is None or (size and (comp.shape[1], comp.shape[0]) != size):
                     return None
         return meta
@@ -273,7 +273,7 @@ class Exporter:
                         self.stats["skipped"] += 1
                         if preview is not None:
                             self._preview(fr, self._read_back(fr.index))
-                        if comp_video is not None:
+                        if comp_video is not None and not PL.scene_referred(fr):  # EXR frames: no video
                             comp_video.write(self._read_comp(fr.index), fr.index, fr.time)
                         advance(1, skipped=1)
                         continue
@@ -506,6 +506,16 @@ class Exporter:
         if not layers:
             raise ValueError(f"frame {index}: no layer files to preview")
         return stack_layers(layers)
+
+    @staticmethod
+    def _comp_pixels(path: Path) -> np.ndarray | None:
+        """A finished frame's pixels (PNG; EXR in a scene-referred plate's space), None if unreadable."""
+        if path.suffix == ".exr":
+            try:
+                return PL.read_plate_layer(path)[0]
+            except Exception:  # noqa: BLE001 - any decoder error means "redo this frame"
+                return None
+        return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
 
     def _read_comp(self, index: int) -> np.ndarray:
         meta = self.is_done(index) or {}
