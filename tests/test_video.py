@@ -108,3 +108,30 @@ def test_phantom_video_and_truth(tmp_path):
         assert inside[on_frame].all()
         assert FrameParams(**{**face["params"], "occluder": None}).yaw == pytest.approx(params.yaw)
         assert np.abs(img.astype(int) - r.image).mean() < 6  # the video shows the rendered frames
+
+
+def test_frames_keeps_part_of_a_video_by_0_based_index_and_stops_decoding_after_it(tmp_path, monkeypatch):
+    from progressive_swap.extract.pipeline import missing_frames
+    from progressive_swap.footage import sources
+
+    frames = gradient_frames(12)
+    path = tmp_path / "clip.mp4"
+    write_video(path, iter(frames), fps=24, crf=10)
+    decoded = []
+    real = sources.read_video
+
+    def counting(p):
+        for item in real(p):
+            decoded.append(item[0])
+            yield item
+
+    monkeypatch.setattr(sources, "read_video", counting)
+    src = sources.open_source(path, frames=(3, 6))
+    got = [(fr.index, fr.pos) for fr in src.frames()]
+    assert got == [(3, 3), (4, 4), (5, 5), (6, 6)] and src.expected_frames == 4
+    assert max(decoded) == 6 and not src.problems and missing_frames(src.problems, src, 4) == 0
+    assert [fr.index for fr in src.frames(src.position(5))] == [5, 6]  # a resumed pass starts mid-range
+    tail = sources.open_source(path, frames=(9, 99))  # past the end: what there is, no complaint
+    assert [fr.index for fr in tail.frames()] == [9, 10, 11] and not tail.problems
+    with pytest.raises(FileNotFoundError, match=r"in frames=12-20 \(its frames are 0-11, counted from 0\)"):
+        sources.open_source(path, frames=(12, 20))

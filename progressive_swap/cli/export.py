@@ -82,7 +82,7 @@ class ExportOptions:
     landmarks_file: str = ""  # footage only, landmarks=given: the truth JSON
     smooth: Literal["auto", "savgol", "one_euro", "none"] = "auto"  # footage only: landmark smoothing
     source: str = ""  # face set input: footage to read plates from (default: the records' source)
-    frames: str = ""  # numbered sequence: FIRST-LAST frame numbers to export (e.g. 1001-1100); "" all
+    frames: str = ""  # FIRST-LAST: a sequence's frame numbers (1001-1100) or a video's 0-based indices; "" all
     layer: str = ""  # multi-layer EXR plates: the RGB layer to read; "" the beauty (R, G, B)
     colorspace: str = ""  # the plates' OCIO colour space; "" the file type's default (docs/plates.md)
     ocio: str = ""  # OCIO config; "" $OCIO, else OCIO's built-in CG config

@@ -23,7 +23,8 @@ class ExtractOptions:
     """Video, image folder, image pattern (``f_%04d.png``, ``plate.####.exr``, ``plate.@@@@.dpx``, ``*.png``)
     or one image."""
     frames: str = ""
-    """Frame numbers of a numbered sequence to keep, ``FIRST-LAST`` (e.g. ``1001-1100``); "" keeps all."""
+    """Frames to keep, ``FIRST-LAST``: the file numbers of a numbered sequence (e.g. ``1001-1100``),
+    or 0-based frame indices of a video (decoding stops after the last); "" keeps all."""
     layer: str = ""
     """The RGB layer of a multi-layer or multi-part EXR; "" reads the beauty (``R, G, B``)."""
     colorspace: str = ""

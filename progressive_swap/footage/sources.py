@@ -10,7 +10,8 @@ sequences when ``fps`` is given, else NaN.
 
 Sequences are named by a folder, a glob, or a pattern: ``plate.%04d.exr``, ``plate.####.exr``
 or ``plate.@@@@.exr`` (each ``#`` or ``@`` one digit of padding, as in Nuke; more digits still
-match). ``frames=(first, last)`` keeps part of one. Missing numbers inside the range are gaps:
+match). ``frames=(first, last)`` keeps part of one (of a video: 0-based frame indices, and
+decoding stops after the last). Missing numbers inside the range are gaps:
 each is one ``frame N skipped: …`` problem, counted like an unreadable frame (exit code 4).
 
 High-precision files (EXR, DPX, 16-bit or float TIFF and PNG) are read through OpenImageIO
@@ -139,6 +140,8 @@ class FrameSource:
     digits: int = 6
     layer: str = ""
     colour: PlateColour | None = None
+    frame_range: tuple[int, int] | None = None
+    """Video only: ``frames=`` as 0-based frame indices (inclusive); decoding stops after the last."""
 
     @property
     def high_precision(self) -> bool:
@@ -196,8 +199,9 @@ class FrameSource:
     def _video_frames(self, start: int) -> Iterator[Frame]:
         last = -1
         last_t = math.nan
+        lo, hi = self.frame_range or (0, None)
         it = read_video(self.path)
-        while True:
+        while hi is None or last < hi:
             try:
                 i, t, im = next(it)
             except StopIteration:
@@ -208,9 +212,13 @@ class FrameSource:
                 self.problems.append(f"{self.path.name}: decoding stopped {where}: {line}")
                 break
             last, last_t = i, t
-            if i >= start:
+            if i >= max(start, lo):
                 yield Frame(i, t, im, pos=i)
-        if self.expected_frames and 0 <= last < self.expected_frames - 1 and not self.problems:
+        if hi is not None:
+            if self.expected_frames and last < lo + self.expected_frames - 1 and not self.problems:
+                self.problems.append(f"{self.path.name}: decoding ended at frame {last}, before frames={lo}-{hi} "
+                                     "ends (truncated?)")
+        elif self.expected_frames and 0 <= last < self.expected_frames - 1 and not self.problems:
             self.problems.append(
                 f"{self.path.name}: decoded {last + 1} of {self.expected_frames} frames the container announces "
                 "(truncated?)"
@@ -231,7 +239,8 @@ def open_source(
         path: input path or pattern (``shot/frame_%05d.png``, ``plate.####.exr``,
             ``plate.@@@@.dpx``, ``shot/*.png``).
         fps: frame rate of image input (sets times and smoothing windows); ignored for video.
-        frames: ``(first, last)`` frame numbers of a numbered sequence to keep (inclusive).
+        frames: ``(first, last)`` frames to keep (inclusive): the file numbers of a numbered
+            sequence, 0-based frame indices of a video.
         layer: the RGB layer of a multi-layer EXR (``""``: the beauty).
         colorspace: the plates' colour space (``""``: the default of their file type,
             :func:`~progressive_swap.footage.colour.default_space`); high-precision files only.
@@ -281,9 +290,7 @@ def open_source(
     elif p.suffix.lower() in IMAGE_EXTS:
         kind, files, name = "image", [p], p.stem
     else:
-        if frames is not None:
-            raise ValueError("frames= selects part of a numbered image sequence; this input is a video")
-        return _open_video(p, s, layer, colorspace)
+        return _open_video(p, s, layer, colorspace, frames)
     problems: list[str] = []
     expected = len(files)
     if frames is not None:
@@ -374,7 +381,8 @@ def _check_8bit(what: str, layer: str, colorspace: str) -> None:
                          f"{what} is 8-bit and read as sRGB")
 
 
-def _open_video(p: Path, s: str, layer: str, colorspace: str) -> FrameSource:
+def _open_video(p: Path, s: str, layer: str, colorspace: str, frames: tuple[int, int] | None = None) -> FrameSource:
+    """A video; ``frames`` keeps frame indices ``first``-``last`` (0-based, inclusive)."""
     _check_8bit(p.name, layer, colorspace)
     if p.stat().st_size == 0:
         raise ValueError(f"{s!r} is empty (0 bytes)")
@@ -387,7 +395,13 @@ def _open_video(p: Path, s: str, layer: str, colorspace: str) -> FrameSource:
         kind = "video" if p.suffix.lower() in VIDEO_EXTS else "video or image"
         raise ValueError(f"cannot read {s!r} as a {kind}: {line}") from None
     rate = info["fps"] if info["fps"] and math.isfinite(info["fps"]) else None
-    return FrameSource("video", p, _clean_name(p.stem), rate, expected_frames=int(info["n_frames"] or 0))
+    n = int(info["n_frames"] or 0)
+    if frames is not None:
+        if n and frames[0] >= n:
+            raise FileNotFoundError(f"no frame of {s!r} in frames={frames[0]}-{frames[1]} "
+                                    f"(its frames are 0-{n - 1}, counted from 0)")
+        n = min(frames[1], n - 1) - frames[0] + 1 if n else 0  # 0: the container does not say
+    return FrameSource("video", p, _clean_name(p.stem), rate, expected_frames=n, frame_range=frames)
 
 
 def parse_frames(text: str) -> tuple[int, int] | None:
