@@ -444,3 +444,17 @@ def test_a_resumed_exr_export_with_composite_skips_its_finished_frames(tmp_path,
     assert export(ckpt, seq / "plate.####.exr", out, *args) == 0
     summary = json.loads((out / "export.json").read_text())["summary"]
     assert summary["skipped"] == N - 1 and summary["redone"] == 1, summary
+
+
+def test_bench_extract_times_an_exr_sequence(tmp_path):
+    """The 2K EXR benchmark's code path, on a tiny plate (its figures are in docs/plates.md)."""
+    from conftest import import_tool
+
+    bench = import_tool("bench_extract")
+    out = tmp_path / "bench.json"
+    assert bench.main(["--plates", "exr", "--frames", "2", "--plate-size", "256x144", "--crop", "64",
+                       "--oiio-threads", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    (run,) = res["runs"]
+    assert res["plate_size"] == [256, 144] and run["oiio_threads_used"] == 1 and run["read"]["frames_per_s"] > 0
+    assert run["pipeline_srgb"]["faces"] == run["pipeline_acescct"]["faces"] == 2
