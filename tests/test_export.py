@@ -467,8 +467,8 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, ckpt, vfr_video, capsys
         rc = cli(ckpt, video, tmp_path / "file" / "out", given)
         want = "cannot write to"
     elif case == "option":
-        rc = cli(ckpt, video, tmp_path, given, "format=tiff")
-        want = "unknown format 'tiff'"
+        rc = cli(ckpt, video, tmp_path, given, "format=webp")
+        want = "unknown format 'webp'"
     else:
         rc = cli(ckpt, tmp_path / "nope.mp4", tmp_path, given)
         want = "input not found"

@@ -458,3 +458,65 @@ def test_bench_extract_times_an_exr_sequence(tmp_path):
     (run,) = res["runs"]
     assert res["plate_size"] == [256, 144] and run["oiio_threads_used"] == 1 and run["read"]["frames_per_s"] > 0
     assert run["pipeline_srgb"]["faces"] == run["pipeline_acescct"]["faces"] == 2
+
+
+def timecode(n: int) -> dict:
+    """A plate attribute: 01:00:00:00 at frame 1001, one frame later per number."""
+    import OpenImageIO as oiio
+
+    return {"smpte:TimeCode": (oiio.TypeDesc("timecode"), [0x01000000 + n - 1001, 0])}
+
+
+def test_tiff_and_dpx_layers_on_request_match_the_exr_layer(tmp_path, clip, ckpt, capsys):
+    """Issue 26 item 2: DPX and TIFF layers on request, in the plate's space. A float TIFF is the
+    EXR layer at float precision (premultiplied); a DPX of a log plate holds straight alpha and
+    16-bit codes; both line up with the plate's frame numbers and resume like EXR."""
+    from progressive_swap.export import plate_layers as PL
+    from progressive_swap.footage import colour as CO
+
+    c = CO.plate_colour(".dpx", "uint16")  # the built-in config's compositing_log: ACEScct
+    to_log = CO._processor(c.config, CO.SRGB, c.plate)
+    numbers = [1001, 1002]
+    seqs = {"exr": tmp_path / "exr", "dpx": tmp_path / "dpx"}
+    for kind, seq in seqs.items():
+        seq.mkdir()
+        for n, r in zip(numbers, clip):
+            if kind == "exr":
+                write_plate(seq / f"plate.{n}.exr", srgb_to_acescg(r.image), attrs=timecode(n))
+            else:
+                log = CO._apply(to_log, r.image.astype(np.float32) / 255.0)
+                write_plate(seq / f"plate.{n}.dpx", log, "uint16", bits=10, attrs=timecode(n))
+    truth = write_truth(tmp_path / "truth.json", clip, numbers)
+    given = ("landmarks=given", f"landmarks_file={truth}")
+    layers = {}
+    for kind, fmt in (("exr", "exr"), ("exr", "tiff"), ("dpx", "exr"), ("dpx", "dpx")):
+        out = tmp_path / f"out_{kind}_{fmt}"
+        assert export(ckpt, seqs[kind] / f"plate.####.{kind}", out, *given, f"format={fmt}") == 0, capsys.readouterr()
+        ext = {"exr": "exr", "tiff": "tif", "dpx": "dpx"}[fmt]
+        assert sorted(p.name for p in (out / "layers").iterdir()) == [f"face.{n}.{ext}" for n in numbers]
+        meta = json.loads((out / "meta" / "face.1002.json").read_text())
+        assert meta["format"] == fmt and meta["plate"]["attributes"]["smpte:TimeCode"] == [0x01000001, 0]
+        layers[kind, fmt] = [PL.read_plate_layer(out / "layers" / f"face.{n}.{ext}") for n in numbers]
+    for (px_exr, _), (px_tif, _) in zip(layers["exr", "exr"], layers["exr", "tiff"]):
+        assert (px_exr[..., 3] > 0.1).sum() > 100  # a face is there (a random model: partial alpha)
+        np.testing.assert_allclose(px_tif, px_exr, rtol=2**-10, atol=2**-14)  # EXR is half, TIFF float
+    for n, (px_exr, _), (px_dpx, attrs) in zip(numbers, layers["dpx", "exr"], layers["dpx", "dpx"]):
+        np.testing.assert_allclose(px_dpx, px_exr, atol=2e-3)  # 16-bit straight codes, premultiplied back
+        assert list(attrs["smpte:TimeCode"]) == [0x01000000 + n - 1001, 0]  # each frame's own timecode
+    meta = json.loads((tmp_path / "out_dpx_dpx" / "meta" / "face.1001.json").read_text())
+    assert meta["conventions"] == {"alpha": "straight", "colorspace": "ACEScct", "bit_depth": 16}
+    # A resumed DPX export skips its finished frames (read back through OpenImageIO).
+    assert export(ckpt, seqs["dpx"] / "plate.####.dpx", tmp_path / "out_dpx_dpx", *given, "format=dpx") == 0
+    assert json.loads((tmp_path / "out_dpx_dpx" / "export.json").read_text())["summary"]["skipped"] == 2
+    # Refused in one line, nothing written: DPX of a scene-linear plate, TIFF of sRGB footage.
+    png = tmp_path / "png"
+    png.mkdir()
+    for n, r in zip(numbers, clip):
+        cv2.imwrite(str(png / f"plate.{n}.png"), r.image[..., ::-1])
+    for inp, fmt, words in ((seqs["exr"] / "plate.####.exr", "dpx", "ACEScg is scene-linear"),
+                            (png / "plate.####.png", "tiff", "sRGB footage: use format=png16 or exr")):
+        capsys.readouterr()
+        assert export(ckpt, inp, tmp_path / f"no_{fmt}", *given, f"format={fmt}") == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and words in err, err
+        assert not (tmp_path / f"no_{fmt}").exists()

@@ -2,7 +2,7 @@
 
 Usage:
     swap-export checkpoint=RUN/last.ckpt input=FOOTAGE_OR_FACESET out=DIR identity=NAME [from_identity=NAME] \\
-        [format=png16|png8|exr] [layers=merged|per_track] [color=none|reinhard|histogram] \\
+        [format=png16|png8|exr|tiff|dpx] [layers=merged|per_track] [color=none|reinhard|histogram] \\
         [erode=0] [dilate=0] [feather=0] [preview=false] [composite=false] [comp=blender] [bf16=false] ...
 
 ``input`` is either a face set of the footage (its records name the source video or image
@@ -40,6 +40,7 @@ from progressive_swap.cli.common import (
 from progressive_swap.core.io import atomic_write_json, locked_dir, remove_debris
 from progressive_swap.export import blender_comp
 from progressive_swap.export import frames as F
+from progressive_swap.export import writers as W
 from progressive_swap.export.frames import open_plates
 from progressive_swap.export.pipeline import Exporter
 from progressive_swap.export.settings import ExportSettings, check_previous
@@ -53,6 +54,7 @@ from progressive_swap.extract.pipeline import (
     precheck,
 )
 from progressive_swap.faceset.format import HEADER_NAME
+from progressive_swap.footage.colour import encoding_of
 from progressive_swap.footage.sources import footage_exists, is_pattern
 from progressive_swap.train import identity_fit
 
@@ -69,7 +71,8 @@ class ExportOptions:
     identity: str = ""  # decoder to swap to: a name from the checkpoint, or its index
     from_identity: str = ""  # whose faces the footage shows (name, index or none); default: the other of two
     reconstruct: bool = False  # allow from_identity == identity: decode the footage's own identity (a reconstruction)
-    format: Literal["png16", "png8", "exr"] = "png16"  # png: straight alpha, sRGB; exr: half, linear, premultiplied
+    format: Literal["png16", "png8", "exr", "tiff", "dpx"] = "png16"  # png: straight, sRGB; exr: half, premultiplied
+    # (in the plate's space for EXR/DPX/float plates; tiff: float, premultiplied; dpx: 16-bit, straight: plates only)
     layers: Literal["merged", "per_track"] = "merged"  # one layer per frame, or one per face track
     color: Literal["none", "reinhard", "histogram"] = "none"  # match the plate's skin (recorded in metadata)
     mask: Literal["auto", "source", "model", "union", "hull", "stored"] = "auto"  # where alpha comes from
@@ -218,6 +221,8 @@ def _export(argv: Sequence[str]) -> int:
     if o.comp == "blender":
         if o.layers != "merged":
             raise UserError("comp=blender wires the merged layer: use layers=merged")
+        if o.format in ("tiff", "dpx"):
+            raise UserError(f"comp=blender wires EXR and PNG layers, not format={o.format}")
         if blender_comp.find_blender() is None:
             raise UserError(blender_comp.NO_BLENDER)
     inp = Path(o.input)
@@ -419,10 +424,18 @@ def plate_options(o, fset: Path | None = None, record_source: str = "") -> dict:
 
 
 def check_plate_format(plates, fmt: str) -> None:
-    """Scene-referred plates (EXR, DPX, float TIFF) get layers in their own space: EXR only."""
-    if plates.colour is not None and plates.colour.scene and fmt != "exr":
+    """Scene-referred plates (EXR, DPX, float TIFF) get layers in their own space: EXR, float TIFF,
+    or DPX (code values 0–1: not for a scene-linear space). TIFF and DPX layers are for them only."""
+    scene = plates.colour is not None and plates.colour.scene
+    if scene and fmt not in W.PLATE_FORMATS:
         raise UserError(f"{plates.path.name} is scene-referred ({plates.colour.plate}): its layers are written in "
-                        f"that space as EXR; use format=exr (docs/plates.md)")
+                        f"that space; use format=exr, tiff or dpx (docs/plates.md)")
+    if not scene and fmt in W.PLATE_FORMATS and fmt != "exr":
+        raise UserError(f"format={fmt} writes layers in a scene-referred plate's own space; {plates.path.name} is "
+                        f"sRGB footage: use format=png16 or exr")
+    if fmt == "dpx" and encoding_of(plates.colour) == "scene-linear":
+        raise UserError(f"format=dpx holds code values 0-1; {plates.colour.plate} is scene-linear (values above 1 "
+                        f"would be clipped): use format=exr or tiff")
 
 
 def check_crop_space(plates, info) -> None:

@@ -214,7 +214,7 @@ class Exporter:
             size = tuple(meta.get("frame_size") or ())
             for f in meta.get("files", {}).values():
                 try:
-                    layer = W.read_layer(self.out / f)
+                    layer = self._layer_pixels(self.out / f, meta)
                 except Exception:  # noqa: BLE001 - any decoder error means "redo this frame"
                     return None
                 if size and (layer.shape[1], layer.shape[0]) != size:
@@ -272,7 +272,7 @@ class Exporter:
                         self._drain(0)
                         self.stats["skipped"] += 1
                         if preview is not None:
-                            self._preview(fr, self._read_back(fr.index))
+                            self._preview(fr, self._read_back(fr))
                         if comp_video is not None and not PL.scene_referred(fr):  # EXR frames: no video
                             comp_video.write(self._read_comp(fr.index), fr.index, fr.time)
                         advance(1, skipped=1)
@@ -479,7 +479,7 @@ class Exporter:
             rel = self.layer_relpath(fr.index, None if key == "merged" else int(key[5:]))
             (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
             premult = PL.to_plate_layer(layer, fr)
-            PL.encode_plate_exr(self.out / rel, premult, fr, self.text)
+            PL.encode_plate_exr(self.out / rel, premult, fr, self.text, s.format)
             files[key] = rel
             written.append(premult)
         extra = {}
@@ -491,8 +491,9 @@ class Exporter:
         W.write_sidecar(self.sidecar_path(fr.index), {
             "frame_index": fr.index, "time": fr.time if math.isfinite(fr.time) else None,
             "frame_size": list(fr.size), "source": self.source, "identity": self.identity_name,
-            "fingerprint": self.fingerprint, "input_key": p.key, "format": "exr",
-            "conventions": {"alpha": "premultiplied", "colorspace": fr.colour.plate, "bit_depth": "half"},
+            "fingerprint": self.fingerprint, "input_key": p.key, "format": s.format,
+            "conventions": {"alpha": PL.LAYER_FILES[s.format][2], "colorspace": fr.colour.plate,
+                            "bit_depth": {"uint16": 16}.get(PL.LAYER_FILES[s.format][1], PL.LAYER_FILES[s.format][1])},
             "colour": fr.colour.as_dict(),
             "plate": {"data_window": list(fr.info.data_window), "display_window": list(fr.info.display_window),
                       "attributes": fr.info.attributes} if fr.info is not None else None,
@@ -500,12 +501,30 @@ class Exporter:
         })
         return (merged if s.preview else None), len(swapped), None
 
-    def _read_back(self, index: int) -> np.ndarray:
-        meta = self.is_done(index) or {}
-        layers = [W.read_layer(self.out / f) for f in meta.get("files", {}).values()]
+    def _read_back(self, fr: FrameIn) -> np.ndarray:
+        """A finished frame's layers, read back for the preview: straight-alpha sRGB (plate
+        layers converted from the plate's space to its view)."""
+        meta = self.is_done(fr.index) or {}
+        layers = []
+        for f in meta.get("files", {}).values():
+            if meta.get("colour") and PL.scene_referred(fr):
+                pre = PL.read_plate_layer(self.out / f)[0]
+                a = pre[..., 3:4]
+                rgb = np.divide(pre[..., :3], a, out=np.zeros_like(pre[..., :3]), where=a > 0)
+                layers.append(np.concatenate([fr.colour.view(rgb).astype(np.float32) / 255.0, a], -1))
+            else:
+                layers.append(W.read_layer(self.out / f))
         if not layers:
-            raise ValueError(f"frame {index}: no layer files to preview")
+            raise ValueError(f"frame {fr.index}: no layer files to preview")
         return stack_layers(layers)
+
+    @staticmethod
+    def _layer_pixels(path: Path, meta: dict) -> np.ndarray:
+        """A written layer's pixels, to check it decodes: plate layers (a scene-referred plate's
+        sidecar has ``colour``) through OpenImageIO, the others as :func:`writers.read_layer`."""
+        if meta.get("colour"):
+            return PL.read_plate_layer(path)[0]
+        return W.read_layer(path)
 
     @staticmethod
     def _comp_pixels(path: Path) -> np.ndarray | None:

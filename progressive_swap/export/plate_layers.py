@@ -89,8 +89,23 @@ def _attributes(info) -> dict:
     return {k: v for k, v in (info.attributes if info is not None else {}).items() if k not in _NOT_COPIED}
 
 
-def encode_plate_exr(path: str | os.PathLike, layer: np.ndarray, frame, text: dict[str, str]) -> Path:
-    """Write a premultiplied plate-space layer as a half-float EXR (ZIP), atomically.
+LAYER_FILES = {  # format → (extension, stored type, alpha): what :func:`encode_plate_exr` writes
+    "exr": (".exr", "half", "premultiplied"),
+    "tiff": (".tif", "float", "premultiplied"),
+    "dpx": (".dpx", "uint16", "straight"),
+}
+
+
+def encode_plate_exr(path: str | os.PathLike, layer: np.ndarray, frame, text: dict[str, str],
+                     fmt: str = "exr") -> Path:
+    """Write a premultiplied plate-space layer as a half-float EXR (ZIP), atomically; or, asked
+    for, a float TIFF (ZIP, premultiplied: associated alpha) or a 16-bit DPX (**straight**
+    alpha, values clipped to the code range 0–1: for log plates, where premultiplying the codes
+    would be wrong).
+
+    TIFF and DPX keep the data window's origin but not the display window; DPX keeps the
+    timecode; both lose other attributes, which the frame's sidecar (``meta/face.N.json``,
+    ``plate``) holds for every format.
 
     The data and display windows are the plate's (an overscan plate keeps both), its own
     attributes are copied (timecode, frame rate, pixel aspect, ...), ``chromaticities`` names the
@@ -107,7 +122,8 @@ def encode_plate_exr(path: str | os.PathLike, layer: np.ndarray, frame, text: di
     path = Path(path)
     h, w = layer.shape[:2]
     info, space = frame.info, frame.colour.plate
-    spec = lib.ImageSpec(w, h, 4, "half")
+    ext, stored, alpha = LAYER_FILES[fmt]
+    spec = lib.ImageSpec(w, h, 4, stored)
     spec.channelnames = ("R", "G", "B", "A")
     spec.alpha_channel = 3
     if info is not None:
@@ -120,12 +136,18 @@ def encode_plate_exr(path: str | os.PathLike, layer: np.ndarray, frame, text: di
     chroma = CHROMATICITIES.get(space)
     if chroma is not None:
         spec.attribute("chromaticities", lib.TypeDesc("float[8]"), chroma)
-    spec.attribute("compression", "zip")
+    if fmt == "dpx":
+        spec.attribute("oiio:BitsPerSample", 16)
+    else:
+        spec.attribute("compression", "zip")
     spec.attribute("oiio:ColorSpace", space)
-    for k, v in {**text, "colorspace": space, "alpha": "premultiplied"}.items():
+    for k, v in {**text, "colorspace": space, "alpha": alpha}.items():
         spec.attribute(k, str(v))
     px = np.ascontiguousarray(layer.astype(np.float32))
-    with atomic_path(path, suffix=".exr") as tmp:  # the suffix picks OpenImageIO's EXR writer
+    if alpha == "straight":
+        a = px[..., 3:4]
+        px[..., :3] = np.clip(np.divide(px[..., :3], a, out=np.zeros_like(px[..., :3]), where=a > 0), 0.0, 1.0)
+    with atomic_path(path, suffix=ext) as tmp:  # the suffix picks OpenImageIO's writer
         out = lib.ImageOutput.create(str(tmp))
         if out is None or not out.open(str(tmp), spec):
             raise OSError(f"cannot write {path.name}: {lib.geterror() or (out and out.geterror())}")
@@ -154,8 +176,8 @@ def _set(spec, lib, key: str, value) -> None:
 
 
 def read_plate_layer(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
-    """A layer written by :func:`encode_plate_exr`: premultiplied RGBA float32 over its data window,
-    and its attributes."""
+    """A layer written by :func:`encode_plate_exr`: premultiplied RGBA float32 over its data window
+    (a DPX's straight alpha is premultiplied here), and its attributes."""
     lib = oiio()
     buf = lib.ImageBuf(str(path))
     if buf.has_error:
@@ -163,6 +185,8 @@ def read_plate_layer(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     spec = buf.spec()
     px = np.asarray(buf.get_pixels(lib.FLOAT), np.float32).reshape(spec.height, spec.width, spec.nchannels)
     attrs = {a.name: a.value for a in spec.extra_attribs}
+    if Path(path).suffix.lower() == ".dpx":  # written with straight alpha (LAYER_FILES)
+        px = np.concatenate([px[..., :3] * px[..., 3:4], px[..., 3:4]], -1)
     attrs["dataWindow"] = (spec.x, spec.y, spec.width, spec.height)
     attrs["displayWindow"] = (spec.full_x, spec.full_y, spec.full_width, spec.full_height)
     return px, attrs

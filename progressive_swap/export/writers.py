@@ -30,12 +30,17 @@ import numpy as np
 from progressive_swap.core import align
 from progressive_swap.core.io import atomic_write_bytes, atomic_write_json
 
-FORMATS = {"png8": ".png", "png16": ".png", "exr": ".exr"}
+FORMATS = {"png8": ".png", "png16": ".png", "exr": ".exr", "tiff": ".tif", "dpx": ".dpx"}
+PLATE_FORMATS = ("exr", "tiff", "dpx")
+"""Layer formats of scene-referred plates (written in the plate's own space, ``export/plate_layers.py``);
+``tiff`` and ``dpx`` are for them only."""
 EXR_WINDOWS = ("frame", "face")  # an EXR's data window: the whole frame (read right everywhere) or the face's box
 CONVENTIONS = {
     "png8": {"alpha": "straight", "colorspace": "sRGB", "bit_depth": 8},
     "png16": {"alpha": "straight", "colorspace": "sRGB", "bit_depth": 16},
     "exr": {"alpha": "premultiplied", "colorspace": "scene-linear", "bit_depth": "half"},
+    "tiff": {"alpha": "premultiplied", "colorspace": "the plate's", "bit_depth": "float"},
+    "dpx": {"alpha": "straight", "colorspace": "the plate's", "bit_depth": 16},
 }
 
 

@@ -236,3 +236,12 @@ def frame_in_crop_space(image: np.ndarray, colour: PlateColour | None, crop_spac
         return _apply(_processor(colour.config, colour.plate, target), plate)
     return _apply(_processor(BUILTIN_CONFIG, SRGB, CROP_SPACE_NAMES[crop_space]),
                   np.asarray(image, np.float32) / 255.0)
+
+
+def encoding_of(colour: PlateColour | None) -> str:
+    """The OCIO encoding of a plate's space (``scene-linear``, ``log``, ``sdr-video``, …; "" when
+    the config does not say, or for 8-bit footage)."""
+    if colour is None:
+        return ""
+    cs = load_config(colour.config).getColorSpace(colour.plate)
+    return (cs.getEncoding() or "") if cs is not None else ""
