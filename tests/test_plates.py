@@ -163,13 +163,18 @@ def test_exr_layer_picks_an_rgb_layer_and_an_absent_one_is_refused(tmp_path):
         open_source(tmp_path / "shot.####.exr", layer="specular")
 
 
-def test_an_exr_sequence_from_1001_exports_layers_on_the_same_frame_numbers(tmp_path, clip, ckpt, capsys):
+def acescg_sequence(tmp_path, clip) -> tuple:
+    """The clip as ``plates/plate.1001.exr …`` in ACEScg, and its landmarks file: ``(seq, numbers, truth)``."""
     seq = tmp_path / "plates"
     seq.mkdir()
-    numbers = [1001 + i for i in range(N)]
+    numbers = [1001 + i for i in range(len(clip))]
     for n, r in zip(numbers, clip):
         write_plate(seq / f"plate.{n}.exr", srgb_to_acescg(r.image))
-    truth = write_truth(tmp_path / "truth.json", clip, numbers)
+    return seq, numbers, write_truth(tmp_path / "truth.json", clip, numbers)
+
+
+def test_an_exr_sequence_from_1001_exports_layers_on_the_same_frame_numbers(tmp_path, clip, ckpt, capsys):
+    seq, numbers, truth = acescg_sequence(tmp_path, clip)
     out = tmp_path / "out"
     rc = export(ckpt, seq / "plate.####.exr", out, "landmarks=given", f"landmarks_file={truth}", "format=exr")
     assert rc == 0, capsys.readouterr().err
@@ -424,12 +429,7 @@ def test_the_first_line_names_the_detector_and_dlibs_licence(tmp_path, clip, ckp
 def test_a_resumed_exr_export_with_composite_skips_its_finished_frames(tmp_path, clip, ckpt, capsys):
     """Finished EXR frames were read back with OpenCV (which has no EXR reader here), so every
     frame looked unfinished and was done again."""
-    seq = tmp_path / "plates"
-    seq.mkdir()
-    numbers = [1001 + i for i in range(N)]
-    for n, r in zip(numbers, clip):
-        write_plate(seq / f"plate.{n}.exr", srgb_to_acescg(r.image))
-    truth = write_truth(tmp_path / "truth.json", clip, numbers)
+    seq, numbers, truth = acescg_sequence(tmp_path, clip)
     out = tmp_path / "out"
     args = ("landmarks=given", f"landmarks_file={truth}", "format=exr", "composite=true")
     assert export(ckpt, seq / "plate.####.exr", out, *args) == 0, capsys.readouterr().err
