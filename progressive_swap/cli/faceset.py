@@ -250,7 +250,7 @@ def _parse_ids(text: str) -> list[str]:
 def _console():
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)  # whole lines: a log or a test reads them as printed
 
 
 def _fmt(v: float) -> str:
