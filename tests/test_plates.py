@@ -560,3 +560,17 @@ def test_oiiotool_composites_png_layers_over_a_numbered_png_sequence_as_we_do(tm
         diff = np.abs(theirs - ours)
         print(f"{bits}-bit plates: oiiotool --over vs ours: max {diff.max()} code(s), mean {diff.mean():.4f}")
         assert diff.max() <= 1 and diff[a > 0].mean() < 0.05
+
+
+def test_a_large_frame_converts_in_slices_exactly_as_in_one_call(monkeypatch):
+    from progressive_swap.footage import colour as CO
+
+    c = CO.plate_colour(".exr", "half")
+    cpu = CO._processor(c.config, c.plate, c.view_space)
+    rgb = (np.random.default_rng(1).random((300, 457, 3)) * 4 - 0.1).astype(np.float32)
+    monkeypatch.setattr(CO, "PARALLEL_PIXELS", 1 << 40)
+    one = CO._apply(cpu, rgb)
+    monkeypatch.setattr(CO, "PARALLEL_PIXELS", 1)
+    monkeypatch.setattr(CO.os, "cpu_count", lambda: 3)  # uneven slices
+    np.testing.assert_array_equal(CO._apply(cpu, rgb), one)
+    assert not np.array_equal(one, rgb)  # it did convert

