@@ -262,3 +262,23 @@ def test_repair_rebuilds_a_16bit_sets_lost_header_as_acescct(blob_sets, tmp_path
         fs = faceset.open(path)
         assert fs.crop_space == space and len(fs) == 12
         np.testing.assert_array_equal(fs.values(2), before)
+
+
+def test_the_crop_space_benchmark_puts_highlights_where_it_judges_them(tmp_path):
+    """tools/bench_crop_space.py's plates and its judge, on a tiny random model (its figures, from
+    two demo trainings, are in docs/plates.md)."""
+    from conftest import import_tool, write_tiny_weights
+    from test_plates import ARCH
+
+    bench = import_tool("bench_crop_space")
+    data = bench.make_plates(tmp_path, frames=2, held_out=2, seed=0)
+    assert [p.name for p in sorted((tmp_path / "plates_0").iterdir())] == ["p.1001.exr", "p.1002.exr"]
+    for h in data["held"]:
+        assert h["plate"].max() > 2.0 and h["swap"].max() > 2.0  # a highlight far above the view's 1.0
+    ckpt = write_tiny_weights(tmp_path, ARCH, "whole")
+    res = bench.evaluate(ckpt, data["held"])
+    assert res["crop_space"] == "srgb"
+    for name in ("recon", "swap"):
+        r = res[name]
+        assert r["frames_with_highlight"] == 2 and r["highlight_stops"] > 0.5  # an sRGB model cannot reach it
+        assert 0 < r["view_psnr"] < 40 and np.isfinite(r["linear_rel_err"])
