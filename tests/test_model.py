@@ -419,3 +419,18 @@ def test_summary_of_a_1024_model_is_fast_and_consistent():
     assert all(r["gflops_train"] > r["gflops_forward"] for r in rows)
     text = format_summary(rows)
     assert "1024" in text and "\x1b" not in text
+
+
+def test_the_output_layer_keeps_float32_at_inference_under_bf16_autocast():
+    """Inference: float32 colour whatever the autocast (bfloat16 would round to 1 part in 256,
+    2 % of a linear value through ACEScct). Training: left to autocast (activation memory)."""
+    torch.manual_seed(0)
+    layer = ToRGB(8, 4)
+    x = torch.randn(1, 8, 4, 4).to(torch.bfloat16)
+    want = layer(x.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
+        got = layer(x)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = layer(x)
+    assert trained.dtype == torch.bfloat16 and not torch.equal(trained.float(), want)

@@ -359,6 +359,51 @@ def _round_trip(tmp_path, clip, crop_space, want_bands):
     np.testing.assert_allclose(finished[..., :3][clear], fr.plate[clear], rtol=2**-10, atol=2**-24)
 
 
+
+# Linear ACEScg values a network of ACEScct crops must be able to put on a layer, per channel:
+# a highlight, mid grey, a deep shadow (below ACEScct's toe), and zero.
+OUTPUTS = {"highlight": (16.0, 12.0, 4.0), "grey": (0.18, 0.18, 0.18), "shadow": (0.002, 2**-10, 0.0)}
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_the_network_on_a_reconstruct_export_puts_0_to_16_on_the_layer_within_half_precision(tmp_path, clip, bf16):
+    """The real model, checkpoint and CLI (``reconstruct=true``), with every decoder's output layer
+    set to a known constant (zero weights, biases at the ACEScct codes of :data:`OUTPUTS`, the mask
+    fully opaque): whatever the network says, the layer must hold it in the plate's space to one
+    half-float step, with bfloat16 inference too. (A network's output is a function of its
+    weights, so a constant is the one output with a ground truth; the pass-through above covers
+    the input side.)"""
+    from progressive_swap.core.weights import save_weights
+    from progressive_swap.export import plate_layers as PL
+    from progressive_swap.footage import colour as CO
+    from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
+
+    to_cct = CO._processor(CO.BUILTIN_CONFIG, "ACEScg", "ACEScct")
+    seq, _, truth = acescg_sequence(tmp_path, clip[:1])
+    for name, linear in OUTPUTS.items():
+        code = CO._apply(to_cct, np.asarray([linear], np.float32))[0].astype(np.float64)
+        model = CombAutoencoder(CombArch(**ARCH))
+        with torch.no_grad():
+            for key, t in model.state_dict().items():
+                if ".to_rgb." in key:
+                    t.zero_() if key.endswith("weight") else t.copy_(torch.tensor([*np.log(code / (1 - code)), 30.0]))
+        ck = tmp_path / name / "model.safetensors"
+        ck.parent.mkdir()
+        save_weights(model, ck, {"arch": model.arch_args(), "face_type": FACE_TYPE, "identities": ["alice", "bob"],
+                                 "stage_res": 32, "alpha": 1.0, "crop_space": "acescct"})
+        out = tmp_path / name / "out"
+        assert export(ck, seq / "plate.####.exr", out, "landmarks=given", f"landmarks_file={truth}", "format=exr",
+                      "from_identity=bob", "reconstruct=true", f"bf16={str(bf16).lower()}") == 0
+        layer, attrs = PL.read_plate_layer(out / "layers/face.1001.exr")
+        assert attrs["colorspace"] == "ACEScg" and attrs["alpha"] == "premultiplied"
+        opaque = layer[..., 3] >= 1.0
+        assert opaque.sum() > 2000, opaque.sum()
+        got = layer[..., :3][opaque]  # premultiplied by 1: the colour itself
+        want = np.asarray(linear, np.float32)
+        rel = np.abs(got - want) / np.maximum(want, 2**-14)
+        print(f"{name} {linear} bf16={bf16}: max relative error {rel.max():.2e} (half step {2**-10:.2e})")
+        assert rel.max() <= 2**-10, (name, rel.max(), got.min(0), got.max(0))
+
 def test_oiiotool_composites_our_layer_over_the_plate_as_we_do(tmp_path, clip):
     import shutil
     import subprocess

@@ -145,13 +145,14 @@ def _kill_at(run: Run, run_dir: Path, kind: str, start: int, rng: random.Random,
     delay = {"step": rng.uniform(0.0, 0.25), "growth": rng.uniform(0.0, 0.3)}.get(kind, 0.0)  # a step takes ~0.1-0.5 s
     armed_at: float | None = None
     max_complete = max(_step_files(run_dir), default=0)
+    left_over = set(_tmp_files(run_dir))  # a previous kill's half-written file is not this run writing
     while run.proc.poll() is None:
         if time.monotonic() - run.t0 > timeout:
             run.kill()
             return {"trigger": "timeout", "max_complete_seen": max_complete}
         new = {s for s in _step_files(run_dir) if s > start}
         if kind == "checkpoint":
-            tmps = _tmp_files(run_dir)
+            tmps = [t for t in _tmp_files(run_dir) if t not in left_over]
             hit = (
                 [t for t in tmps if t.startswith(".last.ckpt.")]
                 if target == "last"

@@ -159,6 +159,13 @@ class ToRGB(nn.Module):
 
     The result is already in the output space (colour in [0, 1], last channel a mask logit), so
     the fade-in blends and upsamples outputs, never raw logits (see ``ProgressiveDecoder``).
+
+    At inference (no gradients) it runs at its weights' precision even under autocast: a bfloat16
+    colour has 8 significant bits, one step in 256 of the value, which is about an 8-bit code of
+    an sRGB crop but 2 % of a linear value for a model of ACEScct crops (log encoded;
+    ``docs/plates.md``). Training keeps it under autocast: there the float32 copy of its input
+    would be kept for the backward pass (128 MiB per 1024 px image for ``model=half``), and the
+    step's rounding is far below what a network in training gets wrong.
     """
 
     def __init__(self, in_ch: int, out_ch: int = 4) -> None:
@@ -168,6 +175,10 @@ class ToRGB(nn.Module):
         self.conv = _conv(in_ch, out_ch, 1, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dev = x.device.type
+        if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev) and not torch.is_grad_enabled():
+            with torch.autocast(dev, enabled=False):
+                return output_activation(self.conv(x.to(self.conv.weight.dtype)))
         return output_activation(self.conv(x))
 
 
