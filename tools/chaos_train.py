@@ -101,7 +101,8 @@ class Run:
         )
         self.lines: list[str] = []
         self.t0 = time.monotonic()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -114,6 +115,7 @@ class Run:
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
+        self.reader.join(10.0)  # the lines still in the pipe (a busy machine reads them late)
 
     def stop(self, sig: int, timeout: float) -> int:
         """Send ``sig`` (SIGINT/SIGTERM) and wait for the graceful exit; SIGKILL after ``timeout``."""
@@ -122,10 +124,12 @@ class Run:
 
     def wait(self, timeout: float) -> int:
         try:
-            return self.proc.wait(timeout)
+            rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             return -9
+        self.reader.join(10.0)
+        return rc
 
 
 def _step_files(run_dir: Path) -> set[int]:
@@ -310,6 +314,7 @@ def chaos(
         else:
             kill = _kill_at(run, run_dir, kind, resume_point, rng, timeout)
             t_before = time.time()
+        run.reader.join(10.0)  # every line the process wrote, before reading what it said
         stale = _tmp_files(run_dir)
         state = check_run_dir(run_dir, schedule, resume_point, kill["max_complete_seen"])
         m = re.search(r"\(resuming (.+?\.ckpt)\)", "".join(run.lines))
