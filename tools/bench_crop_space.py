@@ -173,12 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             row["train_cpu_s"] = round(time.process_time() - c0, 1)
             row["train_wall_s"] = round(time.perf_counter() - w0, 1)
             res["results"][space] = row
-    text = json.dumps(res, indent=1)
-    print(text)
-    if a.out:
-        from progressive_swap.core.io import atomic_write_text
+    from progressive_swap.core.io import print_json
 
-        atomic_write_text(a.out, text + "\n")
+    print_json(res, a.out)
     return 0
 
 

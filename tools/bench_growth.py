@@ -21,7 +21,6 @@ missing runs and reuses the complete ones.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -131,12 +130,9 @@ def main() -> int:
         "goal_met": bool(reached and reached[0] <= a.budget / 2),
         "per_seed": {str(k): v for k, v in per_seed.items()},
     }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if a.out:
-        from progressive_swap.core.io import atomic_write_text
+    from progressive_swap.core.io import print_json
 
-        atomic_write_text(a.out, text + "\n")
+    print_json(result, a.out)
     return 0
 
 

@@ -12,7 +12,6 @@ truth / swap / error row per checkpoint and a plot of swap PSNR per checkpoint.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import cv2
@@ -81,12 +80,9 @@ def main() -> int:
     a = ap.parse_args()
     s = QualitySettings(a.frames, a.phantom_seed, a.occluders, a.video_frames, a.noise_px)
     results = [evaluate(c, s, a.device) for c in a.checkpoints]
-    text = json.dumps([{k: v for k, v in r.items() if k != "samples"} for r in results], indent=1)
-    print(text)
-    if a.out:
-        from progressive_swap.core.io import atomic_write_text
+    from progressive_swap.core.io import print_json
 
-        atomic_write_text(a.out, text + "\n")
+    print_json([{k: v for k, v in r.items() if k != "samples"} for r in results], a.out)
     if a.report:
         report_png(results, a.report)
     return 0

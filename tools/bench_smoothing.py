@@ -19,7 +19,6 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -111,12 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         "ms_per_1000_frames": {k: round(1000 * v / n_tracks / a.frames * 1000, 2) for k, v in timing.items()},
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    text = json.dumps(out, indent=1)
-    print(text)
-    if a.out:
-        from progressive_swap.core.io import atomic_write_text
+    from progressive_swap.core.io import print_json
 
-        atomic_write_text(a.out, text + "\n")
+    print_json(out, a.out)
     return 0
 
 

@@ -146,12 +146,9 @@ def main() -> int:
         print(json.dumps({name: result["designs"][name]}), file=sys.stderr, flush=True)
     result["ok"] = all(d["train"]["rc"] == 0 and d["quality"] and all(s["rc"] in (0, None) for s in d["smoke"].values())
                        for d in result["designs"].values())
-    text = json.dumps(result, indent=1)
-    print(text)
-    if a.out:
-        from progressive_swap.core.io import atomic_write_text
+    from progressive_swap.core.io import print_json
 
-        atomic_write_text(a.out, text + "\n")
+    print_json(result, a.out)
     return 0 if result["ok"] else 1
 
 

@@ -97,6 +97,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1)
     atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def print_json(obj: Any, path: str | os.PathLike | None = None, indent: int | None = 1) -> None:
+    """Print ``obj`` as JSON on stdout and, when ``path`` is given, write the same text there
+    atomically (how the benchmarks in ``tools/`` report)."""
+    text = json.dumps(obj, indent=indent)
+    print(text)
+    if path:
+        atomic_write_text(path, text + "\n")
+
+
 # What torch.save's C++ writer says when the file system refuses a write (it raises a RuntimeError
 # without the OSError: errno is lost), e.g. "PytorchStreamWriter failed writing file data/0: file write failed".
 _WRITE_FAILED = re.compile(r"No space left on device|Disk quota exceeded|file write failed|unexpected pos \d+")

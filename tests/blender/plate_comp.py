@@ -20,22 +20,12 @@ from pathlib import Path
 
 import bpy
 
-
-def colour_space(*names):
-    """The first of ``names`` this Blender knows (``Linear`` in 3.x, ``Linear Rec.709`` in 4.x)."""
-    prop = bpy.types.ColorManagedInputColorspaceSettings.bl_rna.properties["name"]
-    known = {i.identifier for i in prop.enum_items}
-    return next(n for n in names if n in known)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # Blender does not put the script's folder there
+from comp_scene import colour_space, plain_scene  # noqa: E402
 
 
 def main(job):
-    sc = bpy.context.scene
-    sc.display_settings.display_device = "sRGB"
-    sc.view_settings.view_transform = "Standard"
-    sc.view_settings.look = "None"
-    sc.view_settings.exposure, sc.view_settings.gamma = 0.0, 1.0
-    sc.render.dither_intensity = 0.0
-    sc.render.resolution_percentage = 100
+    sc = plain_scene()
     sc.render.pixel_aspect_x = sc.render.pixel_aspect_y = 1.0
     settings = sc.render.image_settings
     settings.file_format, settings.color_mode, settings.color_depth = "OPEN_EXR", "RGB", "32"
