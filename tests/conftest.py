@@ -1,6 +1,7 @@
 """Shared fixtures: tiny face sets written through the real face set API."""
 from __future__ import annotations
 
+import os
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -131,3 +132,15 @@ def import_tool(name: str):
     finally:
         sys.path.remove(tools)
 
+
+@pytest.fixture(scope="session")
+def blender() -> str:
+    """Blender's executable; a failure (not a skip) where it is missing, unless told to skip."""
+    from progressive_swap.export import blender_comp
+
+    exe = blender_comp.find_blender()
+    if exe is None:
+        if os.environ.get("PROGRESSIVE_SWAP_SKIP_BLENDER") == "1":
+            pytest.skip("Blender tests skipped (PROGRESSIVE_SWAP_SKIP_BLENDER=1)")
+        pytest.fail("Blender tests need Blender: apt-get install -y blender (or PROGRESSIVE_SWAP_SKIP_BLENDER=1)")
+    return exe

@@ -9,7 +9,6 @@ file ``swap-export comp=blender`` writes must render the export's finished frame
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -22,7 +21,6 @@ from conftest import write_tiny_weights
 
 from progressive_swap.cli import export as export_cli
 from progressive_swap.core import align
-from progressive_swap.export import blender_comp
 from progressive_swap.export import composite as C
 from progressive_swap.export import writers as W
 from progressive_swap.export.frames import FaceIn, FrameIn
@@ -38,16 +36,6 @@ OFFSETS = [(92, 6), (4, 90)]  # two frames, the face far from the centre each ti
 ARCH = dict(num_identities=2, final_res=32, start_res=16, latent_res=8, latent_channels=8,
             channel_base=256, channel_max=16, channel_min=8)
 INFO = CheckpointInfo("standin.ckpt", "0" * 64, ARCH, 128, 1.0, ["alice", "bob"], FACE_TYPE)
-
-
-@pytest.fixture(scope="module")
-def blender() -> str:
-    exe = blender_comp.find_blender()
-    if exe is None:
-        if os.environ.get("PROGRESSIVE_SWAP_SKIP_BLENDER") == "1":
-            pytest.skip("Blender tests skipped (PROGRESSIVE_SWAP_SKIP_BLENDER=1)")
-        pytest.fail("Blender tests need Blender: apt-get install -y blender (or PROGRESSIVE_SWAP_SKIP_BLENDER=1)")
-    return exe
 
 
 def run_blender(exe: str, *args: str) -> float:

@@ -26,17 +26,14 @@ on a machine without Blender, as in ``tests/test_blender.py``.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from conftest import write_tiny_weights
 
 from progressive_swap.cli import export as export_cli
-from progressive_swap.export import blender_comp
 from progressive_swap.export import plate_layers as PL
 from progressive_swap.phantom.renderer import render, sample_identity, sample_trajectory
 
@@ -47,16 +44,6 @@ PLATE = (240, 176)  # (w, h): not square, the 160 px phantom frame pasted off-ce
 OFFSET = (64, 10)
 ARCH = dict(num_identities=2, final_res=32, start_res=16, latent_res=8, latent_channels=8,
             channel_base=256, channel_max=16, channel_min=8)
-
-
-@pytest.fixture(scope="module")
-def blender() -> str:
-    exe = blender_comp.find_blender()
-    if exe is None:
-        if os.environ.get("PROGRESSIVE_SWAP_SKIP_BLENDER") == "1":
-            pytest.skip("Blender tests skipped (PROGRESSIVE_SWAP_SKIP_BLENDER=1)")
-        pytest.fail("Blender tests need Blender: apt-get install -y blender (or PROGRESSIVE_SWAP_SKIP_BLENDER=1)")
-    return exe
 
 
 def srgb_to_linear(rgb8: np.ndarray) -> np.ndarray:
