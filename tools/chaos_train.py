@@ -115,7 +115,6 @@ class Run:
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
-        self.reader.join(10.0)  # the lines still in the pipe (a busy machine reads them late)
 
     def stop(self, sig: int, timeout: float) -> int:
         """Send ``sig`` (SIGINT/SIGTERM) and wait for the graceful exit; SIGKILL after ``timeout``."""
@@ -128,7 +127,7 @@ class Run:
         except subprocess.TimeoutExpired:
             self.kill()
             return -9
-        self.reader.join(10.0)
+        self.reader.join(10.0)  # the lines still in the pipe (a busy machine reads them late)
         return rc
 
 
