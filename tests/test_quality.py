@@ -56,11 +56,41 @@ def test_bench_quality_runs_on_a_tiny_phantom_checkpoint(tmp_path):
             assert math.isfinite(q[k]), k
         assert 0 < q["swap_psnr"] < 60 and -1 <= q["swap_ssim"] <= 1
         assert 10 < q["baseline_colour_transfer_psnr"] < 60 and 15 < q["baseline_blurred_truth_psnr"] < 60
+        assert q["identity_gain_db"] == pytest.approx(q["swap_psnr"] - q["baseline_colour_transfer_psnr"], abs=1e-6)
+        assert q["swap_recon_gap_db"] == pytest.approx(q["recon_psnr"] - q["swap_psnr"])
+        assert -1 <= q["shape_score"] <= q["shape_score_truth"] <= 1
         t = q["temporal"]
         assert set(t) == {"truth", "noisy", "smoothed", "exact"} and all(v >= 0 for v in t.values())
     assert results[0]["swap_psnr"] == pytest.approx(results[1]["swap_psnr"])  # same weights, two file formats
     page = cv2.imread(str(report))
     assert page is not None and page.shape[0] > 2 * 160
+
+
+def test_identity_scores_have_their_known_answers():
+    """Recolouring the source scores a gain of 0 and A's outline; the truth scores the cap and B's
+    outline; a swap half way scores in between."""
+    from progressive_swap.core import align
+    from progressive_swap.eval.quality import PSNR_CAP, identity_scores
+    from progressive_swap.phantom import renderer as phantom
+
+    ia, ib = phantom.sample_identity(1000), phantom.sample_identity(1001)
+    f = phantom.sample_frame((0, 7919, 0, 0))
+    ra, rb = phantom.render(ia, f, 128), phantom.render(ib, f, 128)
+    m = align.alignment_matrix(ra.landmarks, "whole")
+    src = align.warp_to_crop(ra.image, m, 64).astype(np.float32) / 255
+    truth = align.warp_to_crop(rb.image, m, 64).astype(np.float32) / 255
+    vis_a, vis_b = align.warp_to_crop(ra.visible_mask, m, 64), align.warp_to_crop(rb.visible_mask, m, 64)
+    recoloured = np.clip(src * 0.9 + 0.05, 0, 1)
+
+    none = identity_scores(recoloured, vis_a, truth, recoloured, vis_a, vis_b)
+    best = identity_scores(truth, vis_b, truth, recoloured, vis_a, vis_b)
+    half = identity_scores((truth + recoloured) / 2, vis_b, truth, recoloured, vis_a, vis_b)
+    assert none["identity_gain_db"] == 0.0
+    assert best["shape_score_truth"] > 0.01  # the two phantom faces' outlines differ
+    assert none["shape_transfer"] == pytest.approx(-1.0) and best["shape_transfer"] == pytest.approx(1.0)
+    ref = 10 * np.log10(1 / np.average((recoloured - truth) ** 2, weights=np.repeat(vis_b[..., None], 3, -1)))
+    assert best["identity_gain_db"] == pytest.approx(PSNR_CAP - ref)
+    assert half["identity_gain_db"] == pytest.approx(20 * np.log10(2), abs=1e-6)  # half the error: +6.02 dB
 
 
 def test_identity_colour_is_the_models_own_or_measured_on_the_phantom():

@@ -1,6 +1,30 @@
 #!/usr/bin/env python
-"""Quality per unit of compute: candidate comb designs trained on the phantom for the same
-budget of *process CPU seconds*, then measured against the true swap.
+"""Quality per unit of compute: candidate designs trained on the phantom for the same budget,
+then measured against the true swap (swap PSNR, the identity measures of ``eval.quality``:
+``identity_gain_db`` over the recoloured source, ``swap_recon_gap_db``, ``shape_score``).
+
+The budget's currency (``--cost``) is what a design costs **at full size**, where users pay:
+
+* ``h100`` / ``rtx4090``: estimated GPU seconds of full-size training (``eval/cost.py``: a
+  per-operation roofline from the spec sheets' bf16 peak and memory bandwidth);
+* ``flops``: full-size training PFLOP (``FlopCounterMode``);
+* ``cpu``: process CPU seconds of the scaled model on this machine (the former currency, kept
+  for comparison and for the runs made with it).
+
+For the full-size currencies a run's images per phase are ``share × budget ÷ full-size cost per
+image of that phase``: the scaled model trains the images the budget buys at full size. That
+count does not depend on the machine or its load, so runs may share the cores.
+
+    python tools/bench_efficiency.py --cost h100 --budget 50 --candidates half half_adv --seeds 0 \
+        --runs-dir docs/results/efficiency_runs
+    python tools/bench_efficiency.py --describe half lean
+    python tools/bench_efficiency.py --report --cost h100 --runs-dir docs/results/efficiency_runs
+
+A candidate is a name of ``FULL``, ``default``, or ``package.module:NAME`` naming a dict of the
+same form (``CombArch`` fields, and ``train``: swap-train overrides such as the identity levers),
+so a new design plugs into ``--candidates`` without editing this file.
+
+The CPU-second currency, as it was:
 
     python tools/bench_efficiency.py --budget-cpu 100 --seeds 0 --frames 16 --out seed0.json &
     python tools/bench_efficiency.py --budget-cpu 100 --seeds 1 --frames 16 --out seed1.json
@@ -58,6 +82,18 @@ FULL: dict[str, dict] = {
     # deeper cores (4 decoder blocks, 2 encoder blocks), light blocks from 128 px out
     "core_deep": dict(_LEAN, core_channels=512, core_blocks=4, encoder_core_blocks=2, light_res=128),
 }
+# Identity levers on the default (issue #32): the shared latent should carry pose, expression and
+# light, and leave identity to each decoder.
+_HALF = FULL["half"]
+FULL.update({
+    # a latent identity adversary: a critic on the latent, its gradient reversed into the encoder
+    "half_adv": dict(_HALF, train={"loss.latent_adversary": 1.0}),
+    "half_adv01": dict(_HALF, train={"loss.latent_adversary": 0.1}),
+    # Gaussian noise on the latent in training, 0.3 of its deviation
+    "half_noise": dict(_HALF, train={"augment.latent_noise": 0.3}),
+    # a latent 4x tighter (64 channels at full size)
+    "half_lat64": dict(_HALF, latent_channels=64),
+})
 ALIASES = {"today": "comb", "slim24": "lean"}  # the names the issue #14 study used
 SIDE_DIV, WIDTH_DIV = 8, 2
 _ARCH_KEYS = ("channel_base", "channel_max", "channel_min", "latent_channels", "block", "core_channels",
@@ -76,9 +112,18 @@ def default_design() -> dict:
 
 
 def design(name: str) -> dict:
-    """Full-size CombArch fields of a candidate: a name of ``FULL``, an alias, or ``default``."""
+    """Full-size CombArch fields of a candidate (and ``train``, its swap-train overrides): a name
+    of ``FULL``, an alias, ``default``, or ``package.module:NAME`` naming such a dict."""
     if name == "default":
         return default_design()
+    if ":" in name:
+        import importlib
+
+        module, attr = name.split(":", 1)
+        found = getattr(importlib.import_module(module), attr, None)
+        if not isinstance(found, dict):
+            raise SystemExit(f"candidate {name!r}: {attr} in {module} is not a design dict")
+        return found
     name = ALIASES.get(name, name)
     if name not in FULL:
         raise SystemExit(f"unknown candidate {name!r}: one of default, {', '.join(FULL)} (or {', '.join(ALIASES)})")
@@ -89,9 +134,15 @@ SHARES = (0.35, 0.15, 0.15, 0.15, 0.20)
 LR, LR_END, BATCH = 5e-4, 5e-5, 8  # 1e-3 (the demo's) made the scaled "today" diverge at 64-128 px
 
 
+def arch_of(full: dict) -> dict:
+    """A design's CombArch fields (without its ``train`` overrides)."""
+    return {k: v for k, v in full.items() if k != "train"}
+
+
 def scaled(full: dict) -> dict:
     """The CPU-sized version of a full-size design (see the module docstring): widths ÷ 2, sides
-    ÷ 8 (``light_res`` too), block counts kept."""
+    ÷ 8 (``light_res`` too), block counts kept; ``train`` overrides kept as they are."""
+    extra = {"train": full["train"]} if full.get("train") else {}
     return dict(
         channel_base=full["channel_base"] // (SIDE_DIV * WIDTH_DIV),
         channel_max=full["channel_max"] // WIDTH_DIV,
@@ -103,6 +154,7 @@ def scaled(full: dict) -> dict:
         core_blocks=full.get("core_blocks", 0),
         encoder_core_blocks=full.get("encoder_core_blocks", 0),
         light_res=full.get("light_res", 0) // SIDE_DIV,
+        **extra,
     )
 
 
@@ -111,15 +163,72 @@ def full_size_gflops(full: dict) -> list[float]:
     from progressive_swap.model.summary import summarize
 
     with torch.device("meta"):
-        model = CombAutoencoder(CombArch(2, final_res=1024, start_res=256, latent_res=16, colour_norm=True, **full))
+        model = CombAutoencoder(CombArch(2, final_res=1024, start_res=256, latent_res=16, colour_norm=True,
+                                         **arch_of(full)))
     return [round(r["gflops_train"], 2) for r in summarize(model)]
+
+
+# The study's phases at full size (the 1024 recipe's stages: 256; 512 fade, stable; 1024 fade,
+# stable) and the recipe's batch per identity at each.
+FULL_PHASES = ((256, 1.0), (512, 0.5), (512, 1.0), (1024, 0.5), (1024, 1.0))
+FULL_BATCH = (16, 8, 8, 4, 4)
+COSTS = ("h100", "rtx4090", "flops", "cpu")
+UNITS = {"h100": "estimated H100 seconds at full size", "rtx4090": "estimated RTX 4090 seconds at full size",
+         "flops": "full-size training PFLOP", "cpu": "process CPU seconds of the scaled model, one thread"}
+
+
+def full_size_cost(full: dict) -> list[dict]:
+    """Per phase of ``FULL_PHASES``: full-size training GFLOP and estimated GPU seconds per image
+    (``eval/cost.py``), on the meta device in bf16."""
+    from progressive_swap.eval.cost import step_cost
+    from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
+
+    with torch.device("meta"):
+        model = CombAutoencoder(CombArch(2, final_res=1024, start_res=256, latent_res=16, colour_norm=True,
+                                         **arch_of(full)))
+    model.to(torch.bfloat16)
+    rows = []
+    for (res, alpha), batch in zip(FULL_PHASES, FULL_BATCH):
+        c = step_cost(model, res, alpha, batch)
+        rows.append({"res": res, "alpha": alpha, "batch_per_identity": batch,
+                     "train_gflops": round(c["train_gflops"], 3),
+                     **{f"{k}_ms": round(v * 1e3, 5) for k, v in c["gpu_seconds"].items()}})
+    return rows
+
+
+def per_image(full: dict, cost: str) -> list[float]:
+    """A full-size currency's cost of one image in each phase (PFLOP or GPU seconds)."""
+    rows = full_size_cost(full)
+    if cost == "flops":
+        return [r["train_gflops"] / 1e6 for r in rows]
+    return [r[f"{cost}_ms"] / 1e3 for r in rows]
+
+
+def spent(full: dict, images: list[int]) -> dict:
+    """What ``images`` per phase cost at full size, in each full-size currency."""
+    rows = full_size_cost(full)
+    out = {"flops": sum(n * r["train_gflops"] / 1e6 for n, r in zip(images, rows))}
+    for gpu in ("h100", "rtx4090"):
+        out[gpu] = sum(n * r[f"{gpu}_ms"] / 1e3 for n, r in zip(images, rows))
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def describe(name: str) -> dict:
+    """A candidate's full-size and scaled size and cost, as JSON."""
+    full = design(name)
+    rows = full_size_cost(full)
+    return {"candidate": name, "full_size_arch": arch_of(full), "train": full.get("train", {}),
+            "params": full_size_params(full), "train_gflops_per_image": [r["train_gflops"] for r in rows],
+            "phases": rows, "scaled_arch": scaled(full)}
 
 
 def _overrides(name: str, seed: int, out: Path) -> list[str]:
     arch = scaled(design(name))
+    train = arch.pop("train", {})
     return [
         "recipe=demo",
         *[f"model.{k}={v}" for k, v in arch.items()],
+        *[f"{k}={v}" for k, v in train.items()],
         f"data.phantom.size={STAGES[-1]}",
         "data.num_workers=0",
         "preview_every=0",
@@ -188,15 +297,16 @@ def calibrate(overrides: list[str], steps: int = 3, warmup: int = 1) -> list[flo
     return out
 
 
-def one_run(name: str, seed: int, budget: float, work: Path) -> dict:
-    """Calibrate, size the schedule to the budget, train; runs in its own process."""
+def one_run(name: str, seed: int, budget: float, work: Path, cost: str = "cpu") -> dict:
+    """Size the schedule to the budget (calibrated CPU seconds, or the full-size cost), train;
+    runs in its own process."""
     from progressive_swap.cli import train as train_cli
 
     run_dir = work / f"seed{seed}" / name
     overrides = _overrides(name, seed, run_dir)
-    per_image = calibrate(overrides)
+    costs = calibrate(overrides) if cost == "cpu" else per_image(design(name), cost)
     step = 2 * BATCH
-    images = [max(step, int(share * budget / c) // step * step) for share, c in zip(SHARES, per_image)]
+    images = [max(step, int(share * budget / c) // step * step) for share, c in zip(SHARES, costs)]
     load_before = os.getloadavg()
     r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     rc = train_cli.main([*overrides, _stages(images)])
@@ -209,7 +319,10 @@ def one_run(name: str, seed: int, budget: float, work: Path) -> dict:
         "candidate": name,
         "seed": seed,
         "checkpoint": str(run_dir / "model.safetensors"),
-        "cpu_s_per_image_calibrated": [round(c, 5) for c in per_image],
+        "cost": cost,
+        "budget": budget,
+        "cost_per_image": [round(c, 9) for c in costs],
+        "cost_spent": round(sum(i * c for i, c in zip(images, costs)), 4),
         "images_per_phase": images,
         "images": total,
         "train_cpu_s": round(cpu, 1),
@@ -227,17 +340,16 @@ def summarise(runs: list[dict], budget: float | None = None) -> dict:
     from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
     from progressive_swap.model.summary import summarize
 
-    keys = ("swap_psnr", "hf_coherent", "recon_psnr", "source_mask_iou", "swap_mask_iou", "images", "train_cpu_s",
-            "images_per_cpu_s", "images_per_wall_s", "peak_rss_gb")
+    keys = ("swap_psnr", *IDENTITY_KEYS, "hf_coherent", "recon_psnr", "source_mask_iou", "swap_mask_iou", "images",
+            "train_cpu_s", "images_per_cpu_s", "images_per_wall_s", "peak_rss_gb")
     candidates = {}
     for name in dict.fromkeys(r["candidate"] for r in runs):
         full = next(r["full_size_arch"] for r in runs if r["candidate"] == name)
-        arch = CombArch(2, final_res=STAGES[-1], start_res=STAGES[0], colour_norm=True, **scaled(full))
+        arch = CombArch(2, final_res=STAGES[-1], start_res=STAGES[0], colour_norm=True, **arch_of(scaled(full)))
         per_budget = {}
-        for b in sorted({r["budget_cpu_s"] for r in runs if r["candidate"] == name}):
-            mine = [r for r in runs if r["candidate"] == name and r["budget_cpu_s"] == b]
-            per_budget[str(b)] = {"seeds": [r["seed"] for r in mine],
-                                  **{k: round(sum(r[k] for r in mine) / len(mine), 4) for k in keys}}
+        for b in sorted({budget_of(r) for r in runs if r["candidate"] == name}):
+            mine = [r for r in runs if r["candidate"] == name and budget_of(r) == b]
+            per_budget[f"{b[0]} {b[1]:g}"] = {"seeds": [r["seed"] for r in mine], **_means(mine, keys)}
         candidates[name] = {
             "full_size_arch": full,
             "full_size_params": full_size_params(full),
@@ -245,10 +357,11 @@ def summarise(runs: list[dict], budget: float | None = None) -> dict:
             "scaled_arch": scaled(full),
             "scaled_params": sum(p.numel() for p in CombAutoencoder(arch).parameters()),
             "scaled_train_gflops_per_image": [round(r["gflops_train"], 3) for r in summarize(CombAutoencoder(arch))],
-            "mean": per_budget if budget is None else per_budget[str(budget)],
+            "mean": per_budget if budget is None else next(iter(per_budget.values())),
         }
+    costs = sorted({budget_of(r)[0] for r in runs})
     return {
-        "budget": "process CPU seconds of training per run, one thread",
+        "budget": "; ".join(f"{c}: {UNITS[c]}" for c in costs),
         "lr": [LR, LR_END],
         "shares": SHARES,
         "stages": STAGES,
@@ -258,16 +371,38 @@ def summarise(runs: list[dict], budget: float | None = None) -> dict:
     }
 
 
+IDENTITY_KEYS = ("identity_gain_db", "swap_recon_gap_db", "shape_score", "shape_score_truth", "shape_transfer",
+                 "baseline_colour_transfer_psnr", "baseline_blurred_truth_psnr")
+
+
+def budget_of(run: dict) -> tuple[str, float]:
+    """``(currency, budget)`` of a run; runs from before ``--cost`` were CPU-second runs."""
+    return run.get("cost", "cpu"), float(run.get("budget", run.get("budget_cpu_s")))
+
+
+def _means(runs: list[dict], keys: tuple[str, ...]) -> dict:
+    """Mean of each key over the runs that have it (runs from before a measure existed lack it)."""
+    out = {}
+    for k in keys:
+        vals = [r[k] for r in runs if r.get(k) is not None]
+        if vals:
+            out[k] = round(sum(vals) / len(vals), 4)
+    return out
+
+
 def full_size_params(full: dict) -> int:
     from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 
     with torch.device("meta"):
-        model = CombAutoencoder(CombArch(2, final_res=1024, start_res=256, latent_res=16, colour_norm=True, **full))
+        model = CombAutoencoder(CombArch(2, final_res=1024, start_res=256, latent_res=16, colour_norm=True,
+                                         **arch_of(full)))
     return sum(p.numel() for p in model.parameters())
 
 
-def run_file(runs_dir: Path, name: str, budget: float, seed: int) -> Path:
-    return runs_dir / f"{name}_{budget:g}s_seed{seed}.json"
+def run_file(runs_dir: Path, name: str, budget: float, seed: int, cost: str = "cpu") -> Path:
+    if cost == "cpu":
+        return runs_dir / f"{name}_{budget:g}s_seed{seed}.json"
+    return runs_dir / f"{name}_{cost}-{budget:g}_seed{seed}.json"
 
 
 def load_runs(runs_dir: Path) -> list[dict]:
@@ -313,35 +448,42 @@ def _predict(fit: dict, x: float) -> tuple[float, float | None]:
     return y, (c[0][0] + 2 * x * c[0][1] + x * x * c[1][1]) ** 0.5
 
 
-def report(runs: list[dict], plot: Path | None = None, fit_from: float = 0.0) -> dict:
+def report(runs: list[dict], plot: Path | None = None, fit_from: float = 0.0, cost: str = "cpu") -> dict:
     """Quality against compute per design: every budget's mean, a fit of quality linear in
     log10(process CPU seconds), the budgets where two designs' fits cross, and each fit
     extrapolated to a recipe's budget (the recipe's images at the scaled default's CPU cost per
-    image). Only runs of budgets ``>= fit_from`` enter the fits (a short run's early transient
-    can dominate a straight line). Optionally a PNG, one line per design."""
+    image; CPU-second runs only). Only runs of budgets ``>= fit_from`` enter the fits (a short
+    run's early transient can dominate a straight line). Optionally a PNG, one line per design.
+
+    ``cost`` names the currency of the runs (their budgets and what they spent: process CPU
+    seconds, or the full-size cost of the images they trained); crossings keep the key
+    ``cpu_s`` for that value whatever the currency."""
     import numpy as np
 
-    runs = [dict(r, candidate=_named(r)) for r in runs]
+    runs = [dict(r, candidate=_named(r), spent=r["train_cpu_s"] if cost == "cpu" else r["cost_spent"])
+            for r in runs]
+    metrics = METRICS + tuple(k for k in ("identity_gain_db", "swap_recon_gap_db", "shape_score")
+                              if runs and all(r.get(k) is not None for r in runs))
     names = list(dict.fromkeys(r["candidate"] for r in runs))
     designs = {}
     for name in names:
         mine = [r for r in runs if r["candidate"] == name]
-        budgets = sorted({r["budget_cpu_s"] for r in mine})
+        budgets = sorted({budget_of(r)[1] for r in mine})
         row = {"budgets": {}, "fits": {}}
         for b in budgets:
-            at = [r for r in mine if r["budget_cpu_s"] == b]
+            at = [r for r in mine if budget_of(r)[1] == b]
             row["budgets"][f"{b:g}"] = {
                 "seeds": [r["seed"] for r in at], "images": round(float(np.mean([r["images"] for r in at]))),
                 "train_cpu_s": round(float(np.mean([r["train_cpu_s"] for r in at])), 1),
-                **{m: round(float(np.mean([r[m] for r in at])), 4) for m in METRICS},
-                **{f"{m}_runs": [round(r[m], 4) for r in at] for m in METRICS},
+                "spent": round(float(np.mean([r["spent"] for r in at])), 3),
+                **{m: round(float(np.mean([r[m] for r in at])), 4) for m in metrics},
+                **{f"{m}_runs": [round(r[m], 4) for r in at] for m in metrics},
             }
-        fitted_runs = [r for r in mine if r["budget_cpu_s"] >= fit_from]
-        if len({r["budget_cpu_s"] for r in fitted_runs}) >= 2:
-            x = [float(np.log10(r["train_cpu_s"])) for r in fitted_runs]
-            row["fits"] = {m: fit_line(x, [r[m] for r in fitted_runs]) for m in METRICS}
-            row["fit_cpu_s_range"] = [min(r["train_cpu_s"] for r in fitted_runs),
-                                      max(r["train_cpu_s"] for r in fitted_runs)]
+        fitted_runs = [r for r in mine if budget_of(r)[1] >= fit_from]
+        if len({budget_of(r)[1] for r in fitted_runs}) >= 2:
+            x = [float(np.log10(r["spent"])) for r in fitted_runs]
+            row["fits"] = {m: fit_line(x, [r[m] for r in fitted_runs]) for m in metrics}
+            row["fit_cpu_s_range"] = [min(r["spent"] for r in fitted_runs), max(r["spent"] for r in fitted_runs)]
         row["cpu_s_per_image"] = float(np.mean([r["train_cpu_s"] / r["images"] for r in mine]))
         designs[name] = row
     fitted = [n for n in names if designs[n]["fits"]]
@@ -358,15 +500,16 @@ def report(runs: list[dict], plot: Path | None = None, fit_from: float = 0.0) ->
     reference = default if default in designs else next(iter(designs))
     per_image = designs[reference]["cpu_s_per_image"]
     extrapolation = {}
-    for recipe, images in RECIPE_IMAGES.items():
+    for recipe, images in (RECIPE_IMAGES if cost == "cpu" else {}).items():
         x = float(np.log10(images * per_image))
         extrapolation[recipe] = {"cpu_s": round(10 ** x), **{
             n: {m: [round(v, 3) if v is not None else None for v in _predict(designs[n]["fits"][m], x)]
                 for m in ("swap_psnr", "hf_coherent")} for n in fitted}}
-    result = {"fit_from_budget_cpu_s": fit_from, "designs": designs, "crossings": crossings,
+    result = {"cost": cost, "unit": UNITS[cost], "fit_from_budget_cpu_s": fit_from, "designs": designs,
+              "crossings": crossings,
               "extrapolated_to_recipes": {"cpu_s_per_image_of": reference, "value_and_standard_error": extrapolation}}
     if plot is not None:
-        _plot(designs, plot, fit_from)
+        _plot(designs, plot, fit_from, UNITS[cost])
     return result
 
 
@@ -378,22 +521,24 @@ def markdown(result: dict) -> str:
     """The report as Markdown: quality per design and budget, the fits, the crossings."""
     designs = result["designs"]
     budgets = sorted({float(b) for d in designs.values() for b in d["budgets"]})
-    lines = ["| design | " + " | ".join(f"{b:g} CPU s" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
+    unit = {"cpu": "CPU s", "h100": "H100 s", "rtx4090": "RTX 4090 s", "flops": "PFLOP"}[result.get("cost", "cpu")]
+    lines = ["| design | " + " | ".join(f"{b:g} {unit}" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
     for name, d in designs.items():
         cells = []
         for b in budgets:
             v = d["budgets"].get(f"{b:g}")
-            cells.append("–" if v is None else f"{v['swap_psnr']:.2f} / {v['hf_coherent']:.3f} / {v['recon_psnr']:.2f} "
-                         f"({v['images']:,} img, seeds {','.join(map(str, v['seeds']))})")
+            gain = f" / gain {v['identity_gain_db']:+.2f}" if v is not None and "identity_gain_db" in v else ""
+            cells.append("–" if v is None else f"{v['swap_psnr']:.2f}{gain} / {v['hf_coherent']:.3f} / "
+                         f"{v['recon_psnr']:.2f} ({v['images']:,} img, seeds {','.join(map(str, v['seeds']))})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "| design | swap PSNR = a + b·log10(CPU s): b ± se | hf_coherent: b ± se | points |",
+    lines += ["", f"| design | swap PSNR = a + b·log10({unit}): b ± se | hf_coherent: b ± se | points |",
               "|---|---:|---:|---:|"]
     for name, d in designs.items():
         if d["fits"]:
             f, h = d["fits"]["swap_psnr"], d["fits"]["hf_coherent"]
             lines.append(f"| {name} | {f['a']:.2f} + {f['b']:.2f}·x (± {_num(f['se_b'], 2)}) | "
                          f"{h['b']:.3f} (± {_num(h['se_b'], 3)}) | {f['n']} |")
-    lines += ["", "| pair, measure | fits cross at (CPU s) | better after |", "|---|---:|---|"]
+    lines += ["", f"| pair, measure | fits cross at ({unit}) | better after |", "|---|---:|---|"]
     lines += [f"| {k} | {v['cpu_s']:,} | {v['after_it_better']} |" for k, v in result["crossings"].items()]
     return "\n".join(lines) + "\n"
 
@@ -405,31 +550,34 @@ def _named(run: dict) -> str:
     return next((n for n, full in FULL.items() if scaled(full) == run["scaled_arch"]), "default")
 
 
-def _plot(designs: dict, path: Path, fit_from: float = 0.0) -> None:
+def _plot(designs: dict, path: Path, fit_from: float = 0.0, unit: str = UNITS["cpu"]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, m, label in zip(axes, ("swap_psnr", "hf_coherent"), ("swap PSNR (dB)", "hf_coherent")):
+    panels = [("swap_psnr", "swap PSNR (dB)"), ("hf_coherent", "hf_coherent")]
+    if all("identity_gain_db_runs" in v for row in designs.values() for v in row["budgets"].values()):
+        panels.insert(1, ("identity_gain_db", "identity gain over the recoloured source (dB)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
+    for ax, (m, label) in zip(axes, panels):
         for k, (name, row) in enumerate(designs.items()):
             colour = f"C{k}"
-            pts = [(v["train_cpu_s"], y) for v in row["budgets"].values() for y in v[f"{m}_runs"]]
+            pts = [(v.get("spent", v["train_cpu_s"]), y) for v in row["budgets"].values() for y in v[f"{m}_runs"]]
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colour, s=14)
-            if row["fits"]:
+            if row["fits"].get(m):
                 f = row["fits"][m]
                 xs = np.logspace(*np.log10(row["fit_cpu_s_range"]), 20)
                 ax.plot(xs, f["a"] + f["b"] * np.log10(xs), color=colour, label=name)
             else:
                 ax.plot([], [], color=colour, label=name)
         ax.set_xscale("log")
-        ax.set_xlabel("process CPU seconds of training (one thread)")
+        ax.set_xlabel(unit)
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fitted = f"runs of {fit_from:g} CPU s and more" if fit_from else "every run"
+    fitted = f"runs of budget {fit_from:g} and more" if fit_from else "every run"
     fig.suptitle(f"Quality against compute, phantom, 32 -> 128 px (scaled designs); line: linear in log compute, "
                  f"fitted to {fitted}", fontsize=10)
     fig.tight_layout()
@@ -441,6 +589,12 @@ def _plot(designs: dict, path: Path, fit_from: float = 0.0) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cost", choices=COSTS, default="cpu",
+                    help="the budget's currency: estimated full-size GPU seconds (h100, rtx4090), full-size PFLOP "
+                         "(flops), or process CPU seconds of the scaled model (cpu)")
+    ap.add_argument("--budget", type=float, default=None, help="the budget per run, in --cost's currency")
+    ap.add_argument("--describe", nargs="+", default=None,
+                    help="no training: print each candidate's full-size params, GFLOP and GPU time per image")
     ap.add_argument("--budget-cpu", type=float, default=150.0, help="process CPU seconds of training per run")
     ap.add_argument("--budgets", type=float, nargs="+", default=None,
                     help="several budgets (process CPU s), run in the order given; overrides --budget-cpu")
@@ -464,12 +618,16 @@ def main() -> int:
                     help="with --report: fit only the runs of this budget (CPU s) and above")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: NAME,SEED
     a = ap.parse_args()
-    budgets = a.budgets or [a.budget_cpu]
+    if a.describe:
+        print(json.dumps([describe(n) for n in a.describe], indent=1))
+        return 0
+    budgets = a.budgets or [a.budget if a.budget is not None else a.budget_cpu]
     if a.report:
         if not a.runs_dir:
             raise SystemExit("--report reads the runs kept in --runs-dir")
         runs = [r for r in load_runs(Path(a.runs_dir)) if a.candidates is None or r["candidate"] in a.candidates]
-        result = report(runs, Path(a.plot) if a.plot else None, a.fit_from)
+        runs = [r for r in runs if budget_of(r)[0] == a.cost]
+        result = report(runs, Path(a.plot) if a.plot else None, a.fit_from, a.cost)
         text = json.dumps(result, indent=1)
         print(text)
         if a.out:
@@ -487,7 +645,7 @@ def main() -> int:
     work = Path(a.work or tempfile.mkdtemp(prefix="bench_efficiency_"))
     if a.one:
         name, seed = a.one.split(",")
-        print(json.dumps(one_run(name, int(seed), a.budget_cpu, work)))
+        print(json.dumps(one_run(name, int(seed), budgets[0], work, a.cost)))
         return 0
 
     from progressive_swap.eval.quality import QualitySettings, evaluate
@@ -501,23 +659,28 @@ def main() -> int:
         for seed in a.seeds:  # interleaved: every candidate once per seed before the next seed
             for name in a.candidates:
                 full = design(name)
-                kept = run_file(runs_dir, name, budget, seed) if runs_dir else None
+                kept = run_file(runs_dir, name, budget, seed, a.cost) if runs_dir else None
                 if kept is not None and kept.exists():
                     run = json.loads(kept.read_text())
                     if run["scaled_arch"] == scaled(full) and run["frames_per_pair"] == a.frames:
                         runs.append(run)
                         print(f"reusing {kept}", file=sys.stderr, flush=True)
                         continue
-                cmd = [sys.executable, __file__, "--budget-cpu", str(budget), "--work", str(work / f"{budget:g}s"),
-                       "--one", f"{name},{seed}"]
+                cmd = [sys.executable, __file__, "--cost", a.cost, "--budget", str(budget),
+                       "--work", str(work / f"{a.cost}{budget:g}"), "--one", f"{name},{seed}"]
                 env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
                 run = json.loads(out.strip().splitlines()[-1])
                 q = evaluate(run["checkpoint"], settings, "cpu")
-                run.update({k: q[k] for k in ("swap_psnr", "swap_ssim", "hf_energy", "hf_coherent", "recon_psnr",
-                                              "source_mask_iou", "swap_mask_iou", "stage_res", "alpha")})
-                run.update(budget_cpu_s=budget, frames_per_pair=a.frames, full_size_arch=full, scaled_arch=scaled(full),
+                measured = ("swap_psnr", "swap_ssim", "hf_energy", "hf_coherent", "recon_psnr", "source_mask_iou",
+                            "swap_mask_iou", "stage_res", "alpha", *IDENTITY_KEYS)
+                run.update({k: q[k] for k in measured})
+                run.update(frames_per_pair=a.frames, full_size_arch=full, scaled_arch=scaled(full),
                            lscpu_bf16=_cpu_bf16())
+                if a.cost == "cpu":
+                    run["budget_cpu_s"] = budget
+                else:  # what the run's images cost at full size in every currency
+                    run["full_size_cost_spent"] = spent(full, run["images_per_phase"])
                 runs.append(run)
                 print(json.dumps(run), file=sys.stderr, flush=True)
                 if kept is not None:

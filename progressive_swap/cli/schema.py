@@ -200,6 +200,8 @@ class Augment:
     warp: float = opt(0.04, "encoder-input grid warp, fraction of the image side", min=0.0)
     input_color: float = opt(0.0, "encoder-input colour scramble (random 3x3 colour matrix); "
                              "model.colour_norm does its job without hiding the lighting", min=0.0)
+    latent_noise: float = opt(0.0, "Gaussian noise on the shared latent in training, as a fraction of its "
+                              "deviation (0: none)", min=0.0)
 
 
 @dataclass

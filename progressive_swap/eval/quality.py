@@ -19,6 +19,17 @@ Two reference points on the same frames calibrate the swap numbers (``baseline_*
 source face recoloured to the target identity by a per-channel colour transfer (no learning:
 the source's features and shape, the target's average colours), and the truth itself blurred
 by a Gaussian of ``res / 32`` px (the right face without its detail).
+
+Identity (what a swap transfers beyond colour), from the same frames:
+    * ``identity_gain_db``: swap PSNR minus the recoloured source's, frame by frame. 0 means the
+      swap is worth no more than recolouring A's face; the truth scores its PSNR cap
+      (:data:`PSNR_CAP`) minus the recoloured source's.
+    * ``swap_recon_gap_db``: reconstruction PSNR minus swap PSNR. A gap that grows with training
+      while the gain stalls is identity leaking through the shared latent.
+    * ``shape_score``: IoU of the swap's mask with B's visible face minus its IoU with A's. The
+      truth scores ``shape_score_truth`` = 1 − IoU(A, B) (B's outline exactly), a swap that
+      keeps A's outline scores its negative; ``shape_transfer`` is their ratio (1: B's shape,
+      −1: A's), averaged over frames whose outlines differ at all.
 """
 from __future__ import annotations
 
@@ -36,6 +47,7 @@ from progressive_swap.export.swapper import Swapper, load_model
 from progressive_swap.extract.smoothing import smooth_track
 from progressive_swap.phantom import renderer as phantom
 
+PSNR_CAP = 60.0  # dB: identical images score this rather than infinity, so means stay finite
 HELD_OUT_STREAM = 7919  # frame seeds (seed, HELD_OUT_STREAM, identity, n): never used by the data set writer
 
 
@@ -57,6 +69,30 @@ class QualitySettings:
     occluders: float = 0.0
     video_frames: int = 24
     noise_px: float = 1.5
+
+
+def identity_scores(swap: np.ndarray, swap_mask: np.ndarray, truth: np.ndarray, recoloured: np.ndarray,
+                    vis_a: np.ndarray, vis_b: np.ndarray) -> dict[str, float]:
+    """One frame's identity measures (see the module docstring): all images ``(H, W, 3)`` in
+    [0, 1] aligned to A's crop, masks ``(H, W)`` in [0, 1].
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> truth, src = rng.random((2, 8, 8, 3))
+        >>> vis = np.ones((8, 8))
+        >>> identity_scores(src, vis, truth, src, vis, vis)["identity_gain_db"]
+        0.0
+    """
+    swap_psnr = min(masked_psnr(swap, truth, vis_b), PSNR_CAP)
+    ref_psnr = min(masked_psnr(recoloured, truth, vis_b), PSNR_CAP)
+    to_b, to_a = mask_iou(swap_mask, vis_b), mask_iou(swap_mask, vis_a)
+    truth_gap = 1.0 - mask_iou(vis_a, vis_b)
+    return {
+        "identity_gain_db": swap_psnr - ref_psnr,
+        "shape_score": to_b - to_a,
+        "shape_score_truth": truth_gap,
+        "shape_transfer": (to_b - to_a) / truth_gap if truth_gap > 1e-3 else float("nan"),
+    }
 
 
 def phantom_index(name: str) -> int:
@@ -97,6 +133,10 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
         "hf_coherent",
         "baseline_colour_transfer_psnr",
         "baseline_blurred_truth_psnr",
+        "identity_gain_db",
+        "shape_score",
+        "shape_score_truth",
+        "shape_transfer",
     )
     rows: dict[str, list[float]] = {k: [] for k in keys}
     colour = identity_colour(model, idents, res, face_type, settings)  # (N, 2, 3) mean, std
@@ -116,8 +156,10 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
                 rgb, mask = (x[0] for x in swappers[b, a](src[None]))
                 rows["swap_psnr"].append(masked_psnr(rgb, truth, vis_b))
                 rows["swap_mask_iou"].append(mask_iou(mask, vis_b))
-                recoloured = (_to01(src) - colour[a, 0]) / colour[a, 1] * colour[b, 1] + colour[b, 0]
-                rows["baseline_colour_transfer_psnr"].append(masked_psnr(np.clip(recoloured, 0, 1), truth, vis_b))
+                recoloured = np.clip((_to01(src) - colour[a, 0]) / colour[a, 1] * colour[b, 1] + colour[b, 0], 0, 1)
+                rows["baseline_colour_transfer_psnr"].append(masked_psnr(recoloured, truth, vis_b))
+                for key, v in identity_scores(rgb, mask, truth, recoloured, vis_a, vis_b).items():
+                    rows[key].append(v)
                 rows["baseline_blurred_truth_psnr"].append(
                     masked_psnr(cv2.GaussianBlur(truth, (0, 0), res / 32), truth, vis_b)
                 )
@@ -150,8 +192,10 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
         "face_type": face_type,
         "identities": names,
         "frames_per_pair": settings.frames,
-        **{k: (float(np.mean(v)) if v else None) for k, v in rows.items()},
+        **{k: (float(np.nanmean(v)) if np.isfinite(v).any() else None) for k, v in rows.items()},
     }
+    if out["recon_psnr"] is not None and out["swap_psnr"] is not None:
+        out["swap_recon_gap_db"] = out["recon_psnr"] - out["swap_psnr"]
     if settings.video_frames >= 2:
         out["temporal"] = temporal(model, idents, names, res, alpha, face_type, settings, device)
     out["samples"] = samples

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from progressive_swap.train.gan import PatchDiscriminator, patch_gan_loss
+from progressive_swap.train.gan import PatchDiscriminator, grad_reverse, patch_gan_loss
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -47,6 +47,23 @@ def loss_weights(
     return w * (1.0 + eyes * regions[:, 0:1] + mouth * regions[:, 1:2])
 
 
+class LatentIdentityCritic(nn.Module):
+    """Tells whose face a latent came from: two 3x3 convolutions, a spatial mean, a linear layer
+    (a few hundred thousand weights; training only, never exported)."""
+
+    def __init__(self, latent_channels: int, identities: int, width: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(latent_channels, width, 3, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2),
+        )
+        self.head = nn.Linear(width, identities)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` latents → ``(B, identities)`` logits."""
+        return self.head(self.net(latent).mean((2, 3)))
+
+
 class SwapLoss(nn.Module):
     """Weighted sum of the reconstruction terms. Every weight is configurable; 0 turns a term off.
 
@@ -59,16 +76,35 @@ class SwapLoss(nn.Module):
         background: weight of pixels outside the face mask relative to inside.
         gan: weight of the optional patch-GAN term (0: off, no discriminator is built).
         gan_channels: width of the discriminator's first layer.
+        latent_adversary: strength of the latent identity adversary (0: off, no critic is built):
+            a small critic learns to tell from the shared latent whose face was encoded, and the
+            encoder receives its gradient reversed and scaled by this weight, so the latent is
+            pushed to carry pose, expression and light but not identity, which is left to the
+            decoders (:class:`LatentIdentityCritic`).
+        latent_channels: the latent's channels (the critic's input), with ``latent_adversary``.
+        identities: decoders, with ``latent_adversary`` (the critic's classes).
     """
 
     def __init__(
         self, l1: float = 1.0, ssim: float = 1.0, mask: float = 0.5, eyes: float = 2.0, mouth: float = 1.0,
-        background: float = 0.1, gan: float = 0.0, gan_channels: int = 32,
+        background: float = 0.1, gan: float = 0.0, gan_channels: int = 32, latent_adversary: float = 0.0,
+        latent_channels: int = 256, identities: int = 2,
     ):
         super().__init__()
         self.w = {"l1": l1, "ssim": ssim, "mask": mask, "gan": gan}
         self.eyes, self.mouth, self.background = eyes, mouth, background
         self.discriminator = PatchDiscriminator(gan_channels) if gan > 0 else None
+        self.latent_adversary = latent_adversary
+        self.latent_critic = LatentIdentityCritic(latent_channels, identities) if latent_adversary > 0 else None
+
+    def latent_term(self, latent: torch.Tensor, source: torch.Tensor) -> torch.Tensor | None:
+        """The latent identity adversary's loss (cross-entropy of the critic on whose face each
+        latent came from), or None when it is off. One backward trains the critic to descend it
+        and the encoder, through a gradient reversal scaled by ``latent_adversary``, to ascend it."""
+        if self.latent_critic is None:
+            return None
+        logits = self.latent_critic(grad_reverse(latent.float(), self.latent_adversary))
+        return nn.functional.cross_entropy(logits, source)
 
     def forward(
         self,

@@ -57,6 +57,9 @@ class SwapModule(pl.LightningModule):
         geometry: :func:`random_affine` arguments (shared by input and target).
         warp: strength of the encoder-input grid warp (0 disables it).
         input_color: strength of the encoder-input colour scramble (0 disables it).
+        latent_noise: Gaussian noise added to the shared latent in training, as a fraction of the
+            batch's latent deviation (0: none): what a decoder can read from the latent must
+            survive it, so fine identity detail is left to the decoder.
         seed: seed of the on-device random augmentation.
         freeze_encoder_steps: optimizer steps during which the encoder stays fixed (warm starts).
         channels_last: run the network in channels-last memory format.
@@ -75,6 +78,7 @@ class SwapModule(pl.LightningModule):
         geometry: dict | None = None,
         warp: float = 0.04,
         input_color: float = 0.0,
+        latent_noise: float = 0.0,
         seed: int = 0,
         freeze_encoder_steps: int = 0,
         channels_last: bool = False,
@@ -90,6 +94,7 @@ class SwapModule(pl.LightningModule):
         self.geometry = dict(geometry or {})
         self.warp = warp
         self.input_color = input_color
+        self.latent_noise = latent_noise
         self.seed = seed
         self.freeze_encoder_steps = freeze_encoder_steps
         self.channels_last = channels_last
@@ -198,6 +203,14 @@ class SwapModule(pl.LightningModule):
         latent = self.model.encode(inputs, res, alpha, source)  # (N*B, Cl, Rl, Rl)
         total = inputs.new_zeros(())
         parts_sum: dict[str, torch.Tensor] = {}
+        adversary = self.loss.latent_term(latent, source) if hasattr(self.loss, "latent_term") else None
+        if adversary is not None:
+            total = total + adversary
+            parts_sum["latent_adversary"] = adversary.detach()
+        if self.latent_noise > 0:
+            gen = self._generator(g + (1 << 40))  # a stream of its own: the augmentation's is unchanged
+            noise = torch.randn(latent.shape, generator=gen).to(latent.device, latent.dtype)
+            latent = latent + noise * (self.latent_noise * latent.detach().float().std()).to(latent.dtype)
         for k in range(n):
             rows = slice(k * b, (k + 1) * b)
             rgb, mask_logit = self.model.decode(latent[rows], k, res, alpha)
