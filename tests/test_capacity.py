@@ -174,6 +174,43 @@ def test_the_study_report_fits_quality_against_log_compute_and_finds_the_crossin
     assert (tmp_path / "plot.png").stat().st_size > 10_000
 
 
+def test_a_full_size_budget_buys_each_design_the_images_it_costs_at_full_size(tmp_path):
+    """--cost h100: images per phase are the budget's share over the full-size cost per image, so
+    a design 6x dearer at full size trains 6x fewer images; a lever's overrides reach swap-train."""
+    bench = import_tool("bench_efficiency")
+    lean, half = bench.per_image(bench.design("lean"), "h100"), bench.per_image(bench.design("half"), "h100")
+    assert all(h > 1.5 * c for h, c in zip(half, lean)) and half[0] > 5 * lean[0]  # half is dearer everywhere
+    images = bench.images_for(50.0, half)
+    assert [n * c / s for n, c, s in zip(images, half, bench.SHARES)] == pytest.approx([50.0] * 5, rel=0.02)
+    flops = bench.per_image(bench.design("half"), "flops")
+    assert flops[0] == pytest.approx(335.2e-6, rel=1e-3)  # PFLOP per image at 256 px
+    lever = bench._overrides("half_adv", 0, tmp_path)
+    assert "loss.latent_adversary=1.0" in lever and "model.latent_channels=128" in lever
+    cfg = compose("train", lever)
+    assert cfg.loss.latent_adversary == 1.0 and cfg.loss.latent_channels == 128
+    assert bench.scaled(bench.design("half_lat64"))["latent_channels"] == 32
+
+
+def test_the_roofline_charges_each_operation_its_slower_side():
+    """A step's estimated GPU time lies between the slower of (all FLOPs at peak, all bytes at
+    bandwidth) and their sum; its FLOPs are FlopCounterMode's, as summarize counts them."""
+    from progressive_swap.eval.cost import GPUS, OPTIMIZER_BYTES_PER_PARAM, step_cost
+    from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
+    from progressive_swap.model.summary import summarize
+
+    arch = CombArch(2, final_res=256, start_res=128, latent_res=16, channel_base=8192, channel_max=256,
+                    channel_min=16, latent_channels=64)
+    with torch.device("meta"):
+        model = CombAutoencoder(arch)
+    c = step_cost(model, 256, 1.0, 4)
+    assert c["train_gflops"] == pytest.approx(summarize(model)[-1]["gflops_train"], rel=0.02)
+    for key, gpu in GPUS.items():
+        flops_s, bytes_s = c["train_gflops"] * 1e9 / gpu.bf16_flops, c["bytes"] / gpu.bandwidth
+        opt_s = c["trained_params"] * OPTIMIZER_BYTES_PER_PARAM / gpu.bandwidth / 8
+        assert max(flops_s, bytes_s) + opt_s <= c["gpu_seconds"][key] * (1 + 1e-9) <= flops_s + bytes_s + opt_s
+    assert c["gpu_seconds"]["rtx4090"] > 3 * c["gpu_seconds"]["h100"]
+
+
 def test_the_study_knows_default_and_the_former_names():
     bench = import_tool("bench_efficiency")
     cfg = compose("train", ["recipe=1024"])

@@ -72,3 +72,18 @@ def test_gan_term_is_off_by_default_and_adds_a_discriminator_when_on():
     assert "gan" in parts and torch.isfinite(total)
     total.backward()
     assert all(p.grad is not None for p in on.discriminator.parameters())
+
+
+def test_the_latent_adversary_trains_its_critic_and_reverses_its_gradient_into_the_encoder():
+    """One backward: the critic descends its cross-entropy, the latent gets the same gradient
+    reversed and scaled by latent_adversary; off, nothing is built."""
+    assert SwapLoss().latent_critic is None
+    loss = SwapLoss(latent_adversary=0.5, latent_channels=8, identities=2)
+    latent = torch.randn(6, 8, 4, 4, requires_grad=True)
+    source = torch.tensor([0, 0, 0, 1, 1, 1])
+    loss.latent_term(latent, source).backward()
+    reversed_grad = latent.grad.clone()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in loss.latent_critic.parameters())
+    plain = latent.detach().clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(loss.latent_critic(plain), source).backward()
+    assert torch.allclose(reversed_grad, -0.5 * plain.grad, atol=1e-7)

@@ -54,6 +54,7 @@ interleaved, seed by seed, each in a fresh process (its own peak RSS).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -180,12 +181,17 @@ UNITS = {"h100": "estimated H100 seconds at full size", "rtx4090": "estimated RT
 def full_size_cost(full: dict) -> list[dict]:
     """Per phase of ``FULL_PHASES``: full-size training GFLOP and estimated GPU seconds per image
     (``eval/cost.py``), on the meta device in bf16."""
+    return json.loads(_full_size_cost(json.dumps(arch_of(full), sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=None)
+def _full_size_cost(arch_json: str) -> str:
     from progressive_swap.eval.cost import step_cost
     from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 
     with torch.device("meta"):
         model = CombAutoencoder(CombArch(2, final_res=1024, start_res=256, latent_res=16, colour_norm=True,
-                                         **arch_of(full)))
+                                         **json.loads(arch_json)))
     model.to(torch.bfloat16)
     rows = []
     for (res, alpha), batch in zip(FULL_PHASES, FULL_BATCH):
@@ -193,7 +199,7 @@ def full_size_cost(full: dict) -> list[dict]:
         rows.append({"res": res, "alpha": alpha, "batch_per_identity": batch,
                      "train_gflops": round(c["train_gflops"], 3),
                      **{f"{k}_ms": round(v * 1e3, 5) for k, v in c["gpu_seconds"].items()}})
-    return rows
+    return json.dumps(rows)
 
 
 def per_image(full: dict, cost: str) -> list[float]:
@@ -297,6 +303,13 @@ def calibrate(overrides: list[str], steps: int = 3, warmup: int = 1) -> list[flo
     return out
 
 
+def images_for(budget: float, costs: list[float]) -> list[int]:
+    """Images per phase that a budget buys: ``SHARES`` of it at each phase's cost per image, in
+    whole steps (at least one)."""
+    step = 2 * BATCH
+    return [max(step, int(share * budget / c) // step * step) for share, c in zip(SHARES, costs)]
+
+
 def one_run(name: str, seed: int, budget: float, work: Path, cost: str = "cpu") -> dict:
     """Size the schedule to the budget (calibrated CPU seconds, or the full-size cost), train;
     runs in its own process."""
@@ -305,8 +318,7 @@ def one_run(name: str, seed: int, budget: float, work: Path, cost: str = "cpu") 
     run_dir = work / f"seed{seed}" / name
     overrides = _overrides(name, seed, run_dir)
     costs = calibrate(overrides) if cost == "cpu" else per_image(design(name), cost)
-    step = 2 * BATCH
-    images = [max(step, int(share * budget / c) // step * step) for share, c in zip(SHARES, costs)]
+    images = images_for(budget, costs)
     load_before = os.getloadavg()
     r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     rc = train_cli.main([*overrides, _stages(images)])
