@@ -43,8 +43,9 @@ DESIGNS = ("default", "comb")
 
 def _model_overrides(name: str, toy: bool) -> list[str]:
     full = bench_efficiency.design(name)
-    arch = bench_efficiency.scaled(full) if toy else full
-    return [f"model.{k}={v}" for k, v in arch.items()]
+    arch = bench_efficiency.scaled(full) if toy else dict(full)
+    train = arch.pop("train", {})  # a lever's swap-train overrides (bench_efficiency.FULL)
+    return [f"model.{k}={v}" for k, v in arch.items()] + [f"{k}={v}" for k, v in train.items()]
 
 
 def _base(name: str, toy: bool, res: int, batch: int, lr: float) -> list[str]:
