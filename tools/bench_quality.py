@@ -4,7 +4,9 @@
     python tools/bench_quality.py checkpoints/demo/run/model.safetensors --out quality.json --report quality.png
     python tools/bench_quality.py stage32.ckpt stage64.ckpt --frames 16
 
-Prints JSON (one entry per checkpoint): swap and reconstruction PSNR/SSIM in aligned space,
+Prints JSON (one entry per checkpoint): swap and reconstruction PSNR/SSIM in aligned space, the
+identity measures (``identity_gain_db`` over the recoloured source, ``swap_recon_gap_db``,
+``shape_score``; docs/quality.md),
 swap PSNR in frame space after compositing, kept high-frequency detail, and flicker on a
 phantom video with noisy and smoothed landmarks. ``--report`` writes a one-page PNG with a
 truth / swap / error row per checkpoint and a plot of swap PSNR per checkpoint.
@@ -39,6 +41,7 @@ def report_png(results: list[dict], path: str, tile: int = 160) -> None:
                 f"{r['stage_res']}px a={r['alpha']:.2f}",
                 s["pair"],
                 f"swap {r['swap_psnr']:.1f} dB",
+                f"gain {r['identity_gain_db']:+.1f} dB",
                 f"recon {r['recon_psnr']:.1f} dB",
             ]
         ):
