@@ -131,6 +131,7 @@ def test_true_face_discriminator_reads_a_df_latent():
     assert logits.shape[:2] == (2, 1)
 
 
+@pytest.mark.slow
 def test_a_tiny_scaled_peer_trains_with_swap_train_reloads_and_evaluates(tmp_path):
     """The efficiency study's path for a peer at a tiny size: swap-train with the port as
     ``module.model``, then ``model.safetensors`` rebuilt by ``load_model`` and evaluated."""
