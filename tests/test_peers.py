@@ -129,3 +129,69 @@ def test_true_face_discriminator_reads_a_df_latent():
     latent = model.encode(torch.rand(2, 3, model.res, model.res), model.res)
     logits = CodeDiscriminator(latent.shape[1], latent.shape[-1], ch=32)(latent)
     assert logits.shape[:2] == (2, 1)
+
+
+@pytest.mark.slow
+def test_a_tiny_scaled_peer_trains_with_swap_train_reloads_and_evaluates(tmp_path):
+    """The efficiency study's path for a peer at a tiny size: swap-train with the port as
+    ``module.model``, then ``model.safetensors`` rebuilt by ``load_model`` and evaluated."""
+    from progressive_swap.cli import train as train_cli
+    from progressive_swap.eval.peers import PhazeA, train_overrides
+    from progressive_swap.eval.quality import QualitySettings, evaluate
+    from progressive_swap.export.swapper import load_model
+    from progressive_swap.train.checkpoint import read_training_checkpoint
+    from progressive_swap.train.module import CKPT_KEY, resume_problem
+
+    model = PEERS["fs_dny1024"](side_div=32, width_div=8)  # 32 px
+    run = tmp_path / "run"
+    argv = ["recipe=demo", f"out={run}", "data.num_workers=0", "preview_every=0", "data.phantom.faces=4",
+            "data.phantom.size=32", "data.phantom.occluders=0", *train_overrides(model),
+            "schedule.stages=[{res:32,images:16,batch:4,lr:5e-4,lr_end:5e-5}]"]
+    assert train_cli.main(argv) == 0
+    loaded, info = load_model(run / "model.safetensors", "cpu")
+    assert isinstance(loaded, PhazeA) and loaded.arch_args() == model.arch_args()
+    assert info.stage_res == 32 and not loaded.colour_norm
+    state = read_training_checkpoint(run / "last.ckpt")[CKPT_KEY]
+    assert resume_problem(state, model.arch_args(), 1) is None
+    assert "bottleneck: 64 vs 32" in resume_problem(state, dict(model.arch_args(), bottleneck=32))
+    q = evaluate(str(run / "model.safetensors"), QualitySettings(frames=1, video_frames=0), "cpu")
+    for k in ("swap_psnr", "recon_psnr", "identity_gain_db", "hf_coherent"):
+        assert q[k] is not None and q[k] == q[k], k
+
+
+def test_a_checkpoint_naming_a_builder_outside_the_allowlist_is_refused(tmp_path):
+    from progressive_swap.core.weights import save_weights
+    from progressive_swap.export.swapper import load_model
+    from progressive_swap.model.builders import build_model
+
+    path = tmp_path / "model.safetensors"
+    arch = {"builder": "os.system", "design": "phaze_a", "num_identities": 2}
+    save_weights({"w": torch.zeros(1)}, path, {"arch": arch, "stage_res": 32, "identities": ["a", "b"]})
+    with pytest.raises(ValueError, match="unknown model builder 'os.system'") as e:
+        load_model(path, "cpu")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="unknown model builder"):
+        build_model({"builder": "progressive_swap.eval.peers.PEERS"})
+    # a comb's arch (no builder) is rebuilt as before
+    assert type(build_model({"num_identities": 2, "final_res": 64, "start_res": 32})).__name__ == "CombAutoencoder"
+
+
+def test_the_efficiency_study_trains_the_peers_at_128_px_in_place_of_the_comb(tmp_path):
+    """tools/bench_efficiency.py: a peer is built for 1024 px, scaled to 128 px, charged at 1024 px
+    (batch 4 per identity) in all five phases, and trained by swap-train as ``module.model`` in one
+    annealed stage."""
+    from conftest import import_tool
+    from hydra.utils import instantiate
+
+    from progressive_swap.cli.config import compose
+
+    bench = import_tool("bench_efficiency")
+    for name in ("fs_dny1024", "saehd_liae_ud", "saehd_df_ud"):
+        full = bench.design(name)
+        assert bench.scaled(full)["res"] == 128 and bench.full_size_phases(full) == (((1024, 1.0),) * 5, (4,) * 5)
+    cfg = compose("train", [*bench._overrides("saehd_df_ud", 0, tmp_path), bench._stages([16] * 5, 128)])
+    stages = [dict(s) for s in cfg.schedule.stages]
+    assert stages == [{"res": 128, "images": 80, "batch": bench.BATCH, "lr": bench.LR, "lr_end": bench.LR_END}]
+    assert cfg.data.phantom.size == 128 and cfg.trainer.gradient_clip_val == 1.0
+    model = instantiate(cfg.module.model)
+    assert model.arch_args() == bench.scaled(bench.design("saehd_df_ud")) and model.stages == [128]

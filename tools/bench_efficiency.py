@@ -24,6 +24,18 @@ A candidate is a name of ``FULL``, ``default``, or ``package.module:NAME`` namin
 same form (``CombArch`` fields, and ``train``: swap-train overrides such as the identity levers),
 so a new design plugs into ``--candidates`` without editing this file.
 
+The peers' designs (``PEER_FULL``: ``fs_dny1024``, ``saehd_liae_ud``, ``saehd_df_ud``; the
+ports of ``eval/peers.py``, docs/peers.md) are candidates too, as ``{"peer": NAME, "res": 1024}``:
+built for the same full-size output as ours (1024 px), scaled by the same rule (sides ÷ 8,
+widths ÷ 2: 128 px) and trained by the same ``swap-train`` on the same data, losses, learning
+rate and budgets, through ``module.model`` (``eval.peers.train_overrides``). A port does not
+grow: its full-size cost per image is that of 1024 px at batch 4 per identity in all five
+phases, and its scaled run is one stage at 128 px of all the phases' images, the learning rate
+annealed to ``LR_END`` across it.
+
+    python tools/bench_efficiency.py --cost h100 --budget 50 --candidates half fs_dny1024 saehd_liae_ud saehd_df_ud
+    python tools/bench_efficiency.py --describe fs_dny1024 saehd_liae_ud saehd_df_ud
+
 The CPU-second currency, as it was:
 
     python tools/bench_efficiency.py --budget-cpu 100 --seeds 0 --frames 16 --out seed0.json &
@@ -95,6 +107,13 @@ FULL.update({
     # a latent 4x tighter (64 channels at full size)
     "half_lat64": dict(_HALF, latent_channels=64),
 })
+# The peers' designs (eval/peers.py) at our full-size output, 1024 px: Phaze-A's dny1024 preset and
+# SAEHD built at resolution 1024 (DeepFaceLab's own settings stop at 640).
+PEER_FULL: dict[str, dict] = {
+    "fs_dny1024": {"peer": "fs_dny1024", "res": 1024},
+    "saehd_liae_ud": {"peer": "saehd_liae_ud", "res": 1024},
+    "saehd_df_ud": {"peer": "saehd_df_ud", "res": 1024},
+}
 ALIASES = {"today": "comb", "slim24": "lean"}  # the names the issue #14 study used
 SIDE_DIV, WIDTH_DIV = 8, 2
 _ARCH_KEYS = ("channel_base", "channel_max", "channel_min", "latent_channels", "block", "core_channels",
@@ -114,9 +133,12 @@ def default_design() -> dict:
 
 def design(name: str) -> dict:
     """Full-size CombArch fields of a candidate (and ``train``, its swap-train overrides): a name
-    of ``FULL``, an alias, ``default``, or ``package.module:NAME`` naming such a dict."""
+    of ``FULL``, an alias, ``default``, or ``package.module:NAME`` naming such a dict; or a peer's
+    design, ``{"peer": NAME of eval.peers.PEERS, "res": ...}`` (``PEER_FULL``)."""
     if name == "default":
         return default_design()
+    if name in PEER_FULL:
+        return PEER_FULL[name]
     if ":" in name:
         import importlib
 
@@ -127,7 +149,8 @@ def design(name: str) -> dict:
         return found
     name = ALIASES.get(name, name)
     if name not in FULL:
-        raise SystemExit(f"unknown candidate {name!r}: one of default, {', '.join(FULL)} (or {', '.join(ALIASES)})")
+        raise SystemExit(f"unknown candidate {name!r}: one of default, {', '.join(FULL)}, {', '.join(PEER_FULL)} "
+                         f"(or {', '.join(ALIASES)})")
     return FULL[name]
 STAGES = (32, 64, 128)
 # Share of the CPU budget per phase: 32 px; 64 px fade, stable; 128 px fade, stable (lr annealed).
@@ -140,10 +163,51 @@ def arch_of(full: dict) -> dict:
     return {k: v for k, v in full.items() if k != "train"}
 
 
+def is_peer(full: dict) -> bool:
+    """Whether a design is one of the peers' (``{"peer": NAME, ...}``) rather than a comb."""
+    return "peer" in full
+
+
+def peer_model(arch: dict, side_div: int = 1, width_div: int = 1):
+    """The port of a peer design (``arch_of`` of it), on the current device, scaled by the divisors."""
+    from progressive_swap.eval.peers import PEERS
+
+    kw = {k: v for k, v in arch.items() if k != "peer"}
+    return PEERS[arch["peer"]](side_div=side_div, width_div=width_div, **kw)
+
+
+def full_model(full: dict, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A design at full size on the meta device (a comb for 256 → 512 → 1024 px)."""
+    from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
+
+    with torch.device("meta"):
+        if is_peer(full):
+            model = peer_model(arch_of(full))
+        else:
+            model = CombAutoencoder(CombArch(2, final_res=1024, start_res=256, latent_res=16, colour_norm=True,
+                                             **arch_of(full)))
+    return model.to(dtype)
+
+
+def scaled_model(full: dict) -> torch.nn.Module:
+    """The scaled network a design trains (on the CPU, fresh weights)."""
+    from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
+    from progressive_swap.model.builders import build_model
+
+    if is_peer(full):
+        return build_model(arch_of(scaled(full)))
+    return CombAutoencoder(CombArch(2, final_res=STAGES[-1], start_res=STAGES[0], colour_norm=True,
+                                    **arch_of(scaled(full))))
+
+
 def scaled(full: dict) -> dict:
     """The CPU-sized version of a full-size design (see the module docstring): widths ÷ 2, sides
-    ÷ 8 (``light_res`` too), block counts kept; ``train`` overrides kept as they are."""
+    ÷ 8 (``light_res`` too), block counts kept; ``train`` overrides kept as they are. A peer's
+    is its scaled port's ``arch_args()``."""
     extra = {"train": full["train"]} if full.get("train") else {}
+    if is_peer(full):
+        with torch.device("meta"):
+            return {**peer_model(arch_of(full), SIDE_DIV, WIDTH_DIV).arch_args(), **extra}
     return dict(
         channel_base=full["channel_base"] // (SIDE_DIV * WIDTH_DIV),
         channel_max=full["channel_max"] // WIDTH_DIV,
@@ -160,13 +224,10 @@ def scaled(full: dict) -> dict:
 
 
 def full_size_gflops(full: dict) -> list[float]:
-    from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
+    """Full-size training GFLOP per image per stage (a peer has one)."""
     from progressive_swap.model.summary import summarize
 
-    with torch.device("meta"):
-        model = CombAutoencoder(CombArch(2, final_res=1024, start_res=256, latent_res=16, colour_norm=True,
-                                         **arch_of(full)))
-    return [round(r["gflops_train"], 2) for r in summarize(model)]
+    return [round(r["gflops_train"], 2) for r in summarize(full_model(full))]
 
 
 # The study's phases at full size (the 1024 recipe's stages: 256; 512 fade, stable; 1024 fade,
@@ -178,23 +239,30 @@ UNITS = {"h100": "estimated H100 seconds at full size", "rtx4090": "estimated RT
          "flops": "full-size training PFLOP", "cpu": "process CPU seconds of the scaled model, one thread"}
 
 
+def full_size_phases(full: dict) -> tuple[tuple[tuple[int, float], ...], tuple[int, ...]]:
+    """``(FULL_PHASES, FULL_BATCH)`` of a design: a peer's (which does not grow) are its one
+    resolution in all five phases, at the recipe's batch per identity for that resolution."""
+    if not is_peer(full):
+        return FULL_PHASES, FULL_BATCH
+    res = int(full["res"]) if full.get("res") else full_model(full).res
+    batch = {r: b for (r, _), b in zip(FULL_PHASES, FULL_BATCH)}.get(res, FULL_BATCH[-1])
+    return ((res, 1.0),) * len(FULL_PHASES), (batch,) * len(FULL_BATCH)
+
+
 def full_size_cost(full: dict) -> list[dict]:
-    """Per phase of ``FULL_PHASES``: full-size training GFLOP and estimated GPU seconds per image
-    (``eval/cost.py``), on the meta device in bf16."""
+    """Per phase of ``FULL_PHASES`` (``full_size_phases``): full-size training GFLOP and estimated
+    GPU seconds per image (``eval/cost.py``), on the meta device in bf16."""
     return json.loads(_full_size_cost(json.dumps(arch_of(full), sort_keys=True)))
 
 
 @functools.lru_cache(maxsize=None)
 def _full_size_cost(arch_json: str) -> str:
     from progressive_swap.eval.cost import step_cost
-    from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 
-    with torch.device("meta"):
-        model = CombAutoencoder(CombArch(2, final_res=1024, start_res=256, latent_res=16, colour_norm=True,
-                                         **json.loads(arch_json)))
-    model.to(torch.bfloat16)
+    full = json.loads(arch_json)
+    model = full_model(full, torch.bfloat16)
     rows = []
-    for (res, alpha), batch in zip(FULL_PHASES, FULL_BATCH):
+    for (res, alpha), batch in zip(*full_size_phases(full)):
         c = step_cost(model, res, alpha, batch)
         rows.append({"res": res, "alpha": alpha, "batch_per_identity": batch,
                      "train_gflops": round(c["train_gflops"], 3),
@@ -229,13 +297,21 @@ def describe(name: str) -> dict:
 
 
 def _overrides(name: str, seed: int, out: Path) -> list[str]:
-    arch = scaled(design(name))
+    full = design(name)
+    arch = scaled(full)
     train = arch.pop("train", {})
+    if is_peer(full):  # the scaled port in place of the recipe's comb
+        from progressive_swap.eval.peers import build_peer, train_overrides
+
+        with torch.device("meta"):
+            model = train_overrides(build_peer(arch))
+    else:
+        model = [f"model.{k}={v}" for k, v in arch.items()]
     return [
         "recipe=demo",
-        *[f"model.{k}={v}" for k, v in arch.items()],
+        *model,
         *[f"{k}={v}" for k, v in train.items()],
-        f"data.phantom.size={STAGES[-1]}",
+        f"data.phantom.size={arch['res'] if is_peer(full) else STAGES[-1]}",
         "data.num_workers=0",
         "preview_every=0",
         "checkpoint.every_minutes=1000",
@@ -244,7 +320,12 @@ def _overrides(name: str, seed: int, out: Path) -> list[str]:
     ]
 
 
-def _stages(images: list[int]) -> str:
+def _stages(images: list[int], peer_res: int | None = None) -> str:
+    """The scaled schedule of ``images`` per phase: 32; 64 fade, stable; 128 fade, stable. A peer
+    (``peer_res``, it does not grow) trains them all in one stage at its side, annealed."""
+    if peer_res is not None:
+        return (f"schedule.stages=[{{res:{peer_res},images:{sum(images)},batch:{BATCH},lr:{LR},"
+                f"lr_end:{LR_END}}}]")
     s32, f64, s64, f128, s128 = images
     return (
         f"schedule.stages=[{{res:32,images:{s32},batch:{BATCH},lr:{LR}}},"
@@ -253,9 +334,10 @@ def _stages(images: list[int]) -> str:
     )
 
 
-def calibrate(overrides: list[str], steps: int = 3, warmup: int = 1) -> list[float]:
+def calibrate(overrides: list[str], steps: int = 3, warmup: int = 1, peer_res: int | None = None) -> list[float]:
     """CPU seconds per image of each phase (32; 64 mid-fade, 64; 128 mid-fade, 128), real steps on
-    synthetic batches at the run's precision and memory format."""
+    synthetic batches at the run's precision and memory format. A peer (``peer_res``) has one
+    phase: its cost is that of all five."""
     from hydra.utils import instantiate
 
     from progressive_swap.cli.config import compose
@@ -263,10 +345,13 @@ def calibrate(overrides: list[str], steps: int = 3, warmup: int = 1) -> list[flo
     from progressive_swap.train.batch_finder import autocast_for
     from progressive_swap.train.module import SwapModule
 
-    cfg = compose("train", [*overrides, _stages([1600] * 5)])
+    cfg = compose("train", [*overrides, _stages([1600] * 5, peer_res)])
     schedule = instantiate(cfg.schedule, identities=2, world_size=1)
-    arch = instantiate(cfg.model, num_identities=2, final_res=schedule.final_res, start_res=schedule.start_res)
-    model = CombAutoencoder(arch).to(memory_format=torch.channels_last)
+    if peer_res is not None:
+        model = instantiate(cfg.module.model).to(memory_format=torch.channels_last)
+    else:
+        arch = instantiate(cfg.model, num_identities=2, final_res=schedule.final_res, start_res=schedule.start_res)
+        model = CombAutoencoder(arch).to(memory_format=torch.channels_last)
     module = SwapModule(model, schedule, loss=instantiate(cfg.loss), geometry=dict(cfg.augment.geometry),
                         warp=float(cfg.augment.warp), channels_last=True)
     module.log = lambda *a, **k: None
@@ -300,7 +385,7 @@ def calibrate(overrides: list[str], steps: int = 3, warmup: int = 1) -> list[flo
             cpu_step(s, it)
         cpu = sorted(cpu_step(s, it) for s in range(steps))
         out.append(cpu[len(cpu) // 2] / (2 * BATCH))
-    return out
+    return out * len(SHARES) if peer_res is not None else out
 
 
 def images_for(budget: float, costs: list[float]) -> list[int]:
@@ -317,11 +402,13 @@ def one_run(name: str, seed: int, budget: float, work: Path, cost: str = "cpu") 
 
     run_dir = work / f"seed{seed}" / name
     overrides = _overrides(name, seed, run_dir)
-    costs = calibrate(overrides) if cost == "cpu" else per_image(design(name), cost)
+    full = design(name)
+    peer_res = scaled(full)["res"] if is_peer(full) else None
+    costs = calibrate(overrides, peer_res=peer_res) if cost == "cpu" else per_image(full, cost)
     images = images_for(budget, costs)
     load_before = os.getloadavg()
     r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    rc = train_cli.main([*overrides, _stages(images)])
+    rc = train_cli.main([*overrides, _stages(images, peer_res)])
     r1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - w0
     if rc != 0:
         raise SystemExit(f"training failed for {name} seed {seed}")
@@ -349,7 +436,6 @@ def one_run(name: str, seed: int, budget: float, work: Path, cost: str = "cpu") 
 
 def summarise(runs: list[dict], budget: float | None = None) -> dict:
     """Per candidate and budget: the design's full-size and scaled cost, and the mean of its runs."""
-    from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
     from progressive_swap.model.summary import summarize
 
     keys = ("swap_psnr", *IDENTITY_KEYS, "hf_coherent", "recon_psnr", "source_mask_iou", "swap_mask_iou", "images",
@@ -357,7 +443,7 @@ def summarise(runs: list[dict], budget: float | None = None) -> dict:
     candidates = {}
     for name in dict.fromkeys(r["candidate"] for r in runs):
         full = next(r["full_size_arch"] for r in runs if r["candidate"] == name)
-        arch = CombArch(2, final_res=STAGES[-1], start_res=STAGES[0], colour_norm=True, **arch_of(scaled(full)))
+        small = scaled_model(full)
         per_budget = {}
         for b in sorted({budget_of(r) for r in runs if r["candidate"] == name}):
             mine = [r for r in runs if r["candidate"] == name and budget_of(r) == b]
@@ -367,8 +453,8 @@ def summarise(runs: list[dict], budget: float | None = None) -> dict:
             "full_size_params": full_size_params(full),
             "full_size_train_gflops_per_image": full_size_gflops(full),
             "scaled_arch": scaled(full),
-            "scaled_params": sum(p.numel() for p in CombAutoencoder(arch).parameters()),
-            "scaled_train_gflops_per_image": [round(r["gflops_train"], 3) for r in summarize(CombAutoencoder(arch))],
+            "scaled_params": sum(p.numel() for p in small.parameters()),
+            "scaled_train_gflops_per_image": [round(r["gflops_train"], 3) for r in summarize(small)],
             "mean": per_budget if budget is None else next(iter(per_budget.values())),
         }
     costs = sorted({budget_of(r)[0] for r in runs})
@@ -403,12 +489,7 @@ def _means(runs: list[dict], keys: tuple[str, ...]) -> dict:
 
 
 def full_size_params(full: dict) -> int:
-    from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
-
-    with torch.device("meta"):
-        model = CombAutoencoder(CombArch(2, final_res=1024, start_res=256, latent_res=16, colour_norm=True,
-                                         **arch_of(full)))
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in full_model(full).parameters())
 
 
 def run_file(runs_dir: Path, name: str, budget: float, seed: int, cost: str = "cpu") -> Path:
@@ -612,7 +693,8 @@ def main() -> int:
                     help="several budgets (process CPU s), run in the order given; overrides --budget-cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--candidates", nargs="+", default=None,
-                    help=f"names from {', '.join(FULL)}; 'default' is recipe=1024's model; aliases {ALIASES}")
+                    help=f"names from {', '.join(FULL)}; 'default' is recipe=1024's model; aliases {ALIASES}; "
+                         f"the peers' designs {', '.join(PEER_FULL)}")
     ap.add_argument("--frames", type=int, default=16, help="held-out frames per identity pair")
     ap.add_argument("--runs-dir", default=None,
                     help="keep each finished run as NAME_BUDGETs_seedSEED.json here and reuse the ones already "

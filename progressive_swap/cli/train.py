@@ -330,7 +330,7 @@ def _start(cfg: DictConfig, module, datamodule, info: dict, resume: Path | None,
     colour statistics (returns the line that reports them)."""
     if resume is not None:
         problem = resume_problem(
-            read_training_checkpoint(resume)[CKPT_KEY], module.model.arch, module.schedule.world_size
+            read_training_checkpoint(resume)[CKPT_KEY], module.model.arch_args(), module.schedule.world_size
         )
         if problem:
             raise UserError(f"cannot resume from {resume}: {problem}")

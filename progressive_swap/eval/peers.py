@@ -45,7 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = [
     "PhazeAArch", "PhazeA", "phaze_a_preset", "SAEHDArch", "SAEHD", "CodeDiscriminator",
-    "PEERS", "build_peer", "describe", "measure",
+    "PEERS", "build_peer", "describe", "measure", "train_overrides",
 ]
 
 
@@ -75,9 +75,11 @@ class _Peer(nn.Module):
     # -- description ---------------------------------------------------------------------------
 
     def arch_args(self) -> dict[str, Any]:
-        """Plain values (JSON-ready): ``build_peer(model.arch_args())`` rebuilds the model."""
-        return {"design": self.design, **{k: list(v) if isinstance(v, tuple) else v
-                                          for k, v in asdict(self.arch).items()}}
+        """Plain values (JSON-ready): ``build_peer(model.arch_args())`` rebuilds the model.
+        ``builder`` names :func:`build_peer`, so ``model/builders.py`` (and with it
+        ``swap-export`` and ``eval.quality``) rebuilds a trained port from its checkpoint."""
+        return {"builder": BUILDER, "design": self.design,
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.arch).items()}}
 
     def scaled(self, side_div: int = 1, width_div: int = 1) -> "_Peer":
         """A smaller model of the same shape: sides ÷ ``side_div``, widths ÷ ``width_div``."""
@@ -517,9 +519,15 @@ class CodeDiscriminator(nn.Module):
 _DESIGNS: dict[str, tuple[type, type]] = {"phaze_a": (PhazeA, PhazeAArch), "saehd": (SAEHD, SAEHDArch)}
 
 
+BUILDER = "progressive_swap.eval.peers.build_peer"  # this function, as model/builders.py allows it
+
+
 def build_peer(arch_args: Mapping[str, Any]) -> _Peer:
-    """Rebuild a port from its :meth:`arch_args`."""
+    """Rebuild a port from its :meth:`arch_args` (also the trainer's model factory: swap-train's
+    ``module.model={_target_: progressive_swap.eval.peers.build_peer, arch_args: {...}}``)."""
     d = dict(arch_args)
+    if d.pop("builder", BUILDER) != BUILDER:
+        raise ValueError(f"arch_args name another builder than {BUILDER}")
     design = d.pop("design", None)
     if design not in _DESIGNS:
         raise ValueError(f"unknown peer design {design!r}; known: {sorted(_DESIGNS)}")
@@ -528,6 +536,31 @@ def build_peer(arch_args: Mapping[str, Any]) -> _Peer:
     if unknown:
         raise ValueError(f"unknown {design} keys {unknown}")
     return model_cls(arch_cls(**d))
+
+
+def _hydra_value(v: Any) -> str:
+    """``v`` in Hydra's override grammar."""
+    if isinstance(v, Mapping):
+        return "{" + ",".join(f"{k}:{_hydra_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_hydra_value(x) for x in v) + "]"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, str):
+        return v if v.replace("_", "a").replace(".", "a").isalnum() and not v[0].isdigit() else repr(v)
+    return repr(v)
+
+
+def train_overrides(model: _Peer) -> list[str]:
+    """``swap-train`` overrides that train ``model``'s design in place of the recipe's comb: the
+    module's model becomes ``build_peer(arch_args)`` (its identity count from the face sets).
+    The schedule must then have one stage at ``model.res`` (a port does not grow), e.g.
+    ``schedule.stages=[{res:128,images:...,batch:8,lr:5e-4,lr_end:5e-5}]``."""
+    args = {k: v for k, v in model.arch_args().items() if k != "num_identities"}
+    spec = f"{{_target_:{BUILDER},arch_args:{_hydra_value(args)[:-1]},num_identities:${{derived.identities}}}}}}"
+    return ["~module.model", f"+module.model={spec}"]
 
 
 def _phaze_a_factory(preset_res: int, shared_upscales: int) -> Callable[..., _Peer]:

@@ -3,7 +3,8 @@
 A checkpoint is a training checkpoint (``last.ckpt``: weights under ``state_dict`` with the
 ``model.`` prefix, facts under ``ckpt["progressive_swap"]``) or a finished run's
 ``model.safetensors`` (facts in its JSON-string metadata). Both are read without unpickling
-code (``train/checkpoint.py``). The facts used here: ``arch`` (``CombAutoencoder(CombArch(**arch))``),
+code (``train/checkpoint.py``). The facts used here: ``arch`` (``CombAutoencoder(CombArch(**arch))``, or
+the allowed builder it names: ``model/builders.py``),
 ``stage_res`` and ``alpha`` (the stage the weights were trained to), ``identities`` (a name
 per decoder) and ``face_type``.
 
@@ -27,7 +28,8 @@ import torch.nn.functional as F
 
 from progressive_swap.core.weights import finite_weights
 from progressive_swap.faceset.format import CROP_SPACES
-from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
+from progressive_swap.model.autoencoder import CombAutoencoder
+from progressive_swap.model.builders import build_model
 from progressive_swap.train.checkpoint import CKPT_KEY, check_identity_colour, safe_load
 
 MODEL_MASKS = ("model", "source", "union")  # masks a Swapper can return (see Swapper's mask_from)
@@ -173,10 +175,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_model(path: str | os.PathLike, device: str = "auto") -> tuple[CombAutoencoder, CheckpointInfo]:
-    """Rebuild ``CombAutoencoder(CombArch(**arch))`` from a checkpoint, load its weights, eval mode."""
+    """Rebuild ``CombAutoencoder(CombArch(**arch))`` (or the network of the allowed builder its
+    ``arch`` names, ``model/builders.py``) from a checkpoint, load its weights, eval mode."""
     info, state = read_checkpoint(path)
     try:
-        model = CombAutoencoder(CombArch.from_dict(info.arch))
+        model = build_model(info.arch)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: cannot rebuild the model from its arch: {e}") from None
     try:

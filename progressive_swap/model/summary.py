@@ -20,6 +20,7 @@ from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 from progressive_swap.model.autoencoder import CombAutoencoder
+from progressive_swap.model.builders import build_model
 
 __all__ = ["summarize", "format_summary"]
 
@@ -63,7 +64,9 @@ def summarize(
     one decoder, without activation checkpointing; FLOPs count convolutions only.
 
     Args:
-        model: the model to describe (only its :meth:`~CombAutoencoder.arch_args` are used).
+        model: the model to describe (only its :meth:`~CombAutoencoder.arch_args` are used). Another
+            network with the trainer's interface is described the same way; the encoder and
+            decoder columns count the parameters named ``encoder.`` and ``decoders.0.``.
         batch_size: images per step, for ``activation_bytes``.
         dtype: activation dtype, for ``activation_bytes`` (e.g. ``torch.bfloat16``).
 
@@ -75,7 +78,8 @@ def summarize(
         Parameter counts are the union over the stage's fade.
     """
     with torch.device("meta"):
-        meta = CombAutoencoder(model.arch)
+        # any other network (one with a builder, model/builders.py) is rebuilt from its arch_args
+        meta = CombAutoencoder(model.arch) if isinstance(model, CombAutoencoder) else build_model(model.arch_args())
     meta.to(dtype)
     shapes = {name: p.numel() for name, p in meta.named_parameters()}
     rows = []

@@ -68,7 +68,7 @@ def decoder_fit(model: Any, faces: torch.Tensor, source: int, res: int, alpha: f
         :func:`face_region`.
     """
     region = torch.from_numpy(face_region(res, face_type))
-    n_dec = len(model.decoders)
+    n_dec = model.num_identities
     err_sum, alpha_sum = np.zeros(n_dec), np.zeros(n_dec)
     device = next(model.parameters()).device
     was_training = model.training

@@ -17,6 +17,7 @@ import torch
 
 from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 from progressive_swap.model.blocks import downsample2x, upsample2x
+from progressive_swap.model.builders import arch_differences
 from progressive_swap.train.augment import apply_affine, random_affine, random_color_scramble, random_grid_warp
 from progressive_swap.train.growth import GrowthSchedule, mix_seed
 from progressive_swap.train.losses import SwapLoss
@@ -33,11 +34,13 @@ def fade_target(x: torch.Tensor, alpha: float) -> torch.Tensor:
     return low + (x - low) * alpha
 
 
-def resume_problem(state: dict[str, Any], arch: CombArch, world_size: int | None = None) -> str | None:
+def resume_problem(state: dict[str, Any], arch: CombArch | dict[str, Any],
+                   world_size: int | None = None) -> str | None:
     """Why a run cannot continue from a checkpoint's ``state[CKPT_KEY]``, or ``None``: another
     architecture (warm-start from it instead), or another number of processes (the data
-    position counts global batches)."""
-    diff = CombArch.from_dict(state["arch"]).differences(arch)
+    position counts global batches). ``arch``: the run's :class:`CombArch`, or its model's
+    ``arch_args()`` (any network, ``model/builders.py``)."""
+    diff = arch_differences(state["arch"], arch)
     if diff:
         said = ", ".join(f"{k}: {a} vs {b}" for k, (a, b) in diff.items())
         return f"it is another architecture (checkpoint vs recipe: {said}); use warm_start= instead"
@@ -50,7 +53,9 @@ class SwapModule(pl.LightningModule):
     """Trains a :class:`CombAutoencoder` to reconstruct every identity through its own decoder.
 
     Args:
-        model: the comb autoencoder (built for the final resolution).
+        model: the comb autoencoder (built for the final resolution), or any network with its
+            interface (``encode``, ``decode``, ``num_identities``, ``stages``, ``encoder``,
+            ``colour_norm``, ``arch_args()`` naming its builder: ``model/builders.py``).
         schedule: growth schedule (stages, fades, batch sizes, learning rates).
         loss: the reconstruction loss.
         optimizer: a partial optimizer constructor taking ``params`` and ``lr``.
@@ -267,7 +272,7 @@ class SwapModule(pl.LightningModule):
         state = checkpoint.get(CKPT_KEY)
         if state is None:
             raise ValueError("checkpoint was not written by progressive_swap's trainer")
-        problem = resume_problem(state, self.model.arch)
+        problem = resume_problem(state, self.model.arch_args())
         if problem:
             raise ValueError(problem)
         self.batches_done = int(state["batches_done"])
