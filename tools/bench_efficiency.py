@@ -106,6 +106,8 @@ FULL.update({
     "half_noise": dict(_HALF, train={"augment.latent_noise": 0.3}),
     # a latent 4x tighter (64 channels at full size)
     "half_lat64": dict(_HALF, latent_channels=64),
+    # the project's premise: the default trained at the final side from scratch, not grown
+    "half_fixed": dict(_HALF, fixed=True),
 })
 # The peers' designs (eval/peers.py) at our full-size output, 1024 px: Phaze-A's dny1024 preset and
 # SAEHD built at resolution 1024 (DeepFaceLab's own settings stop at 640).
@@ -159,8 +161,16 @@ LR, LR_END, BATCH = 5e-4, 5e-5, 8  # 1e-3 (the demo's) made the scaled "today" d
 
 
 def arch_of(full: dict) -> dict:
-    """A design's CombArch fields (without its ``train`` overrides)."""
-    return {k: v for k, v in full.items() if k != "train"}
+    """A design's CombArch fields (without its ``train`` overrides and its ``fixed`` flag)."""
+    return {k: v for k, v in full.items() if k not in ("train", "fixed")}
+
+
+def fixed_res(full: dict) -> int | None:
+    """The one scaled side a design trains at when it does not grow (a peer, or a comb with
+    ``fixed``: trained at the final side from scratch), else None."""
+    if is_peer(full):
+        return scaled(full)["res"]
+    return STAGES[-1] if full.get("fixed") else None
 
 
 def is_peer(full: dict) -> bool:
@@ -205,6 +215,8 @@ def scaled(full: dict) -> dict:
     ÷ 8 (``light_res`` too), block counts kept; ``train`` overrides kept as they are. A peer's
     is its scaled port's ``arch_args()``."""
     extra = {"train": full["train"]} if full.get("train") else {}
+    if full.get("fixed"):
+        extra["fixed"] = True
     if is_peer(full):
         with torch.device("meta"):
             return {**peer_model(arch_of(full), SIDE_DIV, WIDTH_DIV).arch_args(), **extra}
@@ -242,6 +254,8 @@ UNITS = {"h100": "estimated H100 seconds at full size", "rtx4090": "estimated RT
 def full_size_phases(full: dict) -> tuple[tuple[tuple[int, float], ...], tuple[int, ...]]:
     """``(FULL_PHASES, FULL_BATCH)`` of a design: a peer's (which does not grow) are its one
     resolution in all five phases, at the recipe's batch per identity for that resolution."""
+    if full.get("fixed"):  # a comb trained at its final side from scratch
+        return ((FULL_PHASES[-1][0], 1.0),) * len(FULL_PHASES), (FULL_BATCH[-1],) * len(FULL_BATCH)
     if not is_peer(full):
         return FULL_PHASES, FULL_BATCH
     res = int(full["res"]) if full.get("res") else full_model(full).res
@@ -252,7 +266,8 @@ def full_size_phases(full: dict) -> tuple[tuple[tuple[int, float], ...], tuple[i
 def full_size_cost(full: dict) -> list[dict]:
     """Per phase of ``FULL_PHASES`` (``full_size_phases``): full-size training GFLOP and estimated
     GPU seconds per image (``eval/cost.py``), on the meta device in bf16."""
-    return json.loads(_full_size_cost(json.dumps(arch_of(full), sort_keys=True)))
+    key = {**arch_of(full), **({"fixed": True} if full.get("fixed") else {})}
+    return json.loads(_full_size_cost(json.dumps(key, sort_keys=True)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -260,7 +275,7 @@ def _full_size_cost(arch_json: str) -> str:
     from progressive_swap.eval.cost import step_cost
 
     full = json.loads(arch_json)
-    model = full_model(full, torch.bfloat16)
+    model = full_model(arch_of(full), torch.bfloat16)
     rows = []
     for (res, alpha), batch in zip(*full_size_phases(full)):
         c = step_cost(model, res, alpha, batch)
@@ -300,6 +315,7 @@ def _overrides(name: str, seed: int, out: Path) -> list[str]:
     full = design(name)
     arch = scaled(full)
     train = arch.pop("train", {})
+    arch.pop("fixed", None)
     if is_peer(full):  # the scaled port in place of the recipe's comb
         from progressive_swap.eval.peers import build_peer, train_overrides
 
@@ -403,7 +419,7 @@ def one_run(name: str, seed: int, budget: float, work: Path, cost: str = "cpu") 
     run_dir = work / f"seed{seed}" / name
     overrides = _overrides(name, seed, run_dir)
     full = design(name)
-    peer_res = scaled(full)["res"] if is_peer(full) else None
+    peer_res = fixed_res(full)
     costs = calibrate(overrides, peer_res=peer_res) if cost == "cpu" else per_image(full, cost)
     images = images_for(budget, costs)
     load_before = os.getloadavg()
