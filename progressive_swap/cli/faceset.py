@@ -29,12 +29,13 @@ import cv2
 import numpy as np
 
 from progressive_swap import faceset
-from progressive_swap.cli.common import UserError, is_override, run_cli
+from progressive_swap.cli.common import EXIT_INCOMPLETE, UserError, is_override, run_cli
 from progressive_swap.cli.schema import closest, help_text
 from progressive_swap.core.progress import Progress
 from progressive_swap.extract.pipeline import extraction_problems
 from progressive_swap.faceset import curate, identity, review
 from progressive_swap.faceset import repair as repair_mod
+from progressive_swap.faceset.migrate.importer import import_faceset
 
 PROG = "swap-faceset"
 
@@ -508,9 +509,6 @@ def cmd_import(argv: Sequence[str]) -> int:
     Exit 4 when some files were refused (unsafe or unreadable metadata): each is named in one
     line on stderr, nothing is written for it, and the rest is imported.
     """
-    from progressive_swap.cli.common import EXIT_INCOMPLETE
-    from progressive_swap.faceset.migrate.importer import import_faceset
-
     pos, o = _split_args(argv, ImportOptions, IMPORT_USAGE, "import")
     if len(pos) != 1 or "out" not in o:
         raise UserError(f"import: expected one source folder and out=; {IMPORT_USAGE}")

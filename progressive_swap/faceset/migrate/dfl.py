@@ -19,10 +19,17 @@ import numpy as np
 from progressive_swap.core.align import compose, invert, transform_points, umeyama
 from progressive_swap.faceset.migrate.containers import decode_image, jpeg_app15, png_chunks
 from progressive_swap.faceset.migrate.peer_face import (
-    PeerFace, PeerMask, affine, frame_number, pixel_scale, points68,
+    PeerFace,
+    PeerMask,
+    affine,
+    frame_number,
+    pixel_scale,
+    points68,
 )
 from progressive_swap.faceset.migrate.safe_load import (
-    DamagedMetadataError, UnsafeMetadataError, restricted_loads,
+    DamagedMetadataError,
+    UnsafeMetadataError,
+    restricted_loads,
 )
 
 APP15_CAP = 65533

@@ -21,10 +21,19 @@ import numpy as np
 from progressive_swap.core.align import umeyama
 from progressive_swap.faceset.migrate.containers import decode_image, png_chunks, png_itxt
 from progressive_swap.faceset.migrate.peer_face import (
-    PeerFace, PeerMask, affine, finite_int, frame_number, points68,
+    PeerFace,
+    PeerMask,
+    affine,
+    finite_int,
+    frame_number,
+    points68,
 )
 from progressive_swap.faceset.migrate.safe_load import (
-    DamagedMetadataError, UnsafeMetadataError, bounded_zlib, literal_text, restricted_loads,
+    DamagedMetadataError,
+    UnsafeMetadataError,
+    bounded_zlib,
+    literal_text,
+    restricted_loads,
 )
 
 MAX_FSA_BYTES = 1 << 30
@@ -142,7 +151,8 @@ def read_faceswap_png(path: Path, data: bytes, alignments: dict[str, list[dict[s
         dims = src.get("source_frame_dims")
         frame_size = None
         if isinstance(dims, (tuple, list)) and len(dims) == 2:
-            frame_size = (finite_int(dims[1], "frame width", 1, 1 << 16), finite_int(dims[0], "frame height", 1, 1 << 16))
+            frame_size = (finite_int(dims[1], "frame width", 1, 1 << 16),
+                          finite_int(dims[0], "frame height", 1, 1 << 16))
     elif alignments is not None:
         # Before headers (alignments < 2.1) faces are named <frame stem>_<face index>.png.
         m = re.match(r"^(.*)_(\d+)$", path.stem)

@@ -30,9 +30,14 @@ import cv2
 import numpy as np
 
 from progressive_swap.core.align import (
-    alignment_matrix, compose, crop_matrix, invert, matrix_scale, transform_points, warp_to_crop,
+    alignment_matrix,
+    compose,
+    invert,
+    matrix_scale,
+    transform_points,
+    warp_to_crop,
 )
-from progressive_swap.faceset.format import ID_RE, FaceRecord
+from progressive_swap.faceset.format import ID_RE, FaceRecord, read_header
 from progressive_swap.faceset.migrate.containers import MAX_FILE_BYTES, decode_image, png_chunks
 from progressive_swap.faceset.migrate.dfl import read_dfl
 from progressive_swap.faceset.migrate.faceswap import read_alignments, read_faceswap_png
@@ -84,6 +89,8 @@ def _read_file(path: Path) -> bytes:
     n = path.stat().st_size
     if n > MAX_FILE_BYTES:
         raise UnsafeMetadataError(f"a file of {n} bytes")
+    if n == 0:
+        raise DamagedMetadataError("empty file")
     return path.read_bytes()
 
 
@@ -227,8 +234,6 @@ def import_faceset(
     ident = identity if identity is not None else (src.resolve().name or "imported")
     existing = None
     if (out / "faceset.json").exists():
-        from progressive_swap.faceset.format import read_header
-
         existing = read_header(out)
         face_type, size = existing["face_type"], size or existing["size"]
         result.face_type = face_type
@@ -256,6 +261,8 @@ def import_faceset(
             raise ValueError(f"size={size} is above what {len(short)} face(s) hold ({name}: {int(h)} px); "
                              f"use size={max(16, int(h // 16) * 16)} or upscale=true")
     result.size = size
+    if not plans and existing is None:
+        return result  # nothing to import: no empty set is left behind
     writer = create(out, face_type=face_type, size=size, identity=ident, exist_ok=True)
     try:
         taken: set[str] = set()

@@ -1,0 +1,316 @@
+"""Importing DeepFaceLab and FaceSwap face sets (``swap-faceset import``), safely.
+
+The fixtures were written by the peers' own code (``../shared/fixtures/migration``, read only:
+copied into ``tmp_path`` first). The malicious ones would ``touch pwned_by_import`` in the working
+directory if their metadata were loaded with plain ``pickle`` or ``eval``.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import shutil
+import struct
+import zlib
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from progressive_swap import faceset
+from progressive_swap.cli.faceset import main as faceset_main
+from progressive_swap.core.align import crop_matrix, transform_points, warp_to_crop
+from progressive_swap.faceset.migrate.containers import decode_image, jpeg_app15, png_chunks, png_itxt
+from progressive_swap.faceset.migrate.faceswap import legacy_matrix, read_alignments
+from progressive_swap.faceset.migrate.safe_load import (
+    DamagedMetadataError,
+    UnsafeMetadataError,
+    bounded_zlib,
+    literal_text,
+    restricted_loads,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "migration"
+pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"migration fixtures not found at {FIXTURES}")
+MALICIOUS = ["dfl_app15_os_system.jpg", "dfl_legacy_fcwp_os_system.png", "faceswap_alignments_os_system.fsa",
+             "faceswap_itxt_eval_payload.png"]
+BENIGN = {"dfl": 2, "dfl_legacy_png": 1, "faceswap_v2.10": 1, "faceswap_v3.0.0": 1}
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = faceset_main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def copy_fixtures(tmp_path: Path, *folders: str) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    for folder in folders:
+        for p in (FIXTURES / folder).iterdir():
+            shutil.copyfile(p, src / p.name)
+    return src
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory) -> Path:
+    """The source frame every fixture was cut from: scikit-image's astronaut."""
+    data = pytest.importorskip("skimage.data")
+    d = tmp_path_factory.mktemp("frames")
+    cv2.imwrite(str(d / "astronaut.png"), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    return d
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0.5, b > 0.5
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+# ----------------------------------------------------------------------------- safety
+
+
+def test_malicious_files_are_refused_in_one_line_run_nothing_and_the_rest_imports(tmp_path, monkeypatch):
+    src = copy_fixtures(tmp_path, "malicious", "dfl")
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run("import", src, f"out={tmp_path / 'set'}", "progress_every=0")
+    assert not list(tmp_path.rglob("pwned_by_import")) and not Path("pwned_by_import").exists()
+    assert rc == 4, err
+    lines = [ln for ln in err.splitlines() if "refused" in ln]
+    for name in MALICIOUS:
+        mine = [ln for ln in lines if name in ln]
+        assert len(mine) == 1, (name, err)
+        assert "system" in mine[0], mine[0]  # names what it asked for
+    assert "Traceback" not in err
+    fs = faceset.open(tmp_path / "set")
+    assert len(fs) == 2 and all(e["imported_from"] == "deepfacelab" for e in (fs.record(i).extra for i in range(2)))
+
+
+@pytest.mark.parametrize("name", MALICIOUS)
+def test_each_malicious_container_refused_at_the_global(name):
+    data = (FIXTURES / "malicious" / name).read_bytes()
+    with pytest.raises(UnsafeMetadataError, match="system"):
+        if name.endswith(".fsa"):
+            read_alignments(data)
+        elif name.endswith(".jpg"):
+            restricted_loads(jpeg_app15(data)[0])
+        elif name.startswith("dfl"):
+            restricted_loads(png_chunks(data, {b"fcWp"})[0][1])
+        else:
+            literal_text(png_itxt(png_chunks(data, {b"iTXt"})[0][1])[1])
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned_by_import",))
+
+
+@pytest.mark.parametrize("payload, needle", [
+    (lambda: pickle.dumps(_Evil(), protocol=4), "system"),
+    (lambda: pickle.dumps(np.array([1, "a"], dtype=object), protocol=4), "dtype 'O8'"),
+    (lambda: pickle.dumps(np.zeros(3, dtype=[("a", "<f4")]), protocol=4), "dtype 'V4'"),
+    (lambda: pickle.dumps(np.array(["abc"]), protocol=4), "dtype"),
+    (lambda: b"\x80\x02cx\ny\n.", "asks for x.y"),
+    (lambda: b"\x80\x02X\x01\x00\x00\x00pQ.", "persistent"),
+    (lambda: b"\x80\x02\x82\x01.", "extension"),  # EXT1: the copyreg extension registry
+    (lambda: pickle.dumps({"f": eval}, protocol=4), "builtins.eval"),
+    (lambda: b"\x80\x02cnumpy.testing._private.utils\nrunstring\n.", "runstring"),
+])
+def test_restricted_unpickler_refuses_code_and_odd_arrays(payload, needle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises((UnsafeMetadataError, DamagedMetadataError), match=needle) as e:
+        restricted_loads(payload())
+    assert "\n" not in str(e.value)
+    assert not Path("pwned_by_import").exists()
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+def test_restricted_unpickler_reads_plain_data_and_numeric_arrays(protocol):
+    d = {"lm": np.arange(136, dtype="<f4").reshape(68, 2), "rect": np.array([1, 2, 3, 4], np.int32),
+         "m": np.eye(2, 3), "u8": np.arange(5, dtype=np.uint8)[:, None], "b": np.array([True, False]),
+         "s": "x", "t": (1, 2.5, None, True), "raw": b"\x00\x01", "nested": [{"a": [1, 2]}]}
+    got = restricted_loads(pickle.dumps(d, protocol=protocol))
+    assert got.keys() == d.keys()
+    for k, v in d.items():
+        if isinstance(v, np.ndarray):
+            assert got[k].dtype == v.dtype and np.array_equal(got[k], v), k
+        else:
+            assert got[k] == v, k
+
+
+def test_bounded_decompression_and_literal_caps():
+    bomb = zlib.compress(b"\0" * (8 << 20))
+    with pytest.raises(UnsafeMetadataError, match="inflates past"):
+        bounded_zlib(bomb, 1 << 20)
+    with pytest.raises(DamagedMetadataError):
+        bounded_zlib(zlib.compress(b"abc"), 10, exact=4)
+    with pytest.raises(UnsafeMetadataError, match="cap"):
+        literal_text(b"1" * 100, max_chars=50)
+    with pytest.raises(UnsafeMetadataError):
+        literal_text(b"[" * 200_000 + b"]" * 200_000)
+    assert literal_text(b"{'a': (1, b'x', True)}") == {"a": (1, b"x", True)}
+
+
+def test_second_app15_segment_is_refused(tmp_path):
+    data = (FIXTURES / "dfl" / "dfl_whole_face.jpg").read_bytes()
+    payload, count = jpeg_app15(data)
+    assert count == 1
+    seg = b"\xff\xef" + struct.pack(">H", len(payload) + 2) + payload
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "twice.jpg").write_bytes(data[:2] + seg + data[2:])
+    rc, _, err = run("import", src, f"out={tmp_path / 'set'}", "progress_every=0")
+    assert rc == 4 and "2 APP15 segments" in err and not (tmp_path / "set").exists()
+
+
+def _damaged_variants(tmp_path: Path) -> Path:
+    """Files of peer versions we have not seen, or damaged: each must be read or refused in one line."""
+    d = tmp_path / "odd"
+    d.mkdir()
+    jpg = (FIXTURES / "dfl" / "dfl_whole_face_xseg.jpg").read_bytes()
+    payload, _ = jpeg_app15(jpg)
+    meta = restricted_loads(payload)
+
+    def dfl(name: str, m: dict) -> None:
+        p = pickle.dumps(m, protocol=4)
+        i = jpg.index(payload) - 4
+        (d / name).write_bytes(jpg[:i] + b"\xff\xef" + struct.pack(">H", len(p) + 2) + p + jpg[i + 4 + len(payload):])
+
+    dfl("no_matrix.jpg", {k: v for k, v in meta.items() if k != "image_to_face_mat"})  # before 2019-04: read
+    dfl("mark_only.jpg", {**meta, "face_type": "mark_only"})
+    dfl("bad_landmarks.jpg", {**meta, "landmarks": "x"})
+    dfl("list_polys.jpg", {**meta, "seg_ie_polys": [(1, meta["seg_ie_polys"]["polys"][0]["pts"].tolist())]})
+    dfl("not_a_dict.jpg", [1, 2, 3])
+    (d / "truncated.jpg").write_bytes(jpg[: len(jpg) // 3])
+    (d / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    (d / "empty.jpg").write_bytes(b"")
+    alignments = {"__meta__": {"version": 9.9}, "__data__": {"f_000001.png": {"faces": [
+        {"landmarks_xy": [[0.0, 0.0]] * 98, "mask": {}}]}}}
+    (d / "alignments.fsa").write_bytes(zlib.compress(pickle.dumps(alignments, protocol=5)))
+    png = (FIXTURES / "faceswap_v2.10" / "astronaut_0.png").read_bytes()
+    (d / "f_000001_0.png").write_bytes(png[:33] + png[png.index(b"IEND") - 4:])  # header stripped: from the fsa
+    return d
+
+
+def test_unknown_or_damaged_peer_files_are_read_or_refused_in_one_line(tmp_path):
+    src = _damaged_variants(tmp_path)
+    rc, _, err = run("import", src, f"out={tmp_path / 'set'}", "progress_every=0")
+    assert rc == 4 and "Traceback" not in err
+    refused = [ln for ln in err.splitlines() if " refused " in ln]
+    names = sorted(p.name for p in src.iterdir())
+    fs = faceset.open(tmp_path / "set")
+    read = {fs.record(i).extra["peer_file"] for i in range(len(fs))}
+    assert read == {"no_matrix.jpg", "list_polys.jpg"}
+    for n in names:
+        if n not in read | {"alignments.fsa"}:  # the alignments are read; their 98-point face is refused
+            assert sum(f"/{n}:" in ln for ln in refused) == 1, (n, err)
+    assert any("98-point" in ln for ln in refused)
+
+
+# ----------------------------------------------------------------------------- readers and geometry
+
+
+@pytest.mark.parametrize("folder", ["dfl", "dfl_legacy_png"])
+def test_dfl_import_without_frames_matches_the_recrop_from_the_frame(folder, tmp_path, frames):
+    src = copy_fixtures(tmp_path, folder)
+    size = 160
+    rc, _, err = run("import", src, f"out={tmp_path / 'a'}", f"size={size}", "progress_every=0")
+    assert rc == 0, err
+    rc, _, err = run("import", src, f"out={tmp_path / 'b'}", f"size={size}", f"frames={frames}", "progress_every=0")
+    assert rc == 0, err
+    for d in ("a", "b"):
+        assert run("info", tmp_path / d, "--deep")[0] == 0
+    a, b = faceset.open(tmp_path / "a"), faceset.open(tmp_path / "b")
+    assert len(a) == len(b) == BENIGN[folder]
+    for i in range(len(a)):
+        ra = a.record(i)
+        assert ra.extra["pixels"] == "peer crop" and b.record(i).extra["pixels"] == "frame"
+        assert ra.extra["covered"] > 0.95
+        # Their crop landmarks, carried through their matrix and ours, land on our crop landmarks.
+        data = (src / ra.extra["peer_file"]).read_bytes()
+        if folder == "dfl":
+            meta = restricted_loads(jpeg_app15(data)[0])
+        else:
+            meta = restricted_loads(png_chunks(data, {b"fcWp"})[0][1])
+        their_crop = np.asarray(meta["landmarks"])
+        frame_lm = transform_points(their_crop, np.linalg.inv(np.vstack([meta["image_to_face_mat"], [0, 0, 1]]))[:2])
+        ours = transform_points(frame_lm, crop_matrix(ra.matrix, size))
+        assert np.abs(ours - a.landmarks_aligned[i] * size + 0.5).max() < 1.0
+        assert np.allclose(ra.landmarks, meta["source_landmarks"])
+        # Pixels: same place as the re-crop from the frame (their JPEG and resampling aside).
+        ga = cv2.cvtColor(a.image(i), cv2.COLOR_RGB2GRAY).astype(np.float32)
+        gb = cv2.cvtColor(b.image(i), cv2.COLOR_RGB2GRAY).astype(np.float32)
+        (dx, dy), _ = cv2.phaseCorrelate(ga, gb)
+        assert np.hypot(dx, dy) < 0.5, (dx, dy)
+        assert np.abs(ga - gb)[16:-16, 16:-16].mean() < 6.0
+
+
+def test_dfl_masks_match_the_stored_mask_warped_by_hand(tmp_path):
+    src = copy_fixtures(tmp_path, "dfl")
+    size = 256
+    rc, _, err = run("import", src, f"out={tmp_path / 's'}", f"size={size}", "progress_every=0")
+    assert rc == 0, err
+    fs = faceset.open(tmp_path / "s")
+    i = fs.index_of("dfl_whole_face_xseg")
+    meta = restricted_loads(jpeg_app15((src / "dfl_whole_face_xseg.jpg").read_bytes())[0])
+    stored = decode_image(meta["xseg_mask"].reshape(-1).tobytes(), gray=True).astype(np.float32) / 255
+    mat = meta["image_to_face_mat"]
+    # By hand: the 256 px mask back to the 512 px crop, that crop to the frame, the frame to our crop.
+    crop = cv2.resize(stored, (512, 512), interpolation=cv2.INTER_LINEAR)
+    frame = cv2.warpAffine(crop, mat, (512, 512), flags=cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR)
+    hand = warp_to_crop(frame, fs.matrices[i], size, border=cv2.BORDER_CONSTANT)
+    assert iou(fs.mask(i, "user_xseg"), hand) > 0.98
+    # Polygons: includes then excludes, rasterised again from the record's own copy of them.
+    polys = fs.record(i).extra["ie_polys"]
+    assert [p["type"] for p in polys] == ["include", "exclude"]
+    drawn = np.zeros((size, size), np.uint8)
+    for p in polys:
+        pts = np.asarray(p["uv"]) * size - 0.5
+        cv2.fillPoly(drawn, [np.round(pts).astype(np.int32)], 1 if p["type"] == "include" else 0)
+    assert iou(fs.mask(i, "user_xseg_polys"), drawn) > 0.98
+    assert 0.2 < (drawn > 0).mean() < 0.8  # the exclude (the mouth) really cut a hole in the include
+    assert fs.mask(fs.index_of("dfl_whole_face"), "user_xseg") is None
+
+
+@pytest.mark.parametrize("folder", ["faceswap_v2.10", "faceswap_v3.0.0"])
+def test_faceswap_import_with_frames_and_its_masks(folder, tmp_path, frames):
+    src = copy_fixtures(tmp_path, folder)
+    rc, _, err = run("import", src, f"out={tmp_path / 'n'}", "progress_every=0")
+    assert rc == 4 and "give frames=" in err  # their PNG does not say where it sits in the frame
+    size = 160
+    rc, _, err = run("import", src, f"out={tmp_path / 's'}", f"size={size}", f"frames={frames}", "progress_every=0")
+    assert rc == 0, err
+    assert run("info", tmp_path / "s", "--deep")[0] == 0
+    fs = faceset.open(tmp_path / "s")
+    assert len(fs) == 1 and fs.sources[0] == "astronaut.png"
+    faces = read_alignments((src / "alignments.fsa").read_bytes())["astronaut.png"]
+    assert np.allclose(fs.landmarks[0], faces[0]["landmarks_xy"], atol=1e-4)
+    assert fs.record(0).frame_size == (512, 512)
+    for name in ("components", "extended"):
+        m = faces[0]["mask"][name]
+        stored = np.frombuffer(zlib.decompress(m["mask"]), np.uint8).reshape(128, 128).astype(np.float32) / 255
+        frame = cv2.warpAffine(stored, np.asarray(m["affine_matrix"])[:2], (512, 512),
+                               flags=cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR)
+        hand = warp_to_crop(frame, fs.matrices[0], size, border=cv2.BORDER_CONSTANT)
+        assert iou(fs.mask(0, f"user_fs_{name}"), hand) > 0.98, name
+    # The mean face behind FaceSwap's crops: its fit reproduces the stored mask matrix's rotation and scale.
+    lin = np.asarray(faces[0]["mask"]["components"]["affine_matrix"])[:2, :2]
+    assert np.allclose(legacy_matrix(np.asarray(faces[0]["landmarks_xy"], float))[:, :2] * 64, lin, rtol=1e-3)
+
+
+def test_import_is_resumable_and_refuses_a_size_its_pixels_do_not_hold(tmp_path):
+    src = copy_fixtures(tmp_path, "dfl")
+    rc, _, err = run("import", src, f"out={tmp_path / 's'}", "size=1024", "progress_every=0")
+    assert rc == 2 and "upscale=true" in err and not (tmp_path / "s").exists()
+    rc, out, _ = run("import", src, f"out={tmp_path / 's'}", "progress_every=0")
+    assert rc == 0 and "imported 2 face(s)" in out
+    held = faceset.open(tmp_path / "s").size
+    assert 400 <= held <= 512 and held % 16 == 0
+    rc, out, _ = run("import", src, f"out={tmp_path / 's'}", "progress_every=0")
+    assert rc == 0 and "imported 0 face(s)" in out and "2 already there" in out
+    assert len(faceset.open(tmp_path / "s")) == 2
+    rc, _, _ = run("import", src, f"out={tmp_path / 'u'}", "size=1024", "upscale=true", "progress_every=0")
+    assert rc == 0 and faceset.open(tmp_path / "u").size == 1024
