@@ -314,3 +314,65 @@ def test_import_is_resumable_and_refuses_a_size_its_pixels_do_not_hold(tmp_path)
     assert len(faceset.open(tmp_path / "s")) == 2
     rc, _, _ = run("import", src, f"out={tmp_path / 'u'}", "size=1024", "upscale=true", "progress_every=0")
     assert rc == 0 and faceset.open(tmp_path / "u").size == 1024
+
+
+def _pak(tmp_path: Path, jpgs: list[Path], evil: bool = False) -> Path:
+    """A DeepFaceLab ``faceset.pak`` laid out as FORMATS.md says, IntEnums pickled as DFL does."""
+    import enum
+    import sys
+    import types
+
+    mods = {}
+    for mod, cls, values in (("facelib.FaceType", "FaceType", {"WHOLE_FACE": 4}),
+                             ("samplelib.Sample", "SampleType", {"FACE": 1})):
+        m = types.ModuleType(mod)
+        e = enum.IntEnum(cls, values)
+        e.__module__, e.__qualname__ = mod, cls
+        setattr(m, cls, e)
+        mods[mod] = m
+        mods[mod.split(".")[0]] = types.ModuleType(mod.split(".")[0])
+    configs = []
+    for p in jpgs:
+        configs.append({"sample_type": mods["samplelib.Sample"].SampleType.FACE, "filename": p.name,
+                        "face_type": mods["facelib.FaceType"].FaceType.WHOLE_FACE, "shape": (512, 512, 3),
+                        "landmarks": [[0.0, 0.0]] * 68, "seg_ie_polys": {"polys": []}, "xseg_mask": None,
+                        "xseg_mask_compressed": None, "eyebrows_expand_mod": 1.0,
+                        "source_filename": "astronaut.png", "person_name": "astro"})
+    if evil:
+        configs[0]["x"] = _Evil()
+    saved = {k: sys.modules.get(k) for k in mods}
+    sys.modules.update(mods)
+    try:
+        header = pickle.dumps(configs, 4)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    blobs = [p.read_bytes() for p in jpgs]
+    offsets, o = [], 0
+    for b in blobs:
+        offsets.append(o)
+        o += len(b)
+    table_end = 16 + len(header) + 8 * (len(blobs) + 1)
+    offsets.append(table_end + o)  # DeepFaceLab's last offset is an absolute file position
+    src = tmp_path / ("evil" if evil else "pak")
+    src.mkdir()
+    (src / "faceset.pak").write_bytes(struct.pack("<QQ", 1, len(header)) + header
+                                      + struct.pack(f"<{len(offsets)}Q", *offsets) + b"".join(blobs))
+    return src
+
+
+def test_faceset_pak_is_read_with_its_enums_as_ints_and_person_name(tmp_path, monkeypatch):
+    jpgs = sorted((FIXTURES / "dfl").glob("*.jpg"))
+    src = _pak(tmp_path, jpgs)
+    rc, _, err = run("import", src, f"out={tmp_path / 's'}", "progress_every=0")
+    assert rc == 0, err
+    fs = faceset.open(tmp_path / "s")
+    assert len(fs) == 2 and fs.identities == ["astro"]
+    assert sorted(fs.ids) == sorted(p.stem for p in jpgs)
+    assert fs.mask(fs.index_of("dfl_whole_face_xseg"), "user_xseg") is not None
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run("import", _pak(tmp_path, jpgs, evil=True), f"out={tmp_path / 'e'}", "progress_every=0")
+    assert rc == 4 and "faceset.pak: asks for" in err and "system" in err and not Path("pwned_by_import").exists()

@@ -160,3 +160,45 @@ def read_dfl(path: Path, data: bytes) -> PeerFace:
         source=source, frame_index=frame_number(source), frame_size=None, peer_face_type=str(ft),
         masks=masks, polygons=polygons,
     )
+
+
+PAK_MAX_HEADER = 256 << 20
+"""Largest sample-config pickle of a ``faceset.pak`` accepted (about 4 KB a face)."""
+
+
+def read_pak(path: Path) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
+    """The sample configs of a DeepFaceLab ``faceset.pak`` and each embedded JPG's ``(start, end)``.
+
+    Layout: ``Q version (1)``, ``Q n``, ``n`` bytes of pickled configs, ``len + 1`` ``Q`` offsets,
+    then the JPGs byte for byte. The offsets count from the end of the table, except the last,
+    which DeepFaceLab writes as an absolute file position: every range is clamped to the file.
+
+    Raises:
+        UnsafeMetadataError / DamagedMetadataError: one line saying what is wrong.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+        if len(head) < 16:
+            raise DamagedMetadataError("faceset.pak shorter than its header")
+        version, n = np.frombuffer(head, "<u8")
+        if version != 1:
+            raise DamagedMetadataError(f"faceset.pak version {int(version)} (known: 1)")
+        if not 0 < n <= min(PAK_MAX_HEADER, size - 16):
+            raise DamagedMetadataError(f"faceset.pak declares a {int(n)}-byte header")
+        configs = restricted_loads(f.read(int(n)), pak=True)
+        if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
+            raise DamagedMetadataError("faceset.pak header is not a list of sample dicts")
+        table = f.read(8 * (len(configs) + 1))
+        if len(table) != 8 * (len(configs) + 1):
+            raise DamagedMetadataError("faceset.pak offset table is truncated")
+    offsets = np.frombuffer(table, "<u8").astype(np.int64)
+    data_start = 16 + int(n) + len(table)
+    ranges = []
+    for k in range(len(configs)):
+        start = data_start + int(offsets[k])
+        end = min(size, data_start + int(offsets[k + 1]))
+        if not data_start <= start < end <= size:
+            raise DamagedMetadataError(f"faceset.pak sample {k} has offsets outside the file")
+        ranges.append((start, end))
+    return configs, ranges

@@ -39,7 +39,7 @@ from progressive_swap.core.align import (
 )
 from progressive_swap.faceset.format import ID_RE, FaceRecord, read_header
 from progressive_swap.faceset.migrate.containers import MAX_FILE_BYTES, decode_image, png_chunks
-from progressive_swap.faceset.migrate.dfl import read_dfl
+from progressive_swap.faceset.migrate.dfl import read_dfl, read_pak
 from progressive_swap.faceset.migrate.faceswap import read_alignments, read_faceswap_png
 from progressive_swap.faceset.migrate.peer_face import PeerFace
 from progressive_swap.faceset.migrate.safe_load import DamagedMetadataError, UnsafeMetadataError
@@ -65,7 +65,7 @@ class ImportResult:
 
 
 def _face_id(face: PeerFace, taken: set[str]) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(face.file).stem).strip("._-")[:100] or "face"
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(face.file.split(":")[-1]).stem).strip("._-")[:100] or "face"
     base = stem if ID_RE.match(stem) else f"f{stem}"
     fid, k = base, 2
     while fid in taken:
@@ -94,6 +94,36 @@ def _read_file(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def _read_pak_faces(path: Path, refuse: Callable[[str, str], None]) -> list[PeerFace]:
+    """The faces packed in a DeepFaceLab ``faceset.pak``; a bad member is refused alone."""
+    try:
+        configs, ranges = read_pak(path)
+    except (UnsafeMetadataError, DamagedMetadataError, OSError) as e:
+        refuse(path.name, str(e))
+        return []
+    faces = []
+    with open(path, "rb") as f:
+        for k, (cfg, (start, end)) in enumerate(zip(configs, ranges)):
+            name = cfg.get("filename") if isinstance(cfg.get("filename"), str) else f"{k:06d}.jpg"
+            label = f"{path.name}:{Path(name).name}"
+            try:
+                if end - start > MAX_FILE_BYTES:
+                    raise UnsafeMetadataError(f"a packed face of {end - start} bytes")
+                f.seek(start)
+                face = read_dfl(Path(Path(name).name), f.read(end - start))
+            except (UnsafeMetadataError, DamagedMetadataError) as e:
+                refuse(label, str(e))
+                continue
+            except Exception as e:  # noqa: BLE001 - an unknown peer version: one line, never a traceback
+                refuse(label, f"unreadable ({type(e).__name__})")
+                continue
+            face.file = label
+            person = cfg.get("person_name")
+            face.identity = person if isinstance(person, str) else ""
+            faces.append(face)
+    return faces
+
+
 def read_peer_faces(src: Path, fmt: str, refuse: Callable[[str, str], None]) -> list[PeerFace]:
     """Every face of a DeepFaceLab or FaceSwap folder; each refused file reported via ``refuse``."""
     if fmt not in FORMATS:
@@ -108,9 +138,9 @@ def read_peer_faces(src: Path, fmt: str, refuse: Callable[[str, str], None]) -> 
             alignments = {**(alignments or {}), **found}
         except (UnsafeMetadataError, DamagedMetadataError) as e:
             refuse(p.name, str(e))
-    for p in (p for p in files if p.suffix.lower() == ".pak"):
-        refuse(p.name, "faceset.pak is not read yet: unpack it with DeepFaceLab's faceset unpacker first")
     faces = []
+    for p in (p for p in files if p.suffix.lower() == ".pak" and fmt != "faceswap"):
+        faces += _read_pak_faces(p, refuse)
     for p in files:
         if p.suffix.lower() not in IMAGE_SUFFIXES:
             continue
@@ -182,8 +212,8 @@ def convert_face(face: PeerFace, face_type: str, size: int, frame: np.ndarray | 
         extra["note"] = face.note
     record = FaceRecord(
         id=face_id, source=face.source, frame_index=face.frame_index, time=float("nan"), track=-1,
-        identity=identity, landmarks=face.landmarks, matrix=m, frame_size=tuple(int(v) for v in frame_size),
-        extra=extra,
+        identity=face.identity or identity, landmarks=face.landmarks, matrix=m,
+        frame_size=tuple(int(v) for v in frame_size), extra=extra,
     )
     return record, image, masks
 

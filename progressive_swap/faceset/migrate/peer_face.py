@@ -46,6 +46,7 @@ class PeerFace:
         polygons: hand-drawn polygons in frame px, in drawing order:
             ``[("include" | "exclude", (n, 2) array)]``.
         note: what is approximate about this face (said in its record), or "".
+        identity: the identity name the file carries (DeepFaceLab ``faceset.pak``), or "".
     """
 
     file: str
@@ -60,6 +61,7 @@ class PeerFace:
     masks: dict[str, PeerMask] = field(default_factory=dict)
     polygons: list[tuple[str, np.ndarray]] = field(default_factory=list)
     note: str = ""
+    identity: str = ""
 
 
 def points68(value: Any, what: str) -> np.ndarray:
