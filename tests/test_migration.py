@@ -195,6 +195,37 @@ def _damaged_variants(tmp_path: Path) -> Path:
     return d
 
 
+def _dfl_with(tmp_path: Path, name: str, **changes) -> Path:
+    """A DFL fixture JPG with some metadata changed (written through a plain pickle of benign data)."""
+    jpg = (FIXTURES / "dfl" / "dfl_whole_face_xseg.jpg").read_bytes()
+    payload, _ = jpeg_app15(jpg)
+    p = pickle.dumps({**restricted_loads(payload), **changes}, protocol=4)
+    i = jpg.index(payload) - 4
+    out = tmp_path / name
+    out.write_bytes(jpg[:i] + b"\xff\xef" + struct.pack(">H", len(p) + 2) + p + jpg[i + 4 + len(payload):])
+    return out
+
+
+def test_frames_from_a_video_by_frame_number(tmp_path, frames):
+    from progressive_swap.footage.video import write_video
+
+    astro = cv2.cvtColor(cv2.imread(str(frames / "astronaut.png")), cv2.COLOR_BGR2RGB)
+    video = tmp_path / "clip.mp4"
+    write_video(video, [np.zeros_like(astro), astro, np.full_like(astro, 255)], fps=25, crf=10)
+    src = tmp_path / "src"
+    src.mkdir()
+    _dfl_with(src, "clip_000002_0.jpg", source_filename="clip_000002.png")  # frame 2 counted from 1
+    size = 160
+    rc, _, err = run("import", src, f"out={tmp_path / 'v'}", f"size={size}", f"frames={video}", "progress_every=0")
+    assert rc == 0, err
+    rc, _, err = run("import", src, f"out={tmp_path / 'p'}", f"size={size}", "progress_every=0")
+    assert rc == 0, err
+    v, p = faceset.open(tmp_path / "v"), faceset.open(tmp_path / "p")
+    assert v.record(0).extra["pixels"] == "frame" and v.frame_indices[0] == 2
+    diff = np.abs(v.image(0).astype(float) - p.image(0).astype(float))[16:-16, 16:-16].mean()
+    assert diff < 8.0, diff  # the astronaut, not a black or white frame
+
+
 def test_unknown_or_damaged_peer_files_are_read_or_refused_in_one_line(tmp_path):
     src = _damaged_variants(tmp_path)
     rc, _, err = run("import", src, f"out={tmp_path / 'set'}", "progress_every=0")

@@ -138,7 +138,7 @@ REVIEW_USAGE = f"usage: {PROG} review DIR [port=8765] [host=127.0.0.1] [trash=DI
 REMOVE_USAGE = f"usage: {PROG} remove DIR ids=[a,b,...] | ids_file=FILE | view=VIEWDIR"
 MERGE_USAGE = f"usage: {PROG} merge DIR1 DIR2 ... out=DIR"
 IMPORT_USAGE = (f"usage: {PROG} import SRC out=DIR [format=auto|dfl|faceswap] [face_type=whole] [size=] "
-                "[frames=DIR] [upscale=false] [identity=NAME]")
+                "[frames=DIR|VIDEO] [frame_base=1] [upscale=false] [identity=NAME]")
 
 
 @dataclass
@@ -224,7 +224,9 @@ class ImportOptions:
     size: int = 0
     """Our crop side, a multiple of 16 (0: the largest every face's pixels hold)."""
     frames: str = ""
-    """Folder of the source frames: faces are cut from them at our geometry and size."""
+    """The source frames (a folder, a video or a numbered sequence): faces are cut from them at our geometry."""
+    frame_base: int = 1
+    """The number the tools gave a video's first frame in the names they recorded (both use 1)."""
     upscale: bool = False
     """Allow a size above what their pixels hold."""
     identity: str = ""
@@ -514,9 +516,10 @@ def cmd_import(argv: Sequence[str]) -> int:
         raise UserError(f"import: expected one source folder and out=; {IMPORT_USAGE}")
     try:
         size = int(o.get("size", "0"))
+        frame_base = int(o.get("frame_base", "1"))
         every = float(o.get("progress_every", "30"))
     except ValueError:
-        raise UserError("import: size= and progress_every= must be numbers") from None
+        raise UserError("import: size=, frame_base= and progress_every= must be numbers") from None
     upscale = o.get("upscale", "false").lower()
     if upscale not in ("true", "false", "1", "0", "yes", "no"):
         raise UserError(f"import: upscale= must be true or false, got {o['upscale']!r}")
@@ -528,7 +531,8 @@ def cmd_import(argv: Sequence[str]) -> int:
         task = bar.task("import", None, "faces")
         res = import_faceset(
             pos[0], o["out"], fmt=o.get("format", "auto"), face_type=o.get("face_type", "whole"),
-            size=size or None, frames=o.get("frames") or None, upscale=upscale in ("true", "1", "yes"),
+            size=size or None, frames=o.get("frames") or None, frame_base=frame_base,
+            upscale=upscale in ("true", "1", "yes"),
             identity=o.get("identity") or None, refuse=refuse, progress=lambda k, n: task.update(k, total=n),
         )
     _console().print(

@@ -44,6 +44,7 @@ from progressive_swap.faceset.migrate.faceswap import read_alignments, read_face
 from progressive_swap.faceset.migrate.peer_face import PeerFace
 from progressive_swap.faceset.migrate.safe_load import DamagedMetadataError, UnsafeMetadataError
 from progressive_swap.faceset.writer import create
+from progressive_swap.footage.sources import footage_exists, open_source
 
 FORMATS = ("auto", "dfl", "faceswap")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -162,13 +163,51 @@ def held_size(face: PeerFace, m_norm: np.ndarray) -> float:
     return matrix_scale(face.crop_from_frame) / matrix_scale(m_norm)
 
 
-def _frame(frames: Path | None, face: PeerFace) -> np.ndarray | None:
-    if frames is None:
-        return None
-    p = frames / Path(face.source).name
-    if not p.is_file():
-        return None
-    return decode_image(_read_file(p), max_side=16384)
+class Frames:
+    """The source frames of ``frames=``: a folder (faces find their frame by the file name they
+    record) or a video or numbered image sequence (by frame number: the trailing digits of the name
+    they record, minus ``frame_base``, is the 0-based frame of a video or the sequence's number).
+
+    A video is decoded once, in order: ask for faces sorted by :meth:`key`.
+    """
+
+    def __init__(self, path: str | Path, frame_base: int = 1) -> None:
+        self.path = Path(path)
+        self.base = frame_base
+        self.folder = self.path.is_dir()
+        self.source = None
+        if not self.folder:
+            if not footage_exists(self.path):
+                raise FileNotFoundError(f"frames={self.path} is not a folder, a video or an image sequence")
+            self.source = open_source(self.path)
+            self._stream = None
+            self._current = None
+
+    def key(self, face: PeerFace) -> int:
+        return 0 if self.folder else face.frame_index - (self.base if self.source.kind == "video" else 0)
+
+    def has(self, face: PeerFace) -> bool:
+        if self.folder:
+            return (self.path / Path(face.source).name).is_file()
+        k = self.key(face)
+        if self.source.kind == "video":
+            return k >= 0 and (not self.source.expected_frames or k < self.source.expected_frames)
+        return self.source.numbers is not None and k in set(self.source.numbers)
+
+    def get(self, face: PeerFace) -> np.ndarray | None:
+        if self.folder:
+            p = self.path / Path(face.source).name
+            return decode_image(_read_file(p), max_side=16384) if p.is_file() else None
+        want = self.key(face)
+        if self._current is not None and self._current.index == want:
+            return self._current.image
+        if self._stream is None or (self._current is not None and self._current.index > want):
+            self._stream = self.source.frames(self.source.position(want) if self.source.numbers else 0)
+        for fr in self._stream:
+            self._current = fr
+            if fr.index >= want:
+                break
+        return self._current.image if self._current is not None and self._current.index == want else None
 
 
 def convert_face(face: PeerFace, face_type: str, size: int, frame: np.ndarray | None, face_id: str,
@@ -226,6 +265,7 @@ def import_faceset(
     face_type: str = "whole",
     size: int | None = None,
     frames: str | Path | None = None,
+    frame_base: int = 1,
     upscale: bool = False,
     identity: str | None = None,
     refuse: Callable[[str, str], None] | None = None,
@@ -242,7 +282,9 @@ def import_faceset(
         face_type: our crop type (``full``, ``whole``, ``head``).
         size: our crop side (multiple of 16). None: the largest that every face's pixels hold
             (the frames' when ``frames`` is given), or the existing set's size.
-        frames: folder of the source frames; faces whose frame is there are cut from it.
+        frames: the source frames (a folder, a video or a numbered sequence, :class:`Frames`);
+            faces whose frame is there are cut from it.
+        frame_base: the number both tools give a video's first frame in the names they record (1).
         upscale: allow a ``size`` above what their pixels hold.
         identity: identity label of every face (default: the source folder's name).
 
@@ -258,9 +300,7 @@ def import_faceset(
             refuse(name, why)
 
     faces = read_peer_faces(src, fmt, refused)
-    frames_dir = Path(frames) if frames else None
-    if frames_dir is not None and not frames_dir.is_dir():
-        raise NotADirectoryError(f"frames={frames_dir} is not a folder of frames")
+    source = Frames(frames, frame_base) if frames else None
     ident = identity if identity is not None else (src.resolve().name or "imported")
     existing = None
     if (out / "faceset.json").exists():
@@ -275,7 +315,7 @@ def import_faceset(
         except ValueError as e:
             refused(f.file, str(e))
             continue
-        has_frame = frames_dir is not None and (frames_dir / Path(f.source).name).is_file()
+        has_frame = source is not None and source.has(f)
         if f.crop_from_frame is None and not has_frame:
             refused(f.file, f"{f.origin} crops do not store where they sit in the frame: give frames= "
                             f"(a folder holding {Path(f.source).name})")
@@ -299,13 +339,18 @@ def import_faceset(
         ids = [_face_id(f, taken) for f, _, _ in plans]  # deterministic: a rerun finds the same ids
         already = {fid for fid in ids if fid in writer}
         todo = [(p, fid) for p, fid in zip(plans, ids) if fid not in already]
+        if source is not None:  # a video is decoded once, in order
+            todo.sort(key=lambda t: source.key(t[0][0]) if t[0][1] else -1)
         result.skipped = [fid for fid in ids if fid in already]
         done = len(result.skipped)
         for start in range(0, len(todo), BATCH):
             records, images, masks = [], [], {}
             batch = todo[start:start + BATCH]
             for (f, has_frame, _), fid in batch:
-                frame = _frame(frames_dir, f) if has_frame else None
+                frame = source.get(f) if has_frame else None
+                if has_frame and frame is None and f.crop_from_frame is None:
+                    refused(f.file, f"frame {f.frame_index} of {source.path} could not be read")
+                    continue
                 try:
                     r, im, ms = convert_face(f, face_type, size, frame, fid, "")
                 except (ValueError, cv2.error) as e:
