@@ -407,3 +407,31 @@ def test_faceset_pak_is_read_with_its_enums_as_ints_and_person_name(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     rc, _, err = run("import", _pak(tmp_path, jpgs, evil=True), f"out={tmp_path / 'e'}", "progress_every=0")
     assert rc == 4 and "faceset.pak: asks for" in err and "system" in err and not Path("pwned_by_import").exists()
+
+
+@pytest.mark.parametrize("given", ["faceswap_v2.10/alignments.fsa", "dfl", "malicious"])
+def test_extract_with_their_curated_landmarks(given, tmp_path, frames, monkeypatch):
+    from progressive_swap.cli.extract import main as extract_main
+
+    src = tmp_path / "given"
+    shutil.copytree(FIXTURES / Path(given).parts[0], src)
+    landmarks_file = src / Path(given).name if given.endswith(".fsa") else src
+    monkeypatch.chdir(tmp_path)
+    err = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(err):
+        rc = extract_main([f"input={frames / 'astronaut.png'}", f"out={tmp_path / 's'}", "landmarks=given",
+                           f"landmarks_file={landmarks_file}", "size=160"])
+    if given == "malicious":
+        assert rc == 2 and "asks for os.system" in err.getvalue() and not Path("pwned_by_import").exists()
+        assert len([ln for ln in err.getvalue().splitlines() if "error" in ln]) == 1
+        return
+    assert rc == 0, err.getvalue()
+    fs = faceset.open(tmp_path / "s")
+    if given.endswith(".fsa"):
+        want = [np.asarray(read_alignments(landmarks_file.read_bytes())["astronaut.png"][0]["landmarks_xy"], float)]
+    else:
+        want = [np.asarray(restricted_loads(jpeg_app15(p.read_bytes())[0])["source_landmarks"])
+                for p in sorted(src.glob("*.jpg"))]
+    assert len(fs) == len(want)
+    for lm in want:
+        assert min(np.abs(fs.landmarks[i] - lm).max() for i in range(len(fs))) < 1e-4
