@@ -435,3 +435,15 @@ def test_extract_with_their_curated_landmarks(given, tmp_path, frames, monkeypat
     assert len(fs) == len(want)
     for lm in want:
         assert min(np.abs(fs.landmarks[i] - lm).max() for i in range(len(fs))) < 1e-4
+
+
+def test_training_reads_the_imported_user_mask(tmp_path):
+    from progressive_swap.train.datamodule import CombDataset
+
+    src = copy_fixtures(tmp_path, "dfl")
+    assert run("import", src, f"out={tmp_path / 's'}", "size=64", "progress_every=0")[0] == 0
+    fs = faceset.open(tmp_path / "s")
+    i = fs.index_of("dfl_whole_face_xseg")
+    ds = CombDataset([str(tmp_path / "s"), str(tmp_path / "s")], mask="xseg", cache_mb=0)
+    _, m, _ = ds._unaugmented(0, i, 64)
+    assert iou(m, fs.mask(i, "user_xseg")) > 0.99  # the painted mask, not the landmark hull
