@@ -8,12 +8,15 @@ chunk with the keyword ``faceswap``, uncompressed.
 """
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
 import cv2
 import numpy as np
+from PIL import Image
 
+from progressive_swap.faceset.embedded import png_intact
 from progressive_swap.faceset.migrate.safe_load import DamagedMetadataError, UnsafeMetadataError
 
 MAX_FILE_BYTES = 256 << 20
@@ -127,12 +130,22 @@ def decode_image(data: bytes, *, gray: bool = False, max_side: int = MAX_IMAGE_S
     w, h = image_size(data)
     if not (0 < w <= max_side and 0 < h <= max_side):
         raise UnsafeMetadataError(f"an image of {w}x{h} px (cap {max_side})")
-    flags = cv2.IMREAD_UNCHANGED if gray else cv2.IMREAD_COLOR
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if img is None:
-        raise DamagedMetadataError("image data does not decode")
-    if gray:
-        if img.ndim == 3:
-            img = img[..., 0]
-        return img
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if data[:8] == _PNG_SIG:
+        # libpng reports damage on the process's stderr before OpenCV returns: check CRCs first.
+        if not png_intact(data):
+            raise DamagedMetadataError("damaged PNG (a chunk is cut short or fails its CRC)")
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED if gray else cv2.IMREAD_COLOR)
+        if img is None:
+            raise DamagedMetadataError("image data does not decode")
+        if gray:
+            return img[..., 0] if img.ndim == 3 else img
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    # JPEG through Pillow: libjpeg's warnings on damaged data become an exception, not stderr lines.
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            arr = np.asarray(im.convert("L" if gray else "RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DamagedMetadataError(f"damaged JPEG ({why[:120]})") from None
+    return np.ascontiguousarray(arr)
