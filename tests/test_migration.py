@@ -482,3 +482,45 @@ def test_damaged_copies_of_every_fixture_are_read_or_refused_in_one_line(tmp_pat
     refused = [ln for ln in err.splitlines() if " refused " in ln and ".fsa:" not in ln]
     read = len(faceset.open(tmp_path / "s")) if (tmp_path / "s").exists() else 0
     assert read + len(refused) == sum(p.suffix != ".fsa" for p in src.iterdir())
+
+
+def test_faceswap_face_with_a_head_centred_mask_imports_without_frames(tmp_path, frames):
+    """A head-centred mask's matrix is the PNG's own (at the mask's size): no frame needed."""
+    from progressive_swap.faceset.migrate.faceswap import png_header
+
+    png = (FIXTURES / "faceswap_v2.10" / "astronaut_0.png").read_bytes()
+    meta = png_header(png)
+    lm = np.asarray(meta["alignments"]["landmarks_xy"], float)
+    # The PNG's true position, found by registering it against the frame (the pose-free fit at
+    # offset 0, then the shift that makes the two agree).
+    leg = legacy_matrix(lm) * 192
+    leg[:, 2] += 160
+    frame = cv2.imread(str(frames / "astronaut.png"))
+    ref = cv2.cvtColor(cv2.warpAffine(frame, leg, (512, 512), flags=cv2.INTER_CUBIC), cv2.COLOR_BGR2GRAY)
+    face = cv2.cvtColor(decode_image(png), cv2.COLOR_RGB2GRAY)
+    (dx, dy), _ = cv2.phaseCorrelate(ref.astype(np.float32), face.astype(np.float32))
+    true = leg.copy()
+    true[:, 2] += (dx, dy)
+    head128 = (true - np.array([[0, 0, 160], [0, 0, 160]])) / 192 * 48 + np.array([[0, 0, 40], [0, 0, 40]])
+    meta["alignments"]["mask"] = {"bisenet-fp_head": {
+        "mask": zlib.compress(np.full((128, 128), 255, np.uint8).tobytes()), "affine_matrix": head128.tolist(),
+        "interpolator": 3, "stored_size": 128, "stored_centering": "head"}}
+    text = b"faceswap\0\0\0\0\0" + str(meta).encode()
+    chunk = struct.pack(">I", len(text)) + b"iTXt" + text + struct.pack(">I", zlib.crc32(b"iTXt" + text))
+    start = png.index(b"iTXt") - 4
+    end = start + 12 + struct.unpack(">I", png[start:start + 4])[0]
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "astronaut_0.png").write_bytes(png[:start] + chunk + png[end:])
+    size = 160
+    rc, _, err = run("import", src, f"out={tmp_path / 'a'}", f"size={size}", "progress_every=0")
+    assert rc == 0, err
+    rc, _, err = run("import", src, f"out={tmp_path / 'b'}", f"size={size}", f"frames={frames}", "progress_every=0")
+    assert rc == 0, err
+    a, b = faceset.open(tmp_path / "a"), faceset.open(tmp_path / "b")
+    assert a.record(0).extra["pixels"] == "peer crop" and a.record(0).extra["covered"] == 1.0
+    ga = cv2.cvtColor(a.image(0), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gb = cv2.cvtColor(b.image(0), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    (sx, sy), _ = cv2.phaseCorrelate(ga, gb)
+    assert np.hypot(sx, sy) < 0.5 and np.abs(ga - gb)[16:-16, 16:-16].mean() < 3.0, (sx, sy)
+    assert iou(a.mask(0, "user_fs_bisenet_fp_head"), np.ones((size, size))) > 0.99

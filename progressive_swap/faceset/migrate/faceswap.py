@@ -7,8 +7,9 @@ pixels to its pixels (2x3, or 3x3 in recent versions); the face PNG is always *h
 coverage 1 and does not store its crop matrix. Its rotation and scale are the classic 51-point
 mean-face fit (:data:`MEAN_FACE_51`), but its position depends on a head-pose estimate made with a
 3D model we do not reproduce, so without the source frames a FaceSwap face's pixels cannot be
-placed exactly: :func:`read_faceswap_png` returns ``crop_from_frame=None`` and the importer re-crops
-from ``frames=`` instead.
+placed exactly, except from a stored mask of ``head`` centering (whose matrix is the PNG's, at the
+mask's size): :func:`read_faceswap_png` then returns the PNG's ``crop_from_frame``, and otherwise
+None, and the importer re-crops from ``frames=`` instead.
 """
 from __future__ import annotations
 
@@ -73,8 +74,26 @@ def mask_name(name: str) -> str:
     return "user_fs_" + re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")[:48]
 
 
-def _face(d: Any, what: str) -> tuple[np.ndarray, dict[str, PeerMask]]:
-    """Landmarks and masks of one face dict (a PNG header's ``alignments``, or an fsa face)."""
+def _padding(size: int, centering_ratio: float) -> int:
+    """FaceSwap's border of a crop at coverage 1: ``round(size * ratio / 2)`` (head 0.625, face 0.5)."""
+    return int(round(size * (1.0 - (1.0 - centering_ratio)) / 2))
+
+
+def head_crop_from_mask(mask_from_frame: np.ndarray, stored_size: int, png_size: int) -> np.ndarray:
+    """The face PNG's frame -> crop matrix from a ``head``-centred mask's matrix: both are the same
+    normalised head matrix, scaled to ``size - 2 * padding`` and shifted by ``padding``."""
+    pad_m, pad_p = _padding(stored_size, 0.625), _padding(png_size, 0.625)
+    unit = mask_from_frame.copy()
+    unit[:, 2] -= pad_m
+    unit /= stored_size - 2 * pad_m
+    out = unit * (png_size - 2 * pad_p)
+    out[:, 2] += pad_p
+    return out
+
+
+def _face(d: Any, what: str) -> tuple[np.ndarray, dict[str, PeerMask], tuple[np.ndarray, int] | None]:
+    """Landmarks, masks and the first ``head``-centred mask's ``(matrix, stored_size)`` (or None)
+    of one face dict (a PNG header's ``alignments``, or an fsa face)."""
     if not isinstance(d, dict):
         raise DamagedMetadataError(f"{what} is not a dict")
     lm = d.get("landmarks_xy")
@@ -83,6 +102,7 @@ def _face(d: Any, what: str) -> tuple[np.ndarray, dict[str, PeerMask]]:
         raise DamagedMetadataError(f"{what} has {n}-point landmarks; only 68-point faces are imported")
     landmarks = points68(lm, f"{what} landmarks_xy")
     masks: dict[str, PeerMask] = {}
+    head = None
     raw = d.get("mask") or {}
     if not isinstance(raw, dict):
         raise DamagedMetadataError(f"{what} mask is not a dict")
@@ -97,8 +117,11 @@ def _face(d: Any, what: str) -> tuple[np.ndarray, dict[str, PeerMask]]:
             raise DamagedMetadataError(f"mask {name[:40]} holds no bytes")
         pixels = bounded_zlib(blob, size * size, exact=size * size)
         arr = np.frombuffer(pixels, np.uint8).reshape(size, size).astype(np.float32) / 255.0
-        masks[mask_name(name)] = PeerMask(arr, affine(m.get("affine_matrix"), f"mask {name[:40]} affine_matrix"))
-    return landmarks, masks
+        mat = affine(m.get("affine_matrix"), f"mask {name[:40]} affine_matrix")
+        masks[mask_name(name)] = PeerMask(arr, mat)
+        if m.get("stored_centering") == "head" and head is None:
+            head = (mat, size)
+    return landmarks, masks, head
 
 
 def png_header(data: bytes) -> dict[str, Any] | None:
@@ -146,7 +169,7 @@ def read_faceswap_png(path: Path, data: bytes, alignments: dict[str, list[dict[s
     meta = png_header(data)
     if meta is not None:
         src = meta.get("source") if isinstance(meta.get("source"), dict) else {}
-        landmarks, masks = _face(meta["alignments"], "alignments")
+        landmarks, masks, head = _face(meta["alignments"], "alignments")
         source = src.get("source_filename") if isinstance(src.get("source_filename"), str) else path.name
         dims = src.get("source_frame_dims")
         frame_size = None
@@ -164,7 +187,7 @@ def read_faceswap_png(path: Path, data: bytes, alignments: dict[str, list[dict[s
         if found is None:
             raise DamagedMetadataError("no faceswap header, and alignments.fsa lists no such face")
         source = found[0]
-        landmarks, masks = _face(found[1], "alignments")
+        landmarks, masks, head = _face(found[1], "alignments")
         frame_size = None
     else:
         raise DamagedMetadataError("no FaceSwap metadata (no faceswap iTXt chunk, no alignments.fsa)")
@@ -172,7 +195,8 @@ def read_faceswap_png(path: Path, data: bytes, alignments: dict[str, list[dict[s
     if image.shape[0] != image.shape[1]:
         raise DamagedMetadataError(f"face image is {image.shape[1]}x{image.shape[0]}, not square")
     return PeerFace(
-        file=path.name, origin="faceswap", image=image, crop_from_frame=None, landmarks=landmarks,
+        file=path.name, origin="faceswap", image=image, landmarks=landmarks,
+        crop_from_frame=None if head is None else head_crop_from_mask(head[0], head[1], image.shape[0]),
         source=source, frame_index=frame_number(source), frame_size=frame_size, peer_face_type="head",
         masks=masks,
     )
