@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from progressive_swap.core.align import compose, invert, transform_points, umeyama
-from progressive_swap.faceset.migrate.containers import decode_image, jpeg_app15, png_chunks
+from progressive_swap.faceset.migrate.containers import decode_image, image_size, jpeg_app15, png_chunks
 from progressive_swap.faceset.migrate.peer_face import (
     PeerFace,
     PeerMask,
@@ -108,8 +108,11 @@ def rasterise_polygons(polys: list[tuple[int, np.ndarray]], size: int) -> np.nda
     return m.astype(np.float32)
 
 
-def read_dfl(path: Path, data: bytes) -> PeerFace:
+def read_dfl(path: Path, data: bytes, *, pixels: bool = True) -> PeerFace:
     """Read one DeepFaceLab aligned face (JPG or legacy PNG).
+
+    ``pixels=False`` reads the metadata only (no image, no masks): what a first pass over a large
+    set keeps in memory.
 
     Raises:
         UnsafeMetadataError / DamagedMetadataError: one line saying what is wrong.
@@ -123,8 +126,8 @@ def read_dfl(path: Path, data: bytes) -> PeerFace:
     if meta.get("source_landmarks") is None:
         raise DamagedMetadataError("no source_landmarks: the face cannot be placed in its frame")
     frame_lm = points68(meta.get("source_landmarks"), "source_landmarks")
-    image = decode_image(data)
-    h, w = image.shape[:2]
+    w, h = image_size(data)
+    image = decode_image(data) if pixels else None
     if h != w:
         raise DamagedMetadataError(f"aligned image is {w}x{h}, not square")
     if meta.get("image_to_face_mat") is not None:
@@ -137,7 +140,7 @@ def read_dfl(path: Path, data: bytes) -> PeerFace:
 
     masks: dict[str, PeerMask] = {}
     x = meta.get("xseg_mask")
-    if x is not None:
+    if x is not None and pixels:
         if not isinstance(x, np.ndarray) or x.dtype != np.uint8:
             raise DamagedMetadataError("xseg_mask is not an encoded image")
         m = decode_image(x.reshape(-1).tobytes(), gray=True, max_side=4096).astype(np.float32)
@@ -150,7 +153,8 @@ def read_dfl(path: Path, data: bytes) -> PeerFace:
     polys = _polygons(meta)
     polygons = []
     if polys:
-        masks["user_xseg_polys"] = PeerMask(rasterise_polygons(polys, w), mat)
+        if pixels:
+            masks["user_xseg_polys"] = PeerMask(rasterise_polygons(polys, w), mat)
         back = invert(mat)
         polygons = [("include" if k == 1 else "exclude", transform_points(p, back)) for k, p in polys]
     source = meta.get("source_filename")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from progressive_swap.core.align import umeyama
-from progressive_swap.faceset.migrate.containers import decode_image, png_chunks, png_itxt
+from progressive_swap.faceset.migrate.containers import decode_image, image_size, png_chunks, png_itxt
 from progressive_swap.faceset.migrate.peer_face import (
     PeerFace,
     PeerMask,
@@ -160,8 +160,11 @@ def read_alignments(data: bytes) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def read_faceswap_png(path: Path, data: bytes, alignments: dict[str, list[dict[str, Any]]] | None) -> PeerFace:
+def read_faceswap_png(path: Path, data: bytes, alignments: dict[str, list[dict[str, Any]]] | None, *,
+                      pixels: bool = True) -> PeerFace:
     """Read one FaceSwap face PNG, from its own header or else from the folder's alignments.
+
+    ``pixels=False`` keeps no image and no masks (they are checked, then dropped).
 
     Raises:
         UnsafeMetadataError / DamagedMetadataError: one line saying what is wrong.
@@ -191,12 +194,13 @@ def read_faceswap_png(path: Path, data: bytes, alignments: dict[str, list[dict[s
         frame_size = None
     else:
         raise DamagedMetadataError("no FaceSwap metadata (no faceswap iTXt chunk, no alignments.fsa)")
-    image = decode_image(data)
-    if image.shape[0] != image.shape[1]:
-        raise DamagedMetadataError(f"face image is {image.shape[1]}x{image.shape[0]}, not square")
+    w, h = image_size(data)
+    if w != h:
+        raise DamagedMetadataError(f"face image is {w}x{h}, not square")
+    image = decode_image(data) if pixels else None
     return PeerFace(
         file=path.name, origin="faceswap", image=image, landmarks=landmarks,
-        crop_from_frame=None if head is None else head_crop_from_mask(head[0], head[1], image.shape[0]),
+        crop_from_frame=None if head is None else head_crop_from_mask(head[0], head[1], w),
         source=source, frame_index=frame_number(source), frame_size=frame_size, peer_face_type="head",
-        masks=masks,
+        masks=masks if pixels else {},
     )

@@ -95,6 +95,25 @@ def _read_file(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def _pak_reload(path: Path, name: str, label: str, identity: str, start: int, end: int) -> Callable[[], PeerFace]:
+    def reload() -> PeerFace:
+        with open(path, "rb") as f:
+            f.seek(start)
+            face = read_dfl(Path(Path(name).name), f.read(end - start))
+        face.file, face.identity = label, identity
+        return face
+
+    return reload
+
+
+def _file_reload(path: Path, kind: str, alignments: dict | None) -> Callable[[], PeerFace]:
+    def reload() -> PeerFace:
+        data = _read_file(path)
+        return read_dfl(path, data) if kind == "dfl" else read_faceswap_png(path, data, alignments)
+
+    return reload
+
+
 def _read_pak_faces(path: Path, refuse: Callable[[str, str], None]) -> list[PeerFace]:
     """The faces packed in a DeepFaceLab ``faceset.pak``; a bad member is refused alone."""
     try:
@@ -111,7 +130,7 @@ def _read_pak_faces(path: Path, refuse: Callable[[str, str], None]) -> list[Peer
                 if end - start > MAX_FILE_BYTES:
                     raise UnsafeMetadataError(f"a packed face of {end - start} bytes")
                 f.seek(start)
-                face = read_dfl(Path(Path(name).name), f.read(end - start))
+                face = read_dfl(Path(Path(name).name), f.read(end - start), pixels=False)
             except (UnsafeMetadataError, DamagedMetadataError) as e:
                 refuse(label, str(e))
                 continue
@@ -121,12 +140,14 @@ def _read_pak_faces(path: Path, refuse: Callable[[str, str], None]) -> list[Peer
             face.file = label
             person = cfg.get("person_name")
             face.identity = person if isinstance(person, str) else ""
+            face.reload = _pak_reload(path, name, label, face.identity, start, end)
             faces.append(face)
     return faces
 
 
 def read_peer_faces(src: Path, fmt: str, refuse: Callable[[str, str], None]) -> list[PeerFace]:
-    """Every face of a DeepFaceLab or FaceSwap folder; each refused file reported via ``refuse``."""
+    """Every face of a DeepFaceLab or FaceSwap folder, metadata only (each face's ``reload()``
+    reads its pixels); each refused file reported via ``refuse``."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if not src.is_dir():
@@ -148,7 +169,10 @@ def read_peer_faces(src: Path, fmt: str, refuse: Callable[[str, str], None]) -> 
         try:
             data = _read_file(p)
             kind = _kind(p, data) if fmt == "auto" else fmt
-            faces.append(read_dfl(p, data) if kind == "dfl" else read_faceswap_png(p, data, alignments))
+            face = read_dfl(p, data, pixels=False) if kind == "dfl" else read_faceswap_png(
+                p, data, alignments, pixels=False)
+            face.reload = _file_reload(p, kind, alignments)
+            faces.append(face)
         except (UnsafeMetadataError, DamagedMetadataError) as e:
             refuse(p.name, str(e))
         except Exception as e:  # noqa: BLE001 - an unknown peer version: one line, never a traceback
@@ -352,7 +376,11 @@ def import_faceset(
                     refused(f.file, f"frame {f.frame_index} of {source.path} could not be read")
                     continue
                 try:
-                    r, im, ms = convert_face(f, face_type, size, frame, fid, "")
+                    full = f.reload() if f.reload is not None else f
+                    r, im, ms = convert_face(full, face_type, size, frame, fid, "")
+                except (UnsafeMetadataError, DamagedMetadataError) as e:
+                    refused(f.file, str(e))
+                    continue
                 except (ValueError, cv2.error) as e:
                     refused(f.file, str(e).splitlines()[0] if str(e) else type(e).__name__)
                     continue

@@ -68,7 +68,7 @@ def peer_landmarks(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"{str(path)!r} holds no DeepFaceLab aligned faces (*.jpg, *.png)")
         for p in files:
             try:
-                face = read_dfl(p, p.read_bytes())
+                face = read_dfl(p, p.read_bytes(), pixels=False)
             except (UnsafeMetadataError, DamagedMetadataError) as e:
                 raise ValueError(f"landmarks folder {str(path)!r}: refused {p.name}: {e}") from None
             names.setdefault(Path(face.source).name, []).append(_face(face.landmarks, None, p.name))

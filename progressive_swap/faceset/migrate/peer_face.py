@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -34,7 +34,8 @@ class PeerFace:
     Attributes:
         file: the file it came from (its name, for messages and the record).
         origin: ``"deepfacelab"`` or ``"faceswap"``.
-        image: their aligned crop, RGB uint8 ``(h, w, 3)``.
+        image: their aligned crop, RGB uint8 ``(h, w, 3)``; None when read without pixels
+            (then ``reload()`` reads the face again with them).
         crop_from_frame: ``(2, 3)`` frame px -> their crop px; None when the file does not hold
             it and it cannot be recomputed (FaceSwap PNGs without ``frames=``).
         landmarks: ``(68, 2)`` frame px.
@@ -47,11 +48,12 @@ class PeerFace:
             ``[("include" | "exclude", (n, 2) array)]``.
         note: what is approximate about this face (said in its record), or "".
         identity: the identity name the file carries (DeepFaceLab ``faceset.pak``), or "".
+        reload: reads this face again with its image and masks (None: it has them).
     """
 
     file: str
     origin: str
-    image: np.ndarray
+    image: np.ndarray | None
     crop_from_frame: np.ndarray | None
     landmarks: np.ndarray
     source: str
@@ -62,6 +64,7 @@ class PeerFace:
     polygons: list[tuple[str, np.ndarray]] = field(default_factory=list)
     note: str = ""
     identity: str = ""
+    reload: Callable[[], "PeerFace"] | None = None
 
 
 def points68(value: Any, what: str) -> np.ndarray:
