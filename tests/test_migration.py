@@ -524,3 +524,12 @@ def test_faceswap_face_with_a_head_centred_mask_imports_without_frames(tmp_path,
     (sx, sy), _ = cv2.phaseCorrelate(ga, gb)
     assert np.hypot(sx, sy) < 0.5 and np.abs(ga - gb)[16:-16, 16:-16].mean() < 3.0, (sx, sy)
     assert iou(a.mask(0, "user_fs_bisenet_fp_head"), np.ones((size, size))) > 0.99
+
+
+@pytest.mark.parametrize("option, says", [("format=foo", "format must be"), ("face_type=weird", "unknown face_type"),
+                                          ("frames=/nonexistent", "is not a folder"), ("size=2048", "upscale=true")])
+def test_bad_options_are_one_line_and_write_nothing(option, says, tmp_path):
+    src = copy_fixtures(tmp_path, "dfl")
+    rc, _, err = run("import", src, f"out={tmp_path / 's'}", option, "progress_every=0")
+    assert rc == 2 and err.count("\n") == 1 and says in err, err
+    assert not (tmp_path / "s").exists()

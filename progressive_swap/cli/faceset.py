@@ -35,7 +35,7 @@ from progressive_swap.core.progress import Progress
 from progressive_swap.extract.pipeline import extraction_problems
 from progressive_swap.faceset import curate, identity, review
 from progressive_swap.faceset import repair as repair_mod
-from progressive_swap.faceset.migrate.importer import import_faceset
+from progressive_swap.faceset.migrate.importer import plan_import, write_import
 
 PROG = "swap-faceset"
 
@@ -527,14 +527,14 @@ def cmd_import(argv: Sequence[str]) -> int:
     def refuse(name: str, why: str) -> None:
         print(f"{PROG} import: refused {Path(pos[0]) / name}: {why}", file=sys.stderr)
 
+    plan = plan_import(
+        pos[0], o["out"], fmt=o.get("format", "auto"), face_type=o.get("face_type", "whole"),
+        size=size or None, frames=o.get("frames") or None, frame_base=frame_base,
+        upscale=upscale in ("true", "1", "yes"), identity=o.get("identity") or None, refuse=refuse,
+    )
     with Progress(every) as bar:
-        task = bar.task("import", None, "faces")
-        res = import_faceset(
-            pos[0], o["out"], fmt=o.get("format", "auto"), face_type=o.get("face_type", "whole"),
-            size=size or None, frames=o.get("frames") or None, frame_base=frame_base,
-            upscale=upscale in ("true", "1", "yes"),
-            identity=o.get("identity") or None, refuse=refuse, progress=lambda k, n: task.update(k, total=n),
-        )
+        task = bar.task("import", len(plan.faces), "faces")
+        res = write_import(plan, progress=lambda k, n: task.update(k, total=n))
     _console().print(
         f"[bold]imported[/bold] {len(res.written)} face(s) into {res.out} ({res.face_type}, {res.size} px; "
         f"{res.from_frames} cut from their frames, {len(res.skipped)} already there); "

@@ -37,6 +37,7 @@ from progressive_swap.core.align import (
     transform_points,
     warp_to_crop,
 )
+from progressive_swap.core.landmarks import face_type as check_face_type
 from progressive_swap.faceset.format import ID_RE, FaceRecord, read_header
 from progressive_swap.faceset.migrate.containers import MAX_FILE_BYTES, decode_image, png_chunks
 from progressive_swap.faceset.migrate.dfl import read_dfl, read_pak
@@ -148,10 +149,6 @@ def _read_pak_faces(path: Path, refuse: Callable[[str, str], None]) -> list[Peer
 def read_peer_faces(src: Path, fmt: str, refuse: Callable[[str, str], None]) -> list[PeerFace]:
     """Every face of a DeepFaceLab or FaceSwap folder, metadata only (each face's ``reload()``
     reads its pixels); each refused file reported via ``refuse``."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if not src.is_dir():
-        raise NotADirectoryError(f"{src} is not a folder of aligned faces")
     files = sorted(p for p in src.iterdir() if p.is_file())
     alignments = None
     for p in (p for p in files if p.suffix.lower() == ".fsa" and fmt != "dfl"):
@@ -281,7 +278,23 @@ def convert_face(face: PeerFace, face_type: str, size: int, frame: np.ndarray | 
     return record, image, masks
 
 
-def import_faceset(
+@dataclass
+class ImportPlan:
+    """What :func:`plan_import` decided, for :func:`write_import`: the faces to write, each with
+    whether its frame is there and what its pixels hold, and the set's options."""
+
+    out: Path
+    face_type: str
+    size: int
+    identity: str
+    faces: list[tuple[PeerFace, bool, float]]
+    frames: Frames | None
+    result: ImportResult
+    refused: Callable[[str, str], None]
+    exists: bool
+
+
+def plan_import(
     src: str | Path,
     out: str | Path,
     *,
@@ -293,29 +306,20 @@ def import_faceset(
     upscale: bool = False,
     identity: str | None = None,
     refuse: Callable[[str, str], None] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> ImportResult:
-    """Import ``src`` (a folder of DeepFaceLab aligned faces or FaceSwap face PNGs) into ``out``.
-
-    Resumable: faces whose ids are already in ``out`` are skipped, so rerunning after a crash
-    finishes the job. Files that are refused are reported through ``refuse(name, reason)`` and
-    listed in the result; nothing is written for them.
-
-    Args:
-        fmt: ``auto`` (from each file's container), ``dfl`` or ``faceswap``.
-        face_type: our crop type (``full``, ``whole``, ``head``).
-        size: our crop side (multiple of 16). None: the largest that every face's pixels hold
-            (the frames' when ``frames`` is given), or the existing set's size.
-        frames: the source frames (a folder, a video or a numbered sequence, :class:`Frames`);
-            faces whose frame is there are cut from it.
-        frame_base: the number both tools give a video's first frame in the names they record (1).
-        upscale: allow a ``size`` above what their pixels hold.
-        identity: identity label of every face (default: the source folder's name).
+) -> ImportPlan:
+    """Read every face's metadata, check the options and the size; write nothing.
 
     Raises:
-        ValueError: bad options, or ``size`` above what the pixels hold without ``upscale``.
+        ValueError, FileNotFoundError, NotADirectoryError: bad options (one line), or ``size``
+            above what the pixels hold without ``upscale``.
     """
     src, out = Path(src), Path(out)
+    check_face_type(face_type)
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if not src.is_dir():
+        raise NotADirectoryError(f"{src} is not a folder of aligned faces")
+    source = Frames(frames, frame_base) if frames else None
     result = ImportResult(out=str(out), size=0, face_type=face_type)
 
     def refused(name: str, why: str) -> None:
@@ -323,14 +327,12 @@ def import_faceset(
         if refuse is not None:
             refuse(name, why)
 
-    faces = read_peer_faces(src, fmt, refused)
-    source = Frames(frames, frame_base) if frames else None
-    ident = identity if identity is not None else (src.resolve().name or "imported")
-    existing = None
-    if (out / "faceset.json").exists():
-        existing = read_header(out)
-        face_type, size = existing["face_type"], size or existing["size"]
+    exists = (out / "faceset.json").exists()
+    if exists:
+        header = read_header(out)
+        face_type, size = header["face_type"], size or header["size"]
         result.face_type = face_type
+    faces = read_peer_faces(src, fmt, refused)
     # What each face's pixels hold in our geometry; faces with their frame are held by the frame.
     plans = []
     for f in faces:
@@ -355,14 +357,21 @@ def import_faceset(
             raise ValueError(f"size={size} is above what {len(short)} face(s) hold ({name}: {int(h)} px); "
                              f"use size={max(16, int(h // 16) * 16)} or upscale=true")
     result.size = size
-    if not plans and existing is None:
+    ident = identity if identity is not None else (src.resolve().name or "imported")
+    return ImportPlan(out, face_type, size, ident, plans, source, result, refused, exists)
+
+
+def write_import(plan: ImportPlan, progress: Callable[[int, int], None] | None = None) -> ImportResult:
+    """Write the planned faces in atomic batches, skipping those already in the set (resume)."""
+    result, refused, source = plan.result, plan.refused, plan.frames
+    if not plan.faces and not plan.exists:
         return result  # nothing to import: no empty set is left behind
-    writer = create(out, face_type=face_type, size=size, identity=ident, exist_ok=True)
+    writer = create(plan.out, face_type=plan.face_type, size=plan.size, identity=plan.identity, exist_ok=True)
     try:
         taken: set[str] = set()
-        ids = [_face_id(f, taken) for f, _, _ in plans]  # deterministic: a rerun finds the same ids
+        ids = [_face_id(f, taken) for f, _, _ in plan.faces]  # deterministic: a rerun finds the same ids
         already = {fid for fid in ids if fid in writer}
-        todo = [(p, fid) for p, fid in zip(plans, ids) if fid not in already]
+        todo = [(p, fid) for p, fid in zip(plan.faces, ids) if fid not in already]
         if source is not None:  # a video is decoded once, in order
             todo.sort(key=lambda t: source.key(t[0][0]) if t[0][1] else -1)
         result.skipped = [fid for fid in ids if fid in already]
@@ -377,10 +386,7 @@ def import_faceset(
                     continue
                 try:
                     full = f.reload() if f.reload is not None else f
-                    r, im, ms = convert_face(full, face_type, size, frame, fid, "")
-                except (UnsafeMetadataError, DamagedMetadataError) as e:
-                    refused(f.file, str(e))
-                    continue
+                    r, im, ms = convert_face(full, plan.face_type, plan.size, frame, fid, "")
                 except (ValueError, cv2.error) as e:
                     refused(f.file, str(e).splitlines()[0] if str(e) else type(e).__name__)
                     continue
@@ -388,7 +394,7 @@ def import_faceset(
                 k = len(records)
                 records.append(r)
                 images.append(im)
-                for name, mk in ms.items():
+                for name in ms:
                     masks.setdefault(name, [None] * k)
                 for name in masks:
                     masks[name].append(ms.get(name))
@@ -396,7 +402,47 @@ def import_faceset(
             result.written += [r.id for r in records]
             done += len(batch)
             if progress is not None:
-                progress(done, len(plans))
+                progress(done, len(plan.faces))
     finally:
         writer.close()
     return result
+
+
+def import_faceset(
+    src: str | Path,
+    out: str | Path,
+    *,
+    fmt: str = "auto",
+    face_type: str = "whole",
+    size: int | None = None,
+    frames: str | Path | None = None,
+    frame_base: int = 1,
+    upscale: bool = False,
+    identity: str | None = None,
+    refuse: Callable[[str, str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImportResult:
+    """Import ``src`` (a folder of DeepFaceLab aligned faces or FaceSwap face PNGs) into ``out``:
+    :func:`plan_import`, then :func:`write_import`.
+
+    Resumable: faces whose ids are already in ``out`` are skipped, so rerunning after a crash
+    finishes the job. Files that are refused are reported through ``refuse(name, reason)`` and
+    listed in the result; nothing is written for them.
+
+    Args:
+        fmt: ``auto`` (from each file's container), ``dfl`` or ``faceswap``.
+        face_type: our crop type (``full``, ``whole``, ``head``).
+        size: our crop side (multiple of 16). None: the largest that every face's pixels hold
+            (the frames' when ``frames`` is given), or the existing set's size.
+        frames: the source frames (a folder, a video or a numbered sequence, :class:`Frames`);
+            faces whose frame is there are cut from it.
+        frame_base: the number both tools give a video's first frame in the names they record (1).
+        upscale: allow a ``size`` above what their pixels hold.
+        identity: identity label of every face (default: the source folder's name).
+
+    Raises:
+        ValueError: bad options, or ``size`` above what the pixels hold without ``upscale``.
+    """
+    plan = plan_import(src, out, fmt=fmt, face_type=face_type, size=size, frames=frames, frame_base=frame_base,
+                       upscale=upscale, identity=identity, refuse=refuse)
+    return write_import(plan, progress)
