@@ -533,3 +533,18 @@ def test_bad_options_are_one_line_and_write_nothing(option, says, tmp_path):
     rc, _, err = run("import", src, f"out={tmp_path / 's'}", option, "progress_every=0")
     assert rc == 2 and err.count("\n") == 1 and says in err, err
     assert not (tmp_path / "s").exists()
+
+
+def test_reviewer_gives_the_imported_polygons_in_crop_pixels(tmp_path):
+    from progressive_swap.faceset.reviewer import Reviewer
+
+    src = copy_fixtures(tmp_path, "dfl")
+    assert run("import", src, f"out={tmp_path / 's'}", "size=128", "progress_every=0")[0] == 0
+    rv = Reviewer(tmp_path / "s")
+    polys = rv.polygons("dfl_whole_face_xseg")["polygons"]
+    assert [p["type"] for p in polys] == ["include", "exclude"]
+    drawn = np.zeros((128, 128), np.uint8)
+    for p in polys:
+        cv2.fillPoly(drawn, [np.round(np.asarray(p["points"])).astype(np.int32)], 1 if p["type"] == "include" else 0)
+    assert iou(faceset.open(tmp_path / "s").mask("dfl_whole_face_xseg", "user_xseg_polys"), drawn) > 0.97
+    assert rv.polygons("dfl_whole_face")["polygons"] == []
