@@ -548,3 +548,13 @@ def test_reviewer_gives_the_imported_polygons_in_crop_pixels(tmp_path):
         cv2.fillPoly(drawn, [np.round(np.asarray(p["points"])).astype(np.int32)], 1 if p["type"] == "include" else 0)
     assert iou(faceset.open(tmp_path / "s").mask("dfl_whole_face_xseg", "user_xseg_polys"), drawn) > 0.97
     assert rv.polygons("dfl_whole_face")["polygons"] == []
+
+
+def test_identity_is_the_pak_person_else_the_out_folder_unless_given(tmp_path):
+    jpgs = sorted((FIXTURES / "dfl").glob("*.jpg"))
+    src = _pak(tmp_path, jpgs)
+    assert run("import", src, f"out={tmp_path / 'a'}", "identity=bob", "progress_every=0")[0] == 0
+    assert faceset.open(tmp_path / "a").identities == ["bob"]
+    plain = copy_fixtures(tmp_path, "dfl")
+    assert run("import", plain, f"out={tmp_path / 'alice'}", "progress_every=0")[0] == 0
+    assert faceset.open(tmp_path / "alice").identities == ["alice"]

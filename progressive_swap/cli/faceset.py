@@ -230,7 +230,7 @@ class ImportOptions:
     upscale: bool = False
     """Allow a size above what their pixels hold."""
     identity: str = ""
-    """Identity label of the faces (default: SRC's folder name)."""
+    """Identity label of the faces (default: a faceset.pak's person_name, else out's folder name)."""
     progress_every: float = 30.0
     """Seconds between progress lines when stderr is not a terminal (0: every batch)."""
 

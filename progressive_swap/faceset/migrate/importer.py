@@ -272,7 +272,7 @@ def convert_face(face: PeerFace, face_type: str, size: int, frame: np.ndarray | 
         extra["note"] = face.note
     record = FaceRecord(
         id=face_id, source=face.source, frame_index=face.frame_index, time=float("nan"), track=-1,
-        identity=face.identity or identity, landmarks=face.landmarks, matrix=m,
+        identity=identity or face.identity, landmarks=face.landmarks, matrix=m,
         frame_size=tuple(int(v) for v in frame_size), extra=extra,
     )
     return record, image, masks
@@ -292,6 +292,7 @@ class ImportPlan:
     result: ImportResult
     refused: Callable[[str, str], None]
     exists: bool
+    identity_given: bool = False
 
 
 def plan_import(
@@ -357,8 +358,8 @@ def plan_import(
             raise ValueError(f"size={size} is above what {len(short)} face(s) hold ({name}: {int(h)} px); "
                              f"use size={max(16, int(h // 16) * 16)} or upscale=true")
     result.size = size
-    ident = identity if identity is not None else (src.resolve().name or "imported")
-    return ImportPlan(out, face_type, size, ident, plans, source, result, refused, exists)
+    ident = identity if identity is not None else (out.resolve().name or "imported")  # DFL folders are all "aligned"
+    return ImportPlan(out, face_type, size, ident, plans, source, result, refused, exists, identity is not None)
 
 
 def write_import(plan: ImportPlan, progress: Callable[[int, int], None] | None = None) -> ImportResult:
@@ -386,7 +387,8 @@ def write_import(plan: ImportPlan, progress: Callable[[int, int], None] | None =
                     continue
                 try:
                     full = f.reload() if f.reload is not None else f
-                    r, im, ms = convert_face(full, plan.face_type, plan.size, frame, fid, "")
+                    r, im, ms = convert_face(full, plan.face_type, plan.size, frame, fid,
+                                             plan.identity if plan.identity_given else "")
                 except (ValueError, cv2.error) as e:
                     refused(f.file, str(e).splitlines()[0] if str(e) else type(e).__name__)
                     continue
@@ -438,7 +440,7 @@ def import_faceset(
             faces whose frame is there are cut from it.
         frame_base: the number both tools give a video's first frame in the names they record (1).
         upscale: allow a ``size`` above what their pixels hold.
-        identity: identity label of every face (default: the source folder's name).
+        identity: identity label of every face (default: a pak's person_name, else the name of ``out``).
 
     Raises:
         ValueError: bad options, or ``size`` above what the pixels hold without ``upscale``.
