@@ -203,6 +203,7 @@ class Frames:
             self.source = open_source(self.path)
             self._stream = None
             self._current = None
+            self._numbers: set[int] | None = None
 
     def key(self, face: PeerFace) -> int:
         return 0 if self.folder else face.frame_index - (self.base if self.source.kind == "video" else 0)
@@ -213,7 +214,9 @@ class Frames:
         k = self.key(face)
         if self.source.kind == "video":
             return k >= 0 and (not self.source.expected_frames or k < self.source.expected_frames)
-        return self.source.numbers is not None and k in set(self.source.numbers)
+        if self._numbers is None:
+            self._numbers = set(self.source.numbers or ())
+        return k in self._numbers
 
     def get(self, face: PeerFace) -> np.ndarray | None:
         if self.folder:
