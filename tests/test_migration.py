@@ -558,3 +558,19 @@ def test_identity_is_the_pak_person_else_the_out_folder_unless_given(tmp_path):
     plain = copy_fixtures(tmp_path, "dfl")
     assert run("import", plain, f"out={tmp_path / 'alice'}", "progress_every=0")[0] == 0
     assert faceset.open(tmp_path / "alice").identities == ["alice"]
+
+
+def test_dfl_xseg_mask_stored_as_lossy_jpeg_is_read(tmp_path):
+    """DeepFaceLab falls back to a JPEG when the mask's PNG exceeds 50 KB (and newer OpenCV gives
+    ``(N,)`` buffers, older ``(N, 1)``)."""
+    meta = restricted_loads(jpeg_app15((FIXTURES / "dfl" / "dfl_whole_face_xseg.jpg").read_bytes())[0])
+    png_mask = decode_image(meta["xseg_mask"].reshape(-1).tobytes(), gray=True)
+    ok, jpg = cv2.imencode(".jpg", png_mask * 255 if png_mask.max() <= 1 else png_mask, [cv2.IMWRITE_JPEG_QUALITY, 60])
+    src = tmp_path / "src"
+    src.mkdir()
+    _dfl_with(src, "a.jpg")
+    _dfl_with(src, "b.jpg", xseg_mask=jpg.reshape(-1))
+    assert run("import", src, f"out={tmp_path / 's'}", "size=128", "progress_every=0")[0] == 0
+    fs = faceset.open(tmp_path / "s")
+    a, b = fs.mask("a", "user_xseg"), fs.mask("b", "user_xseg")
+    assert iou(a, b) > 0.97
