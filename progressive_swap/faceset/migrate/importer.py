@@ -242,7 +242,8 @@ def convert_face(face: PeerFace, face_type: str, size: int, frame: np.ndarray | 
     if frame is not None:
         image = warp_to_crop(frame, m, size)
         frame_size = (frame.shape[1], frame.shape[0])
-        extra["covered"] = 1.0
+        inside = warp_to_crop(np.ones(frame.shape[:2], np.float32), m, size, border=cv2.BORDER_CONSTANT)
+        extra["covered"] = round(float((inside > 0.5).mean()), 4)  # by the frame
         extra["pixels"] = "frame"
     else:
         if face.crop_from_frame is None:
