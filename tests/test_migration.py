@@ -574,3 +574,29 @@ def test_dfl_xseg_mask_stored_as_lossy_jpeg_is_read(tmp_path):
     fs = faceset.open(tmp_path / "s")
     a, b = fs.mask("a", "user_xseg"), fs.mask("b", "user_xseg")
     assert iou(a, b) > 0.97
+
+
+def test_faceswap_head_style_header_with_3x3_mask_matrices(tmp_path, frames):
+    """Recent FaceSwap stores 3x3 homogeneous mask matrices and lists where older versions store arrays."""
+    from progressive_swap.faceset.migrate.faceswap import png_header
+
+    png = (FIXTURES / "faceswap_v3.0.0" / "astronaut_0.png").read_bytes()
+    meta = png_header(png)
+    for m in meta["alignments"]["mask"].values():
+        m["affine_matrix"] = [*np.asarray(m["affine_matrix"], np.float32).tolist(), [0.0, 0.0, 1.0]]
+    a = meta["alignments"]
+    meta["alignments"] = {k: a[k] for k in ("x", "y", "w", "h", "landmarks_xy", "mask", "identity")}
+    text = b"faceswap\0\0\0\0\0" + str(meta).encode()
+    chunk = struct.pack(">I", len(text)) + b"iTXt" + text + struct.pack(">I", zlib.crc32(b"iTXt" + text))
+    start = png.index(b"iTXt") - 4
+    end = start + 12 + struct.unpack(">I", png[start:start + 4])[0]
+    src = tmp_path / "head_style"
+    src.mkdir()
+    (src / "astronaut_0.png").write_bytes(png[:start] + chunk + png[end:])
+    ref = copy_fixtures(tmp_path, "faceswap_v3.0.0")
+    for d, s in (("new", src), ("old", ref)):
+        rc, _, err = run("import", s, f"out={tmp_path / d}", "size=160", f"frames={frames}", "progress_every=0")
+        assert rc == 0, err
+    new, old = faceset.open(tmp_path / "new"), faceset.open(tmp_path / "old")
+    for name in ("user_fs_components", "user_fs_extended"):
+        assert iou(new.mask(0, name), old.mask(0, name)) > 0.99
