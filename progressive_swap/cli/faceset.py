@@ -9,10 +9,11 @@ Usage:
     swap-faceset remove DIR ids=[a,b,...] | ids_file=FILE | view=VIEWDIR
     swap-faceset merge DIR1 DIR2 ... out=DIR
     swap-faceset repair DIR [--json]
+    swap-faceset import SRC out=DIR [format=auto|dfl|faceswap] [face_type=whole] [size=] [frames=DIR] [upscale=false]
 
 Subcommands are plain functions taking their own argv; add one by writing ``cmd_<name>`` and
 listing it in :data:`COMMANDS`. Exit codes: 0 valid, 2 bad input or an invalid set (one line
-on stderr), 3 other I/O errors.
+on stderr), 3 other I/O errors, 4 (import) some files refused (each named in one line).
 """
 from __future__ import annotations
 
@@ -28,12 +29,13 @@ import cv2
 import numpy as np
 
 from progressive_swap import faceset
-from progressive_swap.cli.common import UserError, is_override, run_cli
+from progressive_swap.cli.common import EXIT_INCOMPLETE, UserError, is_override, run_cli
 from progressive_swap.cli.schema import closest, help_text
 from progressive_swap.core.progress import Progress
 from progressive_swap.extract.pipeline import extraction_problems
 from progressive_swap.faceset import curate, identity, review
 from progressive_swap.faceset import repair as repair_mod
+from progressive_swap.faceset.migrate.importer import plan_import, write_import
 
 PROG = "swap-faceset"
 
@@ -135,6 +137,8 @@ FILTER_USAGE = f"usage: {PROG} filter DIR ref=FACE_OR_DIR [threshold=0.6] [out=D
 REVIEW_USAGE = f"usage: {PROG} review DIR [port=8765] [host=127.0.0.1] [trash=DIR.trash]"
 REMOVE_USAGE = f"usage: {PROG} remove DIR ids=[a,b,...] | ids_file=FILE | view=VIEWDIR"
 MERGE_USAGE = f"usage: {PROG} merge DIR1 DIR2 ... out=DIR"
+IMPORT_USAGE = (f"usage: {PROG} import SRC out=DIR [format=auto|dfl|faceswap] [face_type=whole] [size=] "
+                "[frames=DIR|VIDEO] [frame_base=1] [upscale=false] [identity=NAME]")
 
 
 @dataclass
@@ -205,6 +209,30 @@ class MergeOptions:
 
     out: str = ""
     """The new face set to write (required)."""
+
+
+@dataclass
+class ImportOptions:
+    """Options of ``swap-faceset import`` (docs/migration.md)."""
+
+    out: str = ""
+    """The face set to write or resume (required)."""
+    format: str = "auto"
+    """auto (from each file), dfl (DeepFaceLab aligned JPG/PNG) or faceswap (face PNGs, alignments.fsa)."""
+    face_type: str = "whole"
+    """Our crop type: full, whole or head."""
+    size: int = 0
+    """Our crop side, a multiple of 16 (0: the largest every face's pixels hold)."""
+    frames: str = ""
+    """The source frames (a folder, a video or a numbered sequence): faces are cut from them at our geometry."""
+    frame_base: int = 1
+    """The number the tools gave a video's first frame in the names they recorded (both use 1)."""
+    upscale: bool = False
+    """Allow a size above what their pixels hold."""
+    identity: str = ""
+    """Identity label of the faces (default: a faceset.pak's person_name, else out's folder name)."""
+    progress_every: float = 30.0
+    """Seconds between progress lines when stderr is not a terminal (0: every batch)."""
 
 
 def _help(usage_line: str, options: type) -> str:
@@ -477,6 +505,44 @@ def cmd_repair(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_import(argv: Sequence[str]) -> int:
+    """``import SRC out=DIR ...``: a DeepFaceLab or FaceSwap face set becomes one of ours.
+
+    Exit 4 when some files were refused (unsafe or unreadable metadata): each is named in one
+    line on stderr, nothing is written for it, and the rest is imported.
+    """
+    pos, o = _split_args(argv, ImportOptions, IMPORT_USAGE, "import")
+    if len(pos) != 1 or "out" not in o:
+        raise UserError(f"import: expected one source folder and out=; {IMPORT_USAGE}")
+    try:
+        size = int(o.get("size", "0"))
+        frame_base = int(o.get("frame_base", "1"))
+        every = float(o.get("progress_every", "30"))
+    except ValueError:
+        raise UserError("import: size=, frame_base= and progress_every= must be numbers") from None
+    upscale = o.get("upscale", "false").lower()
+    if upscale not in ("true", "false", "1", "0", "yes", "no"):
+        raise UserError(f"import: upscale= must be true or false, got {o['upscale']!r}")
+
+    def refuse(name: str, why: str) -> None:
+        print(f"{PROG} import: refused {Path(pos[0]) / name}: {why}", file=sys.stderr)
+
+    plan = plan_import(
+        pos[0], o["out"], fmt=o.get("format", "auto"), face_type=o.get("face_type", "whole"),
+        size=size or None, frames=o.get("frames") or None, frame_base=frame_base,
+        upscale=upscale in ("true", "1", "yes"), identity=o.get("identity") or None, refuse=refuse,
+    )
+    with Progress(every) as bar:
+        task = bar.task("import", len(plan.faces), "faces")
+        res = write_import(plan, progress=lambda k, n: task.update(k, total=n))
+    _console().print(
+        f"[bold]imported[/bold] {len(res.written)} face(s) into {res.out} ({res.face_type}, {res.size} px; "
+        f"{res.from_frames} cut from their frames, {len(res.skipped)} already there); "
+        f"{len(res.refused)} file(s) refused"
+    )
+    return EXIT_INCOMPLETE if res.refused else 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "info": cmd_info,
     "sort": cmd_sort,
@@ -486,6 +552,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "filter": cmd_filter,
     "review": cmd_review,
     "repair": cmd_repair,
+    "import": cmd_import,
 }
 
 USAGE = f"usage: {PROG} {{{','.join(COMMANDS)}}} ...   ({PROG} COMMAND --help lists its keys)"

@@ -28,6 +28,7 @@ import numpy as np
 
 from progressive_swap.core.dlib_files import DLIB_INSTALL, DlibMissingError
 from progressive_swap.core.dlib_files import dlib_model_files as find_dlib_files
+from progressive_swap.faceset.migrate.landmarks import is_peer_landmarks, peer_landmarks
 
 
 @dataclass
@@ -270,10 +271,17 @@ class GivenLandmarks:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         try:
-            doc = json.loads(self.path.read_text("utf-8"))
+            if is_peer_landmarks(self.path):  # FaceSwap alignments.fsa, DeepFaceLab aligned folder
+                doc = peer_landmarks(self.path)
+            else:
+                doc = json.loads(self.path.read_text("utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"no such landmarks file: {str(self.path)!r}") from None
-        except (ValueError, UnicodeDecodeError) as e:
+        except UnicodeDecodeError as e:
+            raise ValueError(f"landmarks file {str(self.path)!r} is not valid JSON: {e}") from None
+        except ValueError as e:
+            if str(e).startswith(("landmarks file", "landmarks folder", f"{str(self.path)!r}")):
+                raise
             raise ValueError(f"landmarks file {str(self.path)!r} is not valid JSON: {e}") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("frames"), list):
             raise ValueError(f"landmarks file {str(self.path)!r} has no 'frames' list")
@@ -313,14 +321,25 @@ class GivenLandmarks:
                 face = f", face {k}" if k >= 0 else ""
                 raise ValueError(f"landmarks file {str(self.path)!r}, frame {where}{face}: {e}") from None
             self.frames.setdefault(idx, []).extend(faces)
+        # Other tools' files name frames by file name (faceset/migrate/landmarks.py): images are
+        # matched by name first, video frames by number.
+        self.names: dict[str, list[Face]] = {}
+        for name, faces in (doc.get("names") or {}).items():
+            self.names[str(name)] = [Face(np.asarray(f["box"], np.float64), np.asarray(f["landmarks"], np.float64))
+                                     for f in faces]
 
-    def faces(self, frame_index: int) -> list[Face]:
-        """Faces given for a frame (empty when the file lists none)."""
-        return [Face(f.box.copy(), f.landmarks.copy(), f.score, f.identity) for f in self.frames.get(frame_index, [])]
+    def _given(self, frame_index: int, name: str = "") -> list[Face]:
+        if name and self.names:
+            return self.names.get(Path(name).name, [])
+        return self.frames.get(frame_index, [])
 
-    def boxes(self, frame_index: int) -> np.ndarray:
+    def faces(self, frame_index: int, name: str = "") -> list[Face]:
+        """Faces given for a frame (empty when the file lists none); ``name``: the frame's file name."""
+        return [Face(f.box.copy(), f.landmarks.copy(), f.score, f.identity) for f in self._given(frame_index, name)]
+
+    def boxes(self, frame_index: int, name: str = "") -> np.ndarray:
         """``(N, 4)`` boxes given for a frame."""
-        fs = self.frames.get(frame_index, [])
+        fs = self._given(frame_index, name)
         return np.stack([f.box for f in fs]) if fs else np.zeros((0, 4))
 
 

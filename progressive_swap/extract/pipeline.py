@@ -101,10 +101,10 @@ class _FaceFinder:
 
     def __call__(self, frames: list[Frame]) -> list[list[Face]]:
         if self.given is not None:
-            return [self.given.faces(f.index) for f in frames]
+            return [self.given.faces(f.index, f.name) for f in frames]
         assert self.detector is not None
         if self.given_boxes is not None:
-            boxes = [self.given_boxes.boxes(f.index) for f in frames]
+            boxes = [self.given_boxes.boxes(f.index, f.name) for f in frames]
             scores = [np.ones(len(b)) for b in boxes]
         else:
             found = [self.detector.detect_boxes(f.image) for f in frames]
@@ -394,6 +394,11 @@ def _skipped_count(problem: str) -> int:
 
 def check_given_numbers(given: GivenLandmarks | None, src: FrameSource) -> None:
     """A landmarks or boxes file for a numbered sequence names its frames by their file numbers."""
+    if given is not None and given.names and src.files:  # another tool's file: frames by file name
+        if not set(given.names) & {f.name for f in src.files}:
+            some = ", ".join(sorted(given.names)[:3])
+            raise ExtractError(f"{given.path.name} names frames ({some}, ...) that {src.path.name} does not hold")
+        return
     if given is None or not given.frames or src.numbers is None:
         return
     if not set(given.frames) & set(src.numbers):

@@ -132,6 +132,8 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "GET" and len(parts) == 2 and parts[0] == "image":
                 data, ctype = rv.image(parts[1])
                 return self._send(200, data, ctype)
+            if method == "GET" and len(parts) == 3 and parts[:2] == ["api", "polygons"]:
+                return self._json(rv.polygons(parts[2]))
             if len(parts) == 3 and parts[:2] == ["api", "mask"]:
                 if method == "GET":
                     data, source, version = rv.mask(parts[2], q.get("kind", ""))

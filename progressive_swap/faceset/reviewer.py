@@ -200,6 +200,20 @@ class Reviewer:
                 return np.round(m * 65535).astype("<u2").tobytes(), name, version
         return np.zeros(fs.size * fs.size, "<u2").tobytes(), "none", version
 
+    def polygons(self, face_id: str) -> dict[str, Any]:
+        """Hand-drawn polygons a face carries in its record (imported DeepFaceLab XSeg polygons,
+        ``extra["ie_polys"]``), in crop pixels: ``{"polygons": [{"type", "points"}]}``."""
+        fs, i = self._row(face_id)
+        out = []
+        for p in fs.record(i).extra.get("ie_polys") or []:
+            try:
+                pts = np.asarray(p["uv"], np.float64).reshape(-1, 2) * fs.size - 0.5
+            except (KeyError, TypeError, ValueError):
+                continue
+            if p.get("type") in ("include", "exclude") and np.isfinite(pts).all():
+                out.append({"type": p["type"], "points": np.round(pts, 2).tolist()})
+        return {"polygons": out}
+
     def save_mask(self, face_id: str, kind: str, data: bytes, expect: str | None) -> str:
         """Write ``user_<kind>`` of a face from raw uint16 data, under the writer lock.
 

@@ -207,7 +207,7 @@ class CombDataset(Dataset):
         if img.shape[0] != res:
             img = cv2.resize(img, (res, res), interpolation=interp)
         lm = np.asarray(s.landmarks_aligned[face], np.float64) * res - 0.5  # crop pixels at res
-        m = None if self.mask in LANDMARK_MASKS else s.mask(face, self.mask)
+        m = None if self.mask in LANDMARK_MASKS else s.mask(face, self.mask, prefer_user=True)  # a painted mask wins
         if m is None:
             m = landmark_mask(lm, res, kind=self.mask if self.mask in LANDMARK_MASKS else "extended")
         elif m.shape[0] != res:

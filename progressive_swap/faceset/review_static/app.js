@@ -247,20 +247,38 @@ async function loadMask() {
     E.size = n; E.mask = new Float32Array(n * n);
     for (let i = 0; i < raw.length; i++) E.mask[i] = raw[i] / 65535;
     E.version = r.headers.get("X-Mask-Version"); E.dirty = false;
-    for (const c of [$("eimg"), $("emask")]) { c.width = n; c.height = n; }
+    for (const c of [$("eimg"), $("emask"), $("epoly")]) { c.width = n; c.height = n; }
     $("eimg").getContext("2d").drawImage(img, 0, 0);
     E.overlay = $("emask").getContext("2d").createImageData(n, n);
     fit();
     drawMask(0, 0, n, n);
+    const polys = (await (await api("GET", `/api/polygons/${encodeURIComponent(id)}`)).json()).polygons;
+    drawPolygons(polys);
     const src = r.headers.get("X-Mask-Source");
     estatus(src === "none" ? `no ${kind} mask yet: paint one` : `editing ${src} (saves as user_${kind}, ${n}x${n}, 16-bit)`);
   } catch (e) { estatus(e.message, true); }
 }
 
+// Hand-drawn polygons from the face's record (imported XSeg polygons): includes green, excludes red.
+function drawPolygons(polys) {
+  const g = $("epoly").getContext("2d");
+  g.clearRect(0, 0, E.size, E.size);
+  g.lineWidth = Math.max(1, E.size / 256);
+  for (const p of polys) {
+    if (p.points.length < 2) continue;
+    g.strokeStyle = p.type === "include" ? "#3c3" : "#f33";
+    g.beginPath();
+    g.moveTo(p.points[0][0] + 0.5, p.points[0][1] + 0.5);
+    for (const [x, y] of p.points.slice(1)) g.lineTo(x + 0.5, y + 0.5);
+    g.closePath();
+    g.stroke();
+  }
+}
+
 function fit() {
   const st = $("estage"), n = E.size;
   E.scale = Math.min(st.clientWidth / n, st.clientHeight / n);
-  for (const c of [$("eimg"), $("emask")]) {
+  for (const c of [$("eimg"), $("emask"), $("epoly")]) {
     c.style.width = c.style.height = n * E.scale + "px";
     c.style.left = (st.clientWidth - n * E.scale) / 2 + "px";
   }
