@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from progressive_swap.core.io import loads_json
 from progressive_swap.faceset.format import ID_RE, FaceRecord
 
 KEY = "progressive_swap.face"
@@ -66,7 +67,7 @@ def record_from_json(data: bytes) -> tuple[FaceRecord, str]:
         ValueError: one line, for JSON that is not a complete, finite record.
     """
     try:
-        d = json.loads(data.decode("ascii"))
+        d = loads_json(data.decode("ascii"))  # depth-capped: a record nests 3 levels
         if not isinstance(d, dict) or d.get("v") != VERSION:
             raise ValueError("not a version 1 face record")
         lm = np.asarray(d["landmarks"], np.float64)
@@ -82,7 +83,7 @@ def record_from_json(data: bytes) -> tuple[FaceRecord, str]:
         face_type = str(d["face_type"])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ValueError(f"unreadable face record: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if not ID_RE.match(rec.id):
+    if not ID_RE.fullmatch(rec.id):
         raise ValueError(f"face record has a bad id {rec.id!r}")
     for name, a, shape in (("landmarks", lm, (68, 2)), ("matrix", m, (2, 3)), ("landmarks_raw", raw, (68, 2))):
         if a is not None and (a.shape != shape or not np.isfinite(a).all()):

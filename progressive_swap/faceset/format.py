@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from progressive_swap.core.io import atomic_write_json, fsync_dir
+from progressive_swap.core.io import _UMASK, atomic_write_json, fsync_dir, make_temp
 from progressive_swap.core.landmarks import face_type as _face_type
 from progressive_swap.faceset.index import FaceSetError
 
@@ -35,8 +35,9 @@ USER_PREFIX = "user_"
 """Mask names starting with this hold hand-edited masks (e.g. ``user_occlusion`` overrides
 ``occlusion``); tools must never overwrite them automatically."""
 
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-MASK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
+ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+"""A face id: :data:`progressive_swap.core.io.NAME_RE`, matched whole (``\\Z``: a trailing newline fails)."""
+MASK_NAME_RE = re.compile(r"\A[a-z0-9][a-z0-9_]{0,63}\Z")
 TMP_SUFFIX = ".tmp"
 
 CROP_SPACES = ("srgb", "acescct")
@@ -336,20 +337,22 @@ def mask_path(root: Path, name: str, face_id: str) -> Path:
 
 
 def write_file_durable(path: Path, data: bytes, fsync: bool = True) -> None:
-    """Write ``data`` to ``.<name>.tmp`` beside ``path``, fsync (unless ``fsync`` is False: the
-    caller flushes later), rename over ``path``.
+    """Write ``data`` to a fresh temporary file beside ``path`` (created exclusively under
+    :data:`~progressive_swap.core.io.TEMP_PREFIX`, never through a planted symlink), fsync
+    (unless ``fsync`` is False: the caller flushes later), rename over ``path``.
 
     Unlike :func:`progressive_swap.core.io.atomic_write` the directory is not fsynced here: the
     writer fsyncs each directory once per batch, before committing the batch's index shard.
-    The fixed tmp name means a crash leaves at most one stray file per target, removed on resume.
+    A crash leaves at most one stray temporary file per target, removed by the next writer.
     """
-    tmp = path.with_name("." + path.name + TMP_SUFFIX)
+    fd, tmp = make_temp(path)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:
