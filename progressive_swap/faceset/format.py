@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from progressive_swap.core.io import _UMASK, atomic_write_json, fsync_dir, make_temp
+from progressive_swap.core.io import _UMASK, atomic_write_json, fsync_dir, make_temp, read_regular
 from progressive_swap.core.landmarks import face_type as _face_type
 from progressive_swap.faceset.index import FaceSetError
 
@@ -275,9 +275,37 @@ def encode_image(image: np.ndarray, size: int, header: dict[str, Any]) -> bytes:
     return buf.tobytes()
 
 
+MAX_FILE_BYTES = 256 << 20
+"""Face image and mask files larger than this are not read (a 2048 px 16-bit PNG is about 25 MB)."""
+
+
+def read_face_file(path: Path, what: str = "face image") -> bytes:
+    """The bytes of an image or mask file of a set: a regular file (a symlink to one is fine),
+    at most :data:`MAX_FILE_BYTES`; never a device, FIFO or socket (``/dev/zero`` would be read
+    until memory runs out, a FIFO would hang). ``FileNotFoundError`` passes through; anything
+    else is a one-line :class:`FaceSetError`."""
+    try:
+        return read_regular(path, MAX_FILE_BYTES, what)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise FaceSetError(str(e) if e.filename is None and not e.strerror else
+                           f"{what} {str(path)!r} is unreadable: {e.strerror or e}") from None
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    from progressive_swap.faceset.embedded import parse_head  # embedded imports this module
+
+    return parse_head(data[:65536])[0]
+
+
 def decode_image(data: bytes, size: int, where: str) -> np.ndarray:
     """PNG/JPEG bytes -> ``(S, S, 3)`` RGB as stored (uint8; uint16 for a 16-bit PNG); one-line
-    FaceSetError if unreadable."""
+    FaceSetError if unreadable. The size in the file's header (PNG IHDR, JPEG SOF) is checked
+    first, so a small file declaring a huge picture is never decoded."""
+    wh = _header_size(data)
+    if wh is not None and wh != (size, size):
+        raise FaceSetError(f"corrupt face image {where} (its header says {wh[0]}x{wh[1]}, expected {size}x{size})")
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if bgr is None or bgr.shape != (size, size, 3):
@@ -317,7 +345,10 @@ def encode_mask(mask: np.ndarray, size: int) -> bytes:
 
 
 def decode_mask(data: bytes, size: int, where: str) -> np.ndarray:
-    """16-bit (or 8-bit) grayscale PNG bytes -> float32 ``(S, S)`` in [0, 1]."""
+    """16-bit (or 8-bit) grayscale PNG bytes -> float32 ``(S, S)`` in [0, 1] (header size checked first)."""
+    wh = _header_size(data)
+    if wh is not None and wh != (size, size):
+        raise FaceSetError(f"corrupt mask {where} (its header says {wh[0]}x{wh[1]}, expected {size}x{size})")
     m = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if m is None or m.shape != (size, size) or m.dtype not in (np.uint8, np.uint16):
         raise FaceSetError(f"corrupt mask {where}")

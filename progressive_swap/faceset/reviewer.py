@@ -17,7 +17,7 @@ import numpy as np
 from progressive_swap import faceset as F
 from progressive_swap.core.io import fsync_dir
 from progressive_swap.faceset import curate, identity
-from progressive_swap.faceset.format import HEADER_NAME, INDEX_DIR, USER_PREFIX, check_mask_name
+from progressive_swap.faceset.format import HEADER_NAME, INDEX_DIR, USER_PREFIX, check_mask_name, read_face_file
 from progressive_swap.faceset.writer import FaceSetWriter
 
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css",
@@ -170,9 +170,11 @@ class Reviewer:
         fs, i = self._row(face_id)
         p = fs.image_path(i)
         try:
-            return p.read_bytes(), CONTENT_TYPES.get(p.suffix, "application/octet-stream")
+            return read_face_file(p), CONTENT_TYPES.get(p.suffix, "application/octet-stream")
         except FileNotFoundError:
             raise ReviewError(HTTPStatus.NOT_FOUND, f"image of face {face_id!r} is missing on disk") from None
+        except F.FaceSetError as e:
+            raise ReviewError(HTTPStatus.CONFLICT, str(e)) from None
 
     # ------------------------------------------------------------------ masks
 
