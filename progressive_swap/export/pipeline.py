@@ -63,6 +63,11 @@ def stack_layers(layers: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+EXPORT_DIRS = ("meta", "layers", "comp", "patches")
+"""The folders an export writes inside ``out=`` (the only ones its debris sweep looks in, with
+``out`` itself; ``out/faces`` is a face set, swept by the extractor)."""
+
+
 @dataclass
 class _Pending:
     frame: FrameIn

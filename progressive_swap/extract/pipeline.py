@@ -499,7 +499,9 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         with locked_dir(out):  # one writer per face set: a second run stops at once, naming the first
-            remove_debris(out)  # temporary files of a killed run's writes
+            # temporary files of a killed run's writes: our names only, in out and its .extract/
+            # (the face set's own folders are the writer's to clean); a user's files are never looked at
+            remove_debris(out, subdirs=(WORK_DIR,), manifest="faceset.json")
             work.mkdir(parents=True, exist_ok=True)
             if not manifest_path.is_file():
                 atomic_write_json(
