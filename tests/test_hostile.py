@@ -308,3 +308,72 @@ def test_a_face_image_that_is_a_device_or_fifo_is_refused_not_read(blob, kind):
     fs = F.open(blob)
     with pytest.raises(F.FaceSetError, match="not a regular file"):
         fs.image("f003")
+
+
+# ---------------------------------------------------------------------- reviewer and views
+
+
+def test_undo_keeps_the_users_files_in_a_set_a_move_created(blob):
+    """D3b: undo rmtree'd the set the move had created, with the notes the user put there since."""
+    from progressive_swap.faceset.reviewer import Reviewer
+
+    rv = Reviewer(blob)
+    rv.move(["f000"], "bob")
+    bob = blob.parent / "bob"
+    (bob / "NOTES_user.txt").write_text("mine\n")
+    (bob / "refs").mkdir()
+    (bob / "refs" / "ref_photo.jpg").write_bytes(b"jpeg")
+    out = rv.undo_last()
+    assert out["restored"] == 1 and out["removed"] is None
+    assert (bob / "NOTES_user.txt").read_text() == "mine\n" and (bob / "refs" / "ref_photo.jpg").is_file()
+    rv.move(["f001"], "carol")  # nothing added: the set the move made goes again, and only it
+    assert rv.undo_last()["removed"] == str(blob.parent / "carol") and not (blob.parent / "carol").exists()
+    assert len(F.open(blob)) == 4 and not [p for p in blob.parent.iterdir() if p.name.startswith(cio.TEMP_PREFIX)]
+
+
+def test_sorted_faces_pair_ids_and_scores_of_one_snapshot(blob, monkeypatch):
+    """D5, D6: a change between opening the set and scoring it paired one version's scores with
+    another's ids (500 IndexError under concurrent removes and undos)."""
+    from progressive_swap.faceset import curate
+    from progressive_swap.faceset.reviewer import Reviewer
+
+    rv = Reviewer(blob)
+    real_faceset, calls = rv.faceset, []
+
+    def racing() -> F.FaceSet:  # another request changes the set and sorts it while this one runs
+        fs = real_faceset()
+        if not calls:
+            calls.append(1)
+            rv.remove(["f002"])
+            assert len(rv.faces("size", None)["ids"]) == 3
+        return fs
+
+    monkeypatch.setattr(rv, "faceset", racing)
+    got = rv.faces("size", None)
+    assert len(got["ids"]) == len(got["scores"]) == 4 and sorted(got["ids"]) == ["f000", "f001", "f002", "f003"]
+    monkeypatch.undo()
+    fs = F.open(blob)
+    want = curate.face_scores(fs, ["size"])["size"]
+    now = rv.faces("size", None)
+    assert now["ids"] == [fs.ids[i] for i in curate.sort_order(want, curate.DEFAULT_DESCENDING.get("size", False))]
+
+
+def test_remove_view_refuses_a_view_made_for_another_set(blob, tmp_path, capsys):
+    """E4: ``remove SET view=VIEW`` removed faces from a set the view was not made for."""
+    copy = tmp_path / "sandbox" / "set_copy"
+    shutil.copytree(blob, copy)
+    view = tmp_path / "view"
+    assert cli.main(["sort", str(blob), "by=size", f"view={view}"]) == 0
+    next(view.glob("*_f001.png")).unlink()
+    capsys.readouterr()
+    assert cli.main(["remove", str(copy), f"view={view}"]) == 2
+    assert "was made for the face set" in one_error_line(capsys) and len(F.open(copy)) == 4
+    assert cli.main(["remove", str(blob), f"view={view}"]) == 0 and sorted(F.open(blob).ids) == ["f000", "f002", "f003"]
+
+
+def test_a_view_inside_the_set_is_refused_and_the_set_stays_sound(blob, capsys):
+    """E10: ``sort SET view=SET/masks/review`` left 8 unindexed files; every later command refused the set."""
+    capsys.readouterr()
+    assert cli.main(["sort", str(blob), "by=size", f"view={blob / 'masks' / 'review'}"]) == 2
+    assert "inside the face set" in one_error_line(capsys)
+    assert not (blob / "masks" / "review").exists() and F.open(blob).validate() == []

@@ -407,7 +407,7 @@ def cmd_remove(argv: Sequence[str]) -> int:
         text = Path(o["ids_file"]).read_text()
         ids = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     else:
-        ids = curate.removed_in_view(o["view"])
+        ids = curate.removed_in_view(o["view"], pos[0])
         if not ids:
             _console().print(f"nothing deleted in {o['view']}; {pos[0]} unchanged")
             return 0
