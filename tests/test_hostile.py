@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import zlib
@@ -377,3 +378,157 @@ def test_a_view_inside_the_set_is_refused_and_the_set_stays_sound(blob, capsys):
     assert cli.main(["sort", str(blob), "by=size", f"view={blob / 'masks' / 'review'}"]) == 2
     assert "inside the face set" in one_error_line(capsys)
     assert not (blob / "masks" / "review").exists() and F.open(blob).validate() == []
+
+
+# ---------------------------------------------------------------------- plates, export, manifests
+
+
+@pytest.fixture(scope="module")
+def nan_plate():
+    """One phantom face as an ACEScg float plate with NaN, +inf, -5 and 1e6 on the face (B2)."""
+    from test_plates import SIZE, srgb_to_acescg
+
+    from progressive_swap.phantom.renderer import render, sample_identity, sample_trajectory
+
+    r = render(sample_identity(3), sample_trajectory(1, 1, fps=25)[0], SIZE)
+    plate = srgb_to_acescg(r.image).astype(np.float32)
+    x, y = np.round(r.landmarks[30]).astype(int)
+    plate[y, x - 3:x + 3] = np.array([np.nan, np.inf, -5.0, 1e6, np.nan, -np.inf], np.float32)[:, None]
+    return r, plate
+
+
+def test_acescct_extraction_zeroes_non_finite_plate_values_and_names_the_frame(tmp_path, nan_plate, capsys):
+    """B2: ``crop_space=acescct`` aborted the whole shot on one NaN pixel, naming no frame, and
+    left a partial set a rerun could not finish; the sRGB path zeroes NaN."""
+    from test_plates import write_plate, write_truth
+
+    from progressive_swap.cli import extract as extract_cli
+
+    r, plate = nan_plate
+    (tmp_path / "plates").mkdir()
+    write_plate(tmp_path / "plates" / "plate.1001.exr", plate, "float")
+    truth = write_truth(tmp_path / "truth.json", [r], [1001])
+    capsys.readouterr()
+    rc = extract_cli.main([f"input={tmp_path / 'plates' / 'plate.####.exr'}", f"out={tmp_path / 'faces'}", "size=64",
+                           "landmarks=given", f"landmarks_file={truth}", "progress=false", "crop_space=acescct"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert re.search(r"problem: frame 1001: \d+ non-finite plate value", out), out
+    fs = F.open(tmp_path / "faces")
+    assert len(fs) == 1 and np.isfinite(fs.values(0)).all() and fs.validate(deep=True) == []
+
+
+def test_the_export_crop_of_a_nan_plate_is_finite_and_nothing_non_finite_is_written(nan_plate, tmp_path):
+    """B2x: an ``acescct`` model wrote NaN over the whole face of every layer (np.clip keeps NaN),
+    and comps gained ~28,000 non-finite samples a frame."""
+    from test_plates import write_plate
+
+    from progressive_swap.export import plate_layers as PL
+    from progressive_swap.export.frames import FaceIn, FrameIn
+    from progressive_swap.export.pipeline import Exporter
+    from progressive_swap.footage.sources import open_source
+
+    r, plate = nan_plate
+    (tmp_path / "p").mkdir()
+    write_plate(tmp_path / "p" / "plate.1001.exr", plate, "float")
+    src = open_source(tmp_path / "p" / "plate.####.exr")
+    fr = next(src.frames())
+    from progressive_swap.core import align
+
+    m = align.alignment_matrix(r.landmarks, "whole")
+    for space in ("acescct", "srgb"):
+        colour = src.colour.for_crops(space) if space == "acescct" else src.colour
+        frame = FrameIn(fr.index, fr.time, fr.image, [FaceIn(m, 0, r.landmarks)], fr.plate, fr.info, colour)
+        assert np.isfinite(PL.crop_working(frame, m, 32)).all(), space
+
+    class Stub:
+        stats = {"nonfinite_layer_values": 0, "nonfinite_comp_values": 0}
+
+    layer = np.zeros((4, 4, 4), np.float32)
+    layer[0, 0, 0], layer[1, 1, 3] = np.nan, np.inf
+    clean = Exporter._finite(Stub, layer, "layer")
+    assert np.isfinite(clean).all() and Stub.stats["nonfinite_layer_values"] == 2
+    assert Exporter._finite(Stub, np.ones((2, 2, 3), np.float32), "comp") is not None
+    assert Stub.stats["nonfinite_comp_values"] == 0
+
+
+def test_export_sidecars_are_strict_json_even_when_a_plate_attribute_is_nan(tmp_path):
+    """B2x (b7_tc): a plate attribute that is NaN was copied into every sidecar as a bare ``NaN``."""
+    from progressive_swap.export import writers as W
+
+    path = tmp_path / "face.1001.json"
+    W.write_sidecar(path, {"plate": {"attributes": {"someNaN": float("nan"), "inf": [1.0, float("inf")]}}})
+    doc = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in a sidecar"))
+    assert doc["plate"]["attributes"] == {"someNaN": None, "inf": [1.0, None]}
+
+
+@pytest.mark.parametrize("doc", [[], {}, {"options": "x"}, "[" * 5000 + "]" * 5000, "{not json"])
+def test_a_damaged_extraction_manifest_is_one_line(blob, doc, capsys):
+    """E8: ``.extract/*/manifest.json`` of ``[]`` or ``{}``: KeyError / TypeError / AttributeError
+    tracebacks from swap-extract's resume and from swap-faceset info."""
+    from progressive_swap.extract import pipeline
+
+    m = blob / ".extract" / "clip-abc123" / "manifest.json"
+    m.parent.mkdir(parents=True)
+    m.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    with pytest.raises(ValueError, match="damaged"):
+        pipeline.read_manifest(m)
+    assert pipeline.extraction_options(blob, "clip.mp4") == {}
+    capsys.readouterr()
+    assert cli.main(["info", str(blob)]) == 2
+    assert "extraction record clip-abc123 is unreadable" in one_error_line(capsys)
+
+
+def test_frames_with_a_huge_end_counts_gaps_from_the_files_present(tmp_path):
+    """B6: ``frames=1001-99999999999`` walked every missing number (hours at 100 % CPU)."""
+    import time
+
+    import cv2
+
+    from progressive_swap.footage.sources import open_source
+
+    (tmp_path / "s").mkdir()
+    for n in (1001, 1002, 1004):
+        cv2.imwrite(str(tmp_path / "s" / f"f.{n}.png"), np.zeros((8, 8, 3), np.uint8))
+    t = time.perf_counter()
+    src = open_source(tmp_path / "s" / "f.####.png", frames=(1001, 99999999999))
+    assert time.perf_counter() - t < 2.0
+    assert src.problems == ["frame 1003 skipped: no file (a gap in the sequence)",
+                            "frames 1005-99999999999 skipped: no file (a gap in the sequence)"]
+
+
+OCIO_CFG = """ocio_profile_version: 2
+search_path: "."
+roles:
+  default: raw
+  scene_linear: lin
+file_rules:
+  - !<Rule> {{name: Default, colorspace: default}}
+displays:
+  sRGB:
+    - !<View> {{name: Raw, colorspace: raw}}
+colorspaces:
+  - !<ColorSpace>
+    name: raw
+    isdata: true
+  - !<ColorSpace>
+    name: ref
+  - !<ColorSpace>
+    name: lin
+    from_scene_reference: !<FileTransform> {{src: {lut}}}
+"""
+
+
+@pytest.mark.parametrize("lut", ["no_such_lut.cube", "/etc/passwd", "bomb.cube"])
+def test_an_ocio_config_naming_a_missing_or_bad_lut_is_one_line(tmp_path, lut):
+    """B4b: a FileTransform pointing at a missing LUT, at /etc/passwd, or at a LUT_3D_SIZE 2000
+    cube gave 37-40-line PyOpenColorIO tracebacks."""
+    pytest.importorskip("PyOpenColorIO")
+    from progressive_swap.footage import colour as CO
+
+    (tmp_path / "bomb.cube").write_text("LUT_3D_SIZE 2000\n0 0 0\n")
+    cfg = tmp_path / "x.ocio"
+    cfg.write_text(OCIO_CFG.format(lut=lut))
+    with pytest.raises(CO.ColourError) as e:
+        CO._processor(str(cfg), "lin", "ref")
+    assert "\n" not in str(e.value) and "cannot convert" in str(e.value)
