@@ -22,8 +22,11 @@ their index only from a readable index.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+import stat
 import struct
 import zlib
 from pathlib import Path
@@ -134,8 +137,17 @@ def strip(data: bytes) -> bytes:
 
 def read_head(path: Path) -> bytes:
     """The first bytes of an image file: enough for its size and its record (the record chunk
-    is read whole even when it runs past :data:`HEAD_BYTES`)."""
-    with open(path, "rb") as f:
+    is read whole even when it runs past :data:`HEAD_BYTES`). Only a regular file is read (a
+    device, FIFO or socket is an ``OSError``: a FIFO would block, ``/dev/zero`` never ends)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
         head = f.read(HEAD_BYTES)
         first_chunk = head[_IHDR_END + 4:_IHDR_END + 8]
         if head.startswith(PNG_SIGNATURE) and first_chunk == b"tEXt":
