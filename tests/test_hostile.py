@@ -532,3 +532,23 @@ def test_an_ocio_config_naming_a_missing_or_bad_lut_is_one_line(tmp_path, lut):
     with pytest.raises(CO.ColourError) as e:
         CO._processor(str(cfg), "lin", "ref")
     assert "\n" not in str(e.value) and "cannot convert" in str(e.value)
+
+
+@pytest.mark.parametrize("folder", ["masks/components", "images", "index"])
+def test_a_set_folder_that_links_outside_is_never_written_through(blob, outside, folder, capsys):
+    """A folder of the set replaced by a link out of it: in-place commands refuse, repair moves
+    the link itself to DIR.damaged, and the files it pointed at stay where they are."""
+    target = outside.parent / "outside_dir"
+    target.mkdir()
+    (target / "keep.png").write_bytes(b"the user's picture")
+    (blob / folder).parent.mkdir(parents=True, exist_ok=True)
+    if (blob / folder).exists():
+        shutil.rmtree(blob / folder)
+    (blob / folder).symlink_to(target)
+    capsys.readouterr()
+    assert cli.main(["sort", str(blob), "by=size"]) == 2
+    assert "repair" in one_error_line(capsys)
+    cli.main(["repair", str(blob)])
+    capsys.readouterr()
+    assert sorted(os.listdir(target)) == ["keep.png"] and (target / "keep.png").read_bytes() == b"the user's picture"
+    assert outside.read_bytes() == b"the user's file\n" and not (blob / folder).is_symlink()

@@ -409,7 +409,8 @@ def hostile_symlink(rng, root: Path) -> str:
     target = root.parent / "outside" / "target.png"
     ids = sorted(p.stem for p in _files(root, "images", "*.png")) or ["f000"]
     face = _pick(rng, ids)
-    kind = _pick(rng, ["image", "new image", "mask", "tmp", "repair tmp", "our tmp", "lock", "mask dir", "index tmp"])
+    kind = _pick(rng, ["image", "new image", "mask", "tmp", "repair tmp", "our tmp", "lock", "mask dir", "index tmp",
+                       "images dir", "index dir"])
     where = {
         "image": root / "images" / f"{face}.png",
         "new image": root / "images" / "zz_link.png",
@@ -420,14 +421,17 @@ def hostile_symlink(rng, root: Path) -> str:
         "lock": root / ".lock",
         "mask dir": root / "masks" / "components",
         "index tmp": root / "index" / ".pending.json.tmp",
+        "images dir": root / "images",
+        "index dir": root / "index",
     }[kind]
     where.parent.mkdir(parents=True, exist_ok=True)
     if where.is_dir() and not where.is_symlink():
         shutil.rmtree(where)
     elif where.exists() or where.is_symlink():
         where.unlink()
-    where.symlink_to(target.parent if kind == "mask dir" else target)
-    return f"{where.relative_to(root)} -> {target.name if kind != 'mask dir' else 'outside/'} ({kind})"
+    to_dir = kind.endswith(" dir")
+    where.symlink_to(target.parent if to_dir else target)
+    return f"{where.relative_to(root)} -> {'outside/' if to_dir else target.name} ({kind})"
 
 
 def special_file(rng, root: Path) -> str:

@@ -153,13 +153,17 @@ def _repair(root: Path, res: RepairResult, adopt: bool = False) -> None:
     header = _header(root, res, adopt)
     if header is not None and not res.header_rebuilt:
         pending, sound = _pending(root)
-        if sound and vf.check(root, deep=True, pending=pending, header=header).ok:
+        linked = any((root / d).is_symlink() for d in (IMAGE_DIR, INDEX_DIR, MASK_DIR))
+        if sound and not linked and vf.check(root, deep=True, pending=pending, header=header).ok:
             return  # nothing to repair: every file decodes and agrees with the index
     if header is None:
         raise FaceSetError(f"{str(root)!r}: {HEADER_NAME} is unusable and no image carries its own record "
                            "to rebuild it from; nothing changed")
     size, ext = int(header["size"]), IMAGE_FORMATS[header["image_format"]]
     res.changed = True
+    for d in (IMAGE_DIR, INDEX_DIR, MASK_DIR):  # a folder that is a link out of the set: the link moves away
+        if (root / d).is_symlink():
+            _move_damaged(root, root / d, res)
     rows, order, index_whole = _index_rows(root, res)
     pending = _pending(root)[0] if index_whole else set()
     # Images: every candidate file, decoded; who it is comes from its record, else its name.
@@ -347,7 +351,10 @@ def _index_rows(root: Path, res: RepairResult) -> tuple[dict[str, FaceRecord], l
 def _masks(root: Path, size: int, kept: set[str], res: RepairResult) -> None:
     """Move masks of faces not kept, and masks that do not decode, to DIR.damaged."""
     mdir = root / MASK_DIR
-    for d in sorted(mdir.iterdir()) if mdir.is_dir() else []:
+    for d in sorted(mdir.iterdir()) if mdir.is_dir() and not mdir.is_symlink() else []:
+        if d.is_symlink() and d.is_dir():  # a mask folder that is a link out of the set: the link moves, never its files
+            _move_damaged(root, d, res)
+            continue
         if not d.is_dir() or d.name.startswith("."):
             continue
         for p in sorted(d.iterdir()):

@@ -267,6 +267,10 @@ def require_consistent(root: str | os.PathLike, *, pending: Iterable[str] = (),
     """:func:`check`, raising :class:`FaceSetError` (one line, naming ``swap-faceset repair``)
     if the set fails. Call it before changing a set in place."""
     root = Path(root)
+    for d in (IMAGE_DIR, INDEX_DIR, MASK_DIR):  # a writer would write through the link, outside the set
+        if (root / d).is_symlink():
+            raise FaceSetError(f"face set {str(root)!r}: {d}/ is a symbolic link, so writes would land outside "
+                               f"the set; nothing changed; run swap-faceset repair {root}")
     report = check(root, pending=pending, header=header)
     if not report.ok:
         raise FaceSetError(report.one_line())
