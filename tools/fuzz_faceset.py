@@ -123,8 +123,9 @@ def digests(*roots: Path) -> dict[str, str]:
     """BLAKE2 digest -> a path, of every regular file under ``roots``."""
     found: dict[str, str] = {}
     for r in roots:
-        if r.is_dir():
-            for p in r.rglob("*"):
+        for dirpath, _, filenames in os.walk(r):  # links to folders are not followed
+            for name in filenames:
+                p = Path(dirpath) / name
                 if p.is_file() and not p.is_symlink():
                     found.setdefault(hashlib.blake2b(p.read_bytes(), digest_size=16).hexdigest(), str(p))
     return found
@@ -134,9 +135,13 @@ def face_files(root: Path) -> dict[str, str]:
     """digest -> relative path of the set's image and mask files."""
     out = {}
     for d in ("images", "masks"):
-        for p in sorted((root / d).rglob("*")) if (root / d).is_dir() else []:
-            if p.is_file() and not p.is_symlink():
-                out[hashlib.blake2b(p.read_bytes(), digest_size=16).hexdigest()] = str(p.relative_to(root))
+        if (root / d).is_symlink():
+            continue  # a folder linking out of the set holds none of its files
+        for dirpath, _, filenames in os.walk(root / d):  # links to folders are not followed
+            for name in sorted(filenames):
+                p = Path(dirpath) / name
+                if p.is_file() and not p.is_symlink():
+                    out[hashlib.blake2b(p.read_bytes(), digest_size=16).hexdigest()] = str(p.relative_to(root))
     return out
 
 

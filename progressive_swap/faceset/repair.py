@@ -352,7 +352,7 @@ def _masks(root: Path, size: int, kept: set[str], res: RepairResult) -> None:
     """Move masks of faces not kept, and masks that do not decode, to DIR.damaged."""
     mdir = root / MASK_DIR
     for d in sorted(mdir.iterdir()) if mdir.is_dir() and not mdir.is_symlink() else []:
-        if d.is_symlink() and d.is_dir():  # a mask folder that is a link out of the set: the link moves, never its files
+        if d.is_symlink() and d.is_dir():  # a mask folder linking out of the set: the link moves, not its files
             _move_damaged(root, d, res)
             continue
         if not d.is_dir() or d.name.startswith("."):
