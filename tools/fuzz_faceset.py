@@ -538,7 +538,7 @@ class Fuzzer:
         shutil.copytree(self.other, other)
         make_sandbox(d)
         pool = FACESET_DAMAGE if rng.random() < 0.5 else HOSTILE_DAMAGE
-        damage = [f(rng, s) for f in [_pick(rng, pool) for _ in range(int(rng.integers(1, 3)))]]
+        damage = [_damage(f, rng, s) for f in [_pick(rng, pool) for _ in range(int(rng.integers(1, 3)))]]
         before = face_files(s)
         outputs = {"S", "S.damaged", "M", "V"}  # what the commands may write: the set, its damaged/, merge out=, view
         outside = snapshot(d, outputs)
@@ -667,6 +667,14 @@ class Fuzzer:
             outcome = "refused"
         return {"target": target, "damage": damage, "outcome": outcome, "problems": problems,
                 "commands": {name: r["kind"] for name, r in runs}, "outside_changes": outside_changes}
+
+
+def _damage(f: Callable[[Any, Path], str], rng, root: Path) -> str:
+    """Apply one damage; one that finds its target already broken by the other says so."""
+    try:
+        return f(rng, root)
+    except (ValueError, KeyError, IndexError, TypeError, OSError, struct.error) as e:
+        return f"{f.__name__}: target already damaged ({type(e).__name__})"
 
 
 def _damage_view(rng, view: Path, s: Path, other: Path) -> str:
