@@ -552,3 +552,49 @@ def test_a_set_folder_that_links_outside_is_never_written_through(blob, outside,
     capsys.readouterr()
     assert sorted(os.listdir(target)) == ["keep.png"] and (target / "keep.png").read_bytes() == b"the user's picture"
     assert outside.read_bytes() == b"the user's file\n" and not (blob / folder).is_symlink()
+
+
+def test_swap_extract_into_a_folder_of_a_users_hidden_files_leaves_each_byte_identical(tmp_path, nan_plate):
+    """E6: ``swap-extract out=`` an existing folder deleted ``.env.template``, ``.bashrc.original``,
+    ``.gitconfig.includes``. Run twice (the second resumes and sweeps)."""
+    from test_plates import write_plate, write_truth
+
+    from progressive_swap.cli import extract as extract_cli
+
+    r, plate = nan_plate
+    (tmp_path / "plates").mkdir()
+    write_plate(tmp_path / "plates" / "plate.1001.exr", np.nan_to_num(plate), "float")
+    truth = write_truth(tmp_path / "truth.json", [r], [1001])
+    out = tmp_path / "project"
+    for rel in USER_HIDDEN:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(f"user data {rel}\n")
+    before = tree(out)
+    argv = [f"input={tmp_path / 'plates' / 'plate.####.exr'}", f"out={out}", "size=64", "landmarks=given",
+            f"landmarks_file={truth}", "progress=false"]
+    assert extract_cli.main(argv) == 0
+    debris = out / ".extract" / f"{cio.TEMP_PREFIX}det_000000.npz.abcd1234.tmp"
+    debris.parent.mkdir(parents=True, exist_ok=True)
+    debris.write_bytes(b"half")
+    assert extract_cli.main(argv) == 0 and not debris.exists()
+    now = tree(out)
+    assert {k: now.get(k) for k in before} == before and len(F.open(out)) == 1
+
+
+def test_the_fuzzer_notices_a_change_outside_the_set(monkeypatch):
+    """The fuzzer's sandbox oracle: a command that touches a user's file beside the set fails the case."""
+    from conftest import import_tool
+
+    from progressive_swap.faceset import repair
+
+    fuzz = import_tool("fuzz_faceset")
+    real = repair.repair
+
+    def careless(path, adopt=False):
+        (Path(path).parent / ".env.template").unlink(missing_ok=True)
+        return real(path, adopt)
+
+    monkeypatch.setattr(repair, "repair", careless)
+    summary = fuzz.run(4, seed=0)
+    assert summary["outside_changes"] > 0
+    assert any("outside the set" in p and ".env.template" in p for f in summary["failures"] for p in f["problems"])
