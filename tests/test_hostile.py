@@ -598,3 +598,17 @@ def test_the_fuzzer_notices_a_change_outside_the_set(monkeypatch):
     summary = fuzz.run(4, seed=0)
     assert summary["outside_changes"] > 0
     assert any("outside the set" in p and ".env.template" in p for f in summary["failures"] for p in f["problems"])
+
+
+@pytest.mark.parametrize("request_", [("thumb", "../../x"), ("move", "\x00x"), ("move", "a\nb")])
+def test_reviewer_requests_carrying_paths_or_control_characters_are_400(blob, request_):
+    """D4, D2 (minor): ``overlay=../../x`` and a destination with a NUL answered 500; ``a\\nb`` made a set."""
+    from http import HTTPStatus
+
+    from progressive_swap.faceset.reviewer import Reviewer, ReviewError
+
+    rv = Reviewer(blob)
+    kind, value = request_
+    with pytest.raises(ReviewError) as e:
+        rv.thumb("f000", value) if kind == "thumb" else rv.move(["f000"], value)
+    assert e.value.status == HTTPStatus.BAD_REQUEST and sorted(os.listdir(blob.parent)) == ["set"]

@@ -151,7 +151,7 @@ class Reviewer:
             raise ReviewError(HTTPStatus.NOT_FOUND, f"image of face {face_id!r} is missing on disk") from None
         mask_file = None
         if overlay:
-            check_mask_name(overlay)
+            overlay = _kind(overlay)  # a name from the request: 400 when it is not a mask name
             for name in (USER_PREFIX + overlay, overlay):
                 if fs.mask_path(i, name).is_file():
                     mask_file = fs.mask_path(i, name)
@@ -282,6 +282,8 @@ class Reviewer:
         if not dest:
             raise ReviewError(HTTPStatus.BAD_REQUEST, "give the face set to move the faces to")
         home = self.root.resolve()
+        if any(ord(c) < 32 for c in dest):
+            raise ReviewError(HTTPStatus.BAD_REQUEST, f"{dest!r} holds a control character; give a plain name")
         d = Path(dest).expanduser()
         d = (d if d.is_absolute() else home.parent / d).resolve()
         if d == home or home in d.parents:
