@@ -309,6 +309,11 @@ def test_a_face_image_that_is_a_device_or_fifo_is_refused_not_read(blob, kind):
     fs = F.open(blob)
     with pytest.raises(F.FaceSetError, match="not a regular file"):
         fs.image("f003")
+    from progressive_swap.train.datamodule import check_facesets
+
+    other = write_blob_faceset(blob.parent / "other", 1, n=4, size=32)
+    with pytest.raises(F.FaceSetError, match="repair"):  # training refuses the set before reading it
+        check_facesets([blob, other], 32)
 
 
 # ---------------------------------------------------------------------- reviewer and views
