@@ -153,7 +153,9 @@ def _repair(root: Path, res: RepairResult, adopt: bool = False) -> None:
     header = _header(root, res, adopt)
     if header is not None and not res.header_rebuilt:
         pending, sound = _pending(root)
-        linked = any((root / d).is_symlink() for d in (IMAGE_DIR, INDEX_DIR, MASK_DIR))
+        mdir = root / MASK_DIR
+        linked = any((root / d).is_symlink() for d in (IMAGE_DIR, INDEX_DIR, MASK_DIR)) or (
+            mdir.is_dir() and any(e.is_symlink() for e in os.scandir(mdir)))
         if sound and not linked and vf.check(root, deep=True, pending=pending, header=header).ok:
             return  # nothing to repair: every file decodes and agrees with the index
     if header is None:

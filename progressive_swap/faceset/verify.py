@@ -267,7 +267,10 @@ def require_consistent(root: str | os.PathLike, *, pending: Iterable[str] = (),
     """:func:`check`, raising :class:`FaceSetError` (one line, naming ``swap-faceset repair``)
     if the set fails. Call it before changing a set in place."""
     root = Path(root)
-    for d in (IMAGE_DIR, INDEX_DIR, MASK_DIR):  # a writer would write through the link, outside the set
+    masks = root / MASK_DIR
+    linked = [f"{MASK_DIR}/{e.name}" for e in os.scandir(masks) if e.is_symlink()] \
+        if masks.is_dir() and not masks.is_symlink() else []
+    for d in (IMAGE_DIR, INDEX_DIR, MASK_DIR, *linked):  # a writer would write through the link, outside the set
         if (root / d).is_symlink():
             raise FaceSetError(f"face set {str(root)!r}: {d}/ is a symbolic link, so writes would land outside "
                                f"the set; nothing changed; run swap-faceset repair {root}")
