@@ -524,7 +524,7 @@ colorspaces:
 """
 
 
-@pytest.mark.parametrize("lut", ["no_such_lut.cube", "/etc/passwd", "bomb.cube"])
+@pytest.mark.parametrize("lut", ["no_such_lut.cube", "/etc/passwd", "/etc/shadow", "bomb.cube"])
 def test_an_ocio_config_naming_a_missing_or_bad_lut_is_one_line(tmp_path, lut):
     """B4b: a FileTransform pointing at a missing LUT, at /etc/passwd, or at a LUT_3D_SIZE 2000
     cube gave 37-40-line PyOpenColorIO tracebacks."""
@@ -614,7 +614,8 @@ def test_the_fuzzer_notices_a_change_outside_the_set(monkeypatch):
     assert any("outside the set" in p and ".env.template" in p for f in summary["failures"] for p in f["problems"])
 
 
-@pytest.mark.parametrize("request_", [("thumb", "../../x"), ("move", "\x00x"), ("move", "a\nb")])
+@pytest.mark.parametrize("request_", [("thumb", "../../x"), ("move", "\x00x"), ("move", "a\nb"),
+                                      ("remove", "../set/images/f000"), ("remove", "f000\n")])
 def test_reviewer_requests_carrying_paths_or_control_characters_are_400(blob, request_):
     """D4, D2 (minor): ``overlay=../../x`` and a destination with a NUL answered 500; ``a\\nb`` made a set."""
     from http import HTTPStatus
@@ -624,5 +625,10 @@ def test_reviewer_requests_carrying_paths_or_control_characters_are_400(blob, re
     rv = Reviewer(blob)
     kind, value = request_
     with pytest.raises(ReviewError) as e:
-        rv.thumb("f000", value) if kind == "thumb" else rv.move(["f000"], value)
+        if kind == "thumb":
+            rv.thumb("f000", value)
+        elif kind == "move":
+            rv.move(["f000"], value)
+        else:
+            rv.remove([value])
     assert e.value.status == HTTPStatus.BAD_REQUEST and sorted(os.listdir(blob.parent)) == ["set"]

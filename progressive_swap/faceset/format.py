@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,10 +294,22 @@ def read_face_file(path: Path, what: str = "face image") -> bytes:
                            f"{what} {str(path)!r} is unreadable: {e.strerror or e}") from None
 
 
-def _header_size(data: bytes) -> tuple[int, int] | None:
-    from progressive_swap.faceset.embedded import parse_head  # embedded imports this module
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
-    return parse_head(data[:65536])[0]
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` a PNG's IHDR or a JPEG's SOF declares, read without decoding (None:
+    neither, or cut short)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24 and data[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", data[16:24])
+        return w, h
+    pos = 2 if data.startswith(b"\xff\xd8") else len(data)
+    while pos + 9 <= len(data) and data[pos] == 0xFF and data[pos + 1] != 0xDA:
+        if data[pos + 1] in _JPEG_SOF:
+            h, w = struct.unpack(">HH", data[pos + 5:pos + 9])
+            return w, h
+        pos += 2 + struct.unpack(">H", data[pos + 2:pos + 4])[0]
+    return None
 
 
 def decode_image(data: bytes, size: int, where: str) -> np.ndarray:

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from progressive_swap import faceset as F
-from progressive_swap.core.io import TEMP_PREFIX, fsync_dir, make_temp
+from progressive_swap.core.io import TEMP_PREFIX, fsync_dir, is_name, make_temp
 from progressive_swap.faceset import curate, identity
 from progressive_swap.faceset import index as fx
 from progressive_swap.faceset.format import (
@@ -405,6 +405,9 @@ def _kind(kind: str) -> str:
 def _ids(ids: Any) -> list[str]:
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
         raise ReviewError(HTTPStatus.BAD_REQUEST, "select one or more faces first")
+    bad = next((i for i in ids if not is_name(i)), None)
+    if bad is not None:  # ids from a request pass the same gate as ids from a journal
+        raise ReviewError(HTTPStatus.BAD_REQUEST, f"{bad!r} is not a face id")
     return ids
 
 
