@@ -632,3 +632,21 @@ def test_reviewer_requests_carrying_paths_or_control_characters_are_400(blob, re
         else:
             rv.remove([value])
     assert e.value.status == HTTPStatus.BAD_REQUEST and sorted(os.listdir(blob.parent)) == ["set"]
+
+
+def test_an_export_sidecar_naming_paths_outside_out_is_not_trusted(tmp_path, outside):
+    """A sidecar (``meta/face.N.json``) is data too: the files it names count as the frame's
+    only when they are regular files inside ``out`` under the folders an export writes."""
+    from progressive_swap.export.pipeline import Exporter
+
+    class Stub:
+        out = tmp_path / "out"
+
+    (Stub.out / "layers").mkdir(parents=True)
+    (Stub.out / "layers" / "face.1001.png").write_bytes(b"png")
+    (Stub.out / "layers" / "link.png").symlink_to(outside)
+    own = Exporter._own_file
+    assert own(Stub, "layers/face.1001.png")
+    for bad in ("../sandbox/victim.png", str(outside), "layers/../../sandbox/victim.png", "layers/link.png",
+                "export.json", None, ["layers/face.1001.png"]):
+        assert not own(Stub, bad), bad

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from progressive_swap.core import align
-from progressive_swap.core.io import atomic_write_json, check_writable_dir
+from progressive_swap.core.io import atomic_write_json, check_inside, check_writable_dir, loads_json
 from progressive_swap.core.progress import DEFAULT_EVERY, Progress
 from progressive_swap.export import composite as C
 from progressive_swap.export import plate_layers as PL
@@ -202,19 +202,19 @@ class Exporter:
         the same input frame) whose files still decode, else None."""
         p = self.sidecar_path(index)
         try:
-            meta = json.loads(p.read_text("utf-8"))
-        except (OSError, ValueError):
+            meta = loads_json(p.read_bytes())
+            files = list(meta.get("files", {}).values()) + list(meta.get("patches", {}).values())
+        except (OSError, ValueError, AttributeError, UnicodeDecodeError):
             return None
-        if not isinstance(meta, dict) or meta.get("fingerprint") != self.fingerprint:
+        if meta.get("fingerprint") != self.fingerprint:
             return None
         if key is not None and meta.get("input_key") != key:
             return None
-        files = list(meta.get("files", {}).values()) + list(meta.get("patches", {}).values())
         if self.s.composite:  # a frame exported without its composite is done again, with it
             if not meta.get("comp"):
                 return None
             files.append(meta["comp"])
-        if not all((self.out / f).is_file() for f in files):
+        if not all(self._own_file(f) for f in files):  # a sidecar's paths are data: ours, inside out, or redo
             return None
         if key is not None:  # a file damaged under its final name (disk, copy, hand edit) is redone
             size = tuple(meta.get("frame_size") or ())
@@ -230,6 +230,21 @@ class Exporter:
                 if comp is None or (size and (comp.shape[1], comp.shape[0]) != size):
                     return None
         return meta
+
+    def _own_file(self, rel: object) -> bool:
+        """Whether a path a sidecar names is a regular file inside ``out`` under one of the
+        folders an export writes (never ``..``, an absolute path, or a link out of ``out``)."""
+        if not isinstance(rel, str) or os.path.isabs(rel) or ".." in Path(rel).parts:
+            return False
+        parts = Path(rel).parts
+        if len(parts) < 2 or parts[0] not in EXPORT_DIRS:
+            return False
+        path = self.out / rel
+        try:
+            check_inside(self.out, path)
+        except ValueError:
+            return False
+        return path.is_file() and not path.is_symlink()
 
     # ------------------------------------------------------------------ running
 
