@@ -650,3 +650,22 @@ def test_an_export_sidecar_naming_paths_outside_out_is_not_trusted(tmp_path, out
     for bad in ("../sandbox/victim.png", str(outside), "layers/../../sandbox/victim.png", "layers/link.png",
                 "export.json", None, ["layers/face.1001.png"]):
         assert not own(Stub, bad), bad
+
+
+@pytest.mark.parametrize("kind", ["user folder", "another face set", "a set with the user's notes"])
+def test_swap_phantom_replaces_only_a_phantom_set_it_wrote(blob, tmp_path, kind):
+    """``swap-phantom out=`` replaced (rmtree) whatever sat at ``out/faces/idN``."""
+    from progressive_swap.phantom.dataset import generate_phantom_dataset
+
+    final = tmp_path / "ph" / "faces" / "id0"
+    if kind == "user folder":
+        final.mkdir(parents=True)
+        (final / "notes.txt").write_text("mine\n")
+    else:
+        shutil.copytree(blob, final)
+        if kind.startswith("a set with"):
+            (final / "notes.txt").write_text("mine\n")
+    before = tree(final)
+    with pytest.raises(ValueError, match="choose another out="):
+        generate_phantom_dataset(tmp_path / "ph", identities=2, faces=2, size=32, videos=0, progress=False, workers=0)
+    assert tree(final) == before
