@@ -669,3 +669,14 @@ def test_swap_phantom_replaces_only_a_phantom_set_it_wrote(blob, tmp_path, kind)
     with pytest.raises(ValueError, match="choose another out="):
         generate_phantom_dataset(tmp_path / "ph", identities=2, faces=2, size=32, videos=0, progress=False, workers=0)
     assert tree(final) == before
+
+
+def test_repair_never_moves_files_through_a_linked_damaged_folder(blob, tmp_path, capsys):
+    """``DIR.damaged`` is a sibling path: a link there would carry the set's files anywhere."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (blob.parent / "set.damaged").symlink_to(elsewhere)
+    (blob / "images" / "f001.png").write_bytes(b"\x89PNG not really")
+    capsys.readouterr()
+    assert cli.main(["repair", str(blob)]) == 2
+    assert "is a link or a file" in one_error_line(capsys) and os.listdir(elsewhere) == []

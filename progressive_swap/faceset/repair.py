@@ -127,6 +127,9 @@ def repair(path: str | os.PathLike, adopt: bool = False) -> RepairResult:
     if not root.is_dir():
         raise FaceSetError(f"face set {str(root)!r} does not exist or is not a directory")
     res = RepairResult(root, damaged_dir(root))
+    if res.damaged_dir.is_symlink() or (res.damaged_dir.exists() and not res.damaged_dir.is_dir()):
+        raise FaceSetError(f"{str(res.damaged_dir)!r} (where repair moves what it cannot use) is a link or a file; "
+                           "nothing changed; move it away and repair again")
     fd, created = lock_faceset_created(root)
     try:
         _repair(root, res, adopt)
