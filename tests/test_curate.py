@@ -14,6 +14,7 @@ from conftest import write_blob_faceset
 from progressive_swap import faceset as F
 from progressive_swap.cli import faceset as cli
 from progressive_swap.core import align, pose
+from progressive_swap.core.io import TEMP_PREFIX
 from progressive_swap.faceset import curate
 from progressive_swap.phantom import mesh as pm
 from progressive_swap.phantom.params import sample_frame, sample_identity
@@ -200,7 +201,7 @@ def test_merge_combines_and_rejects_mismatched(tmp_path):
         with pytest.raises(ValueError, match=msg):
             curate.merge_facesets(inputs, tmp_path / "M2")
         assert not (tmp_path / "M2").exists()
-        assert not [p for p in os.listdir(tmp_path) if ".partial" in p]
+        assert not [p for p in os.listdir(tmp_path) if p.startswith(TEMP_PREFIX)]
     with pytest.raises(ValueError, match="already exists"):
         curate.merge_facesets([a, b], tmp_path / "M")
 

@@ -770,3 +770,24 @@ def test_footage_of_someone_the_model_was_not_trained_on_is_flagged(tmp_path, ph
         assert not list(out.glob("layers/*.png"))  # refused before a layer is written
     rc, _, err = run(0, "strict=true")
     assert rc == 0, err
+
+
+def test_cli_export_into_a_folder_of_a_users_hidden_files_leaves_each_byte_identical(tmp_path, ckpt, vfr_video):
+    """Issue 35 (E5): ``out=`` an existing project folder deleted ``.env.template``,
+    ``.bashrc.original``, ``notes/.draft.20261206`` (any hidden name ending in 8 letters or
+    digits). Run twice: the second run sweeps the first one's debris, and only that."""
+    from progressive_swap.core.io import TEMP_PREFIX
+
+    video, truth = vfr_video
+    out = tmp_path / "project"
+    users = [".env.template", ".bashrc.original", ".gitconfig.includes", "notes/.draft.20261206",
+             "notes/.plan.mar2026x.md", "layers/.face.000001.abcd1234.png", "meta/.x.12345678.tmp"]
+    for rel in users:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(f"user data {rel}\n")
+    before = {rel: (out / rel).read_bytes() for rel in users}
+    assert cli(ckpt, video, out, f"landmarks=given:{truth}") == 0
+    debris = out / "layers" / f"{TEMP_PREFIX}face.000001.png.k3j4h5g6.tmp"  # what a killed run leaves
+    debris.write_bytes(b"half")
+    assert cli(ckpt, video, out, f"landmarks=given:{truth}") == 0
+    assert {rel: (out / rel).read_bytes() for rel in users} == before and not debris.exists()

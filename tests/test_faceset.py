@@ -13,6 +13,7 @@ import pytest
 
 from progressive_swap import faceset as F
 from progressive_swap.cli import faceset as cli
+from progressive_swap.core.io import TEMP_PREFIX
 from progressive_swap.faceset.writer import FaceSetWriter
 
 S = 32
@@ -200,8 +201,8 @@ def test_crash_before_index_commit_keeps_completed_batches(tmp_path, monkeypatch
     w._release_lock()  # the process "died": the OS drops its lock
     w.closed = True
     # stray files a crash can leave: a half-written shard and a half-written image
-    (path / "index" / ".shard_000001.npz.tmp").write_bytes(b"PK\x03\x04 half a shard")
-    (path / "images" / f".{b2[0][1].id}.png.tmp").write_bytes(b"\x89PNG half")
+    (path / "index" / f"{TEMP_PREFIX}shard_000001.npz.x1y2z3w4.tmp").write_bytes(b"PK\x03\x04 half a shard")
+    (path / "images" / f"{TEMP_PREFIX}{b2[0][1].id}.png.a1b2c3d4.tmp").write_bytes(b"\x89PNG half")
     fs = F.open(path)
     assert fs.ids == [r.id for r in b1[0]]
     assert fs.validate(deep=True) == []

@@ -21,7 +21,7 @@ from progressive_swap.cli import common
 from progressive_swap.cli.common import parse_overrides, run_cli
 from progressive_swap.cli.export import ExportOptions
 from progressive_swap.cli.schema import field_docs
-from progressive_swap.core.io import OutputInUse, locked_dir, remove_debris
+from progressive_swap.core.io import TEMP_PREFIX, OutputInUse, locked_dir, remove_debris
 from progressive_swap.extract.pipeline import ExtractOptions, extraction_problems
 from progressive_swap.masks.hull import LANDMARK_MASKS
 from progressive_swap.train import datamodule
@@ -171,11 +171,13 @@ def test_second_writer_fails_at_once_naming_the_first(tmp_path):
 
 def test_debris_of_killed_writes_is_removed(tmp_path):
     (tmp_path / "meta").mkdir()
-    debris = [tmp_path / ".last.ckpt.k3j_x9a1.tmp", tmp_path / "meta" / ".face.000003.ab12cd34.png"]
-    keep = [tmp_path / "face.000003.png", tmp_path / ".hidden", tmp_path / "meta" / "face.000003.json"]
+    debris = [tmp_path / f"{TEMP_PREFIX}last.ckpt.k3j_x9a1.tmp",
+              tmp_path / "meta" / f"{TEMP_PREFIX}face.000003.ab12cd34.png"]
+    keep = [tmp_path / "face.000003.png", tmp_path / ".hidden", tmp_path / "meta" / "face.000003.json",
+            tmp_path / ".last.ckpt.k3j_x9a1.tmp"]  # an old-style name: could be a user's file
     for p in debris + keep:
         p.write_bytes(b"x")
-    assert sorted(remove_debris(tmp_path)) == sorted(debris)
+    assert sorted(remove_debris(tmp_path, subdirs=("meta",))) == sorted(debris)
     assert all(p.exists() for p in keep) and not any(p.exists() for p in debris)
 
 

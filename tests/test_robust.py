@@ -16,6 +16,7 @@ from conftest import import_tool, tiny
 from lightning_fabric.loggers import csv_logs
 
 from progressive_swap.cli import train as train_cli
+from progressive_swap.core.io import TEMP_PREFIX
 from progressive_swap.train import callbacks as callbacks_mod
 from progressive_swap.train import checkpoint as ckpt_mod
 from progressive_swap.train.checkpoint import (
@@ -97,8 +98,8 @@ def test_checkpoint_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert safe_load(path)["progressive_swap"]["batches_done"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # the temp file is gone
-    (tmp_path / ".last.ckpt.abc123.tmp").write_bytes(b"half")  # what SIGKILL mid-write leaves
-    assert [p.name for p in remove_stale_temps(tmp_path)] == [".last.ckpt.abc123.tmp"]
+    (tmp_path / f"{TEMP_PREFIX}last.ckpt.abc123.tmp").write_bytes(b"half")  # what SIGKILL mid-write leaves
+    assert [p.name for p in remove_stale_temps(tmp_path)] == [f"{TEMP_PREFIX}last.ckpt.abc123.tmp"]
     io.remove_checkpoint(path)
     io.remove_checkpoint(path)  # already gone: fine
     assert not path.exists()
@@ -248,7 +249,7 @@ def test_resume_auto_skips_damaged_checkpoints(blob_sets, six_steps, tmp_path, c
     run = _copy(six_steps, tmp_path / "run")
     _truncate(run / "last.ckpt")
     _truncate(run / "step0000006.ckpt")
-    (run / ".step0000009.ckpt.x1y2.tmp").write_bytes(b"killed mid-write")
+    (run / f"{TEMP_PREFIX}step0000009.ckpt.x1y2.tmp").write_bytes(b"killed mid-write")
     capsys.readouterr()
     assert train_cli.main(tiny(blob_sets, run, "resume=auto", "max_steps=7")) == 0
     err = capsys.readouterr().err

@@ -8,7 +8,7 @@ A tiny CPU run (the test suite's tiny overrides, ``num_workers=0``, a checkpoint
 is started as a subprocess and killed with SIGKILL, cycling through three moments:
 
 * ``step``: at a random time during a training step, after the process has written a new checkpoint;
-* ``checkpoint``: while a checkpoint is being written (its ``.NAME.XXXX.tmp`` file exists);
+* ``checkpoint``: while a checkpoint is being written (its ``.progressive_swap.tmp.NAME.XXXX.tmp`` file exists);
 * ``growth``: right around the start of the fade-in (when the process announces it).
 
 With ``--signals`` including ``SIGINT`` or ``SIGTERM``, those stops are interleaved: the signal is

@@ -6,11 +6,16 @@ commands that read them, and check that none loses data or answers with a traceb
 Each case copies a small phantom face set (6 faces of 32 px, with face/occluder/visible masks),
 the v0.1 checkpoint of ``tests/fixtures/legacy_0_1`` and a landmark file, and damages one of
 them at random: truncation, bit flips, deleted or swapped files, non-finite values, wrong
-shapes, duplicate names (see :data:`FACESET_DAMAGE`). Then it runs, in this process (each CLI's
-``main(argv)``):
+shapes, duplicate names (see :data:`FACESET_DAMAGE`), and hostile content (:data:`HOSTILE_DAMAGE`):
+journal, index, record and view ids that carry paths (``../``, absolute paths, a trailing
+newline, a leading dot), symlinks out of the set and planted on our temporary names, special
+files (``/dev/zero``, a FIFO) as images, and bombs (a 20000^2 PNG header, a record nested 20,000
+deep, a shard member declaring 10^12 elements). Then it runs, in this process (each CLI's
+``main(argv)``, each under a 60 s alarm so a hang is a failure, not a stuck run):
 
-- face set: ``info``, ``info --deep``, ``sort by=size``, ``merge`` (with a sound set),
-  ``swap-mask apply hull=components``, ``remove`` (one id), ``repair``, then ``info --deep``;
+- face set: ``info``, ``info --deep``, ``sort by=size view=V``, ``merge`` (with a sound set),
+  ``swap-mask apply hull=components``, ``remove`` (one id), ``remove view=V`` (a view that may
+  be damaged or made for the sibling set), ``repair``, then ``info --deep``;
 - checkpoint: export's and warm start's loading (``load_model``, ``warm_start``);
 - landmark file: the extractor's reader (``GivenLandmarks``).
 
@@ -19,7 +24,12 @@ and exactly one line on stderr, never a traceback; after a repair that exits 0 t
 ``info --deep``; a loaded checkpoint or landmark file holds only finite numbers; and **no byte
 of the face set is lost**: every image and mask file present before the commands (hashed) is
 still somewhere afterwards, in the set, in ``DIR.damaged``, or in the merged set (the files of
-the one face ``remove`` removed, when it succeeded, excepted).
+the one face ``remove`` removed, when it succeeded, excepted); and **nothing outside is
+touched**: the sandbox around the set (its parent folder, a sibling face set, a user's hidden
+files such as ``.env.template`` and ``notes/.draft.20261206``, a file beside the set named like
+a face, and the target of the symlinks planted in the set) is snapshotted before the commands
+and must be byte-identical after them (only ``DIR.damaged``, the merge's ``out=`` and the view
+may appear).
 
 Prints one JSON object: cases by outcome (``ok``: every command succeeded; ``refused``: some
 command refused with one line, nothing lost; ``repaired``: repair rebuilt the set; ``failed``),
@@ -35,6 +45,8 @@ import io
 import json
 import os
 import shutil
+import signal
+import stat
 import struct
 import sys
 import tempfile
@@ -57,6 +69,17 @@ LEGACY = ROOT / "tests" / "fixtures" / "legacy_0_1"
 
 # ---------------------------------------------------------------------- running commands
 
+COMMAND_SECONDS = 60
+
+
+class Hung(BaseException):
+    """Raised by the alarm: a command that reads a FIFO or /dev/zero without end."""
+
+
+def _hung(*_: Any) -> None:
+    raise Hung()
+
+
 
 def call(fn: Callable[[], int | None]) -> dict[str, Any]:
     """Run ``fn`` with stdout/stderr captured (native libraries' writes to fd 2 included):
@@ -67,14 +90,20 @@ def call(fn: Callable[[], int | None]) -> dict[str, Any]:
     sys.stderr.flush()
     saved = os.dup(2)
     os.dup2(native.fileno(), 2)
+    old = signal.signal(signal.SIGALRM, _hung)
+    signal.alarm(COMMAND_SECONDS)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             rc = fn()
     except SystemExit as e:
         rc = int(e.code or 0)
+    except Hung:
+        return {"rc": None, "err": [f"hung: no answer in {COMMAND_SECONDS} s"], "kind": "hang", "out": ""}
     except Exception as e:  # an escaped exception is the failure this tool looks for
         return {"rc": None, "err": [f"{type(e).__name__}: {str(e)[:300]}"], "kind": "traceback", "out": ""}
     finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
         os.dup2(saved, 2)
         os.close(saved)
         native.seek(0)
@@ -94,8 +123,9 @@ def digests(*roots: Path) -> dict[str, str]:
     """BLAKE2 digest -> a path, of every regular file under ``roots``."""
     found: dict[str, str] = {}
     for r in roots:
-        if r.is_dir():
-            for p in r.rglob("*"):
+        for dirpath, _, filenames in os.walk(r):  # links to folders are not followed
+            for name in filenames:
+                p = Path(dirpath) / name
                 if p.is_file() and not p.is_symlink():
                     found.setdefault(hashlib.blake2b(p.read_bytes(), digest_size=16).hexdigest(), str(p))
     return found
@@ -105,10 +135,54 @@ def face_files(root: Path) -> dict[str, str]:
     """digest -> relative path of the set's image and mask files."""
     out = {}
     for d in ("images", "masks"):
-        for p in sorted((root / d).rglob("*")) if (root / d).is_dir() else []:
-            if p.is_file() and not p.is_symlink():
-                out[hashlib.blake2b(p.read_bytes(), digest_size=16).hexdigest()] = str(p.relative_to(root))
+        if (root / d).is_symlink():
+            continue  # a folder linking out of the set holds none of its files
+        for dirpath, _, filenames in os.walk(root / d):  # links to folders are not followed
+            for name in sorted(filenames):
+                p = Path(dirpath) / name
+                if p.is_file() and not p.is_symlink():
+                    out[hashlib.blake2b(p.read_bytes(), digest_size=16).hexdigest()] = str(p.relative_to(root))
     return out
+
+
+def snapshot(root: Path, skip: set[str]) -> dict[str, str]:
+    """Every entry under ``root`` except the top-level names in ``skip``: relative path -> what
+    it is (a regular file's digest, a link's target, a folder, or the kind of a special file).
+    Links are never followed and special files never opened."""
+    found: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        if rel_dir == ".":
+            dirnames[:] = [n for n in dirnames if n not in skip]
+        for name in dirnames + filenames:
+            if rel_dir == "." and name in skip:
+                continue
+            p = os.path.join(dirpath, name)
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                found[rel] = "link -> " + os.readlink(p)
+            elif stat.S_ISDIR(st.st_mode):
+                found[rel] = "dir"
+            elif stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as f:
+                    found[rel] = hashlib.blake2b(f.read(), digest_size=16).hexdigest()
+            else:
+                found[rel] = f"special {stat.S_IFMT(st.st_mode):o}"
+    return found
+
+
+def make_sandbox(d: Path) -> Path:
+    """A user's files around the set: hidden files, a note folder, a face-named file beside the
+    set, and the outside file the planted links point at. Returns that file."""
+    (d / "notes").mkdir()
+    for rel in (".env.template", ".bashrc.original", ".gitconfig.includes", "notes/.draft.20261206",
+                "notes/.plan.mar2026x.md", "victim.png", "victim.jpg", ".abcdefgh"):
+        (d / rel).write_bytes(f"the user's {rel}\n".encode())
+    (d / "outside").mkdir()
+    target = d / "outside" / "target.png"
+    target.write_bytes(b"the user's file a link points at\n")
+    return target
 
 
 # ---------------------------------------------------------------------- damage
@@ -283,6 +357,147 @@ FACESET_DAMAGE = [corrupt_file, corrupt_file, nonfinite_index, wrong_shape_index
                   wrong_shape_image, swap_files, duplicate_name, delete, delete]
 
 
+def _path_ids(root: Path) -> list[str]:
+    """Ids that carry paths: what a shared or downloaded face set may hold in its journal, index or records."""
+    outside = root.parent
+    return ["../victim", "../../victim", str(outside / "victim"), str(outside / "outside" / "target"),
+            "../outside/target", "f000\n", ".hidden", "a/b", "..", ".", "", "x" * 300, "id\x00x"]
+
+
+def hostile_journal(rng, root: Path) -> str:
+    ids = [_pick(rng, _path_ids(root)) for _ in range(int(rng.integers(1, 4)))]
+    (root / "index").mkdir(exist_ok=True)
+    (root / "index" / "pending.json").write_text(json.dumps({"ids": ids}))
+    return f"journal names {ids!r}"
+
+
+def hostile_index_id(rng, root: Path) -> str:
+    bad = _pick(rng, _path_ids(root))
+
+    def edit(cols, strings):
+        if strings["ids"]:
+            strings["ids"][int(rng.integers(len(strings["ids"])))] = bad
+        return f"index id {bad!r}"
+    return _edit_shard(root, rng, edit)
+
+
+def _rewrite_record(p: Path, change: Callable[[dict], Any] | None, raw: bytes | None = None) -> bool:
+    import zlib
+
+    data = p.read_bytes()
+    i = data.find(b"tEXtprogressive_swap.face\0")
+    if i < 0:
+        return False
+    n = struct.unpack(">I", data[i - 4:i])[0]
+    if raw is None:
+        doc = json.loads(data[i + 4:i + 4 + n].split(b"\0", 1)[1])
+        change(doc)
+        raw = json.dumps(doc).encode()
+    new = b"progressive_swap.face\0" + raw
+    chunk = struct.pack(">I", len(new)) + b"tEXt" + new + struct.pack(">I", zlib.crc32(b"tEXt" + new))
+    p.write_bytes(data[:i - 4] + chunk + data[i + 8 + n:])
+    return True
+
+
+def hostile_record_id(rng, root: Path) -> str:
+    p = _pick(rng, _files(root, "images", "*.png"))
+    bad = _pick(rng, _path_ids(root))
+    if p is None or not _rewrite_record(p, lambda d: d.__setitem__("id", bad)):
+        return "no record to edit"
+    if rng.random() < 0.5:  # and the index gone, so repair rebuilds from the records
+        shutil.rmtree(root / "index", ignore_errors=True)
+    return f"record id {bad!r} in {p.name}"
+
+
+def hostile_symlink(rng, root: Path) -> str:
+    """A link out of the set: an image, a mask, a planted temporary name, the lock, a mask folder."""
+    target = root.parent / "outside" / "target.png"
+    ids = sorted(p.stem for p in _files(root, "images", "*.png")) or ["f000"]
+    face = _pick(rng, ids)
+    kind = _pick(rng, ["image", "new image", "mask", "tmp", "repair tmp", "our tmp", "lock", "mask dir", "index tmp",
+                       "images dir", "index dir"])
+    where = {
+        "image": root / "images" / f"{face}.png",
+        "new image": root / "images" / "zz_link.png",
+        "mask": root / "masks" / "face" / f"{face}.png",
+        "tmp": root / "masks" / "components" / f".{face}.png.tmp",
+        "repair tmp": root / "images" / f"..{face}.png.repair.new.tmp",
+        "our tmp": root / "images" / f".progressive_swap.tmp.{face}.png.abcd1234.tmp",
+        "lock": root / ".lock",
+        "mask dir": root / "masks" / "components",
+        "index tmp": root / "index" / ".pending.json.tmp",
+        "images dir": root / "images",
+        "index dir": root / "index",
+    }[kind]
+    where.parent.mkdir(parents=True, exist_ok=True)
+    if where.is_dir() and not where.is_symlink():
+        shutil.rmtree(where)
+    elif where.exists() or where.is_symlink():
+        where.unlink()
+    to_dir = kind.endswith(" dir")
+    where.symlink_to(target.parent if to_dir else target)
+    return f"{where.relative_to(root)} -> {'outside/' if to_dir else target.name} ({kind})"
+
+
+def special_file(rng, root: Path) -> str:
+    """An image or mask that is /dev/zero (a link to it) or a FIFO."""
+    p = _pick(rng, _files(root, "images", "*.png") + _files(root, "masks", "*.png"))
+    if p is None:
+        return "no file"
+    p.unlink()
+    if rng.random() < 0.5:
+        p.symlink_to("/dev/zero")
+        return f"{p.relative_to(root)} -> /dev/zero"
+    os.mkfifo(p)
+    return f"{p.relative_to(root)} is a FIFO"
+
+
+def bomb(rng, root: Path) -> str:
+    import zlib
+
+    kind = _pick(rng, ["png", "jpeg", "nesting", "shape"])
+    if kind == "png":
+        side = int(_pick(rng, [12000, 20000, 65535]))
+
+        def chunk(k: bytes, body: bytes) -> bytes:
+            return struct.pack(">I", len(body)) + k + body + struct.pack(">I", zlib.crc32(k + body))
+        p = _pick(rng, _files(root, "images", "*.png") + [root / "images" / "zz_bomb.png"])
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                      + chunk(b"IDAT", zlib.compress(b"\0" * 65536, 9)) + chunk(b"IEND", b""))
+        return f"{p.relative_to(root)}: a {side}^2 PNG header"
+    if kind == "jpeg":
+        p = root / "images" / "zz_bomb.jpg"
+        p.parent.mkdir(exist_ok=True)
+        sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, 65000, 65000, 1) + b"\x01\x11\x00"
+        p.write_bytes(b"\xff\xd8" + sof + b"\xff\xd9")
+        return "a 65000^2 JPEG header"
+    if kind == "nesting":
+        p = _pick(rng, _files(root, "images", "*.png"))
+        if p is None or not _rewrite_record(p, None, b"[" * 20000 + b"]" * 20000):
+            return "no record to nest"
+        return f"a record nested 20000 deep in {p.name}"
+    shard = _pick(rng, _files(root, "index", "shard_*.npz"))
+    if shard is None:
+        return "no shard"
+    import zipfile
+
+    with zipfile.ZipFile(shard) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<i4", "fortran_order": False, "shape": (10**12,)})
+    name = _pick(rng, sorted(members))
+    members[name] = buf.getvalue() + b"\0" * 16
+    with zipfile.ZipFile(shard, "w") as zf:
+        for n, data in members.items():
+            zf.writestr(n, data)
+    return f"{shard.name}: {name} declares 10^12 elements"
+
+
+HOSTILE_DAMAGE = [hostile_journal, hostile_index_id, hostile_record_id, hostile_symlink, hostile_symlink,
+                  special_file, bomb]
+
+
 # ---------------------------------------------------------------------- one case
 
 
@@ -318,17 +533,21 @@ class Fuzzer:
             shutil.rmtree(d, ignore_errors=True)
 
     def _faceset_case(self, rng, d: Path) -> dict[str, Any]:
-        s, other = d / "S", d / "B"
+        s, other, view = d / "S", d / "B", d / "V"
         shutil.copytree(self.base, s)
         shutil.copytree(self.other, other)
-        damage = [f(rng, s) for f in [_pick(rng, FACESET_DAMAGE) for _ in range(int(rng.integers(1, 3)))]]
+        make_sandbox(d)
+        pool = FACESET_DAMAGE if rng.random() < 0.5 else HOSTILE_DAMAGE
+        damage = [_damage(f, rng, s) for f in [_pick(rng, pool) for _ in range(int(rng.integers(1, 3)))]]
         before = face_files(s)
+        outputs = {"S", "S.damaged", "M", "V"}  # what the commands may write: the set, its damaged/, merge out=, view
+        outside = snapshot(d, outputs)
         victim = _pick(rng, sorted(p.stem for p in _files(s, "images")))
         runs: list[tuple[str, dict]] = []
         fs_main = faceset_cli.main
         runs.append(("info", call(lambda: fs_main(["info", str(s)]))))
         runs.append(("info --deep", call(lambda: fs_main(["info", str(s), "--deep"]))))
-        runs.append(("sort", call(lambda: fs_main(["sort", str(s), "by=size"]))))
+        runs.append(("sort", call(lambda: fs_main(["sort", str(s), "by=size", f"view={view}"]))))
         runs.append(("merge", call(lambda: fs_main(["merge", str(s), str(other), f"out={d / 'M'}"]))))
         runs.append(("mask apply", call(lambda: mask_cli.main(["apply", str(s), "hull=components"]))))
         removed: set[str] = set()
@@ -338,6 +557,14 @@ class Fuzzer:
             runs.append(("remove", r))
             if r["rc"] == 0:
                 removed = victim_files
+        if (view / "view.json").is_file():
+            damage.append(_damage_view(rng, view, s, other))
+            hashes_before = face_files(s)
+            r = call(lambda: fs_main(["remove", str(s), f"view={view}"]))
+            runs.append(("remove view=", r))
+            if r["rc"] == 0:
+                gone = set(hashes_before) - set(face_files(s))
+                removed |= gone  # the faces the view's deletions named, as asked
         rep = call(lambda: fs_main(["repair", str(s), "--json"]))
         runs.append(("repair", rep))
         problems = []
@@ -350,7 +577,12 @@ class Fuzzer:
         lost = [rel for h, rel in before.items() if h not in kept and h not in removed]
         if lost:
             problems.append(f"{len(lost)} file(s) lost, e.g. {lost[0]}")
-        return self._verdict("faceset", damage, runs, problems, repaired=_changed(rep))
+        now = snapshot(d, outputs)
+        changed = sorted(k for k in set(outside) | set(now) if outside.get(k) != now.get(k))
+        if changed:
+            problems.append(f"{len(changed)} change(s) outside the set, e.g. {changed[0]!r}: "
+                            f"{outside.get(changed[0])} -> {now.get(changed[0])}")
+        return self._verdict("faceset", damage, runs, problems, repaired=_changed(rep), outside_changes=len(changed))
 
     def _checkpoint_case(self, rng, d: Path) -> dict[str, Any]:
         from progressive_swap.export.swapper import load_model
@@ -421,9 +653,9 @@ class Fuzzer:
 
     @staticmethod
     def _verdict(target: str, damage: list[str], runs: list[tuple[str, dict]], problems: list[str],
-                 repaired: bool = False) -> dict[str, Any]:
+                 repaired: bool = False, outside_changes: int = 0) -> dict[str, Any]:
         for name, r in runs:
-            if r["kind"] in ("traceback", "multiline"):
+            if r["kind"] in ("traceback", "multiline", "hang"):
                 problems.append(f"{name}: {r['kind']}: {' | '.join(r['err'][:2])}")
         if problems:
             outcome = "failed"
@@ -434,7 +666,33 @@ class Fuzzer:
         else:
             outcome = "refused"
         return {"target": target, "damage": damage, "outcome": outcome, "problems": problems,
-                "commands": {name: r["kind"] for name, r in runs}}
+                "commands": {name: r["kind"] for name, r in runs}, "outside_changes": outside_changes}
+
+
+def _damage(f: Callable[[Any, Path], str], rng, root: Path) -> str:
+    """Apply one damage; one that finds its target already broken by the other says so."""
+    try:
+        return f(rng, root)
+    except (ValueError, KeyError, IndexError, TypeError, OSError, struct.error) as e:
+        return f"{f.__name__}: target already damaged ({type(e).__name__})"
+
+
+def _damage_view(rng, view: Path, s: Path, other: Path) -> str:
+    """Delete one face from a view, and perhaps lie in its view.json: ids with paths, another set."""
+    links = sorted(p for p in view.iterdir() if p.name != "view.json")
+    if links:
+        _pick(rng, links).unlink()
+    kind = _pick(rng, ["none", "none", "other set", "path ids", "nested"])
+    doc = json.loads((view / "view.json").read_text())
+    if kind == "other set":
+        doc["faceset"] = str(other.resolve())
+    elif kind == "path ids":
+        doc["ids"] = doc["ids"] + [_pick(rng, _path_ids(s))]
+    elif kind == "nested":
+        (view / "view.json").write_text("[" * 20000 + "]" * 20000)
+        return "view: nested 20000 deep"
+    (view / "view.json").write_text(json.dumps(doc))
+    return f"view: one face deleted, {kind}"
 
 
 def _changed(rep: dict) -> bool:
@@ -459,6 +717,11 @@ def _nan_in_weights(rng, p: Path) -> str:
     return f"NaN at byte {pos} of {p.name}"
 
 
+def _is_hostile(damage: str) -> bool:
+    words = ("journal names", "index id", "record id", "->", "FIFO", "header", "nested", "declares", "view:")
+    return any(w in damage for w in words)
+
+
 def run(cases: int, seed: int, keep: Path | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fuzz_faceset.") as tmp:
@@ -475,7 +738,12 @@ def run(cases: int, seed: int, keep: Path | None = None) -> dict[str, Any]:
             by_command[name][kind] += 1
     failures = [{"case": k, **{x: r[x] for x in ("target", "damage", "problems")}}
                 for k, r in enumerate(results) if r["outcome"] == "failed"]
-    return {"cases": cases, "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
+    tally = {"tracebacks": sum(kind == "traceback" for r in results for kind in r["commands"].values()),
+             "multiline": sum(kind == "multiline" for r in results for kind in r["commands"].values()),
+             "hangs": sum(kind == "hang" for r in results for kind in r["commands"].values()),
+             "outside_changes": sum(r.get("outside_changes", 0) for r in results),
+             "hostile_cases": sum(any(_is_hostile(x) for x in r["damage"]) for r in results)}
+    return {"cases": cases, "seed": seed, "seconds": round(time.perf_counter() - t0, 1), **tally,
             "by_target": {t: sum(r["target"] == t for r in results) for t in ("faceset", "checkpoint", "landmarks")},
             "by_outcome": dict(sorted(by_outcome.items())), "by_command": by_command,
             "failures": failures}
@@ -486,9 +754,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, help="work here instead of a temporary folder")
+    ap.add_argument("--json", type=Path, help="also write the summary here")
     args = ap.parse_args(argv)
     summary = run(args.cases, args.seed, args.keep)
-    print(json.dumps(summary, indent=1))
+    text = json.dumps(summary, indent=1)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
     return 1 if summary["failures"] else 0
 
 

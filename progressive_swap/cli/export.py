@@ -42,7 +42,7 @@ from progressive_swap.export import blender_comp
 from progressive_swap.export import frames as F
 from progressive_swap.export import writers as W
 from progressive_swap.export.frames import open_plates
-from progressive_swap.export.pipeline import Exporter
+from progressive_swap.export.pipeline import EXPORT_DIRS, Exporter
 from progressive_swap.export.settings import ExportSettings, check_previous
 from progressive_swap.export.swapper import MODEL_MASKS, Swapper, load_model
 from progressive_swap.extract.options import detector_lines
@@ -277,7 +277,8 @@ def _export(argv: Sequence[str]) -> int:
         check_previous(o.out, o.input, None)
     lock = locked_dir(o.out)  # one writer per out=: a second export here stops at once, naming this one
     with lock:
-        for p in remove_debris(o.out):  # temporary files of a killed run's writes
+        # temporary files of a killed run's writes: our names only, in the folders an export writes
+        for p in remove_debris(o.out, subdirs=EXPORT_DIRS, manifest="export.json"):
             console.print(f"removed {p.name}, an unfinished write of an earlier run", soft_wrap=True)
         return _export_locked(o, console, info, model, identity, from_identity, assumed, settings_kw, fset, footage,
                               mask_name)

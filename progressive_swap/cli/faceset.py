@@ -8,7 +8,7 @@ Usage:
     swap-faceset review DIR [port=8765] [host=127.0.0.1] [trash=DIR.trash]
     swap-faceset remove DIR ids=[a,b,...] | ids_file=FILE | view=VIEWDIR
     swap-faceset merge DIR1 DIR2 ... out=DIR
-    swap-faceset repair DIR [--json]
+    swap-faceset repair DIR [adopt=true] [--json]
     swap-faceset import SRC out=DIR [format=auto|dfl|faceswap] [face_type=whole] [size=] [frames=DIR] [upscale=false]
 
 Subcommands are plain functions taking their own argv; add one by writing ``cmd_<name>`` and
@@ -435,7 +435,7 @@ def cmd_remove(argv: Sequence[str]) -> int:
         text = Path(o["ids_file"]).read_text()
         ids = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     else:
-        ids = curate.removed_in_view(o["view"])
+        ids = curate.removed_in_view(o["view"], pos[0])
         if not ids:
             _console().print(f"nothing deleted in {o['view']}; {pos[0]} unchanged")
             return 0
@@ -474,13 +474,21 @@ def cmd_merge(argv: Sequence[str]) -> int:
 
 
 def cmd_repair(argv: Sequence[str]) -> int:
-    """``repair DIR [--json]``: rebuild a damaged or missing index from the images' own records."""
+    """``repair DIR [adopt=true] [--json]``: rebuild a damaged or missing index from the images' own records."""
     ap = _ArgParser(prog=f"{PROG} repair", description="Rebuild a face set's index from its files; "
                     "what cannot be used goes to DIR.damaged (nothing is deleted).")
     ap.add_argument("dir", help="face set directory")
+    ap.add_argument("keys", nargs="*", help="adopt=true: make a face set of a folder without faceset.json "
+                    "even though some of its images carry no face record (they go to DIR.damaged)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(list(argv))
-    res = repair_mod.repair(args.dir)
+    adopt = False
+    for kv in args.keys:
+        key, sep, value = kv.partition("=")
+        if key != "adopt" or not sep or value.lower() not in ("true", "false"):
+            raise UserError(f"repair: unknown argument {kv!r}; usage: {PROG} repair DIR [adopt=true] [--json]")
+        adopt = value.lower() == "true"
+    res = repair_mod.repair(args.dir, adopt=adopt)
     after = faceset.open(args.dir).check()
     if args.json:
         print(json.dumps({**res.summary(), "valid": after.ok}, indent=1))

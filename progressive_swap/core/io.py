@@ -1,6 +1,14 @@
 """Crash-safe file writing: write to a temporary file beside the target, fsync, rename.
 
 A reader never sees a half-written file: either the old file or the complete new one.
+
+Every temporary file is created exclusively (``mkstemp``: ``O_CREAT | O_EXCL``, never through a
+symlink) under a name that starts with :data:`TEMP_PREFIX`, a prefix no user file is expected to
+carry; the debris sweep (:func:`remove_debris`) removes only such names, only in folders the
+caller owns, and never descends into folders it did not make. Names that come from data (ids
+in a journal, an index, a record, a request) pass :func:`check_name` before a path is built from
+them, and a path built for a write or a delete passes :func:`check_inside` (``docs/faceset.md``,
+*Names from data*).
 """
 from __future__ import annotations
 
@@ -13,6 +21,96 @@ import re
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+TEMP_PREFIX = ".progressive_swap.tmp."
+"""The start of every temporary file this package writes (``.progressive_swap.tmp.NAME.XXXXXXXX.tmp``)."""
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A name read from data: letters, digits, ``.``, ``_``, ``-``; no separator, no leading dot, no
+control character, at most 128 characters (matched whole, so a trailing newline fails)."""
+
+MAX_JSON_DEPTH = 32
+"""Nesting depth above which :func:`loads_json` refuses a document (records nest 3 deep)."""
+
+
+def is_name(value: Any) -> bool:
+    """Whether ``value`` is a string that :data:`NAME_RE` matches whole."""
+    return isinstance(value, str) and NAME_RE.fullmatch(value) is not None
+
+
+def check_name(value: Any, what: str = "name") -> str:
+    """``value`` if :func:`is_name`; else a one-line ``ValueError`` naming ``what``."""
+    if not is_name(value):
+        raise ValueError(f"bad {what} {value!r}: use letters, digits, '.', '_', '-' (not first), at most 128")
+    return value
+
+
+def check_inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """``path`` if it lies inside ``root`` once its folder is resolved (its last part is not
+    followed: unlinking or renaming a symlink touches the link, not its target); else a one-line
+    ``ValueError``. Every path built for a write or a delete from data passes this."""
+    root_r = Path(os.path.realpath(root))
+    p = Path(path)
+    where = Path(os.path.realpath(p.parent)) / p.name
+    if p.name in ("", ".", "..") or (where != root_r and root_r not in where.parents):
+        raise ValueError(f"{str(path)!r} is not inside {str(root)!r}; refusing to touch it")
+    return p
+
+
+def loads_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` that refuses documents nested deeper than ``max_depth`` (one-line
+    ``ValueError``, never a ``RecursionError``) and non-standard constants (``NaN``, ``Infinity``)."""
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8")
+    try:
+        doc = json.loads(text, parse_constant=no_constant)
+    except RecursionError:  # the C parser recurses once per level
+        raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
+    todo = [(doc, 1)]
+    while todo:  # iterative: the check itself must not recurse
+        node, depth = todo.pop()
+        if isinstance(node, (dict, list)):
+            if depth > max_depth:
+                raise ValueError(f"JSON nested deeper than {max_depth} levels")
+            todo.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node)
+                        if isinstance(v, (dict, list)))
+    return doc
+
+
+class NotARegularFile(OSError):
+    """A path that should be a regular file is a device, FIFO, socket or folder, or too big."""
+
+
+def read_regular(path: str | os.PathLike, max_bytes: int, what: str = "file") -> bytes:
+    """The bytes of ``path`` if it is a regular file (a symlink to one is fine) of at most
+    ``max_bytes``; a one-line :class:`NotARegularFile` otherwise. Opened without blocking, so
+    a FIFO cannot hang the reader, and checked with ``fstat`` on the open descriptor, so
+    ``/dev/zero`` is never read."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotARegularFile(errno.EINVAL, f"{what} {str(path)!r} is not a regular file")
+        if st.st_size > max_bytes:
+            raise NotARegularFile(errno.EFBIG, f"{what} {str(path)!r} is {st.st_size} bytes, over the "
+                                               f"{max_bytes}-byte limit")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(max_bytes + 1)[:max_bytes]
+    finally:
+        os.close(fd)
+
+
+def make_temp(path: str | os.PathLike, suffix: str = ".tmp") -> tuple[int, Path]:
+    """Create a temporary file beside ``path`` exclusively (``mkstemp``: ``O_EXCL``, no symlink
+    followed) under :data:`TEMP_PREFIX`; returns ``(fd, temp path)``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name[:120]}.", suffix=suffix, dir=path.parent)
+    return fd, Path(tmp)
 
 
 def _umask() -> int:
@@ -48,7 +146,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None, prefix: str 
     left as it was.
     """
     path = Path(path)
-    prefix = prefix if prefix is not None else f".{path.stem}."
+    prefix = f"{TEMP_PREFIX}{prefix if prefix is not None else path.stem[:120] + '.'}"
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix or path.suffix or ".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -66,7 +164,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None, prefix: str 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file next to ``path`` (``.NAME.XXXX.tmp``); on success fsync and
+    """Open a temporary file next to ``path`` (``TEMP_PREFIX + NAME.XXXX.tmp``); on success fsync and
     rename it over ``path``.
 
     On any exception the temporary file is removed and ``path`` is left as it was.
@@ -76,7 +174,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         ...     f.write("{}")
     """
     path = Path(path)
-    with atomic_path(path, suffix=".tmp", prefix=f".{path.name}.") as tmp:
+    with atomic_path(path, suffix=".tmp", prefix=f"{path.name[:120]}.") as tmp:
         with open(tmp, mode) as f:
             yield f
 
@@ -162,7 +260,7 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=path)
+        fd, probe = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}probe.", dir=path)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
@@ -213,26 +311,41 @@ def locked_dir(path: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)
 
 
-# mkstemp's names: the prefix, 8 characters of [a-z0-9_], the suffix (``.NAME.XXXXXXXX.tmp``,
-# ``.STEM.XXXXXXXX.png``, ``.probe.XXXXXXXX``): what a write killed before its rename leaves.
-_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
-
-
-def remove_debris(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
+def remove_debris(root: str | os.PathLike, subdirs: tuple[str, ...] = (), manifest: str | None = None) -> list[Path]:
     """Remove the temporary files of atomic writes that never finished (a killed run's).
 
-    Call it only while holding :func:`locked_dir` on ``root``: a running writer's temporary
-    files look the same.
+    Only names starting with :data:`TEMP_PREFIX` that are regular files (not links) are removed,
+    only in ``root`` itself and in the ``subdirs`` the caller writes (each searched down its
+    own tree, never through a symlinked folder), and only when ``root`` holds the caller's
+    ``manifest`` file (a folder an earlier run of ours wrote); a user's files in any other
+    folder are never looked at. Call it only while holding :func:`locked_dir` on ``root``: a
+    running writer's temporary files look the same.
 
     Returns:
         The removed paths.
     """
     root = Path(root)
-    found = root.rglob(".*") if recursive else root.glob(".*")
+    if manifest is not None and not (root / manifest).is_file():
+        return []
     removed = []
-    for p in found:
-        if _TEMP_NAME.match(p.name) and p.is_file() and not p.is_symlink():
-            with contextlib.suppress(OSError):
-                p.unlink()
-                removed.append(p)
+
+    def sweep(d: Path, deep: bool) -> None:
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            return
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                if deep:
+                    sweep(Path(e.path), True)
+            elif e.name.startswith(TEMP_PREFIX) and e.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(e.path)
+                    removed.append(Path(e.path))
+
+    sweep(root, False)
+    for sub in subdirs:
+        d = root / sub
+        if d.is_dir() and not d.is_symlink():
+            sweep(d, True)
     return removed

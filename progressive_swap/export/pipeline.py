@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from progressive_swap.core import align
-from progressive_swap.core.io import atomic_write_json, check_writable_dir
+from progressive_swap.core.io import atomic_write_json, check_inside, check_writable_dir, loads_json
 from progressive_swap.core.progress import DEFAULT_EVERY, Progress
 from progressive_swap.export import composite as C
 from progressive_swap.export import plate_layers as PL
@@ -61,6 +61,11 @@ def stack_layers(layers: list[np.ndarray]) -> np.ndarray:
         alpha = a + out[..., 3:4] * (1 - a)
         out = np.concatenate([np.divide(pre, alpha, out=np.zeros_like(pre), where=alpha > 0), alpha], -1)
     return out
+
+
+EXPORT_DIRS = ("meta", "layers", "comp", "patches")
+"""The folders an export writes inside ``out=`` (the only ones its debris sweep looks in, with
+``out`` itself; ``out/faces`` is a face set, swept by the extractor)."""
 
 
 @dataclass
@@ -155,7 +160,8 @@ class Exporter:
         self.text = W.file_metadata(settings.format, self.provenance)
         self.patch_text = W.file_metadata("png16", {**self.provenance, "space": "aligned crop"})
         self.comp_text = W.comp_metadata(self.provenance)
-        self.stats = {"frames": 0, "faces": 0, "skipped": 0, "written": 0, "redone": 0}
+        self.stats = {"frames": 0, "faces": 0, "skipped": 0, "written": 0, "redone": 0,
+                      "nonfinite_layer_values": 0, "nonfinite_comp_values": 0}
         self.colour: dict | None = None  # the colour path of scene-referred plates, once one is seen
 
     # ------------------------------------------------------------------ paths
@@ -196,19 +202,19 @@ class Exporter:
         the same input frame) whose files still decode, else None."""
         p = self.sidecar_path(index)
         try:
-            meta = json.loads(p.read_text("utf-8"))
-        except (OSError, ValueError):
+            meta = loads_json(p.read_bytes())
+            files = list(meta.get("files", {}).values()) + list(meta.get("patches", {}).values())
+        except (OSError, ValueError, AttributeError, UnicodeDecodeError):
             return None
-        if not isinstance(meta, dict) or meta.get("fingerprint") != self.fingerprint:
+        if meta.get("fingerprint") != self.fingerprint:
             return None
         if key is not None and meta.get("input_key") != key:
             return None
-        files = list(meta.get("files", {}).values()) + list(meta.get("patches", {}).values())
         if self.s.composite:  # a frame exported without its composite is done again, with it
             if not meta.get("comp"):
                 return None
             files.append(meta["comp"])
-        if not all((self.out / f).is_file() for f in files):
+        if not all(self._own_file(f) for f in files):  # a sidecar's paths are data: ours, inside out, or redo
             return None
         if key is not None:  # a file damaged under its final name (disk, copy, hand edit) is redone
             size = tuple(meta.get("frame_size") or ())
@@ -224,6 +230,21 @@ class Exporter:
                 if comp is None or (size and (comp.shape[1], comp.shape[0]) != size):
                     return None
         return meta
+
+    def _own_file(self, rel: object) -> bool:
+        """Whether a path a sidecar names is a regular file inside ``out`` under one of the
+        folders an export writes (never ``..``, an absolute path, or a link out of ``out``)."""
+        if not isinstance(rel, str) or os.path.isabs(rel) or ".." in Path(rel).parts:
+            return False
+        parts = Path(rel).parts
+        if len(parts) < 2 or parts[0] not in EXPORT_DIRS:
+            return False
+        path = self.out / rel
+        try:
+            check_inside(self.out, path)
+        except ValueError:
+            return False
+        return path.is_file() and not path.is_symlink()
 
     # ------------------------------------------------------------------ running
 
@@ -419,7 +440,7 @@ class Exporter:
                 (self.out / "patches").mkdir(exist_ok=True)
                 a = C.refine_mask(mask, opts)
                 rgba = np.concatenate([rgb * (a > 0)[..., None], a[..., None]], -1)
-                W.write_layer(self.out / rel, rgba, "png16", self.patch_text)
+                W.write_layer(self.out / rel, self._finite(rgba, "layer"), "png16", self.patch_text)
                 patches[f"t{face.track}"] = rel
                 meta["patch"] = rel
                 meta["patch_inverse_matrix"] = W.inverse_matrix_px(face.matrix, size).tolist()
@@ -431,7 +452,7 @@ class Exporter:
             return self._write_plate_frame(p, swapped, faces_meta, patches, merged)
         if s.layers == "merged":
             rel = self.layer_relpath(fr.index)
-            W.write_layer(self.out / rel, merged, s.format, self.text, s.exr_window)
+            W.write_layer(self.out / rel, self._finite(merged, "layer"), s.format, self.text, s.exr_window)
             files["merged"] = rel
         else:
             by_track: dict[int, list[C.SwappedFace]] = {t: [] for t in self.tracks}
@@ -441,13 +462,13 @@ class Exporter:
                 rel = self.layer_relpath(fr.index, t)
                 (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
                 layer = C.merged_layer(fs, fr.size, opts)
-                W.write_layer(self.out / rel, layer, s.format, self.text, s.exr_window)
+                W.write_layer(self.out / rel, self._finite(layer, "layer"), s.format, self.text, s.exr_window)
                 files[f"track{t}"] = rel
         comp = None
         if s.composite:  # from the layers as written, so the two never disagree
             comp = self.composite(fr.image, [W.read_layer(self.out / f) for f in files.values()])
             rel = self.comp_relpath(fr.index)
-            W.write_comp(self.out / rel, comp, self.comp_text)
+            W.write_comp(self.out / rel, self._finite(comp, "comp"), self.comp_text)
             comp_rel = rel
         W.write_sidecar(self.sidecar_path(fr.index), {
             "frame_index": fr.index,
@@ -478,7 +499,7 @@ class Exporter:
         for key, layer in layers.items():
             rel = self.layer_relpath(fr.index, None if key == "merged" else int(key[5:]))
             (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
-            premult = PL.to_plate_layer(layer, fr)
+            premult = self._finite(PL.to_plate_layer(layer, fr), "layer")
             PL.encode_plate_exr(self.out / rel, premult, fr, self.text, s.format)
             files[key] = rel
             written.append(premult)
@@ -486,7 +507,7 @@ class Exporter:
         if s.composite:
             rel = f"comp/comp.{self.number(fr.index)}.exr"
             opaque = np.concatenate([PL.composite(fr.plate, written), np.ones_like(fr.plate[..., :1])], -1)
-            PL.encode_plate_exr(self.out / rel, opaque, fr, self.comp_text)
+            PL.encode_plate_exr(self.out / rel, self._finite(opaque, "comp"), fr, self.comp_text)
             extra["comp"] = rel
         W.write_sidecar(self.sidecar_path(fr.index), {
             "frame_index": fr.index, "time": fr.time if math.isfinite(fr.time) else None,
@@ -500,6 +521,19 @@ class Exporter:
             "files": files, "patches": patches, **extra, "faces": faces_meta,
         })
         return (merged if s.preview else None), len(swapped), None
+
+    def _finite(self, a: np.ndarray, kind: str) -> np.ndarray:
+        """``a`` with every NaN or inf set to 0, counted in the summary (``nonfinite_<kind>_values``):
+        no layer or composite is ever written with a non-finite value (a plate's own NaN, or a
+        model's output on one), which would poison every comp that uses it."""
+        a = np.asarray(a)
+        if a.dtype.kind != "f":
+            return a
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        if not bad:
+            return a
+        self.stats[f"nonfinite_{kind}_values"] += bad
+        return np.where(np.isfinite(a), a, 0).astype(a.dtype)
 
     def _read_back(self, fr: FrameIn) -> np.ndarray:
         """A finished frame's layers, read back for the preview: straight-alpha sRGB (plate

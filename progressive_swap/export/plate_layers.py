@@ -46,7 +46,9 @@ def working_plate(frame) -> np.ndarray:
     """The frame's plate in the working space, float32 ``(H, W, 3)`` (cached on the frame)."""
     cached = getattr(frame, "_working", None)
     if cached is None:
-        cached = frame.colour.to_working(frame.plate)
+        # NaN and inf in a plate (a bad render, a broken pixel) are set to 0 (+inf to 1) here, as
+        # the extractor does: a crop with one NaN makes the network's whole face NaN.
+        cached = np.nan_to_num(frame.colour.to_working(frame.plate), nan=0.0, posinf=1.0, neginf=0.0)
         frame._working = cached
     return cached
 

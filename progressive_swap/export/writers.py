@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import struct
 import zlib
@@ -28,7 +29,7 @@ import cv2
 import numpy as np
 
 from progressive_swap.core import align
-from progressive_swap.core.io import atomic_write_bytes, atomic_write_json
+from progressive_swap.core.io import atomic_write_bytes, atomic_write_text
 
 FORMATS = {"png8": ".png", "png16": ".png", "exr": ".exr", "tiff": ".tif", "dpx": ".dpx"}
 PLATE_FORMATS = ("exr", "tiff", "dpx")
@@ -236,9 +237,22 @@ def write_comp(path: str | os.PathLike, rgb: np.ndarray, text: dict[str, str]) -
     return path
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float (a plate attribute that is NaN) as ``None``, so it
+    writes as strict JSON (``JSON.parse`` and most non-Python readers refuse a bare ``NaN``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def write_sidecar(path: str | os.PathLike, info: dict[str, Any]) -> None:
-    """Per-frame JSON (matrices, landmarks, tracks, identity, files), written atomically."""
-    atomic_write_json(path, info)
+    """Per-frame JSON (matrices, landmarks, tracks, identity, files), written atomically, strict
+    (non-finite numbers as ``null``; ``allow_nan=False``)."""
+    atomic_write_text(path, json.dumps(strict_json(info), indent=1, allow_nan=False) + "\n")
 
 
 def inverse_matrix_px(m_norm: np.ndarray, size: int) -> np.ndarray:

@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -38,7 +37,7 @@ import numpy as np
 
 from progressive_swap import faceset
 from progressive_swap.core import align
-from progressive_swap.core.io import atomic_write_json, locked_dir, remove_debris
+from progressive_swap.core.io import atomic_write_json, loads_json, locked_dir, remove_debris
 from progressive_swap.core.progress import Progress
 from progressive_swap.extract.cache import read_chunk, read_chunks, write_chunk
 from progressive_swap.extract.detect import (
@@ -279,8 +278,11 @@ def _plan(chunks: list[dict], src: FrameSource, opt: ExtractOptions, fps: float)
 
 
 def _crop_pass(
-    src: FrameSource, plan: _Plan, key: str, opt: ExtractOptions, progress: Progress, writer_factory
+    src: FrameSource, plan: _Plan, key: str, opt: ExtractOptions, progress: Progress, writer_factory,
+    notes: list[str] | None = None,
 ) -> int:
+    """Crop and write the planned faces; ``notes`` gets one line per frame whose crop-space
+    values held NaN or inf (zeroed, +inf set to 1, as the sRGB path does through its view)."""
     ids = [_face_id(key, int(f), int(t)) for f, t in zip(plan.frame, plan.track)]
     writer = None
     written = 0
@@ -325,6 +327,13 @@ def _crop_pass(
             h, w = fr.image.shape[:2]
             values = None if opt.crop_space == "srgb" else frame_in_crop_space(
                 fr.image, src.colour, opt.crop_space, fr.plate)
+            if values is not None:
+                bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+                if bad:  # before warping: interpolation would spread a NaN over its neighbours
+                    values = np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=0.0)
+                    if notes is not None:
+                        notes.append(f"frame {fr.index}: {bad} non-finite plate value(s) (NaN, inf) set to 0 "
+                                     f"(+inf to 1) before cropping")
             for k in rows:
                 m = align.alignment_matrix(plan.smooth[k], opt.face_type)
                 if values is None:
@@ -434,17 +443,41 @@ def missing_frames(problems: list[str], src: FrameSource, decoded: int) -> int:
     return skipped + (short or (1 if stopped else 0))
 
 
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """An extraction record (``.extract/<key>/manifest.json``) checked against its schema: a JSON
+    object with ``options`` (an object), ``input``, ``source`` (a string) and ``complete`` (a
+    boolean), at most 1 MB and nesting capped. One-line ``ValueError`` otherwise."""
+    try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ValueError(f"over {MAX_MANIFEST_BYTES} bytes")
+        doc = loads_json(path.read_bytes())
+    except UnicodeDecodeError as e:
+        raise ValueError(f"extraction record {str(path)!r} is damaged ({e.reason})") from None
+    except ValueError as e:
+        raise ValueError(f"extraction record {str(path)!r} is damaged ({e})") from None
+    ok = (isinstance(doc, dict) and isinstance(doc.get("options"), dict) and "input" in doc
+          and isinstance(doc.get("source"), str) and isinstance(doc.get("complete"), bool))
+    if not ok:
+        raise ValueError(f"extraction record {str(path)!r} is damaged (not an object with options, input, "
+                         f"source and complete)")
+    return doc
+
+
 def extraction_problems(out: str | os.PathLike) -> list[str]:
     """One line per extraction into the face set ``out`` that was interrupted and never finished
     (its manifest still says ``complete: false``): the set then holds only part of that footage."""
     found = []
     for m in sorted(Path(out).glob(f"{WORK_DIR}/*/manifest.json")):
         try:
-            doc = json.loads(m.read_text("utf-8"))
+            doc = read_manifest(m)
         except (OSError, ValueError):
-            found.append(f"extraction record {m.parent.name} is unreadable")
+            found.append(f"extraction record {m.parent.name} is unreadable; rerun the same swap-extract command, "
+                         f"or delete {str(m.parent)!r} to start that footage over")
             continue
-        if not doc.get("complete", False):
+        if not doc["complete"]:
             found.append(
                 f"the extraction of {doc.get('source', m.parent.name)} was interrupted: the set holds part of it; "
                 "rerun the same swap-extract command to finish it"
@@ -456,10 +489,10 @@ def extraction_options(out: str | os.PathLike, source: str) -> dict[str, Any]:
     """The options the extraction of ``source`` into the face set ``out`` ran with ({} if unknown)."""
     for m in sorted(Path(out).glob(f"{WORK_DIR}/*/manifest.json")):
         try:
-            doc = json.loads(m.read_text("utf-8"))
+            doc = read_manifest(m)
         except (OSError, ValueError):
             continue
-        if isinstance(doc, dict) and doc.get("source") == source and isinstance(doc.get("options"), dict):
+        if doc["source"] == source:
             return doc["options"]
     return {}
 
@@ -484,8 +517,12 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
     options = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in asdict(opt).items()}
     manifest_path = work / "manifest.json"
     if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text("utf-8"))
-        old_options = asdict(ExtractOptions(**{k: v for k, v in old["options"].items() if k in options}))
+        try:
+            old = read_manifest(manifest_path)
+            old_options = asdict(ExtractOptions(**{k: v for k, v in old["options"].items() if k in options}))
+        except (OSError, ValueError, TypeError) as e:
+            raise ExtractError(f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; delete {str(work)!r} "
+                               f"to extract {src.path.name} again") from None
         for k in DETECT_KEYS + CROP_KEYS:  # (older manifests spell landmarks=given:FILE; read as the new keys)
             was = old_options.get(k) if k in old["options"] or k.endswith("_file") else OLD_DEFAULTS.get(k)
             was = list(was) if isinstance(was, tuple) else was
@@ -504,7 +541,9 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         with locked_dir(out):  # one writer per face set: a second run stops at once, naming the first
-            remove_debris(out)  # temporary files of a killed run's writes
+            # temporary files of a killed run's writes: our names only, in out and its .extract/
+            # (the face set's own folders are the writer's to clean); a user's files are never looked at
+            remove_debris(out, subdirs=(WORK_DIR,), manifest="faceset.json")
             work.mkdir(parents=True, exist_ok=True)
             if not manifest_path.is_file():
                 atomic_write_json(
@@ -545,7 +584,9 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
                         threads=2,
                     )
 
-                written = _crop_pass(src, plan, key, opt, progress, writer_factory)
+                nonfinite: list[str] = []
+                written = _crop_pass(src, plan, key, opt, progress, writer_factory, nonfinite)
+                problems = problems + nonfinite
     except (ExtractError, FileNotFoundError):
         if created_out and not (out / HEADER_NAME).exists():
             shutil.rmtree(out, ignore_errors=True)  # nothing usable: leave nothing behind

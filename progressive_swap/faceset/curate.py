@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ import numpy as np
 
 from progressive_swap import faceset as F
 from progressive_swap.core import align
-from progressive_swap.core.io import fsync_dir
+from progressive_swap.core.io import _UMASK, TEMP_PREFIX, fsync_dir, is_name, loads_json
 from progressive_swap.core.pose import head_poses
 from progressive_swap.faceset import index as fx
 from progressive_swap.faceset.format import HEADER_NAME, INDEX_DIR, crop_space_of
@@ -345,6 +346,10 @@ def write_view(fs: F.FaceSet, view: str | os.PathLike) -> Path:
     ``view`` must not exist or be empty.
     """
     view = Path(view)
+    home = fs.root.resolve()
+    where = Path(os.path.realpath(view))
+    if where == home or home in where.parents:  # its links would be files the index does not list
+        raise ValueError(f"view={str(view)!r} is inside the face set {str(fs.root)!r}; give a folder outside it")
     _check_new_dir(view)
     width = max(6, len(str(len(fs))))
     with _staging(view) as tmp:
@@ -357,16 +362,25 @@ def write_view(fs: F.FaceSet, view: str | os.PathLike) -> Path:
     return view
 
 
-def removed_in_view(view: str | os.PathLike) -> list[str]:
-    """Ids listed in a :func:`write_view` folder whose image link has been deleted."""
+def removed_in_view(view: str | os.PathLike, faceset: str | os.PathLike | None = None) -> list[str]:
+    """Ids listed in a :func:`write_view` folder whose image link has been deleted.
+
+    Args:
+        faceset: the set the ids are for; a view made for another set is refused (one line).
+    """
     view = Path(view)
     try:
-        manifest = json.loads((view / VIEW_MANIFEST).read_text())
+        manifest = loads_json((view / VIEW_MANIFEST).read_bytes())
         listed = list(manifest["ids"])
+        made_for = manifest["faceset"]
+        if not all(is_name(i) for i in listed) or not isinstance(made_for, str):
+            raise ValueError("bad ids")
     except FileNotFoundError:
         raise ValueError(f"{str(view)!r} is not a review folder (no {VIEW_MANIFEST})") from None
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise ValueError(f"{str(view / VIEW_MANIFEST)!r} is damaged") from None
+    if faceset is not None and Path(made_for) != Path(faceset).resolve():
+        raise ValueError(f"{str(view)!r} was made for the face set {made_for!r}, not {str(faceset)!r}; nothing removed")
     present = set()
     for name in os.listdir(view):
         m = _VIEW_RE.match(name)
@@ -393,12 +407,13 @@ class _staging:
 
     def __init__(self, out: Path):
         self.out = Path(out)
-        self.tmp = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
+        self.tmp = self.out
 
     def __enter__(self) -> Path:
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
+        # a fresh folder of ours (created exclusively), never one that happens to have the name
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{self.out.name[:100]}.", dir=self.out.parent))
+        os.chmod(self.tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; the finished folder gets the usual mode
         return self.tmp
 
     def __exit__(self, exc_type, *_) -> None:

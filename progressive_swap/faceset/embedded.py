@@ -22,8 +22,11 @@ their index only from a readable index.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+import stat
 import struct
 import zlib
 from pathlib import Path
@@ -31,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from progressive_swap.core.io import loads_json
 from progressive_swap.faceset.format import ID_RE, FaceRecord
 
 KEY = "progressive_swap.face"
@@ -66,7 +70,7 @@ def record_from_json(data: bytes) -> tuple[FaceRecord, str]:
         ValueError: one line, for JSON that is not a complete, finite record.
     """
     try:
-        d = json.loads(data.decode("ascii"))
+        d = loads_json(data.decode("ascii"))  # depth-capped: a record nests 3 levels
         if not isinstance(d, dict) or d.get("v") != VERSION:
             raise ValueError("not a version 1 face record")
         lm = np.asarray(d["landmarks"], np.float64)
@@ -82,7 +86,7 @@ def record_from_json(data: bytes) -> tuple[FaceRecord, str]:
         face_type = str(d["face_type"])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ValueError(f"unreadable face record: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if not ID_RE.match(rec.id):
+    if not ID_RE.fullmatch(rec.id):
         raise ValueError(f"face record has a bad id {rec.id!r}")
     for name, a, shape in (("landmarks", lm, (68, 2)), ("matrix", m, (2, 3)), ("landmarks_raw", raw, (68, 2))):
         if a is not None and (a.shape != shape or not np.isfinite(a).all()):
@@ -133,8 +137,17 @@ def strip(data: bytes) -> bytes:
 
 def read_head(path: Path) -> bytes:
     """The first bytes of an image file: enough for its size and its record (the record chunk
-    is read whole even when it runs past :data:`HEAD_BYTES`)."""
-    with open(path, "rb") as f:
+    is read whole even when it runs past :data:`HEAD_BYTES`). Only a regular file is read (a
+    device, FIFO or socket is an ``OSError``: a FIFO would block, ``/dev/zero`` never ends)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
         head = f.read(HEAD_BYTES)
         first_chunk = head[_IHDR_END + 4:_IHDR_END + 8]
         if head.startswith(PNG_SIGNATURE) and first_chunk == b"tEXt":

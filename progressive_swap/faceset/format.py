@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from progressive_swap.core.io import atomic_write_json, fsync_dir
+from progressive_swap.core.io import _UMASK, atomic_write_json, fsync_dir, make_temp, read_regular
 from progressive_swap.core.landmarks import face_type as _face_type
 from progressive_swap.faceset.index import FaceSetError
 
@@ -35,8 +36,9 @@ USER_PREFIX = "user_"
 """Mask names starting with this hold hand-edited masks (e.g. ``user_occlusion`` overrides
 ``occlusion``); tools must never overwrite them automatically."""
 
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-MASK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
+ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+"""A face id: :data:`progressive_swap.core.io.NAME_RE`, matched whole (``\\Z``: a trailing newline fails)."""
+MASK_NAME_RE = re.compile(r"\A[a-z0-9][a-z0-9_]{0,63}\Z")
 TMP_SUFFIX = ".tmp"
 
 CROP_SPACES = ("srgb", "acescct")
@@ -274,9 +276,49 @@ def encode_image(image: np.ndarray, size: int, header: dict[str, Any]) -> bytes:
     return buf.tobytes()
 
 
+MAX_FILE_BYTES = 256 << 20
+"""Face image and mask files larger than this are not read (a 2048 px 16-bit PNG is about 25 MB)."""
+
+
+def read_face_file(path: Path, what: str = "face image") -> bytes:
+    """The bytes of an image or mask file of a set: a regular file (a symlink to one is fine),
+    at most :data:`MAX_FILE_BYTES`; never a device, FIFO or socket (``/dev/zero`` would be read
+    until memory runs out, a FIFO would hang). ``FileNotFoundError`` passes through; anything
+    else is a one-line :class:`FaceSetError`."""
+    try:
+        return read_regular(path, MAX_FILE_BYTES, what)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise FaceSetError(str(e) if e.filename is None and not e.strerror else
+                           f"{what} {str(path)!r} is unreadable: {e.strerror or e}") from None
+
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` a PNG's IHDR or a JPEG's SOF declares, read without decoding (None:
+    neither, or cut short)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24 and data[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", data[16:24])
+        return w, h
+    pos = 2 if data.startswith(b"\xff\xd8") else len(data)
+    while pos + 9 <= len(data) and data[pos] == 0xFF and data[pos + 1] != 0xDA:
+        if data[pos + 1] in _JPEG_SOF:
+            h, w = struct.unpack(">HH", data[pos + 5:pos + 9])
+            return w, h
+        pos += 2 + struct.unpack(">H", data[pos + 2:pos + 4])[0]
+    return None
+
+
 def decode_image(data: bytes, size: int, where: str) -> np.ndarray:
     """PNG/JPEG bytes -> ``(S, S, 3)`` RGB as stored (uint8; uint16 for a 16-bit PNG); one-line
-    FaceSetError if unreadable."""
+    FaceSetError if unreadable. The size in the file's header (PNG IHDR, JPEG SOF) is checked
+    first, so a small file declaring a huge picture is never decoded."""
+    wh = _header_size(data)
+    if wh is not None and wh != (size, size):
+        raise FaceSetError(f"corrupt face image {where} (its header says {wh[0]}x{wh[1]}, expected {size}x{size})")
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if bgr is None or bgr.shape != (size, size, 3):
@@ -316,7 +358,10 @@ def encode_mask(mask: np.ndarray, size: int) -> bytes:
 
 
 def decode_mask(data: bytes, size: int, where: str) -> np.ndarray:
-    """16-bit (or 8-bit) grayscale PNG bytes -> float32 ``(S, S)`` in [0, 1]."""
+    """16-bit (or 8-bit) grayscale PNG bytes -> float32 ``(S, S)`` in [0, 1] (header size checked first)."""
+    wh = _header_size(data)
+    if wh is not None and wh != (size, size):
+        raise FaceSetError(f"corrupt mask {where} (its header says {wh[0]}x{wh[1]}, expected {size}x{size})")
     m = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if m is None or m.shape != (size, size) or m.dtype not in (np.uint8, np.uint16):
         raise FaceSetError(f"corrupt mask {where}")
@@ -336,20 +381,22 @@ def mask_path(root: Path, name: str, face_id: str) -> Path:
 
 
 def write_file_durable(path: Path, data: bytes, fsync: bool = True) -> None:
-    """Write ``data`` to ``.<name>.tmp`` beside ``path``, fsync (unless ``fsync`` is False: the
-    caller flushes later), rename over ``path``.
+    """Write ``data`` to a fresh temporary file beside ``path`` (created exclusively under
+    :data:`~progressive_swap.core.io.TEMP_PREFIX`, never through a planted symlink), fsync
+    (unless ``fsync`` is False: the caller flushes later), rename over ``path``.
 
     Unlike :func:`progressive_swap.core.io.atomic_write` the directory is not fsynced here: the
     writer fsyncs each directory once per batch, before committing the batch's index shard.
-    The fixed tmp name means a crash leaves at most one stray file per target, removed on resume.
+    A crash leaves at most one stray temporary file per target, removed by the next writer.
     """
-    tmp = path.with_name("." + path.name + TMP_SUFFIX)
+    fd, tmp = make_temp(path)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -51,12 +51,14 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+from zlib import error as zlib_error
 
 import numpy as np
 
-from progressive_swap.core.io import atomic_write
+from progressive_swap.core.io import atomic_write, is_name, loads_json
 
 PENDING_NAME = "pending.json"
+INDEX_NAME = "index"
 SHARD_RE = re.compile(r"^shard_(\d{6})(?:-(\d{6}))?\.npz$")
 
 # Column name -> (dtype, trailing shape). Order is the on-disk order.
@@ -176,15 +178,47 @@ def write_shard(path: Path, columns: Mapping[str, np.ndarray], strings: Mapping[
         np.savez(f, **arrays)
 
 
+def _load_member(zf: zipfile.ZipFile, name: str) -> np.ndarray:
+    """One ``.npy`` member, its header checked before anything is allocated: a shape whose
+    bytes exceed what the member holds is refused (a shard declaring ``(10**12,)`` in 16 bytes)."""
+    info = zf.getinfo(name + ".npy")
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"column {name} has .npy format {version}")
+        if dtype.hasobject:
+            raise ValueError(f"column {name} holds Python objects")
+        need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if need > info.file_size:
+            raise ValueError(f"column {name} declares shape {tuple(shape)} ({need} bytes) but holds "
+                             f"{info.file_size} bytes")
+        return _read_rest(f, shape, fortran, dtype)
+
+
+def _read_rest(f: Any, shape: tuple[int, ...], fortran: bool, dtype: np.dtype) -> np.ndarray:
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    data = f.read(count * dtype.itemsize)
+    if len(data) != count * dtype.itemsize:
+        raise ValueError("column data is cut short")
+    a = np.frombuffer(data, dtype=dtype, count=count).copy()
+    return a.reshape(shape[::-1]).transpose() if fortran else a.reshape(shape)
+
+
 def _load_members(path: Path, names: Iterable[str]) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {name: z[name] for name in names}
+        with zipfile.ZipFile(path) as zf:
+            return {name: _load_member(zf, name) for name in names}
     except FileNotFoundError:
         raise
     except KeyError as e:
-        raise FaceSetError(f"corrupted index shard {path.name}: missing column {e.args[0]}") from None
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        missing = str(e.args[0]).split("'")[1] if "'" in str(e.args[0]) else e.args[0]
+        raise FaceSetError(f"corrupted index shard {path.name}: missing column {missing.removesuffix('.npy')}") \
+            from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, MemoryError, RuntimeError, zlib_error) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise FaceSetError(f"corrupted index shard {path.name}: {reason}") from None
 
@@ -209,7 +243,7 @@ def read_shard(path: Path, columns: Iterable[str] = EAGER_COLUMNS) -> tuple[dict
     columns = list(columns)
     raw = _load_members(path, ["strings", *columns])
     try:
-        strings = json.loads(raw.pop("strings").tobytes().decode("utf-8"))
+        strings = loads_json(raw.pop("strings").tobytes().decode("utf-8"))
         ids = strings["ids"]
         sources, identities, extra = strings["sources"], strings["identities"], strings["extra"]
         ok = (
@@ -220,6 +254,9 @@ def read_shard(path: Path, columns: Iterable[str] = EAGER_COLUMNS) -> tuple[dict
         ok = False
     if not ok:
         raise FaceSetError(f"corrupted index shard {path.name}: unreadable strings table")
+    bad = next((i for i in ids if not is_name(i)), None)
+    if bad is not None:  # an id is a file name: one that is not a plain name never reaches a path
+        raise FaceSetError(f"corrupted index shard {path.name}: bad face id {bad!r}")
     n = len(ids)
     cols = {name: _check_column(path, name, raw[name], n) for name in columns}
     for name, table in (("source_index", sources), ("identity_index", identities)):
@@ -267,14 +304,33 @@ def concat_shards(
     return cols, {"ids": ids, "sources": list(sources), "identities": list(identities), "extra": extra}
 
 
+MAX_PENDING_BYTES = 64 << 20
+
+
 def read_pending(index_dir: Path) -> set[str]:
     """Ids in the writer's journal (empty if none; a damaged journal names none, so nothing
-    is deleted on its word)."""
+    is deleted on its word).
+
+    Raises:
+        FaceSetError: one line pointing at ``swap-faceset repair``, when the journal names
+            something that is not a face id (``../x``, ``/abs``, ``x\\n``): its ids become
+            file names to delete, so such a journal is never acted on.
+    """
+    path = index_dir / PENDING_NAME
     try:
-        ids = json.loads((index_dir / PENDING_NAME).read_text("utf-8"))["ids"]
+        if path.stat().st_size > MAX_PENDING_BYTES:
+            return set()
+        ids = loads_json(path.read_bytes())["ids"]
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
         return set()
-    return {i for i in ids if isinstance(i, str)} if isinstance(ids, list) else set()
+    if not isinstance(ids, list):
+        return set()
+    bad = next((i for i in ids if not is_name(i)), None)
+    if bad is not None:
+        root = index_dir.parent
+        raise FaceSetError(f"face set {str(root)!r}: its journal {INDEX_NAME}/{PENDING_NAME} names {bad!r}, "
+                           f"which is not a face id; nothing changed; run swap-faceset repair {root}")
+    return set(ids)
 
 
 def write_pending(index_dir: Path, ids: Iterable[str]) -> None:

@@ -30,6 +30,7 @@ from progressive_swap.faceset.format import (
     encode_mask,
     image_path,
     mask_path,
+    read_face_file,
     read_header,
     write_file_atomic,
     write_file_durable,
@@ -341,7 +342,7 @@ class FaceSet:
     def _stored(self, i: int | str) -> np.ndarray:
         path = self.image_path(i)
         try:
-            data = path.read_bytes()
+            data = read_face_file(path, "face image")
         except FileNotFoundError:
             raise FaceSetError(f"damaged face set: image {str(path)!r} is missing") from None
         return decode_image(data, self.size, repr(str(path)))
@@ -361,7 +362,7 @@ class FaceSet:
                 return m
         path = self.mask_path(i, name)
         try:
-            data = path.read_bytes()
+            data = read_face_file(path, "mask")
         except FileNotFoundError:
             return None
         return decode_mask(data, self.size, repr(str(path)))

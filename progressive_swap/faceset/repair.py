@@ -15,6 +15,13 @@ set whose index (or header) is lost, truncated, overlapping or full of NaN can b
 5. commit the new index as one shard covering every earlier shard number, then move the old
    shards away.
 
+A folder without a usable ``faceset.json`` is rebuilt only when every image in its ``images/``
+carries a face record of ours (a set whose header was lost); a folder holding other pictures
+is refused, untouched and without a ``.lock`` left behind, unless ``adopt=true`` asks to make a
+face set of it (the pictures without records then go to ``DIR.damaged``). Images are read only
+when they are regular files under :data:`MAX_IMAGE_BYTES`, and only after their header (PNG
+IHDR, JPEG SOF) says they are S x S, so a small file declaring a huge picture is never decoded.
+
 A set that already passes :func:`~progressive_swap.faceset.verify.check` (deep: every image and
 mask decodes) is left untouched. A
 crash at any step leaves a set that a second ``repair`` finishes: files are only renamed, and
@@ -22,6 +29,7 @@ the new index is committed (tmp, fsync, rename) before the old one is moved.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -31,12 +39,13 @@ from typing import Any
 import progressive_swap.faceset.embedded as emb
 import progressive_swap.faceset.index as fx
 import progressive_swap.faceset.verify as vf
-from progressive_swap.core.io import fsync_dir
+from progressive_swap.core.io import check_inside, fsync_dir, is_name, read_regular
 from progressive_swap.faceset.format import (
     HEADER_NAME,
     IMAGE_DIR,
     IMAGE_FORMATS,
     INDEX_DIR,
+    LOCK_NAME,
     MASK_DIR,
     FaceRecord,
     FaceSetError,
@@ -47,7 +56,10 @@ from progressive_swap.faceset.format import (
     write_file_durable,
     write_header,
 )
-from progressive_swap.faceset.writer import lock_faceset, records_to_columns
+from progressive_swap.faceset.writer import lock_faceset_created, records_to_columns
+
+MAX_IMAGE_BYTES = 256 << 20
+"""Larger files in ``images/`` are not read (a 2048 px 16-bit PNG is at most about 25 MB)."""
 
 REPAIR_SUFFIX = ".repair"
 """Hidden name (``.<id>.<ext>.repair``) of an image on its way to its own name; a later repair
@@ -100,38 +112,65 @@ def damaged_dir(root: Path) -> Path:
     return p.with_name(p.name + ".damaged")
 
 
-def repair(path: str | os.PathLike) -> RepairResult:
+def repair(path: str | os.PathLike, adopt: bool = False) -> RepairResult:
     """Rebuild the index of the face set at ``path`` (see the module doc).
 
+    Args:
+        adopt: make a face set of a folder without a usable header even when some of its
+            images carry no face record of ours (they are moved to ``DIR.damaged``).
+
     Raises:
-        FaceSetError: not a folder, locked by another writer, or nothing to rebuild a header from.
+        FaceSetError: not a folder, locked by another writer, nothing to rebuild a header from,
+            or (without ``adopt``) a folder that does not look like a face set.
     """
     root = Path(path)
     if not root.is_dir():
         raise FaceSetError(f"face set {str(root)!r} does not exist or is not a directory")
     res = RepairResult(root, damaged_dir(root))
-    fd = lock_faceset(root)
+    if res.damaged_dir.is_symlink() or (res.damaged_dir.exists() and not res.damaged_dir.is_dir()):
+        raise FaceSetError(f"{str(res.damaged_dir)!r} (where repair moves what it cannot use) is a link or a file; "
+                           "nothing changed; move it away and repair again")
+    fd, created = lock_faceset_created(root)
     try:
-        _repair(root, res)
+        _repair(root, res, adopt)
+    except BaseException:
+        if created and not res.changed:  # refused: leave the folder as it was, without our lock
+            with contextlib.suppress(OSError):
+                os.unlink(root / LOCK_NAME)
+        raise
     finally:
         if fd is not None:
             os.close(fd)
     return res
 
 
-def _repair(root: Path, res: RepairResult) -> None:
-    header = _header(root, res)
+def _pending(root: Path) -> tuple[set[str], bool]:
+    """The journal's ids, and whether it is sound (a journal naming non-ids is set aside)."""
+    try:
+        return fx.read_pending(root / INDEX_DIR), True
+    except FaceSetError:
+        return set(), False
+
+
+def _repair(root: Path, res: RepairResult, adopt: bool = False) -> None:
+    header = _header(root, res, adopt)
     if header is not None and not res.header_rebuilt:
-        pending = fx.read_pending(root / INDEX_DIR)
-        if vf.check(root, deep=True, pending=pending, header=header).ok:
+        pending, sound = _pending(root)
+        mdir = root / MASK_DIR
+        linked = any((root / d).is_symlink() for d in (IMAGE_DIR, INDEX_DIR, MASK_DIR)) or (
+            mdir.is_dir() and any(e.is_symlink() for e in os.scandir(mdir)))
+        if sound and not linked and vf.check(root, deep=True, pending=pending, header=header).ok:
             return  # nothing to repair: every file decodes and agrees with the index
     if header is None:
         raise FaceSetError(f"{str(root)!r}: {HEADER_NAME} is unusable and no image carries its own record "
                            "to rebuild it from; nothing changed")
     size, ext = int(header["size"]), IMAGE_FORMATS[header["image_format"]]
     res.changed = True
+    for d in (IMAGE_DIR, INDEX_DIR, MASK_DIR):  # a folder that is a link out of the set: the link moves away
+        if (root / d).is_symlink():
+            _move_damaged(root, root / d, res)
     rows, order, index_whole = _index_rows(root, res)
-    pending = fx.read_pending(root / INDEX_DIR) if index_whole else set()
+    pending = _pending(root)[0] if index_whole else set()
     # Images: every candidate file, decoded; who it is comes from its record, else its name.
     claims: dict[str, list[tuple[Path, FaceRecord | None]]] = {}
     idir = root / IMAGE_DIR
@@ -142,22 +181,28 @@ def _repair(root: Path, res: RepairResult) -> None:
             continue
         if name.startswith(".") and not name.endswith(REPAIR_SUFFIX):
             continue  # a temporary file of an unfinished write
+        stem = name[1:-len(ext + REPAIR_SUFFIX)] if name.endswith(REPAIR_SUFFIX) else name[: -len(ext)]
         try:
-            data = p.read_bytes()
+            data = read_regular(p, MAX_IMAGE_BYTES, "face image")
+            wh, payload = emb.parse_head(data[: emb.HEAD_BYTES * 4])
+            if wh != (size, size):  # the header's size first: never decode a picture of another size
+                raise FaceSetError(f"{name} is {wh}, not {size}x{size}")
             if data.startswith(emb.PNG_SIGNATURE) and not emb.png_intact(data):
                 raise FaceSetError(f"damaged {name}")
             decode_image(data, size, name)
         except (FaceSetError, OSError):
             _move_damaged(root, p, res)
             continue
-        _, payload = emb.parse_head(data[: emb.HEAD_BYTES * 4])
         rec = None
         if payload is not None:
             try:
                 rec = emb.record_from_json(payload)[0]
             except ValueError:
                 rec = None
-        stem = name[1:-len(ext + REPAIR_SUFFIX)] if name.endswith(REPAIR_SUFFIX) else name[: -len(ext)]
+        if rec is None and not is_name(stem):
+            res.files_without_records.append(f"{IMAGE_DIR}/{name}")
+            _move_damaged(root, p, res)
+            continue
         claims.setdefault(rec.id if rec is not None else stem, []).append((p, rec))
     kept: dict[str, tuple[Path, FaceRecord]] = {}
     for face_id, found in claims.items():
@@ -221,18 +266,30 @@ def _fix_record(root: Path, path: Path, record: FaceRecord, face_type: str, res:
     res.rerecorded.append(f"{IMAGE_DIR}/{path.name}")
 
 
-def _header(root: Path, res: RepairResult) -> dict[str, Any] | None:
-    """The set's header, rebuilt from the first image with a record if it is unusable."""
+def _header(root: Path, res: RepairResult, adopt: bool = False) -> dict[str, Any] | None:
+    """The set's header, rebuilt from the first image with a record if it is unusable (only when
+    every image carries a record of ours, or ``adopt``)."""
     try:
         return read_header(root)
     except FaceSetError:
         pass
     idir = root / IMAGE_DIR
+    if not adopt and idir.is_dir():
+        strangers = [p.name for p in sorted(idir.iterdir())
+                     if not p.name.startswith(".") and _record_of(p) is None]
+        if strangers:
+            raise FaceSetError(
+                f"{str(root)!r} has no usable {HEADER_NAME} and {len(strangers)} picture(s) in {IMAGE_DIR}/ carry "
+                f"no face record (e.g. {strangers[0]!r}): it does not look like a face set; nothing changed; "
+                f"pass adopt=true to make a face set of it (those pictures go to {damaged_dir(root).name}/)")
     for p in sorted(idir.iterdir()) if idir.is_dir() else []:
         fmt = next((f for f, e in IMAGE_FORMATS.items() if p.name.endswith(e)), None)
         if fmt is None or p.name.startswith(".") or not p.is_file():
             continue
-        head = emb.read_head(p)
+        try:
+            head = read_regular(p, MAX_IMAGE_BYTES, "face image")[: emb.HEAD_BYTES * 4]
+        except OSError:
+            continue
         wh, payload = emb.parse_head(head)
         try:
             _, face_type = emb.record_from_json(payload) if payload is not None else (None, None)
@@ -249,6 +306,16 @@ def _header(root: Path, res: RepairResult) -> dict[str, Any] | None:
         res.header_rebuilt = True
         return header
     return None
+
+
+def _record_of(p: Path) -> Any:
+    """The face record an image file carries (None: none, unreadable, or not a regular file)."""
+    try:
+        head = read_regular(p, MAX_IMAGE_BYTES, "face image")[: emb.HEAD_BYTES * 4]
+        payload = emb.parse_head(head)[1]
+        return None if payload is None else emb.record_from_json(payload)[0]
+    except (OSError, ValueError):
+        return None
 
 
 def _index_rows(root: Path, res: RepairResult) -> tuple[dict[str, FaceRecord], list[str], bool]:
@@ -289,7 +356,10 @@ def _index_rows(root: Path, res: RepairResult) -> tuple[dict[str, FaceRecord], l
 def _masks(root: Path, size: int, kept: set[str], res: RepairResult) -> None:
     """Move masks of faces not kept, and masks that do not decode, to DIR.damaged."""
     mdir = root / MASK_DIR
-    for d in sorted(mdir.iterdir()) if mdir.is_dir() else []:
+    for d in sorted(mdir.iterdir()) if mdir.is_dir() and not mdir.is_symlink() else []:
+        if d.is_symlink() and d.is_dir():  # a mask folder linking out of the set: the link moves, not its files
+            _move_damaged(root, d, res)
+            continue
         if not d.is_dir() or d.name.startswith("."):
             continue
         for p in sorted(d.iterdir()):
@@ -322,7 +392,7 @@ def _commit(root: Path, records: list[FaceRecord], res: RepairResult) -> None:
 
 def _move_damaged(root: Path, p: Path, res: RepairResult) -> None:
     """Move ``p`` to the same relative path under ``DIR.damaged`` (a free name: never over a file)."""
-    rel = p.relative_to(root)
+    rel = check_inside(root, p).relative_to(root)
     dst = res.damaged_dir / rel
     dst.parent.mkdir(parents=True, exist_ok=True)
     k = 0

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from progressive_swap import faceset as F
+from progressive_swap.core.io import loads_json
 from progressive_swap.faceset.reviewer import CONTENT_TYPES, Reviewer, ReviewError, default_trash_path
 
 DEFAULT_HOST = "127.0.0.1"
@@ -97,8 +98,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _json_body(self) -> dict[str, Any]:
         """The body as a JSON object (``{}`` when empty)."""
         try:
-            body = json.loads(self._body() or b"{}")
-        except ValueError:
+            body = loads_json(self._body() or b"{}")  # nesting capped: a deep body is 400, not a crash
+        except (ValueError, UnicodeDecodeError):
             raise ReviewError(HTTPStatus.BAD_REQUEST, "request body is not JSON") from None
         if not isinstance(body, dict):
             raise ReviewError(HTTPStatus.BAD_REQUEST, f"request body must be a JSON object, not {type(body).__name__}")

@@ -3,9 +3,9 @@ undoing faces, and saving painted masks, each under the face set's writer lock
 (:mod:`progressive_swap.faceset.review` serves it over HTTP)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
-import shutil
 import threading
 from http import HTTPStatus
 from pathlib import Path
@@ -15,9 +15,19 @@ import cv2
 import numpy as np
 
 from progressive_swap import faceset as F
-from progressive_swap.core.io import fsync_dir
+from progressive_swap.core.io import TEMP_PREFIX, fsync_dir, is_name, make_temp
 from progressive_swap.faceset import curate, identity
-from progressive_swap.faceset.format import HEADER_NAME, INDEX_DIR, USER_PREFIX, check_mask_name
+from progressive_swap.faceset import index as fx
+from progressive_swap.faceset.format import (
+    HEADER_NAME,
+    IMAGE_DIR,
+    INDEX_DIR,
+    LOCK_NAME,
+    MASK_DIR,
+    USER_PREFIX,
+    check_mask_name,
+    read_face_file,
+)
 from progressive_swap.faceset.writer import FaceSetWriter
 
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css",
@@ -55,7 +65,7 @@ class Reviewer:
         self._lock = threading.RLock()  # one change at a time within this server
         self._fs: F.FaceSet | None = None
         self._sig: tuple = ()
-        self._scores: dict[str, np.ndarray] = {}
+        self._scores: tuple[F.FaceSet | None, dict[str, np.ndarray]] = (None, {})  # (the set they score, scores)
         self.undo: list[dict[str, Any]] = []
         self.problems: list[str] = []
         self._fs = F.open(self.root)  # a missing or damaged set fails here, before the server starts
@@ -78,7 +88,6 @@ class Reviewer:
             if self._fs is None or sig != self._sig:
                 self._fs = F.open(self.root)
                 self._sig = sig
-                self._scores = {}
             return self._fs
 
     def info(self) -> dict[str, Any]:
@@ -95,7 +104,9 @@ class Reviewer:
         return str(abs(hash(self.signature())))
 
     def faces(self, key: str, order: str | None) -> dict[str, Any]:
-        """Ids in the requested order with their scores (NaN as null)."""
+        """Ids in the requested order with their scores (NaN as null), both from one snapshot of
+        the set: cached scores are kept with the very set object they were computed on, so a
+        change on disk meanwhile never pairs one version's scores with another's ids."""
         fs = self.faceset()
         n = len(fs)
         if key == "index":
@@ -103,10 +114,14 @@ class Reviewer:
             desc = order == "desc"
         elif key in curate.SORT_KEYS or key == "identity":
             with self._lock:
-                if key not in self._scores:
-                    self._scores[key] = (identity.self_distances(fs) if key == "identity"
-                                         else curate.face_scores(fs, [key])[key])
-                scores = self._scores[key]
+                scored, cache = self._scores
+                if scored is not fs:
+                    cache = {}
+                    self._scores = (fs, cache)
+                if key not in cache:
+                    cache[key] = (identity.self_distances(fs) if key == "identity"
+                                  else curate.face_scores(fs, [key])[key])
+                scores = cache[key]
             desc = curate.DEFAULT_DESCENDING.get(key, False) if order is None else order == "desc"
         else:
             raise ReviewError(HTTPStatus.BAD_REQUEST, f"unknown sort key {key!r}")
@@ -136,7 +151,7 @@ class Reviewer:
             raise ReviewError(HTTPStatus.NOT_FOUND, f"image of face {face_id!r} is missing on disk") from None
         mask_file = None
         if overlay:
-            check_mask_name(overlay)
+            overlay = _kind(overlay)  # a name from the request: 400 when it is not a mask name
             for name in (USER_PREFIX + overlay, overlay):
                 if fs.mask_path(i, name).is_file():
                     mask_file = fs.mask_path(i, name)
@@ -161,8 +176,9 @@ class Reviewer:
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(t, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
         data = buf.tobytes()
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(data)
+        fd, tmp = make_temp(cached)  # exclusive: never through a planted link
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, cached)  # a derived file: atomic, no fsync needed
         return data
 
@@ -170,9 +186,11 @@ class Reviewer:
         fs, i = self._row(face_id)
         p = fs.image_path(i)
         try:
-            return p.read_bytes(), CONTENT_TYPES.get(p.suffix, "application/octet-stream")
+            return read_face_file(p), CONTENT_TYPES.get(p.suffix, "application/octet-stream")
         except FileNotFoundError:
             raise ReviewError(HTTPStatus.NOT_FOUND, f"image of face {face_id!r} is missing on disk") from None
+        except F.FaceSetError as e:
+            raise ReviewError(HTTPStatus.CONFLICT, str(e)) from None
 
     # ------------------------------------------------------------------ masks
 
@@ -278,6 +296,8 @@ class Reviewer:
         if not dest:
             raise ReviewError(HTTPStatus.BAD_REQUEST, "give the face set to move the faces to")
         home = self.root.resolve()
+        if any(ord(c) < 32 for c in dest):
+            raise ReviewError(HTTPStatus.BAD_REQUEST, f"{dest!r} holds a control character; give a plain name")
         d = Path(dest).expanduser()
         d = (d if d.is_absolute() else home.parent / d).resolve()
         if d == home or home in d.parents:
@@ -304,7 +324,8 @@ class Reviewer:
 
     def undo_last(self) -> dict[str, Any]:
         """Move the faces of the last removal or move back into the set; a face set that move
-        created is removed again once it holds no face."""
+        created is removed again once it holds no face and nothing but what the move wrote
+        (anything else put there since keeps it)."""
         with self._lock:
             if not self.undo:
                 raise ReviewError(HTTPStatus.CONFLICT, "nothing to undo")
@@ -316,25 +337,71 @@ class Reviewer:
             return {"restored": n, "ids": op["ids"], "undo": len(self.undo), "removed": str(dst) if removed else None}
 
 
+def _only_ours(root: Path) -> bool:
+    """Whether a face set folder holds nothing but what creating it and moving faces through it
+    wrote: the header, the lock, index shards and journal, and empty ``images/`` and
+    ``masks/<name>/`` folders (our temporary files aside)."""
+    def ours(e: os.DirEntry) -> bool:
+        return e.name.startswith(TEMP_PREFIX) and e.is_file(follow_symlinks=False)
+
+    for e in os.scandir(root):
+        if e.name in (HEADER_NAME, LOCK_NAME) and e.is_file(follow_symlinks=False) or ours(e):
+            continue
+        if e.name == INDEX_DIR and e.is_dir(follow_symlinks=False):
+            if all(ours(f) or (f.is_file(follow_symlinks=False) and (fx.SHARD_RE.match(f.name)
+                                                                     or f.name == fx.PENDING_NAME))
+                   for f in os.scandir(e.path)):
+                continue
+            return False
+        if e.name == IMAGE_DIR and e.is_dir(follow_symlinks=False):
+            if all(ours(f) for f in os.scandir(e.path)):
+                continue
+            return False
+        if e.name == MASK_DIR and e.is_dir(follow_symlinks=False):
+            for m in os.scandir(e.path):
+                if not (m.is_dir(follow_symlinks=False) and all(ours(f) for f in os.scandir(m.path))):
+                    return False
+            continue
+        return False
+    return True
+
+
+def _remove_ours(root: Path) -> None:
+    """Delete a folder :func:`_only_ours` accepted, file by file (``rmdir`` refuses a folder that
+    is not empty, so a file that arrived meanwhile stays)."""
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            os.unlink(os.path.join(dirpath, name))
+        os.rmdir(dirpath)
+
+
 def _remove_if_empty(path: Path) -> bool:
-    """Delete a face set this session created once it holds no face again (checked under its
-    writer lock; renamed aside first, so it vanishes at once). Returns whether it was removed."""
+    """Delete a face set this session created once it holds no face again and nothing but what
+    the move wrote (checked under its writer lock, then again after renaming it aside, so no
+    other writer can add to it while it is removed). Returns whether it was removed."""
     try:
         w = F.open_writer(path)
     except (F.FaceSetError, OSError, ValueError):
         return False  # in use or damaged meanwhile: keep it
     try:
-        empty = len(w) == 0
+        empty = len(w) == 0 and _only_ours(path)
     finally:
         w.close(compact=False)
     if not empty:
-        return False  # another tool added faces since: keep them
-    aside = path.with_name(f".{path.name}.removing-{os.getpid()}")
+        return False  # faces or the user's files arrived since: keep them
+    aside = path.with_name(f"{TEMP_PREFIX}{path.name[:100]}.removing.{secrets.token_hex(4)}")
     try:
         os.rename(path, aside)
     except OSError:
         return False
-    shutil.rmtree(aside, ignore_errors=True)
+    try:
+        if not _only_ours(aside):
+            raise OSError("changed meanwhile")
+        _remove_ours(aside)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.rename(aside, path)  # put back whatever is left, under its own name
+        return False
     fsync_dir(path.parent)
     return True
 
@@ -352,6 +419,9 @@ def _kind(kind: str) -> str:
 def _ids(ids: Any) -> list[str]:
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
         raise ReviewError(HTTPStatus.BAD_REQUEST, "select one or more faces first")
+    bad = next((i for i in ids if not is_name(i)), None)
+    if bad is not None:  # ids from a request pass the same gate as ids from a journal
+        raise ReviewError(HTTPStatus.BAD_REQUEST, f"{bad!r} is not a face id")
     return ids
 
 

@@ -40,6 +40,7 @@ from progressive_swap.faceset.format import (
     FaceSetError,
     decode_image,
     decode_mask,
+    read_face_file,
     read_header,
 )
 
@@ -201,7 +202,7 @@ def check(root: str | os.PathLike, *, deep: bool = False, pending: Iterable[str]
             for face_id, path in sorted(files.items()):
                 where = f"{MASK_DIR}/{name}/{path.name}"
                 try:
-                    data = path.read_bytes()
+                    data = read_face_file(path, "mask")
                     if not emb.png_intact(data):
                         raise FaceSetError(f"corrupt mask {where} (a PNG chunk is cut short or fails its CRC)")
                     decode_mask(data, size, where)
@@ -235,7 +236,7 @@ def _check_image_deep(path: Path, size: int, face_type: str, cols: dict[str, np.
                       strings: dict[str, Any], row: int) -> str | None:
     where = f"{IMAGE_DIR}/{path.name}"
     try:
-        data = path.read_bytes()
+        data = read_face_file(path, "face image")
         if data.startswith(emb.PNG_SIGNATURE) and not emb.png_intact(data):
             raise FaceSetError(f"corrupt face image {where} (a PNG chunk is cut short or fails its CRC)")
         decode_image(data, size, where)
@@ -266,6 +267,13 @@ def require_consistent(root: str | os.PathLike, *, pending: Iterable[str] = (),
     """:func:`check`, raising :class:`FaceSetError` (one line, naming ``swap-faceset repair``)
     if the set fails. Call it before changing a set in place."""
     root = Path(root)
+    masks = root / MASK_DIR
+    linked = [f"{MASK_DIR}/{e.name}" for e in os.scandir(masks) if e.is_symlink()] \
+        if masks.is_dir() and not masks.is_symlink() else []
+    for d in (IMAGE_DIR, INDEX_DIR, MASK_DIR, *linked):  # a writer would write through the link, outside the set
+        if (root / d).is_symlink():
+            raise FaceSetError(f"face set {str(root)!r}: {d}/ is a symbolic link, so writes would land outside "
+                               f"the set; nothing changed; run swap-faceset repair {root}")
     report = check(root, pending=pending, header=header)
     if not report.ok:
         raise FaceSetError(report.one_line())

@@ -6,16 +6,18 @@ Each :meth:`FaceSetWriter.append` is one transaction:
 2. fsync the directories that received files;
 3. write the batch's index shard (tmp + fsync + rename): the commit point.
 
-A crash before step 3 leaves files that no shard lists (*orphans*) and stray ``.*.tmp``
-files; readers never look at them, and the next writer deletes them when it opens the set.
+A crash before step 3 leaves files that no shard lists (*orphans*) and stray temporary
+files (``.progressive_swap.tmp.*``); readers never look at them, and the next writer deletes them when it opens the set.
 One writer at a time: the writer holds an exclusive ``flock`` on ``DIR/.lock`` (released by
 the OS if the process dies).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import secrets
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -25,7 +27,7 @@ import numpy as np
 import progressive_swap.faceset.embedded as emb
 import progressive_swap.faceset.index as fx
 import progressive_swap.faceset.verify as vf
-from progressive_swap.core.io import check_writable_dir, fsync_dir
+from progressive_swap.core.io import TEMP_PREFIX, check_inside, check_writable_dir, fsync_dir
 from progressive_swap.faceset.format import (
     DEFAULT_CROP_SPACE,
     HEADER_NAME,
@@ -33,7 +35,6 @@ from progressive_swap.faceset.format import (
     INDEX_DIR,
     LOCK_NAME,
     MASK_DIR,
-    TMP_SUFFIX,
     FaceRecord,
     FaceSetError,
     check_image,
@@ -362,13 +363,13 @@ class FaceSetWriter:
         ext = image_path(self.root, self.header, "x").suffix
         dirs = [(self.root / IMAGE_DIR, ext), *((m, ".png") for m in _mask_dirs(self.root))]
         for d in [self.root, self.root / INDEX_DIR, *(d for d, _ in dirs)]:
-            for name in os.listdir(d):
-                if name.startswith(".") and name.endswith(TMP_SUFFIX):
-                    _unlink(d / name)
-        gone = pending - self._ids
+            for e in os.scandir(d):  # our temporary names only, and never a link
+                if e.name.startswith(TEMP_PREFIX) and e.is_file(follow_symlinks=False):
+                    _unlink(Path(e.path))
+        gone = pending - self._ids  # read_pending let only valid ids through
         for d, suffix in dirs if gone else ():
             for face_id in gone:
-                _unlink(d / (face_id + suffix))
+                _unlink(check_inside(self.root, d / (face_id + suffix)))
         if pending or superseded:
             fx.clear_pending(self._index_dir)
             fsync_dir(self.root / INDEX_DIR)
@@ -380,15 +381,33 @@ class FaceSetWriter:
 def lock_faceset(root: Path) -> int | None:
     """Take the set's writer lock (``flock`` on ``DIR/.lock``); close the returned descriptor to
     release it. One line if another process holds it."""
+    fd, _ = lock_faceset_created(root)
+    return fd
+
+
+def lock_faceset_created(root: Path) -> tuple[int | None, bool]:
+    """:func:`lock_faceset`, also saying whether this call created ``DIR/.lock`` (exclusively,
+    ``O_EXCL``), so a caller that then refuses the folder can remove the lock it made and only
+    that. The lock file is never opened through a symlink."""
     if fcntl is None:
-        return None
-    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        return None, False
+    path, nofollow = root / LOCK_NAME, getattr(os, "O_NOFOLLOW", 0)
+    created = True
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | nofollow, 0o644)
+    except FileExistsError:
+        created = False
+        try:
+            fd = os.open(path, os.O_RDWR | nofollow)
+        except OSError as e:
+            raise FaceSetError(f"face set {str(root)!r}: cannot open its lock {LOCK_NAME} ({e.strerror}); "
+                               f"it must be a plain file") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
         raise FaceSetError(f"face set {str(root)!r} is open for writing by another process") from None
-    return fd
+    return fd, created
 
 
 def records_to_columns(
@@ -501,13 +520,11 @@ def open_writer(path: str | os.PathLike, *, threads: int = 4) -> FaceSetWriter:
 
 def link_or_copy(src: Path, dst: Path) -> None:
     """Hard-link ``src`` to ``dst`` through a temporary name, or copy it durably where links fail."""
-    tmp = dst.with_name("." + dst.name + ".tmp")
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
+    tmp = dst.with_name(f"{TEMP_PREFIX}{dst.name}.{secrets.token_hex(4)}.tmp")  # os.link never follows or overwrites
     try:
         os.link(src, tmp)
         os.replace(tmp, dst)
     except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         write_file_durable(dst, src.read_bytes())

@@ -192,7 +192,14 @@ def plate_colour(ext: str, dtype: str, colorspace: str = "", ocio: str = "") -> 
 
 @lru_cache(maxsize=16)
 def _processor(source: str, src: str, dst: str):
-    return load_config(source).getProcessor(src, dst).getDefaultCPUProcessor()
+    """The CPU processor ``src`` → ``dst``; a config whose transform cannot be built (a missing
+    or unreadable LUT, a LUT too large) is one-line :class:`ColourError`, not OCIO's traceback."""
+    config = load_config(source)
+    try:
+        return config.getProcessor(src, dst).getDefaultCPUProcessor()
+    except Exception as e:  # noqa: BLE001 - OCIO raises its own Exception types
+        reason = " ".join(str(e).split())[:300]
+        raise ColourError(f"OCIO config {source!r} cannot convert {src!r} to {dst!r}: {reason}") from None
 
 
 _POOL: ThreadPoolExecutor | None = None

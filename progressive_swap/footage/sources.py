@@ -346,19 +346,21 @@ def _trailing_numbers(files: list[Path]) -> tuple[list[int] | None, int]:
 
 
 def _gaps(numbers: list[int], first: int, last: int) -> list[str]:
-    """One ``frame(s) … skipped`` line per run of missing numbers in ``first … last``."""
-    have = set(numbers)
+    """One ``frame(s) … skipped`` line per run of missing numbers in ``first … last``, found
+    from the files present (sorted), so a range of 10**11 numbers costs what its files cost."""
     out, n = [], first
-    while n <= last:
-        if n in have:
-            n += 1
+    for have in sorted(set(numbers)) + [last + 1]:
+        if have < n:
             continue
-        m = n
-        while m + 1 <= last and m + 1 not in have:
-            m += 1
-        what = f"frame {n}" if m == n else f"frames {n}-{m}"
-        out.append(f"{what} skipped: no file (a gap in the sequence)")
-        n = m + 1
+        if have > last + 1:
+            have = last + 1
+        if have > n:
+            m = have - 1
+            what = f"frame {n}" if m == n else f"frames {n}-{m}"
+            out.append(f"{what} skipped: no file (a gap in the sequence)")
+        n = have + 1
+        if n > last:
+            break
     return out
 
 

@@ -113,6 +113,32 @@ def _render_all(jobs: list[tuple], pool: Executor | None) -> Iterator[tuple]:
     return pool.map(_render_crop, jobs, chunksize=_BATCH // 2)
 
 
+_SET_ENTRIES = {"faceset.json", ".lock", "images", "masks", "index", "cache"}
+
+
+def check_replaceable(final: Path) -> None:
+    """Refuse (one-line ``ValueError``) to replace ``final`` unless it is absent, an empty folder,
+    or a phantom face set an earlier run wrote (its records' sources are ``phantom:…``) holding
+    nothing else: a user's folder that happens to sit at ``out/faces/idN`` is never deleted."""
+    if not final.exists() and not final.is_symlink():
+        return
+    if final.is_dir() and not final.is_symlink() and not any(os.scandir(final)):
+        return
+    why = "it is not a folder"
+    if final.is_dir() and not final.is_symlink():
+        extra = sorted(set(os.listdir(final)) - _SET_ENTRIES)
+        try:
+            fs = faceset.open(final)
+            ours = all(str(s).startswith("phantom:") for s in fs.sources)
+        except (ValueError, OSError):
+            ours = False
+        why = (f"it holds {extra[0]!r}, which no phantom set has" if extra
+               else "it is not a phantom face set" if not ours else "")
+        if not why:
+            return
+    raise ValueError(f"{str(final)!r} exists and {why}; nothing was written: choose another out=")
+
+
 def _write_faceset(final: Path, i: int, seed: int, faces: int, size: int, face_type: str,
                    occluders: float, frame_size: int, image_format: str, advance, pool: Executor | None) -> None:
     """Write identity ``i``'s face set into a temporary directory, then rename it to ``final``."""
@@ -212,6 +238,8 @@ def generate_phantom_dataset(
     """
     frame_size = int(frame_size) if frame_size else 2 * int(size)
     check_args(identities, faces, size, face_type, videos, frames, occluders, frame_size, fps, image_format)
+    for i in range(identities):  # before anything is written: replace only what an earlier run wrote
+        check_replaceable(Path(out) / "faces" / f"id{i}")
     out = check_writable_dir(out)
     total = identities * (faces + videos * frames)
     result: dict[str, list[str]] = {"faces": [], "videos": [], "truth": []}

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from progressive_swap.core.io import atomic_write, fsync_dir, write_error
+from progressive_swap.core.io import TEMP_PREFIX, atomic_write, fsync_dir, write_error
 from progressive_swap.core.weights import UnsafeCheckpointError, load_weights, safe_load, save_weights, torch_load
 
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
 CKPT_KEY = "progressive_swap"
 # What a run directory's checkpoints are called (hpc_ckpt_N: Lightning's SLURM requeue checkpoint).
 CHECKPOINT_GLOBS = ("last.ckpt", "step*.ckpt", "images*.ckpt", "hpc_ckpt_*.ckpt")
-STALE_TMP_GLOB = ".*.ckpt.*.tmp"  # what atomic_write leaves behind when the process is killed mid-write
+STALE_TMP_GLOB = f"{TEMP_PREFIX}*.ckpt.*.tmp"  # what atomic_write leaves behind when the process is killed mid-write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -154,7 +154,7 @@ def good_checkpoints(
 
 
 def remove_stale_temps(run_dir: str | os.PathLike) -> list[Path]:
-    """Delete temporary checkpoint files a killed process left behind (``.last.ckpt.XXXX.tmp``)."""
+    """Delete temporary checkpoint files a killed process left behind (``.progressive_swap.tmp.last.ckpt.XXXX.tmp``)."""
     removed = []
     for p in Path(run_dir).glob(STALE_TMP_GLOB):
         with contextlib.suppress(OSError):

@@ -50,8 +50,9 @@ def check_facesets(paths: Sequence[str | os.PathLike], min_size: int, mask: str 
             least one face of every set has (faces without it fall back to the ``extended`` hull).
 
     Raises:
-        ValueError: one line naming the problem: missing, repeated or empty set, mixed face
-            types, a set whose crops are smaller than ``min_size``, or a mask no set has.
+        ValueError: one line naming the problem: missing, repeated, empty or damaged set (the
+            quick check of ``swap-faceset info``), mixed face types, a set whose crops are smaller
+            than ``min_size``, or a mask no set has.
     """
     if len(paths) < 2:
         raise ValueError(f"training needs at least 2 face sets (one per identity), got {len(paths)}")
@@ -62,7 +63,9 @@ def check_facesets(paths: Sequence[str | os.PathLike], min_size: int, mask: str 
     for i, r in enumerate(real):
         if r in real[:i]:  # two decoders trained on the same faces: one identity twice
             raise ValueError(f"data.faces lists the face set {paths[i]} twice; give one face set per identity")
-    sets = [fs.open(p) for p in paths]
+    # verified: a set whose index and files disagree (an image that is /dev/zero or a FIFO, a
+    # missing file) is refused here in one line, before a worker reads it
+    sets = [fs.open(p, verify=True) for p in paths]
     if mask is not None and mask not in LANDMARK_MASKS:
         for p, s in zip(paths, sets):
             have = {n[len("user_"):] if n.startswith("user_") else n for n in s.mask_names}
