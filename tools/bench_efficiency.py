@@ -302,6 +302,22 @@ def spent(full: dict, images: list[int]) -> dict:
     return {k: round(v, 3) for k, v in out.items()}
 
 
+def converted(runs: list[dict], cost: str) -> list[dict]:
+    """The CPU-second runs among ``runs`` in a full-size currency: each run's budget becomes the
+    full-size cost of the images it trained, averaged over the seeds of its CPU budget (so seeds
+    still group), and ``cost_spent`` its own. Their measures stay as they were measured (runs
+    from before the identity measures lack them)."""
+    cpu = [r for r in runs if budget_of(r)[0] == "cpu"]
+    for r in cpu:
+        r["_spent"] = spent(r["full_size_arch"], r["images_per_phase"])[cost]
+    out = []
+    for r in cpu:
+        group = [q["_spent"] for q in cpu if q["candidate"] == r["candidate"] and budget_of(q) == budget_of(r)]
+        out.append({**{k: v for k, v in r.items() if k != "_spent"}, "cost": cost, "cost_spent": r["_spent"],
+                    "budget": round(sum(group) / len(group), 1), "converted_from_cpu_s": budget_of(r)[1]})
+    return out
+
+
 def describe(name: str) -> dict:
     """A candidate's full-size and scaled size and cost, as JSON."""
     full = design(name)
@@ -724,6 +740,10 @@ def main() -> int:
                          "(and write --plot)")
     ap.add_argument("--plot", default=None, help="with --report: a PNG of quality against compute")
     ap.add_argument("--md", default=None, help="with --report: Markdown tables of the same")
+    ap.add_argument("--convert-cpu-runs", action="store_true",
+                    help="with --report and a full-size --cost: add the CPU-second runs, each placed at what its "
+                         "images cost at full size (their schedules split the CPU time, not the full-size cost, "
+                         "in SHARES)")
     ap.add_argument("--fit-from", type=float, default=0.0,
                     help="with --report: fit only the runs of this budget (CPU s) and above")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: NAME,SEED
@@ -736,6 +756,8 @@ def main() -> int:
         if not a.runs_dir:
             raise SystemExit("--report reads the runs kept in --runs-dir")
         runs = [r for r in load_runs(Path(a.runs_dir)) if a.candidates is None or r["candidate"] in a.candidates]
+        if a.cost != "cpu" and a.convert_cpu_runs:
+            runs = [*[r for r in runs if budget_of(r)[0] == a.cost], *converted(runs, a.cost)]
         runs = [r for r in runs if budget_of(r)[0] == a.cost]
         result = report(runs, Path(a.plot) if a.plot else None, a.fit_from, a.cost)
         text = json.dumps(result, indent=1)
