@@ -1,6 +1,9 @@
 """Losses: masked L1/DSSIM, priority regions, the optional patch-GAN term (train/losses.py, train/gan.py)."""
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from progressive_swap.train.losses import SwapLoss, masked_dssim, masked_l1
@@ -74,16 +77,27 @@ def test_gan_term_is_off_by_default_and_adds_a_discriminator_when_on():
     assert all(p.grad is not None for p in on.discriminator.parameters())
 
 
-def test_the_latent_adversary_trains_its_critic_and_reverses_its_gradient_into_the_encoder():
-    """One backward: the critic descends its cross-entropy, the latent gets the same gradient
-    reversed and scaled by latent_adversary; off, nothing is built."""
+def test_the_latent_adversary_trains_its_critic_on_stopped_latents_and_pushes_the_encoder_to_confuse_it():
+    """One backward: the critic descends its cross-entropy on the latents (their gradient
+    stopped), the latent gets latent_adversary x the gradient of the critic's cross-entropy
+    against the uniform guess (the critic held); off, nothing is built."""
     assert SwapLoss().latent_critic is None
     loss = SwapLoss(latent_adversary=0.5, latent_channels=8, identities=2)
+    critic = loss.latent_critic
     latent = torch.randn(6, 8, 4, 4, requires_grad=True)
     source = torch.tensor([0, 0, 0, 1, 1, 1])
     loss.latent_term(latent, source).backward()
-    reversed_grad = latent.grad.clone()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in loss.latent_critic.parameters())
+
+    ref = {k: v.detach().clone().requires_grad_(True) for k, v in critic.named_parameters()}
+    ce = torch.nn.functional.cross_entropy(torch.func.functional_call(critic, ref, (latent.detach(),)), source)
+    ce.backward()
+    for name, p in critic.named_parameters():
+        assert torch.allclose(p.grad, ref[name].grad, atol=1e-7), name  # the critic: its CE alone
     plain = latent.detach().clone().requires_grad_(True)
-    torch.nn.functional.cross_entropy(loss.latent_critic(plain), source).backward()
-    assert torch.allclose(reversed_grad, -0.5 * plain.grad, atol=1e-7)
+    (-torch.log_softmax(critic(plain), 1).mean()).backward()
+    assert latent.grad.abs().sum() > 0 and torch.allclose(latent.grad, 0.5 * plain.grad, atol=1e-7)
+    # at the uniform guess the encoder's term is at its floor, log 2: it cannot run away
+    flat = SwapLoss(latent_adversary=1.0, latent_channels=8, identities=2)
+    torch.nn.init.zeros_(flat.latent_critic.head.weight)
+    torch.nn.init.zeros_(flat.latent_critic.head.bias)
+    assert float(flat.latent_term(latent, source)) == pytest.approx(2 * math.log(2), abs=1e-6)

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from progressive_swap.train.gan import PatchDiscriminator, grad_reverse, patch_gan_loss
+from progressive_swap.train.gan import PatchDiscriminator, patch_gan_loss
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -78,9 +78,9 @@ class SwapLoss(nn.Module):
         gan_channels: width of the discriminator's first layer.
         latent_adversary: strength of the latent identity adversary (0: off, no critic is built):
             a small critic learns to tell from the shared latent whose face was encoded, and the
-            encoder receives its gradient reversed and scaled by this weight, so the latent is
-            pushed to carry pose, expression and light but not identity, which is left to the
-            decoders (:class:`LatentIdentityCritic`).
+            encoder, with this weight, to leave it unsure, so the latent is pushed to carry pose,
+            expression and light but not identity, which is left to the decoders
+            (:class:`LatentIdentityCritic`, :meth:`latent_term`).
         latent_channels: the latent's channels (the critic's input), with ``latent_adversary``.
         identities: decoders, with ``latent_adversary`` (the critic's classes).
     """
@@ -98,13 +98,22 @@ class SwapLoss(nn.Module):
         self.latent_critic = LatentIdentityCritic(latent_channels, identities) if latent_adversary > 0 else None
 
     def latent_term(self, latent: torch.Tensor, source: torch.Tensor) -> torch.Tensor | None:
-        """The latent identity adversary's loss (cross-entropy of the critic on whose face each
-        latent came from), or None when it is off. One backward trains the critic to descend it
-        and the encoder, through a gradient reversal scaled by ``latent_adversary``, to ascend it."""
+        """The latent identity adversary's terms, or None when it is off.
+
+        Two terms, one backward: the critic learns to tell whose face each latent came from
+        (cross-entropy on the latent with its gradient stopped), and the encoder is pushed to
+        make the critic *unsure*: ``latent_adversary`` × the cross-entropy of the critic's
+        answer against the uniform guess, through the critic with its weights held. The
+        encoder's term is bounded below by log(identities) where a plain reversed gradient is
+        not (the encoder could make the critic confidently wrong; at strength 1 that diverged).
+        """
         if self.latent_critic is None:
             return None
-        logits = self.latent_critic(grad_reverse(latent.float(), self.latent_adversary))
-        return nn.functional.cross_entropy(logits, source)
+        critic_loss = nn.functional.cross_entropy(self.latent_critic(latent.detach().float()), source)
+        held = {k: v.detach() for k, v in self.latent_critic.named_parameters()}
+        logits = torch.func.functional_call(self.latent_critic, held, (latent.float(),))
+        confusion = -nn.functional.log_softmax(logits, dim=1).mean()  # CE against the uniform guess
+        return critic_loss + self.latent_adversary * confusion
 
     def forward(
         self,
