@@ -71,8 +71,10 @@ class ExportOptions:
     identity: str = ""  # decoder to swap to: a name from the checkpoint, or its index
     from_identity: str = ""  # whose faces the footage shows (name, index or none); default: the other of two
     reconstruct: bool = False  # allow from_identity == identity: decode the footage's own identity (a reconstruction)
-    format: Literal["png16", "png8", "exr", "tiff", "dpx"] = "png16"  # png: straight, sRGB; exr: half, premultiplied
-    # (in the plate's space for EXR/DPX/float plates; tiff: float, premultiplied; dpx: 16-bit, straight: plates only)
+    format: Literal["png16", "png8", "exr", "tiff", "dpx"] = "png16"
+    """png16/png8: sRGB, straight alpha (video and 8-bit footage); exr: half, premultiplied; tiff: float,
+    premultiplied; dpx: 16-bit codes, straight alpha. exr/tiff/dpx hold the plate's colour space (plates only for
+    tiff and dpx; docs/plates.md)."""
     layers: Literal["merged", "per_track"] = "merged"  # one layer per frame, or one per face track
     color: Literal["none", "reinhard", "histogram"] = "none"  # match the plate's skin (recorded in metadata)
     mask: Literal["auto", "source", "model", "union", "hull", "stored"] = "auto"  # where alpha comes from
