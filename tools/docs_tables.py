@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # command (as the marker names it) -> (module, options dataclass)
 COMMANDS = {
-    "swap-extract": ("progressive_swap.extract.pipeline", "ExtractOptions"),
+    "swap-extract": ("progressive_swap.extract.options", "ExtractOptions"),
     "swap-export": ("progressive_swap.cli.export", "ExportOptions"),
     "swap-export-model": ("progressive_swap.cli.export_model", "ExportModelOptions"),
     "swap-phantom": ("progressive_swap.cli.phantom", "PhantomOptions"),
