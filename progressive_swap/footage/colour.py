@@ -42,7 +42,7 @@ SRGB = "sRGB Encoded Rec.709 (sRGB)"  # the CG config's name; other configs: an 
 SRGB_NAMES = (SRGB, "srgb_tx", "sRGB - Texture", "Utility - sRGB - Texture", "sRGB", "srgb", "color_picking")
 DEFAULT_BY_KIND = {"scene": "scene_linear", "log": "compositing_log", "display": "sRGB"}
 CROP_SPACE_NAMES = {"srgb": "sRGB", "acescct": WORKING_SPACE}  # a face set's crop_space → this config's name
-NO_OCIO = "colour management needs OpenColorIO: pip install opencolorio (part of progressive-swap's dependencies)"
+NO_OCIO = "colour management needs OpenColorIO: pip install 'progressive-swap[plates]' (OpenImageIO and OpenColorIO)"
 
 
 class ColourError(ValueError):

@@ -22,7 +22,8 @@ import numpy as np
 
 HIGH_PRECISION_EXTS = {".exr", ".dpx", ".tif", ".tiff", ".png"}  # read here unless 8-bit (PNG, TIFF)
 ALWAYS_OIIO_EXTS = {".exr", ".dpx"}  # never 8-bit: OpenCV does not read them by default
-NO_OIIO = "EXR, DPX and 16-bit/float TIFF and PNG plates need OpenImageIO: pip install openimageio"
+NO_OIIO = ("EXR, DPX and 16-bit/float TIFF and PNG plates need OpenImageIO: pip install 'progressive-swap[plates]' "
+           "(OpenImageIO and OpenColorIO)")
 # Attributes that describe the file, not the picture: not copied onto layers.
 _FILE_ATTRS = re.compile(r"^(compression|oiio:|openexr:(chunkCount|lineOrder|dwaCompressionLevel|roundingmode)"
                          r"|tiff:(Compression|PhotometricInterpretation|RowsPerStrip|Predictor|PlanarConfiguration)"
