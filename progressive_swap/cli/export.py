@@ -89,8 +89,9 @@ class ExportOptions:
     source: str = ""  # face set input: footage to read plates from (default: the records' source)
     frames: str = ""  # FIRST-LAST: a sequence's frame numbers (1001-1100) or a video's 0-based indices; "" all
     layer: str = ""  # multi-layer EXR plates: the RGB layer to read; "" the beauty (R, G, B)
-    colorspace: str = ""  # the plates' OCIO colour space; "" the file type's default (docs/plates.md)
+    colorspace: str = ""  # the plates' OCIO colour space; "" what the file says, else its type's default (plates.md)
     ocio: str = ""  # OCIO config; "" $OCIO, else OCIO's built-in CG config
+    colorspace_check: bool = True  # refuse a colorspace that contradicts the file (false: use colorspace anyway)
     face_type: Literal["", "full", "whole", "head"] = ""  # footage only, when the checkpoint does not record one
     patches: bool = False  # also write aligned-space RGBA crops
     preview: bool = False  # also write preview.mp4 (with the source's audio) and contact_sheet.png
@@ -188,6 +189,7 @@ def _extract_options(o, info, stage_res: int) -> ExtractOptions:
         layer=o.layer,
         colorspace=o.colorspace,
         ocio=o.ocio,
+        colorspace_check=o.colorspace_check,
         masks=False,
         progress=o.progress,
         progress_every=o.progress_every,
@@ -339,6 +341,7 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
     console.print(
         f"swap-export: {footage} -> {o.out}  identity={info.identities[identity]}{whose}  mask={settings.mask}  "
         f"model {info.stage_res} px ({ftype})  crop {size} px  {o.format}  on {device}"
+        + (f"  {plates.colour.line()}" if plates.colour is not None else "")
         + "".join(f"  {line}" for line in detector[:1]),
         soft_wrap=True,
     )
@@ -423,7 +426,11 @@ def plate_options(o, fset: Path | None = None, record_source: str = "") -> dict:
     the face set's extraction of ``record_source`` read them."""
     given = {k: str(o[k]) for k in PLATE_KEYS}
     was = extraction_options(fset, record_source) if fset is not None else {}
-    return {k: given[k] or str(was.get(k) or "") for k in PLATE_KEYS}
+    out: dict = {k: given[k] or str(was.get(k) or "") for k in PLATE_KEYS}
+    # an extraction that overrode the file's colour space (colorspace_check=false) is read the same way
+    inherited = not given["colorspace"] and was.get("colorspace_check", True) is False
+    out["colorspace_check"] = bool(o.colorspace_check) and not inherited
+    return out
 
 
 def check_plate_format(plates, fmt: str) -> None:

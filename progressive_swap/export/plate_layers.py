@@ -24,16 +24,9 @@ import numpy as np
 from progressive_swap.core import align
 from progressive_swap.core.io import atomic_path
 from progressive_swap.export.writers import alpha_box
+from progressive_swap.footage.colour import CHROMATICITIES  # noqa: F401 - re-exported: layers' chromaticities
 from progressive_swap.footage.plates import oiio
 
-# CIE xy of red, green, blue and white (OpenEXR's chromaticities), for the spaces whose EXRs carry them.
-CHROMATICITIES = {
-    "ACEScg": (0.713, 0.293, 0.165, 0.830, 0.128, 0.044, 0.32168, 0.33767),
-    "ACES2065-1": (0.7347, 0.2653, 0.0, 1.0, 0.0001, -0.077, 0.32168, 0.33767),
-    "Linear Rec.709 (sRGB)": (0.64, 0.33, 0.30, 0.60, 0.15, 0.06, 0.3127, 0.3290),
-    "Linear Rec.2020": (0.708, 0.292, 0.170, 0.797, 0.131, 0.046, 0.3127, 0.3290),
-    "Linear P3-D65": (0.680, 0.320, 0.265, 0.690, 0.150, 0.060, 0.3127, 0.3290),
-}
 _NOT_COPIED = ("chromaticities", "oiio:ColorSpace", "compression", "PixelAspectRatio", "name")
 
 

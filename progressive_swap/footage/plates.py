@@ -213,6 +213,27 @@ def probe_plate(path: str | os.PathLike) -> tuple[str, int]:
         inp.close()
 
 
+def colour_attributes(path: str | os.PathLike) -> dict:
+    """The header attributes that describe a plate's colour (``chromaticities``, ``oiio:ColorSpace``,
+    ``dpx:Transfer``, ``dpx:Colorimetric``), read from the header alone; absent ones are left out.
+    ``footage/colour.py``'s :func:`~progressive_swap.footage.colour.file_colour` reads them."""
+    lib = oiio()
+    inp = lib.ImageInput.open(str(path))
+    if inp is None:
+        line = (lib.geterror() or "cannot open").strip().splitlines()[0]
+        raise PlateError(f"{Path(path).name}: cannot decode image: {line}")
+    try:
+        spec = inp.spec()
+        out = {}
+        for name in ("chromaticities", "oiio:ColorSpace", "dpx:Transfer", "dpx:Colorimetric"):
+            value = spec.getattribute(name)
+            if value is not None:
+                out[name] = _jsonable(value)
+        return out
+    finally:
+        inp.close()
+
+
 def is_high_precision(path: str | os.PathLike) -> bool:
     """Whether an image file is read here (EXR, DPX, or PNG/TIFF above 8 bits), not by OpenCV."""
     ext = Path(path).suffix.lower()
