@@ -316,7 +316,9 @@ def plate_colour(ext: str, dtype: str, colorspace: str = "", ocio: str = "", des
                 f"colorspace={colorspace} contradicts {described.file or 'the plate'}: {described.reason}, so it is "
                 f"{said}; leave colorspace= out to read it as {said}, or add colorspace_check=false to read it as "
                 f"{plate} anyway")
-        reason = "colorspace=" + ("" if agree else f", overriding the file's {said} (colorspace_check=false)")
+        firm = described is not None and described.firm
+        reason = "colorspace=" + ("" if agree else f", overriding the file's {said}"
+                                  + (" (colorspace_check=false)" if firm else f" ({described.reason})"))
     elif said:
         plate, reason = said, described.reason  # type: ignore[union-attr]
     else:
