@@ -82,3 +82,28 @@ def test_layers_of_an_ap0_plate_carry_ap0_chromaticities(tmp_path):
     assert attrs["colorspace"] == "ACES2065-1"
     # and the layer, read as a plate, is ACES2065-1 again
     assert open_source(tmp_path / "face.1001.exr").colour.plate == "ACES2065-1"
+
+
+@pytest.mark.parametrize("space", ["ARRI LogC3 (EI800)", "ARRI LogC4", "S-Log3 S-Gamut3"])
+def test_camera_log_dpx_plates_read_through_ocios_studio_config(tmp_path, space):
+    """Codes made by OCIO itself from known ACES2065-1 values, stored as 16-bit DPX, come back
+    through ``ocio=studio colorspace=…`` within a half-float step (the DPX's 16-bit codes)."""
+    import OpenImageIO as oiio
+
+    studio = C.config_source("studio")
+    assert studio == "ocio://studio-config-latest"
+    aces = np.array([[[0.01, 0.01, 0.01], [0.18, 0.18, 0.18], [0.9, 0.5, 0.2], [4.0, 3.0, 2.0]]], np.float32)
+    codes = C._apply(C._processor(studio, "ACES2065-1", space), aces)
+    spec = oiio.ImageSpec(4, 1, 3, "uint16")
+    path = tmp_path / "plate.1001.dpx"
+    out = oiio.ImageOutput.create(str(path))
+    assert out.open(str(path), spec), oiio.geterror()
+    out.write_image(codes)
+    out.close()
+    src = open_source(path, colorspace=space, ocio="studio")
+    assert src.colour.plate == space and src.colour.scene and src.colour.config == studio
+    back = C._apply(C._processor(studio, space, "ACES2065-1"), next(src.frames()).plate)
+    np.testing.assert_allclose(back, aces, rtol=2**-10)
+    # the CG config has no camera spaces: one line that names the config
+    with pytest.raises(ValueError, match="is not in the OCIO config"):
+        open_source(path, colorspace=space)

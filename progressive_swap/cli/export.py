@@ -90,7 +90,7 @@ class ExportOptions:
     frames: str = ""  # FIRST-LAST: a sequence's frame numbers (1001-1100) or a video's 0-based indices; "" all
     layer: str = ""  # multi-layer EXR plates: the RGB layer to read; "" the beauty (R, G, B)
     colorspace: str = ""  # the plates' OCIO colour space; "" what the file says, else its type's default (plates.md)
-    ocio: str = ""  # OCIO config; "" $OCIO, else OCIO's built-in CG config
+    ocio: str = ""  # OCIO config: a file, studio (built-in, camera log spaces) or cg; "" $OCIO, else cg
     colorspace_check: bool = True  # refuse a colorspace that contradicts the file (false: use colorspace anyway)
     face_type: Literal["", "full", "whole", "head"] = ""  # footage only, when the checkpoint does not record one
     patches: bool = False  # also write aligned-space RGBA crops

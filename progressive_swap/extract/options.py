@@ -32,7 +32,8 @@ class ExtractOptions:
     the file type's default (EXR: scene_linear, DPX: compositing_log, 8/16-bit: sRGB). EXR, DPX and 16-bit/float
     plates only (docs/plates.md)."""
     ocio: str = ""
-    """OCIO config file; "" uses $OCIO, else OCIO's built-in CG config."""
+    """OCIO config: a file, studio (OCIO's built-in ACES studio config: camera log spaces) or cg; "" uses $OCIO,
+    else OCIO's built-in CG config."""
     colorspace_check: bool = True
     """Refuse a colorspace that contradicts the file's own description (false: read it as colorspace anyway)."""
     out: str = "???"

@@ -89,9 +89,17 @@ def _ocio():
     return PyOpenColorIO
 
 
+BUILTIN_CONFIGS = {  # short names for the configs built into OpenColorIO (nothing is downloaded)
+    "cg": BUILTIN_CONFIG,
+    "studio": "ocio://studio-config-latest",  # the ACES studio config: camera log spaces (ARRI, Sony, RED, ...)
+}
+
+
 def config_source(ocio: str = "") -> str:
-    """Which config is used: ``ocio`` if given, else ``$OCIO``, else :data:`BUILTIN_CONFIG`."""
-    return ocio or os.environ.get("OCIO", "") or BUILTIN_CONFIG
+    """Which config is used: ``ocio`` if given (a file, an ``ocio://`` name, or ``studio`` / ``cg``
+    for OpenColorIO's built-in configs), else ``$OCIO``, else :data:`BUILTIN_CONFIG`."""
+    source = ocio or os.environ.get("OCIO", "") or BUILTIN_CONFIG
+    return BUILTIN_CONFIGS.get(source, source)
 
 
 @lru_cache(maxsize=4)
