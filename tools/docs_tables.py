@@ -80,7 +80,7 @@ def render(command: str) -> str:
     """The Markdown table of ``command``'s options, one row per key, as ``--help`` lists them."""
     from progressive_swap.cli.schema import describe
 
-    rows = ["| option | default | meaning |", "|---|---|---|"]
+    rows = [f"`{command} --help`:", "", "| option | default | meaning |", "|---|---|---|"]
     for key, default, note in describe(options_class(command)):
         rows.append(f"| `{key}` | {_cell(_default(default))} | {_cell(note)} |")
     return "\n".join(rows) + "\n"
