@@ -92,6 +92,10 @@ class ExportOptions:
     colorspace: str = ""  # the plates' OCIO colour space; "" what the file says, else its type's default (plates.md)
     ocio: str = ""  # OCIO config: a file, studio (built-in, camera log spaces) or cg; "" $OCIO, else cg
     colorspace_check: bool = True  # refuse a colorspace that contradicts the file (false: use colorspace anyway)
+    layer_space: str = ""
+    """Scene-referred plates: the scene-linear space EXR/TIFF layers are premultiplied and composite=true composited
+    in; "" the plate's own when scene-linear, else the config's scene_linear (ACEScg). DPX layers stay in the plate's
+    space (straight alpha); finished frames go back to it (docs/plates.md)."""
     face_type: Literal["", "full", "whole", "head"] = ""  # footage only, when the checkpoint does not record one
     patches: bool = False  # also write aligned-space RGBA crops
     preview: bool = False  # also write preview.mp4 (with the source's audio) and contact_sheet.png
@@ -235,6 +239,8 @@ def _export(argv: Sequence[str]) -> int:
     if not _is_faceset(inp):  # footage: a pattern matching nothing or a folder without images is refused here
         footage_plates = open_plates(o.input, **plate_options(o))
         check_plate_format(footage_plates, o.format)
+        if footage_plates.colour is not None:
+            footage_plates.colour.for_layers(o.layer_space)  # an unknown or non-linear layer space: refused here
         if o.comp == "blender":
             try:
                 blender_comp.plate_job(footage_plates.kind, footage_plates.path, footage_plates.files)
@@ -296,6 +302,8 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
     fs, plates_path, record_source, mask_name = _faceset_input(fset, footage, info, info.stage_res, mask_name)
     plates = open_plates(plates_path, **plate_options(o, fset, record_source))
     check_plate_format(plates, o.format)
+    if plates.colour is not None:  # layers are premultiplied and composited in linear light
+        plates.colour = plates.colour.for_layers(o.layer_space)
     check_crop_space(plates, info)
     check_previous(o.out, str(plates_path), plates.fingerprint())
     frames = F.faceset_frames(fs, plates, record_source, mask_name)
@@ -342,6 +350,8 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
         f"swap-export: {footage} -> {o.out}  identity={info.identities[identity]}{whose}  mask={settings.mask}  "
         f"model {info.stage_res} px ({ftype})  crop {size} px  {o.format}  on {device}"
         + (f"  {plates.colour.line()}" if plates.colour is not None else "")
+        + (f"  layers in {plates.colour.layer}" if plates.colour is not None and plates.colour.layer
+           and o.format != "dpx" else "")
         + "".join(f"  {line}" for line in detector[:1]),
         soft_wrap=True,
     )

@@ -61,23 +61,41 @@ def crop_working(frame, matrix: np.ndarray, size: int) -> np.ndarray:
     return np.clip(crop, 0.0, 1.0).astype(np.float32)
 
 
-def to_plate_layer(layer: np.ndarray, frame) -> np.ndarray:
-    """Straight-alpha working-space layer ``(H, W, 4)`` → premultiplied plate-space layer (float32)."""
+def layer_space(frame, fmt: str = "exr") -> str:
+    """The colour space a layer file of ``fmt`` holds: the frame's layer space (scene-linear,
+    ``PlateColour.for_layers``) for EXR and TIFF; the plate's own for DPX, whose 16-bit codes hold
+    0–1 and whose straight alpha is right in a log space too."""
+    return frame.colour.plate if fmt == "dpx" else frame.colour.layer_space
+
+
+def to_plate_layer(layer: np.ndarray, frame, fmt: str = "exr") -> np.ndarray:
+    """Straight-alpha working-space layer ``(H, W, 4)`` → premultiplied layer in the space of a
+    ``fmt`` file (:func:`layer_space`), float32."""
     out = np.zeros_like(layer, dtype=np.float32)
     box = alpha_box(layer[..., 3])
     a = layer[box][..., 3:4]
-    col = frame.colour.to_plate(layer[box][..., :3])
+    col = frame.colour.convert(layer[box][..., :3], frame.colour.working, layer_space(frame, fmt))
     out[box] = np.concatenate([col * a, a], -1)
     return out
 
 
 def composite(plate: np.ndarray, layers: list[np.ndarray]) -> np.ndarray:
-    """Premultiplied plate-space layers over the plate, the first at the bottom: ``L + P (1 - a)``."""
+    """Premultiplied layers over the plate (all in one space), the first at the bottom: ``L + P (1 - a)``."""
     out = np.array(plate, np.float32, copy=True)
     for layer in layers:
         a = layer[..., 3:4]
         out = layer[..., :3] + out * (1.0 - a)
     return out
+
+
+def finished_frame(frame, layers: list[np.ndarray]) -> np.ndarray:
+    """The finished frame in the plate's space: premultiplied layers in the frame's layer space
+    (linear light) over the plate converted to that space, then converted back; the plain
+    :func:`composite` when the plate is that space."""
+    c = frame.colour
+    if c.layer_space == c.plate:
+        return composite(frame.plate, layers)
+    return c.convert(composite(c.convert(frame.plate, c.plate, c.layer_space), layers), c.layer_space, c.plate)
 
 
 def _attributes(info) -> dict:
@@ -92,7 +110,7 @@ LAYER_FILES = {  # format → (extension, stored type, alpha): what :func:`encod
 
 
 def encode_plate_exr(path: str | os.PathLike, layer: np.ndarray, frame, text: dict[str, str],
-                     fmt: str = "exr") -> Path:
+                     fmt: str = "exr", space: str = "") -> Path:
     """Write a premultiplied plate-space layer as a half-float EXR (ZIP), atomically; or, asked
     for, a float TIFF (ZIP, premultiplied: associated alpha) or a 16-bit DPX (**straight**
     alpha, values clipped to the code range 0–1: for log plates, where premultiplying the codes
@@ -112,11 +130,12 @@ def encode_plate_exr(path: str | os.PathLike, layer: np.ndarray, frame, text: di
         layer: float32 ``(H, W, 4)`` premultiplied RGBA over the plate's data window.
         frame: the :class:`~progressive_swap.export.frames.FrameIn` (plate info and colour).
         text: string attributes (:func:`~progressive_swap.export.writers.file_metadata`).
+        space: the colour space ``layer`` is in (named on the file); ``""``: the plate's.
     """
     lib = oiio()
     path = Path(path)
     h, w = layer.shape[:2]
-    info, space = frame.info, frame.colour.plate
+    info, space = frame.info, space or frame.colour.plate
     ext, stored, alpha = LAYER_FILES[fmt]
     spec = lib.ImageSpec(w, h, 4, stored)
     spec.channelnames = ("R", "G", "B", "A")

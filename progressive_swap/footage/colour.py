@@ -217,6 +217,8 @@ class PlateColour:
             own space (``export/plate_layers.py``). False for display-referred (sRGB) plates.
         reason: why the plate space is what it is (the file's description, ``colorspace=`` or the
             file type's default), for the commands' first line. Not part of :meth:`as_dict`.
+        layer: the space EXR and TIFF layers are written, premultiplied and composited in: a
+            scene-linear space (:meth:`for_layers`); ``""`` is the plate's own.
     """
 
     config: str
@@ -225,6 +227,7 @@ class PlateColour:
     view_space: str = SRGB
     scene: bool = False
     reason: str = ""
+    layer: str = ""
 
     @property
     def identity(self) -> bool:
@@ -253,9 +256,40 @@ class PlateColour:
         working = resolve_space(load_config(self.config), CROP_SPACE_NAMES[crop_space])
         return replace(self, working=working, scene=True)
 
+    def for_layers(self, layer_space: str = "") -> PlateColour:
+        """This path with the space layers are premultiplied and composited in: ``layer_space`` if
+        given, else the plate's own when the config calls it scene-linear (or says nothing), else
+        the config's ``scene_linear`` role (ACEScg in the ACES configs). Alpha only means coverage
+        in linear light: premultiplied log codes, or log codes mixed by ``composite=true``, are
+        not what a compositor's *over* computes. Display-referred plates keep their own space.
+
+        Raises:
+            ColourError: the config lacks the space, or it is not scene-linear (one line).
+        """
+        if not self.scene:
+            return self
+        config = load_config(self.config)
+        if layer_space:
+            name = resolve_space(config, layer_space)
+        elif _encoding(config, self.plate) in ("scene-linear", ""):
+            name = self.plate
+        else:
+            name = resolve_space(config, DEFAULT_BY_KIND["scene"])
+        if _encoding(config, name) not in ("scene-linear", ""):
+            raise ColourError(f"layer_space={layer_space or name} is {_encoding(config, name)}, not scene-linear: "
+                              "layers are premultiplied and composited in linear light; name a scene-linear space "
+                              "(e.g. ACEScg)")
+        return replace(self, layer="" if name == self.plate else name)
+
+    @property
+    def layer_space(self) -> str:
+        """The space of EXR and TIFF layers (:meth:`for_layers`): the plate's unless it is not linear."""
+        return self.layer or self.plate
+
     def as_dict(self) -> dict:
+        layer = {"layer": self.layer} if self.layer else {}  # absent when the plate's own (older exports)
         return {"config": self.config, "plate": self.plate, "working": self.working, "view": self.view_space,
-                "crop_space": self.crop_space}
+                "crop_space": self.crop_space, **layer}
 
     def line(self) -> str:
         """One line for the commands' first output: the plate space and why."""
@@ -281,10 +315,15 @@ class PlateColour:
         """Working space → plate values, float32 ``(..., 3)`` (inverse of :meth:`to_working`)."""
         return _apply(None if self.identity else self._cpu(self.working, self.plate), rgb)
 
-    def view(self, rgb: np.ndarray) -> np.ndarray:
-        """Plate values → the display view the detector sees, uint8 ``(H, W, 3)`` sRGB."""
-        out = _apply(None if self.plate == self.view_space else self._cpu(self.plate, self.view_space), rgb)
+    def view(self, rgb: np.ndarray, space: str = "") -> np.ndarray:
+        """Plate values (or values in ``space``) → the display view the detector sees, uint8 ``(H, W, 3)`` sRGB."""
+        src = space or self.plate
+        out = _apply(None if src == self.view_space else self._cpu(src, self.view_space), rgb)
         return _to_uint8(out)
+
+    def convert(self, rgb: np.ndarray, src: str, dst: str) -> np.ndarray:
+        """Values in ``src`` → ``dst`` (two spaces of this path's config), float32 ``(..., 3)``; a copy when equal."""
+        return _apply(None if src == dst else self._cpu(src, dst), rgb)
 
 
 def _described_space(config, described: FileColour | None) -> str:
@@ -418,6 +457,11 @@ def frame_in_crop_space(image: np.ndarray, colour: PlateColour | None, crop_spac
         return _apply(_processor(colour.config, colour.plate, target), plate)
     return _apply(_processor(BUILTIN_CONFIG, SRGB, CROP_SPACE_NAMES[crop_space]),
                   np.asarray(image, np.float32) / 255.0)
+
+
+def _encoding(config, name: str) -> str:
+    cs = config.getColorSpace(name)
+    return (cs.getEncoding() or "") if cs is not None else ""
 
 
 def encoding_of(colour: PlateColour | None) -> str:
