@@ -1,16 +1,19 @@
 """Layers for scene-referred plates (EXR, float TIFF, DPX): cropped from the plate's own values,
-written back in the plate's colour space.
+written in linear light (the frame's layer space: the plate's own when it is scene-linear, else
+the config's scene_linear; DPX layers in the plate's space, straight), finished frames back in
+the plate's space.
 
 The colour path (``footage/colour.py``): plate values → working space, the model's crop space
 (``srgb``: the sRGB view the extractor cropped its faces from, clipped to [0, 1] as there;
 ``acescct`` only for a model whose face sets say so) → aligned crop (float32, no 8-bit step) →
-the network → un-warped layer in the working space → plate space → a half-float EXR,
+the network → un-warped layer in the working space → layer space → a half-float EXR,
 premultiplied, with the plate's data and display windows, its own attributes (timecode, frame
 rate, pixel aspect, …) and ``chromaticities``.
 
 Convention: layers here are float32 ``(H, W, 4)`` over the plate's data window, colour in the
-named space, alpha straight until :func:`encode_plate_exr` premultiplies it; compositing is
-``layer + plate * (1 - a)`` on premultiplied values in the plate space, as a compositor's *over*.
+named space, alpha straight until :func:`to_plate_layer` premultiplies it; compositing is
+``layer + plate * (1 - a)`` on premultiplied values in the layer space (linear light), as a
+compositor's *over* (:func:`finished_frame`).
 """
 from __future__ import annotations
 
