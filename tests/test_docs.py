@@ -388,11 +388,15 @@ def test_the_readme_layout_names_every_doc() -> None:
     assert not missing, f"README.md's layout does not name docs {missing}"
 
 
-def test_options_tables_are_generated_from_the_schema() -> None:
+def test_options_tables_are_generated_from_the_schema(tmp_path) -> None:
     stale = docs_tables.stale(ROOT)
     assert not stale, f"options tables out of date in {stale}: run python tools/docs_tables.py"
     marked = {m.group("cmd") for p in doc_files() for m in docs_tables.BLOCK.finditer(p.read_text())}
     assert {"swap-extract", "swap-export", "swap-export-model"} <= marked
     changed = docs_tables.rewrite("<!-- options: swap-export-model -->\n| old |\n<!-- /options -->")
     assert "| `allow_same` | `false` |" in changed and "| old |" not in changed
+    (tmp_path / "docs").mkdir()  # a stale table is found
+    (tmp_path / "README.md").write_text(changed)
+    (tmp_path / "docs" / "x.md").write_text(changed.replace("`allow_same`", "`allow_sames`"))
+    assert docs_tables.stale(tmp_path) == [tmp_path / "docs" / "x.md"]
 
