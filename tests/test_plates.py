@@ -545,8 +545,13 @@ def test_tiff_and_dpx_layers_on_request_match_the_exr_layer(tmp_path, clip, ckpt
     for (px_exr, _), (px_tif, _) in zip(layers["exr", "exr"], layers["exr", "tiff"]):
         assert (px_exr[..., 3] > 0.1).sum() > 100  # a face is there (a random model: partial alpha)
         np.testing.assert_allclose(px_tif, px_exr, rtol=2**-10, atol=2**-14)  # EXR is half, TIFF float
-    for n, (px_exr, _), (px_dpx, attrs) in zip(numbers, layers["dpx", "exr"], layers["dpx", "dpx"]):
-        np.testing.assert_allclose(px_dpx, px_exr, atol=2e-3)  # 16-bit straight codes, premultiplied back
+    to_plate = CO._processor(c.config, "ACEScg", c.plate)  # a log plate's EXR layer is linear (ACEScg)
+    for n, (px_exr, exr_attrs), (px_dpx, attrs) in zip(numbers, layers["dpx", "exr"], layers["dpx", "dpx"]):
+        assert exr_attrs["colorspace"] == "ACEScg"  # (a DPX keeps no string attributes; its sidecar names ACEScct)
+        a = px_exr[..., 3:4]
+        straight = np.divide(px_exr[..., :3], a, out=np.zeros_like(px_exr[..., :3]), where=a > 0)
+        as_log = np.concatenate([CO._apply(to_plate, straight) * a, a], -1)
+        np.testing.assert_allclose(px_dpx, as_log, atol=2e-3)  # 16-bit straight codes, premultiplied back
         assert list(attrs["smpte:TimeCode"]) == [0x01000000 + n - 1001, 0]  # each frame's own timecode
     meta = json.loads((tmp_path / "out_dpx_dpx" / "meta" / "face.1001.json").read_text())
     assert meta["conventions"] == {"alpha": "straight", "colorspace": "ACEScct", "bit_depth": 16}
@@ -619,3 +624,46 @@ def test_a_large_frame_converts_in_slices_exactly_as_in_one_call(monkeypatch):
     monkeypatch.setattr(CO.os, "cpu_count", lambda: 3)  # uneven slices
     np.testing.assert_array_equal(CO._apply(cpu, rgb), one)
     assert not np.array_equal(one, rgb)  # it did convert
+
+
+def test_a_log_plates_exr_layer_is_linear_and_composites_over_the_linearised_plate(tmp_path, clip, ckpt, capsys):
+    """Issue 34 item 3: an ACEScct DPX plate's EXR layer is premultiplied ACEScg (the config's
+    scene_linear), and OpenImageIO's *over* of it on the linearised plate is our finished frame,
+    which goes back to ACEScct; a non-linear layer_space is refused in one line."""
+    import OpenImageIO as oiio
+
+    from progressive_swap.export import plate_layers as PL
+    from progressive_swap.footage import colour as CO
+
+    c = CO.plate_colour(".dpx", "uint16")  # ACEScct
+    to_log = CO._processor(c.config, CO.SRGB, c.plate)
+    seq = tmp_path / "dpx"
+    seq.mkdir()
+    numbers = [1001, 1002]
+    for n, r in zip(numbers, clip[:2]):
+        write_plate(seq / f"plate.{n}.dpx", CO._apply(to_log, r.image.astype(np.float32) / 255.0), "uint16")
+    given = ("landmarks=given", f"landmarks_file={write_truth(tmp_path / 'truth.json', clip[:2], numbers)}")
+    out = tmp_path / "out"
+    assert export(ckpt, seq / "plate.####.dpx", out, *given, "format=exr", "composite=true") == 0, capsys.readouterr()
+    assert "colour ACEScct (the default for .dpx files, the config's compositing_log)  layers in ACEScg" in (
+        capsys.readouterr().err.splitlines()[0])
+    layer, attrs = PL.read_plate_layer(out / "layers" / "face.1001.exr")
+    assert attrs["colorspace"] == "ACEScg" and np.allclose(attrs["chromaticities"], CO.PRIMARIES["AP1"], atol=1e-6)
+    assert (layer[..., 3] > 0.1).sum() > 100
+    meta = json.loads((out / "meta" / "face.1001.json").read_text())
+    assert meta["conventions"]["colorspace"] == "ACEScg" and meta["colour"]["layer"] == "ACEScg"
+    plate = oiio.ImageBuf(str(seq / "plate.1001.dpx"))
+    plate_lin = CO._apply(CO._processor(c.config, "ACEScct", "ACEScg"),
+                          np.asarray(plate.get_pixels(oiio.FLOAT), np.float32)[..., :3])
+    b = oiio.ImageBuf(oiio.ImageSpec(plate_lin.shape[1], plate_lin.shape[0], 4, "float"))
+    b.set_pixels(oiio.ROI(), np.concatenate([plate_lin, np.ones_like(plate_lin[..., :1])], -1))
+    over = oiio.ImageBufAlgo.over(oiio.ImageBuf(str(out / "layers" / "face.1001.exr")), b)
+    theirs = CO._apply(CO._processor(c.config, "ACEScg", "ACEScct"), np.asarray(over.get_pixels(oiio.FLOAT))[..., :3])
+    finished, comp_attrs = PL.read_plate_layer(out / "comp" / "comp.1001.exr")
+    assert comp_attrs["colorspace"] == "ACEScct"
+    assert np.abs(finished[..., :3] - theirs).max() <= 2**-10  # a half step of the ACEScct codes
+    capsys.readouterr()
+    assert export(ckpt, seq / "plate.####.dpx", tmp_path / "no", *given, "format=exr", "layer_space=ACEScct") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "layer_space=ACEScct is log, not scene-linear" in err, err
+    assert not (tmp_path / "no").exists()

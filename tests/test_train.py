@@ -32,6 +32,7 @@ def test_cfg_job_prints_the_resolved_config(capsys):
     assert train_cli.main(["recipe=1024", "--cfg", "job"]) == 0
     out = capsys.readouterr().out
     assert "res: 1024" in out and "CombAutoencoder" in out
+    assert "None/logs" not in out and "save_dir: checkpoints/1024/" in out  # the run directory a run would use
 
 
 def test_dry_run_prints_plan_and_summary(blob_sets, tmp_path, capsys):

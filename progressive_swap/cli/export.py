@@ -71,8 +71,10 @@ class ExportOptions:
     identity: str = ""  # decoder to swap to: a name from the checkpoint, or its index
     from_identity: str = ""  # whose faces the footage shows (name, index or none); default: the other of two
     reconstruct: bool = False  # allow from_identity == identity: decode the footage's own identity (a reconstruction)
-    format: Literal["png16", "png8", "exr", "tiff", "dpx"] = "png16"  # png: straight, sRGB; exr: half, premultiplied
-    # (in the plate's space for EXR/DPX/float plates; tiff: float, premultiplied; dpx: 16-bit, straight: plates only)
+    format: Literal["png16", "png8", "exr", "tiff", "dpx"] = "png16"
+    """png16/png8: sRGB, straight alpha (video and 8-bit footage); exr: half, premultiplied; tiff: float,
+    premultiplied; dpx: 16-bit codes, straight alpha. exr/tiff/dpx hold the plate's colour space (plates only for
+    tiff and dpx; docs/plates.md)."""
     layers: Literal["merged", "per_track"] = "merged"  # one layer per frame, or one per face track
     color: Literal["none", "reinhard", "histogram"] = "none"  # match the plate's skin (recorded in metadata)
     mask: Literal["auto", "source", "model", "union", "hull", "stored"] = "auto"  # where alpha comes from
@@ -87,8 +89,13 @@ class ExportOptions:
     source: str = ""  # face set input: footage to read plates from (default: the records' source)
     frames: str = ""  # FIRST-LAST: a sequence's frame numbers (1001-1100) or a video's 0-based indices; "" all
     layer: str = ""  # multi-layer EXR plates: the RGB layer to read; "" the beauty (R, G, B)
-    colorspace: str = ""  # the plates' OCIO colour space; "" the file type's default (docs/plates.md)
-    ocio: str = ""  # OCIO config; "" $OCIO, else OCIO's built-in CG config
+    colorspace: str = ""  # the plates' OCIO colour space; "" what the file says, else its type's default (plates.md)
+    ocio: str = ""  # OCIO config: a file, studio (built-in, camera log spaces) or cg; "" $OCIO, else cg
+    colorspace_check: bool = True  # refuse a colorspace that contradicts the file (false: use colorspace anyway)
+    layer_space: str = ""
+    """Scene-referred plates: the scene-linear space EXR/TIFF layers are premultiplied and composite=true composited
+    in; "" the plate's own when scene-linear, else the config's scene_linear (ACEScg). DPX layers stay in the plate's
+    space (straight alpha); finished frames go back to it (docs/plates.md)."""
     face_type: Literal["", "full", "whole", "head"] = ""  # footage only, when the checkpoint does not record one
     patches: bool = False  # also write aligned-space RGBA crops
     preview: bool = False  # also write preview.mp4 (with the source's audio) and contact_sheet.png
@@ -186,6 +193,7 @@ def _extract_options(o, info, stage_res: int) -> ExtractOptions:
         layer=o.layer,
         colorspace=o.colorspace,
         ocio=o.ocio,
+        colorspace_check=o.colorspace_check,
         masks=False,
         progress=o.progress,
         progress_every=o.progress_every,
@@ -231,6 +239,8 @@ def _export(argv: Sequence[str]) -> int:
     if not _is_faceset(inp):  # footage: a pattern matching nothing or a folder without images is refused here
         footage_plates = open_plates(o.input, **plate_options(o))
         check_plate_format(footage_plates, o.format)
+        if footage_plates.colour is not None:
+            footage_plates.colour.for_layers(o.layer_space)  # an unknown or non-linear layer space: refused here
         if o.comp == "blender":
             try:
                 blender_comp.plate_job(footage_plates.kind, footage_plates.path, footage_plates.files)
@@ -292,6 +302,8 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
     fs, plates_path, record_source, mask_name = _faceset_input(fset, footage, info, info.stage_res, mask_name)
     plates = open_plates(plates_path, **plate_options(o, fset, record_source))
     check_plate_format(plates, o.format)
+    if plates.colour is not None:  # layers are premultiplied and composited in linear light
+        plates.colour = plates.colour.for_layers(o.layer_space)
     check_crop_space(plates, info)
     check_previous(o.out, str(plates_path), plates.fingerprint())
     frames = F.faceset_frames(fs, plates, record_source, mask_name)
@@ -337,6 +349,9 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
     console.print(
         f"swap-export: {footage} -> {o.out}  identity={info.identities[identity]}{whose}  mask={settings.mask}  "
         f"model {info.stage_res} px ({ftype})  crop {size} px  {o.format}  on {device}"
+        + (f"  {plates.colour.line()}" if plates.colour is not None else "")
+        + (f"  layers in {plates.colour.layer}" if plates.colour is not None and plates.colour.layer
+           and o.format != "dpx" else "")
         + "".join(f"  {line}" for line in detector[:1]),
         soft_wrap=True,
     )
@@ -421,7 +436,11 @@ def plate_options(o, fset: Path | None = None, record_source: str = "") -> dict:
     the face set's extraction of ``record_source`` read them."""
     given = {k: str(o[k]) for k in PLATE_KEYS}
     was = extraction_options(fset, record_source) if fset is not None else {}
-    return {k: given[k] or str(was.get(k) or "") for k in PLATE_KEYS}
+    out: dict = {k: given[k] or str(was.get(k) or "") for k in PLATE_KEYS}
+    # an extraction that overrode the file's colour space (colorspace_check=false) is read the same way
+    inherited = not given["colorspace"] and was.get("colorspace_check", True) is False
+    out["colorspace_check"] = bool(o.colorspace_check) and not inherited
+    return out
 
 
 def check_plate_format(plates, fmt: str) -> None:

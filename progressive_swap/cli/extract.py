@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from progressive_swap.cli.common import EXIT_INCOMPLETE, parse_overrides, run_cli, split_deprecated, usage
 from progressive_swap.extract.options import detector_lines
-from progressive_swap.extract.pipeline import ExtractOptions, extract, format_summary
+from progressive_swap.extract.pipeline import ExtractOptions, extract, format_summary, precheck
 
 PROG = "swap-extract"
 
@@ -39,11 +39,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = split_deprecated(args, "boxes", "given", "boxes_file", PROG)
         cfg = parse_overrides(args, ExtractOptions(), PROG)
         opt = ExtractOptions(**OmegaConf.to_container(cfg))  # type: ignore[arg-type]
+        src = precheck(opt)  # the input and its colour space, checked before anything is written
+        colour = [src.colour.line()] if src.colour is not None else []  # which space, and why
         lines = detector_lines(opt)  # which detector runs (auto would fall back to dlib silently otherwise)
         if not as_json:  # first on stdout; stderr stays for the one-line errors
-            print("\n".join(f"{PROG}: {line}" for line in lines), flush=True)
+            print("\n".join(f"{PROG}: {line}" for line in colour + lines), flush=True)
         summary = extract(opt)
         summary["detector"] = lines
+        if src.colour is not None:
+            summary["colour"] = {"plate": src.colour.plate, "reason": src.colour.reason, "config": src.colour.config}
         if as_json:
             print(json.dumps(summary, indent=1))
         else:

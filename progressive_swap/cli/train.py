@@ -111,6 +111,9 @@ def _train(argv: Sequence[str]) -> int:
         del argv[i : i + 2]
     cfg = compose("train", argv)
     if print_cfg:
+        if cfg.run_dir is None:  # the run directory a run would use (logs and checkpoints go there), not None
+            with open_dict(cfg):
+                cfg.run_dir = str(run_dir_for(cfg))
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
     try:

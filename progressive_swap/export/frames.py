@@ -80,11 +80,13 @@ class FrameIn:
 # ----------------------------------------------------------------------------- plates
 
 
-def open_plates(path: str | os.PathLike, frames: str = "", layer: str = "", colorspace: str = "", ocio: str = ""):
+def open_plates(path: str | os.PathLike, frames: str = "", layer: str = "", colorspace: str = "", ocio: str = "",
+                colorspace_check: bool = True):
     """The footage as a :class:`~progressive_swap.footage.sources.FrameSource` (video, image
     folder, image pattern or one image; the extractor's reader, with its ``frames``, ``layer``,
     ``colorspace`` and ``ocio`` options)."""
-    return open_source(path, frames=parse_frames(frames), layer=layer, colorspace=colorspace, ocio=ocio)
+    return open_source(path, frames=parse_frames(frames), layer=layer, colorspace=colorspace, ocio=ocio,
+                       colorspace_check=colorspace_check)
 
 
 # ----------------------------------------------------------------------------- face sets

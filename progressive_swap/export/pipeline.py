@@ -495,25 +495,29 @@ class Exporter:
         layers = {"merged": merged} if s.layers == "merged" else {
             f"track{t}": C.merged_layer([f for f in swapped if f.track == t], fr.size, opts) for t in
             sorted(set(self.tracks) | {f.track for f in swapped})}
-        files, written = {}, []
+        files, linear = {}, []
+        space = PL.layer_space(fr, s.format)
         for key, layer in layers.items():
             rel = self.layer_relpath(fr.index, None if key == "merged" else int(key[5:]))
             (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
-            premult = self._finite(PL.to_plate_layer(layer, fr), "layer")
-            PL.encode_plate_exr(self.out / rel, premult, fr, self.text, s.format)
+            premult = self._finite(PL.to_plate_layer(layer, fr, s.format), "layer")
+            PL.encode_plate_exr(self.out / rel, premult, fr, self.text, s.format, space)
             files[key] = rel
-            written.append(premult)
+            # the finished frame is composited in linear light: the layer as written, or (a DPX's
+            # plate-space codes) the same layer in the layer space
+            linear.append(premult if space == fr.colour.layer_space else
+                          self._finite(PL.to_plate_layer(layer, fr, "exr"), "comp"))
         extra = {}
         if s.composite:
             rel = f"comp/comp.{self.number(fr.index)}.exr"
-            opaque = np.concatenate([PL.composite(fr.plate, written), np.ones_like(fr.plate[..., :1])], -1)
+            opaque = np.concatenate([PL.finished_frame(fr, linear), np.ones_like(fr.plate[..., :1])], -1)
             PL.encode_plate_exr(self.out / rel, self._finite(opaque, "comp"), fr, self.comp_text)
             extra["comp"] = rel
         W.write_sidecar(self.sidecar_path(fr.index), {
             "frame_index": fr.index, "time": fr.time if math.isfinite(fr.time) else None,
             "frame_size": list(fr.size), "source": self.source, "identity": self.identity_name,
             "fingerprint": self.fingerprint, "input_key": p.key, "format": s.format,
-            "conventions": {"alpha": PL.LAYER_FILES[s.format][2], "colorspace": fr.colour.plate,
+            "conventions": {"alpha": PL.LAYER_FILES[s.format][2], "colorspace": space,
                             "bit_depth": {"uint16": 16}.get(PL.LAYER_FILES[s.format][1], PL.LAYER_FILES[s.format][1])},
             "colour": fr.colour.as_dict(),
             "plate": {"data_window": list(fr.info.data_window), "display_window": list(fr.info.display_window),
@@ -545,7 +549,8 @@ class Exporter:
                 pre = PL.read_plate_layer(self.out / f)[0]
                 a = pre[..., 3:4]
                 rgb = np.divide(pre[..., :3], a, out=np.zeros_like(pre[..., :3]), where=a > 0)
-                layers.append(np.concatenate([fr.colour.view(rgb).astype(np.float32) / 255.0, a], -1))
+                space = PL.layer_space(fr, meta.get("format", self.s.format))
+                layers.append(np.concatenate([fr.colour.view(rgb, space).astype(np.float32) / 255.0, a], -1))
             else:
                 layers.append(W.read_layer(self.out / f))
         if not layers:

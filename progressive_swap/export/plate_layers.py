@@ -1,16 +1,19 @@
 """Layers for scene-referred plates (EXR, float TIFF, DPX): cropped from the plate's own values,
-written back in the plate's colour space.
+written in linear light (the frame's layer space: the plate's own when it is scene-linear, else
+the config's scene_linear; DPX layers in the plate's space, straight), finished frames back in
+the plate's space.
 
 The colour path (``footage/colour.py``): plate values → working space, the model's crop space
 (``srgb``: the sRGB view the extractor cropped its faces from, clipped to [0, 1] as there;
 ``acescct`` only for a model whose face sets say so) → aligned crop (float32, no 8-bit step) →
-the network → un-warped layer in the working space → plate space → a half-float EXR,
+the network → un-warped layer in the working space → layer space → a half-float EXR,
 premultiplied, with the plate's data and display windows, its own attributes (timecode, frame
 rate, pixel aspect, …) and ``chromaticities``.
 
 Convention: layers here are float32 ``(H, W, 4)`` over the plate's data window, colour in the
-named space, alpha straight until :func:`encode_plate_exr` premultiplies it; compositing is
-``layer + plate * (1 - a)`` on premultiplied values in the plate space, as a compositor's *over*.
+named space, alpha straight until :func:`to_plate_layer` premultiplies it; compositing is
+``layer + plate * (1 - a)`` on premultiplied values in the layer space (linear light), as a
+compositor's *over* (:func:`finished_frame`).
 """
 from __future__ import annotations
 
@@ -24,16 +27,9 @@ import numpy as np
 from progressive_swap.core import align
 from progressive_swap.core.io import atomic_path
 from progressive_swap.export.writers import alpha_box
+from progressive_swap.footage.colour import CHROMATICITIES  # noqa: F401 - re-exported: layers' chromaticities
 from progressive_swap.footage.plates import oiio
 
-# CIE xy of red, green, blue and white (OpenEXR's chromaticities), for the spaces whose EXRs carry them.
-CHROMATICITIES = {
-    "ACEScg": (0.713, 0.293, 0.165, 0.830, 0.128, 0.044, 0.32168, 0.33767),
-    "ACES2065-1": (0.7347, 0.2653, 0.0, 1.0, 0.0001, -0.077, 0.32168, 0.33767),
-    "Linear Rec.709 (sRGB)": (0.64, 0.33, 0.30, 0.60, 0.15, 0.06, 0.3127, 0.3290),
-    "Linear Rec.2020": (0.708, 0.292, 0.170, 0.797, 0.131, 0.046, 0.3127, 0.3290),
-    "Linear P3-D65": (0.680, 0.320, 0.265, 0.690, 0.150, 0.060, 0.3127, 0.3290),
-}
 _NOT_COPIED = ("chromaticities", "oiio:ColorSpace", "compression", "PixelAspectRatio", "name")
 
 
@@ -68,23 +64,41 @@ def crop_working(frame, matrix: np.ndarray, size: int) -> np.ndarray:
     return np.clip(crop, 0.0, 1.0).astype(np.float32)
 
 
-def to_plate_layer(layer: np.ndarray, frame) -> np.ndarray:
-    """Straight-alpha working-space layer ``(H, W, 4)`` → premultiplied plate-space layer (float32)."""
+def layer_space(frame, fmt: str = "exr") -> str:
+    """The colour space a layer file of ``fmt`` holds: the frame's layer space (scene-linear,
+    ``PlateColour.for_layers``) for EXR and TIFF; the plate's own for DPX, whose 16-bit codes hold
+    0–1 and whose straight alpha is right in a log space too."""
+    return frame.colour.plate if fmt == "dpx" else frame.colour.layer_space
+
+
+def to_plate_layer(layer: np.ndarray, frame, fmt: str = "exr") -> np.ndarray:
+    """Straight-alpha working-space layer ``(H, W, 4)`` → premultiplied layer in the space of a
+    ``fmt`` file (:func:`layer_space`), float32."""
     out = np.zeros_like(layer, dtype=np.float32)
     box = alpha_box(layer[..., 3])
     a = layer[box][..., 3:4]
-    col = frame.colour.to_plate(layer[box][..., :3])
+    col = frame.colour.convert(layer[box][..., :3], frame.colour.working, layer_space(frame, fmt))
     out[box] = np.concatenate([col * a, a], -1)
     return out
 
 
 def composite(plate: np.ndarray, layers: list[np.ndarray]) -> np.ndarray:
-    """Premultiplied plate-space layers over the plate, the first at the bottom: ``L + P (1 - a)``."""
+    """Premultiplied layers over the plate (all in one space), the first at the bottom: ``L + P (1 - a)``."""
     out = np.array(plate, np.float32, copy=True)
     for layer in layers:
         a = layer[..., 3:4]
         out = layer[..., :3] + out * (1.0 - a)
     return out
+
+
+def finished_frame(frame, layers: list[np.ndarray]) -> np.ndarray:
+    """The finished frame in the plate's space: premultiplied layers in the frame's layer space
+    (linear light) over the plate converted to that space, then converted back; the plain
+    :func:`composite` when the plate is that space."""
+    c = frame.colour
+    if c.layer_space == c.plate:
+        return composite(frame.plate, layers)
+    return c.convert(composite(c.convert(frame.plate, c.plate, c.layer_space), layers), c.layer_space, c.plate)
 
 
 def _attributes(info) -> dict:
@@ -99,7 +113,7 @@ LAYER_FILES = {  # format → (extension, stored type, alpha): what :func:`encod
 
 
 def encode_plate_exr(path: str | os.PathLike, layer: np.ndarray, frame, text: dict[str, str],
-                     fmt: str = "exr") -> Path:
+                     fmt: str = "exr", space: str = "") -> Path:
     """Write a premultiplied plate-space layer as a half-float EXR (ZIP), atomically; or, asked
     for, a float TIFF (ZIP, premultiplied: associated alpha) or a 16-bit DPX (**straight**
     alpha, values clipped to the code range 0–1: for log plates, where premultiplying the codes
@@ -119,11 +133,12 @@ def encode_plate_exr(path: str | os.PathLike, layer: np.ndarray, frame, text: di
         layer: float32 ``(H, W, 4)`` premultiplied RGBA over the plate's data window.
         frame: the :class:`~progressive_swap.export.frames.FrameIn` (plate info and colour).
         text: string attributes (:func:`~progressive_swap.export.writers.file_metadata`).
+        space: the colour space ``layer`` is in (named on the file); ``""``: the plate's.
     """
     lib = oiio()
     path = Path(path)
     h, w = layer.shape[:2]
-    info, space = frame.info, frame.colour.plate
+    info, space = frame.info, space or frame.colour.plate
     ext, stored, alpha = LAYER_FILES[fmt]
     spec = lib.ImageSpec(w, h, 4, stored)
     spec.channelnames = ("R", "G", "B", "A")

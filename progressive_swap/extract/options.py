@@ -28,10 +28,14 @@ class ExtractOptions:
     layer: str = ""
     """The RGB layer of a multi-layer or multi-part EXR; "" reads the beauty (``R, G, B``)."""
     colorspace: str = ""
-    """The plates' OCIO colour space; "" is the file type's default (EXR: scene_linear, DPX:
-    compositing_log, 8/16-bit: sRGB). EXR, DPX and 16-bit/float plates only (docs/plates.md)."""
+    """The plates' OCIO colour space; "" is what the file says (EXR chromaticities, a stated colour space), else
+    the file type's default (EXR: scene_linear, DPX: compositing_log, 8/16-bit: sRGB). EXR, DPX and 16-bit/float
+    plates only (docs/plates.md)."""
     ocio: str = ""
-    """OCIO config file; "" uses $OCIO, else OCIO's built-in CG config."""
+    """OCIO config: a file, studio (OCIO's built-in ACES studio config: camera log spaces) or cg; "" uses $OCIO,
+    else OCIO's built-in CG config."""
+    colorspace_check: bool = True
+    """Refuse a colorspace that contradicts the file's own description (false: read it as colorspace anyway)."""
     out: str = "???"
     """Face set directory (created, or resumed/appended when it exists with the same options)."""
     size: int = field(default=512, metadata={"min": 16})

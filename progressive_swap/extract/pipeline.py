@@ -426,7 +426,7 @@ def precheck(opt: ExtractOptions) -> FrameSource:
     """
     check_options(opt)
     src = open_source(opt.input, fps=opt.fps or None, frames=parse_frames(opt.frames), layer=opt.layer,
-                      colorspace=opt.colorspace, ocio=opt.ocio)
+                      colorspace=opt.colorspace, ocio=opt.ocio, colorspace_check=opt.colorspace_check)
     for key in ("landmarks", "boxes"):
         if getattr(opt, key) == "given":
             check_given_numbers(GivenLandmarks(getattr(opt, key + "_file")), src)

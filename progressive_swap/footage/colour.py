@@ -3,9 +3,12 @@ network's working space.
 
 Three spaces meet here (``docs/plates.md``):
 
-* the **plate space**: what the plate's values mean (``colorspace=``; by default the config's
-  ``scene_linear`` role for EXR and float TIFF, its ``compositing_log`` role for DPX, and sRGB
-  for 8/16-bit PNG, integer TIFF and video);
+* the **plate space**: what the plate's values mean. The file's own description comes first
+  (:func:`file_colour`: an EXR's ``chromaticities``, the colour space OpenImageIO reads from an EXR
+  or DPX header, a DPX's transfer); ``colorspace=`` names it when the file does not, and is refused
+  when it contradicts the file (``colorspace_check=false`` overrides); the file type is the last
+  resort: the config's ``scene_linear`` role for EXR and float TIFF, its ``compositing_log`` role
+  for DPX, and sRGB for 8/16-bit PNG, integer TIFF and video;
 * the **view**: what the detector and the landmark model see: the plate converted to the
   config's sRGB space (sRGB primaries and transfer curve, values above 1 clipped), as uint8 RGB.
   A plain conversion rather than the config's display view (ACES 2.0 SDR tone-maps): a plate made
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -42,7 +45,36 @@ SRGB = "sRGB Encoded Rec.709 (sRGB)"  # the CG config's name; other configs: an 
 SRGB_NAMES = (SRGB, "srgb_tx", "sRGB - Texture", "Utility - sRGB - Texture", "sRGB", "srgb", "color_picking")
 DEFAULT_BY_KIND = {"scene": "scene_linear", "log": "compositing_log", "display": "sRGB"}
 CROP_SPACE_NAMES = {"srgb": "sRGB", "acescct": WORKING_SPACE}  # a face set's crop_space → this config's name
-NO_OCIO = "colour management needs OpenColorIO: pip install opencolorio (part of progressive-swap's dependencies)"
+NO_OCIO = "colour management needs OpenColorIO: pip install 'progressive-swap[plates]' (OpenImageIO and OpenColorIO)"
+
+
+# CIE xy of red, green, blue and white (OpenEXR's ``chromaticities``), by primaries.
+PRIMARIES = {
+    "AP0": (0.7347, 0.2653, 0.0, 1.0, 0.0001, -0.077, 0.32168, 0.33767),
+    "AP1": (0.713, 0.293, 0.165, 0.830, 0.128, 0.044, 0.32168, 0.33767),
+    "Rec.709": (0.64, 0.33, 0.30, 0.60, 0.15, 0.06, 0.3127, 0.3290),
+    "Rec.2020": (0.708, 0.292, 0.170, 0.797, 0.131, 0.046, 0.3127, 0.3290),
+    "P3-D65": (0.680, 0.320, 0.265, 0.690, 0.150, 0.060, 0.3127, 0.3290),
+}
+# The linear space of each set of primaries, as the CG/studio configs, their interop ids and ACES 1.x configs name it.
+LINEAR_SPACES = {
+    "AP0": ("ACES2065-1", "lin_ap0_scene", "ACES - ACES2065-1"),
+    "AP1": ("ACEScg", "lin_ap1_scene", "ACES - ACEScg"),
+    "Rec.709": ("Linear Rec.709 (sRGB)", "lin_rec709_scene", "Utility - Linear - sRGB"),
+    "Rec.2020": ("Linear Rec.2020", "lin_rec2020_scene", "Utility - Linear - Rec.2020"),
+    "P3-D65": ("Linear P3-D65", "lin_p3d65_scene", "Utility - Linear - P3-D65"),
+}
+# The chromaticities a layer in each linear space carries (``export/plate_layers.py``). Only linear
+# spaces: a reader takes an EXR's chromaticities for linear values of those primaries.
+CHROMATICITIES = {name: PRIMARIES[p] for p, names in LINEAR_SPACES.items() for name in names}
+# The primaries of spaces by name, log and display encodings included (a colorspace= with the file's
+# primaries does not contradict it: ACEScct for an AP1 file).
+FAMILY = {
+    **{name: p for p, names in LINEAR_SPACES.items() for name in names},
+    "ACEScct": "AP1", "acescct_ap1": "AP1", "ACES - ACEScct": "AP1", "ACEScc": "AP1", "acescc_ap1": "AP1",
+    "ACES - ACEScc": "AP1", SRGB: "Rec.709", "srgb_rec709_scene": "Rec.709",
+}
+CHROMATICITY_TOLERANCE = 2e-3  # files round their xy to 4 decimals or to float16
 
 
 class ColourError(ValueError):
@@ -57,9 +89,17 @@ def _ocio():
     return PyOpenColorIO
 
 
+BUILTIN_CONFIGS = {  # short names for the configs built into OpenColorIO (nothing is downloaded)
+    "cg": BUILTIN_CONFIG,
+    "studio": "ocio://studio-config-latest",  # the ACES studio config: camera log spaces (ARRI, Sony, RED, ...)
+}
+
+
 def config_source(ocio: str = "") -> str:
-    """Which config is used: ``ocio`` if given, else ``$OCIO``, else :data:`BUILTIN_CONFIG`."""
-    return ocio or os.environ.get("OCIO", "") or BUILTIN_CONFIG
+    """Which config is used: ``ocio`` if given (a file, an ``ocio://`` name, or ``studio`` / ``cg``
+    for OpenColorIO's built-in configs), else ``$OCIO``, else :data:`BUILTIN_CONFIG`."""
+    source = ocio or os.environ.get("OCIO", "") or BUILTIN_CONFIG
+    return BUILTIN_CONFIGS.get(source, source)
 
 
 @lru_cache(maxsize=4)
@@ -97,6 +137,72 @@ def default_space(ext: str, dtype: str) -> str:
     return DEFAULT_BY_KIND["display"]
 
 
+def primaries_of(chromaticities) -> str:
+    """The name of a known set of primaries (``AP0``, ``AP1``, ``Rec.709``, ...) for 8 CIE xy
+    values (red, green, blue, white), or ``""``."""
+    try:
+        xy = np.asarray(chromaticities, np.float64).reshape(8)
+    except (TypeError, ValueError):
+        return ""
+    for name, ref in PRIMARIES.items():
+        if np.all(np.abs(xy - np.asarray(ref)) <= CHROMATICITY_TOLERANCE):
+            return name
+    return ""
+
+
+@dataclass(frozen=True)
+class FileColour:
+    """What a plate file says about its colour space (:func:`file_colour`).
+
+    Attributes:
+        names: the spaces it names, best first (a config has one of them, or none);
+            empty when the file says nothing a config can look up.
+        reason: how it says so, for the first line (``"its EXR chromaticities are AP0"``).
+        file: the file's name, for messages.
+        firm: the file states it (EXR chromaticities or colour space), so a ``colorspace=`` that
+            contradicts it is refused; False where a reader infers it (OpenImageIO's space for a
+            DPX transfer: its primaries are a guess), which ``colorspace=`` simply overrides.
+    """
+
+    names: tuple[str, ...] = ()
+    reason: str = ""
+    file: str = ""
+    firm: bool = True
+
+
+def file_colour(attributes: dict, ext: str, file: str = "") -> FileColour:
+    """The colour space a plate's own header describes, from its attributes
+    (``footage/plates.py``: :func:`~progressive_swap.footage.plates.colour_attributes`).
+
+    In order: an EXR's ``chromaticities`` (AP0 → ACES2065-1, AP1 → ACEScg, Rec.709, Rec.2020 and
+    P3-D65 primaries → that linear space: EXR holds linear values); the colour space OpenImageIO
+    reads from an EXR header (``oiio:ColorSpace``, stored by OpenImageIO and others as a
+    ``colorInteropID`` such as ``lin_ap1_scene``) or derives from a DPX's transfer; a DPX's
+    transfer alone (printing density, log) is reported but names no space. Other formats' readers
+    guess (a PNG is "sRGB" to OpenImageIO whatever it holds), so they say nothing here.
+    """
+    ext = ext.lower()
+    chroma = attributes.get("chromaticities")
+    stated = str(attributes.get("oiio:ColorSpace") or "")
+    if ext == ".exr" and chroma is not None:
+        prim = primaries_of(chroma)
+        if prim:  # a stated space of those primaries is more precise (an ACEScct EXR): it goes first
+            first = (stated,) if stated and FAMILY.get(stated) == prim else ()
+            return FileColour((*first, *LINEAR_SPACES[prim]), f"its EXR chromaticities are {prim}", file)
+    transfer = str(attributes.get("dpx:Transfer") or "")
+    if ext == ".exr" and stated:
+        return FileColour((stated,), f"its header says {stated!r}", file)
+    if ext == ".dpx" and stated:
+        return FileColour((stated,), f"its DPX transfer {transfer!r} ({stated} to OpenImageIO)", file, firm=False)
+    if ext in (".dpx", ".cin") and transfer and transfer.lower() not in ("undefined", "user defined", "unspecified"):
+        return FileColour((), f"its DPX transfer is {transfer!r}", file)
+    return FileColour((), "", file)
+
+
+def _same_primaries(a: str, b: str) -> bool:
+    return FAMILY.get(a) is not None and FAMILY.get(a) == FAMILY.get(b)
+
+
 @dataclass(frozen=True)
 class PlateColour:
     """The colour path of one plate: plate space ↔ working space, and plate space → view.
@@ -109,6 +215,10 @@ class PlateColour:
         view_space: the config's sRGB space, what the detector sees (:meth:`view`).
         scene: the plate is scene-referred (EXR, float TIFF, DPX): its layers are written in its
             own space (``export/plate_layers.py``). False for display-referred (sRGB) plates.
+        reason: why the plate space is what it is (the file's description, ``colorspace=`` or the
+            file type's default), for the commands' first line. Not part of :meth:`as_dict`.
+        layer: the space EXR and TIFF layers are written, premultiplied and composited in: a
+            scene-linear space (:meth:`for_layers`); ``""`` is the plate's own.
     """
 
     config: str
@@ -116,6 +226,8 @@ class PlateColour:
     working: str
     view_space: str = SRGB
     scene: bool = False
+    reason: str = ""
+    layer: str = ""
 
     @property
     def identity(self) -> bool:
@@ -142,11 +254,46 @@ class PlateColour:
         if not self.scene:
             return self
         working = resolve_space(load_config(self.config), CROP_SPACE_NAMES[crop_space])
-        return PlateColour(self.config, self.plate, working, self.view_space, True)
+        return replace(self, working=working, scene=True)
+
+    def for_layers(self, layer_space: str = "") -> PlateColour:
+        """This path with the space layers are premultiplied and composited in: ``layer_space`` if
+        given, else the plate's own when the config calls it scene-linear (or says nothing), else
+        the config's ``scene_linear`` role (ACEScg in the ACES configs). Alpha only means coverage
+        in linear light: premultiplied log codes, or log codes mixed by ``composite=true``, are
+        not what a compositor's *over* computes. Display-referred plates keep their own space.
+
+        Raises:
+            ColourError: the config lacks the space, or it is not scene-linear (one line).
+        """
+        if not self.scene:
+            return self
+        config = load_config(self.config)
+        if layer_space:
+            name = resolve_space(config, layer_space)
+        elif _encoding(config, self.plate) in ("scene-linear", ""):
+            name = self.plate
+        else:
+            name = resolve_space(config, DEFAULT_BY_KIND["scene"])
+        if _encoding(config, name) not in ("scene-linear", ""):
+            raise ColourError(f"layer_space={layer_space or name} is {_encoding(config, name)}, not scene-linear: "
+                              "layers are premultiplied and composited in linear light; name a scene-linear space "
+                              "(e.g. ACEScg)")
+        return replace(self, layer="" if name == self.plate else name)
+
+    @property
+    def layer_space(self) -> str:
+        """The space of EXR and TIFF layers (:meth:`for_layers`): the plate's unless it is not linear."""
+        return self.layer or self.plate
 
     def as_dict(self) -> dict:
+        layer = {"layer": self.layer} if self.layer else {}  # absent when the plate's own (older exports)
         return {"config": self.config, "plate": self.plate, "working": self.working, "view": self.view_space,
-                "crop_space": self.crop_space}
+                "crop_space": self.crop_space, **layer}
+
+    def line(self) -> str:
+        """One line for the commands' first output: the plate space and why."""
+        return f"colour {self.plate} ({self.reason})" if self.reason else f"colour {self.plate}"
 
     @property
     def crop_space(self) -> str:
@@ -168,26 +315,69 @@ class PlateColour:
         """Working space → plate values, float32 ``(..., 3)`` (inverse of :meth:`to_working`)."""
         return _apply(None if self.identity else self._cpu(self.working, self.plate), rgb)
 
-    def view(self, rgb: np.ndarray) -> np.ndarray:
-        """Plate values → the display view the detector sees, uint8 ``(H, W, 3)`` sRGB."""
-        out = _apply(None if self.plate == self.view_space else self._cpu(self.plate, self.view_space), rgb)
+    def view(self, rgb: np.ndarray, space: str = "") -> np.ndarray:
+        """Plate values (or values in ``space``) → the display view the detector sees, uint8 ``(H, W, 3)`` sRGB."""
+        src = space or self.plate
+        out = _apply(None if src == self.view_space else self._cpu(src, self.view_space), rgb)
         return _to_uint8(out)
 
+    def convert(self, rgb: np.ndarray, src: str, dst: str) -> np.ndarray:
+        """Values in ``src`` → ``dst`` (two spaces of this path's config), float32 ``(..., 3)``; a copy when equal."""
+        return _apply(None if src == dst else self._cpu(src, dst), rgb)
 
-def plate_colour(ext: str, dtype: str, colorspace: str = "", ocio: str = "") -> PlateColour:
-    """Resolve the colour path of a plate file type (``colorspace=`` wins over the default).
+
+def _described_space(config, described: FileColour | None) -> str:
+    """The config's space for what the file says, or ``""`` (the config has none of its names)."""
+    for name in described.names if described is not None else ():
+        cs = config.getColorSpace(name)
+        if cs is not None:
+            return cs.getName()
+    return ""
+
+
+def plate_colour(ext: str, dtype: str, colorspace: str = "", ocio: str = "", described: FileColour | None = None,
+                 check: bool = True) -> PlateColour:
+    """Resolve the colour path of a plate: the file's own description (``described``, from
+    :func:`file_colour`) first, then ``colorspace=``, then the file type's default.
+
+    Args:
+        ext, dtype: the file's extension and stored type (the default's inputs).
+        colorspace: the space the user named (``""``: none).
+        ocio: the config (``""``: ``$OCIO``, else the built-in one).
+        described: what the file's header says.
+        check: refuse a ``colorspace`` that contradicts the file (``colorspace_check=``); a
+            space with the same primaries (ACEScct for an AP1 file) is no contradiction.
 
     Raises:
-        ColourError: the config cannot be read or has no such space (one line).
+        ColourError: the config cannot be read or has no such space, or ``colorspace``
+            contradicts the file (one line naming both).
     """
     source = config_source(ocio)
     config = load_config(source)
-    plate = resolve_space(config, colorspace or default_space(ext, dtype))
+    said = _described_space(config, described)
+    if colorspace:
+        plate = resolve_space(config, colorspace)
+        agree = not said or plate == said or _same_primaries(plate, said)
+        if not agree and check and described.firm:  # type: ignore[union-attr]
+            raise ColourError(
+                f"colorspace={colorspace} contradicts {described.file or 'the plate'}: {described.reason}, so it is "
+                f"{said}; leave colorspace= out to read it as {said}, or add colorspace_check=false to read it as "
+                f"{plate} anyway")
+        firm = described is not None and described.firm
+        reason = "colorspace=" + ("" if agree else f", overriding the file's {said}"
+                                  + (" (colorspace_check=false)" if firm else f" ({described.reason})"))
+    elif said:
+        plate, reason = said, described.reason  # type: ignore[union-attr]
+    else:
+        role = default_space(ext, dtype)
+        plate = resolve_space(config, role)
+        said_how = f"{described.reason}, which names no space of the config; " if described and described.reason else ""
+        reason = f"{said_how}the default for {ext.lower()} files, the config's {role}"
     srgb = resolve_space(config, "sRGB")
     lib = _ocio()
     scene = plate != srgb and config.getColorSpace(plate).getReferenceSpaceType() == lib.REFERENCE_SPACE_SCENE
     working = srgb if scene else plate  # the crops of every face set written so far; see for_crops
-    return PlateColour(source, plate, working, srgb, scene)
+    return PlateColour(source, plate, working, srgb, scene, reason)
 
 
 @lru_cache(maxsize=16)
@@ -267,6 +457,11 @@ def frame_in_crop_space(image: np.ndarray, colour: PlateColour | None, crop_spac
         return _apply(_processor(colour.config, colour.plate, target), plate)
     return _apply(_processor(BUILTIN_CONFIG, SRGB, CROP_SPACE_NAMES[crop_space]),
                   np.asarray(image, np.float32) / 255.0)
+
+
+def _encoding(config, name: str) -> str:
+    cs = config.getColorSpace(name)
+    return (cs.getEncoding() or "") if cs is not None else ""
 
 
 def encoding_of(colour: PlateColour | None) -> str:

@@ -22,7 +22,8 @@ import numpy as np
 
 HIGH_PRECISION_EXTS = {".exr", ".dpx", ".tif", ".tiff", ".png"}  # read here unless 8-bit (PNG, TIFF)
 ALWAYS_OIIO_EXTS = {".exr", ".dpx"}  # never 8-bit: OpenCV does not read them by default
-NO_OIIO = "EXR, DPX and 16-bit/float TIFF and PNG plates need OpenImageIO: pip install openimageio"
+NO_OIIO = ("EXR, DPX and 16-bit/float TIFF and PNG plates need OpenImageIO: pip install 'progressive-swap[plates]' "
+           "(OpenImageIO and OpenColorIO)")
 # Attributes that describe the file, not the picture: not copied onto layers.
 _FILE_ATTRS = re.compile(r"^(compression|oiio:|openexr:(chunkCount|lineOrder|dwaCompressionLevel|roundingmode)"
                          r"|tiff:(Compression|PhotometricInterpretation|RowsPerStrip|Predictor|PlanarConfiguration)"
@@ -208,6 +209,27 @@ def probe_plate(path: str | os.PathLike) -> tuple[str, int]:
     try:
         spec = inp.spec()
         return str(spec.format), int(spec.get_int_attribute("oiio:BitsPerSample", 0) or spec.format.size() * 8)
+    finally:
+        inp.close()
+
+
+def colour_attributes(path: str | os.PathLike) -> dict:
+    """The header attributes that describe a plate's colour (``chromaticities``, ``oiio:ColorSpace``,
+    ``dpx:Transfer``, ``dpx:Colorimetric``), read from the header alone; absent ones are left out.
+    ``footage/colour.py``'s :func:`~progressive_swap.footage.colour.file_colour` reads them."""
+    lib = oiio()
+    inp = lib.ImageInput.open(str(path))
+    if inp is None:
+        line = (lib.geterror() or "cannot open").strip().splitlines()[0]
+        raise PlateError(f"{Path(path).name}: cannot decode image: {line}")
+    try:
+        spec = inp.spec()
+        out = {}
+        for name in ("chromaticities", "oiio:ColorSpace", "dpx:Transfer", "dpx:Colorimetric"):
+            value = spec.getattribute(name)
+            if value is not None:
+                out[name] = _jsonable(value)
+        return out
     finally:
         inp.close()
 

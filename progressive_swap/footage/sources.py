@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 
 from progressive_swap.footage import plates as P
-from progressive_swap.footage.colour import PlateColour, plate_colour
+from progressive_swap.footage.colour import PlateColour, file_colour, plate_colour
 from progressive_swap.footage.video import probe_video, read_video
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mxf", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".y4m"}
@@ -232,6 +232,7 @@ def open_source(
     layer: str = "",
     colorspace: str = "",
     ocio: str = "",
+    colorspace_check: bool = True,
 ) -> FrameSource:
     """Open a video file, a folder of images, an image pattern or glob, or one image.
 
@@ -245,6 +246,8 @@ def open_source(
         colorspace: the plates' colour space (``""``: the default of their file type,
             :func:`~progressive_swap.footage.colour.default_space`); high-precision files only.
         ocio: the OCIO config (``""``: ``$OCIO``, else the built-in one).
+        colorspace_check: refuse a ``colorspace`` that contradicts the file's own description
+            (its EXR chromaticities or stated colour space); False reads it as ``colorspace`` anyway.
 
     Raises:
         FileNotFoundError / ValueError: one line, when the input does not exist, holds no
@@ -305,7 +308,7 @@ def open_source(
         first, last = frames if frames is not None else (numbers[0], numbers[-1])
         problems = _gaps(numbers, first, last)
         expected = last - first + 1
-    colour = _colour_of(files[0], layer, colorspace, ocio)
+    colour = _colour_of(files[0], layer, colorspace, ocio, colorspace_check)
     return FrameSource(kind, p, _clean_name(name), fps or None, files, problems, expected, numbers,
                        max(digits, 1) if numbers is not None else 6, layer, colour)
 
@@ -364,13 +367,15 @@ def _gaps(numbers: list[int], first: int, last: int) -> list[str]:
     return out
 
 
-def _colour_of(first: Path, layer: str, colorspace: str, ocio: str) -> PlateColour | None:
-    """The colour path of high-precision plates, None for 8-bit images (read as sRGB, as always)."""
+def _colour_of(first: Path, layer: str, colorspace: str, ocio: str, check: bool = True) -> PlateColour | None:
+    """The colour path of high-precision plates (the first file's header describes the sequence),
+    None for 8-bit images (read as sRGB, as always)."""
     if P.is_high_precision(first):
         dtype, _ = P.probe_plate(first)
         if layer:
             P.read_plate(first, layer, with_info=False)  # an absent layer: refused here, in one line
-        return plate_colour(first.suffix, dtype, colorspace, ocio)
+        described = file_colour(P.colour_attributes(first), first.suffix, first.name)
+        return plate_colour(first.suffix, dtype, colorspace, ocio, described, check)
     _check_8bit(first.name, layer, colorspace)
     return None
 
