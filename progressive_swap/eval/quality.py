@@ -45,7 +45,6 @@ from progressive_swap.core.metrics import flicker, high_frequency_kept, mask_iou
 from progressive_swap.export.composite import SwappedFace, face_layer, over
 from progressive_swap.export.swapper import Swapper, load_model
 from progressive_swap.extract.smoothing import smooth_track
-from progressive_swap.model.autoencoder import CombAutoencoder
 from progressive_swap.phantom import renderer as phantom
 
 PSNR_CAP = 60.0  # dB: identical images score this rather than infinity, so means stay finite
@@ -120,8 +119,9 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
     }
     start = min(model.stages)
     # Nyquist of the previous stage, cycles per side; a network built for one side only (the peers'
-    # designs, eval/peers.py) is measured above the same cutoff as a grown one at its side
-    cutoff = res / 4 if res > start or not isinstance(model, CombAutoencoder) else None
+    # designs, eval/peers.py, or a comb trained at one side) is measured above the same cutoff as a
+    # grown one at its side
+    cutoff = res / 4 if res > start or len(model.stages) == 1 else None
 
     keys = (
         "swap_psnr",
