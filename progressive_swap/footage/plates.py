@@ -199,13 +199,19 @@ def read_plate(path: str | os.PathLike, layer: str = "", with_info: bool = True)
         inp.close()
 
 
-def probe_plate(path: str | os.PathLike) -> tuple[str, int]:
-    """``(stored type, bits per sample)`` of an image file, from its header alone."""
+def _open_header(path: str | os.PathLike):
+    """An OpenImageIO ``ImageInput`` on ``path`` (the caller closes it), or one line why not."""
     lib = oiio()
     inp = lib.ImageInput.open(str(path))
     if inp is None:
         line = (lib.geterror() or "cannot open").strip().splitlines()[0]
         raise PlateError(f"{Path(path).name}: cannot decode image: {line}")
+    return inp
+
+
+def probe_plate(path: str | os.PathLike) -> tuple[str, int]:
+    """``(stored type, bits per sample)`` of an image file, from its header alone."""
+    inp = _open_header(path)
     try:
         spec = inp.spec()
         return str(spec.format), int(spec.get_int_attribute("oiio:BitsPerSample", 0) or spec.format.size() * 8)
@@ -217,11 +223,7 @@ def colour_attributes(path: str | os.PathLike) -> dict:
     """The header attributes that describe a plate's colour (``chromaticities``, ``oiio:ColorSpace``,
     ``dpx:Transfer``, ``dpx:Colorimetric``), read from the header alone; absent ones are left out.
     ``footage/colour.py``'s :func:`~progressive_swap.footage.colour.file_colour` reads them."""
-    lib = oiio()
-    inp = lib.ImageInput.open(str(path))
-    if inp is None:
-        line = (lib.geterror() or "cannot open").strip().splitlines()[0]
-        raise PlateError(f"{Path(path).name}: cannot decode image: {line}")
+    inp = _open_header(path)
     try:
         spec = inp.spec()
         out = {}
