@@ -59,6 +59,7 @@ def test_bench_quality_runs_on_a_tiny_phantom_checkpoint(tmp_path):
         assert q["identity_gain_db"] == pytest.approx(q["swap_psnr"] - q["baseline_colour_transfer_psnr"], abs=1e-6)
         assert q["swap_recon_gap_db"] == pytest.approx(q["recon_psnr"] - q["swap_psnr"])
         assert -1 <= q["shape_score"] <= q["shape_score_truth"] <= 1
+        assert q["swap_psnr_colour_matched"] == q["swap_psnr"]  # colour_norm: scored as it is
         t = q["temporal"]
         assert set(t) == {"truth", "noisy", "smoothed", "exact"} and all(v >= 0 for v in t.values())
     assert results[0]["swap_psnr"] == pytest.approx(results[1]["swap_psnr"])  # same weights, two file formats
@@ -91,6 +92,13 @@ def test_identity_scores_have_their_known_answers():
     ref = 10 * np.log10(1 / np.average((recoloured - truth) ** 2, weights=np.repeat(vis_b[..., None], 3, -1)))
     assert best["identity_gain_db"] == pytest.approx(PSNR_CAP - ref)
     assert half["identity_gain_db"] == pytest.approx(20 * np.log10(2), abs=1e-6)  # half the error: +6.02 dB
+    # a design that keeps A's colours is recoloured as the reference is: the unchanged source then
+    # scores exactly the reference
+    from progressive_swap.eval.quality import colour_matched
+
+    stats_a, stats_b = np.array([[0.6, 0.5, 0.4], [0.2, 0.2, 0.2]]), np.array([[0.3, 0.2, 0.2], [0.1, 0.1, 0.1]])
+    reference = np.clip((src - stats_a[0]) / stats_a[1] * stats_b[1] + stats_b[0], 0, 1)
+    assert np.allclose(colour_matched(src, stats_a, stats_b), reference, atol=1e-6)
 
 
 def test_identity_colour_is_the_models_own_or_measured_on_the_phantom():

@@ -502,6 +502,7 @@ def summarise(runs: list[dict], budget: float | None = None) -> dict:
 
 
 IDENTITY_KEYS = ("identity_gain_db", "swap_recon_gap_db", "shape_score", "shape_score_truth", "shape_transfer",
+                 "swap_psnr_colour_matched", "identity_gain_colour_matched_db",
                  "baseline_colour_transfer_psnr", "baseline_blurred_truth_psnr")
 
 

@@ -95,6 +95,16 @@ def identity_scores(swap: np.ndarray, swap_mask: np.ndarray, truth: np.ndarray, 
     }
 
 
+def colour_matched(swap: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """A swap recoloured from the source identity's average colours to the target's (``(2, 3)``
+    mean and deviation each), the transfer the recoloured-source reference applies to the source.
+    For designs that learn no colour normalisation: the peers' networks keep the footage's skin
+    tone and leave colour to their converters, so ``swap_psnr_colour_matched`` compares what they
+    transfer beyond colour on the reference's own terms. A model with ``colour_norm`` already paints
+    the target's colours, and its swap is scored as it is."""
+    return np.clip((swap - source[0]) / source[1] * target[1] + target[0], 0, 1).astype(np.float32)
+
+
 def phantom_index(name: str) -> int:
     m = re.fullmatch(r"id(\d+)", name)
     if not m:
@@ -137,6 +147,8 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
         "baseline_colour_transfer_psnr",
         "baseline_blurred_truth_psnr",
         "identity_gain_db",
+        "swap_psnr_colour_matched",
+        "identity_gain_colour_matched_db",
         "shape_score",
         "shape_score_truth",
         "shape_transfer",
@@ -163,6 +175,11 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
                 rows["baseline_colour_transfer_psnr"].append(masked_psnr(recoloured, truth, vis_b))
                 for key, v in identity_scores(rgb, mask, truth, recoloured, vis_a, vis_b).items():
                     rows[key].append(v)
+                matched = rgb if getattr(model, "colour_norm", False) else colour_matched(rgb, colour[a], colour[b])
+                rows["swap_psnr_colour_matched"].append(masked_psnr(matched, truth, vis_b))
+                rows["identity_gain_colour_matched_db"].append(
+                    min(rows["swap_psnr_colour_matched"][-1], PSNR_CAP) - min(rows["baseline_colour_transfer_psnr"][-1],
+                                                                              PSNR_CAP))
                 rows["baseline_blurred_truth_psnr"].append(
                     masked_psnr(cv2.GaussianBlur(truth, (0, 0), res / 32), truth, vis_b)
                 )
