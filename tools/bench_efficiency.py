@@ -588,8 +588,11 @@ def report(runs: list[dict], plot: Path | None = None, fit_from: float = 0.0, co
 
     runs = [dict(r, candidate=_named(r), spent=r["train_cpu_s"] if cost == "cpu" else r["cost_spent"])
             for r in runs]
-    metrics = METRICS + tuple(k for k in ("identity_gain_db", "swap_recon_gap_db", "shape_score")
-                              if runs and all(r.get(k) is not None for r in runs))
+    def measured(some: list[dict]) -> tuple[str, ...]:  # runs from before a measure existed lack it
+        return METRICS + tuple(k for k in ("identity_gain_db", "swap_recon_gap_db", "shape_score")
+                               if some and all(r.get(k) is not None for r in some))
+
+    metrics = measured(runs)
     names = list(dict.fromkeys(r["candidate"] for r in runs))
     designs = {}
     for name in names:
@@ -602,8 +605,8 @@ def report(runs: list[dict], plot: Path | None = None, fit_from: float = 0.0, co
                 "seeds": [r["seed"] for r in at], "images": round(float(np.mean([r["images"] for r in at]))),
                 "train_cpu_s": round(float(np.mean([r["train_cpu_s"] for r in at])), 1),
                 "spent": round(float(np.mean([r["spent"] for r in at])), 3),
-                **{m: round(float(np.mean([r[m] for r in at])), 4) for m in metrics},
-                **{f"{m}_runs": [round(r[m], 4) for r in at] for m in metrics},
+                **{m: round(float(np.mean([r[m] for r in at])), 4) for m in measured(at)},
+                **{f"{m}_runs": [round(r[m], 4) for r in at] for m in measured(at)},
             }
         fitted_runs = [r for r in mine if budget_of(r)[1] >= fit_from]
         if len({budget_of(r)[1] for r in fitted_runs}) >= 2:
@@ -684,13 +687,14 @@ def _plot(designs: dict, path: Path, fit_from: float = 0.0, unit: str = UNITS["c
     import numpy as np
 
     panels = [("swap_psnr", "swap PSNR (dB)"), ("hf_coherent", "hf_coherent")]
-    if all("identity_gain_db_runs" in v for row in designs.values() for v in row["budgets"].values()):
+    if any("identity_gain_db_runs" in v for row in designs.values() for v in row["budgets"].values()):
         panels.insert(1, ("identity_gain_db", "identity gain over the recoloured source (dB)"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharex=True)
     for ax, (m, label) in zip(axes, panels):
         for k, (name, row) in enumerate(designs.items()):
-            colour = f"C{k}"
-            pts = [(v.get("spent", v["train_cpu_s"]), y) for v in row["budgets"].values() for y in v[f"{m}_runs"]]
+            colour = plt.cm.tab20(k % 20)
+            pts = [(v.get("spent", v["train_cpu_s"]), y) for v in row["budgets"].values()
+                   for y in v.get(f"{m}_runs", [])]
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colour, s=14)
             if row["fits"].get(m):
                 f = row["fits"][m]
