@@ -24,7 +24,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -314,6 +314,18 @@ def plan_import(
 ) -> ImportPlan:
     """Read every face's metadata, check the options and the size; write nothing.
 
+    Args:
+        fmt: ``auto`` (from each file's container), ``dfl`` or ``faceswap``.
+        face_type: our crop type (``full``, ``whole``, ``head``).
+        size: our crop side (multiple of 16). None: the largest that every face's pixels hold
+            (the frames' when ``frames`` is given), or the existing set's size.
+        frames: the source frames (a folder, a video or a numbered sequence, :class:`Frames`);
+            faces whose frame is there are cut from it.
+        frame_base: the number both tools give a video's first frame in the names they record (1).
+        upscale: allow a ``size`` above what their pixels hold.
+        identity: identity label of every face (default: a pak's person_name, else the name of ``out``).
+        refuse: called with ``(name, reason)`` for each file refused.
+
     Raises:
         ValueError, FileNotFoundError, NotADirectoryError: bad options (one line), or ``size``
             above what the pixels hold without ``upscale``.
@@ -418,37 +430,18 @@ def import_faceset(
     src: str | Path,
     out: str | Path,
     *,
-    fmt: str = "auto",
-    face_type: str = "whole",
-    size: int | None = None,
-    frames: str | Path | None = None,
-    frame_base: int = 1,
-    upscale: bool = False,
-    identity: str | None = None,
-    refuse: Callable[[str, str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    **options: Any,
 ) -> ImportResult:
     """Import ``src`` (a folder of DeepFaceLab aligned faces or FaceSwap face PNGs) into ``out``:
-    :func:`plan_import`, then :func:`write_import`.
+    :func:`plan_import` with ``options`` (``fmt``, ``face_type``, ``size``, ``frames``,
+    ``frame_base``, ``upscale``, ``identity``, ``refuse``: see there), then :func:`write_import`.
 
     Resumable: faces whose ids are already in ``out`` are skipped, so rerunning after a crash
     finishes the job. Files that are refused are reported through ``refuse(name, reason)`` and
     listed in the result; nothing is written for them.
 
-    Args:
-        fmt: ``auto`` (from each file's container), ``dfl`` or ``faceswap``.
-        face_type: our crop type (``full``, ``whole``, ``head``).
-        size: our crop side (multiple of 16). None: the largest that every face's pixels hold
-            (the frames' when ``frames`` is given), or the existing set's size.
-        frames: the source frames (a folder, a video or a numbered sequence, :class:`Frames`);
-            faces whose frame is there are cut from it.
-        frame_base: the number both tools give a video's first frame in the names they record (1).
-        upscale: allow a ``size`` above what their pixels hold.
-        identity: identity label of every face (default: a pak's person_name, else the name of ``out``).
-
     Raises:
         ValueError: bad options, or ``size`` above what the pixels hold without ``upscale``.
     """
-    plan = plan_import(src, out, fmt=fmt, face_type=face_type, size=size, frames=frames, frame_base=frame_base,
-                       upscale=upscale, identity=identity, refuse=refuse)
-    return write_import(plan, progress)
+    return write_import(plan_import(src, out, **options), progress)
