@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from progressive_swap.train.losses import SwapLoss, masked_dssim, masked_l1
+from progressive_swap.train.losses import SwapLoss, masked_dssim, masked_l1, ssim_map
 
 
 def test_losses_vanish_on_perfect_reconstruction_and_grow_with_error():
@@ -22,6 +22,29 @@ def test_losses_vanish_on_perfect_reconstruction_and_grow_with_error():
     off = t.clone()
     off[..., 16:] = 0
     assert masked_l1(off, t, w2).item() == 0.0
+
+
+@pytest.mark.parametrize("window,side", [(3, 32), (5, 48), (11, 64)])
+def test_fused_ssim_map_matches_kornia_values_and_gradients(window, side):
+    """The stacked-moment SSIM is an independent computation of kornia's map (same window,
+    padding and constants): values and gradients agree to float rounding, also for
+    channels-last inputs and under bfloat16 autocast (where ours stays float32)."""
+    import kornia
+
+    g = torch.Generator().manual_seed(window)
+    x = torch.rand(2, 3, side, side + 8, generator=g, dtype=torch.float64)
+    y = (x + 0.1 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours, ref = ssim_map(a.float(), y.float(), window), kornia.metrics.ssim(b.float(), y.float(), window)
+    assert ours.shape == ref.shape and (ours - ref).abs().max().item() < 2e-5
+    ours.square().sum().backward()
+    ref.square().sum().backward()
+    assert (a.grad - b.grad).abs().max().item() < 1e-4 * b.grad.abs().max().item()
+    cl = ssim_map(x.float().contiguous(memory_format=torch.channels_last), y.float(), window)
+    assert (cl - ref).abs().max().item() < 2e-5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = ssim_map(x.float(), y.float(), window)
+    assert auto.dtype == torch.float32 and (auto - ref).abs().max().item() < 2e-5
 
 
 def test_eye_priority_raises_the_loss_of_errors_in_the_eyes():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,7 @@ def test_warm_start_across_resolution_and_identity_count(blob_sets, tmp_path, ca
     assert train_cli.main(bigger) == 0
     err = capsys.readouterr().err
     assert "warm start from" in err and "decoders.2" in err
+    assert re.search(r"^precision (bf16-mixed|32-true): the schedule's steps estimated at ", err, re.M)
     a, b = weights(src), weights(tmp_path / "dst")
     # The encoder was loaded and then held fixed; decoder 2 is new.
     for k in (k for k in a if k.startswith("encoder.")):
@@ -282,15 +284,16 @@ def test_the_phantom_cache_is_keyed_by_the_crop_the_face_type_means(tmp_path, mo
     assert datamodule.FaceDataModule(phantom={"faces": 4, "size": 32}).resolve_faces() != first and len(made) == 2
 
 
-def test_cpu_precision_follows_the_cpu_unless_forced(monkeypatch):
+def test_cpu_precision_is_measured_unless_forced_and_falls_back_on_the_flags(monkeypatch):
     from progressive_swap.cli import config
 
     monkeypatch.delenv(config.PRECISION_ENV, raising=False)
+    assert compose("train", ["recipe=demo"]).trainer.precision == "auto"  # swap-train measures it
     monkeypatch.setattr(config.torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(config.torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert config.cpu_precision() == "32-true"
+    assert config.cpu_precision_by_flags() == "32-true"
     monkeypatch.setattr(config.torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
-    assert config.cpu_precision() == "bf16-mixed"
+    assert config.cpu_precision_by_flags() == "bf16-mixed"
     monkeypatch.setenv(config.PRECISION_ENV, "32-true")
     assert compose("train", []).trainer.precision == "32-true"
     monkeypatch.setenv(config.PRECISION_ENV, "fp16")
@@ -298,7 +301,6 @@ def test_cpu_precision_follows_the_cpu_unless_forced(monkeypatch):
         config.cpu_precision()
 
 
-@pytest.mark.parametrize("mask", ["extended", "visible"])
 def test_decoded_face_cache_changes_nothing(blob_sets, tmp_path, mask):
     from progressive_swap.phantom.dataset import generate_phantom_dataset
     from progressive_swap.train.datamodule import CombDataset

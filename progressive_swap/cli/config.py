@@ -39,18 +39,23 @@ PRECISION_ENV = "PROGRESSIVE_SWAP_CPU_PRECISION"
 
 
 def cpu_precision() -> str:
-    """Lightning precision for CPU training: ``bf16-mixed`` where the CPU computes bfloat16 in
-    hardware (AVX512-BF16 or AMX), else ``32-true`` (emulated bfloat16 would be slower).
-
-    With channels-last memory it halves a demo step on a 2-core AVX512-BF16 CPU at the same
-    swap quality (``docs/scaling.md``). ``$PROGRESSIVE_SWAP_CPU_PRECISION`` (``bf16-mixed`` or
-    ``32-true``) overrides the check, e.g. to see what a CPU without bfloat16 would do.
+    """``trainer=cpu``'s precision: ``auto`` (swap-train measures bf16-mixed against 32-true on
+    this CPU and takes the faster, :mod:`progressive_swap.train.precision`), unless
+    ``$PROGRESSIVE_SWAP_CPU_PRECISION`` (``bf16-mixed`` or ``32-true``) forces one, e.g. to see
+    what a CPU without bfloat16 in hardware would do.
     """
     forced = os.environ.get(PRECISION_ENV)
     if forced:
         if forced not in ("bf16-mixed", "32-true"):
             raise UserError(f"{PRECISION_ENV}={forced!r}: choose bf16-mixed or 32-true")
         return forced
+    return "auto"
+
+
+def cpu_precision_by_flags() -> str:
+    """``bf16-mixed`` where the CPU has bfloat16 instructions (AVX512-BF16 or AMX), else
+    ``32-true``: the guess that ``trainer.precision=auto`` falls back on where it cannot measure
+    (several training processes, which must agree)."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     native = any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
     return "bf16-mixed" if native else "32-true"
@@ -99,6 +104,18 @@ def loader_workers(cap: int = 8, gb_each: float = 1.0) -> int:
 
 
 OmegaConf.register_new_resolver("loader_workers", loader_workers, replace=True)  # recipes/data/*.yaml
+
+
+def cpu_loader_workers(workers: int = 2) -> int:
+    """Loader workers for training on this CPU: none on two cores or fewer, where a worker
+    process only takes time from the trainer's threads (the demo's first 300 steps, AVX2 and
+    float32, 2 cores: 46.7 s loading in the trainer, 55.0 s with one worker, 56.0 s with two;
+    ``docs/quality.md``), else ``workers``."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cores <= 2 else int(workers)
+
+
+OmegaConf.register_new_resolver("cpu_loader_workers", cpu_loader_workers, replace=True)  # recipes/recipe/demo.yaml
 # recipes/model/*.yaml: the network is built for the schedule's resolutions.
 OmegaConf.register_new_resolver("final_res", lambda stages: int(max(s["res"] for s in stages)), replace=True)
 OmegaConf.register_new_resolver("start_res", lambda stages: int(min(s["res"] for s in stages)), replace=True)

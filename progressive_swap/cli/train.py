@@ -28,10 +28,11 @@ from rich.console import Console
 from rich.table import Table
 
 from progressive_swap.cli.common import UserError, run_cli
-from progressive_swap.cli.config import GROUPS, available, compose, cpu_precision
+from progressive_swap.cli.config import GROUPS, available, compose, cpu_precision_by_flags
 from progressive_swap.cli.schema import TrainConfig, describe
 from progressive_swap.core.io import WriteError, atomic_write_text, locked_dir, os_error_in, write_error
 from progressive_swap.model.summary import format_summary, summarize
+from progressive_swap.train import precision as precision_choice
 from progressive_swap.train import strategy
 from progressive_swap.train.batch_finder import plan_for_run, time_phases
 from progressive_swap.train.checkpoint import (
@@ -193,6 +194,7 @@ def train(cfg: DictConfig) -> int:
             )
         return _dry_run(cfg, info, run_dir)
 
+    _auto_precision(cfg)
     interrupt = InterruptCheckpoint(run_dir)
     trainer = instantiate(
         cfg.trainer,
@@ -281,6 +283,29 @@ def _write_failure(e: BaseException, run_dir: Path) -> OSError | None:
     return write_error(err, f"the logs in {run_dir} (the checkpoints so far are intact)")
 
 
+def _auto_precision(cfg: DictConfig) -> None:
+    """``trainer.precision=auto`` (``trainer=cpu``) becomes the faster of ``bf16-mixed`` and
+    ``32-true`` on this CPU, measured on the run's own model (:func:`progressive_swap.train.precision.choose`, cached),
+    and one line says which and why. Several processes (DDP, several nodes) must agree, so
+    there it follows the CPU's flags (:func:`cpu_precision_by_flags`)."""
+    if str(cfg.trainer.get("precision")) != "auto":
+        return
+    devices, nodes = cfg.trainer.get("devices", 1), int(cfg.trainer.get("num_nodes", 1) or 1)
+    several = devices not in (1, "1") or nodes > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if several or str(cfg.trainer.get("accelerator", "cpu")) != "cpu":
+        chosen = cpu_precision_by_flags()
+        line = (f"precision {chosen}: from the CPU's bfloat16 flags, since several training processes must agree "
+                "(trainer.precision= chooses)")
+    else:
+        with open_dict(cfg):
+            cfg.derived.world_size = 1
+        choice = precision_choice.choose(instantiate(cfg.module))
+        chosen, line = choice.precision, choice.line()
+    with open_dict(cfg):
+        cfg.trainer.precision = chosen
+    console.print(line, highlight=False, soft_wrap=True)
+
+
 def _dry_run(cfg: DictConfig, info: dict, run_dir: Path) -> int:
     module = instantiate(cfg.module)
     console.print(plan_table(module.schedule))
@@ -301,7 +326,11 @@ def _time_estimate(cfg: DictConfig, module) -> Table:
     device the run would use (the first GPU for a GPU trainer when there is one, else the CPU)."""
     wants_gpu = str(cfg.trainer.get("accelerator", "cpu")) in ("gpu", "cuda", "auto")
     device = torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
-    precision = str(cfg.trainer.precision) if device.type == "cuda" else cpu_precision()
+    precision = str(cfg.trainer.precision)
+    if device.type == "cpu" and precision == "auto":
+        precision = precision_choice.choose(module).precision
+    elif device.type == "cpu" and wants_gpu:
+        precision = cpu_precision_by_flags()
     if device.type == "cpu" and bool(cfg.channels_last):
         module.model.to(memory_format=torch.channels_last)
     rows = time_phases(module, device, precision, steps=int(cfg.dry_run_steps))
