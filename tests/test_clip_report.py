@@ -6,6 +6,8 @@ detector, and the export uses a stand-in network that returns its input.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -92,3 +94,86 @@ def test_the_line_says_the_share_and_points_srgb_to_acescct():
                               "crop_space=acescct keeps them (up to linear 222, within AP1's gamut)")
     assert C.clip_line(C.clip_summary([0.0], "acescct")) == \
         "crop space acescct clipped 0 % of face pixels (max 0 % on one face, 1 face)"
+
+
+# ------------------------------------------------------------------------- swap-extract
+
+
+@pytest.fixture(scope="module")
+def bright_face():
+    """A phantom face as an ACEScg plate with a 12 x 16 px highlight of linear 12.0 on the nose."""
+    from test_plates import SIZE, srgb_to_acescg
+
+    from progressive_swap.phantom.renderer import render, sample_identity, sample_trajectory
+
+    r = render(sample_identity(3), sample_trajectory(1, 1, fps=25)[0], SIZE)
+    plate = srgb_to_acescg(r.image)
+    bright = np.zeros(plate.shape[:2], np.float32)
+    x, y = np.round(r.landmarks[30]).astype(int)  # the nose tip, mid-face
+    bright[y - 6:y + 6, x - 8:x + 8] = 1.0
+    plate[bright > 0] = 12.0
+    return r, plate, bright
+
+
+def _extract(inp, truth, out, *extra):
+    from progressive_swap.cli import extract as extract_cli
+
+    return extract_cli.main([f"input={inp}", f"out={out}", "size=96", "landmarks=given", f"landmarks_file={truth}",
+                             "progress=false", *extra])
+
+
+def _manifest_summary(out) -> dict:
+    (m,) = out.glob(".extract/*/manifest.json")
+    return json.loads(m.read_text())["summary"]
+
+
+def test_extract_reports_what_srgb_crops_clipped_and_acescct_keeps(tmp_path, bright_face, capsys):
+    import cv2
+    from test_plates import write_plate, write_truth
+
+    from progressive_swap import faceset
+    from progressive_swap.core import align
+    from progressive_swap.masks.hull import landmark_mask
+
+    r, plate, bright = bright_face
+    seq = tmp_path / "plates"
+    seq.mkdir()
+    write_plate(seq / "plate.1001.exr", plate, "float")
+    truth = write_truth(tmp_path / "truth.json", [r], [1001])
+    pattern = seq / "plate.####.exr"
+    capsys.readouterr()
+    assert _extract(pattern, truth, tmp_path / "srgb") == 0, capsys.readouterr().err
+    lines = capsys.readouterr().out.splitlines()
+    s = _manifest_summary(tmp_path / "srgb")["clipped_share"]
+    assert s["crop_space"] == "srgb" and s["faces"] == 1 and s["mean"] == s["max"]
+    # What it should be: the highlight's footprint in the crop, inside the face's hull mask. Bilinear
+    # edges mix 12.0 with skin, so an edge pixel is over white from a small share of highlight on.
+    fs = faceset.open(tmp_path / "srgb")
+    rec = fs.record(0)
+    assert rec.extra["clipped_share"] == s["max"]
+    foot = align.warp_to_crop(bright, rec.matrix, 96)
+    mask = landmark_mask(align.transform_points(rec.landmarks, align.crop_matrix(rec.matrix, 96)), 96, "components")
+    low, high = (float((mask * (foot > t)).sum() / mask.sum()) for t in (0.9, 0.02))
+    print(f"srgb clipped {s['mean']:.4f} of the face (the highlight's footprint: {low:.4f} to {high:.4f})")
+    assert 0.01 < low <= s["mean"] + 1e-6 and s["mean"] <= high + 1e-6, (low, s, high)
+    want = f"  crop space srgb clipped {100 * s['mean']:.1f} % of face pixels (max {100 * s['max']:.1f} % on one " \
+           "face, 1 face); crop_space=acescct keeps them (up to linear 222, within AP1's gamut)"
+    assert want in lines, lines
+    # The same plate into 16-bit ACEScct crops: nothing clipped.
+    capsys.readouterr()
+    assert _extract(pattern, truth, tmp_path / "cct", "crop_space=acescct", "--json") == 0, capsys.readouterr().err
+    out = json.loads(capsys.readouterr().out)
+    assert out["clipped_share"] == {"crop_space": "acescct", "faces": 1, "mean": 0.0, "max": 0.0}
+    assert faceset.open(tmp_path / "cct").record(0).extra["clipped_share"] == 0.0
+    # A rerun of the finished srgb extraction writes nothing and reports the figure its faces recorded.
+    assert _extract(pattern, truth, tmp_path / "srgb", "--json") == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["faces_written"] == 0 and again["clipped_share"] == s
+    # 8-bit footage holds nothing sRGB cannot: 0 for every face, nothing measured or recorded per face.
+    png = tmp_path / "png"
+    png.mkdir()
+    cv2.imwrite(str(png / "plate.1001.png"), r.image[..., ::-1])
+    assert _extract(png / "plate.####.png", truth, tmp_path / "eight", "--json") == 0
+    s8 = json.loads(capsys.readouterr().out)["clipped_share"]
+    assert s8 == {"crop_space": "srgb", "faces": 1, "mean": 0.0, "max": 0.0}
+    assert "clipped_share" not in faceset.open(tmp_path / "eight").record(0).extra
