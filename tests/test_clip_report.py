@@ -177,3 +177,58 @@ def test_extract_reports_what_srgb_crops_clipped_and_acescct_keeps(tmp_path, bri
     s8 = json.loads(capsys.readouterr().out)["clipped_share"]
     assert s8 == {"crop_space": "srgb", "faces": 1, "mean": 0.0, "max": 0.0}
     assert "clipped_share" not in faceset.open(tmp_path / "eight").record(0).extra
+
+
+# ------------------------------------------------------------------------- swap-export
+
+
+def _tiny_model(root, crop_space: str):
+    """A tiny random model (``tests/test_plates.py``'s) whose metadata says its crops were ``crop_space``."""
+    import torch
+    from test_plates import ARCH, FACE_TYPE
+
+    from progressive_swap.core.weights import save_weights
+    from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
+
+    torch.manual_seed(0)
+    model = CombAutoencoder(CombArch(**ARCH))
+    root.mkdir()
+    meta = {"arch": model.arch_args(), "face_type": FACE_TYPE, "identities": ["alice", "bob"], "stage_res": 32,
+            "alpha": 1.0, "crop_space": crop_space}
+    save_weights(model, root / "model.safetensors", meta)
+    return root / "model.safetensors"
+
+
+def test_export_reports_what_the_models_crop_space_clipped_on_the_plate(tmp_path, bright_face, capsys):
+    from test_plates import export, write_plate, write_truth
+
+    r, plate, bright = bright_face
+    seq = tmp_path / "plates"
+    seq.mkdir()
+    write_plate(seq / "plate.1001.exr", plate, "float")
+    write_plate(seq / "plate.1002.exr", np.minimum(plate, 0.5), "float")  # the same face, nothing over white
+    truth = write_truth(tmp_path / "truth.json", [r, r], [1001, 1002])
+    given = ("landmarks=given", f"landmarks_file={truth}", "format=exr", "preview=false")
+    figures = {}
+    for cs in ("srgb", "acescct"):
+        out = tmp_path / cs
+        capsys.readouterr()
+        assert export(_tiny_model(tmp_path / f"m_{cs}", cs), seq / "plate.####.exr", out, *given) == 0, \
+            capsys.readouterr().err
+        lines = capsys.readouterr().err.splitlines()  # the export talks on stderr
+        s = json.loads((out / "export.json").read_text())["summary"]["clipped_share"]
+        metas = [json.loads((out / "meta" / f"face.{n}.json").read_text())["faces"][0] for n in (1001, 1002)]
+        assert [m["clipped_share"] for m in metas][1] == 0.0  # the frame without the highlight
+        assert s["crop_space"] == cs and s["faces"] == 2 and s["max"] == metas[0]["clipped_share"]
+        assert s["mean"] == pytest.approx(s["max"] / 2, abs=1e-6)
+        line = next(x for x in lines if x.startswith("crop space"))
+        assert line.startswith(f"crop space {cs} clipped "), lines
+        figures[cs] = s
+        # A rerun skips both frames and reports the figures their sidecars hold.
+        capsys.readouterr()
+        assert export(tmp_path / f"m_{cs}" / "model.safetensors", seq / "plate.####.exr", out, *given) == 0
+        again = json.loads((out / "export.json").read_text())["summary"]
+        assert again["skipped"] == 2 and again["clipped_share"] == s
+    print(f"export: srgb {figures['srgb']}, acescct {figures['acescct']}")
+    assert 0.02 < figures["srgb"]["max"] < 0.2  # the highlight on the nose: some percent of the face
+    assert figures["acescct"]["max"] == 0.0

@@ -289,7 +289,8 @@ def _face_clip(fr: Frame, colour, m: np.ndarray, lm_crop: np.ndarray, opt: Extra
         return None
     if mask is None:
         mask = landmark_mask(lm_crop, opt.size, CLIP_MASK)
-    return clipped_share(align.warp_to_crop(fr.plate, m, opt.size), mask, colour, opt.crop_space)
+    share = clipped_share(align.warp_to_crop(fr.plate, m, opt.size), mask, colour, opt.crop_space)
+    return round(share, 6)  # as the record keeps it, so a resumed run sums the same figures
 
 
 def _recorded_clip(out: str | os.PathLike, ids: list[str]) -> list[float]:
@@ -376,7 +377,7 @@ def _crop_pass(
                 lm_crop = align.transform_points(plan.smooth[k], align.crop_matrix(m, opt.size))
                 masks = {kind: landmark_mask(lm_crop, opt.size, kind) for kind in MASK_KINDS} if opt.masks else {}
                 share = _face_clip(fr, src.colour, m, lm_crop, opt, masks.get(CLIP_MASK))
-                extra = plan.extra[k] if share is None else {**plan.extra[k], "clipped_share": round(share, 6)}
+                extra = plan.extra[k] if share is None else {**plan.extra[k], "clipped_share": share}
                 if share is not None and clipped is not None:
                     clipped.append(share)
                 rec = faceset.FaceRecord(
