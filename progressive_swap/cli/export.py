@@ -54,7 +54,7 @@ from progressive_swap.extract.pipeline import (
     precheck,
 )
 from progressive_swap.faceset.format import HEADER_NAME
-from progressive_swap.footage.colour import encoding_of
+from progressive_swap.footage.colour import clip_line, encoding_of
 from progressive_swap.footage.sources import footage_exists, is_pattern
 from progressive_swap.train import identity_fit
 
@@ -383,6 +383,7 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
         f"{stats['faces']} faces, {stats['frames_per_s']} frames/s",
         soft_wrap=True,
     )
+    console.print(clip_line(stats["clipped_share"]), soft_wrap=True, highlight=False, markup=False)
     if plate_job is not None:
         first = Path(o.out) / exporter.layer_relpath(plates.numbers[0] if plates.numbers else 0)
         try:

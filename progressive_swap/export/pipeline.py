@@ -48,6 +48,7 @@ from progressive_swap.export.settings import (
     software,
 )
 from progressive_swap.export.swapper import MODEL_MASKS, CheckpointInfo
+from progressive_swap.footage.colour import clip_summary, clipped_share
 from progressive_swap.masks.hull import landmark_mask
 
 
@@ -75,6 +76,7 @@ class _Pending:
     key: str = ""
     rgb: list[np.ndarray] = field(default_factory=list)
     mask: list[np.ndarray] = field(default_factory=list)
+    clipped: list[float | None] = field(default_factory=list)  # per face: the share its crop space clipped
 
 
 class Exporter:
@@ -163,6 +165,7 @@ class Exporter:
         self.stats = {"frames": 0, "faces": 0, "skipped": 0, "written": 0, "redone": 0,
                       "nonfinite_layer_values": 0, "nonfinite_comp_values": 0}
         self.colour: dict | None = None  # the colour path of scene-referred plates, once one is seen
+        self.clipped: list[float] = []  # per face, the share of its pixels the crop space clipped (clipped_share)
 
     # ------------------------------------------------------------------ paths
 
@@ -287,11 +290,13 @@ class Exporter:
                     self.stats["frames"] += 1
                     self._crop_space(fr, manifest)
                     key = self.input_key(fr)
-                    if self.is_done(fr.index, key) is not None:
+                    done = self.is_done(fr.index, key)
+                    if done is not None:
                         self._flush(pending)
                         pending, n_faces = [], 0
                         self._drain(0)
                         self.stats["skipped"] += 1
+                        self.clipped.extend(self._recorded_clip(fr, done))
                         if preview is not None:
                             self._preview(fr, self._read_back(fr))
                         if comp_video is not None and not PL.scene_referred(fr):  # EXR frames: no video
@@ -301,6 +306,8 @@ class Exporter:
                     if self.sidecar_path(fr.index).exists():  # stale: other input, settings or a damaged file
                         self.stats["redone"] += 1
                     p = _Pending(fr, [self._crop(fr, f) for f in fr.faces], key=key)
+                    p.clipped = [self._clip_share(fr, f) for f in fr.faces]
+                    self.clipped.extend(0.0 if c is None else c for c in p.clipped)
                     pending.append(p)
                     n_faces += len(p.crops)
                     if n_faces >= self.s.batch or len(pending) >= 2 * self.s.batch:
@@ -332,6 +339,7 @@ class Exporter:
         finally:
             self._pool.shutdown(wait=True)
         dt = _time.perf_counter() - t0
+        self.stats["clipped_share"] = clip_summary(self.clipped, self.info.crop_space)
         self.stats["seconds"] = round(dt, 3)
         self.stats["frames_per_s"] = round(self.stats["frames"] / dt, 3) if dt > 0 else None
         atomic_write_json(self.out / "export.json", {**manifest, "status": "complete", "summary": self.stats})
@@ -347,6 +355,31 @@ class Exporter:
         if self.colour is None:
             self.colour = manifest["colour"] = fr.colour.as_dict()
             atomic_write_json(self.out / "export.json", manifest)
+
+    def _clip_share(self, fr: FrameIn, face: FaceIn) -> float | None:
+        """The share of this face's pixels the model's crop space clips
+        (:func:`~progressive_swap.footage.colour.clipped_share`): the plate's own values cropped as
+        the face (bilinear), counted in its hull mask (the whole crop without landmarks). ``None``
+        for 8-bit footage, which every crop space holds: nothing is computed."""
+        if fr.plate is None or fr.colour is None:
+            return None
+        size = self.s.crop_size
+        mask = None
+        if face.landmarks is not None:
+            mask = landmark_mask(align.transform_points(face.landmarks, align.crop_matrix(face.matrix, size)), size,
+                                 "components")
+        share = clipped_share(align.warp_to_crop(fr.plate, face.matrix, size), mask, fr.colour, self.info.crop_space)
+        return round(share, 6)  # as the sidecar records it, so a resumed run sums the same figures
+
+    @staticmethod
+    def _recorded_clip(fr: FrameIn, meta: dict) -> list[float]:
+        """A finished frame's faces' ``clipped_share`` from its sidecar (0 for 8-bit footage; a
+        plate frame written before the figure existed adds nothing)."""
+        faces = meta.get("faces") if isinstance(meta.get("faces"), list) else []
+        if fr.plate is None:
+            return [0.0] * len(faces)
+        vals = [f.get("clipped_share") for f in faces if isinstance(f, dict)]
+        return [float(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
     def _crop(self, fr: FrameIn, face: FaceIn) -> np.ndarray:
         if fr.plate is not None and fr.colour is not None:  # a float plate: crop its values, no 8-bit step
@@ -421,7 +454,8 @@ class Exporter:
         swapped: list[C.SwappedFace] = []
         faces_meta = []
         patches: dict[str, str] = {}
-        for face, crop, rgb, mmask in zip(fr.faces, p.crops, p.rgb, p.mask):
+        clipped = p.clipped or [None] * len(p.crops)
+        for face, crop, rgb, mmask, share in zip(fr.faces, p.crops, p.rgb, p.mask, clipped):
             mask = self._face_mask(face, mmask)
             if s.color != "none":
                 ref = crop if crop.dtype == np.float32 else crop.astype(np.float32) / np.iinfo(crop.dtype).max
@@ -434,6 +468,7 @@ class Exporter:
                 "matrix": np.asarray(face.matrix).tolist(), "crop_size": size,
                 "landmarks": None if face.landmarks is None else np.round(face.landmarks, 4).tolist(),
                 "box": C.crop_bbox(face.matrix, fr.size),
+                **({} if share is None else {"clipped_share": share}),
             }
             if s.patches:
                 rel = f"patches/face.{self.number(fr.index)}.t{face.track}.png"

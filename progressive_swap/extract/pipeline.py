@@ -59,12 +59,13 @@ from progressive_swap.extract.options import (
 from progressive_swap.extract.smoothing import smooth_track
 from progressive_swap.extract.tracks import keep_tracks, link_tracks, min_size_filter
 from progressive_swap.faceset.format import HEADER_NAME
-from progressive_swap.footage.colour import frame_in_crop_space
+from progressive_swap.footage.colour import clip_line, clip_summary, clipped_share, frame_in_crop_space
 from progressive_swap.footage.sources import Frame, FrameSource, open_source, parse_frames
 from progressive_swap.masks.hull import LANDMARK_MASKS, landmark_mask
 
 WORK_DIR = ".extract"
 MASK_KINDS = LANDMARK_MASKS  # the hull masks written with every face
+CLIP_MASK = "components"  # the face mask the share of clipped pixels is counted in
 # Test hook: seconds to sleep per frame, so a test can kill an extraction part-way.
 _DELAY_ENV = "PROGRESSIVE_SWAP_EXTRACT_DELAY"
 
@@ -277,12 +278,43 @@ def _plan(chunks: list[dict], src: FrameSource, opt: ExtractOptions, fps: float)
     return _Plan(ff[order], track[order], lms[order], smooth[order], label, extra, stats)
 
 
+def _face_clip(fr: Frame, colour, m: np.ndarray, lm_crop: np.ndarray, opt: ExtractOptions,
+               mask: np.ndarray | None = None) -> float | None:
+    """The share of this face's pixels its crop space clips
+    (:func:`~progressive_swap.footage.colour.clipped_share`): the plate's own values cropped as
+    the face (bilinear, as the ``srgb`` crops), weighted by the face's hull mask (``mask``, else
+    drawn from ``lm_crop``). ``None`` for 8-bit footage, which every crop space holds: nothing
+    is computed."""
+    if fr.plate is None or colour is None:
+        return None
+    if mask is None:
+        mask = landmark_mask(lm_crop, opt.size, CLIP_MASK)
+    share = clipped_share(align.warp_to_crop(fr.plate, m, opt.size), mask, colour, opt.crop_space)
+    return round(share, 6)  # as the record keeps it, so a resumed run sums the same figures
+
+
+def _recorded_clip(out: str | os.PathLike, ids: list[str]) -> list[float]:
+    """The ``clipped_share`` an earlier run recorded for these faces (``extra``), where it did."""
+    fs = faceset.open(out)
+    found = []
+    for i in ids:
+        try:
+            v = fs.record(fs.index_of(i)).extra.get("clipped_share")
+        except (KeyError, ValueError):
+            continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            found.append(float(v))
+    return found
+
+
 def _crop_pass(
     src: FrameSource, plan: _Plan, key: str, opt: ExtractOptions, progress: Progress, writer_factory,
-    notes: list[str] | None = None,
+    notes: list[str] | None = None, clipped: list[float] | None = None,
 ) -> int:
     """Crop and write the planned faces; ``notes`` gets one line per frame whose crop-space
-    values held NaN or inf (zeroed, +inf set to 1, as the sRGB path does through its view)."""
+    values held NaN or inf (zeroed, +inf set to 1, as the sRGB path does through its view);
+    ``clipped`` gets each face's share of pixels its crop space clipped (plates only; faces
+    committed by an earlier run give the figure they recorded, ``extra["clipped_share"]``)."""
     ids = [_face_id(key, int(f), int(t)) for f, t in zip(plan.frame, plan.track)]
     writer = None
     written = 0
@@ -291,6 +323,8 @@ def _crop_pass(
     writer = writer_factory()
     try:
         todo = np.array([i not in writer for i in ids], bool)
+        if clipped is not None and not todo.all():
+            clipped.extend(_recorded_clip(opt.out, [i for i, t in zip(ids, todo) if not t]))
         if not todo.any():
             return 0
         rows_by_frame: dict[int, list[int]] = {}
@@ -340,6 +374,12 @@ def _crop_pass(
                     crop = align.warp_to_crop(fr.image, m, opt.size)
                 else:
                     crop = _crop_values(values, m, opt.size)
+                lm_crop = align.transform_points(plan.smooth[k], align.crop_matrix(m, opt.size))
+                masks = {kind: landmark_mask(lm_crop, opt.size, kind) for kind in MASK_KINDS} if opt.masks else {}
+                share = _face_clip(fr, src.colour, m, lm_crop, opt, masks.get(CLIP_MASK))
+                extra = plan.extra[k] if share is None else {**plan.extra[k], "clipped_share": share}
+                if share is not None and clipped is not None:
+                    clipped.append(share)
                 rec = faceset.FaceRecord(
                     id=ids[k],
                     source=str(src.path),
@@ -351,14 +391,12 @@ def _crop_pass(
                     matrix=m,
                     frame_size=(w, h),
                     landmarks_raw=plan.raw[k],
-                    extra=plan.extra[k],
+                    extra=extra,
                 )
                 batch[0].append(rec)
                 batch[1].append(crop)
-                if opt.masks:
-                    lm_crop = align.transform_points(plan.smooth[k], align.crop_matrix(m, opt.size))
-                    for kind in MASK_KINDS:
-                        batch[2][kind].append(landmark_mask(lm_crop, opt.size, kind))
+                for kind, mask in masks.items():
+                    batch[2][kind].append(mask)
             batch_frames += 1
             update(1, len(rows))
             if batch_frames >= opt.chunk:
@@ -585,7 +623,8 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
                     )
 
                 nonfinite: list[str] = []
-                written = _crop_pass(src, plan, key, opt, progress, writer_factory, nonfinite)
+                clipped: list[float] = []
+                written = _crop_pass(src, plan, key, opt, progress, writer_factory, nonfinite, clipped)
                 problems = problems + nonfinite
     except (ExtractError, FileNotFoundError):
         if created_out and not (out / HEADER_NAME).exists():
@@ -604,6 +643,9 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "detect_frames_per_s": round(plan.stats["frames"] / max(t_detect, 1e-9), 2),
         "frames_per_s": round(plan.stats["frames"] / max(seconds, 1e-9), 2),
+        # 8-bit footage is sRGB pictures, which every crop space holds: 0 for each face, nothing computed
+        "clipped_share": clip_summary(clipped if src.colour is not None else [0.0] * plan.stats["faces_kept"],
+                                      opt.crop_space),
     }
     atomic_write_json(
         manifest_path,
@@ -624,6 +666,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  too small {s['faces_too_small']}  smoothing {s['smoothing']}",
         f"  {s['seconds']:.1f} s, {s['frames_per_s']:.1f} frames/s",
     ]
+    if s.get("clipped_share"):
+        lines.append(f"  {clip_line(s['clipped_share'])}")
     lines += [f"  problem: {p}" for p in s["problems"]]
     if s.get("frames_missing"):
         lines.append(f"  incomplete: {s['frames_missing']} frame(s) of the input could not be decoded (listed above)")
