@@ -58,7 +58,7 @@ def test_choose_measures_once_per_cpu_and_workload_and_survives_a_broken_cache(t
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     measured = []
 
-    def fake_measure(module, steps=3):
+    def fake_measure(module, steps=3, precisions=precision.PRECISIONS):
         measured.append(1)
         return {"32-true": 10.0, "bf16-mixed": 5.0}
 
@@ -78,3 +78,32 @@ def test_choose_measures_once_per_cpu_and_workload_and_survives_a_broken_cache(t
     assert len(entries) == 3 and all(e["precision"] == "bf16-mixed" for e in entries.values())
     precision.cache_path().write_text("{not json")
     assert not precision.choose(module).cached and len(measured) == 4
+
+
+def test_schedule_seconds_scales_the_images_to_the_measured_time_and_a_resume_keeps_them(
+        blob_sets, tmp_path, monkeypatch, capsys):
+    from conftest import tiny
+
+    from progressive_swap.cli import train as train_cli
+    from progressive_swap.train.checkpoint import safe_load
+
+    monkeypatch.setenv("PROGRESSIVE_SWAP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("PROGRESSIVE_SWAP_CPU_PRECISION", raising=False)
+    estimate = {"s": 100.0}
+    monkeypatch.setattr(precision, "measure",
+                        lambda module, steps=3, precisions=precision.PRECISIONS:
+                        {"32-true": estimate["s"], "bf16-mixed": None})
+    run = tmp_path / "run"
+    assert train_cli.main(tiny(blob_sets, run, "schedule_seconds=50", "max_steps=3")) == 0
+    err = capsys.readouterr().err
+    assert "schedule scaled to 50% of its images" in err and "16 px 48 → 24" in err
+    stages = safe_load(run / "last.ckpt")["progressive_swap"]["schedule"]["stages"]
+    assert [(s["images"], s["fade"]) for s in stages] == [(24, 0), (16, 16)]
+    estimate["s"] = 400.0  # another estimate (another machine): the resumed run keeps its stages
+    (tmp_path / "cache" / "cpu_precision.json").unlink()
+    assert train_cli.main(tiny(blob_sets, run, "schedule_seconds=50", "resume=auto")) == 0
+    end = safe_load(run / "last.ckpt")["progressive_swap"]
+    assert [(s["images"], s["fade"]) for s in end["schedule"]["stages"]] == [(24, 0), (16, 16)]
+    assert end["batches_done"] == 3 + 2 + 2  # all of the halved schedule: 24/8 + 16/8 + 16/8 batches
+    assert train_cli.main(tiny(blob_sets, tmp_path / "fits", "schedule_seconds=500", "max_steps=1")) == 0
+    assert "schedule as written" in capsys.readouterr().err

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             run = work / f"run_{space}"
             imgs = [max(16, int(n * a.scale)) for _, n in stages]
             argv_ = ["recipe=demo", "data=facesets", f"data.faces=[{sets[0]},{sets[1]}]", f"out={run}",
-                     "preview_every=0", f"seed={a.seed}", "progress_every=60",
+                     "preview_every=0", f"seed={a.seed}", "progress_every=60", "schedule_seconds=null",
                      f"schedule.stages.0.images={imgs[0]}", f"schedule.stages.1.images={imgs[1]}"]
             c0, w0 = time.process_time(), time.perf_counter()
             if train_cli.main(argv_) != 0:

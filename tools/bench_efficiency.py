@@ -328,6 +328,8 @@ def describe(name: str) -> dict:
 
 
 def _overrides(name: str, seed: int, out: Path) -> list[str]:
+    from progressive_swap.cli.config import cpu_precision_by_flags
+
     full = design(name)
     arch = scaled(full)
     train = arch.pop("train", {})
@@ -341,6 +343,8 @@ def _overrides(name: str, seed: int, out: Path) -> list[str]:
         model = [f"model.{k}={v}" for k, v in arch.items()]
     return [
         "recipe=demo",
+        "schedule_seconds=null",  # the budget decides the images, not this CPU's speed
+        f"trainer.precision={cpu_precision_by_flags()}",  # as the study's runs have always trained
         *model,
         *[f"{k}={v}" for k, v in train.items()],
         f"data.phantom.size={arch['res'] if is_peer(full) else STAGES[-1]}",
@@ -372,7 +376,7 @@ def calibrate(overrides: list[str], steps: int = 3, warmup: int = 1, peer_res: i
     phase: its cost is that of all five."""
     from hydra.utils import instantiate
 
-    from progressive_swap.cli.config import compose
+    from progressive_swap.cli.config import compose, cpu_precision_by_flags
     from progressive_swap.model.autoencoder import CombAutoencoder
     from progressive_swap.train.batch_finder import autocast_for
     from progressive_swap.train.module import SwapModule
@@ -388,7 +392,7 @@ def calibrate(overrides: list[str], steps: int = 3, warmup: int = 1, peer_res: i
                         warp=float(cfg.augment.warp), channels_last=True)
     module.log = lambda *a, **k: None
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.999))
-    precision = str(cfg.trainer.precision)
+    precision = cpu_precision_by_flags()  # what the study's runs train in (see _overrides)
 
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup("fit")

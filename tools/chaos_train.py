@@ -75,6 +75,7 @@ def train_args(faces: list[str], out: Path, stages: list[dict], *extra: str) -> 
     """The ``swap-train`` arguments of the chaos run."""
     return [
         "recipe=demo",
+        "schedule_seconds=null",
         "data=facesets",
         f"data.faces=[{','.join(faces)}]",
         f"out={out}",

@@ -53,7 +53,7 @@ def _base(name: str, toy: bool, res: int, batch: int, lr: float) -> list[str]:
     common = ["data=phantom", f"data.phantom.size={res}", stages, "preview_every=0", "checkpoint.every_minutes=1000"]
     if toy:
         return ["recipe=demo", *_model_overrides(name, toy), *common, "data.phantom.faces=64",
-                "data.num_workers=0", "trainer.precision=32-true"]
+                "data.num_workers=0", "trainer.precision=32-true", "schedule_seconds=null"]
     return ["recipe=256", *_model_overrides(name, toy), *common]
 
 

@@ -230,6 +230,9 @@ class TrainConfig:
     dry_run_steps: int = opt(1, "timed training steps per phase behind dry_run's time estimate (0: no estimate)",
                              min=0)
     max_steps: Optional[int] = opt(None, "stop after this many optimizer steps (resume later with resume=auto)", min=1)
+    schedule_seconds: Optional[float] = opt(
+        None, "on the CPU: scale every stage's images down so the schedule's steps, timed on this CPU at the "
+        "start, fit this many seconds (never up; null: the schedule as written)", min=1.0)
     preview_every: int = opt(100, "optimizer steps between preview grids (0: off)", min=0)
     preview_faces: int = opt(4, "faces per identity in a preview grid", min=1)
     progress_every: float = opt(30.0, "seconds between progress lines when stderr is not a terminal", min=0.0)

@@ -194,7 +194,7 @@ def train(cfg: DictConfig) -> int:
             )
         return _dry_run(cfg, info, run_dir)
 
-    _auto_precision(cfg)
+    _cpu_plan(cfg, resume)
     interrupt = InterruptCheckpoint(run_dir)
     trainer = instantiate(
         cfg.trainer,
@@ -283,27 +283,63 @@ def _write_failure(e: BaseException, run_dir: Path) -> OSError | None:
     return write_error(err, f"the logs in {run_dir} (the checkpoints so far are intact)")
 
 
-def _auto_precision(cfg: DictConfig) -> None:
-    """``trainer.precision=auto`` (``trainer=cpu``) becomes the faster of ``bf16-mixed`` and
-    ``32-true`` on this CPU, measured on the run's own model (:func:`progressive_swap.train.precision.choose`, cached),
-    and one line says which and why. Several processes (DDP, several nodes) must agree, so
-    there it follows the CPU's flags (:func:`cpu_precision_by_flags`)."""
-    if str(cfg.trainer.get("precision")) != "auto":
+def _cpu_plan(cfg: DictConfig, resume: Path | None) -> None:
+    """Settle what a CPU run measures before it starts, printing one line for each.
+
+    ``trainer.precision=auto`` (``trainer=cpu``) becomes the faster of ``bf16-mixed`` and
+    ``32-true`` on this CPU, timed on the run's own model
+    (:func:`progressive_swap.train.precision.choose`, cached). Several processes (DDP, several
+    nodes) must agree, so there it follows the CPU's flags (:func:`cpu_precision_by_flags`).
+
+    ``schedule_seconds=S`` scales every stage's images down (never up) so that the schedule's
+    steps, as estimated by the same measurement, fit ``S`` seconds on this CPU. A resumed run
+    keeps the stages its checkpoint was trained with.
+    """
+    auto = str(cfg.trainer.get("precision")) == "auto"
+    budget = cfg.get("schedule_seconds")
+    on_cpu = str(cfg.trainer.get("accelerator", "cpu")) == "cpu"
+    if not auto and (budget is None or not on_cpu):
         return
     devices, nodes = cfg.trainer.get("devices", 1), int(cfg.trainer.get("num_nodes", 1) or 1)
     several = devices not in (1, "1") or nodes > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if several or str(cfg.trainer.get("accelerator", "cpu")) != "cpu":
-        chosen = cpu_precision_by_flags()
-        line = (f"precision {chosen}: from the CPU's bfloat16 flags, since several training processes must agree "
-                "(trainer.precision= chooses)")
-    else:
-        with open_dict(cfg):
-            cfg.derived.world_size = 1
-        choice = precision_choice.choose(instantiate(cfg.module))
-        chosen, line = choice.precision, choice.line()
+    if several or not on_cpu:
+        if auto:
+            chosen = cpu_precision_by_flags()
+            with open_dict(cfg):
+                cfg.trainer.precision = chosen
+            console.print(f"precision {chosen}: from the CPU's bfloat16 flags, since several training processes must "
+                          "agree (trainer.precision= chooses)", highlight=False, soft_wrap=True)
+        if budget is not None:
+            console.print("schedule_seconds is ignored: it is measured for one training process on the CPU",
+                          highlight=False, soft_wrap=True)
+        return
     with open_dict(cfg):
-        cfg.trainer.precision = chosen
-    console.print(line, highlight=False, soft_wrap=True)
+        cfg.derived.world_size = 1
+    choice = precision_choice.choose(
+        instantiate(cfg.module), precisions=precision_choice.PRECISIONS if auto else (str(cfg.trainer.precision),))
+    with open_dict(cfg):
+        cfg.trainer.precision = choice.precision
+    console.print(choice.line(), highlight=False, soft_wrap=True)
+    if budget is None or choice.estimate is None:
+        return
+    if resume is not None:  # the stages it started with, whatever this CPU's estimate says now
+        stages = read_training_checkpoint(resume)[CKPT_KEY]["schedule"]["stages"]
+        with open_dict(cfg):
+            cfg.schedule.stages = [{k: v for k, v in st.items() if v is not None} for st in stages]
+        return
+    if choice.estimate <= float(budget):
+        console.print(f"schedule as written: its steps fit schedule_seconds={float(budget):g} on this CPU "
+                      f"(estimated {choice.estimate:.0f} s)", highlight=False, soft_wrap=True)
+        return
+    factor = float(budget) / choice.estimate
+    stages = OmegaConf.to_container(cfg.schedule.stages, resolve=True)
+    scaled = precision_choice.scaled_stages(stages, factor, int(cfg.derived.identities))
+    with open_dict(cfg):
+        cfg.schedule.stages = scaled
+    said = ", ".join(f"{st['res']} px {a['images']:,} → {st['images']:,}" for a, st in zip(stages, scaled))
+    console.print(f"schedule scaled to {factor:.0%} of its images to fit schedule_seconds={float(budget):g} on this "
+                  f"CPU (steps estimated at {choice.estimate:.0f} s as written): {said}; schedule_seconds=null "
+                  "trains it as written", highlight=False, soft_wrap=True)
 
 
 def _dry_run(cfg: DictConfig, info: dict, run_dir: Path) -> int:

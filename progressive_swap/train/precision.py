@@ -42,12 +42,21 @@ class Choice:
     seconds: dict[str, float | None]
     cached: bool
 
+    @property
+    def estimate(self) -> float | None:
+        """Estimated seconds of the schedule's steps in the precision taken."""
+        return self.seconds.get(self.precision)
+
     def line(self) -> str:
         """One line for the run's log: which precision and why."""
         fp32, bf16 = self.seconds.get("32-true"), self.seconds.get("bf16-mixed")
 
         def est(s: float | None) -> str:
             return "stopped early, clearly slower" if s is None else f"{s:.0f} s"
+
+        if len(self.seconds) == 1:
+            return (f"precision {self.precision} (set): the schedule's steps estimated at {est(self.estimate)} "
+                    "on this CPU")
 
         src = "measured earlier on this CPU (cached)" if self.cached else "measured now on this CPU"
         return (f"precision {self.precision}: the schedule's steps estimated at {est(bf16)} in bf16-mixed and "
@@ -148,14 +157,38 @@ def cache_path() -> Path:
     return cache_dir() / "cpu_precision.json"
 
 
-def choose(module, steps: int = 3) -> Choice:
+def scaled_stages(stages: list[dict], factor: float, identities: int) -> list[dict]:
+    """``stages`` with every stage's ``images`` and ``fade`` times ``factor`` (in (0, 1]), each
+    kept to at least one batch (the stage's batch × ``identities``). Learning rates, batches and
+    resolutions are unchanged.
+
+    Example:
+        >>> scaled_stages([{"res": 32, "images": 1000, "batch": 8}], 0.5, 2)
+        [{'res': 32, 'images': 500, 'batch': 8}]
+    """
+    if not 0 < factor <= 1:
+        raise ValueError(f"factor must be in (0, 1], got {factor}")
+    out = []
+    for st in stages:
+        st = dict(st)
+        least = int(st.get("batch", 16)) * int(identities)
+        for key in ("images", "fade"):
+            if st.get(key):
+                st[key] = max(least, int(round(st[key] * factor)))
+        out.append(st)
+    return out
+
+
+def choose(module, steps: int = 3, precisions: tuple[str, ...] = PRECISIONS) -> Choice:
     """The faster precision for training ``module`` on this CPU: from the cache when this CPU,
     software and workload were measured before, else :func:`measure` now (and cache it).
+    With one precision in ``precisions`` it only estimates that one's time.
 
     The cache is a JSON file of entries keyed by a hash of :func:`cpu_fingerprint` and
     :func:`workload_key`; an unreadable cache is measured over, never trusted.
     """
-    key_doc = {"cpu": cpu_fingerprint(), "workload": workload_key(module), "version": 1}
+    key_doc = {"cpu": cpu_fingerprint(), "workload": workload_key(module), "precisions": list(precisions),
+               "version": 1}
     key = hashlib.sha1(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_path()
     try:
@@ -167,8 +200,8 @@ def choose(module, steps: int = 3) -> Choice:
     hit = entries.get(key)
     if isinstance(hit, dict) and hit.get("precision") in PRECISIONS and isinstance(hit.get("seconds"), dict):
         return Choice(hit["precision"], hit["seconds"], cached=True)
-    seconds = measure(module, steps=steps)
-    choice = Choice(pick(seconds), seconds, cached=False)
+    seconds = measure(module, steps=steps, precisions=precisions)
+    choice = Choice(pick(seconds) if len(precisions) > 1 else precisions[0], seconds, cached=False)
     entries[key] = {"precision": choice.precision, "seconds": seconds, "cpu": key_doc["cpu"],
                     "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:
