@@ -301,6 +301,7 @@ def test_cpu_precision_is_measured_unless_forced_and_falls_back_on_the_flags(mon
         config.cpu_precision()
 
 
+@pytest.mark.parametrize("mask", ["extended", "visible"])
 def test_decoded_face_cache_changes_nothing(blob_sets, tmp_path, mask):
     from progressive_swap.phantom.dataset import generate_phantom_dataset
     from progressive_swap.train.datamodule import CombDataset

@@ -194,7 +194,7 @@ def train(cfg: DictConfig) -> int:
             )
         return _dry_run(cfg, info, run_dir)
 
-    _cpu_plan(cfg, resume)
+    measured = _cpu_plan(cfg, resume)
     interrupt = InterruptCheckpoint(run_dir)
     trainer = instantiate(
         cfg.trainer,
@@ -233,6 +233,8 @@ def train(cfg: DictConfig) -> int:
             for tmp in remove_stale_temps(run_dir):  # a process killed mid-write leaves these
                 console.print(f"removed {tmp.name}, an unfinished checkpoint write")
             atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        for line in measured:
+            console.print(line, highlight=False, soft_wrap=True)
         console.print(plan_table(module.schedule))
         if note:
             console.print(note, soft_wrap=True)
@@ -283,8 +285,9 @@ def _write_failure(e: BaseException, run_dir: Path) -> OSError | None:
     return write_error(err, f"the logs in {run_dir} (the checkpoints so far are intact)")
 
 
-def _cpu_plan(cfg: DictConfig, resume: Path | None) -> None:
-    """Settle what a CPU run measures before it starts, printing one line for each.
+def _cpu_plan(cfg: DictConfig, resume: Path | None) -> list[str]:
+    """Settle what a CPU run measures before it starts; returns a line for each, which the run
+    prints with its plan once every check has passed (an error stays one line).
 
     ``trainer.precision=auto`` (``trainer=cpu``) becomes the faster of ``bf16-mixed`` and
     ``32-true`` on this CPU, timed on the run's own model
@@ -298,8 +301,9 @@ def _cpu_plan(cfg: DictConfig, resume: Path | None) -> None:
     auto = str(cfg.trainer.get("precision")) == "auto"
     budget = cfg.get("schedule_seconds")
     on_cpu = str(cfg.trainer.get("accelerator", "cpu")) == "cpu"
+    lines: list[str] = []
     if not auto and (budget is None or not on_cpu):
-        return
+        return lines
     devices, nodes = cfg.trainer.get("devices", 1), int(cfg.trainer.get("num_nodes", 1) or 1)
     several = devices not in (1, "1") or nodes > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
     if several or not on_cpu:
@@ -307,39 +311,43 @@ def _cpu_plan(cfg: DictConfig, resume: Path | None) -> None:
             chosen = cpu_precision_by_flags()
             with open_dict(cfg):
                 cfg.trainer.precision = chosen
-            console.print(f"precision {chosen}: from the CPU's bfloat16 flags, since several training processes must "
-                          "agree (trainer.precision= chooses)", highlight=False, soft_wrap=True)
+            lines.append(f"precision {chosen}: from the CPU's bfloat16 flags, since several training processes must "
+                         "agree (trainer.precision= chooses)")
         if budget is not None:
-            console.print("schedule_seconds is ignored: it is measured for one training process on the CPU",
-                          highlight=False, soft_wrap=True)
-        return
+            lines.append("schedule_seconds is ignored: it is measured for one training process on the CPU")
+        return lines
     with open_dict(cfg):
         cfg.derived.world_size = 1
-    choice = precision_choice.choose(
-        instantiate(cfg.module), precisions=precision_choice.PRECISIONS if auto else (str(cfg.trainer.precision),))
+    with precision_choice.random_state_kept():  # the run draws the same whether measured or not
+        choice = precision_choice.choose(
+            instantiate(cfg.module), precisions=precision_choice.PRECISIONS if auto else (str(cfg.trainer.precision),))
     with open_dict(cfg):
         cfg.trainer.precision = choice.precision
-    console.print(choice.line(), highlight=False, soft_wrap=True)
+    lines.append(choice.line())
     if budget is None or choice.estimate is None:
-        return
+        return lines
     if resume is not None:  # the stages it started with, whatever this CPU's estimate says now
-        stages = read_training_checkpoint(resume)[CKPT_KEY]["schedule"]["stages"]
+        try:
+            stages = read_training_checkpoint(resume)[CKPT_KEY]["schedule"]["stages"]
+        except (KeyError, TypeError, ValueError, OSError):
+            return lines  # not a checkpoint of ours: the resume check says why, in one line
         with open_dict(cfg):
             cfg.schedule.stages = [{k: v for k, v in st.items() if v is not None} for st in stages]
-        return
+        return lines
     if choice.estimate <= float(budget):
-        console.print(f"schedule as written: its steps fit schedule_seconds={float(budget):g} on this CPU "
-                      f"(estimated {choice.estimate:.0f} s)", highlight=False, soft_wrap=True)
-        return
+        lines.append(f"schedule as written: its steps fit schedule_seconds={float(budget):g} on this CPU "
+                     f"(estimated {choice.estimate:.0f} s)")
+        return lines
     factor = float(budget) / choice.estimate
     stages = OmegaConf.to_container(cfg.schedule.stages, resolve=True)
     scaled = precision_choice.scaled_stages(stages, factor, int(cfg.derived.identities))
     with open_dict(cfg):
         cfg.schedule.stages = scaled
     said = ", ".join(f"{st['res']} px {a['images']:,} → {st['images']:,}" for a, st in zip(stages, scaled))
-    console.print(f"schedule scaled to {factor:.0%} of its images to fit schedule_seconds={float(budget):g} on this "
-                  f"CPU (steps estimated at {choice.estimate:.0f} s as written): {said}; schedule_seconds=null "
-                  "trains it as written", highlight=False, soft_wrap=True)
+    lines.append(f"schedule scaled to {factor:.0%} of its images to fit schedule_seconds={float(budget):g} on this "
+                 f"CPU (steps estimated at {choice.estimate:.0f} s as written): {said}; schedule_seconds=null "
+                 "trains it as written")
+    return lines
 
 
 def _dry_run(cfg: DictConfig, info: dict, run_dir: Path) -> int:

@@ -15,13 +15,19 @@ import hashlib
 import json
 import os
 import platform
+import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import torch
 
 from progressive_swap.core.io import atomic_write_bytes
+from progressive_swap.train import batch_finder
+from progressive_swap.train.datamodule import cache_dir
 
 PRECISIONS = ("32-true", "bf16-mixed")
 #: bfloat16 is taken only when its estimate is this much below float32's: a closer call is noise,
@@ -103,8 +109,6 @@ def measure(module, steps: int = 3, warmup: int = 1, precisions=PRECISIONS) -> d
     measured so far is twice the best earlier one's (emulated bfloat16 would otherwise cost tens
     of seconds to learn that it loses) and reads ``None``.
     """
-    from progressive_swap.train.batch_finder import _train_step, fake_batch
-
     device = torch.device("cpu")
     work = copy.deepcopy(module).to(device)
     work.log = lambda *a, **k: None  # no trainer here
@@ -125,11 +129,13 @@ def measure(module, steps: int = 3, warmup: int = 1, precisions=PRECISIONS) -> d
         for p, batches in phases:
             index = p.first_batch + p.batches // 2
             for _ in range(warmup):
-                _train_step(work, opt, fake_batch(n_id, p.batch, p.res, index), precision, device)
+                batch_finder._train_step(work, opt, batch_finder.fake_batch(n_id, p.batch, p.res, index),
+                                         precision, device)
             times = []
             for _ in range(steps):
                 t0 = time.perf_counter()
-                _train_step(work, opt, fake_batch(n_id, p.batch, p.res, index), precision, device)
+                batch_finder._train_step(work, opt, batch_finder.fake_batch(n_id, p.batch, p.res, index),
+                                         precision, device)
                 times.append(time.perf_counter() - t0)
             total += sorted(times)[len(times) // 2] * batches
             running.append(total)
@@ -152,9 +158,22 @@ def pick(seconds: dict[str, float | None]) -> str:
 
 
 def cache_path() -> Path:
-    from progressive_swap.train.datamodule import cache_dir
-
     return cache_dir() / "cpu_precision.json"
+
+
+@contextmanager
+def random_state_kept() -> Iterator[None]:
+    """Python's, NumPy's and torch's CPU random states as they were on entry, restored on exit:
+    building and timing a model for the measurement must not change what a seeded run draws
+    after it (its initial weights, its augmentation), so a run is the same whether its
+    precision was measured or set."""
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
 
 
 def scaled_stages(stages: list[dict], factor: float, identities: int) -> list[dict]:
