@@ -35,7 +35,8 @@ import json, re, sys
 path, start, end, kind, flags, model, log, quality, seed, env = sys.argv[1:]
 text = open(log).read()
 render = re.search(r"phantom faces id\d+ .*done in (\d+)m(\d+)s", text)
-prec = re.search(r"^precision (\S+): the schedule's steps estimated at (.*?) in bf16-mixed and (.*?) in 32-true", text, re.M)
+prec = re.search(r"^precision (\S+), .*?: the schedule's steps take an estimated (.*?) in bf16-mixed and (.*?) in 32-true",
+                 text, re.M)
 q = json.load(open(quality))
 q = q[0] if isinstance(q, list) else q
 keep = ("swap_psnr", "identity_gain_db", "recon_psnr", "swap_ssim", "hf_coherent", "frame_psnr")

@@ -58,15 +58,13 @@ class Choice:
         fp32, bf16 = self.seconds.get("32-true"), self.seconds.get("bf16-mixed")
 
         def est(s: float | None) -> str:
-            return "stopped early, clearly slower" if s is None else f"{s:.0f} s"
+            return "over twice as long (stopped early)" if s is None else f"{s:.0f} s"
 
         if len(self.seconds) == 1:
-            return (f"precision {self.precision} (set): the schedule's steps estimated at {est(self.estimate)} "
-                    "on this CPU")
-
+            return f"precision {self.precision} (set): the schedule's steps take an estimated {est(self.estimate)} here"
         src = "measured earlier on this CPU (cached)" if self.cached else "measured now on this CPU"
-        return (f"precision {self.precision}: the schedule's steps estimated at {est(bf16)} in bf16-mixed and "
-                f"{est(fp32)} in 32-true, {src}; trainer.precision= chooses")
+        return (f"precision {self.precision}, {src}: the schedule's steps take an estimated {est(bf16)} in "
+                f"bf16-mixed and {est(fp32)} in 32-true; trainer.precision= sets it")
 
 
 def cpu_fingerprint() -> dict:
