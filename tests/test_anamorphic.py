@@ -275,3 +275,16 @@ def test_a_strongly_reduced_anamorphic_crop_is_pre_filtered_along_each_axis():
     got = float(10 * np.log10(1.0 / np.mean((a - b) ** 2)))
     print(f"32 px crop of a 2:1 squeezed 512 px plate vs the square plate's: PSNR {got:.1f} dB")
     assert got >= 45.0, got
+
+
+@pytest.mark.parametrize("ext", ["dpx", "tif", "png"])
+def test_dpx_tiff_and_png_plates_state_their_pixel_aspect_too(plates, ext):
+    """The header's pixel aspect of a 16-bit DPX, TIFF or PNG written by OpenImageIO is read as the
+    EXR's (only the EXR goes through extraction and export here)."""
+    from progressive_swap.footage.sources import open_source
+
+    d = plates["root"] / f"as_{ext}"
+    d.mkdir()
+    write_plate(d / f"plate.1001.{ext}", np.clip(plates["squeezed"], 0, 1), "uint16", attrs={"PixelAspectRatio": 2.0})
+    src = open_source(d / f"plate.####.{ext}")
+    assert src.pixel_aspect == ASPECT and next(src.frames()).info.pixel_aspect == ASPECT
