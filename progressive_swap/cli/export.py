@@ -350,6 +350,7 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
         f"swap-export: {footage} -> {o.out}  identity={info.identities[identity]}{whose}  mask={settings.mask}  "
         f"model {info.stage_res} px ({ftype})  crop {size} px  {o.format}  on {device}"
         + (f"  {plates.colour.line()}" if plates.colour is not None else "")
+        + (f"  {plates.aspect_line()}" if plates.aspect_line() else "")
         + (f"  layers in {plates.colour.layer}" if plates.colour is not None and plates.colour.layer
            and o.format != "dpx" else "")
         + "".join(f"  {line}" for line in detector[:1]),
@@ -374,7 +375,8 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
         progress_every=o.progress_every,
         input_fingerprint=plates.fingerprint(),
         digits=plates.digits,
-        notes={"identity_check": check},
+        notes={"identity_check": check,
+               **({"pixel_aspect": plates.pixel_aspect} if plates.pixel_aspect != 1.0 else {})},  # anamorphic
     )
     stats = exporter.run(frames)
     redone = f", {stats['redone']} redone (made from other input, settings or damaged)" if stats["redone"] else ""

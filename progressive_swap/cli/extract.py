@@ -41,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         opt = ExtractOptions(**OmegaConf.to_container(cfg))  # type: ignore[arg-type]
         src = precheck(opt)  # the input and its colour space, checked before anything is written
         colour = [src.colour.line()] if src.colour is not None else []  # which space, and why
+        if src.aspect_line():  # an anamorphic plate: said on the first line
+            colour = [f"{src.aspect_line()}; {colour[0]}" if colour else src.aspect_line()] + colour[1:]
         lines = detector_lines(opt)  # which detector runs (auto would fall back to dlib silently otherwise)
         if not as_json:  # first on stdout; stderr stays for the one-line errors
             print("\n".join(f"{PROG}: {line}" for line in colour + lines), flush=True)

@@ -8,6 +8,13 @@ Convention (used everywhere in the project):
       extraction serves 256, 512 and 1024 px crops.
     * In a crop of side ``S`` the pixel coordinate is ``p = u * S - 0.5``. :func:`crop_matrix`
       builds that pixel matrix; warping into the crop samples the frame at ``M_px^-1 p``.
+    * **Anamorphic frames** (a plate whose ``PixelAspectRatio`` ``a`` is not 1: each pixel is
+      ``a`` times as wide as it is tall) are aligned on *de-squeezed* pixels,
+      ``x' = a x + (a - 1) / 2``, ``y' = y`` (:func:`desqueeze_matrix`: pixel ``x`` covers
+      de-squeezed pixels ``a x … a x + a - 1``). The matrix is the similarity fitted there,
+      composed with that de-squeeze, so it still maps the **frame's own pixels** (an affine
+      with ``a`` times the horizontal scale, no longer a similarity) and crops cut with it are
+      undistorted; landmarks stay in the frame's own pixels (:func:`alignment_matrix`).
 
 Single numpy images go through OpenCV; batches of tensors go through kornia. Both give the
 same result (tested).
@@ -51,7 +58,54 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.concatenate([scale * r, t[:, None]], axis=1)
 
 
-def alignment_matrix(landmarks: np.ndarray, face_type: str) -> np.ndarray:
+def check_pixel_aspect(value, what: str = "pixel aspect") -> float:
+    """``value`` as a float if it is a usable pixel aspect ratio (finite, 0.1 to 10); one-line
+    ``ValueError`` otherwise."""
+    try:
+        a = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} {value!r} is not a number") from None
+    if not (np.isfinite(a) and 0.1 <= a <= 10.0):
+        raise ValueError(f"{what} {value!r} is not a pixel aspect ratio (expected 0.1 to 10)")
+    return a
+
+
+def desqueeze_matrix(pixel_aspect: float) -> np.ndarray:
+    """``(2, 3)`` frame pixels → de-squeezed pixels of an anamorphic frame: ``x' = a x + (a - 1) / 2``,
+    ``y' = y`` (pixel ``x`` spans de-squeezed ``a x - 0.5 … a x + a - 0.5``; the identity for ``a = 1``)."""
+    a = float(pixel_aspect)
+    return np.array([[a, 0.0, (a - 1.0) / 2.0], [0.0, 1.0, 0.0]], np.float64)
+
+
+def desqueeze_points(points: np.ndarray, pixel_aspect: float) -> np.ndarray:
+    """Frame-pixel points ``(..., 2)`` in de-squeezed pixels (unchanged for ``a = 1``)."""
+    p = np.array(points, np.float64, copy=True)
+    if pixel_aspect != 1.0:
+        p[..., 0] = p[..., 0] * pixel_aspect + (pixel_aspect - 1.0) / 2.0
+    return p
+
+
+def squeeze_points(points: np.ndarray, pixel_aspect: float) -> np.ndarray:
+    """De-squeezed points ``(..., 2)`` back in the frame's own pixels (inverse of :func:`desqueeze_points`)."""
+    p = np.array(points, np.float64, copy=True)
+    if pixel_aspect != 1.0:
+        p[..., 0] = (p[..., 0] - (pixel_aspect - 1.0) / 2.0) / pixel_aspect
+    return p
+
+
+def desqueeze_image(image: np.ndarray, pixel_aspect: float) -> np.ndarray:
+    """An anamorphic frame resampled to square pixels (``ceil(W a)`` wide, bilinear, exactly on
+    :func:`desqueeze_matrix`'s grid; for ``a < 1`` a mild reduction, not pre-filtered), what a
+    detector should see; the frame itself for ``a = 1``."""
+    if pixel_aspect == 1.0:
+        return image
+    h, w = image.shape[:2]
+    width = max(1, int(np.ceil(w * pixel_aspect - 1e-9)))
+    return cv2.warpAffine(image, desqueeze_matrix(pixel_aspect), (width, h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def alignment_matrix(landmarks: np.ndarray, face_type: str, pixel_aspect: float = 1.0) -> np.ndarray:
     """Fit the resolution-free alignment matrix for one face.
 
     Only the stable points (brows, eyes, nose) are used: the jaw and mouth move with
@@ -60,9 +114,12 @@ def alignment_matrix(landmarks: np.ndarray, face_type: str) -> np.ndarray:
     Args:
         landmarks: ``(68, 2)`` frame pixels, iBUG-300W order.
         face_type: ``full``, ``whole`` or ``head``.
+        pixel_aspect: the frame's pixel aspect ratio (an anamorphic plate's ``PixelAspectRatio``):
+            the fit is made on de-squeezed pixels, then composed with :func:`desqueeze_matrix`.
 
     Returns:
-        ``(2, 3)`` float64, frame pixels → normalised crop coordinates ``[0, 1]``.
+        ``(2, 3)`` float64, frame pixels → normalised crop coordinates ``[0, 1]`` (a similarity
+        for ``pixel_aspect=1``).
     """
     lm = np.asarray(landmarks, np.float64)
     if lm.shape != (68, 2):
@@ -70,7 +127,10 @@ def alignment_matrix(landmarks: np.ndarray, face_type: str) -> np.ndarray:
     if not np.isfinite(lm).all():
         raise ValueError("landmarks contain NaN or Inf")
     idx = list(STABLE_POINTS)
-    return umeyama(lm[idx], template_uv(face_type)[idx])
+    if pixel_aspect == 1.0:
+        return umeyama(lm[idx], template_uv(face_type)[idx])
+    m = umeyama(desqueeze_points(lm[idx], pixel_aspect), template_uv(face_type)[idx])
+    return compose(m, desqueeze_matrix(pixel_aspect))
 
 
 def to3x3(m: np.ndarray) -> np.ndarray:
@@ -131,11 +191,15 @@ def warp_to_crop(
     frame, ``INTER_AREA`` is used automatically to avoid aliasing.
     """
     m_px = crop_matrix(m_norm, size)
-    if interpolation == cv2.INTER_LINEAR and matrix_scale(m_px) < 0.5:
-        # Downscaling by more than 2x: pre-blur by resizing the frame first.
+    sx, sy = np.hypot(m_px[0, 0], m_px[1, 0]), np.hypot(m_px[0, 1], m_px[1, 1])  # crop px per frame px, by axis
+    anisotropic = abs(sx - sy) > 1e-6 * max(sx, sy)  # an anamorphic frame's matrix (not a similarity)
+    if interpolation == cv2.INTER_LINEAR and (min(sx, sy) < 0.5 if anisotropic else matrix_scale(m_px) < 0.5):
+        # Downscaling by more than 2x: pre-blur by resizing the frame first (each axis by its own
+        # scale when the frame's pixels are not square).
         f = matrix_scale(m_px) * 2.0
+        fx, fy = (min(1.0, 2.0 * sx), min(1.0, 2.0 * sy)) if anisotropic else (f, f)
         h, w = image.shape[:2]
-        small = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(image, (max(1, round(w * fx)), max(1, round(h * fy))), interpolation=cv2.INTER_AREA)
         # Map the small frame's pixels to the full frame's: x_full = (x_small + 0.5) * w/ws - 0.5.
         sx, sy = w / small.shape[1], h / small.shape[0]
         up = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5]])

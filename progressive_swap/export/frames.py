@@ -12,7 +12,10 @@ extracted into one by the extractor (``progressive_swap.extract.pipeline``: dete
 landmarks, tracks, smoothing), see ``cli/export.py``.
 
 Convention: plates are uint8 ``(H, W, 3)`` RGB; landmarks frame pixels (centres at integers);
-matrices frame pixels → normalised crop coordinates.
+matrices frame pixels → normalised crop coordinates. On an anamorphic plate these are its own
+(squeezed) pixels, the matrix an affine fitted on de-squeezed ones (``core/align.py``), so crops
+come out undistorted and layers land on the plate's own grid with no other step; a face whose
+record says another pixel aspect than the plates' is refused in one line.
 """
 from __future__ import annotations
 
@@ -126,7 +129,9 @@ def faceset_frames(fs, footage: str | os.PathLike, source: str, mask_name: str |
         if srcs[i] == source:
             rows[int(fidx[i])].append(i)
     ids, sizes, mats, tracks, lms = fs.ids, fs.frame_sizes, fs.matrices, fs.tracks, fs.landmarks
+    aspects = fs.pixel_aspects
     plates = footage if hasattr(footage, "frames") else open_plates(footage)  # a FrameSource keeps its problems
+    plate_aspect = getattr(plates, "pixel_aspect", 1.0)
     for fr in plates.frames():
         index, t, image = fr.index, fr.time, fr.image
         faces = []
@@ -135,6 +140,12 @@ def faceset_frames(fs, footage: str | os.PathLike, source: str, mask_name: str |
                 raise ValueError(
                     f"face {ids[i]} was extracted from a {sizes[i][0]}x{sizes[i][1]} frame, "
                     f"but frame {index} of {str(footage)!r} is {image.shape[1]}x{image.shape[0]}"
+                )
+            if aspects[i] != plate_aspect:  # its matrix would cut a squashed (or stretched) face
+                name = getattr(plates, "path", Path(str(footage))).name
+                raise ValueError(
+                    f"face {ids[i]} was aligned at pixel aspect {aspects[i]:g}, but {name} has PixelAspectRatio "
+                    f"{plate_aspect:g}; extract the plates again (swap-extract reads their pixel aspect)"
                 )
             faces.append(FaceIn(matrix=np.asarray(mats[i], np.float64), track=int(tracks[i]),
                                 landmarks=np.asarray(lms[i], np.float64), crop=fs.image(i), face_id=ids[i],

@@ -99,19 +99,34 @@ class _FaceFinder:
         g = self.given or self.given_boxes
         return g.fps if g else None
 
-    def __call__(self, frames: list[Frame]) -> list[list[Face]]:
+    def __call__(self, frames: list[Frame], pixel_aspect: float = 1.0) -> list[list[Face]]:
+        """Each frame's faces, boxes and landmarks in the frame's own pixels. With a
+        ``pixel_aspect`` other than 1 (an anamorphic plate) the detector sees the frame
+        de-squeezed (:func:`~progressive_swap.core.align.desqueeze_image`), as faces look, and
+        what it finds is mapped back; given landmarks and boxes are the plate's own pixels."""
         if self.given is not None:
             return [self.given.faces(f.index, f.name) for f in frames]
         assert self.detector is not None
+        a = pixel_aspect
+        images = [align.desqueeze_image(f.image, a) for f in frames]
         if self.given_boxes is not None:
-            boxes = [self.given_boxes.boxes(f.index, f.name) for f in frames]
+            boxes = [_box_points(self.given_boxes.boxes(f.index, f.name), a, align.desqueeze_points) for f in frames]
             scores = [np.ones(len(b)) for b in boxes]
         else:
-            found = [self.detector.detect_boxes(f.image) for f in frames]
+            found = [self.detector.detect_boxes(im) for im in images]
             boxes, scores = [b[:, :4] for b in found], [b[:, 4] for b in found]
-        lms = self.detector.landmarks_batch([f.image for f in frames], boxes)
-        return [[Face(box=b, landmarks=lm, score=float(s)) for b, lm, s in zip(bb, ll, ss)]
+        lms = self.detector.landmarks_batch(images, boxes)
+        return [[Face(box=_box_points(b, a, align.squeeze_points), landmarks=align.squeeze_points(lm, a),
+                      score=float(s)) for b, lm, s in zip(bb, ll, ss)]
                 for bb, ll, ss in zip(boxes, lms, scores)]
+
+
+def _box_points(boxes: np.ndarray, pixel_aspect: float, how) -> np.ndarray:
+    """``(..., 4)`` boxes ``[x0, y0, x1, y1]`` with both corners mapped by ``how`` (de-squeeze or squeeze)."""
+    b = np.asarray(boxes, np.float64)
+    if pixel_aspect == 1.0:
+        return b
+    return how(b.reshape(*b.shape[:-1], 2, 2), pixel_aspect).reshape(b.shape)
 
 
 # ---------------------------------------------------------------------- detection cache
@@ -171,7 +186,7 @@ def _detect_pass(
     def flush_pending() -> None:
         if not pending:
             return
-        for fr, faces in zip(pending, finder(pending)):
+        for fr, faces in zip(pending, finder(pending, src.pixel_aspect)):
             found.extend((fr.index, f) for f in faces)
             update(1, len(faces))
         pending.clear()
@@ -191,6 +206,11 @@ def _detect_pass(
                 f"{size[0]}x{size[1]}); extract each size separately"
             )
         first_size = first_size or size
+        if fr.info is not None and fr.info.pixel_aspect != src.pixel_aspect:
+            raise ExtractError(
+                f"the frames of {src.path.name} change pixel aspect at frame {fr.index} ({src.pixel_aspect:g} -> "
+                f"{fr.info.pixel_aspect:g}); extract each separately"
+            )
         while fr.pos >= chunk_start + opt.chunk:  # close the chunk(s) before this frame
             flush_pending()
             write_chunk(work, chunk_start, frames_meta, found, False, src.problems[p0:])
@@ -231,6 +251,12 @@ def _plan(chunks: list[dict], src: FrameSource, opt: ExtractOptions, fps: float)
     score = np.concatenate([c["score"] for c in chunks])
     lms = np.concatenate([c["landmarks"] for c in chunks]).reshape(-1, 68, 2)
     ids = np.array(sum((list(c["identity"]) for c in chunks), []), object)
+    # Sizes, tracks and smoothing measure faces as they look: an anamorphic plate's landmarks
+    # and boxes (its own pixels, as detected and cached) are de-squeezed here and squeezed back
+    # at the end (the plan, like the face set, keeps the plate's own pixels).
+    aspect = src.pixel_aspect
+    lms = align.desqueeze_points(lms, aspect)
+    box = _box_points(box, aspect, align.desqueeze_points)
     times = dict(zip(fi.tolist(), np.concatenate([c["time"] for c in chunks]).tolist()))
     per_frame = np.bincount(np.searchsorted(fi, ff), minlength=len(fi)) if len(fi) else np.zeros(0, int)
     stats = {
@@ -272,10 +298,12 @@ def _plan(chunks: list[dict], src: FrameSource, opt: ExtractOptions, fps: float)
     stats["faces_kept"] = int(len(order))
     stats["smoothing"] = method
     label = [opt.identity or str(i) for i in ids[order]]
+    box = _box_points(box[order], aspect, align.squeeze_points)
     extra = [
-        {"box": [round(float(v), 3) for v in b], "score": round(float(s), 4)} for b, s in zip(box[order], score[order])
+        {"box": [round(float(v), 3) for v in b], "score": round(float(s), 4)} for b, s in zip(box, score[order])
     ]
-    return _Plan(ff[order], track[order], lms[order], smooth[order], label, extra, stats)
+    raw, smooth = align.squeeze_points(lms[order], aspect), align.squeeze_points(smooth[order], aspect)
+    return _Plan(ff[order], track[order], raw, smooth, label, extra, stats)
 
 
 def _face_clip(fr: Frame, colour, m: np.ndarray, lm_crop: np.ndarray, opt: ExtractOptions,
@@ -369,7 +397,8 @@ def _crop_pass(
                         notes.append(f"frame {fr.index}: {bad} non-finite plate value(s) (NaN, inf) set to 0 "
                                      f"(+inf to 1) before cropping")
             for k in rows:
-                m = align.alignment_matrix(plan.smooth[k], opt.face_type)
+                # frame px -> crop; fitted on de-squeezed pixels for an anamorphic plate (core/align.py)
+                m = align.alignment_matrix(plan.smooth[k], opt.face_type, src.pixel_aspect)
                 if values is None:
                     crop = align.warp_to_crop(fr.image, m, opt.size)
                 else:
@@ -378,6 +407,8 @@ def _crop_pass(
                 masks = {kind: landmark_mask(lm_crop, opt.size, kind) for kind in MASK_KINDS} if opt.masks else {}
                 share = _face_clip(fr, src.colour, m, lm_crop, opt, masks.get(CLIP_MASK))
                 extra = plan.extra[k] if share is None else {**plan.extra[k], "clipped_share": share}
+                if src.pixel_aspect != 1.0:  # landmarks and matrix are the plate's own (squeezed) pixels
+                    extra = {**extra, "pixel_aspect": src.pixel_aspect}
                 if share is not None and clipped is not None:
                     clipped.append(share)
                 rec = faceset.FaceRecord(
@@ -569,6 +600,14 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
                     f"{opt.out!r} holds an extraction of {src.path.name} with {k}={was!r}, "
                     f"not {options.get(k)!r}; use another out= or delete {str(work)!r}"
                 )
+        was_aspect = old.get("pixel_aspect", 1.0)  # absent: made before PixelAspectRatio was read
+        if was_aspect != src.pixel_aspect:
+            was = f"{was_aspect:g}" if isinstance(was_aspect, (int, float)) else repr(was_aspect)
+            why = "" if "pixel_aspect" in old else " (by a version that read no PixelAspectRatio)"
+            raise ExtractError(
+                f"{opt.out!r} holds an extraction of {src.path.name} aligned at pixel aspect {was}{why}, "
+                f"not {src.pixel_aspect:g}; use another out= or delete {str(work)!r}"
+            )
         if old["input"] != src.fingerprint():
             raise ExtractError(
                 f"{src.path.name} changed since its extraction into {opt.out!r} began; "
@@ -586,7 +625,8 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
             if not manifest_path.is_file():
                 atomic_write_json(
                     manifest_path,
-                    {"input": src.fingerprint(), "source": str(src.path), "options": options, "complete": False},
+                    {"input": src.fingerprint(), "source": str(src.path), "options": options, "complete": False,
+                     "pixel_aspect": src.pixel_aspect},
                 )
             with Progress(opt.progress_every, enabled=opt.progress) as progress:
                 chunks = _detect_pass(src, finder, work, opt, progress)
@@ -644,13 +684,14 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
         "detect_frames_per_s": round(plan.stats["frames"] / max(t_detect, 1e-9), 2),
         "frames_per_s": round(plan.stats["frames"] / max(seconds, 1e-9), 2),
         # 8-bit footage is sRGB pictures, which every crop space holds: 0 for each face, nothing computed
+        "pixel_aspect": src.pixel_aspect,
         "clipped_share": clip_summary(clipped if src.colour is not None else [0.0] * plan.stats["faces_kept"],
                                       opt.crop_space),
     }
     atomic_write_json(
         manifest_path,
         {"input": src.fingerprint(), "source": str(src.path), "options": options, "complete": True,
-         "frames_missing": summary["frames_missing"], "summary": summary},
+         "pixel_aspect": src.pixel_aspect, "frames_missing": summary["frames_missing"], "summary": summary},
     )
     return summary
 

@@ -95,7 +95,7 @@ def face_scores(fs: F.FaceSet, keys: Iterable[str] = SORT_KEYS, threads: int = 8
         with ThreadPoolExecutor(max(1, threads)) as pool:
             out["blur"] = np.fromiter(pool.map(lambda i: blur_score(fs.image(i)), range(n)), np.float64, n)
     if "yaw" in keys or "pitch" in keys:
-        poses = head_poses(fs.landmarks, fs.frame_sizes) if n else np.zeros((0, 3))
+        poses = head_poses(*_square_pixels(fs)) if n else np.zeros((0, 3))
         if "yaw" in keys:
             out["yaw"] = poses[:, 0]
         if "pitch" in keys:
@@ -103,6 +103,19 @@ def face_scores(fs: F.FaceSet, keys: Iterable[str] = SORT_KEYS, threads: int = 8
     if "size" in keys:
         out["size"] = np.array([align.face_size(m) for m in fs.matrices], np.float64)
     return {k: out[k] for k in keys}
+
+
+def _square_pixels(fs) -> tuple[np.ndarray, np.ndarray]:
+    """Landmarks and frame sizes in square pixels: an anamorphic plate's faces (``pixel_aspect``
+    recorded) de-squeezed, as the head looks, the others as stored."""
+    lms, sizes, a = fs.landmarks, fs.frame_sizes, fs.pixel_aspects
+    if (a == 1.0).all():
+        return lms, sizes
+    lms = np.array(lms, np.float64)
+    lms[..., 0] = lms[..., 0] * a[:, None] + ((a - 1.0) / 2.0)[:, None]
+    sizes = np.array(sizes, np.float64)
+    sizes[:, 0] *= a
+    return lms, sizes
 
 
 def sort_order(scores: np.ndarray, descending: bool) -> np.ndarray:

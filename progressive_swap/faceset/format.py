@@ -83,7 +83,11 @@ class FaceRecord:
     Convention: ``landmarks`` and ``landmarks_raw`` are ``(68, 2)`` pixel coordinates in the
     source frame (x right, y down, pixel centres at integers). ``matrix`` is a ``(2, 3)``
     similarity mapping frame pixels to *normalised crop coordinates* ``u`` in [0, 1]; in a
-    crop of size S the pixel coordinate is ``u * S - 0.5``.
+    crop of size S the pixel coordinate is ``u * S - 0.5``. For an anamorphic plate
+    (``extra["pixel_aspect"]`` = its ``PixelAspectRatio`` ``a``, written only when not 1) all
+    three stay in the plate's own, squeezed pixels, and ``matrix`` is the similarity fitted on
+    de-squeezed pixels ``x' = a x + (a - 1) / 2`` composed with that de-squeeze: an affine that
+    cuts an undistorted crop from the plate as it is (``core/align.py``).
 
     Attributes:
         id: unique in the set; also the file stem, so ``[A-Za-z0-9][A-Za-z0-9._-]*`` (<= 128).

@@ -231,6 +231,22 @@ class FaceSet:
         return self._cols["frame_size"]
 
     @property
+    def pixel_aspects(self) -> np.ndarray:
+        """``(N,)`` float64 pixel aspect ratio of each face's source frame (``extra["pixel_aspect"]``,
+        written for anamorphic plates; 1.0 where absent). Landmarks, ``matrix`` and ``frame_size``
+        are always the frame's own pixels; ``x' = a x + (a - 1) / 2`` de-squeezes them
+        (:func:`progressive_swap.core.align.desqueeze_points`)."""
+        if "pixel_aspect" not in self._lazy:
+            a = np.ones(len(self._ids), np.float64)
+            for i, e in self._extra.items():
+                v = e.get("pixel_aspect") if isinstance(e, dict) else None
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > 0:
+                    a[i] = float(v)
+            a.setflags(write=False)
+            self._lazy["pixel_aspect"] = a
+        return self._lazy["pixel_aspect"]
+
+    @property
     def identity_indices(self) -> np.ndarray:
         """``(N,)`` int32 index into :attr:`identities`."""
         return self._cols["identity_index"]

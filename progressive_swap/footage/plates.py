@@ -7,7 +7,9 @@ their code values divided by the largest code (a 10-bit 1023 is 1.0). The pixel 
 file's **data window**; where it lies in the **display window**, the file's own attributes
 (timecode, frame rate, pixel aspect, chromaticities, anything a renderer or camera wrote) and
 the channel layout come with it in :class:`PlateInfo`, so a layer can be written back with the
-same windows and attributes (``export/plate_layers.py``).
+same windows and attributes (``export/plate_layers.py``). An anamorphic plate's
+``PixelAspectRatio`` (:func:`pixel_aspect`, 1.0 when absent) makes extraction detect and align on
+de-squeezed pixels (``core/align.py``); the pixels read here stay the file's own.
 
 8-bit files never come here: they keep the OpenCV path of ``footage/sources.py``, unchanged.
 """
@@ -70,6 +72,12 @@ class PlateInfo:
     def overscan(self) -> bool:
         """The data window differs from the display window."""
         return self.data_window != self.display_window
+
+    @property
+    def pixel_aspect(self) -> float:
+        """The file's ``PixelAspectRatio`` (a pixel's width over its height; 2.0 for a 2:1
+        anamorphic squeeze), 1.0 when it does not say; one :class:`PlateError` line when unusable."""
+        return _aspect(self.attributes.get("PixelAspectRatio", 1.0), "")
 
 
 def _jsonable(v):
@@ -207,6 +215,27 @@ def _open_header(path: str | os.PathLike):
         line = (lib.geterror() or "cannot open").strip().splitlines()[0]
         raise PlateError(f"{Path(path).name}: cannot decode image: {line}")
     return inp
+
+
+def _aspect(value, name: str) -> float:
+    from progressive_swap.core.align import check_pixel_aspect
+
+    try:
+        a = check_pixel_aspect(value, "PixelAspectRatio")
+    except ValueError as e:
+        raise PlateError(f"{name + ': ' if name else ''}{e}") from None
+    return 1.0 if abs(a - 1.0) < 1e-6 else a  # a float's rounding of 1 is square pixels
+
+
+def pixel_aspect(path: str | os.PathLike) -> float:
+    """A plate's ``PixelAspectRatio`` from its header (1.0 when absent; one :class:`PlateError`
+    line when it is not a usable ratio: not finite, or outside 0.1 to 10)."""
+    inp = _open_header(path)
+    try:
+        value = inp.spec().getattribute("PixelAspectRatio")
+    finally:
+        inp.close()
+    return _aspect(1.0 if value is None else value, Path(path).name)
 
 
 def probe_plate(path: str | os.PathLike) -> tuple[str, int]:

@@ -17,8 +17,9 @@ each is one ``frame N skipped: …`` problem, counted like an unreadable frame (
 High-precision files (EXR, DPX, 16-bit or float TIFF and PNG) are read through OpenImageIO
 (``footage/plates.py``): the frame then also carries ``plate``, the float32 values in the
 plate's colour space, and ``info`` (windows, attributes), and ``image`` is the colour-managed
-display view of it (``footage/colour.py``). 8-bit images and video keep the OpenCV and PyAV
-paths, unchanged.
+display view of it (``footage/colour.py``); ``pixel_aspect`` is the first file's
+``PixelAspectRatio`` (the pixels stay the file's own: extraction de-squeezes for detection and
+alignment). 8-bit images and video keep the OpenCV and PyAV paths, unchanged.
 
 Bad input never raises mid-stream: a file that cannot be decoded is skipped and a corrupt or
 truncated video ends early; each problem is one line in ``source.problems``. Images are
@@ -142,6 +143,17 @@ class FrameSource:
     colour: PlateColour | None = None
     frame_range: tuple[int, int] | None = None
     """Video only: ``frames=`` as 0-based frame indices (inclusive); decoding stops after the last."""
+    pixel_aspect: float = 1.0
+    """The plates' ``PixelAspectRatio`` (the first file's header; 1.0 when absent, and for 8-bit
+    images and video): a pixel's width over its height, 2.0 for a 2:1 anamorphic squeeze."""
+
+    def aspect_line(self) -> str:
+        """One line for the commands' first output when the pixels are not square, else ``""``."""
+        if self.pixel_aspect == 1.0:
+            return ""
+        first = self.files[0].name if self.files else self.path.name
+        return (f"pixel aspect {self.pixel_aspect:g} (PixelAspectRatio of {first}): faces detected and aligned on "
+                f"de-squeezed pixels, layers on the plate's own")
 
     @property
     def high_precision(self) -> bool:
@@ -309,8 +321,9 @@ def open_source(
         problems = _gaps(numbers, first, last)
         expected = last - first + 1
     colour = _colour_of(files[0], layer, colorspace, ocio, colorspace_check)
+    aspect = P.pixel_aspect(files[0]) if colour is not None else 1.0  # OpenCV's 8-bit path reads no aspect
     return FrameSource(kind, p, _clean_name(name), fps or None, files, problems, expected, numbers,
-                       max(digits, 1) if numbers is not None else 6, layer, colour)
+                       max(digits, 1) if numbers is not None else 6, layer, colour, pixel_aspect=aspect)
 
 
 _PADDING = re.compile(r"#+|@+")
