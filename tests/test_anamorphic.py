@@ -79,6 +79,7 @@ def test_an_anamorphic_plates_crop_is_the_square_plates_crop(plates, capsys):
     assert first.startswith("swap-extract: pixel aspect 2 (PixelAspectRatio of plate.1001.exr)"), first
     manifest = json.loads(next((root / "first_line" / ".extract").glob("*/manifest.json")).read_text())
     assert manifest["pixel_aspect"] == manifest["summary"]["pixel_aspect"] == ASPECT
+    assert manifest["plate_space"] == "ACEScg"  # what a resume is checked against (test_plate_colour.py)
     fs_sq, fs = faceset.open(root / "squeezed_set"), faceset.open(root / "square_set")
     rec_sq, rec = fs_sq.record(0), fs.record(0)
     assert rec_sq.extra["pixel_aspect"] == ASPECT and "pixel_aspect" not in rec.extra

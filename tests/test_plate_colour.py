@@ -107,3 +107,26 @@ def test_camera_log_dpx_plates_read_through_ocios_studio_config(tmp_path, space)
     # the CG config has no camera spaces: one line that names the config
     with pytest.raises(ValueError, match="is not in the OCIO config"):
         open_source(path, colorspace=space)
+
+
+def test_resuming_an_extraction_that_read_the_plates_in_another_space_is_refused(tmp_path):
+    """An extraction begun by a version that read every EXR as ACEScg (its manifest records no
+    plate space) must not be resumed on an AP0 plate, which is now read as ACES2065-1; one begun on
+    a plate that says nothing, or recorded in the same space, resumes."""
+    from progressive_swap.extract.options import ExtractError, ExtractOptions
+    from progressive_swap.extract.pipeline import check_resumed_colour
+
+    ap0 = open_source(sequence(tmp_path, "ap0", chromaticities=C.PRIMARIES["AP0"]))
+    plain = open_source(sequence(tmp_path, "plain"))
+    opt = ExtractOptions(input="x", out=str(tmp_path / "set"))
+    old = {"input": {}, "options": {}}  # a manifest from before plate spaces were recorded
+    with pytest.raises(ExtractError, match=r"read it as ACEScg \(by a version that took .* file type alone\), "
+                                           r"but it is ACES2065-1 \(its EXR chromaticities are AP0\)"):
+        check_resumed_colour(old, ap0, opt, tmp_path / "work")
+    check_resumed_colour(old, plain, opt, tmp_path / "work")  # read as ACEScg then and now
+    check_resumed_colour({**old, "plate_space": "ACES2065-1"}, ap0, opt, tmp_path / "work")
+    with pytest.raises(ExtractError, match="read it as ACEScg, but it is ACES2065-1"):
+        check_resumed_colour({**old, "plate_space": "ACEScg"}, ap0, opt, tmp_path / "work")
+    # colorspace= named then as now: the options check compares it, the file type played no part
+    named = ExtractOptions(input="x", out=str(tmp_path / "set"), colorspace="ACES2065-1")
+    check_resumed_colour(old, ap0, named, tmp_path / "work")

@@ -59,7 +59,15 @@ from progressive_swap.extract.options import (
 from progressive_swap.extract.smoothing import smooth_track
 from progressive_swap.extract.tracks import keep_tracks, link_tracks, min_size_filter
 from progressive_swap.faceset.format import HEADER_NAME
-from progressive_swap.footage.colour import clip_line, clip_summary, clipped_share, frame_in_crop_space
+from progressive_swap.footage.colour import (
+    clip_line,
+    clip_summary,
+    clipped_share,
+    default_space,
+    frame_in_crop_space,
+    load_config,
+    resolve_space,
+)
 from progressive_swap.footage.sources import Frame, FrameSource, open_source, parse_frames
 from progressive_swap.masks.hull import LANDMARK_MASKS, landmark_mask
 
@@ -502,6 +510,37 @@ def precheck(opt: ExtractOptions) -> FrameSource:
     return src
 
 
+# Plates whose space an older version took from the file type alone (before it read the file's
+# own description): for these, an extraction it began may have read them in another space.
+_TYPE_DEFAULT_EXTS = (".exr", ".hdr", ".dpx", ".cin")
+
+
+def check_resumed_colour(old: dict[str, Any], src: FrameSource, opt: ExtractOptions, work: Path) -> None:
+    """Refuse (one-line ``ExtractError``) to resume an extraction whose plates were read in another
+    colour space than they are now: the face set would mix crops of two readings.
+
+    A manifest records the plate space it read (``plate_space``). One written before that was
+    recorded came from a version that took a plate's space from its file type alone (an EXR was
+    the config's scene-linear space, ACEScg, whatever its chromaticities); where this plate's own
+    description now says otherwise (an AP0 EXR is ACES2065-1) and ``colorspace=`` named none, the
+    faces extracted so far were read wrongly.
+    """
+    now = src.colour.plate if src.colour is not None else None
+    if "plate_space" in old:
+        was, why = old["plate_space"], ""
+    elif now is not None and not opt.colorspace and src.path.suffix.lower() in _TYPE_DEFAULT_EXTS:
+        was = resolve_space(load_config(src.colour.config), default_space(src.path.suffix, "half"))
+        why = " (by a version that took a plate's colour space from its file type alone)"
+    else:
+        return
+    if was != now:
+        raise ExtractError(
+            f"{opt.out!r} holds an extraction of {src.path.name} that read it as {was}{why}, but it is {now} "
+            f"({src.colour.reason if src.colour is not None else 'an 8-bit file'}); delete {str(work)!r} to extract "
+            "it again, or use another out="
+        )
+
+
 def missing_frames(problems: list[str], src: FrameSource, decoded: int) -> int:
     """How many frames of the input could not be decoded (0 when all were)."""
     if not problems:
@@ -608,6 +647,7 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
                 f"{opt.out!r} holds an extraction of {src.path.name} aligned at pixel aspect {was}{why}, "
                 f"not {src.pixel_aspect:g}; use another out= or delete {str(work)!r}"
             )
+        check_resumed_colour(old, src, opt, work)
         if old["input"] != src.fingerprint():
             raise ExtractError(
                 f"{src.path.name} changed since its extraction into {opt.out!r} began; "
@@ -626,7 +666,7 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
                 atomic_write_json(
                     manifest_path,
                     {"input": src.fingerprint(), "source": str(src.path), "options": options, "complete": False,
-                     "pixel_aspect": src.pixel_aspect},
+                     "pixel_aspect": src.pixel_aspect, "plate_space": src.colour.plate if src.colour else None},
                 )
             with Progress(opt.progress_every, enabled=opt.progress) as progress:
                 chunks = _detect_pass(src, finder, work, opt, progress)
@@ -691,7 +731,8 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
     atomic_write_json(
         manifest_path,
         {"input": src.fingerprint(), "source": str(src.path), "options": options, "complete": True,
-         "pixel_aspect": src.pixel_aspect, "frames_missing": summary["frames_missing"], "summary": summary},
+         "pixel_aspect": src.pixel_aspect, "plate_space": src.colour.plate if src.colour else None,
+         "frames_missing": summary["frames_missing"], "summary": summary},
     )
     return summary
 
