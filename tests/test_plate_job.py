@@ -35,8 +35,10 @@ TINY = ["model.channel_base=256", "model.channel_max=16", "model.channel_min=8",
 
 
 def oiiotool() -> str | None:
-    """The system's oiiotool (Debian's openimageio-tools) if there is one, else the OpenImageIO
-    wheel's beside this Python."""
+    """``$OIIOTOOL`` if set, else the system's oiiotool (Debian's openimageio-tools) if there is
+    one, else the OpenImageIO wheel's beside this Python."""
+    if os.environ.get("OIIOTOOL"):
+        return shutil.which(os.environ["OIIOTOOL"])
     others = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p) != BIN)
     return shutil.which("oiiotool", path=others) or shutil.which("oiiotool", path=str(BIN))
 
