@@ -94,8 +94,14 @@ def make_plates(out: Path, frames: int, size: int, seed: int, names: list[str]) 
     return dirs
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage and error
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="phantom_plates.py", description=__doc__.splitlines()[0])
+    ap = _Parser(prog="phantom_plates.py", description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--frames", type=int, default=24, help="frames per identity")
     ap.add_argument("--size", type=int, default=128, help="plate side (px)")
