@@ -12,7 +12,18 @@ Checked in ``README.md`` and ``docs/*.md``:
   the typed schema (``cli/schema.py``), the recipe groups and the keys of their YAML and
   ``_target_``; inline ``key=value`` and ``group.key`` code in prose against the keys of every
   command;
-* the generated options tables are current (``tools/docs_tables.py --check``).
+* the generated options tables are current (``tools/docs_tables.py --check``);
+* **figures have a source** (issue #34): a paragraph (a block of text between blank lines, or a
+  table) that states a measured figure (a number followed by ``dB``, a time such as ``2 min 41 s``,
+  ``141 s``, ``35 ms``, ``3 minutes``, or a rate in ``img/s``, ``images/s``, ``it/s``) must name a
+  file under ``docs/results/``, or an image under ``docs/`` that the same doc says is made from
+  one, in itself or earlier in its section (from the previous heading of any level: a source
+  named once covers the paragraphs after it, up to the next heading);
+  where the output of a measurement was not kept, it says so (``not kept in docs/results/``).
+  Exempt, and only these: fenced code blocks (quoted program output); inline code (option values
+  such as ``schedule_seconds=125``); ``docs/results/*.md``, which are not read (generated next to
+  their JSON); and the few figures in ``NOT_MEASURED`` that are settings or definitions, not
+  measurements, each with its reason.
 
 Nothing is imported but the options dataclasses; modules are read with ``ast``.
 """
@@ -349,6 +360,102 @@ def bad_names(text: str) -> list[str]:
     return bad
 
 
+# ---------------------------------------------------------------------------------------- figures
+
+# A measured figure: a number and a unit of level (dB), time or rate. "2 min 41 s" is two of them.
+FIGURE = re.compile(r"(?<![\w.,])\d[\d,]*(?:\.\d+)?(?:[ \u00a0\u202f]|-)?"
+                    r"(?:dB|ms|µs|s|min|h|seconds?|minutes?|hours?|img/s|images/s|it/s|steps/s)(?![\w/])")
+RESULTS = re.compile(r"(?<![\w/.])docs/results/[\w.*{},/-]*\w|\]\((results/[^)\s#]+)\)")
+NOT_KEPT = re.compile(r"not\s+kept\s+in\s+`?docs/results/")
+IMAGE = re.compile(r"(?<![\w/.])(?:docs/)?([\w-]+\.(?:png|jpg))\b")
+# Figures in prose that are settings or definitions, not measurements: (doc, the words around it) -> why.
+NOT_MEASURED: dict[tuple[str, str], str] = {
+    ("README.md", "a plain line every 30 s"): "the default of progress_every=, a setting",
+    ("faceset.md", "polls the set every 3 s"): "the reviewer page's polling interval, a setting",
+    ("phantom.md", "(15–30° in 0.15–0.35 s)"): "what sample_trajectory draws from, its parameters",
+    ("phantom.md", "blinks every 1.5–5 s (~0.2 s each)"): "what sample_trajectory draws from, its parameters",
+    ("training.md", "it polls every 0.5 s"): "the worker watchdog's polling interval, a setting",
+    ("scaling.md", "about 8 minutes on one H100/H200"): "the time tools/gpu_check.sh is sized for (its header)",
+    ("quality.md", "PSNR is capped at 60 dB"): "the metric's cap, a definition",
+    ("quality.md", "the truth 60 dB minus the reference"): "a known answer of the definition (tests/test_quality.py)",
+    ("quality.md", "(half the error) +6.02 dB"): "a known answer, 20 log10(2) (tests/test_quality.py)",
+}
+
+
+@dataclasses.dataclass
+class Paragraph:
+    heading: str
+    section: int
+    line: int
+    text: str
+
+
+def paragraphs(text: str) -> list[Paragraph]:
+    """The paragraphs of a Markdown text outside its fenced code blocks, with their section: a
+    block of lines between blank lines, a heading or a fence; a table is a paragraph of its own."""
+    out: list[Paragraph] = []
+    cur: list[str] = []
+    heading, section, start, fenced = "", 0, 0, False
+
+    def close() -> None:
+        if cur:
+            out.append(Paragraph(heading, section, start, "\n".join(cur)))
+            cur.clear()
+
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.startswith("```"):
+            close()
+            fenced = not fenced
+        elif fenced:
+            continue
+        elif re.match(r"#{1,6} ", line):
+            close()
+            heading, section = line.lstrip("# ").strip(), section + 1
+        elif not line.strip():
+            close()
+        else:
+            if cur and cur[-1].lstrip().startswith("|") != line.lstrip().startswith("|"):
+                close()  # a table begins or ends without a blank line
+            if not cur:
+                start = n
+            cur.append(line)
+    close()
+    return out
+
+
+def figures(text: str) -> list[str]:
+    """The measured figures a paragraph states (inline code left out: option values, not figures)."""
+    prose = re.sub(r"`[^`\n]+`", "", text)
+    return [re.sub(r"\s+", " ", m.group(0)) for m in FIGURE.finditer(prose)]
+
+
+def _results_named(text: str) -> list[str]:
+    return [m.group(1) and "docs/" + m.group(1) or m.group(0) for m in RESULTS.finditer(text)]
+
+
+def unsourced_figures(text: str, doc: str = "") -> list[str]:
+    """The paragraphs of ``text`` that state a measured figure and name no file of
+    ``docs/results/`` (nor an image the text says is made from one, nor that the measurement was
+    not kept), neither in themselves nor earlier in their section (up to the previous heading)."""
+    paras = paragraphs(text)
+    made = {i for p in paras if _results_named(p.text) for i in IMAGE.findall(p.text)}
+
+    def sourced(s: str) -> bool:
+        return bool(_results_named(s) or NOT_KEPT.search(s) or made & set(IMAGE.findall(s)))
+
+    sourced_sections, bad = set(), []
+    for p in paras:  # a source named once covers the rest of its section, not what came before it
+        if sourced(p.text):
+            sourced_sections.add(p.section)
+        prose = re.sub(r"\s+", " ", p.text)
+        for words in (w for d, w in NOT_MEASURED if d == doc):
+            prose = prose.replace(words, " ")
+        figs = figures(prose)
+        if figs and p.section not in sourced_sections:
+            bad.append(f"line {p.line} ({p.heading or 'top'}): {', '.join(figs[:4])}")
+    return bad
+
+
 # ------------------------------------------------------------------------------------------ tests
 
 
@@ -400,3 +507,80 @@ def test_options_tables_are_generated_from_the_schema(tmp_path) -> None:
     (tmp_path / "docs" / "x.md").write_text(changed.replace("`allow_same`", "`allow_sames`"))
     assert docs_tables.stale(tmp_path) == [tmp_path / "docs" / "x.md"]
 
+
+@pytest.mark.parametrize("doc", doc_files(), ids=lambda p: p.name)
+def test_figures_name_their_results_file(doc: Path) -> None:
+    bad = unsourced_figures(doc.read_text(), doc.name)
+    assert not bad, (f"{doc.relative_to(ROOT)}: figures without a source; name the file of docs/results/ they come "
+                     f"from, or say the measurement was not kept in docs/results/: {bad}")
+
+
+def test_results_files_named_next_to_figures_exist() -> None:
+    missing = [(p.name, r) for p in doc_files() for r in _results_named(p.read_text())
+               if not _exists(r.rstrip(".,:;"))]
+    assert not missing, missing
+
+
+def test_not_measured_figures_are_still_there() -> None:
+    texts = {p.name: re.sub(r"\s+", " ", p.read_text()) for p in doc_files()}
+    stale = [k for k in NOT_MEASURED if k[1] not in texts.get(k[0], "") or not figures(k[1])]
+    assert not stale, f"NOT_MEASURED names words no longer in the docs, or without a figure: {stale}"
+
+
+def test_the_figure_check_catches_a_figure_without_a_source() -> None:
+    text = """# Results
+
+The demo reaches 23.4 dB in 2 min 41 s.
+
+| run | swap PSNR |
+|---|---:|
+| a | 22.1 dB |
+
+## Sourced
+
+Swap PSNR 23.37 dB (`docs/results/demo_cpu.json`).
+
+Another paragraph of the same section: 141 s.
+
+## Named too late
+
+A figure first: 12 ms.
+
+Its source after it: `docs/results/demo_cpu.json`.
+
+## Not kept
+
+An older run: 4.1 dB (measurement not kept in docs/results/).
+
+## Made from a JSON
+
+![plot](efficiency_h100.png)
+
+`docs/efficiency_h100.png` is drawn from `docs/results/efficiency_h100_report.json`.
+
+## Elsewhere
+
+A rate of 250 img/s and `schedule_seconds=125` ([plot](efficiency_h100.png)).
+
+## Quoted
+
+```
+epoch 3: 22.9 dB, 35 ms a step
+```
+Not a figure: 16 px, 2 seeds, 3 steps.
+
+### Below a sourced section
+
+Its heading starts a new section: 3 minutes.
+"""
+    assert figures("2 min 41 s, 141 s, 35 ms, 3 minutes, 22.1 dB, 250 img/s, 1,024 images/s, a 20-minute run") == [
+        "2 min", "41 s", "141 s", "35 ms", "3 minutes", "22.1 dB", "250 img/s", "1,024 images/s", "20-minute"]
+    assert figures("16 px, 2 seeds, 3 steps, H100 s, `budget=800s`, model_3s, v1.5s") == []
+    bad = unsourced_figures(text)
+    assert [b.split(":")[0] for b in bad] == ["line 3 (Results)", "line 5 (Results)", "line 17 (Named too late)",
+                                              "line 44 (Below a sourced section)"], bad
+    assert "23.4 dB, 2 min, 41 s" in bad[0] and "22.1 dB" in bad[1]
+    # a setting listed in NOT_MEASURED is passed over in its doc only, and only in its words
+    setting = "The watchdog: it polls every 0.5 s, and a kill took 0.5 s."
+    assert unsourced_figures(setting, "training.md") == ["line 1 (top): 0.5 s"]
+    assert unsourced_figures(setting, "README.md") == ["line 1 (top): 0.5 s, 0.5 s"]
