@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from progressive_swap.core.align import check_pixel_aspect
+
 HIGH_PRECISION_EXTS = {".exr", ".dpx", ".tif", ".tiff", ".png"}  # read here unless 8-bit (PNG, TIFF)
 ALWAYS_OIIO_EXTS = {".exr", ".dpx"}  # never 8-bit: OpenCV does not read them by default
 NO_OIIO = ("EXR, DPX and 16-bit/float TIFF and PNG plates need OpenImageIO: pip install 'progressive-swap[plates]' "
@@ -218,8 +220,6 @@ def _open_header(path: str | os.PathLike):
 
 
 def _aspect(value, name: str) -> float:
-    from progressive_swap.core.align import check_pixel_aspect
-
     try:
         a = check_pixel_aspect(value, "PixelAspectRatio")
     except ValueError as e:
