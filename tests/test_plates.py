@@ -667,3 +667,54 @@ def test_a_log_plates_exr_layer_is_linear_and_composites_over_the_linearised_pla
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "layer_space=ACEScct is log, not scene-linear" in err, err
     assert not (tmp_path / "no").exists()
+
+
+def test_a_logc3_dpx_sequence_extracts_through_the_studio_config_and_its_layers_composite_linearly(
+        tmp_path, clip, ckpt, capsys):
+    """Issue 34's done-when: a LogC3 DPX sequence (codes made by OCIO's studio config itself)
+    extracts with ``ocio=studio colorspace="ARRI LogC3 (EI800)"``; the export of that face set (not
+    told the space again) writes premultiplied linear EXR layers, and OpenImageIO's *over* of them on the linearised plate
+    is our finished frame, which goes back to LogC3, within a half step of its codes."""
+    import OpenImageIO as oiio
+
+    from progressive_swap.export import plate_layers as PL
+    from progressive_swap.footage import colour as CO
+
+    space, studio = "ARRI LogC3 (EI800)", CO.config_source("studio")
+    to_log = CO._processor(studio, CO.SRGB, space)
+    seq = tmp_path / "dpx"
+    seq.mkdir()
+    numbers = [1001, 1002]
+    for n, r in zip(numbers, clip[:2]):
+        write_plate(seq / f"plate.{n}.dpx", CO._apply(to_log, r.image.astype(np.float32) / 255.0), "uint16")
+    given = ("landmarks=given", f"landmarks_file={write_truth(tmp_path / 'truth.json', clip[:2], numbers)}")
+    colour = ("ocio=studio", f"colorspace={space}")
+    fs = tmp_path / "set"
+    rc = extract_cli.main([f"input={seq / 'plate.####.dpx'}", f"out={fs}", *given, *colour, f"face_type={FACE_TYPE}",
+                           "size=64", "progress=false"])
+    assert rc == 0, capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert f"colour {space} (colorspace=)" in printed.out + printed.err, printed
+    (manifest_path,) = (fs / ".extract").glob("*/manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["plate_space"] == space, manifest
+    out = tmp_path / "out"
+    # the face set remembers how its plates were read: the export is not told again
+    assert export(ckpt, fs, out, "format=exr", "composite=true") == 0, capsys.readouterr().err
+    first = capsys.readouterr().err.splitlines()[0]
+    assert f"colour {space} (colorspace=)" in first and "layers in ACEScg" in first, first
+    layer, attrs = PL.read_plate_layer(out / "layers" / "face.1001.exr")
+    assert attrs["colorspace"] == "ACEScg" and np.allclose(attrs["chromaticities"], CO.PRIMARIES["AP1"], atol=1e-6)
+    assert (layer[..., 3] > 0.1).sum() > 100
+    plate = np.asarray(oiio.ImageBuf(str(seq / "plate.1001.dpx")).get_pixels(oiio.FLOAT), np.float32)[..., :3]
+    plate_lin = CO._apply(CO._processor(studio, space, "ACEScg"), plate)
+    b = oiio.ImageBuf(oiio.ImageSpec(plate_lin.shape[1], plate_lin.shape[0], 4, "float"))
+    b.set_pixels(oiio.ROI(), np.concatenate([plate_lin, np.ones_like(plate_lin[..., :1])], -1))
+    over = oiio.ImageBufAlgo.over(oiio.ImageBuf(str(out / "layers" / "face.1001.exr")), b)
+    theirs = CO._apply(CO._processor(studio, "ACEScg", space), np.asarray(over.get_pixels(oiio.FLOAT))[..., :3])
+    finished, comp_attrs = PL.read_plate_layer(out / "comp" / "comp.1001.exr")
+    assert comp_attrs["colorspace"] == space
+    assert np.abs(finished[..., :3] - theirs).max() <= 2**-10  # a half step of the log codes
+    # where the layer is transparent the finished frame is the plate (LogC3 codes, 16-bit DPX)
+    clear = layer[..., 3] == 0
+    assert clear.sum() > 1000 and np.abs(finished[..., :3][clear] - plate[clear]).max() <= 2**-10
