@@ -211,6 +211,33 @@ def test_the_roofline_charges_each_operation_its_slower_side():
     assert c["gpu_seconds"]["rtx4090"] > 3 * c["gpu_seconds"]["h100"]
 
 
+def test_a_measured_step_is_the_costed_step_and_halves_a_batch_that_does_not_fit(monkeypatch):
+    """``measure_step`` times the step ``step_cost`` counts (the same loss, so the same FLOPs) with
+    Adam's update, and a batch that runs out of memory is halved until one fits."""
+    from progressive_swap.eval import cost as C
+    from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
+
+    torch.manual_seed(0)
+    model = CombAutoencoder(CombArch(2, **TINY))
+    before = [p.detach().clone() for p in model.parameters()]
+    m = C.measure_step(model, 32, 0.5, 2, steps=2, warmup=1, bf16=False)
+    assert m["batch_per_identity"] == 2 and m["oom_at"] is None and 0 < m["seconds_per_image"] < 10
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "Adam stepped"
+    seen = []
+    step = C._step_loss
+
+    def small_card(model, img, *a):  # a card that holds 2 images per identity, no more
+        seen.append(img.shape[0] // 2)
+        if img.shape[0] > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return step(model, img, *a)
+
+    monkeypatch.setattr(C, "_step_loss", small_card)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    m = C.measure_step(model, 32, 1.0, 8, steps=1, warmup=1, bf16=False)
+    assert (m["batch_per_identity"], m["oom_at"]) == (2, 8) and seen == [8, 4, 2, 2]
+
+
 def test_the_study_knows_default_and_the_former_names():
     bench = import_tool("bench_efficiency")
     cfg = compose("train", ["recipe=1024"])
@@ -228,7 +255,7 @@ def test_the_gpu_check_runs_at_toy_sizes_on_the_cpu(tmp_path):
     out = tmp_path / "toy.json"
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     cmd = ["bash", str(TOOLS / "gpu_check.sh"), "--toy", "--minutes", "0.05", "--work", str(tmp_path / "work"),
-           "--out", str(out)]
+           "--rate-candidates", "lean", "fs_dny1024", "--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -239,6 +266,9 @@ def test_the_gpu_check_runs_at_toy_sizes_on_the_cpu(tmp_path):
         assert d["quality"]["images_trained"] > 0
         assert d["smoke"]["fsdp"]["last_line"] == "skipped: needs a GPU"
     assert (tmp_path / "work" / "comb" / "train" / "model.safetensors").exists()
+    for name, r in result["rates"].items():  # each phase timed; what the study's budget took here
+        assert len(r["phases"]) == 5 and all(p["measured_ms_per_image"] > 0 for p in r["phases"]), name
+        assert r["measured_s"] > 0 and sum(r["images_for_budget"]) > 0
 
 
 def test_a_lean_checkpoint_warm_starts_a_cored_network_as_the_same_function(tmp_path):

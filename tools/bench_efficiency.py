@@ -186,11 +186,11 @@ def peer_model(arch: dict, side_div: int = 1, width_div: int = 1):
     return PEERS[arch["peer"]](side_div=side_div, width_div=width_div, **kw)
 
 
-def full_model(full: dict, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """A design at full size on the meta device (a comb for 256 → 512 → 1024 px)."""
+def full_model(full: dict, dtype: torch.dtype = torch.float32, device: str | torch.device = "meta") -> torch.nn.Module:
+    """A design at full size, on the meta device unless told (a comb for 256 → 512 → 1024 px)."""
     from progressive_swap.model.autoencoder import CombArch, CombAutoencoder
 
-    with torch.device("meta"):
+    with torch.device(device):
         if is_peer(full):
             model = peer_model(arch_of(full))
         else:

@@ -1,10 +1,20 @@
 #!/usr/bin/env python
 """The GPU check of the 256 recipe: the default network against ``comb`` on one GPU, JSON out.
 
-    bash tools/gpu_check.sh --out gpu_check.json            # one H100/H200: about 8 minutes
+    bash tools/gpu_check.sh --out gpu_check.json            # one H100/H200: about 8 minutes + the timed steps
     bash tools/gpu_check.sh --toy --out toy.json            # the same steps at toy sizes on the CPU
+    bash tools/gpu_check.sh --rates-only --out rates.json   # only the study's full-size steps, timed
 
-For each design (``default``: what ``recipe=256``'s model group resolves to; ``comb``: the former
+First, **the study's full-size steps, timed** (``--rate-candidates``, default :data:`RATE_CANDIDATES`:
+ours, the tighter latent and the peers' ports): every phase of ``tools/bench_efficiency.py`` at
+full size, the step ``eval/cost.py`` estimates, timed with ``measure_step`` (bf16 autocast, the
+recipe's batch per identity halved until it fits), beside the estimated H100 ms per image, and
+what the images of a 50 estimated H100 s budget took on this card. It replaces the study's
+estimate with measured time for each design (issue #32). ``--rates-only`` runs this part alone;
+its time on a GPU has not been measured (no GPU was lent while it was written), so run it as its
+own call.
+
+Then, for each design (``default``: what ``recipe=256``'s model group resolves to; ``comb``: the former
 design), in this order:
 
 1. **Throughput.** The batch finder's largest batch per identity (real bf16 steps until the card
@@ -96,11 +106,63 @@ def throughput(name: str, toy: bool, device: torch.device, res: int, steps: int)
     return {**row, "batch_found_by_finder": device.type == "cuda", "params": params}
 
 
+# The study's candidates whose full-size steps are timed (``--rate-candidates``): ours, the levers
+# that change the network, and the peers' ports.
+RATE_CANDIDATES = ("half", "half_lat64", "lean", "comb", "fs_dny1024", "saehd_df_ud", "saehd_liae_ud")
+
+
+def rates(names: list[str], device: torch.device, toy: bool, steps: int, budget: float = 50.0) -> dict:
+    """Each candidate's training step at every phase of the study, timed on ``device``
+    (``eval/cost.py`` ``measure_step``: the same step the estimate costs) beside the estimate.
+
+    Full size on a GPU (bf16 autocast; the recipe's batch per identity, halved until it fits);
+    ``toy``: the scaled model at the scaled sides on the CPU in float32, batch 2, for the tests.
+    ``images_for_budget``: what ``budget`` estimated H100 seconds buy in the study (``SHARES``),
+    and ``measured_s``: what those images took here, so ``measured_s / budget`` says how far the
+    estimate is from this card for that design.
+    """
+    from progressive_swap.eval.cost import measure_step
+
+    be = bench_efficiency
+    out = {}
+    for name in names:
+        full = be.design(name)
+        est = be.full_size_cost(full)
+        phases, batches = be.full_size_phases(full)
+        if toy:
+            model = be.scaled_model(full)
+            side = be.SIDE_DIV
+            batches = (2,) * len(batches)
+        else:
+            model = be.full_model(full, device=device)
+            side = 1
+        model.to(memory_format=torch.channels_last).train()
+        rows = []
+        for (res, alpha), batch, e in zip(phases, batches, est):
+            m = measure_step(model, res // side, alpha, batch, steps=steps, warmup=1 if toy else 2,
+                             bf16=device.type == "cuda")
+            ms = m.pop("seconds_per_image") * 1e3
+            rows.append({**m, "measured_ms_per_image": round(ms, 4), "estimated_h100_ms_per_image": e["h100_ms"],
+                         "measured_over_estimate": None if toy else round(ms / e["h100_ms"], 3)})
+        images = be.images_for(budget, [e["h100_ms"] / 1e3 for e in est])
+        measured = sum(n * r["measured_ms_per_image"] / 1e3 for n, r in zip(images, rows))
+        out[name] = {"phases": rows, "images_for_budget": images, "budget_est_h100_s": budget,
+                     "measured_s": round(measured, 3)}
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        print(json.dumps({"rate": name, "measured_s": out[name]["measured_s"]}), file=sys.stderr, flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--toy", action="store_true", help="toy sizes on the CPU (what the tests run)")
     ap.add_argument("--minutes", type=float, default=None, help="training minutes per design (default 2; toy 0.1)")
     ap.add_argument("--designs", nargs="+", default=list(DESIGNS))
+    ap.add_argument("--rate-candidates", nargs="*", default=list(RATE_CANDIDATES),
+                    help="study candidates whose full-size training steps are timed at every phase (none: skip)")
+    ap.add_argument("--rates-only", action="store_true", help="only the timed steps (a few minutes on a GPU)")
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -116,6 +178,13 @@ def main() -> int:
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "toy": a.toy, "res": res, "minutes_per_design": minutes, "designs": {}}
     smoke_timeout = 120 if a.toy else 240
+    if a.rate_candidates:
+        result["rates"] = rates(a.rate_candidates, device, a.toy, steps=1 if a.toy else 5)
+    if a.rates_only:
+        from progressive_swap.core.io import print_json
+
+        print_json(result, a.out)
+        return 0
     for name in a.designs:
         t0 = time.perf_counter()
         tp = throughput(name, a.toy, device, res, steps=2 if a.toy else 10)
