@@ -113,7 +113,7 @@ def mask_uv(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rgb, t * t * (3 - 2 * t)
 
 
-def _export(root, name, fs, inp):
+def _export(root, name, fs, inp, **source_options):
     from progressive_swap.export import plate_layers as PL
     from progressive_swap.export.frames import faceset_frames
     from progressive_swap.export.pipeline import Exporter
@@ -121,7 +121,7 @@ def _export(root, name, fs, inp):
     from progressive_swap.export.swapper import CheckpointInfo
     from progressive_swap.footage.sources import open_source
 
-    src = open_source(inp)
+    src = open_source(inp, **source_options)
     info = CheckpointInfo("standin.ckpt", "0" * 64, ARCH, CROP, 1.0, ["alice", "bob"], FACE_TYPE)
     out = root / f"{name}_out"
     Exporter(out, pattern, info, 1, ExportSettings(crop_size=CROP, format="exr", composite=True), progress=False,
@@ -289,3 +289,163 @@ def test_dpx_tiff_and_png_plates_state_their_pixel_aspect_too(plates, ext):
     write_plate(d / f"plate.1001.{ext}", np.clip(plates["squeezed"], 0, 1), "uint16", attrs={"PixelAspectRatio": 2.0})
     src = open_source(d / f"plate.####.{ext}")
     assert src.pixel_aspect == ASPECT and next(src.frames()).info.pixel_aspect == ASPECT
+
+
+# ---------------------------------------------------------------- pixel_aspect= (a wrong or missing header)
+
+
+@pytest.fixture(scope="module")
+def unlabelled(plates):
+    """The squeezed plate with nothing about its squeeze in its header (OpenImageIO's EXR then says
+    ``PixelAspectRatio`` 1), extracted with ``pixel_aspect=2``."""
+    root = plates["root"]
+    inp, truth = write_seq(root, "unlabelled", plates["squeezed"], plates["lm_sq"])
+    assert extract(inp, truth, root / "given_set", f"pixel_aspect={ASPECT:g}") == 0
+    return {"in": inp, "truth": truth, "set": root / "given_set"}
+
+
+def test_pixel_aspect_gives_an_unlabelled_plate_the_labelled_plates_crop(plates, unlabelled, capsys):
+    """``pixel_aspect=2`` on a squeezed plate whose header says 1: the matrix and the crop of the
+    plate whose header says 2, recorded at 2. The same command resumes; one without
+    ``pixel_aspect=`` is refused in one line; the labelled plate's extraction resumes with
+    ``pixel_aspect=2`` (the aspect used is what a resume is checked against)."""
+    root = plates["root"]
+    fs_given, fs_sq = faceset.open(unlabelled["set"]), faceset.open(root / "squeezed_set")
+    assert fs_given.pixel_aspects.tolist() == [ASPECT]
+    np.testing.assert_allclose(fs_given.record(0).matrix, fs_sq.record(0).matrix, atol=1e-12)
+    assert np.array_equal(fs_given.image(0), fs_sq.image(0))
+    manifest = json.loads(next((unlabelled["set"] / ".extract").glob("*/manifest.json")).read_text())
+    assert manifest["pixel_aspect"] == manifest["options"]["pixel_aspect"] == ASPECT
+    assert extract(unlabelled["in"], unlabelled["truth"], unlabelled["set"], "pixel_aspect=2") == 0
+    assert len(faceset.open(unlabelled["set"])) == 1
+    capsys.readouterr()
+    assert extract(unlabelled["in"], unlabelled["truth"], unlabelled["set"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "aligned at pixel aspect 2 (given as pixel_aspect=2), not 1;" in err, err
+    labelled = root / "labelled_then_given"
+    assert extract(plates["squeezed_in"], plates["squeezed_truth"], labelled) == 0
+    assert extract(plates["squeezed_in"], plates["squeezed_truth"], labelled, "pixel_aspect=2") == 0
+    assert len(faceset.open(labelled)) == 1
+
+
+def test_pixel_aspect_replaces_every_frames_header(plates, capsys):
+    """Headers that disagree (1001 says nothing, 1002 says 1.5) are refused as a change of pixel
+    aspect; with ``pixel_aspect=2`` every frame is read at 2 and the headers are not compared."""
+    root = plates["root"]
+    inp, truth = write_seq(root, "mixed", plates["squeezed"], plates["lm_sq"])
+    write_plate(root / "mixed" / "plate.1002.exr", plates["squeezed"], "float", attrs={"PixelAspectRatio": 1.5})
+    doc = json.loads(truth.read_text())
+    doc["frames"].append({"index": 1002, "faces": doc["frames"][0]["faces"]})
+    truth.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert extract(inp, truth, root / "mixed_refused") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "change pixel aspect at frame 1002 (1 -> 1.5)" in err, err
+    assert extract(inp, truth, root / "mixed_set", "pixel_aspect=2") == 0
+    fs = faceset.open(root / "mixed_set")
+    assert fs.frame_indices.tolist() == [1001, 1002] and fs.pixel_aspects.tolist() == [ASPECT, ASPECT]
+
+
+def test_a_bad_pixel_aspect_is_one_line_and_writes_nothing(plates, unlabelled, capsys):
+    """``pixel_aspect=`` outside 0.1 to 10 (or negative, or on 8-bit footage, which has no header
+    read): one line, exit 2, for ``swap-extract`` and ``swap-export``; nothing is written."""
+    import cv2
+
+    from progressive_swap.cli import export as export_cli
+
+    root = plates["root"]
+    png = root / "eight_bit.png"
+    cv2.imwrite(str(png), np.zeros((16, 16, 3), np.uint8))
+    cases = [("50", unlabelled["in"], "pixel_aspect=50 is not a pixel aspect ratio: give one from 0.1 to 10"),
+             ("0.05", unlabelled["in"], "pixel_aspect=0.05 is not a pixel aspect ratio"),
+             ("-2", unlabelled["in"], "pixel_aspect must be >= 0.0, got -2.0"),
+             ("2", png, "pixel_aspect= replaces the PixelAspectRatio header of EXR, DPX and 16-bit or float "
+                        "plates; eight_bit.png is 8-bit")]
+    for i, (value, inp, says) in enumerate(cases):
+        out = root / f"bad_aspect_{i}"
+        capsys.readouterr()
+        assert extract(inp, unlabelled["truth"], out, f"pixel_aspect={value}") == 2, value
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and says in err, err
+        assert not out.exists()
+    out = root / "bad_aspect_export"
+    assert export_cli.main(["checkpoint=none.ckpt", f"input={unlabelled['in']}", f"out={out}", "identity=bob",
+                            "progress=false", "pixel_aspect=50"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and cases[0][2] in err, err
+    assert not out.exists()
+
+
+def test_the_first_line_names_pixel_aspect_given(plates, unlabelled, capsys):
+    """The first line says the pixel aspect came from ``pixel_aspect=`` and what the header says;
+    replacing a header's 2 by 1 is said too (square pixels), a header's 1 by 1 is not."""
+    from progressive_swap.footage.sources import open_source
+
+    capsys.readouterr()
+    assert extract(unlabelled["in"], unlabelled["truth"], plates["root"] / "given_line", "pixel_aspect=2") == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("swap-extract: pixel aspect 2 (pixel_aspect=; the header says 1): faces detected and "
+                            "aligned on de-squeezed pixels, layers on the plate's own; colour"), first
+    assert open_source(plates["squeezed_in"], pixel_aspect=1).aspect_line() == (
+        "pixel aspect 1 (pixel_aspect=; the header says 2): square pixels")
+    assert open_source(unlabelled["in"], pixel_aspect=1).aspect_line() == ""
+
+
+def test_layers_of_a_plate_given_pixel_aspect_carry_it(plates, unlabelled):
+    """Export on the unlabelled plate read with ``pixel_aspect=2``: the layer is the labelled
+    plate's layer, and it and the finished frame say ``PixelAspectRatio`` 2 (not the header's 1,
+    which would show the layer squashed over the plate); the sidecar keeps the header's attributes
+    and the value used. Read at its header's 1, the faces are refused; ``swap-export`` reads a
+    face set's plates with the ``pixel_aspect`` its extraction was given."""
+    from progressive_swap.cli.common import parse_overrides
+    from progressive_swap.cli.export import ExportOptions, plate_options
+    from progressive_swap.export.frames import faceset_frames
+    from progressive_swap.footage.sources import open_source
+
+    root = plates["root"]
+    fs_given, fs_sq = faceset.open(unlabelled["set"]), faceset.open(root / "squeezed_set")
+    layer, attrs, _, comp_attrs, _ = _export(root, "given", fs_given, unlabelled["in"], pixel_aspect=ASPECT)
+    layer_sq, attrs_sq, _, _, _ = _export(root, "labelled", fs_sq, plates["squeezed_in"])
+    assert attrs["PixelAspectRatio"] == comp_attrs["PixelAspectRatio"] == attrs_sq["PixelAspectRatio"] == ASPECT
+    np.testing.assert_array_equal(layer, layer_sq)
+    meta = json.loads((root / "given_out" / "meta" / "face.1001.json").read_text())
+    assert meta["plate"]["pixel_aspect"] == ASPECT and meta["plate"]["attributes"]["PixelAspectRatio"] == 1.0
+    with pytest.raises(ValueError, match=r"aligned at pixel aspect 2, but plate.####.exr has PixelAspectRatio 1; "
+                                         r".*give pixel_aspect=2"):
+        list(faceset_frames(fs_given, open_source(unlabelled["in"]), fs_given.sources[0]))
+    o = parse_overrides([], ExportOptions(), "swap-export")  # as the command reads its options
+    assert plate_options(o, unlabelled["set"], fs_given.sources[0])["pixel_aspect"] == ASPECT
+    assert plate_options(o, root / "squeezed_set", fs_sq.sources[0])["pixel_aspect"] == 0.0
+
+
+def test_swap_export_reads_plates_at_pixel_aspect_given(plates, unlabelled, tmp_path, capsys):
+    """``swap-export`` end to end (a tiny untrained model): footage input with ``pixel_aspect=2``
+    names it on its first line and writes a layer with ``PixelAspectRatio`` 2 over the 80 px wide
+    plate; a face set extracted with ``pixel_aspect=2`` exports without it (its extraction's value
+    is used). TIFF and DPX layers of that plate carry the value given too."""
+    from conftest import write_tiny_weights
+    from test_plates import export
+
+    from progressive_swap.export import plate_layers as PL
+    from progressive_swap.export.frames import faceset_frames
+    from progressive_swap.footage.sources import open_source
+
+    (tmp_path / "ckpt").mkdir()
+    ckpt = write_tiny_weights(tmp_path / "ckpt", ARCH, FACE_TYPE)
+    given = ["landmarks=given", f"landmarks_file={unlabelled['truth']}"]
+    capsys.readouterr()
+    assert export(ckpt, unlabelled["in"], tmp_path / "footage", "format=exr", "pixel_aspect=2", *given) == 0
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "  pixel aspect 2 (pixel_aspect=; the header says 1): " in first, first
+    for out in (tmp_path / "footage", tmp_path / "set"):
+        if out.name == "set":
+            assert export(ckpt, unlabelled["set"], out, "format=exr") == 0
+        layer, attrs = PL.read_plate_layer(out / "layers" / "face.1001.exr")
+        assert layer.shape == (SIZE, SIZE // 2, 4) and attrs["PixelAspectRatio"] == ASPECT, out
+        assert json.loads((out / "export.json").read_text())["pixel_aspect"] == ASPECT
+    fs = faceset.open(unlabelled["set"])
+    fr = next(faceset_frames(fs, open_source(unlabelled["in"], pixel_aspect=ASPECT), fs.sources[0]))
+    assert fr.info.attributes["PixelAspectRatio"] == 1.0 and fr.pixel_aspect == ASPECT
+    for fmt in ("tiff", "dpx"):
+        path = PL.encode_plate_exr(tmp_path / f"face{PL.LAYER_FILES[fmt][0]}", layer, fr, {}, fmt, "ACEScg")
+        assert PL.read_plate_layer(path)[1]["PixelAspectRatio"] == ASPECT, fmt

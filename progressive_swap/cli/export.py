@@ -55,7 +55,7 @@ from progressive_swap.extract.pipeline import (
 )
 from progressive_swap.faceset.format import HEADER_NAME
 from progressive_swap.footage.colour import clip_line, encoding_of
-from progressive_swap.footage.sources import footage_exists, is_pattern
+from progressive_swap.footage.sources import aspect_option, footage_exists, is_pattern
 from progressive_swap.train import identity_fit
 
 PROG = "swap-export"
@@ -92,6 +92,11 @@ class ExportOptions:
     colorspace: str = ""  # the plates' OCIO colour space; "" what the file says, else its type's default (plates.md)
     ocio: str = ""  # OCIO config: a file, studio (built-in, camera log spaces) or cg; "" $OCIO, else cg
     colorspace_check: bool = True  # refuse a colorspace that contradicts the file (false: use colorspace anyway)
+    pixel_aspect: float = field(default=0.0, metadata={"min": 0.0})
+    """Plates: their pixel aspect ratio, 0.1 to 10, for a wrong or missing PixelAspectRatio header: it replaces the
+    header's for every frame (the headers are then not checked to agree from frame to frame) and is written on the
+    layers; 0 is what the extraction of a face set input was given, else what the first file's header says (1 when
+    it says nothing). EXR, DPX and 16-bit/float plates only (docs/plates.md)."""
     layer_space: str = ""
     """Scene-referred plates: the scene-linear space EXR/TIFF layers are premultiplied and composite=true composited
     in; "" the plate's own when scene-linear, else the config's scene_linear (ACEScg). DPX layers stay in the plate's
@@ -113,6 +118,7 @@ class ExportOptions:
 
 FOOTAGE_ONLY = ("crop_size", "landmarks", "landmarks_file", "smooth", "face_type")
 PLATE_KEYS = ("frames", "layer", "colorspace", "ocio")  # how plates are read: footage and face set input alike
+# (and pixel_aspect, a number: plate_options)
 
 
 def _is_faceset(path: Path) -> bool:
@@ -194,6 +200,7 @@ def _extract_options(o, info, stage_res: int) -> ExtractOptions:
         colorspace=o.colorspace,
         ocio=o.ocio,
         colorspace_check=o.colorspace_check,
+        pixel_aspect=o.pixel_aspect,
         masks=False,
         progress=o.progress,
         progress_every=o.progress_every,
@@ -215,6 +222,10 @@ def _export(argv: Sequence[str]) -> int:
         raise UserError("mask=stored takes the mask's name: give mask=stored stored_mask=NAME (and only then)")
     if (o.landmarks == "given") != bool(o.landmarks_file):
         raise UserError("landmarks=given reads landmarks_file=FILE: give both (and landmarks_file only then)")
+    try:
+        aspect_option(o.pixel_aspect)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
     from rich.console import Console
 
@@ -435,11 +446,14 @@ def identity_check(model, info, fs, record_source: str, whose: int | None, sampl
 
 
 def plate_options(o, fset: Path | None = None, record_source: str = "") -> dict:
-    """How the plates are read (``frames``, ``layer``, ``colorspace``, ``ocio``): as given, else as
-    the face set's extraction of ``record_source`` read them."""
+    """How the plates are read (``frames``, ``layer``, ``colorspace``, ``ocio``, ``pixel_aspect``):
+    as given, else as the face set's extraction of ``record_source`` read them."""
     given = {k: str(o[k]) for k in PLATE_KEYS}
     was = extraction_options(fset, record_source) if fset is not None else {}
     out: dict = {k: given[k] or str(was.get(k) or "") for k in PLATE_KEYS}
+    was_aspect = was.get("pixel_aspect")
+    out["pixel_aspect"] = float(o.pixel_aspect) or (float(was_aspect) if isinstance(was_aspect, (int, float))
+                                                    and not isinstance(was_aspect, bool) else 0.0)
     # an extraction that overrode the file's colour space (colorspace_check=false) is read the same way
     inherited = not given["colorspace"] and was.get("colorspace_check", True) is False
     out["colorspace_check"] = bool(o.colorspace_check) and not inherited

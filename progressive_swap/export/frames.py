@@ -64,6 +64,8 @@ class FrameIn:
             files), else None.
         info: the plate file's windows and attributes.
         colour: the plate's colour path (:class:`~progressive_swap.footage.colour.PlateColour`).
+        pixel_aspect: the pixel aspect given in place of the plate's ``PixelAspectRatio``
+            (``pixel_aspect=``), which its layers then carry; None: the header's, copied as it is.
     """
 
     index: int
@@ -73,6 +75,7 @@ class FrameIn:
     plate: np.ndarray | None = None
     info: object | None = None
     colour: object | None = None
+    pixel_aspect: float | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -84,12 +87,12 @@ class FrameIn:
 
 
 def open_plates(path: str | os.PathLike, frames: str = "", layer: str = "", colorspace: str = "", ocio: str = "",
-                colorspace_check: bool = True):
+                colorspace_check: bool = True, pixel_aspect: float = 0.0):
     """The footage as a :class:`~progressive_swap.footage.sources.FrameSource` (video, image
     folder, image pattern or one image; the extractor's reader, with its ``frames``, ``layer``,
-    ``colorspace`` and ``ocio`` options)."""
+    ``colorspace``, ``ocio`` and ``pixel_aspect`` options)."""
     return open_source(path, frames=parse_frames(frames), layer=layer, colorspace=colorspace, ocio=ocio,
-                       colorspace_check=colorspace_check)
+                       colorspace_check=colorspace_check, pixel_aspect=pixel_aspect)
 
 
 # ----------------------------------------------------------------------------- face sets
@@ -132,6 +135,7 @@ def faceset_frames(fs, footage: str | os.PathLike, source: str, mask_name: str |
     aspects = fs.pixel_aspects
     plates = footage if hasattr(footage, "frames") else open_plates(footage)  # a FrameSource keeps its problems
     plate_aspect = getattr(plates, "pixel_aspect", 1.0)
+    given = plate_aspect if getattr(plates, "aspect_given", False) else None  # pixel_aspect=: on the layers too
     for fr in plates.frames():
         index, t, image = fr.index, fr.time, fr.image
         faces = []
@@ -143,14 +147,16 @@ def faceset_frames(fs, footage: str | os.PathLike, source: str, mask_name: str |
                 )
             if aspects[i] != plate_aspect:  # its matrix would cut a squashed (or stretched) face
                 name = getattr(plates, "path", Path(str(footage))).name
+                has = (f"pixel_aspect={plate_aspect:g} is given for {name}" if given is not None
+                       else f"{name} has PixelAspectRatio {plate_aspect:g}")
                 raise ValueError(
-                    f"face {ids[i]} was aligned at pixel aspect {aspects[i]:g}, but {name} has PixelAspectRatio "
-                    f"{plate_aspect:g}; extract the plates again (swap-extract reads their pixel aspect)"
+                    f"face {ids[i]} was aligned at pixel aspect {aspects[i]:g}, but {has}; extract the plates again "
+                    f"(swap-extract reads their pixel aspect), or give pixel_aspect={aspects[i]:g} if that is theirs"
                 )
             faces.append(FaceIn(matrix=np.asarray(mats[i], np.float64), track=int(tracks[i]),
                                 landmarks=np.asarray(lms[i], np.float64), crop=fs.image(i), face_id=ids[i],
                                 mask=fs.mask(i, mask_name, prefer_user=True) if mask_name else None))
-        yield FrameIn(index, t, image, faces, fr.plate, fr.info, plates.colour)
+        yield FrameIn(index, t, image, faces, fr.plate, fr.info, plates.colour, given)
 
 
 def faceset_tracks(fs, source: str) -> list[int]:

@@ -556,7 +556,9 @@ class Exporter:
                             "bit_depth": {"uint16": 16}.get(PL.LAYER_FILES[s.format][1], PL.LAYER_FILES[s.format][1])},
             "colour": fr.colour.as_dict(),
             "plate": {"data_window": list(fr.info.data_window), "display_window": list(fr.info.display_window),
-                      "attributes": fr.info.attributes} if fr.info is not None else None,
+                      "attributes": fr.info.attributes,  # the file's own; pixel_aspect: the one given instead
+                      **({"pixel_aspect": fr.pixel_aspect} if getattr(fr, "pixel_aspect", None) is not None
+                         else {})} if fr.info is not None else None,
             "files": files, "patches": patches, **extra, "faces": faces_meta,
         })
         return (merged if s.preview else None), len(swapped), None

@@ -124,7 +124,8 @@ def encode_plate_exr(path: str | os.PathLike, layer: np.ndarray, frame, text: di
     ``plate``) holds for every format.
 
     The data and display windows are the plate's (an overscan plate keeps both), its own
-    attributes are copied (timecode, frame rate, pixel aspect, ...), ``chromaticities`` names the
+    attributes are copied (timecode, frame rate, pixel aspect, ...; ``PixelAspectRatio`` is the
+    value given in its place where ``frame.pixel_aspect`` holds one), ``chromaticities`` names the
     plate space's primaries where known, ``oiio:ColorSpace`` and ``colorspace`` name it, and
     ``text`` adds this project's provenance.
 
@@ -148,7 +149,10 @@ def encode_plate_exr(path: str | os.PathLike, layer: np.ndarray, frame, text: di
         spec.full_x, spec.full_y, spec.full_width, spec.full_height = info.display_window
     for k, v in _attributes(info).items():
         _set(spec, lib, k, v)
-    if info is not None and "PixelAspectRatio" in info.attributes:
+    given = getattr(frame, "pixel_aspect", None)  # pixel_aspect=: the aspect the layer was made at
+    if given is not None:
+        spec.attribute("PixelAspectRatio", float(given))
+    elif info is not None and "PixelAspectRatio" in info.attributes:
         spec.attribute("PixelAspectRatio", float(info.attributes["PixelAspectRatio"]))
     chroma = CHROMATICITIES.get(space)
     if chroma is not None:

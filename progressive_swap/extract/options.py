@@ -12,7 +12,7 @@ from progressive_swap.extract.detect import (
     weight_files,
 )
 from progressive_swap.extract.smoothing import METHODS
-from progressive_swap.footage.sources import parse_frames
+from progressive_swap.footage.sources import aspect_option, parse_frames
 
 
 @dataclass
@@ -36,6 +36,11 @@ class ExtractOptions:
     else OCIO's built-in CG config."""
     colorspace_check: bool = True
     """Refuse a colorspace that contradicts the file's own description (false: read it as colorspace anyway)."""
+    pixel_aspect: float = field(default=0.0, metadata={"min": 0.0})
+    """The plates' pixel aspect ratio (a pixel's width over its height: 2 for a 2:1 anamorphic squeeze), 0.1 to 10,
+    for a wrong or missing PixelAspectRatio header: it replaces the header's for every frame (the headers are then
+    not checked to agree from frame to frame); 0 is what the first file's header says, 1 when it says nothing. EXR,
+    DPX and 16-bit/float plates only (docs/plates.md)."""
     out: str = "???"
     """Face set directory (created, or resumed/appended when it exists with the same options)."""
     size: int = field(default=512, metadata={"min": 16})
@@ -166,6 +171,7 @@ def check_options(opt: ExtractOptions) -> None:
         raise ExtractError(f"cuts are frame numbers, >= 0; got {list(opt.cuts)!r}")
     try:
         parse_frames(opt.frames)
+        aspect_option(opt.pixel_aspect)
     except ValueError as e:
         raise ExtractError(str(e)) from None
     if opt.min_face < 0 or opt.min_score < 0 or opt.batch_size < 1:

@@ -214,10 +214,10 @@ def _detect_pass(
                 f"{size[0]}x{size[1]}); extract each size separately"
             )
         first_size = first_size or size
-        if fr.info is not None and fr.info.pixel_aspect != src.pixel_aspect:
+        if fr.info is not None and not src.aspect_given and fr.info.pixel_aspect != src.pixel_aspect:
             raise ExtractError(
                 f"the frames of {src.path.name} change pixel aspect at frame {fr.index} ({src.pixel_aspect:g} -> "
-                f"{fr.info.pixel_aspect:g}); extract each separately"
+                f"{fr.info.pixel_aspect:g}); extract each separately, or give pixel_aspect= if a header is wrong"
             )
         while fr.pos >= chunk_start + opt.chunk:  # close the chunk(s) before this frame
             flush_pending()
@@ -503,7 +503,8 @@ def precheck(opt: ExtractOptions) -> FrameSource:
     """
     check_options(opt)
     src = open_source(opt.input, fps=opt.fps or None, frames=parse_frames(opt.frames), layer=opt.layer,
-                      colorspace=opt.colorspace, ocio=opt.ocio, colorspace_check=opt.colorspace_check)
+                      colorspace=opt.colorspace, ocio=opt.ocio, colorspace_check=opt.colorspace_check,
+                      pixel_aspect=opt.pixel_aspect)
     for key in ("landmarks", "boxes"):
         if getattr(opt, key) == "given":
             check_given_numbers(GivenLandmarks(getattr(opt, key + "_file")), src)
@@ -643,6 +644,8 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
         if was_aspect != src.pixel_aspect:
             was = f"{was_aspect:g}" if isinstance(was_aspect, (int, float)) else repr(was_aspect)
             why = "" if "pixel_aspect" in old else " (by a version that read no PixelAspectRatio)"
+            given = old["options"].get("pixel_aspect")
+            why += f" (given as pixel_aspect={given:g})" if isinstance(given, (int, float)) and given else ""
             raise ExtractError(
                 f"{opt.out!r} holds an extraction of {src.path.name} aligned at pixel aspect {was}{why}, "
                 f"not {src.pixel_aspect:g}; use another out= or delete {str(work)!r}"

@@ -8,8 +8,9 @@ file's **data window**; where it lies in the **display window**, the file's own 
 (timecode, frame rate, pixel aspect, chromaticities, anything a renderer or camera wrote) and
 the channel layout come with it in :class:`PlateInfo`, so a layer can be written back with the
 same windows and attributes (``export/plate_layers.py``). An anamorphic plate's
-``PixelAspectRatio`` (:func:`pixel_aspect`, 1.0 when absent) makes extraction detect and align on
-de-squeezed pixels (``core/align.py``); the pixels read here stay the file's own.
+``PixelAspectRatio`` (:func:`pixel_aspect`, 1.0 when absent; the commands' ``pixel_aspect=`` replaces
+it) makes extraction detect and align on de-squeezed pixels (``core/align.py``); the pixels read
+here stay the file's own.
 
 8-bit files never come here: they keep the OpenCV path of ``footage/sources.py``, unchanged.
 """
@@ -227,14 +228,20 @@ def _aspect(value, name: str) -> float:
     return 1.0 if abs(a - 1.0) < 1e-6 else a  # a float's rounding of 1 is square pixels
 
 
+def header_pixel_aspect(path: str | os.PathLike):
+    """The ``PixelAspectRatio`` a plate's header states, as it states it (unchecked), or None
+    when it states none."""
+    inp = _open_header(path)
+    try:
+        return _jsonable(inp.spec().getattribute("PixelAspectRatio"))
+    finally:
+        inp.close()
+
+
 def pixel_aspect(path: str | os.PathLike) -> float:
     """A plate's ``PixelAspectRatio`` from its header (1.0 when absent; one :class:`PlateError`
     line when it is not a usable ratio: not finite, or outside 0.1 to 10)."""
-    inp = _open_header(path)
-    try:
-        value = inp.spec().getattribute("PixelAspectRatio")
-    finally:
-        inp.close()
+    value = header_pixel_aspect(path)
     return _aspect(1.0 if value is None else value, Path(path).name)
 
 

@@ -18,8 +18,9 @@ High-precision files (EXR, DPX, 16-bit or float TIFF and PNG) are read through O
 (``footage/plates.py``): the frame then also carries ``plate``, the float32 values in the
 plate's colour space, and ``info`` (windows, attributes), and ``image`` is the colour-managed
 display view of it (``footage/colour.py``); ``pixel_aspect`` is the first file's
-``PixelAspectRatio`` (the pixels stay the file's own: extraction de-squeezes for detection and
-alignment). 8-bit images and video keep the OpenCV and PyAV paths, unchanged.
+``PixelAspectRatio``, or the value given in its place (``open_source(pixel_aspect=)``, the
+commands' ``pixel_aspect=``); the pixels stay the file's own: extraction de-squeezes for detection
+and alignment. 8-bit images and video keep the OpenCV and PyAV paths, unchanged.
 
 Bad input never raises mid-stream: a file that cannot be decoded is skipped and a corrupt or
 truncated video ends early; each problem is one line in ``source.problems``. Images are
@@ -44,6 +45,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from progressive_swap.core.align import check_pixel_aspect
 from progressive_swap.footage import plates as P
 from progressive_swap.footage.colour import PlateColour, file_colour, plate_colour
 from progressive_swap.footage.video import probe_video, read_video
@@ -145,15 +147,29 @@ class FrameSource:
     """Video only: ``frames=`` as 0-based frame indices (inclusive); decoding stops after the last."""
     pixel_aspect: float = 1.0
     """The plates' ``PixelAspectRatio`` (the first file's header; 1.0 when absent, and for 8-bit
-    images and video): a pixel's width over its height, 2.0 for a 2:1 anamorphic squeeze."""
+    images and video), or the value given in its place (:attr:`aspect_given`): a pixel's width
+    over its height, 2.0 for a 2:1 anamorphic squeeze."""
+    aspect_given: bool = False
+    """``pixel_aspect`` was given (``pixel_aspect=``), not read: it holds for every frame, whatever
+    the headers say (they are not compared from frame to frame)."""
+    header_aspect: object = None
+    """With :attr:`aspect_given`: what the first file's header states (unchecked; None: nothing)."""
 
     def aspect_line(self) -> str:
-        """One line for the commands' first output when the pixels are not square, else ``""``."""
+        """One line for the commands' first output when the pixels are not square or the header's
+        value was replaced, else ``""``."""
+        header = self.header_aspect
+        said = ("none" if header is None else f"{header:g}" if isinstance(header, (int, float)) else repr(header))
+        if self.aspect_given and self.pixel_aspect == 1.0:
+            if header is None or said == "1":
+                return ""
+            return f"pixel aspect 1 (pixel_aspect=; the header says {said}): square pixels"
         if self.pixel_aspect == 1.0:
             return ""
         first = self.files[0].name if self.files else self.path.name
-        return (f"pixel aspect {self.pixel_aspect:g} (PixelAspectRatio of {first}): faces detected and aligned on "
-                f"de-squeezed pixels, layers on the plate's own")
+        where = f"pixel_aspect=; the header says {said}" if self.aspect_given else f"PixelAspectRatio of {first}"
+        return (f"pixel aspect {self.pixel_aspect:g} ({where}): faces detected and aligned on de-squeezed pixels, "
+                f"layers on the plate's own")
 
     @property
     def high_precision(self) -> bool:
@@ -245,6 +261,7 @@ def open_source(
     colorspace: str = "",
     ocio: str = "",
     colorspace_check: bool = True,
+    pixel_aspect: float = 0.0,
 ) -> FrameSource:
     """Open a video file, a folder of images, an image pattern or glob, or one image.
 
@@ -260,12 +277,16 @@ def open_source(
         ocio: the OCIO config (``""``: ``$OCIO``, else the built-in one).
         colorspace_check: refuse a ``colorspace`` that contradicts the file's own description
             (its EXR chromaticities or stated colour space); False reads it as ``colorspace`` anyway.
+        pixel_aspect: the plates' pixel aspect ratio (0.1 to 10) in place of their
+            ``PixelAspectRatio`` header, for every frame; 0: the first file's header (1 when it has
+            none). High-precision files only (:func:`aspect_option`).
 
     Raises:
         FileNotFoundError / ValueError: one line, when the input does not exist, holds no
         images, is not a readable video at all, or asks for a layer, range or colour space it
         cannot give.
     """
+    pixel_aspect = aspect_option(pixel_aspect)
     s = str(path)
     p = Path(s)
     numbers: list[int] | None = None
@@ -305,6 +326,7 @@ def open_source(
     elif p.suffix.lower() in IMAGE_EXTS:
         kind, files, name = "image", [p], p.stem
     else:
+        _check_aspect_given(p.name, pixel_aspect, "a video")
         return _open_video(p, s, layer, colorspace, frames)
     problems: list[str] = []
     expected = len(files)
@@ -321,9 +343,42 @@ def open_source(
         problems = _gaps(numbers, first, last)
         expected = last - first + 1
     colour = _colour_of(files[0], layer, colorspace, ocio, colorspace_check)
-    aspect = P.pixel_aspect(files[0]) if colour is not None else 1.0  # OpenCV's 8-bit path reads no aspect
+    header = None
+    if colour is None:  # OpenCV's 8-bit path reads no aspect
+        _check_aspect_given(files[0].name, pixel_aspect, "8-bit")
+        aspect = 1.0
+    elif pixel_aspect:
+        aspect, header = pixel_aspect, P.header_pixel_aspect(files[0])
+    else:
+        try:
+            aspect = P.pixel_aspect(files[0])
+        except P.PlateError as e:
+            raise P.PlateError(f"{e}; pixel_aspect= gives the right one") from None
     return FrameSource(kind, p, _clean_name(name), fps or None, files, problems, expected, numbers,
-                       max(digits, 1) if numbers is not None else 6, layer, colour, pixel_aspect=aspect)
+                       max(digits, 1) if numbers is not None else 6, layer, colour, pixel_aspect=aspect,
+                       aspect_given=bool(pixel_aspect), header_aspect=header)
+
+
+def aspect_option(value) -> float:
+    """The commands' ``pixel_aspect=`` checked: 0.0 (read the plates' header) or a pixel aspect
+    ratio from 0.1 to 10; one-line ``ValueError`` otherwise."""
+    try:
+        a = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"pixel_aspect={value!r} is not a number") from None
+    if a == 0.0:
+        return 0.0
+    try:
+        return check_pixel_aspect(a)
+    except ValueError:
+        raise ValueError(f"pixel_aspect={a:g} is not a pixel aspect ratio: give one from 0.1 to 10 "
+                         "(0 reads the plates' header)") from None
+
+
+def _check_aspect_given(what: str, pixel_aspect: float, kind: str) -> None:
+    if pixel_aspect:
+        raise ValueError(f"pixel_aspect= replaces the PixelAspectRatio header of EXR, DPX and 16-bit or float "
+                         f"plates; {what} is {kind}")
 
 
 _PADDING = re.compile(r"#+|@+")
