@@ -101,6 +101,34 @@ def test_identity_scores_have_their_known_answers():
     assert np.allclose(colour_matched(src, stats_a, stats_b), reference, atol=1e-6)
 
 
+def test_feature_transfer_says_whose_features_whatever_the_blur():
+    """B's features score 1 sharp or blurred, A's recoloured score -1, and the average of the two
+    faces about 0, although PSNR puts the average well above recolouring A."""
+    import cv2
+
+    from progressive_swap.core import align
+    from progressive_swap.eval.quality import identity_scores
+    from progressive_swap.phantom import renderer as phantom
+
+    ia, ib = phantom.sample_identity(1000), phantom.sample_identity(1001)
+    f = phantom.sample_frame((0, 7919, 0, 1))
+    ra, rb = phantom.render(ia, f, 256), phantom.render(ib, f, 256)
+    m = align.alignment_matrix(ra.landmarks, "whole")
+    src = align.warp_to_crop(ra.image, m, 128).astype(np.float32) / 255
+    truth = align.warp_to_crop(rb.image, m, 128).astype(np.float32) / 255
+    vis_a, vis_b = align.warp_to_crop(ra.visible_mask, m, 128), align.warp_to_crop(rb.visible_mask, m, 128)
+    recoloured = np.clip(src * 0.8 + 0.1, 0, 1)
+
+    def score(x):
+        return identity_scores(x, vis_b, truth, recoloured, vis_a, vis_b, src)
+
+    assert score(truth)["feature_transfer"] == pytest.approx(1.0)
+    assert score(recoloured)["feature_transfer"] == pytest.approx(-1.0, abs=1e-3)
+    assert score(cv2.GaussianBlur(truth, (0, 0), 2.0))["feature_transfer"] > 0.6  # blur keeps B's features
+    average = score((truth + recoloured) / 2)
+    assert abs(average["feature_transfer"]) < 0.25 and average["identity_gain_db"] > 3.0
+
+
 def test_identity_colour_is_the_models_own_or_measured_on_the_phantom():
     from progressive_swap.eval.quality import QualitySettings, identity_colour
     from progressive_swap.model.autoencoder import CombArch, CombAutoencoder

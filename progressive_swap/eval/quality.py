@@ -30,6 +30,14 @@ Identity (what a swap transfers beyond colour), from the same frames:
       truth scores ``shape_score_truth`` = 1 − IoU(A, B) (B's outline exactly), a swap that
       keeps A's outline scores its negative; ``shape_transfer`` is their ratio (1: B's shape,
       −1: A's), averaged over frames whose outlines differ at all.
+    * ``feature_transfer``: whose *features* the swap draws, whatever its sharpness or colour. The
+      luminance of the swap, of B's truth and of A's own face is band-passed (a difference of
+      Gaussians, σ = ``res / 128`` and ``res / 16``: the eyes', nose's and mouth's shapes, not
+      fine detail or shading) and correlated inside both visible faces;
+      ``(corr(swap, B) − corr(swap, A)) / (1 − corr(A, B))`` is 1 for B's features (the truth,
+      and the truth blurred), −1 for A's (the source, recoloured or not) and about 0 for a face
+      that has neither (a blurred average face), where PSNR rewards the blur. Frames whose two
+      faces' features correlate above 0.95 are left out.
 """
 from __future__ import annotations
 
@@ -72,17 +80,19 @@ class QualitySettings:
 
 
 def identity_scores(swap: np.ndarray, swap_mask: np.ndarray, truth: np.ndarray, recoloured: np.ndarray,
-                    vis_a: np.ndarray, vis_b: np.ndarray) -> dict[str, float]:
+                    vis_a: np.ndarray, vis_b: np.ndarray, source: np.ndarray | None = None) -> dict[str, float]:
     """One frame's identity measures (see the module docstring): all images ``(H, W, 3)`` in
-    [0, 1] aligned to A's crop, masks ``(H, W)`` in [0, 1].
+    [0, 1] aligned to A's crop, masks ``(H, W)`` in [0, 1]; ``source`` is A's own face (default:
+    ``recoloured``, whose features are A's).
 
     Example:
         >>> rng = np.random.default_rng(0)
         >>> truth, src = rng.random((2, 8, 8, 3))
         >>> vis = np.ones((8, 8))
-        >>> identity_scores(src, vis, truth, src, vis, vis)["identity_gain_db"]
+        >>> float(identity_scores(src, vis, truth, src, vis, vis)["identity_gain_db"])
         0.0
     """
+    source = recoloured if source is None else source
     swap_psnr = min(masked_psnr(swap, truth, vis_b), PSNR_CAP)
     ref_psnr = min(masked_psnr(recoloured, truth, vis_b), PSNR_CAP)
     to_b, to_a = mask_iou(swap_mask, vis_b), mask_iou(swap_mask, vis_a)
@@ -92,7 +102,40 @@ def identity_scores(swap: np.ndarray, swap_mask: np.ndarray, truth: np.ndarray, 
         "shape_score": to_b - to_a,
         "shape_score_truth": truth_gap,
         "shape_transfer": (to_b - to_a) / truth_gap if truth_gap > 1e-3 else float("nan"),
+        "feature_transfer": feature_transfer(swap, truth, source, np.minimum(vis_a, vis_b)),
     }
+
+
+def _features(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Band-passed luminance inside ``mask`` (> 0.5), zero mean and unit norm there."""
+    side = img.shape[0]
+    y = np.asarray(img, np.float32) @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    band = cv2.GaussianBlur(y, (0, 0), side / 128) - cv2.GaussianBlur(y, (0, 0), side / 16)
+    v = band[mask > 0.5]
+    v = v - v.mean()
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 1e-8 else v * 0.0
+
+
+def feature_transfer(swap: np.ndarray, truth: np.ndarray, source: np.ndarray, mask: np.ndarray) -> float:
+    """Whose features the swap draws (module docstring): 1 B's (``truth``), −1 A's (``source``),
+    about 0 neither; NaN where the two faces' features are too alike to tell apart (> 0.95) or the
+    mask holds under 64 pixels.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> a, b = rng.random((2, 64, 64, 3)).astype(np.float32)
+        >>> m = np.ones((64, 64), np.float32)
+        >>> round(feature_transfer(b, b, a, m), 6), round(feature_transfer(a * 0.5 + 0.2, b, a, m), 6)
+        (1.0, -1.0)
+    """
+    if (mask > 0.5).sum() < 64:
+        return float("nan")
+    fs, fb, fa = (_features(x, mask) for x in (swap, truth, source))
+    ab = float(fa @ fb)
+    if ab > 0.95:
+        return float("nan")
+    return (float(fs @ fb) - float(fs @ fa)) / (1.0 - ab)
 
 
 def colour_matched(swap: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -152,6 +195,9 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
         "shape_score",
         "shape_score_truth",
         "shape_transfer",
+        "feature_transfer",
+        "baseline_colour_transfer_feature_transfer",
+        "baseline_blurred_truth_feature_transfer",
     )
     rows: dict[str, list[float]] = {k: [] for k in keys}
     colour = identity_colour(model, idents, res, face_type, settings)  # (N, 2, 3) mean, std
@@ -173,16 +219,19 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
                 rows["swap_mask_iou"].append(mask_iou(mask, vis_b))
                 recoloured = np.clip((_to01(src) - colour[a, 0]) / colour[a, 1] * colour[b, 1] + colour[b, 0], 0, 1)
                 rows["baseline_colour_transfer_psnr"].append(masked_psnr(recoloured, truth, vis_b))
-                for key, v in identity_scores(rgb, mask, truth, recoloured, vis_a, vis_b).items():
+                for key, v in identity_scores(rgb, mask, truth, recoloured, vis_a, vis_b, _to01(src)).items():
                     rows[key].append(v)
                 matched = rgb if getattr(model, "colour_norm", False) else colour_matched(rgb, colour[a], colour[b])
                 rows["swap_psnr_colour_matched"].append(masked_psnr(matched, truth, vis_b))
                 rows["identity_gain_colour_matched_db"].append(
                     min(rows["swap_psnr_colour_matched"][-1], PSNR_CAP) - min(rows["baseline_colour_transfer_psnr"][-1],
                                                                               PSNR_CAP))
-                rows["baseline_blurred_truth_psnr"].append(
-                    masked_psnr(cv2.GaussianBlur(truth, (0, 0), res / 32), truth, vis_b)
-                )
+                blurred = cv2.GaussianBlur(truth, (0, 0), res / 32)
+                rows["baseline_blurred_truth_psnr"].append(masked_psnr(blurred, truth, vis_b))
+                both = np.minimum(vis_a, vis_b)
+                rows["baseline_colour_transfer_feature_transfer"].append(
+                    feature_transfer(recoloured, truth, _to01(src), both))
+                rows["baseline_blurred_truth_feature_transfer"].append(feature_transfer(blurred, truth, _to01(src), both))
                 rows["swap_ssim"].append(masked_ssim(rgb, truth, vis_b))
                 rec, own_mask = (x[0] for x in swappers[a, a](src[None]))  # A's decoder: the export's default alpha
                 rows["source_mask_iou"].append(mask_iou(own_mask, vis_b))
