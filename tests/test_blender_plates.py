@@ -11,7 +11,9 @@ precision where the layer is partly transparent, fading out and transparent, and
 stripe where it crosses the face (Blender keeps values above 1 and composites the premultiplied
 layer as it is). Outside the layer's alpha the render is the plate. Measured with Blender 3.4.1:
 bit-identical (max difference 0); our own finished frame (``comp/``, half) is within one half
-step of it.
+step of it. The export also writes ``comp=blender``'s ``comp.blend``: its Image nodes must be in
+that linear space (they used to set the plate to sRGB whatever its space) and its render must be
+the same comp.
 
 What Blender needs (its bundled OCIO config names scene-linear Rec.709 ``Linear`` in 3.x,
 ``Linear Rec.709`` in 4.x): both images' ``colorspace_settings.name`` set to that name (with
@@ -26,11 +28,14 @@ on a machine without Blender, as in ``tests/test_blender.py``.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import write_tiny_weights
 
 from progressive_swap.cli import export as export_cli
@@ -88,7 +93,7 @@ def test_blender_composites_our_exr_layer_over_a_linear_plate_as_we_do(tmp_path,
     out = tmp_path / "out"
     rc = export_cli.main([f"checkpoint={ckpt}", f"input={seq / 'plate.####.exr'}", f"out={out}", "identity=bob",
                           "progress=false", "landmarks=given", f"landmarks_file={truth}", "format=exr",
-                          f"colorspace={SPACE}", "composite=true"])
+                          f"colorspace={SPACE}", "composite=true", "comp=blender"])
     assert rc == 0, capsys.readouterr().err
     layer_path = out / "layers" / "face.1001.exr"
     layer, attrs = PL.read_plate_layer(layer_path)
@@ -100,7 +105,8 @@ def test_blender_composites_our_exr_layer_over_a_linear_plate_as_we_do(tmp_path,
 
     got_path = tmp_path / "blender.exr"
     job = {"plate": str(seq / "plate.1001.exr"), "layer": str(layer_path), "out": str(got_path),
-           "report": str(tmp_path / "report.json")}
+           "report": str(tmp_path / "report.json"), "blend": str(out / "comp.blend"),
+           "blend_out": str(tmp_path / "blend.exr")}
     (tmp_path / "job.json").write_text(json.dumps(job))
     t = time.perf_counter()
     run = subprocess.run([blender, "-b", "--factory-startup", "--python-exit-code", "1", "--python", str(SCRIPT),
@@ -134,3 +140,68 @@ def test_blender_composites_our_exr_layer_over_a_linear_plate_as_we_do(tmp_path,
     np.testing.assert_allclose(got, ours, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(got[clear], plate_read[clear], rtol=1e-6, atol=1e-7)  # the plate, untouched
     assert fin.max() <= 2**-10, fin.max()  # our finished frame: the same, within one half-float step
+    # comp=blender's .blend: both images in Blender's name for the plate's linear Rec.709, the same comp
+    assert report["blend"]["images"] == {"plate": report["linear"], "face layer": report["linear"]}, report["blend"]
+    blend_got, _ = PL.read_plate_layer(tmp_path / "blend.exr")
+    print(f"  comp.blend's render vs this script's: max |diff| {np.abs(blend_got - got).max():.3g}")
+    np.testing.assert_allclose(blend_got, got, rtol=1e-6, atol=1e-7)
+
+
+BLENDER_3 = frozenset({"Filmic Log", "Filmic sRGB", "Linear", "Linear ACES", "Linear ACEScg", "Non-Color", "Raw",
+                       "XYZ", "sRGB"})  # Blender 3.4.1's own config (bpy's input colour spaces)
+BLENDER_4 = frozenset({"ACES2065-1", "ACEScg", "AgX Log", "Filmic Log", "Linear Rec.709", "Linear Rec.2020",
+                       "Non-Color", "sRGB"})  # part of 4.x's, which renamed the linear spaces
+
+
+def test_comp_blender_names_a_plates_space_and_its_layers_as_blender_knows_them():
+    """``comp=blender`` on a scene-referred plate: the .blend reads the plate in its own space and
+    the EXR layers in the layer space, by Blender's names for them (3.x or 4.x); a space Blender's
+    config lacks (ACEScct, a log plate's) is refused in one line naming it (no Blender run here)."""
+    from progressive_swap.export import blender_comp as B
+    from progressive_swap.footage import colour as CO
+
+    def spaces(colorspace, known, ext=".exr"):
+        c = CO.plate_colour(ext, "half" if ext == ".exr" else "uint16", colorspace=colorspace).for_layers()
+        return B.comp_spaces(c, "blender", known)
+
+    assert spaces("ACEScg", BLENDER_3) == {"plate": "Linear ACEScg", "layer": "Linear ACEScg"}
+    assert spaces("ACES2065-1", BLENDER_3) == {"plate": "Linear ACES", "layer": "Linear ACES"}
+    assert spaces(SPACE, BLENDER_3) == {"plate": "Linear", "layer": "Linear"}
+    assert spaces("ACEScg", BLENDER_4) == {"plate": "ACEScg", "layer": "ACEScg"}
+    assert spaces("Linear Rec.2020", BLENDER_4) == {"plate": "Linear Rec.2020", "layer": "Linear Rec.2020"}
+    assert spaces("ACEScct", BLENDER_3 | {"ACEScct"}, ".dpx") == {"plate": "ACEScct", "layer": "Linear ACEScg"}
+    for colorspace, known, ext, missing in (("ACEScct", BLENDER_3, ".dpx", "ACEScct (the plate's space)"),
+                                            ("Linear Rec.2020", BLENDER_3, ".exr", "Linear Rec.2020 (the plate's")):
+        with pytest.raises(ValueError, match=re.escape(missing)) as e:
+            spaces(colorspace, known, ext)
+        assert "\n" not in str(e.value) and "Blender needs an OCIO config with it" in str(e.value)
+
+
+def test_comp_blender_on_a_log_plate_blender_cannot_read_is_one_line_before_anything_is_written(
+        tmp_path, capsys, monkeypatch):
+    """An ACEScct DPX plate with ``comp=blender`` and Blender 3's own config (no ACEScct): exit 2,
+    one line naming the space, no out folder (Blender's spaces stand in for asking it)."""
+    from progressive_swap.export import blender_comp as B
+    from progressive_swap.footage import colour as CO
+
+    monkeypatch.setenv("PROGRESSIVE_SWAP_BLENDER", sys.executable)  # "found"; never run: its spaces are given
+    monkeypatch.setattr(B, "blender_spaces", lambda exe, timeout=120.0: BLENDER_3)
+    c = CO.plate_colour(".dpx", "uint16")
+    seq = tmp_path / "dpx"
+    seq.mkdir()
+    px = CO._apply(CO._processor(c.config, CO.SRGB, c.plate), np.full((32, 48, 3), 0.5, np.float32))
+    import OpenImageIO as oiio
+
+    spec = oiio.ImageSpec(48, 32, 3, "uint16")
+    out_file = oiio.ImageOutput.create(str(seq / "plate.1001.dpx"))
+    assert out_file.open(str(seq / "plate.1001.dpx"), spec) and out_file.write_image(px)
+    out_file.close()
+    (tmp_path / "ckpt").mkdir()
+    ckpt = write_tiny_weights(tmp_path / "ckpt", ARCH, FACE_TYPE)
+    out = tmp_path / "out"
+    rc = export_cli.main([f"checkpoint={ckpt}", f"input={seq / 'plate.####.dpx'}", f"out={out}", "identity=bob",
+                          "progress=false", "format=exr", "comp=blender"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err, err
+    assert "comp=blender: Blender's colour config has no ACEScct (the plate's space)" in err, err
+    assert not out.exists()

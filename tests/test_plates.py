@@ -564,7 +564,11 @@ def test_tiff_and_dpx_layers_on_request_match_the_exr_layer(tmp_path, clip, ckpt
     for n, r in zip(numbers, clip):
         cv2.imwrite(str(png / f"plate.{n}.png"), r.image[..., ::-1])
     for inp, fmt, words in ((seqs["exr"] / "plate.####.exr", "dpx", "ACEScg is scene-linear"),
-                            (png / "plate.####.png", "tiff", "sRGB footage: use format=png16 or exr")):
+                            (png / "plate.####.png", "tiff", "sRGB footage: use format=png16 or exr"),
+                            (seqs["dpx"] / "plate.####.dpx", "png16",
+                             "(ACEScct): format=png16 cannot hold its values; use format=exr or tiff (linear, "
+                             "premultiplied: in the plate's space when it is scene-linear, else the config's "
+                             "scene_linear) or dpx (the plate's own space)")):
         capsys.readouterr()
         assert export(ckpt, inp, tmp_path / f"no_{fmt}", *given, f"format={fmt}") == 2
         err = capsys.readouterr().err.strip()
@@ -669,12 +673,52 @@ def test_a_log_plates_exr_layer_is_linear_and_composites_over_the_linearised_pla
     assert not (tmp_path / "no").exists()
 
 
+def test_a_log_plates_layer_and_finished_frame_say_what_they_are_in_their_embedded_conventions(
+        tmp_path, clip, ckpt, capsys):
+    """The ``progressive_swap`` JSON in a plate's EXR layer and finished frame states the file's own
+    conventions, as its ``colorspace`` and ``alpha`` attributes and the sidecar do: the layer
+    premultiplied in the layer space (ACEScg for an ACEScct plate), the finished frame in the
+    plate's space, opaque (alpha 1 everywhere); not the video conventions (``scene-linear``;
+    ``png8``, ``sRGB``, ``none``) it used to carry."""
+    from progressive_swap.export import plate_layers as PL
+    from progressive_swap.footage import colour as CO
+
+    c = CO.plate_colour(".dpx", "uint16")  # ACEScct: layers in ACEScg, finished frames back in ACEScct
+    seq = tmp_path / "dpx"
+    seq.mkdir()
+    write_plate(seq / "plate.1001.dpx", CO._apply(CO._processor(c.config, CO.SRGB, c.plate),
+                                                   clip[0].image.astype(np.float32) / 255.0), "uint16")
+    truth = write_truth(tmp_path / "truth.json", clip[:1], [1001])
+    out = tmp_path / "out"
+    rc = export(ckpt, seq / "plate.####.dpx", out, "landmarks=given", f"landmarks_file={truth}", "format=exr",
+                "composite=true")
+    assert rc == 0, capsys.readouterr().err
+    meta = json.loads((out / "meta" / "face.1001.json").read_text())
+    manifest = json.loads((out / "export.json").read_text())
+    layer, layer_attrs = PL.read_plate_layer(out / meta["files"]["merged"])
+    comp, comp_attrs = PL.read_plate_layer(out / meta["comp"])
+    want = {"layer": ("ACEScg", "premultiplied", meta["conventions"], manifest["conventions"]),
+            "comp": ("ACEScct", "opaque", meta["comp_conventions"], manifest["composite"]["conventions"])}
+    for name, attrs in (("layer", layer_attrs), ("comp", comp_attrs)):
+        space, alpha, sidecar, recorded = want[name]
+        embedded = json.loads(attrs["progressive_swap"])
+        got = {"attribute": (attrs["colorspace"], attrs["alpha"]), "embedded": (embedded["colorspace"],
+               embedded["alpha"]), "sidecar": (sidecar["colorspace"], sidecar["alpha"]),
+               "export.json": (recorded["colorspace"], recorded["alpha"])}
+        assert set(got.values()) == {(space, alpha)}, (name, got)
+        assert embedded["format"] == "exr" and attrs["oiio:ColorSpace"] and sidecar["bit_depth"] == "half"
+    assert (layer[..., 3] > 0.1).sum() > 100 and layer[..., 3].min() == 0.0  # a layer with real coverage
+    assert comp.shape[-1] == 4 and np.all(comp[..., 3] == 1.0)  # opaque: its alpha is 1 everywhere
+    assert manifest["composite"]["frames"] == "comp/comp.NNNN.exr" and manifest["composite"]["video"] is None
+
+
 def test_a_logc3_dpx_sequence_extracts_through_the_studio_config_and_its_layers_composite_linearly(
         tmp_path, clip, ckpt, capsys):
     """Issue 34's done-when: a LogC3 DPX sequence (codes made by OCIO's studio config itself)
     extracts with ``ocio=studio colorspace="ARRI LogC3 (EI800)"``; the export of that face set (not
-    told the space again) writes premultiplied linear EXR layers, and OpenImageIO's *over* of them on the linearised plate
-    is our finished frame, which goes back to LogC3, within a half step of its codes."""
+    told the space again) writes premultiplied linear EXR layers, and OpenImageIO's *over* of them
+    on the linearised plate is our finished frame, which goes back to LogC3, within a half step of
+    its codes."""
     import OpenImageIO as oiio
 
     from progressive_swap.export import plate_layers as PL

@@ -250,13 +250,15 @@ def _export(argv: Sequence[str]) -> int:
     if not _is_faceset(inp):  # footage: a pattern matching nothing or a folder without images is refused here
         footage_plates = open_plates(o.input, **plate_options(o))
         check_plate_format(footage_plates, o.format)
-        if footage_plates.colour is not None:
-            footage_plates.colour.for_layers(o.layer_space)  # an unknown or non-linear layer space: refused here
+        colour = footage_plates.colour
+        if colour is not None:
+            colour = colour.for_layers(o.layer_space)  # an unknown or non-linear layer space: refused here
         if o.comp == "blender":
             try:
                 blender_comp.plate_job(footage_plates.kind, footage_plates.path, footage_plates.files)
             except ValueError as e:
                 raise UserError(f"comp=blender: {e}") from None
+            blender_spaces(colour)  # a plate space Blender's config lacks: refused before anything is written
     model, info = load_model(o.checkpoint, o.device)
     if not _is_faceset(inp):
         check_crop_space(footage_plates, info)  # before the faces are extracted into out
@@ -286,7 +288,11 @@ def _export(argv: Sequence[str]) -> int:
         given = [k for k in FOOTAGE_ONLY if o[k] != getattr(defaults, k)]
         if given:  # they would change nothing: say so rather than ignore them
             raise UserError(f"{given[0]}= is for footage input; a face set input was extracted already")
-        _faceset_input(fset, footage, info, info.stage_res, mask_name)
+        _, plates_path, record_source, _ = _faceset_input(fset, footage, info, info.stage_res, mask_name)
+        if o.comp == "blender":  # a plate space Blender's config lacks: refused before out exists
+            set_plates = open_plates(plates_path, **plate_options(o, fset, record_source))
+            if set_plates.colour is not None:
+                blender_spaces(set_plates.colour.for_layers(o.layer_space))
         check_previous(o.out, str(F.resolve_source(F.faceset_sources(faceset.open(fset))[0], fset))
                        if not footage else footage, None)
     else:
@@ -320,12 +326,13 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
     frames = F.faceset_frames(fs, plates, record_source, mask_name)
     footage, size, tracks, ftype = plates_path, fs.size, F.faceset_tracks(fs, record_source), fs.face_type
     settings = ExportSettings(**settings_kw, crop_size=size)
-    plate_job = None
+    plate_job = blend_spaces = None
     if o.comp == "blender":
         try:
             plate_job = blender_comp.plate_job(plates.kind, plates.path, plates.files)
         except ValueError as e:
             raise UserError(f"comp=blender: {e}") from None
+        blend_spaces = blender_spaces(plates.colour)
 
     check = identity_check(model, info, fs, record_source, assumed)
     if check["status"] == "mismatch":
@@ -401,7 +408,7 @@ def _export_locked(o, console, info, model, identity, from_identity, assumed, se
         first = Path(o.out) / exporter.layer_relpath(plates.numbers[0] if plates.numbers else 0)
         try:
             blend = blender_comp.write_blend(o.out, plate_job, first, o.format, stats["frames"], plates_size(o.out),
-                                             fps)
+                                             fps, spaces=blend_spaces)
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             raise OSError(f"comp=blender: {e}") from None
         console.print(f"comp: {blend} (plate and layers over it, frames 0-{stats['frames'] - 1})", soft_wrap=True)
@@ -461,18 +468,36 @@ def plate_options(o, fset: Path | None = None, record_source: str = "") -> dict:
 
 
 def check_plate_format(plates, fmt: str) -> None:
-    """Scene-referred plates (EXR, DPX, float TIFF) get layers in their own space: EXR, float TIFF,
-    or DPX (code values 0–1: not for a scene-linear space). TIFF and DPX layers are for them only."""
+    """Scene-referred plates (EXR, DPX, float TIFF) get EXR or float TIFF layers in the layer space
+    (the plate's own when it is scene-linear, else the config's scene_linear), or DPX layers in
+    the plate's own space (code values 0–1: not for a scene-linear space). TIFF and DPX layers are
+    for them only."""
     scene = plates.colour is not None and plates.colour.scene
     if scene and fmt not in W.PLATE_FORMATS:
-        raise UserError(f"{plates.path.name} is scene-referred ({plates.colour.plate}): its layers are written in "
-                        f"that space; use format=exr, tiff or dpx (docs/plates.md)")
+        raise UserError(f"{plates.path.name} is scene-referred ({plates.colour.plate}): format={fmt} cannot hold its "
+                        f"values; use format=exr or tiff (linear, premultiplied: in the plate's space when it is "
+                        f"scene-linear, else the config's scene_linear) or dpx (the plate's own space) "
+                        f"(docs/plates.md)")
     if not scene and fmt in W.PLATE_FORMATS and fmt != "exr":
-        raise UserError(f"format={fmt} writes layers in a scene-referred plate's own space; {plates.path.name} is "
+        raise UserError(f"format={fmt} is for scene-referred plates (EXR, DPX, float TIFF); {plates.path.name} is "
                         f"sRGB footage: use format=png16 or exr")
     if fmt == "dpx" and encoding_of(plates.colour) == "scene-linear":
         raise UserError(f"format=dpx holds code values 0-1; {plates.colour.plate} is scene-linear (values above 1 "
                         f"would be clipped): use format=exr or tiff")
+
+
+def blender_spaces(colour) -> dict[str, str] | None:
+    """``comp=blender`` on a scene-referred plate: Blender's names for the plate's space and its
+    EXR layers' (``export/blender_comp.py``, :func:`~progressive_swap.export.blender_comp.comp_spaces`);
+    None for sRGB footage. A space Blender's OCIO config lacks is refused in one line."""
+    if colour is None or not colour.scene:
+        return None
+    try:
+        return blender_comp.comp_spaces(colour, blender_comp.find_blender() or "blender")
+    except ValueError as e:
+        raise UserError(f"comp=blender: {e}") from None
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        raise OSError(f"comp=blender: {e}") from None
 
 
 def check_crop_space(plates, info) -> None:

@@ -231,7 +231,8 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
                 both = np.minimum(vis_a, vis_b)
                 rows["baseline_colour_transfer_feature_transfer"].append(
                     feature_transfer(recoloured, truth, _to01(src), both))
-                rows["baseline_blurred_truth_feature_transfer"].append(feature_transfer(blurred, truth, _to01(src), both))
+                rows["baseline_blurred_truth_feature_transfer"].append(
+                    feature_transfer(blurred, truth, _to01(src), both))
                 rows["swap_ssim"].append(masked_ssim(rgb, truth, vis_b))
                 rec, own_mask = (x[0] for x in swappers[a, a](src[None]))  # A's decoder: the export's default alpha
                 rows["source_mask_iou"].append(mask_iou(own_mask, vis_b))

@@ -9,7 +9,11 @@ This module is two things in one file:
 
 The scene: the plate (a movie, a numbered image sequence or one image, sRGB) and the layer
 sequence (EXR: scene-linear, premultiplied; PNG: sRGB, straight) feed an Alpha Over node whose
-result goes to the Composite and Viewer nodes. Scene frames run ``0 … N-1``: the plate's and the
+result goes to the Composite and Viewer nodes. A scene-referred plate (EXR, DPX, float TIFF) and
+its EXR layers are read in their own spaces (the plate's, and the layer space: ACEScg for a log
+plate), named as Blender's OCIO config names them (:func:`comp_spaces`: ``Linear ACEScg`` in
+Blender 3.x, ``ACEScg`` in 4.x, ...); a space that config lacks is refused before anything is
+written. Scene frames run ``0 … N-1``: the plate's and the
 layers' first files (``face.000000.exr`` for video, ``face.1001.exr`` for ``plate.1001.exr``)
 sit at scene frame 0 through each node's frame offset; the resolution and frame rate are the plate's, and the
 view transform is Standard (display sRGB, look None), so a render gives the plate's own colours
@@ -26,6 +30,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+try:
+    from progressive_swap.footage.colour import LINEAR_SPACES
+except ImportError:  # inside Blender, which runs this file as a script without this package (build only)
+    LINEAR_SPACES = {}
+
 BLEND_NAME = "comp.blend"
 NO_BLENDER = "comp=blender needs Blender, not found (apt-get install blender, or PROGRESSIVE_SWAP_BLENDER=PATH)"
 
@@ -36,6 +45,81 @@ def find_blender() -> str | None:
     if given:
         return given if Path(given).is_file() else None
     return shutil.which("blender")
+
+
+# Blender's own configs' names for the scene-linear spaces, by primaries: 4.x, its later
+# renames, then 3.x (``Linear`` is 3.x's scene-linear Rec.709; 3.x has no Rec.2020 or P3 space).
+BLENDER_LINEAR = {
+    "Rec.709": ("Linear Rec.709", "Linear BT.709 I-D65", "Linear"),
+    "AP0": ("ACES2065-1", "Linear ACES"),
+    "AP1": ("ACEScg", "Linear ACEScg"),
+    "Rec.2020": ("Linear Rec.2020", "Linear BT.2020 I-D65"),
+    "P3-D65": ("Linear P3-D65", "Linear DCI-P3 D65", "Linear DCI-P3 I-D65"),
+}
+SPACES_TAG = "progressive_swap blender spaces: "
+_SPACES_EXPR = (
+    "import bpy, json; print(" + repr(SPACES_TAG) + " + json.dumps(sorted(i.identifier for i in "
+    "bpy.types.ColorManagedInputColorspaceSettings.bl_rna.properties['name'].enum_items)))"
+)
+_known_spaces: dict[str, frozenset[str]] = {}
+
+
+def blender_spaces(blender: str, timeout: float = 120.0) -> frozenset[str]:
+    """The input colour spaces Blender offers (its bundled OCIO config, or the one ``$OCIO`` names),
+    asked of Blender itself once per executable.
+
+    Raises:
+        RuntimeError: Blender failed or printed no list (its last lines of output).
+    """
+    if blender not in _known_spaces:
+        r = subprocess.run([blender, "-b", "--factory-startup", "--python-exit-code", "1", "--python-expr",
+                            _SPACES_EXPR], capture_output=True, text=True, timeout=timeout)
+        lines = [ln[len(SPACES_TAG):] for ln in r.stdout.splitlines() if ln.startswith(SPACES_TAG)]
+        if r.returncode != 0 or not lines:
+            tail = " | ".join((r.stdout + r.stderr).strip().splitlines()[-3:])
+            raise RuntimeError(f"Blender could not list its colour spaces (exit {r.returncode}): {tail}")
+        _known_spaces[blender] = frozenset(json.loads(lines[-1]))
+    return _known_spaces[blender]
+
+
+def blender_names(space: str) -> tuple[str, ...]:
+    """The names Blender's config may give ``space`` (a name in this project's OCIO config), the
+    space's own name first: a scene-linear space of known primaries also under its other names
+    (ACES 1.x configs, interop ids) and Blender's own (:data:`BLENDER_LINEAR`); any other space
+    (a log or camera space such as ACEScct) only under its own name, as in a config given Blender
+    with ``$OCIO``."""
+    for primaries, names in LINEAR_SPACES.items():
+        if space in names:
+            return tuple(dict.fromkeys((space, *names, *BLENDER_LINEAR[primaries])))
+    return (space,)
+
+
+def comp_spaces(colour, blender: str, known: frozenset[str] | None = None) -> dict[str, str]:
+    """Blender's names for a scene-referred plate's space and its EXR layers' (the layer space).
+
+    Args:
+        colour: the plate's :class:`~progressive_swap.footage.colour.PlateColour`, its layer
+            space set (``for_layers``).
+        blender: the executable (asked for its spaces: :func:`blender_spaces`).
+        known: Blender's spaces, if already known.
+
+    Returns:
+        ``{"plate": name, "layer": name}``.
+
+    Raises:
+        ValueError: Blender's config has no such space (one line naming it).
+    """
+    known = blender_spaces(blender) if known is None else known
+    out = {}
+    for role, space, whose in (("plate", colour.plate, "the plate's space"),
+                               ("layer", colour.layer_space, "the EXR layers' space")):
+        name = next((n for n in blender_names(space) if n in known), None)
+        if name is None:
+            raise ValueError(
+                f"Blender's colour config has no {space} ({whose}): Blender needs an OCIO config with it "
+                f"(start it with OCIO=CONFIG.ocio, e.g. an ACES config), or leave comp=blender out")
+        out[role] = name
+    return out
 
 
 def plate_job(kind: str, path: str | os.PathLike, files: list[Path]) -> dict:
@@ -83,6 +167,7 @@ def write_blend(
     fps: float,
     blender: str | None = None,
     timeout: float = 300.0,
+    spaces: dict[str, str] | None = None,
 ) -> Path:
     """Write ``out/comp.blend`` with headless Blender.
 
@@ -97,6 +182,8 @@ def write_blend(
         fps: frame rate (NaN or 0: 25).
         blender: the executable (default :func:`find_blender`).
         timeout: seconds Blender may take.
+        spaces: a scene-referred plate's :func:`comp_spaces` (Blender's names for the plate's
+            space and the EXR layers'); None: an sRGB plate (``sRGB``; EXR layers linear Rec.709).
 
     Returns:
         The ``.blend``'s path.
@@ -113,8 +200,9 @@ def write_blend(
     rate = float(fps) if fps and fps == fps and fps > 0 else 25.0
     job = {
         "blend": str(blend),
-        "plate": plate,
-        "layer": {"path": str(Path(layer_first).resolve()), "format": fmt, "offset": _first_number(layer_first) - 1},
+        "plate": {**plate, **({"colorspace": spaces["plate"]} if spaces else {})},
+        "layer": {"path": str(Path(layer_first).resolve()), "format": fmt, "offset": _first_number(layer_first) - 1,
+                  **({"colorspace": spaces["layer"]} if spaces else {})},
         "frames": int(frames),
         "size": [int(size[0]), int(size[1])],
         "fps": rate,
@@ -174,8 +262,6 @@ def build(job: dict) -> None:
     nt = sc.node_tree
     for n in list(nt.nodes):
         nt.nodes.remove(n)
-    srgb = _colour_space(bpy, ("sRGB",))
-    linear = _colour_space(bpy, ("Linear Rec.709", "Linear"))
 
     def image_node(spec: dict, name: str, space: str, alpha: str, loc: tuple[int, int]):
         im = bpy.data.images.load(spec["path"], check_existing=False)
@@ -193,10 +279,14 @@ def build(job: dict) -> None:
             node.frame_offset = int(spec.get("offset", 0))
         return node
 
-    plate = image_node(job["plate"], "plate", srgb, "STRAIGHT", (-400, 200))
     exr = job["layer"]["format"] == "exr"
-    layer = image_node(job["layer"], "face layer", linear if exr else srgb, "PREMUL" if exr else "STRAIGHT",
-                       (-400, -150))
+    # A scene-referred plate's job names both spaces as Blender knows them (comp_spaces); an sRGB
+    # plate's does not: sRGB, and linear Rec.709 for EXR layers.
+    plate_space = _colour_space(bpy, (job["plate"].get("colorspace") or "sRGB",))
+    layer_space = _colour_space(bpy, (job["layer"]["colorspace"],) if "colorspace" in job["layer"] else
+                                BLENDER_LINEAR["Rec.709"] if exr else ("sRGB",))
+    plate = image_node(job["plate"], "plate", plate_space, "STRAIGHT", (-400, 200))
+    layer = image_node(job["layer"], "face layer", layer_space, "PREMUL" if exr else "STRAIGHT", (-400, -150))
     over = nt.nodes.new("CompositorNodeAlphaOver")
     over.name = over.label = "face over plate"
     over.location = (0, 50)

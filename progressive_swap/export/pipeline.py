@@ -354,6 +354,14 @@ class Exporter:
         fr.colour = fr.colour.for_crops(self.info.crop_space)
         if self.colour is None:
             self.colour = manifest["colour"] = fr.colour.as_dict()
+            # what the files are, as the sidecars say: the layer space (DPX: the plate's), and
+            # finished frames in the plate's space, opaque
+            manifest["conventions"] = PL.conventions(self.s.format, PL.layer_space(fr, self.s.format))
+            if self.s.composite:
+                manifest["composite"] = {"frames": f"comp/comp.{'N' * self.digits}.exr", "video": None,
+                                         "conventions": PL.conventions("exr", fr.colour.plate, opaque=True),
+                                         "how": "the written layers over the plate in the layer space (linear "
+                                                "light), converted back to the plate's space"}
             atomic_write_json(self.out / "export.json", manifest)
 
     def _clip_share(self, fr: FrameIn, face: FaceIn) -> float | None:
@@ -483,7 +491,7 @@ class Exporter:
 
         files: dict[str, str] = {}
         merged = C.merged_layer(swapped, fr.size, opts)
-        if PL.scene_referred(fr):  # layers in the plate's colour space, on its windows (export/plate_layers.py)
+        if PL.scene_referred(fr):  # layers in the layer space, on the plate's windows (export/plate_layers.py)
             return self._write_plate_frame(p, swapped, faces_meta, patches, merged)
         if s.layers == "merged":
             rel = self.layer_relpath(fr.index)
@@ -524,8 +532,9 @@ class Exporter:
 
     def _write_plate_frame(self, p: _Pending, swapped: list, faces_meta: list, patches: dict,
                            merged: np.ndarray) -> tuple:
-        """:meth:`_write_frame` for a scene-referred plate: premultiplied EXR layers in the plate's
-        space, finished frames composited in that space (``comp/comp.N.exr``)."""
+        """:meth:`_write_frame` for a scene-referred plate: premultiplied EXR (TIFF) layers in the
+        layer space (DPX: the plate's, straight), finished frames composited in the layer space and
+        written back in the plate's, opaque (``comp/comp.N.exr``)."""
         fr, s, opts = p.frame, self.s, self.s.mask_options
         layers = {"merged": merged} if s.layers == "merged" else {
             f"track{t}": C.merged_layer([f for f in swapped if f.track == t], fr.size, opts) for t in
@@ -546,14 +555,14 @@ class Exporter:
         if s.composite:
             rel = f"comp/comp.{self.number(fr.index)}.exr"
             opaque = np.concatenate([PL.finished_frame(fr, linear), np.ones_like(fr.plate[..., :1])], -1)
-            PL.encode_plate_exr(self.out / rel, self._finite(opaque, "comp"), fr, self.comp_text)
+            PL.encode_plate_exr(self.out / rel, self._finite(opaque, "comp"), fr, self.comp_text, opaque=True)
             extra["comp"] = rel
+            extra["comp_conventions"] = PL.conventions("exr", fr.colour.plate, opaque=True)
         W.write_sidecar(self.sidecar_path(fr.index), {
             "frame_index": fr.index, "time": fr.time if math.isfinite(fr.time) else None,
             "frame_size": list(fr.size), "source": self.source, "identity": self.identity_name,
             "fingerprint": self.fingerprint, "input_key": p.key, "format": s.format,
-            "conventions": {"alpha": PL.LAYER_FILES[s.format][2], "colorspace": space,
-                            "bit_depth": {"uint16": 16}.get(PL.LAYER_FILES[s.format][1], PL.LAYER_FILES[s.format][1])},
+            "conventions": PL.conventions(s.format, space),
             "colour": fr.colour.as_dict(),
             "plate": {"data_window": list(fr.info.data_window), "display_window": list(fr.info.display_window),
                       "attributes": fr.info.attributes,  # the file's own; pixel_aspect: the one given instead

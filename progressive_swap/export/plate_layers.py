@@ -110,10 +110,30 @@ LAYER_FILES = {  # format → (extension, stored type, alpha): what :func:`encod
     "tiff": (".tif", "float", "premultiplied"),
     "dpx": (".dpx", "uint16", "straight"),
 }
+OPAQUE = "opaque"  # a finished frame's ``alpha``: an alpha channel of 1 everywhere (nothing to premultiply)
+
+
+def conventions(fmt: str, space: str, opaque: bool = False) -> dict:
+    """What a file :func:`encode_plate_exr` writes holds, as sidecars and ``export.json`` record it
+    (``alpha``, ``colorspace``, ``bit_depth``): a layer of ``fmt`` in ``space``, or (``opaque``) a
+    finished frame."""
+    _, stored, alpha = LAYER_FILES[fmt]
+    return {"alpha": OPAQUE if opaque else alpha, "colorspace": space, "bit_depth": {"uint16": 16}.get(stored, stored)}
+
+
+def file_text(text: dict[str, str], fmt: str, space: str, alpha: str) -> dict[str, str]:
+    """``text`` (:func:`~progressive_swap.export.writers.file_metadata`, made for the export's
+    format) stating what this file is: ``alpha``, ``colorspace`` and, in the ``progressive_swap``
+    JSON, ``format`` too, so the embedded conventions agree with the file's own attributes."""
+    out = {**text, "alpha": alpha, "colorspace": space}
+    if "progressive_swap" in text:
+        full = {**json.loads(text["progressive_swap"]), "alpha": alpha, "colorspace": space, "format": fmt}
+        out["progressive_swap"] = json.dumps(full, sort_keys=True)
+    return out
 
 
 def encode_plate_exr(path: str | os.PathLike, layer: np.ndarray, frame, text: dict[str, str],
-                     fmt: str = "exr", space: str = "") -> Path:
+                     fmt: str = "exr", space: str = "", opaque: bool = False) -> Path:
     """Write a premultiplied plate-space layer as a half-float EXR (ZIP), atomically; or, asked
     for, a float TIFF (ZIP, premultiplied: associated alpha) or a 16-bit DPX (**straight**
     alpha, values clipped to the code range 0–1: for log plates, where premultiplying the codes
@@ -127,7 +147,8 @@ def encode_plate_exr(path: str | os.PathLike, layer: np.ndarray, frame, text: di
     attributes are copied (timecode, frame rate, pixel aspect, ...; ``PixelAspectRatio`` is the
     value given in its place where ``frame.pixel_aspect`` holds one), ``chromaticities`` names the
     plate space's primaries where known, ``oiio:ColorSpace`` and ``colorspace`` name it, and
-    ``text`` adds this project's provenance.
+    ``text`` adds this project's provenance; its ``alpha``, ``colorspace`` and the ``progressive_swap``
+    JSON's ``format`` are set to this file's (:func:`file_text`).
 
     Args:
         path: the ``.exr`` to write.
@@ -135,12 +156,14 @@ def encode_plate_exr(path: str | os.PathLike, layer: np.ndarray, frame, text: di
         frame: the :class:`~progressive_swap.export.frames.FrameIn` (plate info and colour).
         text: string attributes (:func:`~progressive_swap.export.writers.file_metadata`).
         space: the colour space ``layer`` is in (named on the file); ``""``: the plate's.
+        opaque: a finished frame (alpha 1 everywhere): ``alpha`` says ``opaque``.
     """
     lib = oiio()
     path = Path(path)
     h, w = layer.shape[:2]
     info, space = frame.info, space or frame.colour.plate
     ext, stored, alpha = LAYER_FILES[fmt]
+    stamp = OPAQUE if opaque else alpha
     spec = lib.ImageSpec(w, h, 4, stored)
     spec.channelnames = ("R", "G", "B", "A")
     spec.alpha_channel = 3
@@ -162,7 +185,7 @@ def encode_plate_exr(path: str | os.PathLike, layer: np.ndarray, frame, text: di
     else:
         spec.attribute("compression", "zip")
     spec.attribute("oiio:ColorSpace", space)
-    for k, v in {**text, "colorspace": space, "alpha": alpha}.items():
+    for k, v in file_text(text, fmt, space, stamp).items():
         spec.attribute(k, str(v))
     px = np.ascontiguousarray(layer.astype(np.float32))
     if alpha == "straight":

@@ -3,16 +3,19 @@
 Every file is written atomically (temporary file, fsync, rename: ``progressive_swap/core/io.py``) and
 records its own conventions plus provenance in its metadata:
 
-``alpha``             ``straight`` (PNG) or ``premultiplied`` (EXR)
+``alpha``             ``straight`` (PNG) or ``premultiplied`` (EXR); ``none`` for a finished PNG frame
 ``colorspace``        ``sRGB`` (PNG) or ``scene-linear`` (EXR; Rec.709/sRGB primaries, D65)
 ``software``          ``progressive_swap <version>``
 ``checkpoint_sha256`` hash of the checkpoint file the faces came from
 ``synthetic``         ``true``: the pixels are machine-generated
-``progressive_swap``  all of the above plus the export settings, as one JSON string
+``progressive_swap``  all of the above plus the format and export settings, as one JSON string
 
 PNG keeps them in ``iTXt`` chunks (and carries an ``sRGB`` chunk); EXR in string header
 attributes. Input layers are float32 ``(H, W, 4)`` straight-alpha sRGB in [0, 1]
-(``export/composite.py``).
+(``export/composite.py``). The files of scene-referred plates (``export/plate_layers.py``) state
+their own: ``colorspace`` the layer space (EXR, TIFF) or the plate's (DPX layers, finished
+frames), ``alpha`` ``premultiplied``, ``straight`` (DPX) or ``opaque`` (finished frames), in the
+attributes and the ``progressive_swap`` JSON alike.
 """
 from __future__ import annotations
 
@@ -33,14 +36,14 @@ from progressive_swap.core.io import atomic_write_bytes, atomic_write_text
 
 FORMATS = {"png8": ".png", "png16": ".png", "exr": ".exr", "tiff": ".tif", "dpx": ".dpx"}
 PLATE_FORMATS = ("exr", "tiff", "dpx")
-"""Layer formats of scene-referred plates (written in the plate's own space, ``export/plate_layers.py``);
-``tiff`` and ``dpx`` are for them only."""
+"""Layer formats of scene-referred plates (``exr``, ``tiff``: the layer space, linear; ``dpx``: the
+plate's own space; ``export/plate_layers.py``); ``tiff`` and ``dpx`` are for them only."""
 EXR_WINDOWS = ("frame", "face")  # an EXR's data window: the whole frame (read right everywhere) or the face's box
-CONVENTIONS = {
+CONVENTIONS = {  # by format; a scene-referred plate's files name their actual space (plate_layers.conventions)
     "png8": {"alpha": "straight", "colorspace": "sRGB", "bit_depth": 8},
     "png16": {"alpha": "straight", "colorspace": "sRGB", "bit_depth": 16},
     "exr": {"alpha": "premultiplied", "colorspace": "scene-linear", "bit_depth": "half"},
-    "tiff": {"alpha": "premultiplied", "colorspace": "the plate's", "bit_depth": "float"},
+    "tiff": {"alpha": "premultiplied", "colorspace": "the layer space", "bit_depth": "float"},
     "dpx": {"alpha": "straight", "colorspace": "the plate's", "bit_depth": 16},
 }
 

@@ -253,7 +253,7 @@ def heatmap_points(hm: np.ndarray, centers: np.ndarray, scales: np.ndarray) -> n
 
 
 class GivenLandmarks:
-    """Faces read from a JSON file instead of detected: ``landmarks=given:FILE``.
+    """Faces read from a JSON file instead of detected: ``landmarks=given landmarks_file=FILE``.
 
     Format (the phantom's ``<name>.truth.json``; see ``docs/extract.md``)::
 

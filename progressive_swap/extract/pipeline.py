@@ -3,7 +3,8 @@
 Two passes, both resumable after a crash or a kill at any moment:
 
 1. **Detect.** Frames are decoded in order; faces are detected (S3FD + 2D-FAN through
-   :class:`faces.detect.LandmarkDetector`) or read from a file (``landmarks=given:FILE``).
+   :class:`progressive_swap.extract.detect.LandmarkDetector`) or read from a file
+   (``landmarks=given landmarks_file=FILE``).
    Results go to a detection cache, ``OUT/.extract/<source-key>/det_<start>.npz``, one file
    per ``chunk`` frames, each written atomically. A rerun continues at the first missing
    chunk. The last chunk is marked ``eof`` and records where decoding stopped.

@@ -43,7 +43,7 @@ def face_scale(landmarks: np.ndarray) -> np.ndarray:
 
     The RMS spread of the stable points (brows, eyes, nose) divided by the same spread in the
     ``full`` crop template: i.e. the side of the ``full`` aligned crop in frame pixels, the
-    same quantity as ``faces.align.face_size(alignment_matrix(lm, "full"))`` but vectorised
+    same quantity as ``core.align.face_size(core.align.alignment_matrix(lm, "full"))``, vectorised
     and without a fit. Rotation-invariant; NaN where landmarks are NaN.
     """
     p = np.asarray(landmarks, np.float64)[..., _STABLE, :]

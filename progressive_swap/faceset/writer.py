@@ -482,7 +482,7 @@ def create(
 
     Args:
         path: directory (created if needed; may exist if it holds no face set).
-        face_type: crop coverage, a name from ``faces.landmarks.FACE_TYPES``.
+        face_type: crop coverage, a name from :data:`progressive_swap.core.landmarks.FACE_TYPES`.
         size: crop side in pixels, a multiple of 16 up to 2048.
         image_format: ``"png"`` (lossless) or ``"jpg"``.
         jpeg_quality: 95..100, for ``"jpg"``.

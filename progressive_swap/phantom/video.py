@@ -1,7 +1,7 @@
 """Phantom videos with ground truth: an mp4 and its ``<name>.truth.json``.
 
 The truth file (format in ``docs/phantom.md``) is what the extractor accepts as
-``landmarks=given:FILE``.
+``landmarks=given landmarks_file=FILE``.
 """
 from __future__ import annotations
 

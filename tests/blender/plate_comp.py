@@ -13,6 +13,10 @@ are written in the scene-linear space, without the view transform; the view tran
 to Standard anyway (look None, exposure 0, gamma 1) so nothing else depends on it. What Blender
 made of the images (colour spaces, alpha modes, float buffers, sizes, its version) goes to
 ``report`` as JSON.
+
+With ``"blend"`` and ``"blend_out"`` in the job, the ``comp.blend`` that ``swap-export
+comp=blender`` wrote is then opened and its frame 0 rendered to ``blend_out`` the same way (32-bit
+float EXR, RGB); the colour spaces of its Image nodes go to the report's ``blend``.
 """
 import json
 import sys
@@ -59,7 +63,22 @@ def main(job):
               "images": {k: {"colorspace": img.colorspace_settings.name, "alpha_mode": img.alpha_mode,
                              "is_float": img.is_float, "size": list(img.size), "depth": img.depth}
                          for k, img in (("plate", plate), ("layer", layer))}}
+    if job.get("blend"):
+        report["blend"] = render_blend(job["blend"], job["blend_out"])
     Path(job["report"]).write_text(json.dumps(report), "utf-8")
+
+
+def render_blend(blend, out):
+    """Frame 0 of a ``comp.blend`` as a 32-bit float EXR; its images' colour spaces."""
+    bpy.ops.wm.open_mainfile(filepath=blend)
+    sc = bpy.context.scene
+    settings = sc.render.image_settings
+    settings.file_format, settings.color_mode, settings.color_depth = "OPEN_EXR", "RGB", "32"
+    settings.exr_codec = "ZIP"
+    sc.frame_set(0)
+    sc.render.filepath = out
+    bpy.ops.render.render(write_still=True)
+    return {"images": {img.name: img.colorspace_settings.name for img in bpy.data.images if img.source != "VIEWER"}}
 
 
 main(json.loads(Path(sys.argv[sys.argv.index("--") + 1]).read_text("utf-8")))
