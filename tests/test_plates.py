@@ -630,23 +630,45 @@ def test_a_large_frame_converts_in_slices_exactly_as_in_one_call(monkeypatch):
     assert not np.array_equal(one, rgb)  # it did convert
 
 
-def test_a_log_plates_exr_layer_is_linear_and_composites_over_the_linearised_plate(tmp_path, clip, ckpt, capsys):
-    """Issue 34 item 3: an ACEScct DPX plate's EXR layer is premultiplied ACEScg (the config's
-    scene_linear), and OpenImageIO's *over* of it on the linearised plate is our finished frame,
-    which goes back to ACEScct; a non-linear layer_space is refused in one line."""
-    import OpenImageIO as oiio
-
-    from progressive_swap.export import plate_layers as PL
+def write_log_sequence(tmp_path, clip, config: str, space: str):
+    """Two phantom frames as 16-bit DPX codes of ``space`` (made by OCIO from their sRGB), numbered
+    1001-1002, and the ``landmarks=given`` options for them."""
     from progressive_swap.footage import colour as CO
 
-    c = CO.plate_colour(".dpx", "uint16")  # ACEScct
-    to_log = CO._processor(c.config, CO.SRGB, c.plate)
+    to_log = CO._processor(config, CO.SRGB, space)
     seq = tmp_path / "dpx"
     seq.mkdir()
     numbers = [1001, 1002]
     for n, r in zip(numbers, clip[:2]):
         write_plate(seq / f"plate.{n}.dpx", CO._apply(to_log, r.image.astype(np.float32) / 255.0), "uint16")
-    given = ("landmarks=given", f"landmarks_file={write_truth(tmp_path / 'truth.json', clip[:2], numbers)}")
+    return seq, ("landmarks=given", f"landmarks_file={write_truth(tmp_path / 'truth.json', clip[:2], numbers)}")
+
+
+def over_linearised_plate(layer_path, plate_path, config: str, space: str) -> tuple[np.ndarray, np.ndarray]:
+    """OpenImageIO's *over* of an ACEScg layer on the plate linearised by ``config``, taken back to
+    ``space``; and the plate's own codes."""
+    import OpenImageIO as oiio
+
+    from progressive_swap.footage import colour as CO
+
+    plate = np.asarray(oiio.ImageBuf(str(plate_path)).get_pixels(oiio.FLOAT), np.float32)[..., :3]
+    plate_lin = CO._apply(CO._processor(config, space, "ACEScg"), plate)
+    b = oiio.ImageBuf(oiio.ImageSpec(plate_lin.shape[1], plate_lin.shape[0], 4, "float"))
+    b.set_pixels(oiio.ROI(), np.concatenate([plate_lin, np.ones_like(plate_lin[..., :1])], -1))
+    over = oiio.ImageBufAlgo.over(oiio.ImageBuf(str(layer_path)), b)
+    return CO._apply(CO._processor(config, "ACEScg", space), np.asarray(over.get_pixels(oiio.FLOAT))[..., :3]), plate
+
+
+def test_a_log_plates_exr_layer_is_linear_and_composites_over_the_linearised_plate(tmp_path, clip, ckpt, capsys):
+    """Issue 34 item 3: an ACEScct DPX plate's EXR layer is premultiplied ACEScg (the config's
+    scene_linear), and OpenImageIO's *over* of it on the linearised plate is our finished frame,
+    which goes back to ACEScct; a non-linear layer_space is refused in one line."""
+
+    from progressive_swap.export import plate_layers as PL
+    from progressive_swap.footage import colour as CO
+
+    c = CO.plate_colour(".dpx", "uint16")  # ACEScct
+    seq, given = write_log_sequence(tmp_path, clip, c.config, c.plate)
     out = tmp_path / "out"
     assert export(ckpt, seq / "plate.####.dpx", out, *given, "format=exr", "composite=true") == 0, capsys.readouterr()
     assert "colour ACEScct (the default for .dpx files, the config's compositing_log)  layers in ACEScg" in (
@@ -656,13 +678,7 @@ def test_a_log_plates_exr_layer_is_linear_and_composites_over_the_linearised_pla
     assert (layer[..., 3] > 0.1).sum() > 100
     meta = json.loads((out / "meta" / "face.1001.json").read_text())
     assert meta["conventions"]["colorspace"] == "ACEScg" and meta["colour"]["layer"] == "ACEScg"
-    plate = oiio.ImageBuf(str(seq / "plate.1001.dpx"))
-    plate_lin = CO._apply(CO._processor(c.config, "ACEScct", "ACEScg"),
-                          np.asarray(plate.get_pixels(oiio.FLOAT), np.float32)[..., :3])
-    b = oiio.ImageBuf(oiio.ImageSpec(plate_lin.shape[1], plate_lin.shape[0], 4, "float"))
-    b.set_pixels(oiio.ROI(), np.concatenate([plate_lin, np.ones_like(plate_lin[..., :1])], -1))
-    over = oiio.ImageBufAlgo.over(oiio.ImageBuf(str(out / "layers" / "face.1001.exr")), b)
-    theirs = CO._apply(CO._processor(c.config, "ACEScg", "ACEScct"), np.asarray(over.get_pixels(oiio.FLOAT))[..., :3])
+    theirs, _ = over_linearised_plate(out / "layers" / "face.1001.exr", seq / "plate.1001.dpx", c.config, "ACEScct")
     finished, comp_attrs = PL.read_plate_layer(out / "comp" / "comp.1001.exr")
     assert comp_attrs["colorspace"] == "ACEScct"
     assert np.abs(finished[..., :3] - theirs).max() <= 2**-10  # a half step of the ACEScct codes
@@ -719,19 +735,12 @@ def test_a_logc3_dpx_sequence_extracts_through_the_studio_config_and_its_layers_
     told the space again) writes premultiplied linear EXR layers, and OpenImageIO's *over* of them
     on the linearised plate is our finished frame, which goes back to LogC3, within a half step of
     its codes."""
-    import OpenImageIO as oiio
 
     from progressive_swap.export import plate_layers as PL
     from progressive_swap.footage import colour as CO
 
     space, studio = "ARRI LogC3 (EI800)", CO.config_source("studio")
-    to_log = CO._processor(studio, CO.SRGB, space)
-    seq = tmp_path / "dpx"
-    seq.mkdir()
-    numbers = [1001, 1002]
-    for n, r in zip(numbers, clip[:2]):
-        write_plate(seq / f"plate.{n}.dpx", CO._apply(to_log, r.image.astype(np.float32) / 255.0), "uint16")
-    given = ("landmarks=given", f"landmarks_file={write_truth(tmp_path / 'truth.json', clip[:2], numbers)}")
+    seq, given = write_log_sequence(tmp_path, clip, studio, space)
     colour = ("ocio=studio", f"colorspace={space}")
     fs = tmp_path / "set"
     rc = extract_cli.main([f"input={seq / 'plate.####.dpx'}", f"out={fs}", *given, *colour, f"face_type={FACE_TYPE}",
@@ -750,12 +759,7 @@ def test_a_logc3_dpx_sequence_extracts_through_the_studio_config_and_its_layers_
     layer, attrs = PL.read_plate_layer(out / "layers" / "face.1001.exr")
     assert attrs["colorspace"] == "ACEScg" and np.allclose(attrs["chromaticities"], CO.PRIMARIES["AP1"], atol=1e-6)
     assert (layer[..., 3] > 0.1).sum() > 100
-    plate = np.asarray(oiio.ImageBuf(str(seq / "plate.1001.dpx")).get_pixels(oiio.FLOAT), np.float32)[..., :3]
-    plate_lin = CO._apply(CO._processor(studio, space, "ACEScg"), plate)
-    b = oiio.ImageBuf(oiio.ImageSpec(plate_lin.shape[1], plate_lin.shape[0], 4, "float"))
-    b.set_pixels(oiio.ROI(), np.concatenate([plate_lin, np.ones_like(plate_lin[..., :1])], -1))
-    over = oiio.ImageBufAlgo.over(oiio.ImageBuf(str(out / "layers" / "face.1001.exr")), b)
-    theirs = CO._apply(CO._processor(studio, "ACEScg", space), np.asarray(over.get_pixels(oiio.FLOAT))[..., :3])
+    theirs, plate = over_linearised_plate(out / "layers" / "face.1001.exr", seq / "plate.1001.dpx", studio, space)
     finished, comp_attrs = PL.read_plate_layer(out / "comp" / "comp.1001.exr")
     assert comp_attrs["colorspace"] == space
     assert np.abs(finished[..., :3] - theirs).max() <= 2**-10  # a half step of the log codes

@@ -67,20 +67,27 @@ def test_bench_quality_runs_on_a_tiny_phantom_checkpoint(tmp_path):
     assert page is not None and page.shape[0] > 2 * 160
 
 
-def test_identity_scores_have_their_known_answers():
-    """Recolouring the source scores a gain of 0 and A's outline; the truth scores the cap and B's
-    outline; a swap half way scores in between."""
+def phantom_pair(frame: int, frame_px: int, crop: int):
+    """Two phantom identities in one held-out frame, aligned to A's crop: A's face, B's (the true
+    swap), and their visible masks."""
     from progressive_swap.core import align
-    from progressive_swap.eval.quality import PSNR_CAP, identity_scores
     from progressive_swap.phantom import renderer as phantom
 
     ia, ib = phantom.sample_identity(1000), phantom.sample_identity(1001)
-    f = phantom.sample_frame((0, 7919, 0, 0))
-    ra, rb = phantom.render(ia, f, 128), phantom.render(ib, f, 128)
+    f = phantom.sample_frame((0, 7919, 0, frame))
+    ra, rb = phantom.render(ia, f, frame_px), phantom.render(ib, f, frame_px)
     m = align.alignment_matrix(ra.landmarks, "whole")
-    src = align.warp_to_crop(ra.image, m, 64).astype(np.float32) / 255
-    truth = align.warp_to_crop(rb.image, m, 64).astype(np.float32) / 255
-    vis_a, vis_b = align.warp_to_crop(ra.visible_mask, m, 64), align.warp_to_crop(rb.visible_mask, m, 64)
+    src = align.warp_to_crop(ra.image, m, crop).astype(np.float32) / 255
+    truth = align.warp_to_crop(rb.image, m, crop).astype(np.float32) / 255
+    return src, truth, align.warp_to_crop(ra.visible_mask, m, crop), align.warp_to_crop(rb.visible_mask, m, crop)
+
+
+def test_identity_scores_have_their_known_answers():
+    """Recolouring the source scores a gain of 0 and A's outline; the truth scores the cap and B's
+    outline; a swap half way scores in between."""
+    from progressive_swap.eval.quality import PSNR_CAP, identity_scores
+
+    src, truth, vis_a, vis_b = phantom_pair(0, 128, 64)
     recoloured = np.clip(src * 0.9 + 0.05, 0, 1)
 
     none = identity_scores(recoloured, vis_a, truth, recoloured, vis_a, vis_b)
@@ -104,19 +111,9 @@ def test_identity_scores_have_their_known_answers():
 def test_feature_transfer_says_whose_features_whatever_the_blur():
     """B's features score 1 sharp or blurred, A's recoloured score -1, and the average of the two
     faces about 0, although PSNR puts the average well above recolouring A."""
-    import cv2
-
-    from progressive_swap.core import align
     from progressive_swap.eval.quality import identity_scores
-    from progressive_swap.phantom import renderer as phantom
 
-    ia, ib = phantom.sample_identity(1000), phantom.sample_identity(1001)
-    f = phantom.sample_frame((0, 7919, 0, 1))
-    ra, rb = phantom.render(ia, f, 256), phantom.render(ib, f, 256)
-    m = align.alignment_matrix(ra.landmarks, "whole")
-    src = align.warp_to_crop(ra.image, m, 128).astype(np.float32) / 255
-    truth = align.warp_to_crop(rb.image, m, 128).astype(np.float32) / 255
-    vis_a, vis_b = align.warp_to_crop(ra.visible_mask, m, 128), align.warp_to_crop(rb.visible_mask, m, 128)
+    src, truth, vis_a, vis_b = phantom_pair(1, 256, 128)
     recoloured = np.clip(src * 0.8 + 0.1, 0, 1)
 
     def score(x):

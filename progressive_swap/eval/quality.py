@@ -211,15 +211,16 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
                 ra, rb = phantom.render(idents[a], f, frame_px), phantom.render(idents[b], f, frame_px)
                 m = align.alignment_matrix(ra.landmarks, face_type)
                 src = align.warp_to_crop(ra.image, m, res)
+                src01 = _to01(src)
                 truth = _to01(align.warp_to_crop(rb.image, m, res))
                 vis_b = align.warp_to_crop(rb.visible_mask, m, res)
                 vis_a = align.warp_to_crop(ra.visible_mask, m, res)
                 rgb, mask = (x[0] for x in swappers[b, a](src[None]))
                 rows["swap_psnr"].append(masked_psnr(rgb, truth, vis_b))
                 rows["swap_mask_iou"].append(mask_iou(mask, vis_b))
-                recoloured = np.clip((_to01(src) - colour[a, 0]) / colour[a, 1] * colour[b, 1] + colour[b, 0], 0, 1)
+                recoloured = np.clip((src01 - colour[a, 0]) / colour[a, 1] * colour[b, 1] + colour[b, 0], 0, 1)
                 rows["baseline_colour_transfer_psnr"].append(masked_psnr(recoloured, truth, vis_b))
-                for key, v in identity_scores(rgb, mask, truth, recoloured, vis_a, vis_b, _to01(src)).items():
+                for key, v in identity_scores(rgb, mask, truth, recoloured, vis_a, vis_b, src01).items():
                     rows[key].append(v)
                 matched = rgb if getattr(model, "colour_norm", False) else colour_matched(rgb, colour[a], colour[b])
                 rows["swap_psnr_colour_matched"].append(masked_psnr(matched, truth, vis_b))
@@ -230,14 +231,14 @@ def evaluate(checkpoint: str, settings: QualitySettings = QualitySettings(), dev
                 rows["baseline_blurred_truth_psnr"].append(masked_psnr(blurred, truth, vis_b))
                 both = np.minimum(vis_a, vis_b)
                 rows["baseline_colour_transfer_feature_transfer"].append(
-                    feature_transfer(recoloured, truth, _to01(src), both))
+                    feature_transfer(recoloured, truth, src01, both))
                 rows["baseline_blurred_truth_feature_transfer"].append(
-                    feature_transfer(blurred, truth, _to01(src), both))
+                    feature_transfer(blurred, truth, src01, both))
                 rows["swap_ssim"].append(masked_ssim(rgb, truth, vis_b))
                 rec, own_mask = (x[0] for x in swappers[a, a](src[None]))  # A's decoder: the export's default alpha
                 rows["source_mask_iou"].append(mask_iou(own_mask, vis_b))
-                rows["recon_psnr"].append(masked_psnr(rec, _to01(src), vis_a))
-                rows["recon_ssim"].append(masked_ssim(rec, _to01(src), vis_a))
+                rows["recon_psnr"].append(masked_psnr(rec, src01, vis_a))
+                rows["recon_ssim"].append(masked_ssim(rec, src01, vis_a))
                 for key, alpha_mask in (("frame_psnr", own_mask), ("frame_psnr_swap_mask", mask)):
                     comp = over(face_layer(SwappedFace(rgb, alpha_mask, m), (frame_px, frame_px)), _to01(ra.image))
                     rows[key].append(masked_psnr(comp, _to01(rb.image), rb.visible_mask))
