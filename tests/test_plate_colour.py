@@ -84,7 +84,7 @@ def test_layers_of_an_ap0_plate_carry_ap0_chromaticities(tmp_path):
     assert open_source(tmp_path / "face.1001.exr").colour.plate == "ACES2065-1"
 
 
-@pytest.mark.parametrize("space", ["ARRI LogC3 (EI800)", "ARRI LogC4", "S-Log3 S-Gamut3"])
+@pytest.mark.parametrize("space", ["ARRI LogC3 (EI800)", "ARRI LogC4", "S-Log3 S-Gamut3", "ADX10"])
 def test_camera_log_dpx_plates_read_through_ocios_studio_config(tmp_path, space):
     """Codes made by OCIO itself from known ACES2065-1 values, stored as 16-bit DPX, come back
     through ``ocio=studio colorspace=…`` within a half-float step (the DPX's 16-bit codes)."""
@@ -130,3 +130,20 @@ def test_resuming_an_extraction_that_read_the_plates_in_another_space_is_refused
     # colorspace= named then as now: the options check compares it, the file type played no part
     named = ExtractOptions(input="x", out=str(tmp_path / "set"), colorspace="ACES2065-1")
     check_resumed_colour(old, ap0, named, tmp_path / "work")
+
+
+def test_a_film_scan_dpx_names_its_transfer_and_how_to_read_it(tmp_path):
+    """A DPX whose header says printing density (a Cineon-style scan) is read in the default log
+    space, and the first line says what the header said and which space reads it as a scan."""
+    import OpenImageIO as oiio
+
+    spec = oiio.ImageSpec(4, 2, 3, "uint16")
+    spec.attribute("dpx:Transfer", "Printing density")
+    path = tmp_path / "scan.1001.dpx"
+    out = oiio.ImageOutput.create(str(path))
+    assert out.open(str(path), spec), oiio.geterror()
+    out.write_image(np.full((2, 4, 3), 0.5, np.float32))
+    out.close()
+    colour = open_source(path).colour
+    assert colour.plate == "ACEScct"  # the CG config's compositing_log
+    assert "its DPX transfer is 'Printing density'" in colour.reason and "colorspace=ADX10" in colour.reason

@@ -195,7 +195,8 @@ def file_colour(attributes: dict, ext: str, file: str = "") -> FileColour:
     if ext == ".dpx" and stated:
         return FileColour((stated,), f"its DPX transfer {transfer!r} ({stated} to OpenImageIO)", file, firm=False)
     if ext in (".dpx", ".cin") and transfer and transfer.lower() not in ("undefined", "user defined", "unspecified"):
-        return FileColour((), f"its DPX transfer is {transfer!r}", file)
+        hint = " (a film scan: ocio=studio colorspace=ADX10 reads it as one)" if "density" in transfer.lower() else ""
+        return FileColour((), f"its DPX transfer is {transfer!r}{hint}", file)
     return FileColour((), "", file)
 
 
