@@ -108,6 +108,8 @@ FULL.update({
     "half_lat64": dict(_HALF, latent_channels=64),
     # the project's premise: the default trained at the final side from scratch, not grown
     "half_fixed": dict(_HALF, fixed=True),
+    # swaps judged by an identity critic of the real faces' structure (a second decoder pass)
+    "half_swapid": dict(_HALF, train={"loss.swap_identity": 0.1}),
 })
 # The peers' designs (eval/peers.py) at our full-size output, 1024 px: Phaze-A's dny1024 preset and
 # SAEHD built at resolution 1024 (DeepFaceLab's own settings stop at 640).
@@ -267,6 +269,8 @@ def full_size_cost(full: dict) -> list[dict]:
     """Per phase of ``FULL_PHASES`` (``full_size_phases``): full-size training GFLOP and estimated
     GPU seconds per image (``eval/cost.py``), on the meta device in bf16."""
     key = {**arch_of(full), **({"fixed": True} if full.get("fixed") else {})}
+    if float(full.get("train", {}).get("loss.swap_identity", 0)) > 0:
+        key["swap_decodes"] = True  # a second decoder pass per image
     return json.loads(_full_size_cost(json.dumps(key, sort_keys=True)))
 
 
@@ -275,10 +279,11 @@ def _full_size_cost(arch_json: str) -> str:
     from progressive_swap.eval.cost import step_cost
 
     full = json.loads(arch_json)
+    swap_decodes = bool(full.pop("swap_decodes", False))
     model = full_model(arch_of(full), torch.bfloat16)
     rows = []
     for (res, alpha), batch in zip(*full_size_phases(full)):
-        c = step_cost(model, res, alpha, batch)
+        c = step_cost(model, res, alpha, batch, swap_decodes)
         rows.append({"res": res, "alpha": alpha, "batch_per_identity": batch,
                      "train_gflops": round(c["train_gflops"], 3),
                      **{f"{k}_ms": round(v * 1e3, 5) for k, v in c["gpu_seconds"].items()}})

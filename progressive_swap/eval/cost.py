@@ -79,9 +79,12 @@ class _OpLog(TorchDispatchMode):
         return out
 
 
-def step_cost(model: torch.nn.Module, res: int, alpha: float, batch_per_identity: int) -> dict[str, Any]:
+def step_cost(model: torch.nn.Module, res: int, alpha: float, batch_per_identity: int,
+              swap_decodes: bool = False) -> dict[str, Any]:
     """Cost per image of one training step of ``model`` (built on the meta device, bf16) at
-    ``(res, alpha)`` with ``batch_per_identity`` images of each identity.
+    ``(res, alpha)`` with ``batch_per_identity`` images of each identity; ``swap_decodes``: each
+    identity's rows also go through the next identity's decoder (``loss.swap_identity``; its
+    small critic is left out).
 
     ``model`` has the trainer's interface: ``encode(img, res, alpha, source)`` and
     ``decode(latent, identity, res, alpha) -> (rgb, mask_logit)``, ``num_identities``.
@@ -99,7 +102,7 @@ def step_cost(model: torch.nn.Module, res: int, alpha: float, batch_per_identity
     source = torch.arange(n, device="meta").repeat_interleave(b)
     log = _OpLog()
     with FlopCounterMode(display=False) as counter, log:
-        _step_loss(model, img, source, res, alpha, b).backward()
+        _step_loss(model, img, source, res, alpha, b, swap_decodes).backward()
     images = n * b
     trained = sum(p.numel() for p in model.parameters() if p.grad is not None)
     gpu_seconds = {}
@@ -120,9 +123,10 @@ def step_cost(model: torch.nn.Module, res: int, alpha: float, batch_per_identity
 
 
 def _step_loss(model: torch.nn.Module, img: torch.Tensor, source: torch.Tensor, res: int, alpha: float,
-               b: int) -> torch.Tensor:
+               b: int, swap_decodes: bool = False) -> torch.Tensor:
     """The step :func:`step_cost` counts: all images through the encoder, each identity's rows
-    through its decoder, L1 on the colour and BCE on the mask."""
+    through its decoder, L1 on the colour and BCE on the mask (and, with ``swap_decodes``, through
+    the next identity's decoder too, its colour into the loss)."""
     latent = model.encode(img, res, alpha, source)
     loss = img.new_zeros((), dtype=torch.float32)
     for k in range(model.num_identities):
@@ -130,6 +134,9 @@ def _step_loss(model: torch.nn.Module, img: torch.Tensor, source: torch.Tensor, 
         target = img[k * b:(k + 1) * b].float()
         loss = loss + (rgb.float() - target).abs().mean()
         loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(mask_logit.float(), target[:, :1])
+        if swap_decodes:
+            swapped, _ = model.decode(latent[k * b:(k + 1) * b], (k + 1) % model.num_identities, res, alpha)
+            loss = loss + swapped.float().mean()
     return loss
 
 

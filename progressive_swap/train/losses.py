@@ -97,6 +97,34 @@ class LatentIdentityCritic(nn.Module):
         return self.head(self.net(latent).mean((2, 3)))
 
 
+class SwapIdentityCritic(nn.Module):
+    """Tells whose face an image is by its structure, not its colour: the image's luminance at
+    32 px, standardised per image (zero mean, unit deviation), through three stride-2 3x3
+    convolutions, a spatial mean and a linear layer (a few tens of thousands of weights; training
+    only, never exported). Each decoder already paints its identity's colours, so a critic that
+    could read colour would say nothing about features."""
+
+    SIDE = 32
+
+    def __init__(self, identities: int, width: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, width, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+        )
+        self.head = nn.Linear(2 * width, identities)
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, r, r)`` images in [0, 1] → ``(B, identities)`` logits."""
+        y = (rgb.float() * rgb.new_tensor([0.2126, 0.7152, 0.0722]).float().view(1, 3, 1, 1)).sum(1, keepdim=True)
+        if y.shape[-1] != self.SIDE:
+            y = F.adaptive_avg_pool2d(y, self.SIDE) if y.shape[-1] > self.SIDE else F.interpolate(
+                y, size=self.SIDE, mode="bilinear", align_corners=False)
+        y = (y - y.mean((2, 3), keepdim=True)) / (y.std((2, 3), keepdim=True) + 1e-4)
+        return self.head(self.net(y).mean((2, 3)))
+
+
 class SwapLoss(nn.Module):
     """Weighted sum of the reconstruction terms. Every weight is configurable; 0 turns a term off.
 
@@ -115,13 +143,18 @@ class SwapLoss(nn.Module):
             expression and light but not identity, which is left to the decoders
             (:class:`LatentIdentityCritic`, :meth:`latent_term`).
         latent_channels: the latent's channels (the critic's input), with ``latent_adversary``.
-        identities: decoders, with ``latent_adversary`` (the critic's classes).
+        identities: decoders, with ``latent_adversary`` or ``swap_identity`` (the critics' classes).
+        swap_identity: weight of the swap identity term (0: off, no critic is built): every
+            identity's faces are also decoded by the next identity's decoder (the swap the export
+            makes), and a critic that learns to tell the identities apart by the structure of
+            their real faces (:class:`SwapIdentityCritic`) must take each swap for its decoder's
+            identity (:meth:`swap_term`). It costs a second decoder pass per image.
     """
 
     def __init__(
         self, l1: float = 1.0, ssim: float = 1.0, mask: float = 0.5, eyes: float = 2.0, mouth: float = 1.0,
         background: float = 0.1, gan: float = 0.0, gan_channels: int = 32, latent_adversary: float = 0.0,
-        latent_channels: int = 256, identities: int = 2,
+        latent_channels: int = 256, identities: int = 2, swap_identity: float = 0.0,
     ):
         super().__init__()
         self.w = {"l1": l1, "ssim": ssim, "mask": mask, "gan": gan}
@@ -129,6 +162,8 @@ class SwapLoss(nn.Module):
         self.discriminator = PatchDiscriminator(gan_channels) if gan > 0 else None
         self.latent_adversary = latent_adversary
         self.latent_critic = LatentIdentityCritic(latent_channels, identities) if latent_adversary > 0 else None
+        self.swap_identity = swap_identity
+        self.swap_critic = SwapIdentityCritic(identities) if swap_identity > 0 else None
 
     def latent_term(self, latent: torch.Tensor, source: torch.Tensor) -> torch.Tensor | None:
         """The latent identity adversary's terms, or None when it is off.
@@ -147,6 +182,24 @@ class SwapLoss(nn.Module):
         logits = torch.func.functional_call(self.latent_critic, held, (latent.float(),))
         confusion = -nn.functional.log_softmax(logits, dim=1).mean()  # CE against the uniform guess
         return critic_loss + self.latent_adversary * confusion
+
+    def swap_term(self, real: torch.Tensor, real_id: torch.Tensor, swapped: torch.Tensor,
+                  swapped_id: torch.Tensor) -> torch.Tensor | None:
+        """The swap identity terms, or None when it is off.
+
+        Two terms, one backward: the critic learns whose face each real training face is
+        (cross-entropy on ``real``, whose gradient is stopped), and the swaps, decoded by identity
+        ``swapped_id``'s decoder from other identities' faces, are pushed to be taken for that
+        identity: ``swap_identity`` × the cross-entropy of the critic's answer on them against
+        ``swapped_id``, through the critic with its weights held (the critic never learns from
+        swaps, so it cannot learn to call any swap "B" and stop asking for B's features).
+        """
+        if self.swap_critic is None:
+            return None
+        critic_loss = F.cross_entropy(self.swap_critic(real.detach()), real_id)
+        held = {k: v.detach() for k, v in self.swap_critic.named_parameters()}
+        logits = torch.func.functional_call(self.swap_critic, held, (swapped,))
+        return critic_loss + self.swap_identity * F.cross_entropy(logits, swapped_id)
 
     def forward(
         self,

@@ -223,6 +223,12 @@ class SwapModule(pl.LightningModule):
             total = total + loss_k
             for name, v in parts.items():
                 parts_sum[name] = parts_sum.get(name, 0.0) + v.detach() / n
+        if getattr(self.loss, "swap_critic", None) is not None:  # each face through the next decoder
+            swapped = torch.cat([self.model.decode(latent[k * b:(k + 1) * b], (k + 1) % n, res, alpha)[0]
+                                 for k in range(n)])
+            term = self.loss.swap_term(target, source, swapped, (source + 1) % n)
+            total = total + term
+            parts_sum["swap_identity"] = term.detach()
         self.batches_done = g + 1
 
         self.log("loss", total.detach(), prog_bar=True)
