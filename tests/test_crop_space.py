@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, tiny
+from conftest import tiny
 
 from progressive_swap import faceset
 from progressive_swap.cli import export as export_cli
@@ -59,23 +59,37 @@ def test_old_face_sets_and_checkpoints_without_the_field_are_srgb(blob_sets, tmp
         faceset.open(bad)
 
 
-def test_training_refuses_face_sets_of_different_crop_spaces_in_one_line(blob_sets, tmp_path, capsys):
+def test_an_8_bit_set_beside_an_acescct_one_loads_as_the_acescct_values_of_its_pictures(blob_sets, tmp_path):
+    """One model learns one meaning of its values: beside an ACEScct set (a plate's), an 8-bit
+    set's pictures load converted to ACEScct, whose view gives the pictures back."""
+    from progressive_swap.footage.colour import crop_view, frame_in_crop_space
+    from progressive_swap.train.datamodule import CombDataset
+
     b = tagged(blob_sets[1], tmp_path / "B", "acescct")
-    argv = ["recipe=demo", "data=facesets", f"data.faces=[{blob_sets[0]},{b}]", f"out={tmp_path / 'run'}", *TINY]
-    capsys.readouterr()
-    assert train_cli.main(argv) != 0
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("swap-train: error:") and "different crop spaces" in err[0], err
-    assert f"{b}=acescct" in err[0] and f"{blob_sets[0]}=srgb" in err[0]
-    assert not (tmp_path / "run").exists()
+    info = check_facesets([blob_sets[0], b], 32)
+    assert info["crop_space"] == "acescct" and info["crop_spaces"] == ["srgb", "acescct"]
+    ds = CombDataset([blob_sets[0], b], mask="extended", augment=None)
+    s = faceset.open(blob_sets[0])
+    got = ds.load(0, 0, s.size)["image"].transpose(1, 2, 0)
+    np.testing.assert_allclose(got, frame_in_crop_space(s.image(0), None, "acescct"), atol=1e-6)
+    assert np.abs(got - s.image(0) / 255.0).max() > 0.05  # not the sRGB values
+    assert np.abs(crop_view(got, "acescct").astype(int) - s.image(0)).max() <= 1
+    # the ACEScct set itself loads as stored, and two sRGB sets stay sRGB
+    np.testing.assert_allclose(ds.load(1, 0, s.size)["image"].transpose(1, 2, 0), faceset.open(b).values(0), atol=1e-6)
+    assert CombDataset(blob_sets, mask="extended").crop_space == "srgb"
 
 
 def test_a_model_carries_its_face_sets_crop_space_to_export(blob_sets, tmp_path, capsys):
-    """The tiny 4-step run of the suite, on sets tagged ``acescct`` (only the tag differs)."""
-    a, b = (tagged(s, tmp_path / n, "acescct") for s, n in zip(blob_sets, "AB"))
+    """The tiny 4-step run of the suite, on an 8-bit set and one tagged ``acescct`` (only the
+    tag differs): a model of ACEScct crops, the 8-bit set's pictures converted as they load."""
+    a, b = blob_sets[0], tagged(blob_sets[1], tmp_path / "B", "acescct")
     out = tmp_path / "run"
     argv = tiny([a, b], out, "max_steps=4")
+    capsys.readouterr()
     assert train_cli.main(argv) == 0
+    said = "".join(capsys.readouterr())
+    name = faceset.open(a).identities[0]
+    assert f"crop space acescct: the 8-bit sRGB pictures of {name} are converted to acescct as they load" in said
     from progressive_swap.core.weights import safe_load
 
     assert safe_load(out / "last.ckpt")[CKPT_KEY]["crop_space"] == "acescct"
@@ -150,8 +164,12 @@ def test_a_float_plate_extracted_to_acescct_keeps_highlights_and_shadows_in_16_b
     write_plate(seq / "plate.1001.exr", plate, "float")
     truth = write_truth(tmp_path / "truth.json", [r], [1001])
     pattern = seq / "plate.####.exr"
-    assert _extract(tmp_path, pattern, truth, tmp_path / "cct", "crop_space=acescct") == 0, capsys.readouterr().err
-    assert _extract(tmp_path, pattern, truth, tmp_path / "srgb") == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert _extract(tmp_path, pattern, truth, tmp_path / "cct", "crop_space=auto") == 0, capsys.readouterr().err
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "; crop space acescct (auto: a scene-referred plate; its highlights and shadows kept)" in first, first
+    assert _extract(tmp_path, pattern, truth, tmp_path / "srgb", "crop_space=srgb") == 0, capsys.readouterr().err
+    assert "; crop space srgb (crop_space=)" in capsys.readouterr().out.splitlines()[0]
     cct, srgb = faceset.open(tmp_path / "cct"), faceset.open(tmp_path / "srgb")
     assert cct.crop_space == "acescct" and cct.header["image_format"] == "png" and len(cct) == 1
     raw = cv2.imread(str(cct.image_path(0)), cv2.IMREAD_UNCHANGED)
@@ -282,3 +300,19 @@ def test_the_crop_space_benchmark_puts_highlights_where_it_judges_them(tmp_path)
         r = res[name]
         assert r["frames_with_highlight"] == 2 and r["highlight_stops"] > 0.5  # an sRGB model cannot reach it
         assert 0 < r["view_psnr"] < 40 and np.isfinite(r["linear_rel_err"])
+
+
+def test_crop_space_auto_by_footage_and_by_what_is_resumed():
+    """``auto``: ACEScct for scene-referred plates, sRGB for display-referred footage and for
+    8-bit crop files; a resumed extraction or a face set being added to keeps its own."""
+    from progressive_swap.extract.options import ExtractOptions, check_options, resolve_crop_space
+
+    auto = ExtractOptions(input="x", out="y", crop_space="auto")
+    assert resolve_crop_space(auto, scene=True)[0] == "acescct"
+    assert resolve_crop_space(auto, scene=False) == ("srgb", "auto: display-referred footage")
+    jpg = ExtractOptions(input="x", out="y", crop_space="auto", image_format="jpg")
+    check_options(jpg)  # auto with jpg is no contradiction: it resolves to 8 bits
+    assert resolve_crop_space(jpg, scene=True)[0] == "srgb"
+    assert resolve_crop_space(auto, scene=True, resumed="srgb") == ("srgb", "auto: the extraction being resumed")
+    given = ExtractOptions(input="x", out="y", crop_space="srgb")
+    assert resolve_crop_space(given, scene=True, resumed="acescct") == ("srgb", "crop_space=")

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from progressive_swap.cli.common import EXIT_INCOMPLETE, parse_overrides, run_cli, split_deprecated, usage
 from progressive_swap.extract.options import detector_lines
-from progressive_swap.extract.pipeline import ExtractOptions, extract, format_summary, precheck
+from progressive_swap.extract.pipeline import ExtractOptions, crop_space_for, extract, format_summary, precheck
 
 PROG = "swap-extract"
 
@@ -41,6 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         opt = ExtractOptions(**OmegaConf.to_container(cfg))  # type: ignore[arg-type]
         src = precheck(opt)  # the input and its colour space, checked before anything is written
         colour = [src.colour.line()] if src.colour is not None else []  # which space, and why
+        space, why = crop_space_for(opt, src)
+        if src.colour is not None or space != "srgb":  # what the crops will hold (8-bit footage: as always)
+            crop = f"crop space {space} ({why})"
+            colour = [f"{colour[0]}; {crop}"] + colour[1:] if colour else [crop]
         if src.aspect_line():  # an anamorphic plate: said on the first line
             colour = [f"{src.aspect_line()}; {colour[0]}" if colour else src.aspect_line()] + colour[1:]
         lines = detector_lines(opt)  # which detector runs (auto would fall back to dlib silently otherwise)

@@ -238,6 +238,10 @@ def train(cfg: DictConfig) -> int:
         console.print(plan_table(module.schedule))
         if note:
             console.print(note, soft_wrap=True)
+        converted = [n for n, c in zip(info["identities"], info.get("crop_spaces", [])) if c != info["crop_space"]]
+        if converted:  # 8-bit sets beside a plate's ACEScct set: one model, one meaning of its values
+            console.print(f"crop space {info['crop_space']}: the 8-bit sRGB pictures of {', '.join(converted)} are "
+                          f"converted to {info['crop_space']} as they load", highlight=False, soft_wrap=True)
         console.print(f"run directory: [bold]{run_dir}[/]" + (f" (resuming {resume})" if resume else ""))
         interrupt.install()  # Ctrl-C or SIGTERM from here on: finish the step, save, stop
         stack.callback(interrupt.restore)

@@ -83,11 +83,12 @@ class ExtractOptions:
     """Frame rate of image input (0: unknown; smoothing then assumes 24)."""
     image_format: Literal["png", "jpg", "jpeg"] = "png"
     """Crop files: png (lossless) or jpg."""
-    crop_space: Literal["srgb", "acescct"] = "srgb"
+    crop_space: Literal["auto", "srgb", "acescct"] = "srgb"
     """What the stored crops hold: ``srgb``, 8-bit sRGB pictures (a float plate's sRGB view, values
     above its 1.0 clipped); ``acescct``, 16-bit PNG crops in ACEScct, which keep a float plate's
-    highlights (up to linear 222) and shadows. Every face set a model trains on must have the same
-    one; 8-bit footage can be extracted to ``acescct`` too (docs/plates.md)."""
+    highlights (up to linear 222) and shadows; ``auto``, ``acescct`` for scene-referred plates (float
+    and log files) and ``srgb`` for display-referred footage (a resumed extraction keeps its own).
+    A model of ``acescct`` sets loads ``srgb`` sets beside them converted (docs/plates.md)."""
     masks: bool = True
     """Write landmark hull masks ``components`` and ``extended``."""
     chunk: int = field(default=64, metadata={"min": 1})
@@ -127,6 +128,25 @@ CROP_KEYS = ("size", "face_type", "identity", "min_face", "track", "smooth", "sm
               "image_format", "masks", "crop_space")
 
 
+CROP_SPACE_CHOICES = ("auto", "srgb", "acescct")
+
+
+def resolve_crop_space(opt: ExtractOptions, scene: bool, resumed: str | None = None) -> tuple[str, str]:
+    """The crop space ``crop_space=auto`` stands for, and why (for the first line): a resumed
+    extraction's own (``resumed``); ``acescct`` for a ``scene``-referred plate (float or log
+    files), whose highlights and shadows 8-bit sRGB crops would clip, unless ``image_format=jpg``
+    (8 bits) is asked for; else ``srgb``. Other values pass through."""
+    if opt.crop_space != "auto":
+        return opt.crop_space, "crop_space="
+    if resumed:
+        return resumed, "auto: the extraction being resumed"
+    if not scene:
+        return "srgb", "auto: display-referred footage"
+    if opt.image_format != "png":
+        return "srgb", f"auto: a scene-referred plate, but image_format={opt.image_format} holds 8 bits"
+    return "acescct", "auto: a scene-referred plate; its highlights and shadows kept"
+
+
 class ExtractError(ValueError):
     """Extraction cannot proceed (bad options, unusable input): one line, exit code 2."""
 
@@ -146,9 +166,9 @@ def check_options(opt: ExtractOptions) -> None:
         raise ExtractError(f"detector must be {', '.join(DETECTORS)}; got {opt.detector!r}")
     if opt.image_format not in ("png", "jpg", "jpeg"):
         raise ExtractError(f"image_format must be png or jpg, got {opt.image_format!r}")
-    if opt.crop_space not in ("srgb", "acescct"):
-        raise ExtractError(f"crop_space must be srgb or acescct, got {opt.crop_space!r}")
-    if opt.crop_space != "srgb" and opt.image_format != "png":
+    if opt.crop_space not in CROP_SPACE_CHOICES:
+        raise ExtractError(f"crop_space must be {', '.join(CROP_SPACE_CHOICES)}; got {opt.crop_space!r}")
+    if opt.crop_space == "acescct" and opt.image_format != "png":
         raise ExtractError(f"crop_space={opt.crop_space} stores 16-bit PNG crops; image_format={opt.image_format} "
                            "holds 8 bits (drop image_format or use png)")
     if opt.input in ("", "???") or opt.out in ("", "???"):

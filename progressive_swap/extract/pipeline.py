@@ -55,11 +55,12 @@ from progressive_swap.extract.options import (
     ExtractError,
     ExtractOptions,
     check_options,
+    resolve_crop_space,
     resolve_detector,
 )
 from progressive_swap.extract.smoothing import smooth_track
 from progressive_swap.extract.tracks import keep_tracks, link_tracks, min_size_filter
-from progressive_swap.faceset.format import HEADER_NAME
+from progressive_swap.faceset.format import HEADER_NAME, crop_space_of
 from progressive_swap.footage.colour import (
     clip_line,
     clip_summary,
@@ -607,6 +608,25 @@ def extraction_options(out: str | os.PathLike, source: str) -> dict[str, Any]:
     return {}
 
 
+def crop_space_for(opt: ExtractOptions, src: FrameSource) -> tuple[str, str]:
+    """The crop space an extraction of ``src`` into ``opt.out`` writes, and why
+    (:func:`~progressive_swap.extract.options.resolve_crop_space`): ``crop_space=auto`` keeps the
+    one of an extraction being resumed, or of the face set being added to."""
+    kept, why = None, ""
+    if opt.crop_space == "auto":
+        manifest = Path(opt.out) / WORK_DIR / _source_key(src) / "manifest.json"
+        header = Path(opt.out) / "faceset.json"
+        try:
+            if manifest.is_file():
+                kept = read_manifest(manifest)["options"].get("crop_space", OLD_DEFAULTS["crop_space"])
+            elif header.is_file():
+                kept, why = crop_space_of(loads_json(header.read_bytes())), "auto: the face set being added to"
+        except (OSError, ValueError, TypeError, KeyError):
+            kept = None  # a damaged manifest or header is named by the checks that read it
+    space, reason = resolve_crop_space(opt, src.colour is not None and src.colour.scene, kept)
+    return space, (why or reason)
+
+
 def extract(opt: ExtractOptions) -> dict[str, Any]:
     """Extract faces from ``opt.input`` into the face set ``opt.out`` (resuming if it exists).
 
@@ -617,10 +637,10 @@ def extract(opt: ExtractOptions) -> dict[str, Any]:
         ExtractError: bad options, changed options on resume, or nothing usable in the input.
     """
     src = precheck(opt)
-    opt = replace(opt, detector=resolve_detector(opt))
     out = Path(opt.out)
     if out.exists() and not out.is_dir():
         raise ExtractError(f"out {opt.out!r} exists and is not a directory")
+    opt = replace(opt, detector=resolve_detector(opt), crop_space=crop_space_for(opt, src)[0])
     key = _source_key(src)
     work = out / WORK_DIR / key
     created_out = not out.exists()

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from progressive_swap import faceset as fs
 from progressive_swap.core import procs
 from progressive_swap.core.landmarks import face_type as face_type_of
+from progressive_swap.footage.colour import frame_in_crop_space
 from progressive_swap.masks.hull import LANDMARK_MASKS, landmark_mask, region_masks
 from progressive_swap.masks.occluders import paste_occluder_alpha
 from progressive_swap.phantom.dataset import DEFAULT_FACES, generate_phantom_dataset
@@ -38,6 +39,14 @@ def cache_dir() -> Path:
     if env:
         return Path(env)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "progressive_swap"
+
+
+def model_crop_space(spaces: Sequence[str]) -> str:
+    """The one crop space a model of face sets of ``spaces`` learns in: ``acescct`` when any set
+    holds ACEScct crops (a plate's, with its highlights), whose values an 8-bit ``srgb`` set's
+    pictures are converted to as they load (nothing of them is lost: ACEScct holds all of sRGB);
+    else ``srgb``."""
+    return "acescct" if "acescct" in spaces else "srgb"
 
 
 def check_facesets(paths: Sequence[str | os.PathLike], min_size: int, mask: str | None = None) -> dict[str, Any]:
@@ -90,19 +99,14 @@ def check_facesets(paths: Sequence[str | os.PathLike], min_size: int, mask: str 
         raise ValueError(
             f"face sets have different face types: {', '.join(f'{p}={s.face_type}' for p, s in zip(paths, sets))}"
         )
-    spaces = {s.crop_space for s in sets}
-    if len(spaces) > 1:  # the network would learn two meanings of the same values
-        raise ValueError(
-            "face sets have different crop spaces (what their crops' values mean), one model learns one: "
-            + ", ".join(f"{p}={s.crop_space}" for p, s in zip(paths, sets))
-            + "; extract the others again with crop_space=acescct (any footage can be), or all with srgb"
-        )
+    spaces = [s.crop_space for s in sets]
     names = [s.identities[0] if len(s.identities) == 1 else Path(p).name for p, s in zip(paths, sets)]
     if len(set(names)) < len(names):  # labels must tell the decoders apart
         names = [Path(p).name if names.count(n) > 1 else n for p, n in zip(paths, names)]
     return {
         "face_type": types.pop(),
-        "crop_space": spaces.pop(),
+        "crop_space": model_crop_space(spaces),
+        "crop_spaces": spaces,
         "sizes": [s.size for s in sets],
         "counts": [len(s) for s in sets],
         "identities": names,
@@ -153,7 +157,9 @@ class CombDataset(Dataset):
         self.cache_bytes = int(cache_mb * 2**20)
         self._faces: dict[tuple[int, int, int], tuple[np.ndarray, ...]] = {}  # (identity, face, res) -> arrays
         self._faces_bytes = 0
-        self.counts = [len(fs.open(p)) for p in self.paths]
+        opened = [fs.open(p) for p in self.paths]
+        self.counts = [len(s) for s in opened]
+        self.crop_space = model_crop_space([s.crop_space for s in opened])  # what the network is fed
 
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)
@@ -206,6 +212,8 @@ class CombDataset(Dataset):
             return hit
         s = self._open()[identity]
         img = s.image(face) if s.crop_space == "srgb" else s.values(face)  # 16-bit sets: float32 values
+        if s.crop_space != self.crop_space:  # an 8-bit set beside ACEScct ones: its picture's ACEScct values
+            img = frame_in_crop_space(img, None, self.crop_space)
         interp = cv2.INTER_AREA if img.shape[0] > res else cv2.INTER_LINEAR
         if img.shape[0] != res:
             img = cv2.resize(img, (res, res), interpolation=interp)
