@@ -209,6 +209,14 @@ def test_the_roofline_charges_each_operation_its_slower_side():
         opt_s = c["trained_params"] * OPTIMIZER_BYTES_PER_PARAM / gpu.bandwidth / 8
         assert max(flops_s, bytes_s) + opt_s <= c["gpu_seconds"][key] * (1 + 1e-9) <= flops_s + bytes_s + opt_s
     assert c["gpu_seconds"]["rtx4090"] > 3 * c["gpu_seconds"]["h100"]
+    # loss.swap_identity's second decoder pass costs one decode, forward and backward, per image
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        latent = torch.empty(4, 64, 16, 16, device="meta", dtype=next(model.parameters()).dtype, requires_grad=True)
+        model.decode(latent, 1, 256, 1.0)[0].float().mean().backward()
+    swap = step_cost(model, 256, 1.0, 4, swap_decodes=True)
+    assert swap["train_gflops"] - c["train_gflops"] == pytest.approx(fc.get_total_flops() / 4 / 1e9, rel=0.01)
 
 
 def test_a_measured_step_is_the_costed_step_and_halves_a_batch_that_does_not_fit(monkeypatch):
