@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spaces", nargs="+", default=list(SPACES), choices=SPACES)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path)
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --work: evaluate a space's finished model there instead of training it again")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
     import torch
@@ -234,11 +236,13 @@ def main(argv: list[str] | None = None) -> int:
             argv_ = ["recipe=demo", "data=facesets", f"data.faces=[{sets[0]},{sets[1]}]", f"out={run}",
                      "preview_every=0", f"seed={a.seed}", "progress_every=60", "schedule_seconds=null", *over]
             c0, w0 = time.process_time(), time.perf_counter()
-            if train_cli.main(argv_) != 0:
+            reused = a.reuse and (run / "model.safetensors").is_file()  # a finished run of an interrupted bench
+            if not reused and train_cli.main(argv_) != 0:
                 raise SystemExit(f"training on {space} crops failed")
             row = evaluate(run / "model.safetensors", data["held"], a.size, data["refs"] if a.size > 64 else None)
-            row["train_cpu_s"] = round(time.process_time() - c0, 1)
-            row["train_wall_s"] = round(time.perf_counter() - w0, 1)
+            row["train_cpu_s"] = None if reused else round(time.process_time() - c0, 1)
+            row["train_wall_s"] = None if reused else round(time.perf_counter() - w0, 1)
+            row["reused"] = bool(reused)
             res["results"][space] = row
     from progressive_swap.core.io import print_json
 
