@@ -117,6 +117,9 @@ PEER_FULL: dict[str, dict] = {
     "fs_dny1024": {"peer": "fs_dny1024", "res": 1024},
     "saehd_liae_ud": {"peer": "saehd_liae_ud", "res": 1024},
     "saehd_df_ud": {"peer": "saehd_df_ud", "res": 1024},
+    # Phaze-A at FaceSwap's own default learning rate, 5e-5, constant (at the study's 5e-5 to 5e-4
+    # annealed it diverged at 200 H100 s: docs/results/efficiency_runs_diverged/)
+    "fs_dny1024_lr5e5": {"peer": "fs_dny1024", "res": 1024, "lr": 5e-5},
 }
 ALIASES = {"today": "comb", "slim24": "lean"}  # the names the issue #14 study used
 SIDE_DIV, WIDTH_DIV = 8, 2
@@ -163,8 +166,9 @@ LR, LR_END, BATCH = 5e-4, 5e-5, 8  # 1e-3 (the demo's) made the scaled "today" d
 
 
 def arch_of(full: dict) -> dict:
-    """A design's CombArch fields (without its ``train`` overrides and its ``fixed`` flag)."""
-    return {k: v for k, v in full.items() if k not in ("train", "fixed")}
+    """A design's CombArch fields (without its ``train`` overrides, its ``fixed`` flag and a peer's
+    own ``lr``)."""
+    return {k: v for k, v in full.items() if k not in ("train", "fixed", "lr")}
 
 
 def fixed_res(full: dict) -> int | None:
@@ -361,12 +365,13 @@ def _overrides(name: str, seed: int, out: Path) -> list[str]:
     ]
 
 
-def _stages(images: list[int], peer_res: int | None = None) -> str:
+def _stages(images: list[int], peer_res: int | None = None, lr: float | None = None) -> str:
     """The scaled schedule of ``images`` per phase: 32; 64 fade, stable; 128 fade, stable. A peer
-    (``peer_res``, it does not grow) trains them all in one stage at its side, annealed."""
+    (``peer_res``, it does not grow) trains them all in one stage at its side, annealed; or at a
+    constant ``lr`` of its own (a design's ``lr``: the peer tool's default)."""
     if peer_res is not None:
-        return (f"schedule.stages=[{{res:{peer_res},images:{sum(images)},batch:{BATCH},lr:{LR},"
-                f"lr_end:{LR_END}}}]")
+        return (f"schedule.stages=[{{res:{peer_res},images:{sum(images)},batch:{BATCH},lr:{lr or LR},"
+                f"lr_end:{lr or LR_END}}}]")
     s32, f64, s64, f128, s128 = images
     return (
         f"schedule.stages=[{{res:32,images:{s32},batch:{BATCH},lr:{LR}}},"
@@ -449,7 +454,7 @@ def one_run(name: str, seed: int, budget: float, work: Path, cost: str = "cpu") 
     images = images_for(budget, costs)
     load_before = os.getloadavg()
     r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    rc = train_cli.main([*overrides, _stages(images, peer_res)])
+    rc = train_cli.main([*overrides, _stages(images, peer_res, full.get("lr"))])
     r1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - w0
     if rc != 0:
         raise SystemExit(f"training failed for {name} seed {seed}")
@@ -461,6 +466,7 @@ def one_run(name: str, seed: int, budget: float, work: Path, cost: str = "cpu") 
         "checkpoint": str(run_dir / "model.safetensors"),
         "cost": cost,
         "budget": budget,
+        **({"lr_constant": full["lr"]} if full.get("lr") else {}),
         "cost_per_image": [round(c, 9) for c in costs],
         "cost_spent": round(sum(i * c for i, c in zip(images, costs)), 4),
         "images_per_phase": images,
