@@ -142,7 +142,7 @@ def test_extract_reports_what_srgb_crops_clipped_and_acescct_keeps(tmp_path, bri
     truth = write_truth(tmp_path / "truth.json", [r], [1001])
     pattern = seq / "plate.####.exr"
     capsys.readouterr()
-    assert _extract(pattern, truth, tmp_path / "srgb") == 0, capsys.readouterr().err
+    assert _extract(pattern, truth, tmp_path / "srgb", "crop_space=srgb") == 0, capsys.readouterr().err
     lines = capsys.readouterr().out.splitlines()
     s = _manifest_summary(tmp_path / "srgb")["clipped_share"]
     assert s["crop_space"] == "srgb" and s["faces"] == 1 and s["mean"] == s["max"]
@@ -165,7 +165,8 @@ def test_extract_reports_what_srgb_crops_clipped_and_acescct_keeps(tmp_path, bri
     out = json.loads(capsys.readouterr().out)
     assert out["clipped_share"] == {"crop_space": "acescct", "faces": 1, "mean": 0.0, "max": 0.0}
     assert faceset.open(tmp_path / "cct").record(0).extra["clipped_share"] == 0.0
-    # A rerun of the finished srgb extraction writes nothing and reports the figure its faces recorded.
+    # A rerun of the finished srgb extraction writes nothing and reports the figure its faces recorded
+    # (crop_space=auto, the default, keeps the space of the extraction it resumes).
     assert _extract(pattern, truth, tmp_path / "srgb", "--json") == 0
     again = json.loads(capsys.readouterr().out)
     assert again["faces_written"] == 0 and again["clipped_share"] == s

@@ -101,12 +101,12 @@ def test_every_stage_of_the_job_writes_its_outputs(job):
         assert sorted(p.name for p in (out / "plates" / k).glob("plate.*.exr")) == [f"plate.{n}.exr" for n in NUMBERS]
         assert (out / "plates" / k / "landmarks.json").is_file()
         s = fs.open(out / "faces" / k)
-        assert len(s) == FRAMES and s.crop_space == "srgb" and s.size == CROP and s.identities == [k]
+        assert len(s) == FRAMES and s.crop_space == "acescct" and s.size == CROP and s.identities == [k]
         assert sorted(s.frame_indices.tolist()) == list(NUMBERS)  # the plates' own numbers
     assert (out / "run" / "model.safetensors").is_file() and (out / "run" / "last.ckpt").is_file()
     meta = json.loads((out / "shot" / "export.json").read_text())
     assert meta["status"] == "complete" and meta["identity"] == "B" and meta["from_identity"] == "A"
-    assert meta["colour"]["plate"] == "ACEScg" and meta["crop_space"] == "srgb"
+    assert meta["colour"]["plate"] == "ACEScg" and meta["crop_space"] == "acescct"
     for n in NUMBERS:
         assert (out / "shot" / "layers" / f"face.{n}.exr").is_file() and (out / "comp" / f"comp.{n}.exr").is_file()
     assert not list((out / "comp").glob(".tmp*"))  # each comp was renamed into place
@@ -167,7 +167,7 @@ def _one_line_error(r) -> str:
     (["--plates", "{tmp}/nowhere"], "--plates {tmp}/nowhere: no such folder"),
     (["--plates", "{tmp}"], "no A/plate.NNNN.exr files in it"),
     (["--frames", "many"], "--frames many: a whole number is needed"),
-    (["--crop-space", "log"], "--crop-space log: srgb or acescct"),
+    (["--crop-space", "log"], "--crop-space log: auto, srgb or acescct"),
     (["--nope"], "unknown argument --nope"),
 ])
 def test_bad_input_is_one_line_a_non_zero_exit_and_nothing_written(tmp_path, args, says):

@@ -237,7 +237,8 @@ def test_an_exr_plates_export_crop_is_the_crop_its_extraction_stored(tmp_path, c
     truth = write_truth(tmp_path / "truth.json", [r], [1001])
     size = 96
     assert extract_cli.main([f"input={seq / 'plate.####.exr'}", f"out={tmp_path / 'set'}", f"size={size}",
-                             "landmarks=given", f"landmarks_file={truth}", "progress=false"]) == 0, capsys.readouterr()
+                             "landmarks=given", f"landmarks_file={truth}", "progress=false",
+                             "crop_space=srgb"]) == 0, capsys.readouterr()
     fs = faceset.open(tmp_path / "set")
     assert fs.crop_space == "srgb" and fs.header["crop_space"] == "srgb" and len(fs) == 1
     stored, rec = fs.image(0), fs.record(0)

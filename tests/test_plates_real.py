@@ -184,7 +184,7 @@ def acescg(tmp_path_factory, frames, ckpt) -> SimpleNamespace:
                     attrs={"smpte:TimeCode": (oiio.TypeDesc("timecode"), tcs[n]),
                            "FramesPerSecond": (oiio.TypeDesc("rational"), [FPS, 1])})
     t0 = time.perf_counter()
-    summary = run_extract(seq / "plate.####.exr", root / "set", "colorspace=ACEScg")
+    summary = run_extract(seq / "plate.####.exr", root / "set", "colorspace=ACEScg", "crop_space=srgb")
     t1 = time.perf_counter()
     run_export(ckpt, root / "set", root / "out", "format=exr")
     t2 = time.perf_counter()

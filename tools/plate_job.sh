@@ -16,13 +16,13 @@
 # step's own exit code).
 set -euo pipefail
 prog=plate_job.sh
-usage="usage: $prog OUT [--plates DIR] [--frames N] [--size PX] [--crop PX] [--crop-space srgb|acescct] [--seed N] [swap-train KEY=VALUE ...]"
+usage="usage: $prog OUT [--plates DIR] [--frames N] [--size PX] [--crop PX] [--crop-space auto|srgb|acescct] [--seed N] [swap-train KEY=VALUE ...]"
 die() { echo "$prog: error: $1" >&2; exit "${2:-2}"; }
 
 [ $# -ge 1 ] || die "no OUT folder; $usage"
 case $1 in -h|--help) echo "$usage"; exit 0 ;; -*) die "the first argument is the OUT folder, got $1; $usage" ;; esac
 out=$1; shift
-plates=""; frames=200; size=128; crop=64; crop_space=srgb; seed=0; train_args=()
+plates=""; frames=200; size=128; crop=64; crop_space=auto; seed=0; train_args=()
 int() { [[ $2 =~ ^[0-9]+$ ]] || die "$1 $2: a whole number is needed; $usage"; }
 while [ $# -gt 0 ]; do
     case $1 in
@@ -41,7 +41,7 @@ while [ $# -gt 0 ]; do
         *) die "unknown argument $1; $usage" ;;
     esac
 done
-case $crop_space in srgb|acescct) ;; *) die "--crop-space $crop_space: srgb or acescct" ;; esac
+case $crop_space in auto|srgb|acescct) ;; *) die "--crop-space $crop_space: auto, srgb or acescct" ;; esac
 
 # Everything the job needs, checked before anything is written.
 oiiotool=${OIIOTOOL:-oiiotool}

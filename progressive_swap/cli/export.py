@@ -201,6 +201,7 @@ def _extract_options(o, info, stage_res: int) -> ExtractOptions:
         ocio=o.ocio,
         colorspace_check=o.colorspace_check,
         pixel_aspect=o.pixel_aspect,
+        crop_space="srgb",  # the set keeps landmarks and matrices; the layers are cut from the plate itself
         masks=False,
         progress=o.progress,
         progress_every=o.progress_every,

@@ -83,12 +83,13 @@ class ExtractOptions:
     """Frame rate of image input (0: unknown; smoothing then assumes 24)."""
     image_format: Literal["png", "jpg", "jpeg"] = "png"
     """Crop files: png (lossless) or jpg."""
-    crop_space: Literal["auto", "srgb", "acescct"] = "srgb"
+    crop_space: Literal["auto", "srgb", "acescct"] = "auto"
     """What the stored crops hold: ``srgb``, 8-bit sRGB pictures (a float plate's sRGB view, values
     above its 1.0 clipped); ``acescct``, 16-bit PNG crops in ACEScct, which keep a float plate's
     highlights (up to linear 222) and shadows; ``auto``, ``acescct`` for scene-referred plates (float
-    and log files) and ``srgb`` for display-referred footage (a resumed extraction keeps its own).
-    A model of ``acescct`` sets loads ``srgb`` sets beside them converted (docs/plates.md)."""
+    and log files) and ``srgb`` for display-referred footage (a resumed extraction keeps its own;
+    chosen by a measurement at 128 px, docs/plates.md). A model of ``acescct`` sets loads ``srgb``
+    sets beside them converted."""
     masks: bool = True
     """Write landmark hull masks ``components`` and ``extended``."""
     chunk: int = field(default=64, metadata={"min": 1})
