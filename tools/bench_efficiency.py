@@ -110,6 +110,7 @@ FULL.update({
     "half_fixed": dict(_HALF, fixed=True),
     # swaps judged by an identity critic of the real faces' structure (a second decoder pass)
     "half_swapid": dict(_HALF, train={"loss.swap_identity": 0.1}),
+    "half_swapid001": dict(_HALF, train={"loss.swap_identity": 0.01}),
 })
 # The peers' designs (eval/peers.py) at our full-size output, 1024 px: Phaze-A's dny1024 preset and
 # SAEHD built at resolution 1024 (DeepFaceLab's own settings stop at 640).
