@@ -80,6 +80,13 @@ def loss_weights(
     return w * (1.0 + eyes * regions[:, 0:1] + mouth * regions[:, 1:2])
 
 
+def held_critic(critic: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``critic(x)`` with its weights held: the gradient reaches ``x`` only, so what pushes the
+    network against a critic never trains the critic."""
+    held = {k: v.detach() for k, v in critic.named_parameters()}
+    return torch.func.functional_call(critic, held, (x,))
+
+
 class LatentIdentityCritic(nn.Module):
     """Tells whose face a latent came from: two 3x3 convolutions, a spatial mean, a linear layer
     (a few hundred thousand weights; training only, never exported)."""
@@ -117,7 +124,8 @@ class SwapIdentityCritic(nn.Module):
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         """``(B, 3, r, r)`` images in [0, 1] → ``(B, identities)`` logits."""
-        y = (rgb.float() * rgb.new_tensor([0.2126, 0.7152, 0.0722]).float().view(1, 3, 1, 1)).sum(1, keepdim=True)
+        luma = torch.tensor([0.2126, 0.7152, 0.0722], device=rgb.device).view(1, 3, 1, 1)
+        y = (rgb.float() * luma).sum(1, keepdim=True)
         if y.shape[-1] != self.SIDE:
             y = F.adaptive_avg_pool2d(y, self.SIDE) if y.shape[-1] > self.SIDE else F.interpolate(
                 y, size=self.SIDE, mode="bilinear", align_corners=False)
@@ -178,8 +186,7 @@ class SwapLoss(nn.Module):
         if self.latent_critic is None:
             return None
         critic_loss = nn.functional.cross_entropy(self.latent_critic(latent.detach().float()), source)
-        held = {k: v.detach() for k, v in self.latent_critic.named_parameters()}
-        logits = torch.func.functional_call(self.latent_critic, held, (latent.float(),))
+        logits = held_critic(self.latent_critic, latent.float())
         confusion = -nn.functional.log_softmax(logits, dim=1).mean()  # CE against the uniform guess
         return critic_loss + self.latent_adversary * confusion
 
@@ -197,8 +204,7 @@ class SwapLoss(nn.Module):
         if self.swap_critic is None:
             return None
         critic_loss = F.cross_entropy(self.swap_critic(real.detach()), real_id)
-        held = {k: v.detach() for k, v in self.swap_critic.named_parameters()}
-        logits = torch.func.functional_call(self.swap_critic, held, (swapped,))
+        logits = held_critic(self.swap_critic, swapped)
         return critic_loss + self.swap_identity * F.cross_entropy(logits, swapped_id)
 
     def forward(
