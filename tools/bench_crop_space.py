@@ -106,31 +106,13 @@ def make_plates(work: Path, frames: int, held_out: int, seed: int, frame: int = 
     return out
 
 
-def view_colours(refs: list, face_type: str, size: int) -> np.ndarray:
-    """Each identity's sRGB-view mean and deviation inside its visible face, ``(2, 2, 3)`` in
-    [0, 1], from training frames: what the recoloured-source reference maps A's colours to B's
-    with (the same for both crop spaces)."""
-    from progressive_swap.core import align
-
-    out = []
-    for frames in refs:
-        px = []
-        for image, landmarks, vis in frames:
-            m = align.alignment_matrix(landmarks, face_type)
-            keep = align.warp_to_crop(vis, m, size) > 0.5
-            px.append(align.warp_to_crop(image, m, size).astype(np.float32)[keep] / 255)
-        px = np.concatenate(px)
-        out.append([px.mean(0), np.maximum(px.std(0), 1e-2)])
-    return np.asarray(out, np.float64)
-
-
 def evaluate(model_path: Path, held: list[dict], size: int = 64, refs: list | None = None) -> dict:
     """Recon (A→A) and swap (A→B) quality of one model on the held-out plates (see the module
     doc); with ``refs`` (``make_plates``) the swap's identity measures too."""
     import cv2
 
     from progressive_swap.core import align
-    from progressive_swap.eval.quality import identity_scores
+    from progressive_swap.eval.quality import face_colour, identity_scores
     from progressive_swap.export import plate_layers as PL
     from progressive_swap.export.frames import FaceIn, FrameIn
     from progressive_swap.export.swapper import Swapper, load_model
@@ -138,7 +120,8 @@ def evaluate(model_path: Path, held: list[dict], size: int = 64, refs: list | No
 
     model, info = load_model(model_path, "cpu")
     colour = CO.plate_colour(".exr", "half").for_crops(info.crop_space)
-    ref = view_colours(refs, info.face_type, size) if refs else None
+    # each identity's sRGB-view colours on training frames: the recoloured-source reference's, for both spaces
+    ref = np.asarray([face_colour(frames, info.face_type, size) for frames in refs]) if refs else None
     res: dict = {"crop_space": info.crop_space}
     lum = lambda x: x @ np.array([0.2722, 0.6741, 0.0537])  # noqa: E731 - AP1 luminance weights
     for name, decoder, key in (("recon", 0, "plate"), ("swap", 1, "swap")):

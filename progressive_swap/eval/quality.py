@@ -280,15 +280,21 @@ def identity_colour(model: Any, idents: list, res: int, face_type: str, s: Quali
         return model.identity_colour.detach().cpu().double().numpy()
     out = []
     for k, ident in enumerate(idents):
-        px = []
-        for n in range(16):
-            r = phantom.render(ident, phantom.sample_frame((s.phantom_seed, 0, k, n)), 2 * res)
-            m = align.alignment_matrix(r.landmarks, face_type)
-            w = align.warp_to_crop(r.visible_mask, m, res) > 0.5
-            px.append(_to01(align.warp_to_crop(r.image, m, res))[w])
-        px = np.concatenate(px)
-        out.append([px.mean(0), np.maximum(px.std(0), 1e-2)])
+        renders = (phantom.render(ident, phantom.sample_frame((s.phantom_seed, 0, k, n)), 2 * res) for n in range(16))
+        out.append(face_colour([(r.image, r.landmarks, r.visible_mask) for r in renders], face_type, res))
     return np.asarray(out, np.float64)
+
+
+def face_colour(frames: list, face_type: str, res: int) -> np.ndarray:
+    """RGB mean and deviation (at least 0.01) of uint8 ``(image, landmarks, visible_mask)`` frames
+    inside their visible faces, aligned at ``res``: ``(2, 3)`` in [0, 1], what the recoloured-source
+    reference maps one identity's colours from or to."""
+    px = []
+    for image, landmarks, visible in frames:
+        m = align.alignment_matrix(landmarks, face_type)
+        px.append(_to01(align.warp_to_crop(image, m, res))[align.warp_to_crop(visible, m, res) > 0.5])
+    px = np.concatenate(px)
+    return np.asarray([px.mean(0), np.maximum(px.std(0), 1e-2)], np.float64)
 
 
 def temporal(
