@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from typing import Sequence
 
 from omegaconf import OmegaConf
@@ -42,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         src = precheck(opt)  # the input and its colour space, checked before anything is written
         colour = [src.colour.line()] if src.colour is not None else []  # which space, and why
         space, why = crop_space_for(opt, src)
+        opt = replace(opt, crop_space=space)  # resolved once: extract() takes it as given
         if src.colour is not None or space != "srgb":  # what the crops will hold (8-bit footage: as always)
             crop = f"crop space {space} ({why})"
             colour = [f"{colour[0]}; {crop}"] + colour[1:] if colour else [crop]
