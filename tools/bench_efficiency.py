@@ -111,6 +111,10 @@ FULL.update({
     # swaps judged by an identity critic of the real faces' structure (a second decoder pass)
     "half_swapid": dict(_HALF, train={"loss.swap_identity": 0.1}),
     "half_swapid001": dict(_HALF, train={"loss.swap_identity": 0.01}),
+    # a stronger encoder-input warp (the recipes' 0.04 of the side): the latent carries less of
+    # where A's features are, so each decoder must draw its own identity's
+    "half_warp08": dict(_HALF, train={"augment.warp": 0.08}),
+    "half_warp12": dict(_HALF, train={"augment.warp": 0.12}),
 })
 # The peers' designs (eval/peers.py) at our full-size output, 1024 px: Phaze-A's dny1024 preset and
 # SAEHD built at resolution 1024 (DeepFaceLab's own settings stop at 640).
