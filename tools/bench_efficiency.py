@@ -111,8 +111,10 @@ FULL.update({
     # swaps judged by an identity critic of the real faces' structure (a second decoder pass)
     "half_swapid": dict(_HALF, train={"loss.swap_identity": 0.1}),
     "half_swapid001": dict(_HALF, train={"loss.swap_identity": 0.01}),
-    # a stronger encoder-input warp (the recipes' 0.04 of the side): the latent carries less of
-    # where A's features are, so each decoder must draw its own identity's
+    # the encoder-input warp (the recipes' 0.04 of the side) stronger, weaker and off: a stronger
+    # one leaves the latent less of where A's features are, so each decoder must draw its own
+    "half_warp0": dict(_HALF, train={"augment.warp": 0.0}),
+    "half_warp02": dict(_HALF, train={"augment.warp": 0.02}),
     "half_warp08": dict(_HALF, train={"augment.warp": 0.08}),
     "half_warp12": dict(_HALF, train={"augment.warp": 0.12}),
 })
