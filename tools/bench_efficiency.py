@@ -117,6 +117,8 @@ FULL.update({
     "half_warp02": dict(_HALF, train={"augment.warp": 0.02}),
     "half_warp08": dict(_HALF, train={"augment.warp": 0.08}),
     "half_warp12": dict(_HALF, train={"augment.warp": 0.12}),
+    # no warp, and the weak latent adversary (which draws the other identity's features)
+    "half_warp0_adv01": dict(_HALF, train={"augment.warp": 0.0, "loss.latent_adversary": 0.1}),
 })
 # The peers' designs (eval/peers.py) at our full-size output, 1024 px: Phaze-A's dny1024 preset and
 # SAEHD built at resolution 1024 (DeepFaceLab's own settings stop at 640).
