@@ -191,6 +191,34 @@ def test_a_full_size_budget_buys_each_design_the_images_it_costs_at_full_size(tm
     assert bench.scaled(bench.design("half_lat64"))["latent_channels"] == 32
 
 
+def test_a_study_run_stopped_part_way_resumes_with_the_plan_it_started_with(tmp_path, monkeypatch):
+    """tools/bench_efficiency.py: swap-train is asked to checkpoint and resume; a run whose
+    directory holds a checkpoint trains the phases its saved plan sized (not a new sizing), says
+    where it resumed and counts its CPU seconds for all its images; checkpoints of another budget
+    stop it rather than mix two plans."""
+    import progressive_swap.train.checkpoint as checkpoint
+
+    bench = import_tool("bench_efficiency")
+    calls = []
+    monkeypatch.setattr(train_cli, "main", lambda argv: calls.append(list(argv)) or 0)
+    fresh = bench.one_run("half", 0, 50.0, tmp_path, "h100")
+    assert "resume=auto" in calls[0] and "resumed_at_images" not in fresh
+    plan_path = tmp_path / "seed0" / "half" / "bench_plan.json"
+    plan = json.loads(plan_path.read_text())
+    sized = bench.images_for(50.0, bench.per_image(bench.design("half"), "h100"))
+    assert plan["images"] == fresh["images_per_phase"] == sized
+
+    plan_path.write_text(json.dumps({**plan, "images": [64] * 5}))  # as a stopped run sized it
+    monkeypatch.setattr(checkpoint, "good_checkpoints", lambda d, warn=print: [(10, d / "last.ckpt")])
+    resumed = bench.one_run("half", 0, 50.0, tmp_path, "h100")
+    assert resumed["images_per_phase"] == [64] * 5 and "images:64" in calls[1][-1]
+    assert resumed["resumed_at_images"] == 10 * 2 * bench.BATCH
+    run = {"train_cpu_s": 30.0, "images": 320, "resumed_at_images": 160}
+    assert bench.cpu_s_of(run) == 60.0 and bench.cpu_s_of({"train_cpu_s": 30.0, "images": 320}) == 30.0
+    with pytest.raises(SystemExit, match="another plan"):
+        bench.one_run("half", 0, 200.0, tmp_path, "h100")
+
+
 def test_the_roofline_charges_each_operation_its_slower_side():
     """A step's estimated GPU time lies between the slower of (all FLOPs at peak, all bytes at
     bandwidth) and their sum; its FLOPs are FlopCounterMode's, as summarize counts them."""

@@ -62,6 +62,10 @@ channels-last as ``trainer=cpu`` picks them, loader in-process so its work is co
 CPU seconds each run actually used are recorded next to the budget, with ``os.getloadavg()``
 before and after. Candidates run
 interleaved, seed by seed, each in a fresh process (its own peak RSS).
+
+A run stopped part-way (a killed process, a closed session) resumes when the same command runs
+again with the same ``--work``: it checkpoints every 10 minutes and keeps the phases it was sized
+with in ``bench_plan.json`` beside them; its JSON then says ``resumed_at_images``.
 """
 from __future__ import annotations
 
@@ -368,7 +372,8 @@ def _overrides(name: str, seed: int, out: Path) -> list[str]:
         f"data.phantom.size={arch['res'] if is_peer(full) else STAGES[-1]}",
         "data.num_workers=0",
         "preview_every=0",
-        "checkpoint.every_minutes=1000",
+        "checkpoint.every_minutes=10",  # a run stopped part-way resumes from here (one_run)
+        "resume=auto",
         f"seed={seed}",
         f"out={out}",
     ]
@@ -450,17 +455,54 @@ def images_for(budget: float, costs: list[float]) -> list[int]:
     return [max(step, int(share * budget / c) // step * step) for share, c in zip(SHARES, costs)]
 
 
+def _plan(run_dir: Path, budget: float, cost: str, make) -> tuple[dict, int]:
+    """The run's costs per image and images per phase, and the images its newest checkpoint holds.
+
+    A run stopped part-way (a killed process, a closed session) resumes from its checkpoint
+    (written every 10 minutes) with the plan it started with, kept in ``run_dir/bench_plan.json``:
+    a second calibration would size the phases differently. A plan for another budget or currency
+    is not reused, and the run starts over."""
+    from progressive_swap.train.checkpoint import good_checkpoints
+
+    path = run_dir / "bench_plan.json"
+    plan = json.loads(path.read_text()) if path.is_file() else None
+    found = good_checkpoints(run_dir, warn=lambda m: print(f"bench_efficiency: {m}", file=sys.stderr)) \
+        if run_dir.is_dir() else []
+    if plan and plan.get("budget") == budget and plan.get("cost") == cost and found:
+        return plan, found[0][0] * 2 * BATCH
+    if found:
+        raise SystemExit(f"bench_efficiency: {run_dir} holds checkpoints of another plan (or none was kept); "
+                         "move the directory away to train this run afresh")
+    costs = make()
+    plan = {"budget": budget, "cost": cost, "costs": costs, "images": images_for(budget, costs)}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(plan))
+    tmp.replace(path)
+    return plan, 0
+
+
+def cpu_s_of(run: dict) -> float:
+    """A run's process CPU seconds; a resumed run's part counts for all its images at its own rate
+    (the process that was stopped left no figure)."""
+    done = run.get("resumed_at_images", 0)
+    part = run["images"] - done
+    return run["train_cpu_s"] * run["images"] / part if done and part > 0 else run["train_cpu_s"]
+
+
 def one_run(name: str, seed: int, budget: float, work: Path, cost: str = "cpu") -> dict:
     """Size the schedule to the budget (calibrated CPU seconds, or the full-size cost), train;
-    runs in its own process."""
+    runs in its own process. A run stopped part-way resumes (:func:`_plan`); its CPU and wall
+    seconds then count this process's part only, and ``resumed_at_images`` says where it began."""
     from progressive_swap.cli import train as train_cli
 
     run_dir = work / f"seed{seed}" / name
     overrides = _overrides(name, seed, run_dir)
     full = design(name)
     peer_res = fixed_res(full)
-    costs = calibrate(overrides, peer_res=peer_res) if cost == "cpu" else per_image(full, cost)
-    images = images_for(budget, costs)
+    plan, done = _plan(run_dir, budget, cost,
+                       lambda: calibrate(overrides, peer_res=peer_res) if cost == "cpu" else per_image(full, cost))
+    costs, images = plan["costs"], plan["images"]
     load_before = os.getloadavg()
     r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     rc = train_cli.main([*overrides, _stages(images, peer_res, full.get("lr"))])
@@ -469,6 +511,7 @@ def one_run(name: str, seed: int, budget: float, work: Path, cost: str = "cpu") 
         raise SystemExit(f"training failed for {name} seed {seed}")
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     total = sum(images)
+    mine = total - done  # the images this process trained
     return {
         "candidate": name,
         "seed": seed,
@@ -482,8 +525,9 @@ def one_run(name: str, seed: int, budget: float, work: Path, cost: str = "cpu") 
         "images": total,
         "train_cpu_s": round(cpu, 1),
         "train_wall_s": round(wall, 1),
-        "images_per_cpu_s": round(total / cpu, 2),
-        "images_per_wall_s": round(total / wall, 2),
+        **({"resumed_at_images": done} if done else {}),
+        "images_per_cpu_s": round(mine / max(cpu, 1e-9), 2),
+        "images_per_wall_s": round(mine / wall, 2),
         "peak_rss_gb": round(r1.ru_maxrss / 2**20, 3),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
@@ -635,8 +679,8 @@ def report(runs: list[dict], plot: Path | None = None, fit_from: float = 0.0, co
     ``cpu_s`` for that value whatever the currency."""
     import numpy as np
 
-    runs = [dict(r, candidate=_named(r), spent=r["train_cpu_s"] if cost == "cpu" else r["cost_spent"])
-            for r in runs]
+    runs = [dict(r, candidate=_named(r), train_cpu_s=cpu_s_of(r)) for r in runs]
+    runs = [dict(r, spent=r["train_cpu_s"] if cost == "cpu" else r["cost_spent"]) for r in runs]
     def measured(some: list[dict]) -> tuple[str, ...]:  # runs from before a measure existed lack it
         return METRICS + tuple(k for k in ("identity_gain_db", "swap_recon_gap_db", "shape_score")
                                if some and all(r.get(k) is not None for r in some))
