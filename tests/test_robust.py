@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import pickle
 import re
 import shutil
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from conftest import import_tool, tiny
 from lightning_fabric.loggers import csv_logs
@@ -242,6 +245,39 @@ def six_steps(blob_sets, tmp_path_factory):
 def _copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+class SignalAt(pl.Callback):
+    """Sends this process SIGTERM as batch ``batch`` ends, before the interrupt callback runs."""
+
+    def __init__(self, batch: int):
+        self.batch = batch
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if module.batches_done == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_run_stopped_before_its_first_periodic_checkpoint_resumes_to_the_end(blob_sets, tmp_path):
+    """A signal, or max_steps (``debug=fast``), before any periodic checkpoint (a run's first 10
+    minutes): ``last.ckpt`` keeps the open epoch, and ``resume=auto`` trains the rest of the
+    schedule. A checkpoint with the epoch closed, as earlier builds wrote it, resumes too."""
+    run = tmp_path / "run"
+    args = tiny(blob_sets, run, "checkpoint.every_steps=null")  # the 10-minute clock: nothing due
+    stop = ["+callbacks.stop._target_=test_robust.SignalAt", "+callbacks.stop.batch=3"]
+    assert train_cli.main([*args, *stop]) == 143
+    ck = safe_load(run / "last.ckpt")
+    assert ck["progressive_swap"]["batches_done"] == 3
+    assert ck["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 0
+    assert not (run / "model.safetensors").exists()
+    for p in ("total", "current"):  # the epoch closed, as Lightning's end-of-training save left it
+        ck["loops"]["fit_loop"]["epoch_progress"][p].update(processed=1, completed=1)
+    torch.save(ck, run / "last.ckpt")
+    assert train_cli.main([*args, "resume=auto", "max_steps=6"]) == 0
+    assert safe_load(run / "last.ckpt")["progressive_swap"]["batches_done"] == 6
+    assert train_cli.main([*args, "resume=auto"]) == 0
+    assert safe_load(run / "last.ckpt")["progressive_swap"]["batches_done"] == 14  # 6 + 4 + 4 batches of 8
+    assert (run / "model.safetensors").exists()
 
 
 @pytest.mark.slow

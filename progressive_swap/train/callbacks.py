@@ -214,6 +214,13 @@ class StepCheckpoint(ModelCheckpoint):
             return
         super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
 
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        """Nothing: ``last.ckpt`` is written at the last batch (:class:`FinalCheckpoint`) or on a
+        signal (:class:`~progressive_swap.train.interrupt.InterruptCheckpoint`). Lightning's own
+        save here, when no periodic one came first (a run stopped in its first ``every_minutes``,
+        or by ``max_steps``), would overwrite theirs with a loop whose epoch is closed, and the
+        resume would stop at once as "finished"."""
+
 
 def periodic_checkpoint(
     dirpath: str | Path, every_minutes: float = 10.0, every_steps: int | None = None, keep: int = 3
