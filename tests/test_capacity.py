@@ -189,6 +189,9 @@ def test_a_full_size_budget_buys_each_design_the_images_it_costs_at_full_size(tm
     cfg = compose("train", lever)
     assert cfg.loss.latent_adversary == 1.0 and cfg.loss.latent_channels == 128
     assert bench.scaled(bench.design("half_lat64"))["latent_channels"] == 32
+    # The adversary's critic, left out of the cost model, is counted: under 0.2 % of a step at 256 px.
+    critic = bench.critic_gflops(bench.design("half_warp0_adv01"))
+    assert 0 < critic < 0.002 * 335.2 and bench.critic_gflops(bench.design("half")) == 0
 
 
 def test_a_study_run_stopped_part_way_resumes_with_the_plan_it_started_with(tmp_path, monkeypatch):

@@ -340,12 +340,34 @@ def converted(runs: list[dict], cost: str) -> list[dict]:
     return out
 
 
+def critic_gflops(full: dict) -> float:
+    """Full-size training GFLOP per image of the latent identity adversary's critic (its own
+    update and the encoder's term through it; ``FlopCounterMode``), 0 without it. The cost model
+    leaves it out; this says how much that is."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from progressive_swap.model.autoencoder import CombArch
+    from progressive_swap.train.losses import SwapLoss
+
+    strength = float(full.get("train", {}).get("loss.latent_adversary", 0.0))
+    if strength <= 0 or is_peer(full):
+        return 0.0
+    channels, side = arch_of(full)["latent_channels"], CombArch.latent_res  # the side of every stage
+    loss = SwapLoss(latent_adversary=strength, latent_channels=channels, identities=2)
+    latent = torch.randn(2, channels, side, side, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        loss.latent_term(latent, torch.tensor([0, 1])).backward()
+    return round(counter.get_total_flops() / 2 / 1e9, 4)
+
+
 def describe(name: str) -> dict:
     """A candidate's full-size and scaled size and cost, as JSON."""
     full = design(name)
     rows = full_size_cost(full)
+    critic = critic_gflops(full)
     return {"candidate": name, "full_size_arch": arch_of(full), "train": full.get("train", {}),
             "params": full_size_params(full), "train_gflops_per_image": [r["train_gflops"] for r in rows],
+            **({"critic_train_gflops_per_image": critic} if critic else {}),
             "phases": rows, "scaled_arch": scaled(full)}
 
 
