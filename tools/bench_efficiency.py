@@ -123,6 +123,9 @@ FULL.update({
     "half_warp12": dict(_HALF, train={"augment.warp": 0.12}),
     # no warp, and the weak latent adversary (which draws the other identity's features)
     "half_warp0_adv01": dict(_HALF, train={"augment.warp": 0.0, "loss.latent_adversary": 0.1}),
+    # the same pair with a stronger adversary, and with half the recipes' warp
+    "half_warp0_adv03": dict(_HALF, train={"augment.warp": 0.0, "loss.latent_adversary": 0.3}),
+    "half_warp02_adv01": dict(_HALF, train={"augment.warp": 0.02, "loss.latent_adversary": 0.1}),
 })
 # The peers' designs (eval/peers.py) at our full-size output, 1024 px: Phaze-A's dny1024 preset and
 # SAEHD built at resolution 1024 (DeepFaceLab's own settings stop at 640).
