@@ -259,9 +259,9 @@ class SignalAt(pl.Callback):
 
 
 def test_a_run_stopped_before_its_first_periodic_checkpoint_resumes_to_the_end(blob_sets, tmp_path):
-    """A signal, or max_steps (``debug=fast``), before any periodic checkpoint (a run's first 10
-    minutes): ``last.ckpt`` keeps the open epoch, and ``resume=auto`` trains the rest of the
-    schedule. A checkpoint with the epoch closed, as earlier builds wrote it, resumes too."""
+    """A stop before any periodic checkpoint (a run's first 10 minutes): after a signal
+    ``last.ckpt`` keeps the open epoch; after max_steps (``debug=fast``) Lightning leaves it
+    closed, as earlier builds did after a signal too; either way ``resume=auto`` trains the rest."""
     run = tmp_path / "run"
     args = tiny(blob_sets, run, "checkpoint.every_steps=null")  # the 10-minute clock: nothing due
     stop = ["+callbacks.stop._target_=test_robust.SignalAt", "+callbacks.stop.batch=3"]

@@ -215,11 +215,13 @@ class StepCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
 
     def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        """Nothing: ``last.ckpt`` is written at the last batch (:class:`FinalCheckpoint`) or on a
-        signal (:class:`~progressive_swap.train.interrupt.InterruptCheckpoint`). Lightning's own
-        save here, when no periodic one came first (a run stopped in its first ``every_minutes``,
-        or by ``max_steps``), would overwrite theirs with a loop whose epoch is closed, and the
-        resume would stop at once as "finished"."""
+        """Lightning saves ``last.ckpt`` here when no periodic save came first (a run stopped in
+        its first ``every_minutes``, by ``max_steps`` or by ``trainer.max_time``), with its one
+        epoch closed; the resume reopens it (:func:`~progressive_swap.train.module.reopen_unfinished_epoch`).
+        After a signal it does not: :class:`~progressive_swap.train.interrupt.InterruptCheckpoint`
+        wrote that ``last.ckpt`` already, and this save would replace it."""
+        if not getattr(module, "interrupted", False):
+            super().on_train_end(trainer, module)
 
 
 def periodic_checkpoint(
