@@ -487,6 +487,7 @@ def _plan(run_dir: Path, budget: float, cost: str, make) -> tuple[dict, int]:
     (written every 10 minutes) with the plan it started with, kept in ``run_dir/bench_plan.json``:
     a second calibration would size the phases differently. A plan for another budget or currency
     is not reused, and the run starts over."""
+    from progressive_swap.core.io import atomic_write_json
     from progressive_swap.train.checkpoint import good_checkpoints
 
     path = run_dir / "bench_plan.json"
@@ -501,9 +502,7 @@ def _plan(run_dir: Path, budget: float, cost: str, make) -> tuple[dict, int]:
     costs = make()
     plan = {"budget": budget, "cost": cost, "costs": costs, "images": images_for(budget, costs)}
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(plan))
-    tmp.replace(path)
+    atomic_write_json(path, plan)
     return plan, 0
 
 
@@ -704,8 +703,8 @@ def report(runs: list[dict], plot: Path | None = None, fit_from: float = 0.0, co
     ``cpu_s`` for that value whatever the currency."""
     import numpy as np
 
-    runs = [dict(r, candidate=_named(r), train_cpu_s=cpu_s_of(r)) for r in runs]
-    runs = [dict(r, spent=r["train_cpu_s"] if cost == "cpu" else r["cost_spent"]) for r in runs]
+    runs = [dict(r, candidate=_named(r), train_cpu_s=cpu_s_of(r),
+                 spent=cpu_s_of(r) if cost == "cpu" else r["cost_spent"]) for r in runs]
     def measured(some: list[dict]) -> tuple[str, ...]:  # runs from before a measure existed lack it
         return METRICS + tuple(k for k in ("identity_gain_db", "swap_recon_gap_db", "shape_score")
                                if some and all(r.get(k) is not None for r in some))

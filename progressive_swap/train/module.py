@@ -49,23 +49,20 @@ def resume_problem(state: dict[str, Any], arch: CombArch | dict[str, Any],
     return None
 
 
-def reopen_unfinished_epoch(checkpoint: dict[str, Any], batches_done: int, total_batches: int) -> bool:
+def reopen_unfinished_epoch(checkpoint: dict[str, Any], batches_done: int, total_batches: int) -> None:
     """Mark the training epoch of ``checkpoint`` as still running when its schedule is not done.
 
     The whole schedule is one epoch. Until this was fixed, Lightning saved ``last.ckpt`` again at
     the end of a run stopped before its first periodic checkpoint (a signal in the first
     ``checkpoint.every_minutes``, or ``max_steps``), with the epoch closed; resumed as it was, such
-    a run stopped at once and called its partial weights final. Returns whether it changed."""
+    a run stopped at once and called its partial weights final."""
     progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress")
     if batches_done >= total_batches or not progress:
-        return False
-    changed = False
+        return
     for part in ("total", "current"):
         p = progress.get(part, {})
         if p.get("completed", 0) >= max(p.get("started", 0), 1):
             p["processed"] = p["completed"] = p["started"] - 1
-            changed = True
-    return changed
 
 
 class SwapModule(pl.LightningModule):
