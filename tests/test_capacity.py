@@ -182,6 +182,13 @@ def test_a_full_size_budget_buys_each_design_the_images_it_costs_at_full_size(tm
     assert all(h > 1.5 * c for h, c in zip(half, lean)) and half[0] > 5 * lean[0]  # half is dearer everywhere
     images = bench.images_for(50.0, half)
     assert [n * c / s for n, c, s in zip(images, half, bench.SHARES)] == pytest.approx([50.0] * 5, rel=0.02)
+    # A design with its own shares of the budget (the same network, the same cost per image) spends it so.
+    low = bench.design("half_low55")
+    assert bench.per_image(low, "h100") == half and bench._overrides("half_low55", 0, tmp_path) == \
+        bench._overrides("half", 0, tmp_path)
+    sized = bench._plan(tmp_path / "low", 50.0, "h100", lambda: half, low["shares"])[0]["images"]
+    assert [n * c / s for n, c, s in zip(sized, half, low["shares"])] == pytest.approx([50.0] * 5, rel=0.02)
+    assert sized[0] > 1.5 * images[0] and sized[-1] < images[-1]
     flops = bench.per_image(bench.design("half"), "flops")
     assert flops[0] == pytest.approx(335.2e-6, rel=1e-3)  # PFLOP per image at 256 px
     lever = bench._overrides("half_adv", 0, tmp_path)

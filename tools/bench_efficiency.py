@@ -57,7 +57,8 @@ used twice its calibrated CPU time). So every run has one thread (``OMP_NUM_THRE
 run first measures its candidate's CPU seconds per image at every phase (a few real training
 steps on batches from the real loader: loading, augmentation, forward, losses, backward, Adam),
 then sizes the schedule so that the budget is split over the phases in the same shares for every
-candidate (``SHARES``), and trains with the real ``swap-train`` (phantom data, bf16 autocast and
+candidate (``SHARES``; a design may name its own ``shares``, a lever on the schedule), and trains
+with the real ``swap-train`` (phantom data, bf16 autocast and
 channels-last as ``trainer=cpu`` picks them, loader in-process so its work is counted too). The
 CPU seconds each run actually used are recorded next to the budget, with ``os.getloadavg()``
 before and after. Candidates run
@@ -126,6 +127,9 @@ FULL.update({
     # the same pair with a stronger adversary, and with half the recipes' warp
     "half_warp0_adv03": dict(_HALF, train={"augment.warp": 0.0, "loss.latent_adversary": 0.3}),
     "half_warp02_adv01": dict(_HALF, train={"augment.warp": 0.02, "loss.latent_adversary": 0.1}),
+    # more of the budget at the first, cheapest side (full size: 256 px costs a quarter of 1024 px per
+    # image), where the face's layout is learnt; less on the fades and the final side
+    "half_low55": dict(_HALF, shares=(0.55, 0.10, 0.10, 0.10, 0.15)),
 })
 # The peers' designs (eval/peers.py) at our full-size output, 1024 px: Phaze-A's dny1024 preset and
 # SAEHD built at resolution 1024 (DeepFaceLab's own settings stop at 640).
@@ -182,9 +186,9 @@ LR, LR_END, BATCH = 5e-4, 5e-5, 8  # 1e-3 (the demo's) made the scaled "today" d
 
 
 def arch_of(full: dict) -> dict:
-    """A design's CombArch fields (without its ``train`` overrides, its ``fixed`` flag and a peer's
-    own ``lr``)."""
-    return {k: v for k, v in full.items() if k not in ("train", "fixed", "lr")}
+    """A design's CombArch fields (without its ``train`` overrides, its ``fixed`` flag, its own
+    ``shares`` of the budget and a peer's own ``lr``)."""
+    return {k: v for k, v in full.items() if k not in ("train", "fixed", "shares", "lr")}
 
 
 def fixed_res(full: dict) -> int | None:
@@ -473,14 +477,14 @@ def calibrate(overrides: list[str], steps: int = 3, warmup: int = 1, peer_res: i
     return out * len(SHARES) if peer_res is not None else out
 
 
-def images_for(budget: float, costs: list[float]) -> list[int]:
-    """Images per phase that a budget buys: ``SHARES`` of it at each phase's cost per image, in
-    whole steps (at least one)."""
+def images_for(budget: float, costs: list[float], shares: tuple[float, ...] = SHARES) -> list[int]:
+    """Images per phase that a budget buys: ``shares`` of it (the study's ``SHARES`` unless a design
+    has its own) at each phase's cost per image, in whole steps (at least one)."""
     step = 2 * BATCH
-    return [max(step, int(share * budget / c) // step * step) for share, c in zip(SHARES, costs)]
+    return [max(step, int(share * budget / c) // step * step) for share, c in zip(shares, costs)]
 
 
-def _plan(run_dir: Path, budget: float, cost: str, make) -> tuple[dict, int]:
+def _plan(run_dir: Path, budget: float, cost: str, make, shares: tuple[float, ...] = SHARES) -> tuple[dict, int]:
     """The run's costs per image and images per phase, and the images its newest checkpoint holds.
 
     A run stopped part-way (a killed process, a closed session) resumes from its checkpoint
@@ -500,7 +504,7 @@ def _plan(run_dir: Path, budget: float, cost: str, make) -> tuple[dict, int]:
         raise SystemExit(f"bench_efficiency: {run_dir} holds checkpoints of another plan (or none was kept); "
                          "move the directory away to train this run afresh")
     costs = make()
-    plan = {"budget": budget, "cost": cost, "costs": costs, "images": images_for(budget, costs)}
+    plan = {"budget": budget, "cost": cost, "costs": costs, "images": images_for(budget, costs, shares)}
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, plan)
     return plan, 0
@@ -525,7 +529,8 @@ def one_run(name: str, seed: int, budget: float, work: Path, cost: str = "cpu") 
     full = design(name)
     peer_res = fixed_res(full)
     plan, done = _plan(run_dir, budget, cost,
-                       lambda: calibrate(overrides, peer_res=peer_res) if cost == "cpu" else per_image(full, cost))
+                       lambda: calibrate(overrides, peer_res=peer_res) if cost == "cpu" else per_image(full, cost),
+                       tuple(full.get("shares", SHARES)))
     costs, images = plan["costs"], plan["images"]
     load_before = os.getloadavg()
     r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -543,6 +548,7 @@ def one_run(name: str, seed: int, budget: float, work: Path, cost: str = "cpu") 
         "cost": cost,
         "budget": budget,
         **({"lr_constant": full["lr"]} if full.get("lr") else {}),
+        **({"shares": list(full["shares"])} if full.get("shares") else {}),
         "cost_per_image": [round(c, 9) for c in costs],
         "cost_spent": round(sum(i * c for i, c in zip(images, costs)), 4),
         "images_per_phase": images,
