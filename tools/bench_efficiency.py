@@ -130,6 +130,8 @@ FULL.update({
     # more of the budget at the first, cheapest side (full size: 256 px costs a quarter of 1024 px per
     # image), where the face's layout is learnt; less on the fades and the final side
     "half_low55": dict(_HALF, shares=(0.55, 0.10, 0.10, 0.10, 0.15)),
+    # the other way: twice the study's share at the final side, where swaps are judged
+    "half_high40": dict(_HALF, shares=(0.20, 0.10, 0.15, 0.15, 0.40)),
 })
 # The peers' designs (eval/peers.py) at our full-size output, 1024 px: Phaze-A's dny1024 preset and
 # SAEHD built at resolution 1024 (DeepFaceLab's own settings stop at 640).
