@@ -479,6 +479,11 @@ def calibrate(overrides: list[str], steps: int = 3, warmup: int = 1, peer_res: i
     return out * len(SHARES) if peer_res is not None else out
 
 
+def shares_of(full: dict) -> tuple[float, ...]:
+    """How a design splits a budget over the phases: its own ``shares``, else the study's ``SHARES``."""
+    return tuple(full.get("shares", SHARES))
+
+
 def images_for(budget: float, costs: list[float], shares: tuple[float, ...] = SHARES) -> list[int]:
     """Images per phase that a budget buys: ``shares`` of it (the study's ``SHARES`` unless a design
     has its own) at each phase's cost per image, in whole steps (at least one)."""
@@ -532,7 +537,7 @@ def one_run(name: str, seed: int, budget: float, work: Path, cost: str = "cpu") 
     peer_res = fixed_res(full)
     plan, done = _plan(run_dir, budget, cost,
                        lambda: calibrate(overrides, peer_res=peer_res) if cost == "cpu" else per_image(full, cost),
-                       tuple(full.get("shares", SHARES)))
+                       shares_of(full))
     costs, images = plan["costs"], plan["images"]
     load_before = os.getloadavg()
     r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

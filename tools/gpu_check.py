@@ -117,7 +117,7 @@ def rates(names: list[str], device: torch.device, toy: bool, steps: int, budget:
 
     Full size on a GPU (bf16 autocast; the recipe's batch per identity, halved until it fits);
     ``toy``: the scaled model at the scaled sides on the CPU in float32, batch 2, for the tests.
-    ``images_for_budget``: what ``budget`` estimated H100 seconds buy in the study (``SHARES``),
+    ``images_for_budget``: what ``budget`` estimated H100 seconds buy in the study (the design's shares),
     and ``measured_s``: what those images took here, so ``measured_s / budget`` says how far the
     estimate is from this card for that design.
     """
@@ -144,7 +144,7 @@ def rates(names: list[str], device: torch.device, toy: bool, steps: int, budget:
             ms = m.pop("seconds_per_image") * 1e3
             rows.append({**m, "measured_ms_per_image": round(ms, 4), "estimated_h100_ms_per_image": e["h100_ms"],
                          "measured_over_estimate": None if toy else round(ms / e["h100_ms"], 3)})
-        images = be.images_for(budget, [e["h100_ms"] / 1e3 for e in est])
+        images = be.images_for(budget, [e["h100_ms"] / 1e3 for e in est], be.shares_of(full))
         measured = sum(n * r["measured_ms_per_image"] / 1e3 for n, r in zip(images, rows))
         out[name] = {"phases": rows, "images_for_budget": images, "budget_est_h100_s": budget,
                      "measured_s": round(measured, 3)}
